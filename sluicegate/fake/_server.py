@@ -1,0 +1,611 @@
+"""The fake upstream: a loopback HTTP/1.1 server that answers like the OpenAI Responses API.
+
+Theory of operation: ``serve()`` runs ``trio.serve_listeners`` with one task per connection. A
+connection reads one request at a time (no pipelining), records it, and answers it; answers are
+pre-built byte strings from ``_answers`` written with as few ``send_all`` calls as the pacing
+allows, because benchmarks run the gateway against this server and must not measure it.
+
+Scripted faults (``_faults``) are consumed one per ``POST /responses``, after authentication and
+routing but before the body is looked at, so a scripted status wins even over a malformed body.
+
+A client that goes away is normal, never an error: the connection task swallows
+``trio.BrokenResourceError`` and counts the connection closed. While it waits on purpose (pacing
+deltas, stalling) it also reads the socket, so a hang-up is noticed at once rather than at the
+next write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import itertools
+import re
+import secrets
+import struct
+import time
+from collections import OrderedDict, deque
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+import orjson
+import trio
+
+from ._answers import (
+    MALFORMED_FRAME,
+    as_cancelled,
+    as_queued,
+    build_response,
+    error_envelope,
+    sse_script,
+)
+from ._faults import Fault, FaultKind
+from ._http import LAST_CHUNK, MAX_HEAD, BadRequest, RequestHead, chunk, parse_head, response_head
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterable
+
+__all__ = ["FakeStatistics", "FakeUpstream", "RecordedRequest", "open_fake_upstream"]
+
+#: How many finished answers GET / DELETE / cancel / ``previous_response_id`` can still find.
+STORED_RESPONSES: Final = 10_000
+
+_RECEIVE_SIZE: Final = 65536
+_ROUTE: Final = re.compile(r"/v1/responses(?:/([^/]+)(/cancel)?)?/?")
+# SO_LINGER on with a zero timeout: close() then discards unsent data and sends RST, not FIN.
+_LINGER_ABORT: Final = struct.pack("ii", 1, 0)
+_JSON: Final = ("content-type", "application/json")
+_SSE_HEADERS: Final = (
+    ("content-type", "text/event-stream; charset=utf-8"),
+    ("transfer-encoding", "chunked"),
+    ("cache-control", "no-cache"),
+)
+
+
+@attrs.frozen(kw_only=True)
+class RecordedRequest:
+    """One request as the fake received it, before it answered."""
+
+    method: str
+    #: The path as sent (Azure prefix included), without the query string.
+    path: str
+    query: str
+    #: Header names lower-cased; repeated headers joined with ", ".
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body decoded as JSON.
+
+        Raises:
+            orjson.JSONDecodeError: the body is not JSON.
+        """
+        return orjson.loads(self.body)
+
+
+@attrs.frozen(kw_only=True)
+class FakeStatistics:
+    """A snapshot of :meth:`FakeUpstream.statistics`."""
+
+    connections_opened: int
+    connections_closed: int
+    open_connections: int
+    requests: int
+    #: Every byte a ``send_all`` finished sending, on any connection.
+    bytes_written: int
+
+
+class _Next(enum.Enum):
+    """What a connection does after answering a request."""
+
+    KEEP_ALIVE = enum.auto()
+    CLOSE = enum.auto()
+    RESET = enum.auto()
+
+
+@attrs.define(eq=False)
+class _Stored:
+    #: What GET returns now: the final answer, or its queued/cancelled form.
+    response: dict[str, Any]
+    final: dict[str, Any]
+    background: bool
+
+
+def _normalize_path(path: str) -> str:
+    # Azure serves the same API under /openai/v1/..., and its older preview form under
+    # /openai/... (responses-api.md §0); both mean the same thing here.
+    if path.startswith("/openai/v1/"):
+        return path[len("/openai") :]
+    if path.startswith("/openai/"):
+        return "/v1/" + path[len("/openai/") :]
+    return path
+
+
+@attrs.define(eq=False)
+class FakeUpstream:
+    """A fake OpenAI Responses API on loopback, with scripted faults.
+
+    Args:
+        tokens: output text deltas per answer; each is a word, all but the first with a leading
+            space.
+        token_delay: seconds to ``trio.sleep`` before each delta when streaming; 0 never sleeps.
+        api_key: when set, requests need ``Authorization: Bearer <key>`` or ``api-key: <key>``,
+            else they get 401 ``invalid_api_key``.
+        record_requests: keep every request for :attr:`requests`; long benchmark runs turn this
+            off so memory stays flat.
+    """
+
+    tokens: int = attrs.field(default=20, validator=attrs.validators.ge(0))
+    token_delay: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
+    api_key: str | None = None
+    record_requests: bool = True
+
+    _faults: deque[Fault] = attrs.field(init=False, factory=deque)
+    _requests: list[RecordedRequest] = attrs.field(init=False, factory=list)
+    _stored: OrderedDict[str, _Stored] = attrs.field(init=False, factory=OrderedDict)
+    _url: str | None = attrs.field(init=False, default=None)
+    # Ids are this instance's random nonce plus a counter: unique without a syscall per id.
+    _nonce: str = attrs.field(init=False, factory=lambda: secrets.token_hex(16))
+    _counter: itertools.count[int] = attrs.field(init=False, factory=itertools.count)
+    _connections_opened: int = attrs.field(init=False, default=0)
+    _connections_closed: int = attrs.field(init=False, default=0)
+    _request_count: int = attrs.field(init=False, default=0)
+    _bytes_written: int = attrs.field(init=False, default=0)
+
+    def script(self, *faults: Fault) -> None:
+        """Queue ``faults``; each ``POST /responses`` consumes one from the front, and an empty
+        queue means a normal answer."""
+        self._faults.extend(faults)
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Every request received so far, in order (a copy)."""
+        return list(self._requests)
+
+    @property
+    def base_url(self) -> str:
+        """``http://HOST:PORT/v1``, for an OpenAI client's ``base_url``.
+
+        Raises:
+            RuntimeError: not serving yet.
+        """
+        if self._url is None:
+            raise RuntimeError("the fake upstream is not serving yet")
+        return self._url
+
+    def statistics(self) -> FakeStatistics:
+        """Connection, request and byte counts since this instance was created."""
+        return FakeStatistics(
+            connections_opened=self._connections_opened,
+            connections_closed=self._connections_closed,
+            open_connections=self._connections_opened - self._connections_closed,
+            requests=self._request_count,
+            bytes_written=self._bytes_written,
+        )
+
+    async def serve(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on ``host:port`` and serve until cancelled.
+
+        Calls ``task_status.started(port)`` with the bound port once listening, so
+        ``await nursery.start(upstream.serve)`` returns it.
+        """
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        if port == 0:
+            # A host that resolves to several addresses would get a different free port on
+            # each; one listener keeps base_url truthful.
+            for extra in listeners[1:]:
+                await extra.aclose()
+            listeners = listeners[:1]
+        bound: int = listeners[0].socket.getsockname()[1]
+        if host in ("", "0.0.0.0"):
+            url_host = "127.0.0.1"
+        elif host == "::":
+            url_host = "[::1]"
+        else:
+            url_host = f"[{host}]" if ":" in host else host
+        self._url = f"http://{url_host}:{bound}/v1"
+        task_status.started(bound)
+        await trio.serve_listeners(self._handle_connection, listeners)
+
+    async def _handle_connection(self, stream: trio.SocketStream) -> None:
+        self._connections_opened += 1
+        next_step = _Next.CLOSE
+        try:
+            next_step = await _Connection(upstream=self, stream=stream).run()
+        except trio.BrokenResourceError:
+            pass  # the client went away mid-response; that is its right, not our error
+        finally:
+            if next_step is _Next.RESET:
+                # OSError: already dead, the client reset it first.
+                with contextlib.suppress(OSError):
+                    stream.socket.setsockopt(
+                        trio.socket.SOL_SOCKET, trio.socket.SO_LINGER, _LINGER_ABORT
+                    )
+            # Closing the socket itself is synchronous, so this cannot be cancelled halfway and
+            # the statistics never show a closed connection as open.
+            stream.socket.close()
+            self._connections_closed += 1
+
+    # -- helpers for _Connection ---------------------------------------------------------
+
+    def _record(self, head: RequestHead, body: bytes) -> None:
+        self._request_count += 1
+        if self.record_requests:
+            self._requests.append(
+                RecordedRequest(
+                    method=head.method,
+                    path=head.path,
+                    query=head.query,
+                    headers=head.headers,
+                    body=body,
+                )
+            )
+
+    def _new_id(self, prefix: str) -> str:
+        return f"{prefix}_{self._nonce}{next(self._counter):016x}"
+
+    def _next_fault(self) -> Fault | None:
+        return self._faults.popleft() if self._faults else None
+
+    def _authorized(self, headers: dict[str, str]) -> bool:
+        if self.api_key is None:
+            return True
+        return (
+            headers.get("authorization") == f"Bearer {self.api_key}"
+            or headers.get("api-key") == self.api_key
+        )
+
+    def _store(self, stored: _Stored) -> None:
+        self._stored[stored.final["id"]] = stored
+        while len(self._stored) > STORED_RESPONSES:
+            self._stored.popitem(last=False)
+
+
+def _not_found(response_id: str) -> bytes:
+    return error_envelope(
+        f"No response found with id '{response_id}'.", type="invalid_request_error"
+    )
+
+
+@attrs.define(eq=False)
+class _Connection:
+    """One client connection: read a request, answer it, repeat while keep-alive holds."""
+
+    upstream: FakeUpstream
+    stream: trio.SocketStream
+    _buffer: bytearray = attrs.field(init=False, factory=bytearray)
+    # Per-request state, reset by run() before each answer.
+    _request_id: str = attrs.field(init=False, default="")
+    _keep_alive: bool = attrs.field(init=False, default=True)
+    _head_only: bool = attrs.field(init=False, default=False)
+
+    async def run(self) -> _Next:
+        while True:
+            try:
+                head = await self._receive_head()
+            except BadRequest as exc:
+                self._request_id = self.upstream._new_id("req")
+                self._keep_alive = False
+                envelope = error_envelope(exc.message, type="invalid_request_error")
+                return await self._send_json(exc.status, envelope)
+            if head is None:
+                return _Next.CLOSE
+            body = await self._receive_body(head)
+            if body is None:
+                return _Next.CLOSE
+            self.upstream._record(head, body)
+            self._request_id = self.upstream._new_id("req")
+            self._keep_alive = head.keep_alive
+            self._head_only = head.method == "HEAD"
+            next_step = await self._respond(head, body)
+            if next_step is not _Next.KEEP_ALIVE:
+                return next_step
+
+    async def _receive_head(self) -> RequestHead | None:
+        buffer = self._buffer
+        searched = 0
+        while (end := buffer.find(b"\r\n\r\n", searched)) < 0:
+            if len(buffer) > MAX_HEAD:
+                raise BadRequest(431, "Request header fields too large.")
+            searched = max(0, len(buffer) - 3)
+            data = await self.stream.receive_some(_RECEIVE_SIZE)
+            if not data:
+                return None
+            buffer += data
+        head = parse_head(bytes(buffer[:end]))
+        del buffer[: end + 4]
+        return head
+
+    async def _receive_body(self, head: RequestHead) -> bytes | None:
+        buffer = self._buffer
+        length = head.content_length
+        if head.expect_continue and len(buffer) < length:
+            await self._send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        while len(buffer) < length:
+            data = await self.stream.receive_some(_RECEIVE_SIZE)
+            if not data:
+                return None
+            buffer += data
+        body = bytes(buffer[:length])
+        del buffer[:length]
+        return body
+
+    async def _send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+        self.upstream._bytes_written += len(data)
+
+    def _json_head(self, status: int, length: int, extra: Iterable[tuple[str, str]] = ()) -> bytes:
+        headers = [_JSON, ("content-length", str(length)), ("x-request-id", self._request_id)]
+        headers.extend(extra)
+        if not self._keep_alive:
+            headers.append(("connection", "close"))
+        return response_head(status, headers)
+
+    async def _send_json(
+        self, status: int, body: bytes, extra: Iterable[tuple[str, str]] = ()
+    ) -> _Next:
+        head = self._json_head(status, len(body), extra)
+        await self._send(head if self._head_only else head + body)
+        return _Next.KEEP_ALIVE if self._keep_alive else _Next.CLOSE
+
+    async def _hold_until_hangup(self) -> None:
+        # A stall: say nothing, and discard whatever the client says, until it gives up.
+        try:
+            while await self.stream.receive_some(_RECEIVE_SIZE):
+                pass
+        except trio.BrokenResourceError:
+            pass
+
+    # -- routing ---------------------------------------------------------------------------
+
+    async def _respond(self, head: RequestHead, body: bytes) -> _Next:
+        upstream = self.upstream
+        if not upstream._authorized(head.headers):
+            given = "authorization" in head.headers or "api-key" in head.headers
+            message = "Incorrect API key provided." if given else "You didn't provide an API key."
+            envelope = error_envelope(message, type="invalid_request_error", code="invalid_api_key")
+            return await self._send_json(401, envelope)
+        route = _ROUTE.fullmatch(_normalize_path(head.path))
+        method = head.method
+        if route is not None:
+            response_id, cancel = route.group(1), route.group(2)
+            if response_id is None:
+                if method == "POST":
+                    return await self._create(body)
+            elif cancel:
+                if method == "POST":
+                    return await self._cancel(response_id)
+            elif method == "GET":
+                return await self._retrieve(response_id)
+            elif method == "DELETE":
+                return await self._delete(response_id)
+        envelope = error_envelope(
+            f"Invalid URL ({method} {head.path})", type="invalid_request_error"
+        )
+        return await self._send_json(404, envelope)
+
+    async def _retrieve(self, response_id: str) -> _Next:
+        stored = self.upstream._stored.get(response_id)
+        if stored is None:
+            return await self._send_json(404, _not_found(response_id))
+        return await self._send_json(200, orjson.dumps(stored.response))
+
+    async def _delete(self, response_id: str) -> _Next:
+        if self.upstream._stored.pop(response_id, None) is None:
+            return await self._send_json(404, _not_found(response_id))
+        deleted = {"id": response_id, "object": "response", "deleted": True}
+        return await self._send_json(200, orjson.dumps(deleted))
+
+    async def _cancel(self, response_id: str) -> _Next:
+        stored = self.upstream._stored.get(response_id)
+        if stored is None:
+            return await self._send_json(404, _not_found(response_id))
+        if not stored.background:
+            envelope = error_envelope(
+                "Cannot cancel a synchronous response.", type="invalid_request_error"
+            )
+            return await self._send_json(400, envelope)
+        # Cancelling a finished background response is idempotent (responses-api.md §9).
+        if stored.response["status"] in ("queued", "in_progress"):
+            stored.response = as_cancelled(stored.final)
+        return await self._send_json(200, orjson.dumps(stored.response))
+
+    async def _invalid(self, message: str, *, param: str | None, code: str | None) -> _Next:
+        envelope = error_envelope(message, type="invalid_request_error", param=param, code=code)
+        return await self._send_json(400, envelope)
+
+    async def _create(self, body: bytes) -> _Next:
+        upstream = self.upstream
+        fault = upstream._next_fault()
+        kind = fault.kind if fault is not None else None
+        if fault is not None and kind is FaultKind.STATUS:
+            return await self._send_json(fault.status_code, fault.body, fault.headers)
+        if kind is FaultKind.RESET_BEFORE_HEADERS:
+            return _Next.RESET
+        try:
+            request = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return await self._invalid(
+                "We could not parse the JSON body of your request.", param=None, code=None
+            )
+        if not isinstance(request, dict):
+            return await self._invalid(
+                "The request body must be a JSON object.", param=None, code=None
+            )
+        if not isinstance(request.get("model"), str):
+            return await self._invalid(
+                "Missing required parameter: 'model'.",
+                param="model",
+                code="missing_required_parameter",
+            )
+        previous = request.get("previous_response_id")
+        if previous is not None and previous not in upstream._stored:
+            return await self._invalid(
+                f"Previous response with id '{previous}' not found.",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            )
+        background = request.get("background") is True
+        if background and request.get("store") is False:
+            return await self._invalid(
+                "Background mode requires store to be true.", param="store", code=None
+            )
+        now = int(time.time())
+        final = build_response(
+            request,
+            response_id=upstream._new_id("resp"),
+            message_id=upstream._new_id("msg"),
+            created_at=now,
+            completed_at=now,
+            tokens=upstream.tokens,
+        )
+        stream = request.get("stream") is True
+        if request.get("store") is not False:
+            # A stalled background job never progresses: it stays queued until cancelled.
+            stalled = background and not stream and kind is FaultKind.STALL
+            current = as_queued(final) if stalled else final
+            upstream._store(_Stored(response=current, final=final, background=background))
+            if stalled:
+                fault = None
+        if stream:
+            return await self._stream(final, fault)
+        payload = orjson.dumps(as_queued(final) if background else final)
+        return await self._answer_json(payload, fault)
+
+    # -- answers -----------------------------------------------------------------------------
+
+    async def _answer_json(self, payload: bytes, fault: Fault | None) -> _Next:
+        """A non-stream answer; streaming faults strike the JSON body instead of SSE events."""
+        if fault is None:
+            return await self._send_json(200, payload)
+        # What goes out before a fault that breaks off mid-body: the headers announcing the
+        # full length, plus half the body unless the fault strikes at event 0.
+        half = payload[: len(payload) // 2]
+        started = self._json_head(200, len(payload)) + (half if fault.after_events else b"")
+        match fault.kind:
+            case FaultKind.MALFORMED_SSE:
+                # A complete HTTP message whose body is cut-off JSON.
+                return await self._send_json(200, half)
+            case FaultKind.RESET_MID_STREAM:
+                await self._send(started)
+                return _Next.RESET
+            case FaultKind.END_WITHOUT_TERMINAL:
+                await self._send(started)
+                return _Next.CLOSE  # a clean FIN before the body is complete
+            case FaultKind.STALL:
+                if fault.after_events:
+                    await self._send(started)
+                await self._hold_until_hangup()
+                return _Next.CLOSE
+            case _:
+                return await self._send_json(200, payload)
+
+    async def _stream(self, final: dict[str, Any], fault: Fault | None) -> _Next:
+        script = sse_script(final, extra_events=fault.events if fault is not None else ())
+        # (frame, sleep token_delay before it) in sending order.
+        plan = [(frame, i in script.delta_indices) for i, frame in enumerate(script.frames)]
+        kind = fault.kind if fault is not None else None
+        after = fault.after_events if fault is not None else 0
+        match kind:
+            case FaultKind.STALL if after == 0:
+                await self._hold_until_hangup()
+                return _Next.CLOSE
+            case FaultKind.RESET_MID_STREAM | FaultKind.STALL:
+                del plan[after:]
+            case FaultKind.MALFORMED_SSE:
+                plan.insert(after, (MALFORMED_FRAME, False))
+            case FaultKind.END_WITHOUT_TERMINAL:
+                del plan[min(after, script.terminal_index) :]
+        # Only a clean ending sends the last chunk; a reset or a stall never gets there.
+        finish = kind not in (FaultKind.RESET_MID_STREAM, FaultKind.STALL)
+        headers = [*_SSE_HEADERS, ("x-request-id", self._request_id)]
+        if not self._keep_alive:
+            headers.append(("connection", "close"))
+        head = response_head(200, headers)
+        if self.upstream.token_delay > 0:
+            if not await self._write_paced(head, plan, finish=finish):
+                return _Next.CLOSE  # the client hung up mid-stream
+        else:
+            frames = b"".join(frame for frame, _ in plan)
+            await self._send(head + chunk(frames) + (LAST_CHUNK if finish else b""))
+        if kind is FaultKind.RESET_MID_STREAM:
+            return _Next.RESET
+        if kind is FaultKind.STALL:
+            await self._hold_until_hangup()
+            return _Next.CLOSE
+        return _Next.KEEP_ALIVE if self._keep_alive else _Next.CLOSE
+
+    async def _write_paced(
+        self, head: bytes, plan: list[tuple[bytes, bool]], *, finish: bool
+    ) -> bool:
+        """Write ``plan``, sleeping before each delta and flushing what is due before sleeping.
+
+        Returns False when the client hung up, which a watcher notices at once instead of at the
+        next write (a write into a half-closed TCP connection only fails on the one after).
+        """
+        hung_up = False
+
+        async def watch(scope: trio.CancelScope) -> None:
+            nonlocal hung_up
+            try:
+                while data := await self.stream.receive_some(_RECEIVE_SIZE):
+                    self._buffer += data  # an early next request; keep it for run()
+            except trio.BrokenResourceError:
+                pass
+            hung_up = True
+            scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch, nursery.cancel_scope)
+            try:
+                pending = head
+                burst: list[bytes] = []
+                for frame, paced in plan:
+                    if paced:
+                        if burst or pending:
+                            await self._send(pending + chunk(b"".join(burst)))
+                            pending, burst = b"", []
+                        await trio.sleep(self.upstream.token_delay)
+                    burst.append(frame)
+                await self._send(pending + chunk(b"".join(burst)) + (LAST_CHUNK if finish else b""))
+            except trio.BrokenResourceError:
+                hung_up = True
+            nursery.cancel_scope.cancel()
+        return not hung_up
+
+
+@contextlib.asynccontextmanager
+async def open_fake_upstream(
+    *,
+    tokens: int = 20,
+    token_delay: float = 0.0,
+    api_key: str | None = None,
+    record_requests: bool = True,
+) -> AsyncIterator[FakeUpstream]:
+    """Serve a :class:`FakeUpstream` on ``127.0.0.1`` (a free port) for the ``async with`` body.
+
+    The arguments are those of :class:`FakeUpstream`. On exit the server and every connection
+    it holds are cancelled. An exception from the body propagates as itself, not wrapped in an
+    exception group.
+    """
+    upstream = FakeUpstream(
+        tokens=tokens, token_delay=token_delay, api_key=api_key, record_requests=record_requests
+    )
+    failure: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        await nursery.start(upstream.serve)
+        try:
+            yield upstream
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            # Re-raised below, outside the nursery, so strict exception groups don't wrap it.
+            failure = exc
+        nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
