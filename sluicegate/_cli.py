@@ -1,0 +1,82 @@
+"""The ``sluicegate`` command.
+
+``sluicegate quickstart`` runs the gateway on its embedded default configuration — the built-in
+fake provider, so no API key is needed — and shows a streamed answer, a follow-up turn through
+``previous_response_id``, a retrieval by ID, and what was accounted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from ._gateway import open_gateway
+from ._types import DeltaEvent, Response, ResponseStatus
+from .errors import SluicegateError
+
+__all__ = ["DEFAULT_CONFIG", "main"]
+
+#: The embedded default: one model group served by the built-in fake upstream on loopback.
+DEFAULT_CONFIG: dict[str, Any] = {
+    "model_list": [
+        {
+            "model_name": "demo",
+            "litellm_params": {"model": "fake/demo", "fake_tokens": 24, "fake_token_delay": 0.02},
+            "model_info": {"id": "fake-demo-1"},
+        }
+    ],
+    "general_settings": {"include_cost_in_streaming_usage": True},
+}
+
+
+async def _quickstart(config: Any, model: str, text: str) -> None:
+    async with open_gateway(config) as gw:
+        print(f"sluicegate: model groups {gw.model_names}; streaming a response from {model!r}")
+        async with gw.stream(model=model, input=text) as events:
+            async for event in events:
+                if isinstance(event, DeltaEvent) and event.type == "response.output_text.delta":
+                    print(event.delta, end="", flush=True)
+            first = events.final_response
+        print()
+        if first is None:  # the stream ended as failed before any terminal; cannot happen
+            raise SystemExit("sluicegate: the stream ended without a response")
+        usage = first.usage
+        cost = "n/a" if usage is None or usage.cost is None else f"{usage.cost:.6f}"
+        print(f"  id      {first.id}")
+        print(f"  status  {_status(first)}")
+        if usage is not None:
+            print(f"  usage   {usage.input_tokens} in, {usage.output_tokens} out, {cost} USD")
+        follow = await gw.responses(model=model, input="And then?", previous_response_id=first.id)
+        print(f"follow-up via previous_response_id: {follow.output_text!r}")
+        again = await gw.get_response(first.id)
+        print(f"retrieved {again.id[:24]}... by ID: status {_status(again)}")
+        stats = gw.statistics()
+        print(
+            f"accounted: {stats.requests_total} requests, {stats.input_tokens} input and "
+            f"{stats.output_tokens} output tokens, {stats.cost:.6f} USD"
+        )
+
+
+def _status(response: Response) -> str:
+    status = response.status
+    return status.value if isinstance(status, ResponseStatus) else status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sluicegate", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    quick = commands.add_parser("quickstart", help="run a demo against the built-in fake provider")
+    quick.add_argument("--config", help="a YAML config (default: the embedded fake-provider one)")
+    quick.add_argument("--model", default="demo", help="the model group to call")
+    quick.add_argument("--input", default="Say hello to the sluice gate.", help="the prompt")
+    args = parser.parse_args(argv)
+    try:
+        trio.run(_quickstart, args.config or DEFAULT_CONFIG, args.model, args.input)
+    except SluicegateError as exc:
+        print(f"sluicegate: {exc.status_code} {exc.message}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,305 @@
+"""Validation of a caller's Responses request (strict: a clear 400 naming the parameter).
+
+Every parameter of responses-api.md §1 is accepted and forwarded to native upstreams unchanged;
+here we check only what is ours to check — names, JSON types, documented ranges, the
+``metadata`` limits — so that bad input never reaches a provider. Anything else a provider may
+take goes through ``extra_body``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import httpx
+
+from .codecs.ids import IdCodec
+from .errors import InvalidRequestError
+from .runtime._messages import PreparedCall
+
+__all__ = ["LIBRARY_OPTIONS", "RESPONSES_PARAMETERS", "prepare_call"]
+
+Check = Callable[[str, Any], None]
+
+_JSON_NAMES = {
+    str: "a string",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    list: "an array",
+    dict: "an object",
+    type(None): "null",
+}
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    for kind, name in _JSON_NAMES.items():
+        if isinstance(value, kind):
+            return name
+    return f"a {type(value).__name__}"
+
+
+def _invalid_type(name: str, value: Any, expected: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"Invalid type for '{name}': expected {expected}, but got {_type_name(value)} instead.",
+        param=name,
+        code="invalid_type",
+    )
+
+
+def _is(*kinds: type, nullable: bool = True) -> Check:
+    names = " or ".join(_JSON_NAMES[k] for k in kinds)
+
+    def check(name: str, value: Any) -> None:
+        if value is None and nullable:
+            return
+        # bool is an int in Python, but not in JSON.
+        if isinstance(value, bool) and bool not in kinds:
+            raise _invalid_type(name, value, names)
+        if not isinstance(value, kinds):
+            raise _invalid_type(name, value, names)
+
+    return check
+
+
+def _number(low: float, high: float | None, *, integer: bool = False) -> Check:
+    expected = "an integer" if integer else "a number"
+
+    def check(name: str, value: Any) -> None:
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _invalid_type(name, value, expected)
+        if integer and not isinstance(value, int):
+            raise _invalid_type(name, value, expected)
+        number = float(value)
+        if number < low or (high is not None and number > high):
+            bound = f"between {low} and {high}" if high is not None else f">= {low}"
+            raise InvalidRequestError(
+                f"Invalid '{name}': expected a value {bound}, but got {value} instead.",
+                param=name,
+                code="invalid_value",
+            )
+
+    return check
+
+
+def _one_of(*values: str, also: tuple[type, ...] = ()) -> Check:
+    def check(name: str, value: Any) -> None:
+        if value is None or (also and isinstance(value, also)):
+            return
+        if value not in values:
+            shown = ", ".join(repr(v) for v in values)
+            raise InvalidRequestError(
+                f"Invalid value for '{name}': {value!r}. Supported values are: {shown}.",
+                param=name,
+                code="invalid_value",
+            )
+
+    return check
+
+
+def _string_list(name: str, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, list):
+        raise _invalid_type(name, value, "an array of strings")
+    for i, entry in enumerate(value):
+        if not isinstance(entry, str):
+            raise _invalid_type(f"{name}[{i}]", entry, "a string")
+
+
+def _input(name: str, value: Any) -> None:
+    if isinstance(value, str):
+        return
+    if not isinstance(value, list):
+        raise _invalid_type(name, value, "a string or an array of input items")
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise _invalid_type(f"{name}[{i}]", item, "an object")
+
+
+def _short_string(limit: int) -> Check:
+    def check(name: str, value: Any) -> None:
+        if value is None:
+            return
+        if not isinstance(value, str):
+            raise _invalid_type(name, value, "a string")
+        if len(value) > limit:
+            raise InvalidRequestError(
+                f"Invalid '{name}': string too long. Expected a string with maximum length "
+                f"{limit}, but got a string with length {len(value)} instead.",
+                param=name,
+                code="string_above_max_length",
+            )
+
+    return check
+
+
+#: OpenAI's documented metadata limits (responses-api.md §1).
+METADATA_MAX_PAIRS = 16
+METADATA_MAX_KEY = 64
+METADATA_MAX_VALUE = 512
+
+
+def _metadata(name: str, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise _invalid_type(name, value, "an object")
+    if len(value) > METADATA_MAX_PAIRS:
+        raise InvalidRequestError(
+            f"Invalid '{name}': too many properties. Expected an object with at most "
+            f"{METADATA_MAX_PAIRS} properties, but got an object with {len(value)} properties "
+            "instead.",
+            param=name,
+            code="object_above_max_properties",
+        )
+    for key, item in value.items():
+        if len(key) > METADATA_MAX_KEY:
+            raise InvalidRequestError(
+                f"Invalid '{name}': key {key[:80]!r} is longer than {METADATA_MAX_KEY} characters.",
+                param=name,
+                code="invalid_value",
+            )
+        if not isinstance(item, str):
+            raise _invalid_type(f"{name}.{key}", item, "a string")
+        if len(item) > METADATA_MAX_VALUE:
+            raise InvalidRequestError(
+                f"Invalid '{name}': the value of {key!r} is longer than {METADATA_MAX_VALUE} "
+                "characters.",
+                param=name,
+                code="invalid_value",
+            )
+
+
+_SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority", "fast", "ultrafast")
+
+#: Every request parameter of the Responses API and its check (responses-api.md §1).
+RESPONSES_PARAMETERS: Mapping[str, Check] = {
+    "model": _is(str, nullable=False),
+    "input": _input,
+    "instructions": _is(str, list),
+    "tools": _is(list),
+    "tool_choice": _one_of("none", "auto", "required", also=(dict,)),
+    "parallel_tool_calls": _is(bool),
+    "max_tool_calls": _number(1, None, integer=True),
+    "previous_response_id": _is(str),
+    "conversation": _is(str, dict),
+    "reasoning": _is(dict),
+    "text": _is(dict),
+    "max_output_tokens": _number(1, None, integer=True),
+    "temperature": _number(0, 2),
+    "top_p": _number(0, 1),
+    "top_logprobs": _number(0, 20, integer=True),
+    "metadata": _metadata,
+    "store": _is(bool),
+    "stream": _is(bool),
+    "stream_options": _is(dict),
+    "background": _is(bool),
+    "truncation": _one_of("auto", "disabled"),
+    "include": _string_list,
+    "prompt": _is(dict),
+    "service_tier": _one_of(*_SERVICE_TIERS),
+    "user": _is(str),
+    "safety_identifier": _short_string(64),
+    "prompt_cache_key": _is(str),
+    "prompt_cache_retention": _is(str),
+    "prompt_cache_options": _is(dict),
+    "moderation": _is(dict),
+    "context_management": _is(list),
+}
+
+#: Options of the library call itself, as in the OpenAI SDK; never sent as body fields.
+LIBRARY_OPTIONS = frozenset({"extra_body", "extra_headers", "extra_query", "timeout"})
+
+
+def prepare_call(params: Mapping[str, Any], *, stream: bool, ids: IdCodec) -> PreparedCall:
+    """Validate a caller's parameters into a :class:`PreparedCall`; raises InvalidRequestError."""
+    body: dict[str, Any] = {}
+    for name, value in params.items():
+        if name in LIBRARY_OPTIONS:
+            continue
+        check = RESPONSES_PARAMETERS.get(name)
+        if check is None:
+            raise InvalidRequestError(
+                f"Unknown parameter: '{name}'. Send provider-specific fields in 'extra_body'.",
+                param=name,
+                code="unknown_parameter",
+            )
+        check(name, value)
+        body[name] = value
+    model = body.get("model")
+    if model is None:
+        raise InvalidRequestError(
+            "Missing required parameter: 'model'.", param="model", code="missing_required_parameter"
+        )
+    if body.get("stream") and not stream:
+        raise InvalidRequestError(
+            "'stream': true is for the streaming call (gateway.stream(...)).", param="stream"
+        )
+    body.pop("stream", None)
+    previous_id = body.get("previous_response_id")
+    if previous_id is not None and body.get("conversation") is not None:
+        raise InvalidRequestError(
+            "'previous_response_id' cannot be used together with 'conversation'.",
+            param="previous_response_id",
+        )
+    previous = None
+    if previous_id is not None:
+        previous = ids.decode(previous_id, param="previous_response_id")
+        body.pop("previous_response_id")  # the connector sends the raw one
+    return PreparedCall(
+        model=model,
+        body=body,
+        stream=stream,
+        previous=previous,
+        previous_response_id=previous_id,
+        extra_body=_mapping(params, "extra_body"),
+        extra_headers=_headers(params.get("extra_headers")),
+        extra_query=_query(params.get("extra_query")),
+        timeout=_timeout(params.get("timeout")),
+    )
+
+
+def _mapping(params: Mapping[str, Any], name: str) -> Mapping[str, Any] | None:
+    value = params.get(name)
+    if value is not None and not isinstance(value, Mapping):
+        raise _invalid_type(name, value, "an object")
+    return value
+
+
+def _headers(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _invalid_type("extra_headers", value, "an object")
+    out: dict[str, str] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not isinstance(item, str):
+            raise _invalid_type(f"extra_headers.{key}", item, "a string")
+        out[key.lower()] = item
+    return out
+
+
+def _query(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _invalid_type("extra_query", value, "an object")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _timeout(value: Any) -> float | None:
+    """The OpenAI SDK's ``timeout``: seconds, or an ``httpx.Timeout`` (its read part bounds the
+    request, as the SDK applies it per call)."""
+    if value is None:
+        return None
+    if isinstance(value, httpx.Timeout):
+        parts = [t for t in (value.read, value.connect, value.write, value.pool) if t is not None]
+        return max(parts) if parts else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise _invalid_type("timeout", value, "a positive number of seconds")
+    return float(value)

@@ -1,0 +1,251 @@
+"""The event stages between the connector and the caller: transformer, accountant, ID encoder,
+sink. Each is one actor of the shape in STYLE.md; end of stream flows down by channel closure.
+
+Items are batches (every event decoded from one network read) preceded by the ``Routed`` of the
+attempt they belong to, so each stage knows the deployment without a side channel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import trio
+
+from .._types import ResponseEvent, Usage
+from ..codecs._lifecycle import StreamTracker
+from ..codecs.ids import IdCodec
+from ..codecs.openai_responses import Decoder, ResponsesBodyDecoder, ResponsesStreamDecoder
+from ..config import Deployment
+from ..errors import SluicegateError
+from ..pricing import ModelPrice, PriceTable, TokenUsage, compute_cost
+from ..runtime._messages import (
+    Delivery,
+    EventItem,
+    Failure,
+    RawItem,
+    Routed,
+    UpstreamDone,
+    UpstreamOpened,
+)
+
+__all__ = [
+    "Accountant",
+    "AccountantStatistics",
+    "decoder_for",
+    "run_accountant",
+    "run_id_encoder",
+    "run_sink",
+    "run_transformer",
+]
+
+
+def decoder_for(routed: Routed) -> Decoder:
+    """The provider codec for this attempt (native Responses upstreams in issue 2)."""
+    if routed.call.stream:
+        return ResponsesStreamDecoder()
+    return ResponsesBodyDecoder()
+
+
+async def run_transformer(
+    *,
+    inbox: trio.MemoryReceiveChannel[RawItem],
+    outbox: trio.MemorySendChannel[EventItem],
+) -> None:
+    """Provider bytes → canonical event batches."""
+    with inbox, outbox:
+        decoder: Decoder | None = None
+        async for item in inbox:
+            try:
+                match item:
+                    case bytes():
+                        assert decoder is not None, "body before UpstreamOpened"
+                        events = decoder.feed(item)
+                        if events:
+                            await outbox.send(events)
+                    case UpstreamOpened(routed=routed):
+                        decoder = decoder_for(routed)
+                        await outbox.send(routed)
+                    case UpstreamDone():
+                        assert decoder is not None, "UpstreamDone before UpstreamOpened"
+                        events = decoder.close()
+                        decoder = None
+                        if events:
+                            await outbox.send(events)
+                    case Failure():
+                        await outbox.send(item)
+                        return
+            except SluicegateError as exc:  # malformed or cut-off upstream data
+                await outbox.send(Failure(exc))
+                return
+
+
+@attrs.frozen(kw_only=True)
+class AccountantStatistics:
+    responses_settled: int
+    input_tokens: int
+    output_tokens: int
+    cost: float
+    unpriced: int
+
+
+@attrs.define(eq=False)
+class Accountant:
+    """Prices usage; shared by every request of a gateway (its totals are the gateway's)."""
+
+    _prices: PriceTable
+    _include_cost: bool
+    _settled: int = 0
+    _input: int = 0
+    _output: int = 0
+    _cost: float = 0.0
+    _unpriced: int = 0
+
+    def price_for(self, deployment: Deployment) -> ModelPrice | None:
+        return deployment.price or self._prices.lookup(deployment.provider, deployment.model)
+
+    def settle(self, event: ResponseEvent, price: ModelPrice | None) -> ResponseEvent:
+        """Account the terminal event's usage, normalise its shape, attach ``usage.cost`` when
+        configured."""
+        usage = event.response.usage
+        raw = event.response.data.get("usage")
+        if usage is None or not isinstance(raw, dict):
+            return event
+        cost = None
+        if price is not None:
+            cost = compute_cost(
+                price,
+                TokenUsage(
+                    input_tokens=usage.input_tokens,
+                    cached_tokens=usage.input_tokens_details.cached_tokens,
+                    cache_write_tokens=usage.input_tokens_details.cache_write_tokens,
+                    output_tokens=usage.output_tokens,
+                    reasoning_tokens=usage.output_tokens_details.reasoning_tokens,
+                ),
+            )
+            self._cost += cost
+        else:
+            self._unpriced += 1
+        self._settled += 1
+        self._input += usage.input_tokens
+        self._output += usage.output_tokens
+        normal = _normalized_usage(raw, usage)
+        if self._include_cost:
+            normal["cost"] = cost
+        if normal == raw:
+            return event
+        return event.with_response(event.response.with_changes(usage=normal))
+
+    def statistics(self) -> AccountantStatistics:
+        return AccountantStatistics(
+            responses_settled=self._settled,
+            input_tokens=self._input,
+            output_tokens=self._output,
+            cost=self._cost,
+            unpriced=self._unpriced,
+        )
+
+
+def _normalized_usage(raw: dict[str, Any], usage: Usage) -> dict[str, Any]:
+    """Every detail field present (0 when the upstream did not say), unknown ones kept.
+
+    Older servers omit ``cache_write_tokens`` and sometimes whole detail objects; current SDK
+    types require them (responses-api.md §8, usage).
+    """
+    return {
+        **raw,
+        "input_tokens": usage.input_tokens,
+        "input_tokens_details": {
+            **(raw.get("input_tokens_details") or {}),
+            "cached_tokens": usage.input_tokens_details.cached_tokens,
+            "cache_write_tokens": usage.input_tokens_details.cache_write_tokens,
+        },
+        "output_tokens": usage.output_tokens,
+        "output_tokens_details": {
+            **(raw.get("output_tokens_details") or {}),
+            "reasoning_tokens": usage.output_tokens_details.reasoning_tokens,
+        },
+        "total_tokens": usage.total_tokens or usage.input_tokens + usage.output_tokens,
+    }
+
+
+async def run_accountant(
+    accountant: Accountant,
+    *,
+    inbox: trio.MemoryReceiveChannel[EventItem],
+    outbox: trio.MemorySendChannel[EventItem],
+) -> None:
+    with inbox, outbox:
+        price: ModelPrice | None = None
+        async for item in inbox:
+            if isinstance(item, Routed):
+                price = accountant.price_for(item.deployment)
+            elif isinstance(item, list):
+                # A terminal event is always the last of its stream, hence of its batch.
+                last = item[-1]
+                if isinstance(last, ResponseEvent) and last.is_terminal:
+                    item[-1] = accountant.settle(last, price)
+            await outbox.send(item)
+
+
+async def run_id_encoder(
+    ids: IdCodec,
+    *,
+    inbox: trio.MemoryReceiveChannel[EventItem],
+    outbox: trio.MemorySendChannel[EventItem],
+) -> None:
+    """Every event carrying a ``response`` gets the same encoded ID (DESIGN §4)."""
+    with inbox, outbox:
+        routed: Routed | None = None
+        encoded: dict[str, str] = {}
+        async for item in inbox:
+            if isinstance(item, Routed):
+                routed = item
+            elif isinstance(item, list):
+                assert routed is not None, "events before Routed"
+                for i, event in enumerate(item):
+                    if type(event) is ResponseEvent:
+                        item[i] = _encode(ids, routed, event, encoded)
+            await outbox.send(item)
+
+
+def _encode(
+    ids: IdCodec, routed: Routed, event: ResponseEvent, cache: dict[str, str]
+) -> ResponseEvent:
+    response = event.response
+    raw_id = response.id
+    new_id = cache.get(raw_id)
+    if new_id is None:
+        d = routed.deployment
+        new_id = cache[raw_id] = ids.encode(
+            provider=d.provider, deployment_id=d.id, raw_id=raw_id, owner=routed.call.owner
+        )
+    changes: dict[str, object] = {"id": new_id}
+    if routed.call.previous_response_id is not None:
+        # The upstream echoes the raw ID it was sent; the caller should see the one it sent.
+        changes["previous_response_id"] = routed.call.previous_response_id
+    return event.with_response(response.with_changes(**changes))
+
+
+async def run_sink(
+    tracker: StreamTracker,
+    *,
+    inbox: trio.MemoryReceiveChannel[EventItem],
+    outbox: trio.MemorySendChannel[Delivery] | None,
+) -> None:
+    """The caller's end: checks and records every event in delivery order (see tracker), then
+    hands the batch to a streaming caller; a non-streaming caller folds the tracker at the end."""
+    if outbox is None:
+        with inbox:
+            async for item in inbox:
+                if isinstance(item, list):
+                    tracker.observe_all(item)
+                elif isinstance(item, Failure):
+                    raise item.error
+        return
+    with inbox, outbox:
+        async for item in inbox:
+            if isinstance(item, list):
+                await outbox.send(tracker.observe_all(item))
+            elif isinstance(item, Failure):
+                raise item.error

@@ -1,0 +1,376 @@
+"""Configuration: the LiteLLM-shaped YAML (or dict) users already have, validated at load.
+
+::
+
+    model_list:
+      - model_name: gpt-4o                 # the group a request's ``model`` names
+        litellm_params:
+          model: openai/gpt-4o             # provider/upstream model
+          api_key: os.environ/OPENAI_API_KEY
+          api_base: https://api.openai.com/v1
+          weight: 2
+        model_info:
+          id: openai-eu-1                  # stable deployment ID, carried in response IDs
+    router_settings:
+      num_retries: 2
+      timeout: 600
+    general_settings:
+      response_id_secret: os.environ/SLUICEGATE_ID_SECRET
+      include_cost_in_streaming_usage: true
+
+Every ``os.environ/NAME`` string is replaced by that variable at load. Unknown keys, wrong types
+and missing variables are a :class:`~sluicegate.errors.ConfigError` that names the path of the
+bad value (``model_list[0].litellm_params.weight``). Secrets are held in :class:`Secret`, whose
+repr never shows the value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+import yaml
+from cattrs.preconf.orjson import make_converter
+
+from .errors import ConfigError
+from .pricing import ModelPrice
+
+__all__ = [
+    "Deployment",
+    "GatewayConfig",
+    "GeneralSettings",
+    "LiteLLMParams",
+    "ModelEntry",
+    "ModelInfo",
+    "RouterSettings",
+    "Secret",
+    "Timeouts",
+    "build_deployment",
+    "derive_deployment_id",
+    "load_config",
+    "make_config_converter",
+]
+
+ENV_PREFIX = "os.environ/"
+#: Providers whose upstream speaks the Responses API natively (issue 2); bridges come later.
+NATIVE_PROVIDERS = frozenset({"openai", "azure", "fake"})
+
+
+@attrs.frozen(repr=False)
+class Secret:
+    """A credential. ``repr``/``str`` never show it; use :meth:`reveal` where it is sent."""
+
+    _value: str
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+@attrs.frozen(kw_only=True)
+class LiteLLMParams:
+    model: str
+    api_base: str | None = None
+    api_key: Secret | None = None
+    api_version: str | None = None
+    weight: float = 1.0
+    # Per-deployment limits; enforced by the full router (issue 7), validated here already.
+    rpm: int | None = None
+    tpm: int | None = None
+    max_retries: int | None = None
+    timeout: float | None = None
+    stream_timeout: float | None = None
+    connect_timeout: float | None = None
+    first_byte_timeout: float | None = None
+    idle_timeout: float | None = None
+    extra_headers: dict[str, str] | None = None
+    input_cost_per_token: float | None = None
+    output_cost_per_token: float | None = None
+    cache_read_input_token_cost: float | None = None
+    output_cost_per_reasoning_token: float | None = None
+    # The built-in fake provider (``fake/<name>``): answer length and pace.
+    fake_tokens: int | None = None
+    fake_token_delay: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ModelInfo:
+    id: str | None = None
+    #: Other informational keys (LiteLLM's ``mode``, ``base_model``, ...), kept as given.
+    extra: dict[str, Any] = attrs.Factory(dict)
+
+
+@attrs.frozen(kw_only=True)
+class ModelEntry:
+    model_name: str
+    litellm_params: LiteLLMParams
+    model_info: ModelInfo = attrs.Factory(ModelInfo)
+
+
+@attrs.frozen(kw_only=True)
+class RouterSettings:
+    num_retries: int = 2
+    #: Total seconds for one request, all attempts included (the OpenAI SDK's default).
+    timeout: float | None = 600.0
+    stream_timeout: float | None = None
+    connect_timeout: float | None = 10.0
+    #: Seconds until the upstream's response headers arrive; None: bounded by ``timeout``.
+    first_byte_timeout: float | None = None
+    #: Longest silence between two chunks of a stream; None: bounded by ``timeout``.
+    idle_timeout: float | None = None
+    retry_backoff_initial: float = 0.5
+    retry_backoff_max: float = 8.0
+    retry_backoff_jitter: float = 0.5
+    #: Longest ``Retry-After`` honoured; a longer one is passed on to the caller instead.
+    max_retry_after: float = 60.0
+
+
+@attrs.frozen(kw_only=True)
+class GeneralSettings:
+    #: Keys the HMAC of response IDs. Unset: a random per-process key (IDs die with the process).
+    response_id_secret: Secret | None = None
+    include_cost_in_streaming_usage: bool = False
+    #: Upstream connection pool: at least the expected concurrency (DESIGN §8).
+    max_connections: int = 1000
+    max_keepalive_connections: int = 1000
+    keepalive_expiry: float = 30.0
+
+
+@attrs.frozen(kw_only=True)
+class GatewayConfig:
+    model_list: list[ModelEntry] = attrs.Factory(list)
+    router_settings: RouterSettings = attrs.Factory(RouterSettings)
+    general_settings: GeneralSettings = attrs.Factory(GeneralSettings)
+
+
+@attrs.frozen(kw_only=True)
+class Timeouts:
+    connect: float | None = 10.0
+    first_byte: float | None = None
+    idle: float | None = None
+    total: float | None = 600.0
+
+
+@attrs.frozen(kw_only=True)
+class Deployment:
+    """One upstream a group routes to, with everything resolved."""
+
+    id: str
+    model_name: str
+    provider: str
+    model: str
+    api_base: str | None
+    api_key: Secret | None = None
+    api_version: str | None = None
+    weight: float = 1.0
+    extra_headers: Mapping[str, str] = attrs.Factory(dict)
+    price: ModelPrice | None = None
+    max_retries: int = 2
+    timeouts: Timeouts = attrs.Factory(Timeouts)
+    stream_timeouts: Timeouts = attrs.Factory(Timeouts)
+    fake_tokens: int | None = None
+    fake_token_delay: float | None = None
+
+
+def make_config_converter() -> cattrs.Converter:
+    conv = make_converter(forbid_extra_keys=True)
+    conv.register_structure_hook(Secret, _structure_secret)
+
+    def structure_model_info(value: Any, _: type) -> ModelInfo:
+        if not isinstance(value, Mapping):
+            raise TypeError("expected a mapping")
+        rest = {k: v for k, v in value.items() if k != "id"}
+        mid = value.get("id")
+        if mid is not None and not isinstance(mid, str | int):
+            raise TypeError("'id' must be a string")
+        return ModelInfo(id=None if mid is None else str(mid), extra=rest)
+
+    conv.register_structure_hook(ModelInfo, structure_model_info)
+    for strict in (float, int, bool, str):
+        conv.register_structure_hook(strict, _strict_scalar(strict))
+    return conv
+
+
+def _structure_secret(value: Any, _: type) -> Secret:
+    if not isinstance(value, str):
+        raise TypeError("expected a string")
+    return Secret(value)
+
+
+def _strict_scalar(kind: type) -> Any:
+    # cattrs would coerce "2" to 2 or 1 to True; configuration typos deserve an error instead.
+    def hook(value: Any, _: type) -> Any:
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
+        return value
+
+    return hook
+
+
+_CONVERTER = make_config_converter()
+
+
+def load_config(
+    source: GatewayConfig | Mapping[str, Any] | str | os.PathLike[str] | None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> GatewayConfig:
+    """Load and validate a configuration from a dict, a YAML file path, or nothing (empty)."""
+    if isinstance(source, GatewayConfig):
+        return source
+    env = os.environ if environ is None else environ
+    raw: Any
+    if source is None:
+        raw = {}
+    elif isinstance(source, str | os.PathLike):
+        path = Path(source)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration: {exc}", path=str(path)) from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"not valid YAML: {exc}", path=str(path)) from exc
+    else:
+        raw = source
+    if not isinstance(raw, Mapping):
+        raise ConfigError("the configuration must be a mapping")
+    resolved = _resolve_env(raw, "", env)
+    try:
+        config = _CONVERTER.structure(resolved, GatewayConfig)
+    except cattrs.BaseValidationError as exc:
+        messages = cattrs.transform_error(exc, path="")
+        first = messages[0] if messages else str(exc)
+        where = first.partition(" @ ")[2].removeprefix("$").lstrip(".")
+        raise ConfigError("; ".join(messages), path=where or None) from exc
+    _check(config)
+    return config
+
+
+def _resolve_env(value: Any, path: str, env: Mapping[str, str]) -> Any:
+    if isinstance(value, str) and value.startswith(ENV_PREFIX):
+        name = value[len(ENV_PREFIX) :]
+        if name not in env:
+            raise ConfigError(f"environment variable {name!r} is not set", path=path or None)
+        return env[name]
+    if isinstance(value, Mapping):
+        return {
+            k: _resolve_env(v, f"{path}.{k}" if path else str(k), env) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_resolve_env(v, f"{path}[{i}]", env) for i, v in enumerate(value)]
+    return value
+
+
+def _check(config: GatewayConfig) -> None:
+    seen: dict[str, str] = {}
+    for i, entry in enumerate(config.model_list):
+        base = f"model_list[{i}]"
+        provider, _, model = entry.litellm_params.model.partition("/")
+        if not model:
+            raise ConfigError(
+                "must be 'provider/model' (e.g. 'openai/gpt-4o')",
+                path=f"{base}.litellm_params.model",
+            )
+        if provider not in NATIVE_PROVIDERS:
+            raise ConfigError(
+                f"provider {provider!r} is not supported (supported: "
+                f"{', '.join(sorted(NATIVE_PROVIDERS))})",
+                path=f"{base}.litellm_params.model",
+            )
+        if entry.litellm_params.weight <= 0:
+            raise ConfigError("must be positive", path=f"{base}.litellm_params.weight")
+        if provider == "azure" and not entry.litellm_params.api_base:
+            raise ConfigError("azure deployments need an api_base", path=f"{base}.litellm_params")
+        dep_id = deployment_id_of(entry)
+        if dep_id in seen:
+            raise ConfigError(
+                f"deployment id {dep_id!r} is also used by {seen[dep_id]}",
+                path=f"{base}.model_info.id",
+            )
+        seen[dep_id] = base
+
+
+def derive_deployment_id(model_name: str, model: str, api_base: str | None) -> str:
+    """A stable ID from the group and non-secret parameters only: rotating a key keeps it."""
+    digest = hashlib.sha256(f"{model_name}\0{model}\0{api_base or ''}".encode()).hexdigest()
+    return f"dep-{digest[:16]}"
+
+
+def deployment_id_of(entry: ModelEntry) -> str:
+    if entry.model_info.id:
+        return entry.model_info.id
+    p = entry.litellm_params
+    return derive_deployment_id(entry.model_name, p.model, p.api_base)
+
+
+def _timeouts(p: LiteLLMParams, r: RouterSettings, *, stream: bool) -> Timeouts:
+    total = p.timeout if p.timeout is not None else r.timeout
+    if stream:
+        total = p.stream_timeout or r.stream_timeout or total
+    return Timeouts(
+        connect=p.connect_timeout if p.connect_timeout is not None else r.connect_timeout,
+        first_byte=p.first_byte_timeout
+        if p.first_byte_timeout is not None
+        else r.first_byte_timeout,
+        idle=p.idle_timeout if p.idle_timeout is not None else r.idle_timeout,
+        total=total,
+    )
+
+
+def build_deployment(
+    entry: ModelEntry, router: RouterSettings, *, environ: Mapping[str, str] | None = None
+) -> Deployment:
+    """Resolve one model_list entry; provider environment credentials fill what is unset."""
+    env = os.environ if environ is None else environ
+    p = entry.litellm_params
+    provider, _, model = p.model.partition("/")
+    api_base = p.api_base
+    api_key = p.api_key
+    api_version = p.api_version
+    if provider == "openai":
+        api_base = api_base or env.get("OPENAI_BASE_URL") or env.get("OPENAI_API_BASE")
+        api_base = api_base or "https://api.openai.com/v1"
+        if api_key is None and env.get("OPENAI_API_KEY"):
+            api_key = Secret(env["OPENAI_API_KEY"])
+    elif provider == "azure":
+        api_base = api_base or env.get("AZURE_API_BASE")
+        if api_key is None and env.get("AZURE_API_KEY"):
+            api_key = Secret(env["AZURE_API_KEY"])
+        api_version = api_version or env.get("AZURE_API_VERSION")
+    price = None
+    if p.input_cost_per_token is not None or p.output_cost_per_token is not None:
+        price = ModelPrice(
+            input_cost_per_token=p.input_cost_per_token or 0.0,
+            output_cost_per_token=p.output_cost_per_token or 0.0,
+            cache_read_input_token_cost=p.cache_read_input_token_cost,
+            output_cost_per_reasoning_token=p.output_cost_per_reasoning_token,
+            source="deployment override",
+        )
+    return Deployment(
+        id=deployment_id_of(entry),
+        model_name=entry.model_name,
+        provider=provider,
+        model=model,
+        api_base=api_base.rstrip("/") if api_base else None,
+        api_key=api_key,
+        api_version=api_version,
+        weight=p.weight,
+        extra_headers=dict(p.extra_headers or {}),
+        price=price,
+        max_retries=p.max_retries if p.max_retries is not None else router.num_retries,
+        timeouts=_timeouts(p, router, stream=False),
+        stream_timeouts=_timeouts(p, router, stream=True),
+        fake_tokens=p.fake_tokens,
+        fake_token_delay=p.fake_token_delay,
+    )

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sluicegate.fake import FakeUpstream, open_fake_upstream
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def fixture_bytes(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeUpstream]:
+    async with open_fake_upstream(tokens=8) as upstream:
+        yield upstream
+
+
+def fake_config(fake: FakeUpstream, **router_settings: object) -> dict[str, object]:
+    """A gateway config with one deployment on the given fake upstream."""
+    return {
+        "model_list": [
+            {
+                "model_name": "gpt-test",
+                "litellm_params": {
+                    "model": "openai/gpt-5.4",
+                    "api_base": fake.base_url,
+                    "api_key": "sk-test-fake",
+                },
+                "model_info": {"id": "fake-1"},
+            }
+        ],
+        "router_settings": {"retry_backoff_jitter": 0.0, **router_settings},
+        "general_settings": {"response_id_secret": "test-secret"},
+    }

@@ -1,0 +1,141 @@
+"""Configuration loading: LiteLLM's shape, os.environ/ secrets, errors that name the path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sluicegate.config import build_deployment, derive_deployment_id, load_config
+from sluicegate.errors import ConfigError
+
+YAML = """
+model_list:
+  - model_name: gpt-4o
+    litellm_params:
+      model: openai/gpt-4o
+      api_key: os.environ/TEST_OPENAI_KEY
+      weight: 2
+      input_cost_per_token: 0.000001
+      output_cost_per_token: 0.000002
+    model_info:
+      id: eu-1
+      mode: responses
+  - model_name: gpt-4o
+    litellm_params:
+      model: azure/my-deployment
+      api_base: https://r.openai.azure.com
+      api_key: os.environ/TEST_AZURE_KEY
+router_settings:
+  num_retries: 4
+  idle_timeout: 30
+general_settings:
+  response_id_secret: os.environ/TEST_ID_SECRET
+  include_cost_in_streaming_usage: true
+"""
+ENV = {"TEST_OPENAI_KEY": "sk-one", "TEST_AZURE_KEY": "az-two", "TEST_ID_SECRET": "s"}
+
+
+def test_yaml_file_loads_with_secrets_resolved(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(YAML)
+    config = load_config(path, environ=ENV)
+    first, second = config.model_list
+    assert first.litellm_params.api_key is not None
+    assert first.litellm_params.api_key.reveal() == "sk-one"
+    assert "sk-one" not in repr(config)  # secrets never show in reprs or logs
+    assert first.model_info.id == "eu-1" and first.model_info.extra == {"mode": "responses"}
+    assert config.router_settings.num_retries == 4
+    assert config.general_settings.include_cost_in_streaming_usage
+    dep = build_deployment(first, config.router_settings, environ={})
+    assert (dep.id, dep.provider, dep.model, dep.weight) == ("eu-1", "openai", "gpt-4o", 2.0)
+    assert dep.api_base == "https://api.openai.com/v1" and dep.max_retries == 4
+    assert dep.timeouts.idle == 30 and dep.price is not None
+    azure = build_deployment(second, config.router_settings, environ={})
+    assert azure.id.startswith("dep-") and azure.provider == "azure"
+
+
+@pytest.mark.parametrize(
+    ("config", "path"),
+    [
+        (
+            {
+                "model_list": [
+                    {"model_name": "a", "litellm_params": {"model": "openai/x", "weight": "heavy"}}
+                ]
+            },
+            "model_list[0].litellm_params.weight",
+        ),
+        (
+            {
+                "model_list": [
+                    {"model_name": "a", "litellm_params": {"model": "openai/x", "api_kee": "k"}}
+                ]
+            },
+            "model_list[0].litellm_params",
+        ),
+        (
+            {"model_list": [{"model_name": "a", "litellm_params": {"model": "gpt-4o"}}]},
+            "model_list[0].litellm_params.model",
+        ),
+        (
+            {"model_list": [{"model_name": "a", "litellm_params": {"model": "bedrock/x"}}]},
+            "model_list[0].litellm_params.model",
+        ),
+        (
+            {"model_list": [{"model_name": "a", "litellm_params": {"model": "azure/x"}}]},
+            "model_list[0].litellm_params",
+        ),
+        (
+            {
+                "model_list": [
+                    {
+                        "model_name": "a",
+                        "litellm_params": {"model": "openai/x", "api_key": "os.environ/NOPE"},
+                    }
+                ]
+            },
+            "model_list[0].litellm_params.api_key",
+        ),
+        (
+            {"general_settings": {"include_cost_in_streaming_usage": "yes"}},
+            "general_settings.include_cost_in_streaming_usage",
+        ),
+        ({"router_settings": {"num_retries": 1.5}}, "router_settings.num_retries"),
+        ({"surprise": 1}, None),
+    ],
+)
+def test_bad_config_names_the_path(config: dict[str, object], path: str | None) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(config, environ={})
+    if path is not None:
+        assert info.value.path is not None and info.value.path.startswith(path), info.value
+    else:
+        assert "surprise" in info.value.message
+
+
+def test_duplicate_deployment_ids_are_rejected() -> None:
+    entry = {"model_name": "a", "litellm_params": {"model": "openai/x"}, "model_info": {"id": "d"}}
+    with pytest.raises(ConfigError) as info:
+        load_config({"model_list": [entry, entry]}, environ={})
+    assert info.value.path == "model_list[1].model_info.id"
+
+
+def test_derived_deployment_id_ignores_secrets() -> None:
+    def dep(key: str) -> str:
+        config = load_config(
+            {
+                "model_list": [
+                    {"model_name": "g", "litellm_params": {"model": "openai/x", "api_key": key}}
+                ]
+            },
+            environ={},
+        )
+        return build_deployment(config.model_list[0], config.router_settings, environ={}).id
+
+    assert dep("sk-old") == dep("sk-rotated") == derive_deployment_id("g", "openai/x", None)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.yaml")

@@ -1,0 +1,147 @@
+"""Client request validation: a clear 400 that names the parameter; nothing bad goes upstream."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from sluicegate._params import RESPONSES_PARAMETERS, prepare_call
+from sluicegate.codecs.ids import IdCodec
+from sluicegate.errors import InvalidRequestError, NotFoundError
+
+IDS = IdCodec.from_secret("k")
+
+
+def _prepare(**params: Any) -> Any:
+    return prepare_call({"model": "m", "input": "hi", **params}, stream=False, ids=IDS)
+
+
+def _error(**params: Any) -> InvalidRequestError:
+    with pytest.raises(InvalidRequestError) as info:
+        _prepare(**params)
+    assert info.value.status_code == 400
+    assert info.value.to_dict()["error"]["type"] == "invalid_request_error"
+    return info.value
+
+
+def test_every_spec_parameter_is_accepted_and_forwarded_unchanged() -> None:
+    values: dict[str, Any] = {
+        "input": [{"role": "user", "content": "hi"}],
+        "instructions": "Be terse.",
+        "tools": [{"type": "web_search"}],
+        "tool_choice": {"type": "function", "name": "f"},
+        "parallel_tool_calls": False,
+        "max_tool_calls": 3,
+        "conversation": None,
+        "reasoning": {"effort": "high", "summary": "auto"},
+        "text": {"verbosity": "low"},
+        "max_output_tokens": 200,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_logprobs": 5,
+        "metadata": {"k": "v"},
+        "store": False,
+        "stream_options": {"include_obfuscation": False},
+        "background": True,
+        "truncation": "auto",
+        "include": ["reasoning.encrypted_content"],
+        "prompt": {"id": "pmpt_1"},
+        "service_tier": "flex",
+        "user": "u",
+        "safety_identifier": "abc",
+        "prompt_cache_key": "ck",
+        "prompt_cache_retention": "24h",
+        "prompt_cache_options": {"mode": "implicit"},
+        "moderation": {"model": "m"},
+        "context_management": [{"type": "compaction", "compact_threshold": 1000}],
+    }
+    assert set(values) | {"model", "previous_response_id", "stream"} == set(RESPONSES_PARAMETERS)
+    call = _prepare(**values)
+    assert call.body == {"model": "m", **values}
+
+
+def test_unknown_parameter_is_named() -> None:
+    err = _error(temprature=1)
+    assert err.param == "temprature" and err.code == "unknown_parameter"
+
+
+@pytest.mark.parametrize(
+    ("param", "value", "code"),
+    [
+        ("temperature", "hot", "invalid_type"),
+        ("temperature", 2.5, "invalid_value"),
+        ("temperature", True, "invalid_type"),
+        ("top_p", -0.1, "invalid_value"),
+        ("max_output_tokens", 1.5, "invalid_type"),
+        ("max_output_tokens", 0, "invalid_value"),
+        ("top_logprobs", 21, "invalid_value"),
+        ("store", "yes", "invalid_type"),
+        ("tools", {"type": "function"}, "invalid_type"),
+        ("tool_choice", "sometimes", "invalid_value"),
+        ("truncation", "maybe", "invalid_value"),
+        ("service_tier", "gold", "invalid_value"),
+        ("include", ["ok", 3], "invalid_type"),
+        ("input", 42, "invalid_type"),
+        ("input", ["not an item"], "invalid_type"),
+        ("safety_identifier", "x" * 65, "string_above_max_length"),
+    ],
+)
+def test_bad_values_name_the_parameter(param: str, value: Any, code: str) -> None:
+    err = _error(**{param: value})
+    assert err.code == code
+    assert err.param is not None and err.param.startswith(param)
+
+
+def test_explicit_null_means_unset_and_is_accepted() -> None:
+    assert _prepare(temperature=None, metadata=None, tools=None).body["temperature"] is None
+
+
+def test_metadata_limits_follow_openai() -> None:
+    _prepare(metadata={f"k{i}": "v" * 512 for i in range(16)})
+    assert _error(metadata={f"k{i}": "v" for i in range(17)}).param == "metadata"
+    assert _error(metadata={"k" * 65: "v"}).param == "metadata"
+    assert _error(metadata={"k": "v" * 513}).param == "metadata"
+    assert _error(metadata={"k": 1}).param == "metadata.k"
+    assert _error(metadata=["k"]).param == "metadata"
+
+
+def test_model_is_required() -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        prepare_call({"input": "hi"}, stream=False, ids=IDS)
+    assert info.value.param == "model"
+
+
+def test_stream_true_is_for_the_streaming_call() -> None:
+    assert _error(stream=True).param == "stream"
+    call = prepare_call({"model": "m", "stream": True}, stream=True, ids=IDS)
+    assert call.stream and "stream" not in call.body
+
+
+def test_previous_response_id_is_decoded_and_not_combinable_with_conversation() -> None:
+    encoded = IDS.encode(provider="openai", deployment_id="d", raw_id="resp_raw")
+    call = _prepare(previous_response_id=encoded)
+    assert call.previous is not None and call.previous.raw_id == "resp_raw"
+    assert call.previous_response_id == encoded and "previous_response_id" not in call.body
+    assert _error(previous_response_id=encoded, conversation="conv_1").param == (
+        "previous_response_id"
+    )
+    with pytest.raises(NotFoundError) as info:
+        _prepare(previous_response_id=encoded[:-2] + "AA")
+    assert info.value.status_code == 404 and info.value.param == "previous_response_id"
+
+
+def test_library_options_are_not_body_fields() -> None:
+    call = _prepare(
+        extra_body={"x": 1},
+        extra_headers={"X-Trace": "t"},
+        extra_query={"a": 1},
+        timeout=httpx.Timeout(30.0, connect=5.0),
+    )
+    assert call.extra_body == {"x": 1} and call.extra_headers == {"x-trace": "t"}
+    assert call.extra_query == {"a": "1"} and call.timeout == 30.0
+    assert set(call.body) == {"model", "input"}
+    assert _prepare(timeout=12).timeout == 12.0
+    assert _error(timeout=-1).param == "timeout"
+    assert _error(extra_headers={"x": 1}).param == "extra_headers.x"
