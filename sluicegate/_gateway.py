@@ -24,17 +24,14 @@ import trio
 from ._params import prepare_call
 from ._types import Response, StreamEvent
 from .actors._connector import Connector
-from .actors._router import Router
+from .actors._router import Router, env_deployment_id
 from .actors._stages import Accountant
 from .codecs._lifecycle import StreamTracker
 from .codecs.ids import DecodedId, IdCodec
 from .codecs.openai_responses import build_resource_request
 from .config import (
-    NATIVE_PROVIDERS,
     Deployment,
     GatewayConfig,
-    LiteLLMParams,
-    ModelEntry,
     build_deployment,
     load_config,
 )
@@ -244,43 +241,86 @@ class Gateway:
 
     # -- stored responses (native upstreams; the event store joins in issue 3) ----------------
 
-    async def get_response(self, response_id: str, **params: Any) -> Response:
-        """Retrieve a response from the upstream that made it (``GET /v1/responses/{id}``)."""
+    async def get_response(
+        self,
+        response_id: str,
+        *,
+        include: list[str] | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_query: Mapping[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 -- the OpenAI SDK's per-call option
+    ) -> Response:
+        """Retrieve a response from the upstream that made it (``GET /v1/responses/{id}``).
+
+        Raises:
+            NotFoundError: the ID is not one of ours (forged, altered, unknown deployment).
+            UpstreamError: the upstream's answer (its 404 for a response it does not have).
+        """
         decoded, deployment = self._resolve_id(response_id)
-        query = {k: str(v) for k, v in params.pop("extra_query", {}).items()}
-        include = params.pop("include", None)
+        query: dict[str, str | list[str]] = {**(extra_query or {})}
         if include:
-            query["include[]"] = ",".join(include)
-        body = await self._resource_call(deployment, "GET", decoded.raw_id, query=query, **params)
+            query["include[]"] = list(include)
+        body = await self._resource_call(
+            deployment,
+            "GET",
+            decoded.raw_id,
+            query=query,
+            extra_headers=extra_headers,
+            total_timeout=timeout,
+        )
         return self._encode_response(Response.from_dict(body), decoded, deployment)
 
-    async def delete_response(self, response_id: str, **params: Any) -> dict[str, Any]:
-        """Delete a response upstream (``DELETE /v1/responses/{id}``)."""
+    async def delete_response(
+        self,
+        response_id: str,
+        *,
+        extra_headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 -- the OpenAI SDK's per-call option
+    ) -> dict[str, Any]:
+        """Delete a response upstream (``DELETE /v1/responses/{id}``); the deletion object."""
         decoded, deployment = self._resolve_id(response_id)
-        body = await self._resource_call(deployment, "DELETE", decoded.raw_id, **params)
+        body = await self._resource_call(
+            deployment,
+            "DELETE",
+            decoded.raw_id,
+            extra_headers=extra_headers,
+            total_timeout=timeout,
+        )
         if not isinstance(body, dict):
             raise UpstreamProtocolError("upstream answered a delete with a non-object")
         return {**body, "id": response_id}
 
-    async def cancel_response(self, response_id: str, **params: Any) -> Response:
+    async def cancel_response(
+        self,
+        response_id: str,
+        *,
+        extra_headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 -- the OpenAI SDK's per-call option
+    ) -> Response:
         """Cancel a background response (``POST /v1/responses/{id}/cancel``)."""
         decoded, deployment = self._resolve_id(response_id)
         body = await self._resource_call(
-            deployment, "POST", decoded.raw_id, action="cancel", **params
+            deployment,
+            "POST",
+            decoded.raw_id,
+            action="cancel",
+            extra_headers=extra_headers,
+            total_timeout=timeout,
         )
         return self._encode_response(Response.from_dict(body), decoded, deployment)
 
     def _resolve_id(self, response_id: str) -> tuple[DecodedId, Deployment]:
         decoded = self._pipeline.ids.decode(response_id)
-        deployment = self._pipeline.router.deployment(decoded.deployment_id)
-        if deployment is None and decoded.provider in NATIVE_PROVIDERS - {"fake"}:
-            # A response made with the provider's environment credentials (no configured
-            # deployment): the same credentials reach it again.
-            model = f"{decoded.provider}/_"
-            entry = ModelEntry(model_name=model, litellm_params=LiteLLMParams(model=model))
-            candidate = build_deployment(entry, self._config.router_settings, environ=self._environ)
-            if candidate.api_base is not None:
-                deployment = candidate
+        router = self._pipeline.router
+        deployment = router.deployment(decoded.deployment_id)
+        if deployment is None and decoded.deployment_id in (
+            "",
+            env_deployment_id(decoded.provider),
+        ):
+            # Made on the provider's environment credentials (or a LiteLLM ID without a
+            # deployment): the same credentials reach it again. A configured deployment that
+            # was removed does not fall back here: its responses are gone with it.
+            deployment = router.env_deployment(decoded.provider)
         if deployment is None:
             raise NotFoundError(f"No response found with id '{response_id}'.")
         return decoded, deployment
@@ -292,7 +332,7 @@ class Gateway:
         raw_id: str,
         *,
         action: str = "",
-        query: Mapping[str, str] | None = None,
+        query: Mapping[str, str | list[str]] | None = None,
         extra_headers: Mapping[str, str] | None = None,
         total_timeout: float | None = None,
     ) -> Any:

@@ -504,3 +504,68 @@ async def test_callers_own_exceptions_come_out_unwrapped() -> None:
     with pytest.raises(NotFoundError):
         async with await _gateway(upstream, config()) as gw:
             await gw.responses(model="missing", input="hi")
+
+
+async def test_get_sends_include_as_repeated_query_parameters() -> None:
+    upstream = MockUpstream([json_step(200, TEXT_BODY), json_step(200, TEXT_BODY)])
+    async with await _gateway(upstream, config()) as gw:
+        created = await gw.responses(model="g", input="hi")
+        await gw.get_response(created.id, include=["reasoning.encrypted_content", "x.y"], timeout=5)
+    assert upstream.requests[1].url.params.get_list("include[]") == [
+        "reasoning.encrypted_content",
+        "x.y",
+    ]
+
+
+async def test_ids_of_a_removed_deployment_are_404_not_rerouted() -> None:
+    upstream = MockUpstream()
+    stale = IDS.encode(provider="openai", deployment_id="removed-dep", raw_id="resp_x")
+    async with await _gateway(upstream, config()) as gw:
+        for call in (gw.get_response, gw.delete_response, gw.cancel_response):
+            with pytest.raises(NotFoundError):
+                await call(stale)
+    assert upstream.requests == []
+
+
+def _two_groups(same_account: bool) -> dict[str, Any]:
+    cfg = config()
+    other = {
+        "model": "openai/gpt-5.4-mini",
+        "api_base": "https://upstream.test/v1",
+        "api_key": "sk-unit" if same_account else "sk-other-account",
+    }
+    cfg["model_list"].append(
+        {"model_name": "mini", "litellm_params": other, "model_info": {"id": "dep-mini"}}
+    )
+    return cfg
+
+
+async def test_switching_groups_mid_conversation_stays_on_the_same_account() -> None:
+    upstream = MockUpstream(default=json_step(200, TEXT_BODY))
+    async with await _gateway(upstream, _two_groups(same_account=True)) as gw:
+        first = await gw.responses(model="g", input="hi")
+        await gw.responses(model="mini", input="more", previous_response_id=first.id)
+    assert upstream.body()["model"] == "gpt-5.4-mini"
+    assert upstream.body()["previous_response_id"] == RAW_ID
+
+
+async def test_switching_to_another_account_mid_conversation_is_refused() -> None:
+    upstream = MockUpstream(default=json_step(200, TEXT_BODY))
+    async with await _gateway(upstream, _two_groups(same_account=False)) as gw:
+        first = await gw.responses(model="g", input="hi")
+        with pytest.raises(InvalidRequestError) as info:
+            await gw.responses(model="mini", input="more", previous_response_id=first.id)
+    assert info.value.param == "previous_response_id"
+    assert len(upstream.requests) == 1  # the refused turn never went upstream
+
+
+async def test_zero_config_conversations_continue_on_the_environment_account() -> None:
+    upstream = MockUpstream(default=json_step(200, TEXT_BODY))
+    env = {"OPENAI_API_KEY": "sk-env", "OPENAI_BASE_URL": "https://env.test/v1"}
+    async with sluicegate.open_gateway(None, transport=upstream.transport(), environ=env) as gw:
+        first = await gw.responses(model="openai/gpt-5.4", input="hi")
+        await gw.responses(model="openai/gpt-5.4-mini", input="more", previous_response_id=first.id)
+        await gw.get_response(first.id)
+    assert [r.url.host for r in upstream.requests] == ["env.test"] * 3
+    assert upstream.body(1)["previous_response_id"] == RAW_ID
+    assert upstream.body(1)["model"] == "gpt-5.4-mini"

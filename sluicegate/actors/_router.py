@@ -23,6 +23,7 @@ from ..config import (
     Deployment,
     LiteLLMParams,
     ModelEntry,
+    ModelInfo,
     RouterSettings,
     build_deployment,
 )
@@ -82,9 +83,14 @@ class Router:
         return sorted(self._groups)
 
     def deployment(self, deployment_id: str) -> Deployment | None:
-        return self._by_id.get(deployment_id) or next(
-            (d for d in self._adhoc.values() if d.id == deployment_id), None
-        )
+        """The configured deployment with this ID, or None."""
+        return self._by_id.get(deployment_id)
+
+    def env_deployment(self, provider: str, model: str = "_") -> Deployment | None:
+        """A deployment on the provider's environment credentials (zero-config use)."""
+        if provider not in NATIVE_PROVIDERS:
+            return None
+        return self._adhoc_deployment(f"{provider}/{model}")
 
     async def route(self, call: PreparedCall) -> Deployment:
         deployment = self.choose(call)
@@ -106,9 +112,18 @@ class Router:
         assert call.previous is not None
         dep_id = call.previous.deployment_id
         pinned = self.deployment(dep_id)
-        if pinned is None and group is None and "/" in call.model:
-            candidate = self._adhoc_deployment(call.model)
-            pinned = candidate if candidate.id == dep_id else None
+        if pinned is None and dep_id == env_deployment_id(call.previous.provider):
+            # Made on the provider's environment credentials: the same account serves any
+            # model of that provider the caller names now.
+            provider, _, name = call.model.partition("/")
+            if group is None and provider == call.previous.provider and name:
+                return self._adhoc_deployment(call.model)
+            raise InvalidRequestError(
+                f"previous_response_id was created on the {call.previous.provider!r} "
+                f"environment credentials; continue with a '{call.previous.provider}/<model>' "
+                "model name.",
+                param="previous_response_id",
+            )
         if pinned is None:
             raise NotFoundError(
                 f"The deployment that created previous_response_id ({dep_id!r}) is no longer "
@@ -149,7 +164,11 @@ class Router:
             raise NotFoundError(
                 f"The model '{model}' does not exist.", param="model", code="model_not_found"
             )
-        entry = ModelEntry(model_name=model, litellm_params=LiteLLMParams(model=model))
+        entry = ModelEntry(
+            model_name=model,
+            litellm_params=LiteLLMParams(model=model),
+            model_info=ModelInfo(id=env_deployment_id(provider)),
+        )
         deployment = build_deployment(entry, self._settings, environ=self._environ)
         if deployment.provider == "azure" and deployment.api_base is None:
             raise InvalidRequestError(
@@ -159,6 +178,11 @@ class Router:
             )
         self._adhoc[model] = deployment
         return deployment
+
+
+def env_deployment_id(provider: str) -> str:
+    """The deployment ID of zero-config calls: one account per provider, the environment's."""
+    return f"env:{provider}"
 
 
 async def run_router(

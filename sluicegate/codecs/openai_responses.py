@@ -56,7 +56,7 @@ class UpstreamRequest:
     method: str
     url: str
     headers: Mapping[str, str]
-    params: Mapping[str, str] = attrs.Factory(dict)
+    params: Mapping[str, str | list[str]] = attrs.Factory(dict)
     content: bytes | None = None
 
 
@@ -129,7 +129,7 @@ def build_resource_request(
     raw_id: str,
     *,
     action: str = "",
-    params: Mapping[str, str] | None = None,
+    params: Mapping[str, str | list[str]] | None = None,
     extra_headers: Mapping[str, str] | None = None,
 ) -> UpstreamRequest:
     """``GET|DELETE …/responses/{id}`` or ``POST …/responses/{id}/cancel``."""
