@@ -1,0 +1,253 @@
+"""``python -m benchmarks [--smoke] [--concurrency 1,16,64] [--requests N] [--repeats K]``."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import platform
+import shlex
+import sys
+import time
+from contextlib import AsyncExitStack
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+import trio
+
+import sluicegate
+
+from ._report import check_targets, summarize, text_table, write_results
+from ._runner import Case, run_case
+from ._targets import POOL_KEEPALIVE_EXPIRY, POOL_SIZE, open_floor, open_sluicegate
+from ._upstream import BenchmarkError, pin_current_process, plan_cpus, run_fake_upstream
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ._runner import CaseRun
+    from ._targets import Target
+    from ._upstream import FakeUpstreamProcess
+
+__all__ = ["main"]
+
+RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
+_FULL_REQUESTS: Final = 2000
+_FULL_REPEATS: Final = 3
+_SMOKE_REQUESTS: Final = 16
+_SMOKE_REPEATS: Final = 1
+#: Below this concurrency a case is latency-bound and slow in wall time: it gets N / 4 requests,
+#: still plenty for CPU per request and p99.
+_LOW_CONCURRENCY: Final = 8
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    smoke: bool
+    concurrencies: tuple[int, ...]
+    requests: int
+    repeats: int
+    tokens: int
+    warmup_s: float
+
+    def requests_at(self, concurrency: int) -> int:
+        if concurrency >= _LOW_CONCURRENCY:
+            return self.requests
+        return max(1, self.requests // 4)
+
+
+def _concurrencies(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of integers: {text!r}"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("concurrencies must be positive integers")
+    return tuple(sorted(set(values)))
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _parse(argv: Sequence[str] | None) -> Settings:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="sluicegate vs a raw httpx floor, against the same fake upstream "
+        "(see benchmarks/__init__.py). Always exits 0 unless the benchmark could not run.",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help=f"a tiny run ({_SMOKE_REQUESTS} requests per case, 1 repeat) that keeps the suite "
+        "working in CI; its numbers mean nothing",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=_concurrencies,
+        default=(1, 16, 64),
+        metavar="C1,C2,...",
+        help="worker counts to run every case at (default: 1,16,64)",
+    )
+    parser.add_argument(
+        "--requests",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help=f"measured requests per case at concurrency >= {_LOW_CONCURRENCY}, N/4 below "
+        f"(default: {_FULL_REQUESTS}; {_SMOKE_REQUESTS} with --smoke)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=_positive,
+        default=None,
+        metavar="K",
+        help=f"repeat every case K times and report medians (default: {_FULL_REPEATS}; "
+        f"{_SMOKE_REPEATS} with --smoke)",
+    )
+    parser.add_argument(
+        "--tokens", type=_positive, default=20, help="output tokens per answer (default: 20)"
+    )
+    args = parser.parse_args(argv)
+    smoke: bool = args.smoke
+    return Settings(
+        smoke=smoke,
+        concurrencies=args.concurrency,
+        requests=args.requests or (_SMOKE_REQUESTS if smoke else _FULL_REQUESTS),
+        repeats=args.repeats or (_SMOKE_REPEATS if smoke else _FULL_REPEATS),
+        tokens=args.tokens,
+        # Twice the keep-alive expiry: long enough for the pool to settle (_targets.py).
+        warmup_s=0.0 if smoke else 2 * POOL_KEEPALIVE_EXPIRY,
+    )
+
+
+async def _run_all(settings: Settings, upstream: FakeUpstreamProcess) -> list[CaseRun]:
+    runs: list[CaseRun] = []
+    total = 2 * 2 * len(settings.concurrencies) * settings.repeats
+    async with AsyncExitStack() as stack:
+        targets: list[Target] = [
+            await stack.enter_async_context(open_floor(upstream.base_url)),
+            await stack.enter_async_context(open_sluicegate(upstream.base_url)),
+        ]
+        for repeat in range(settings.repeats):
+            if repeat:
+                # Let the last repeat's idle connections expire, so the lowest concurrency does
+                # not pay for scanning the highest one's pool (see POOL_KEEPALIVE_EXPIRY).
+                await trio.sleep(POOL_KEEPALIVE_EXPIRY + 1.0)
+            # Alternate which target goes first, so neither always inherits the other's garbage
+            # or the upstream's warm state.
+            order = targets if repeat % 2 == 0 else targets[::-1]
+            # Ascending concurrency: within a repeat each pool only grows, so every case finds
+            # about as many connections as it needs.
+            for concurrency in settings.concurrencies:
+                for stream in (False, True):
+                    for target in order:
+                        case = Case(target=target.name, stream=stream, concurrency=concurrency)
+                        run = await run_case(
+                            target,
+                            case,
+                            requests=settings.requests_at(concurrency),
+                            warmup_s=settings.warmup_s,
+                            upstream=upstream,
+                        )
+                        runs.append(run)
+                        print(
+                            f"[{len(runs):>3}/{total}] {case.mode:<6} c={concurrency:<3} "
+                            f"{case.target:<10} {run.cpu_ms_per_request:7.3f} CPU ms/req  "
+                            f"{run.requests_per_s:7.0f} req/s",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+    return runs
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("sluicegate", "httpx", "httpcore", "trio", "orjson"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "?"
+    return out
+
+
+def _source_digest() -> str:
+    """A digest of sluicegate's source, so results name the exact code they measured (the tree
+    is often dirty while someone is optimising it)."""
+    root = Path(sluicegate.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = _parse(argv)
+    started = datetime.datetime.now(datetime.UTC)
+    plan = plan_cpus()
+    command = shlex.join(["python", "-m", "benchmarks", *(sys.argv[1:] if argv is None else argv)])
+    print(f"sluicegate benchmarks: {plan.note}", file=sys.stderr, flush=True)
+    begin = time.perf_counter()
+    try:
+        with run_fake_upstream(tokens=settings.tokens, cpu=plan.upstream) as upstream:
+            pin_current_process(plan.measure)
+            runs = trio.run(_run_all, settings, upstream)
+    except BenchmarkError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    elapsed = time.perf_counter() - begin
+
+    summaries = summarize(runs)
+    checks = check_targets(summaries)
+    print()
+    print(text_table(summaries))
+    print()
+    if settings.smoke:
+        print("targets (smoke run: informational only, too few requests to judge):")
+    else:
+        print("targets:")
+    for check in checks:
+        print(f"  {check.verdict}  {check.name}: {check.detail}")
+    missed = [c for c in checks if not c.passed]
+    if missed and not settings.smoke:
+        print(f"{len(missed)} of {len(checks)} targets MISSED (informational: exit status 0)")
+
+    meta: dict[str, Any] = {
+        "started": started.isoformat(timespec="seconds"),
+        "command": command,
+        "smoke": settings.smoke,
+        "concurrencies": list(settings.concurrencies),
+        "requests": {str(c): settings.requests_at(c) for c in settings.concurrencies},
+        "repeats": settings.repeats,
+        "tokens": settings.tokens,
+        "warmup_s": settings.warmup_s,
+        "pool": {"size": POOL_SIZE, "keepalive_expiry_s": POOL_KEEPALIVE_EXPIRY},
+        "cpus": plan.note,
+        "upstream": upstream.base_url,
+        "platform": platform.platform(),
+        "versions": _versions(),
+        "sluicegate_source_sha256": _source_digest(),
+        "elapsed_s": round(elapsed, 2),
+    }
+    # A smoke run must not replace the last real results.
+    latest = "latest-smoke" if settings.smoke else "latest"
+    stem = started.strftime("%Y%m%dT%H%M%SZ") + ("-smoke" if settings.smoke else "")
+    paths = write_results(
+        RESULTS_DIR,
+        stem,
+        latest,
+        meta=meta,
+        runs=runs,
+        summaries=summaries,
+        checks=checks,
+    )
+    print(f"\n{elapsed:.1f} s; results: " + ", ".join(str(p) for p in paths))
+    return 0

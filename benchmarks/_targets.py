@@ -1,0 +1,184 @@
+"""The targets under test: the floor (raw httpx + orjson) and the sluicegate library.
+
+Every target answers one request per call and reports what the runner cannot see from outside:
+how many events it received and when the first one arrived. Each also checks that the answer is
+a completed response, cheaply, so a broken run fails loudly instead of measuring errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final, Protocol
+
+import attrs
+import httpx
+import orjson
+import trio
+
+import sluicegate
+
+from ._upstream import BenchmarkError
+
+__all__ = [
+    "GATEWAY_MODEL",
+    "INPUT",
+    "POOL_KEEPALIVE_EXPIRY",
+    "POOL_SIZE",
+    "UPSTREAM_MODEL",
+    "Answer",
+    "FloorTarget",
+    "SluicegateTarget",
+    "Target",
+    "open_floor",
+    "open_sluicegate",
+]
+
+#: The pool limits both targets share (the gateway's ``general_settings`` say the same).
+POOL_SIZE: Final = 128
+#: Both pools drop connections idle this long (httpx's default is 5 s, the gateway's 30 s). Short
+#: and the same on both sides on purpose: httpcore's pool scans every idle connection, several
+#: times per request, so its cost depends on how many idle connections it holds. Under steady
+#: load the pool shrinks to what the load needs once the spare connections expire; a short
+#: expiry lets it get there within the warm-up, so a case measures its own concurrency and not
+#: the previous case's pool (see the runner's warm-up).
+POOL_KEEPALIVE_EXPIRY: Final = 1.0
+GATEWAY_MODEL: Final = "bench"
+UPSTREAM_MODEL: Final = "bench-model"
+API_KEY: Final = "sk-bench"
+INPUT: Final = "hello"
+_COMPLETED: Final = "response.completed"
+
+
+@attrs.frozen
+class Answer:
+    #: Events received (1 for a non-streamed response: the Response object itself).
+    events: int
+    #: ``trio.current_time()`` when the first event arrived; None when not streaming.
+    first_event_at: float | None
+
+
+class Target(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    async def create(self) -> Answer:
+        """One non-streamed request, its body parsed."""
+        ...
+
+    async def stream(self) -> Answer:
+        """One streamed request, every event read and parsed."""
+        ...
+
+
+@attrs.define(eq=False)
+class FloorTarget:
+    """What a minimal hand-written client does: httpx, orjson, nothing else."""
+
+    _client: httpx.AsyncClient
+    _url: str
+    _headers: dict[str, str]
+
+    @property
+    def name(self) -> str:
+        return "floor"
+
+    async def create(self) -> Answer:
+        content = orjson.dumps({"model": UPSTREAM_MODEL, "input": INPUT})
+        response = await self._client.post(self._url, content=content, headers=self._headers)
+        response.raise_for_status()
+        body: Any = orjson.loads(response.content)
+        if body.get("status") != "completed":
+            raise BenchmarkError(f"floor: unexpected response status {body.get('status')!r}")
+        return Answer(1, None)
+
+    async def stream(self) -> Answer:
+        content = orjson.dumps({"model": UPSTREAM_MODEL, "input": INPUT, "stream": True})
+        events = 0
+        first: float | None = None
+        last: Any = None
+        async with self._client.stream(
+            "POST", self._url, content=content, headers=self._headers
+        ) as response:
+            response.raise_for_status()
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    last = orjson.loads(line[5:])
+                    events += 1
+                    if first is None:
+                        first = trio.current_time()
+        if last is None or last.get("type") != _COMPLETED:
+            raise BenchmarkError("floor: the stream did not end with response.completed")
+        return Answer(events, first)
+
+
+@attrs.define(eq=False)
+class SluicegateTarget:
+    """The library face, as a caller uses it."""
+
+    _gateway: sluicegate.Gateway
+
+    @property
+    def name(self) -> str:
+        return "sluicegate"
+
+    async def create(self) -> Answer:
+        response = await self._gateway.responses(model=GATEWAY_MODEL, input=INPUT)
+        if response.status is not sluicegate.ResponseStatus.COMPLETED:
+            raise BenchmarkError(f"sluicegate: unexpected response status {response.status!r}")
+        return Answer(1, None)
+
+    async def stream(self) -> Answer:
+        events = 0
+        first: float | None = None
+        last: sluicegate.StreamEvent | None = None
+        async with self._gateway.stream(model=GATEWAY_MODEL, input=INPUT) as stream:
+            async for event in stream:
+                last = event
+                events += 1
+                if first is None:
+                    first = trio.current_time()
+        if last is None or last.type != _COMPLETED:
+            raise BenchmarkError("sluicegate: the stream did not end with response.completed")
+        return Answer(events, first)
+
+
+def _limits() -> httpx.Limits:
+    return httpx.Limits(
+        max_connections=POOL_SIZE,
+        max_keepalive_connections=POOL_SIZE,
+        keepalive_expiry=POOL_KEEPALIVE_EXPIRY,
+    )
+
+
+@asynccontextmanager
+async def open_floor(base_url: str) -> AsyncIterator[FloorTarget]:
+    """One raw client for the whole run, pool sized like the gateway's."""
+    headers = {"content-type": "application/json", "authorization": f"Bearer {API_KEY}"}
+    async with httpx.AsyncClient(limits=_limits(), timeout=None) as client:
+        yield FloorTarget(client, f"{base_url}/responses", headers)
+
+
+@asynccontextmanager
+async def open_sluicegate(base_url: str) -> AsyncIterator[SluicegateTarget]:
+    """One gateway for the whole run, routing one model group to the fake upstream."""
+    config = {
+        "model_list": [
+            {
+                "model_name": GATEWAY_MODEL,
+                "litellm_params": {
+                    "model": f"openai/{UPSTREAM_MODEL}",
+                    "api_base": base_url,
+                    "api_key": API_KEY,
+                },
+                "model_info": {"id": "bench-1"},
+            }
+        ],
+        "general_settings": {
+            "max_connections": POOL_SIZE,
+            "max_keepalive_connections": POOL_SIZE,
+            "keepalive_expiry": POOL_KEEPALIVE_EXPIRY,
+        },
+    }
+    async with sluicegate.open_gateway(config) as gateway:
+        yield SluicegateTarget(gateway)
