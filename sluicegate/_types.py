@@ -231,16 +231,47 @@ class StreamEvent:
 
 @attrs.frozen(kw_only=True)
 class ResponseEvent(StreamEvent):
-    """``response.created|queued|in_progress|completed|incomplete|failed``."""
+    """``response.created|queued|in_progress|completed|incomplete|failed``.
 
-    response: Response
+    ``response`` is the typed view of ``data["response"]``, built on first use: the pipeline
+    itself works on the wire dict, so most of these never need one.
+    """
+
+    _response: Response | None = attrs.field(default=None, eq=False, repr=False, alias="_response")
+
+    @property
+    def response(self) -> Response:
+        response = self._response
+        if response is None:
+            response = Response(data=self.data["response"])
+            object.__setattr__(self, "_response", response)
+        return response
+
+    @property
+    def response_data(self) -> Mapping[str, Any]:
+        """The wire Response object (no typed view built)."""
+        data: Mapping[str, Any] = self.data["response"]
+        return data
 
     @property
     def is_terminal(self) -> bool:
         return self.type in TERMINAL_TYPES
 
     def with_response(self, response: Response) -> ResponseEvent:
-        return attrs.evolve(self, response=response, data={**self.data, "response": response.data})
+        return ResponseEvent(
+            type=self.type,
+            sequence_number=self.sequence_number,
+            data={**self.data, "response": response.data},
+            _response=response,
+        )
+
+    def with_response_fields(self, **fields: Any) -> ResponseEvent:
+        """A copy whose Response has these wire fields replaced."""
+        return ResponseEvent(
+            type=self.type,
+            sequence_number=self.sequence_number,
+            data={**self.data, "response": {**self.data["response"], **fields}},
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -367,12 +398,10 @@ def event_from_wire(data: Any) -> StreamEvent:
         # Older servers omit it; the SDK requires it, so the gateway renumbers (see tracker).
         seq = -1
     if etype in LIFECYCLE_TYPES:
-        return ResponseEvent(
-            type=etype,
-            sequence_number=seq,
-            data=data,
-            response=Response.from_dict(data.get("response")),
-        )
+        response = data.get("response")
+        if not isinstance(response, dict) or not isinstance(response.get("id"), str):
+            raise UpstreamProtocolError(f"upstream sent {etype!r} without a response object")
+        return ResponseEvent(type=etype, sequence_number=seq, data=data)
     family = _FAMILY_BY_TYPE.get(etype)
     if family is None:
         if etype.endswith(".delta"):

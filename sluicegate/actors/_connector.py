@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import AsyncIterator
 
 import attrs
 import httpx
@@ -34,7 +35,7 @@ from ..errors import (
     UpstreamProtocolError,
     UpstreamTimeoutError,
 )
-from ..runtime._messages import Failure, RawItem, Routed, UpstreamDone, UpstreamOpened
+from ..runtime._messages import Failure, RawItem, Routed, UpstreamOpened
 
 __all__ = ["Connector", "ConnectorStatistics", "run_connector"]
 
@@ -114,33 +115,28 @@ class Connector:
         idle: float | None,
         outbox: trio.MemorySendChannel[RawItem],
     ) -> None:
-        chunks = response.aiter_bytes()
-        try:
+        if body is not None:  # not streamed: read whole, the connection is released already
             await outbox.send(
                 UpstreamOpened(
-                    routed=routed, status=response.status_code, headers=dict(response.headers)
+                    routed=routed,
+                    status=response.status_code,
+                    headers=dict(response.headers),
+                    body=body,
                 )
             )
-            if body is not None:
-                await outbox.send(body)
-                await outbox.send(UpstreamDone())
-                return
-            while True:
-                chunk: bytes | None = None
-                # The idle deadline covers the read only: a slow caller is backpressure.
-                with _deadline(idle) as gap:
-                    try:
-                        chunk = await anext(chunks)
-                    except StopAsyncIteration:
-                        pass
-                    except httpx.HTTPError as exc:
-                        raise _translate(exc, before_response=False) from exc
-                if gap.cancelled_caught:
-                    raise UpstreamTimeoutError(f"the upstream sent nothing for {idle} s")
-                if chunk is None:
-                    await outbox.send(UpstreamDone())
-                    return
-                self._chunks += 1
+            return
+        chunks = response.aiter_bytes()
+        try:
+            body = await self._read(chunks, idle) or b""
+            await outbox.send(
+                UpstreamOpened(
+                    routed=routed,
+                    status=response.status_code,
+                    headers=dict(response.headers),
+                    body=body,
+                )
+            )
+            while (chunk := await self._read(chunks, idle)) is not None:
                 await outbox.send(chunk)
         finally:
             # Shielded: a caller that left must still release the connection (closing it, so
@@ -148,6 +144,21 @@ class Connector:
             with trio.CancelScope(shield=True):
                 await chunks.aclose()  # type: ignore[attr-defined]
                 await response.aclose()
+
+    async def _read(self, chunks: AsyncIterator[bytes], idle: float | None) -> bytes | None:
+        """The next chunk; None at the end. The idle deadline covers the read only: a slow
+        caller is backpressure, not silence."""
+        with _deadline(idle) as gap:
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                return None
+            except httpx.HTTPError as exc:
+                raise _translate(exc, before_response=False) from exc
+            self._chunks += 1
+            return chunk
+        assert gap.cancelled_caught
+        raise UpstreamTimeoutError(f"the upstream sent nothing for {idle} s")
 
     async def open(
         self,
@@ -158,8 +169,18 @@ class Connector:
         read_body: bool,
     ) -> tuple[httpx.Response, bytes | None]:
         """Send with retries until a 2xx arrives; with ``read_body``, the whole body too."""
+        # The first attempt runs bare: building tenacity's machinery costs more than the
+        # attempt's own bookkeeping, and almost every request succeeds the first time.
+        try:
+            return await self._attempt(request, timeouts, read_body=read_body)
+        except UpstreamError as exc:
+            if max_retries < 1 or not self._should_retry(exc):
+                raise
+            first_failure = exc
+        self._retries += 1
+        await trio.sleep(self._delay(1, first_failure))
         retrying = tenacity.AsyncRetrying(
-            stop=tenacity.stop_after_attempt(max_retries + 1),
+            stop=tenacity.stop_after_attempt(max_retries),
             wait=self._wait,
             retry=tenacity.retry_if_exception(self._should_retry),
             before_sleep=self._count_retry,
@@ -218,10 +239,15 @@ class Connector:
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
+        # Tenacity counts from the second attempt (the first ran bare in open()).
+        return self._delay(state.attempt_number + 1, exc)
+
+    def _delay(self, failed_attempts: int, exc: BaseException | None) -> float:
+        """Seconds to wait after ``failed_attempts`` attempts, the last failing with ``exc``."""
         if isinstance(exc, UpstreamError) and exc.retry_after is not None:
             return float(exc.retry_after)  # the upstream said when; _should_retry capped it
         s = self._settings
-        exponential: float = s.retry_backoff_initial * 2 ** (state.attempt_number - 1)
+        exponential: float = s.retry_backoff_initial * 2 ** (failed_attempts - 1)
         backoff = min(s.retry_backoff_max, exponential)
         return backoff + self._random.uniform(0.0, s.retry_backoff_jitter)
 

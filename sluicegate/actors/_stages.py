@@ -20,12 +20,12 @@ from ..config import Deployment
 from ..errors import SluicegateError
 from ..pricing import ModelPrice, PriceTable, TokenUsage, compute_cost
 from ..runtime._messages import (
+    Batch,
     Delivery,
     EventItem,
     Failure,
     RawItem,
     Routed,
-    UpstreamDone,
     UpstreamOpened,
 )
 
@@ -54,30 +54,31 @@ async def run_transformer(
 ) -> None:
     """Provider bytes → canonical event batches."""
     with inbox, outbox:
+        routed: Routed | None = None
         decoder: Decoder | None = None
-        async for item in inbox:
-            try:
+        try:
+            async for item in inbox:
                 match item:
                     case bytes():
                         assert decoder is not None, "body before UpstreamOpened"
                         events = decoder.feed(item)
-                        if events:
-                            await outbox.send(events)
-                    case UpstreamOpened(routed=routed):
+                    case UpstreamOpened():
+                        routed = item.routed
                         decoder = decoder_for(routed)
-                        await outbox.send(routed)
-                    case UpstreamDone():
-                        assert decoder is not None, "UpstreamDone before UpstreamOpened"
-                        events = decoder.close()
-                        decoder = None
-                        if events:
-                            await outbox.send(events)
+                        events = decoder.feed(item.body)
                     case Failure():
                         await outbox.send(item)
                         return
-            except SluicegateError as exc:  # malformed or cut-off upstream data
-                await outbox.send(Failure(exc))
-                return
+                if events:
+                    assert routed is not None
+                    await outbox.send(Batch(routed, events))
+            # Closed without a Failure: the body ended cleanly.
+            if decoder is not None and routed is not None:
+                events = decoder.close()
+                if events:
+                    await outbox.send(Batch(routed, events))
+        except SluicegateError as exc:  # malformed or cut-off upstream data
+            await outbox.send(Failure(exc))
 
 
 @attrs.frozen(kw_only=True)
@@ -107,10 +108,10 @@ class Accountant:
     def settle(self, event: ResponseEvent, price: ModelPrice | None) -> ResponseEvent:
         """Account the terminal event's usage, normalise its shape, attach ``usage.cost`` when
         configured."""
-        usage = event.response.usage
-        raw = event.response.data.get("usage")
-        if usage is None or not isinstance(raw, dict):
+        raw = event.response_data.get("usage")
+        if not isinstance(raw, dict):
             return event
+        usage = Usage.from_dict(raw)
         cost = None
         if price is not None:
             cost = compute_cost(
@@ -134,7 +135,7 @@ class Accountant:
             normal["cost"] = cost
         if normal == raw:
             return event
-        return event.with_response(event.response.with_changes(usage=normal))
+        return event.with_response_fields(usage=normal)
 
     def statistics(self) -> AccountantStatistics:
         return AccountantStatistics(
@@ -176,15 +177,15 @@ async def run_accountant(
     outbox: trio.MemorySendChannel[EventItem],
 ) -> None:
     with inbox, outbox:
-        price: ModelPrice | None = None
         async for item in inbox:
-            if isinstance(item, Routed):
-                price = accountant.price_for(item.deployment)
-            elif isinstance(item, list):
+            if isinstance(item, Batch):
                 # A terminal event is always the last of its stream, hence of its batch.
-                last = item[-1]
-                if isinstance(last, ResponseEvent) and last.is_terminal:
-                    item[-1] = accountant.settle(last, price)
+                events = item.events
+                last = events[-1]
+                if type(last) is ResponseEvent and last.is_terminal:
+                    events[-1] = accountant.settle(
+                        last, accountant.price_for(item.routed.deployment)
+                    )
             await outbox.send(item)
 
 
@@ -196,35 +197,32 @@ async def run_id_encoder(
 ) -> None:
     """Every event carrying a ``response`` gets the same encoded ID (DESIGN §4)."""
     with inbox, outbox:
-        routed: Routed | None = None
         encoded: dict[str, str] = {}
         async for item in inbox:
-            if isinstance(item, Routed):
-                routed = item
-            elif isinstance(item, list):
-                assert routed is not None, "events before Routed"
-                for i, event in enumerate(item):
+            if isinstance(item, Batch):
+                events = item.events
+                for i, event in enumerate(events):
                     if type(event) is ResponseEvent:
-                        item[i] = _encode(ids, routed, event, encoded)
+                        events[i] = _encode(ids, item.routed, event, encoded)
             await outbox.send(item)
 
 
 def _encode(
     ids: IdCodec, routed: Routed, event: ResponseEvent, cache: dict[str, str]
 ) -> ResponseEvent:
-    response = event.response
-    raw_id = response.id
+    raw_id = event.response_data["id"]
     new_id = cache.get(raw_id)
     if new_id is None:
         d = routed.deployment
         new_id = cache[raw_id] = ids.encode(
             provider=d.provider, deployment_id=d.id, raw_id=raw_id, owner=routed.call.owner
         )
-    changes: dict[str, object] = {"id": new_id}
     if routed.call.previous_response_id is not None:
         # The upstream echoes the raw ID it was sent; the caller should see the one it sent.
-        changes["previous_response_id"] = routed.call.previous_response_id
-    return event.with_response(response.with_changes(**changes))
+        return event.with_response_fields(
+            id=new_id, previous_response_id=routed.call.previous_response_id
+        )
+    return event.with_response_fields(id=new_id)
 
 
 async def run_sink(
@@ -234,18 +232,16 @@ async def run_sink(
     outbox: trio.MemorySendChannel[Delivery] | None,
 ) -> None:
     """The caller's end: checks and records every event in delivery order (see tracker), then
-    hands the batch to a streaming caller; a non-streaming caller folds the tracker at the end."""
-    if outbox is None:
-        with inbox:
-            async for item in inbox:
-                if isinstance(item, list):
-                    tracker.observe_all(item)
-                elif isinstance(item, Failure):
-                    raise item.error
-        return
-    with inbox, outbox:
+    hands the batch to a streaming caller; a non-streaming caller folds the tracker at the end.
+    A Failure is raised here, after everything before it was delivered.
+
+    It runs in the supervisor's own task, so the caller's channel (``outbox``) is not closed
+    here: the supervisor may still have to send a closing failure on it."""
+    with inbox:
         async for item in inbox:
-            if isinstance(item, list):
-                await outbox.send(tracker.observe_all(item))
-            elif isinstance(item, Failure):
+            if isinstance(item, Failure):
                 raise item.error
+            if outbox is None:
+                tracker.observe_all(item.events)
+            else:
+                await outbox.send(tracker.observe_all(item.events))

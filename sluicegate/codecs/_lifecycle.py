@@ -61,6 +61,8 @@ _STATUS_OF_EVENT: dict[str, ResponseStatus | None] = {
     "response.failed": _S.FAILED,
 }
 
+_STATUS_BY_VALUE: dict[Any, ResponseStatus] = {s.value: s for s in ResponseStatus}
+
 #: The Response ``error.code`` enum (responses-api.md §8), open-ended upstream.
 RESPONSE_ERROR_CODES = frozenset(
     {
@@ -117,7 +119,7 @@ class StreamTracker:
 
     _next_seq: int = 0
     _status: ResponseStatus | None = None
-    _snapshot: Response | None = None
+    _snapshot: ResponseEvent | None = None
     _terminal: ResponseEvent | None = None
     _open_items: dict[int, dict[str, Any]] = attrs.Factory(dict)
     _done_items: dict[int, dict[str, Any]] = attrs.Factory(dict)
@@ -135,7 +137,8 @@ class StreamTracker:
 
     @property
     def snapshot(self) -> Response | None:
-        return self._snapshot
+        """The latest Response a lifecycle event carried."""
+        return None if self._snapshot is None else self._snapshot.response
 
     @property
     def error_event(self) -> ErrorEvent | None:
@@ -174,20 +177,20 @@ class StreamTracker:
 
     def _observe_lifecycle(self, event: ResponseEvent) -> None:
         announced = _STATUS_OF_EVENT[event.type]
-        status = event.response.status
         if announced is None:  # response.created: the response says queued or in_progress
             if self._status is not None:
                 raise UpstreamProtocolError("upstream sent 'response.created' twice")
-            if not isinstance(status, ResponseStatus):
-                raise UpstreamProtocolError(f"upstream created a response in status {status!r}")
-            announced = status
+            raw = event.response_data.get("status")
+            announced = _STATUS_BY_VALUE.get(raw)
+            if announced is None:
+                raise UpstreamProtocolError(f"upstream created a response in status {raw!r}")
         if announced not in ALLOWED_TRANSITIONS.get(self._status, frozenset()):
             before = self._status.value if self._status else "nothing"
             raise UpstreamProtocolError(
                 f"upstream moved a response from {before} to {announced.value} ({event.type!r})"
             )
         self._status = announced
-        self._snapshot = event.response
+        self._snapshot = event
         if announced in _TERMINAL:
             self._terminal = event
 
@@ -287,7 +290,7 @@ class StreamTracker:
         self._open_parts.clear()
         # Through observe(): numbered in order, and the item bookkeeping stays right for fold().
         events = [self.observe(event) for event in events]
-        failed = self._snapshot.with_changes(
+        failed = self._snapshot.response.with_changes(
             status="failed",
             error={"code": failure_code(error), "message": error.message},
             incomplete_details=None,
@@ -302,7 +305,7 @@ class StreamTracker:
                 "sequence_number": self._next_seq,
                 "response": failed.data,
             },
-            response=failed,
+            _response=failed,
         )
         events.append(self.observe(terminal))
         return events
@@ -322,4 +325,4 @@ class StreamTracker:
             return response
         if self._snapshot is None:
             raise UpstreamProtocolError("upstream sent no response")
-        return self._snapshot
+        return self._snapshot.response

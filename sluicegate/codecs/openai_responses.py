@@ -245,7 +245,7 @@ def _lifecycle(etype: str, seq: int, response: Response) -> ResponseEvent:
         type=etype,
         sequence_number=seq,
         data={"type": etype, "sequence_number": seq, "response": response.data},
-        response=response,
+        _response=response,
     )
 
 

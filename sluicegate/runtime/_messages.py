@@ -2,13 +2,14 @@
 
 ::
 
-    supervisor ─PreparedCall─► router ─Routed─► connector ─UpstreamOpened, bytes…, UpstreamDone─►
-      transformer
-      ─Routed, [StreamEvent…]…─► accountant ─…─► id encoder ─…─► sink
+    supervisor ─PreparedCall─► router ─Routed─► connector ─UpstreamOpened, bytes…─► transformer
+      ─Batch…─► accountant ─Batch…─► id encoder ─Batch…─► sink
 
-A failure travels the same way, as a :class:`Failure` behind the data before it. Event batches
-are lists: all events decoded from one network read travel together, so each hop
-costs per read, not per token.
+Every hop costs a channel send and a task switch per item, so items are few and fat: the first
+chunk rides on ``UpstreamOpened``, a ``Batch`` carries every event decoded from one network read
+together with the attempt it belongs to (no separate routing message), and the end of the body
+is the channel's closure. A failure travels the same way, as a :class:`Failure` behind the data
+before it: a channel that closes without one ended cleanly.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from ..config import Deployment
 from ..errors import SluicegateError
 
 __all__ = [
+    "Batch",
     "Delivery",
     "EventItem",
     "Failure",
     "PreparedCall",
     "RawItem",
     "Routed",
-    "UpstreamDone",
     "UpstreamOpened",
 ]
 
@@ -66,16 +67,21 @@ class Routed:
 
 @attrs.frozen(kw_only=True)
 class UpstreamOpened:
-    """The upstream accepted the request; its body follows as ``bytes`` items."""
+    """The upstream accepted the request; ``body`` is its first chunk (for a non-streaming
+    request, the whole body). Further chunks follow as ``bytes`` items."""
 
     routed: Routed
     status: int
     headers: Mapping[str, str]
+    body: bytes
 
 
 @attrs.frozen
-class UpstreamDone:
-    """The upstream body ended cleanly (a broken one ends with the connector's exception)."""
+class Batch:
+    """Canonical events decoded from one network read, and the attempt they belong to."""
+
+    routed: Routed
+    events: list[StreamEvent]
 
 
 @attrs.frozen
@@ -86,7 +92,7 @@ class Failure:
     error: SluicegateError
 
 
-RawItem: TypeAlias = UpstreamOpened | bytes | UpstreamDone | Failure
-EventItem: TypeAlias = Routed | list[StreamEvent] | Failure
+RawItem: TypeAlias = UpstreamOpened | bytes | Failure
+EventItem: TypeAlias = Batch | Failure
 #: What a streaming caller receives: event batches, or the error that ended it before any.
 Delivery: TypeAlias = list[StreamEvent] | SluicegateError

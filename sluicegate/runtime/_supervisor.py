@@ -114,11 +114,10 @@ async def _run_actors(
         nursery.start_soon(
             partial(run_id_encoder, pipeline.ids, inbox=priced_recv, outbox=encoded_send)
         )
-        # The sink closes its own clone; the caller's channel stays open for a closing failure.
-        sink_out = deliver.clone() if deliver is not None else None
-        nursery.start_soon(partial(run_sink, tracker, inbox=encoded_recv, outbox=sink_out))
         with call_send:
             await call_send.send(call)
+        # The sink runs here, in the task that owns the request: one task and one hop fewer.
+        await run_sink(tracker, inbox=encoded_recv, outbox=deliver)
 
 
 def _first(group: BaseExceptionGroup[SluicegateError]) -> SluicegateError:
