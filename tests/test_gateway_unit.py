@@ -569,3 +569,23 @@ async def test_zero_config_conversations_continue_on_the_environment_account() -
     assert [r.url.host for r in upstream.requests] == ["env.test"] * 3
     assert upstream.body(1)["previous_response_id"] == RAW_ID
     assert upstream.body(1)["model"] == "gpt-5.4-mini"
+
+
+async def test_out_of_order_event_mid_read_delivers_what_came_before() -> None:
+    """Regression: a protocol violation inside one read must not swallow the events before it."""
+    frames = sse_frames(TEXT_SSE)
+    created = frames[0]
+    # One network read: five good events, then a second response.created (illegal).
+    upstream = MockUpstream([stream_step([b"".join(frames[:5]) + created])])
+    async with await _gateway(upstream, config()) as gw:
+        events = await _collect(gw)
+    types = [e.type for e in events]
+    assert types[:5] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+    ]
+    assert types[-1] == "response.failed" and types.count("response.created") == 1
+    assert "twice" in events[-1].response.error["message"]

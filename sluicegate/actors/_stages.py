@@ -12,12 +12,12 @@ from typing import Any
 import attrs
 import trio
 
-from .._types import ResponseEvent, Usage
+from .._types import ResponseEvent, StreamEvent, Usage
 from ..codecs._lifecycle import StreamTracker
 from ..codecs.ids import IdCodec
 from ..codecs.openai_responses import Decoder, ResponsesBodyDecoder, ResponsesStreamDecoder
 from ..config import Deployment
-from ..errors import SluicegateError
+from ..errors import SluicegateError, UpstreamProtocolError
 from ..pricing import ModelPrice, PriceTable, TokenUsage, compute_cost
 from ..runtime._messages import (
     Batch,
@@ -241,7 +241,15 @@ async def run_sink(
         async for item in inbox:
             if isinstance(item, Failure):
                 raise item.error
-            if outbox is None:
-                tracker.observe_all(item.events)
-            else:
-                await outbox.send(tracker.observe_all(item.events))
+            checked: list[StreamEvent] = []
+            broken: UpstreamProtocolError | None = None
+            for event in item.events:
+                try:
+                    checked.append(tracker.observe(event))
+                except UpstreamProtocolError as exc:  # out of order: deliver what came before
+                    broken = exc
+                    break
+            if outbox is not None and checked:
+                await outbox.send(checked)
+            if broken is not None:
+                raise broken
