@@ -26,9 +26,8 @@ import orjson
 from .._types import (
     TERMINAL_TYPES,
     ErrorEvent,
-    Response,
+    OutputItemEvent,
     ResponseEvent,
-    ResponseStatus,
     StreamEvent,
     event_from_wire,
 )
@@ -233,46 +232,53 @@ class ResponsesBodyDecoder:
         return body_events(_loads(b"".join(self._chunks), "JSON body"))
 
 
-_TERMINAL_EVENT_OF = {
-    ResponseStatus.COMPLETED: "response.completed",
-    ResponseStatus.INCOMPLETE: "response.incomplete",
-    ResponseStatus.FAILED: "response.failed",
-}
-
-
-def _lifecycle(etype: str, seq: int, response: Response) -> ResponseEvent:
+def _lifecycle(etype: str, seq: int, response: dict[str, Any]) -> ResponseEvent:
     return ResponseEvent(
         type=etype,
         sequence_number=seq,
-        data={"type": etype, "sequence_number": seq, "response": response.data},
-        _response=response,
+        data={"type": etype, "sequence_number": seq, "response": response},
     )
 
 
+#: Response status -> the event that announces it (queued/in_progress: not finished yet).
+_EVENT_OF_STATUS = {
+    "queued": "response.created",
+    "in_progress": "response.created",
+    "completed": "response.completed",
+    "incomplete": "response.incomplete",
+    "failed": "response.failed",
+}
+
+
 def body_events(body: Any) -> list[StreamEvent]:
-    """Events for a whole Response object: created, each item done, the terminal event."""
-    response = Response.from_dict(body)
-    status = response.status
-    if status in (ResponseStatus.QUEUED, ResponseStatus.IN_PROGRESS):
-        return [_lifecycle("response.created", 0, response)]  # background: not finished yet
-    terminal_type = _TERMINAL_EVENT_OF.get(status) if isinstance(status, ResponseStatus) else None
-    if terminal_type is None:
+    """Events for a whole Response object: created, each item done, the terminal event.
+
+    Works on the wire dict: nobody has asked for a typed Response yet (most never do)."""
+    if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+        raise UpstreamProtocolError("upstream sent a response that is not a Response object")
+    status = body.get("status")
+    event_type = _EVENT_OF_STATUS.get(status) if isinstance(status, str) else None
+    if event_type is None:
         raise UpstreamProtocolError(f"upstream answered a create with status {status!r}")
-    started = response.with_changes(status="in_progress", output=[], usage=None)
+    if event_type == "response.created":
+        return [_lifecycle(event_type, 0, body)]  # background: not finished yet
+    started = {**body, "status": "in_progress", "output": [], "usage": None}
     events: list[StreamEvent] = [_lifecycle("response.created", 0, started)]
-    for index, item in enumerate(response.output):
-        seq = len(events)
+    output = body.get("output")
+    for index, item in enumerate(output if isinstance(output, list) else ()):
         events.append(
-            event_from_wire(
-                {
+            OutputItemEvent(
+                type="response.output_item.done",
+                sequence_number=index + 1,
+                data={
                     "type": "response.output_item.done",
-                    "sequence_number": seq,
+                    "sequence_number": index + 1,
                     "output_index": index,
                     "item": item,
-                }
+                },
             )
         )
-    events.append(_lifecycle(terminal_type, len(events), response))
+    events.append(_lifecycle(event_type, len(events), body))
     return events
 
 
