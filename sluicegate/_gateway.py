@@ -26,6 +26,7 @@ from ._types import Response, StreamEvent
 from .actors._connector import Connector
 from .actors._router import Router, env_deployment_id
 from .actors._stages import Accountant
+from .actors._transport import LeanTransport
 from .codecs._lifecycle import StreamTracker
 from .codecs.ids import DecodedId, IdCodec
 from .codecs.openai_responses import build_resource_request
@@ -406,6 +407,14 @@ async def open_gateway(
         max_keepalive_connections=gs.max_keepalive_connections,
         keepalive_expiry=gs.keepalive_expiry,
     )
+    if transport is None and gs.http_transport == "lean":
+        # httpx's pool scans every connection per request (a poll() each): CPU per request
+        # grows with concurrency. The lean transport checks only the connection it reuses.
+        transport = LeanTransport(
+            max_connections=gs.max_connections,
+            max_keepalive_connections=gs.max_keepalive_connections,
+            keepalive_expiry=gs.keepalive_expiry,
+        )
     async with (
         httpx.AsyncClient(limits=limits, transport=transport, timeout=None) as client,
         open_body_nursery() as services,

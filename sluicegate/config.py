@@ -143,6 +143,9 @@ class GeneralSettings:
     max_connections: int = 1000
     max_keepalive_connections: int = 1000
     keepalive_expiry: float = 30.0
+    #: ``lean``: sluicegate's HTTP/1.1 transport (flat CPU per request at any concurrency);
+    #: ``httpx``: httpx's own (for HTTP/2, or anything the lean one does not speak).
+    http_transport: str = "lean"
 
 
 @attrs.frozen(kw_only=True)
@@ -272,7 +275,15 @@ def _resolve_env(value: Any, path: str, env: Mapping[str, str]) -> Any:
     return value
 
 
+HTTP_TRANSPORTS = ("lean", "httpx")
+
+
 def _check(config: GatewayConfig) -> None:
+    if config.general_settings.http_transport not in HTTP_TRANSPORTS:
+        raise ConfigError(
+            f"must be one of {', '.join(HTTP_TRANSPORTS)}",
+            path="general_settings.http_transport",
+        )
     seen: dict[str, str] = {}
     for i, entry in enumerate(config.model_list):
         base = f"model_list[{i}]"

@@ -20,7 +20,9 @@ async def fake() -> AsyncIterator[FakeUpstream]:
         yield upstream
 
 
-def fake_config(fake: FakeUpstream, **router_settings: object) -> dict[str, object]:
+def fake_config(
+    fake: FakeUpstream, *, http_transport: str = "lean", **router_settings: object
+) -> dict[str, object]:
     """A gateway config with one deployment on the given fake upstream."""
     return {
         "model_list": [
@@ -35,5 +37,5 @@ def fake_config(fake: FakeUpstream, **router_settings: object) -> dict[str, obje
             }
         ],
         "router_settings": {"retry_backoff_jitter": 0.0, **router_settings},
-        "general_settings": {"response_id_secret": "test-secret"},
+        "general_settings": {"response_id_secret": "test-secret", "http_transport": http_transport},
     }

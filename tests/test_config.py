@@ -102,6 +102,7 @@ def test_yaml_file_loads_with_secrets_resolved(tmp_path: Path) -> None:
             "general_settings.include_cost_in_streaming_usage",
         ),
         ({"router_settings": {"num_retries": 1.5}}, "router_settings.num_retries"),
+        ({"general_settings": {"http_transport": "curl"}}, "general_settings.http_transport"),
         ({"surprise": 1}, None),
     ],
 )

@@ -33,8 +33,14 @@ def _normalized(response: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def test_stream_and_non_stream_equal_for_the_same_answer(fake: FakeUpstream) -> None:
-    async with sluicegate.open_gateway(fake_config(fake)) as gw:
+TRANSPORTS = pytest.mark.parametrize("transport", ["lean", "httpx"])
+
+
+@TRANSPORTS
+async def test_stream_and_non_stream_equal_for_the_same_answer(
+    fake: FakeUpstream, transport: str
+) -> None:
+    async with sluicegate.open_gateway(fake_config(fake, http_transport=transport)) as gw:
         plain = await gw.responses(model="gpt-test", input="hello fake world")
         events = await _stream(gw)
     terminal = events[-1]
@@ -85,11 +91,13 @@ async def test_500_then_success(fake: FakeUpstream, autojump_clock: Any) -> None
     assert fake.statistics().requests == 2
 
 
+@TRANSPORTS
 async def test_reset_before_the_first_byte_is_retried(
-    fake: FakeUpstream, autojump_clock: Any
+    fake: FakeUpstream, autojump_clock: Any, transport: str
 ) -> None:
     fake.script(Fault.reset_before_headers(), Fault.reset_before_headers())
-    async with sluicegate.open_gateway(fake_config(fake, timeout=None)) as gw:
+    cfg = fake_config(fake, http_transport=transport, timeout=None)
+    async with sluicegate.open_gateway(cfg) as gw:
         response = await gw.responses(model="gpt-test", input="hi")
         assert gw.statistics().upstream_retries == 2
     assert response.output_text
@@ -105,6 +113,7 @@ async def test_retries_exhausted_pass_the_upstream_error_on(
     assert info.value.status_code == 503 and fake.statistics().requests == 3
 
 
+@TRANSPORTS
 @pytest.mark.parametrize(
     ("fault", "message"),
     [
@@ -114,10 +123,10 @@ async def test_retries_exhausted_pass_the_upstream_error_on(
     ],
 )
 async def test_mid_stream_faults_end_in_one_failed_terminal(
-    fake: FakeUpstream, fault: Fault, message: str
+    fake: FakeUpstream, fault: Fault, message: str, transport: str
 ) -> None:
     fake.script(fault)
-    async with sluicegate.open_gateway(fake_config(fake)) as gw:
+    async with sluicegate.open_gateway(fake_config(fake, http_transport=transport)) as gw:
         events = await _stream(gw)
     types = [e.type for e in events]
     assert [t for t in types if t in TERMINALS] == ["response.failed"]
@@ -180,10 +189,11 @@ async def test_unknown_events_and_fields_pass_through_untouched(fake: FakeUpstre
         assert got == injected
 
 
-async def test_leaving_a_stream_early_closes_the_upstream_connection() -> None:
+@TRANSPORTS
+async def test_leaving_a_stream_early_closes_the_upstream_connection(transport: str) -> None:
     async with open_fake_upstream(tokens=8) as fake:
         fake.script(Fault.stall(after_events=6))
-        async with sluicegate.open_gateway(fake_config(fake)) as gw:
+        async with sluicegate.open_gateway(fake_config(fake, http_transport=transport)) as gw:
             async with gw.stream(model="gpt-test", input="hi") as events:
                 async for event in events:
                     if event.type == "response.output_text.delta":
