@@ -115,19 +115,12 @@ class Connector:
         idle: float | None,
         outbox: trio.MemorySendChannel[RawItem],
     ) -> None:
-        if body is not None:  # not streamed: read whole, the connection is released already
-            await outbox.send(
-                UpstreamOpened(
-                    routed=routed,
-                    status=response.status_code,
-                    headers=response.headers,  # a Mapping; copying it costs O(n²) in httpx
-                    body=body,
-                )
-            )
-            return
-        chunks = response.aiter_bytes()
+        # Not streamed: the body was read whole and the connection is released already.
+        chunks = None if body is not None else response.aiter_bytes()
         try:
-            body = await self._read(chunks, idle) or b""
+            if chunks is not None:
+                body = await self._read(chunks, idle) or b""
+            assert body is not None
             await outbox.send(
                 UpstreamOpened(
                     routed=routed,
@@ -136,14 +129,15 @@ class Connector:
                     body=body,
                 )
             )
-            while (chunk := await self._read(chunks, idle)) is not None:
+            while chunks is not None and (chunk := await self._read(chunks, idle)) is not None:
                 await outbox.send(chunk)
         finally:
-            # Shielded: a caller that left must still release the connection (closing it, so
-            # the provider stops generating) and the body iterator.
-            with trio.CancelScope(shield=True):
-                await chunks.aclose()  # type: ignore[attr-defined]
-                await response.aclose()
+            if chunks is not None:
+                # Shielded: a caller that left must still release the connection (closing it,
+                # so the provider stops generating) and the body iterator.
+                with trio.CancelScope(shield=True):
+                    await chunks.aclose()  # type: ignore[attr-defined]
+                    await response.aclose()
 
     async def _read(self, chunks: AsyncIterator[bytes], idle: float | None) -> bytes | None:
         """The next chunk; None at the end. The idle deadline covers the read only: a slow
