@@ -25,6 +25,7 @@ FORBIDDEN_IN_CODECS = {"trio", "httpx", "httpcore", "anyio", "tenacity", "sqlite
         "sluicegate.codecs.ids",
         "sluicegate.codecs.sse",
         "sluicegate.codecs.openai_responses",
+        "sluicegate.store",
     ],
 )
 def test_all_is_sorted_and_every_name_exists(module: str) -> None:

@@ -1,0 +1,48 @@
+"""The event store (DESIGN §5): an append-only log of what happened to each response, and a
+projection table maintained in the same transaction.
+
+``async with open_sqlite_store(path) as store:`` then ``await store.append([...])``. Every
+backend implements :class:`Store` and passes the same contract suite (``tests/store_contract.py``).
+"""
+
+from __future__ import annotations
+
+from ._errors import StoreError as StoreError
+from ._errors import StoreIntegrityError as StoreIntegrityError
+from ._errors import StoreUnavailableError as StoreUnavailableError
+from ._interface import RECOVERY_ERROR as RECOVERY_ERROR
+from ._interface import Store as Store
+from ._interface import StoreStatistics as StoreStatistics
+from ._records import Accepted as Accepted
+from ._records import Deleted as Deleted
+from ._records import Ended as Ended
+from ._records import ItemDone as ItemDone
+from ._records import Record as Record
+from ._records import ResponseRow as ResponseRow
+from ._records import Routed as Routed
+from ._records import Settled as Settled
+from ._records import StreamEventRecorded as StreamEventRecorded
+from ._sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
+from ._sqlite import SQLiteStore as SQLiteStore
+from ._sqlite import open_sqlite_store as open_sqlite_store
+
+__all__ = [
+    "Accepted",
+    "Deleted",
+    "Ended",
+    "ItemDone",
+    "RECOVERY_ERROR",
+    "Record",
+    "ResponseRow",
+    "Routed",
+    "SQLITE_SCHEMA_VERSION",
+    "SQLiteStore",
+    "Settled",
+    "Store",
+    "StoreError",
+    "StoreIntegrityError",
+    "StoreStatistics",
+    "StoreUnavailableError",
+    "StreamEventRecorded",
+    "open_sqlite_store",
+]

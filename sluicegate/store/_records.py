@@ -1,0 +1,143 @@
+"""The records of the event log, and the projection row they fold into.
+
+Theory of operation: the store keeps, per response, an append-only log of records with a
+per-response sequence number the store assigns (``Accepted`` is 0). The projection
+(:class:`ResponseRow`) is updated in the same transaction as the records that change it:
+
+============================  ===================================================================
+record                        projection
+============================  ===================================================================
+``Accepted`` (first, once)    row created: ``queued`` if background, else ``in_progress``
+``Routed``                    deployment and provider; ``queued`` → ``in_progress``
+``ItemDone``                  (content only)
+``StreamEventRecorded``       (content only; background responses, for stream resume)
+``Settled``                   usage and cost
+``Ended`` (terminal, once)    status, ``completed_at``, error
+``Deleted``                   ``deleted``; the content (input items, output items, stream
+                              events, final response) is removed, usage and cost are kept
+============================  ===================================================================
+
+A deleted row keeps its lifecycle status (recovery still ends one deleted while it ran);
+``ResponseRow.deleted`` says it is gone.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+import attrs
+
+from .._types import ResponseStatus
+
+__all__ = [
+    "Accepted",
+    "Deleted",
+    "Ended",
+    "ItemDone",
+    "Record",
+    "Routed",
+    "ResponseRow",
+    "Settled",
+    "StreamEventRecorded",
+]
+
+JSONDict: TypeAlias = dict[str, Any]
+
+
+@attrs.frozen(kw_only=True)
+class Record:
+    """Base of the log's records; every record belongs to one response (its ``resp_…`` ID)."""
+
+    response_id: str
+
+
+@attrs.frozen(kw_only=True)
+class Accepted(Record):
+    """The request was accepted: who asked, for what, with which input."""
+
+    owner: str
+    model: str
+    params: JSONDict
+    input_items: list[JSONDict]
+    background: bool
+    store: bool
+    metadata: JSONDict
+    created_at: float
+
+
+@attrs.frozen(kw_only=True)
+class Routed(Record):
+    """An attempt went to a deployment (one per attempt; the last one wins in the projection)."""
+
+    deployment_id: str
+    provider: str
+    attempt: int
+
+
+@attrs.frozen(kw_only=True)
+class ItemDone(Record):
+    """An output item is complete (``response.output_item.done``)."""
+
+    output_index: int
+    item: JSONDict
+
+
+@attrs.frozen(kw_only=True)
+class StreamEventRecorded(Record):
+    """A raw stream event, kept only for background responses so a client can resume."""
+
+    sequence_number: int
+    event: JSONDict
+
+
+@attrs.frozen(kw_only=True)
+class Settled(Record):
+    """Usage and its cost are known."""
+
+    usage: JSONDict | None
+    cost: float | None
+
+
+def _terminal_status(value: ResponseStatus | str) -> ResponseStatus:
+    status = ResponseStatus(value)
+    if not status.is_terminal:
+        raise ValueError(f"Ended.status must be terminal, not {status.value!r}")
+    return status
+
+
+@attrs.frozen(kw_only=True)
+class Ended(Record):
+    """The terminal record: exactly one per response. ``response`` is the final Response."""
+
+    status: ResponseStatus = attrs.field(converter=_terminal_status)
+    error: JSONDict | None
+    response: JSONDict | None
+    completed_at: float
+
+
+@attrs.frozen(kw_only=True)
+class Deleted(Record):
+    """Tombstone: the response's content is removed; its accounting stays."""
+
+    deleted_at: float
+
+
+@attrs.frozen(kw_only=True)
+class ResponseRow:
+    """One response as the projection table holds it."""
+
+    id: str
+    owner: str
+    status: ResponseStatus
+    model: str
+    deployment_id: str | None
+    provider: str | None
+    background: bool
+    store: bool
+    metadata: JSONDict
+    created_at: float
+    completed_at: float | None
+    usage: JSONDict | None
+    cost: float | None
+    error: JSONDict | None
+    deleted: bool
