@@ -21,6 +21,7 @@ import sluicegate
 
 from ._report import check_targets, summarize, text_table, write_results
 from ._runner import Case, run_case
+from ._store import measure_recording, recording_table
 from ._targets import POOL_KEEPALIVE_EXPIRY, POOL_SIZE, open_floor, open_sluicegate
 from ._upstream import BenchmarkError, pin_current_process, plan_cpus, run_fake_upstream
 
@@ -38,6 +39,9 @@ _FULL_REQUESTS: Final = 2000
 _FULL_REPEATS: Final = 3
 _SMOKE_REQUESTS: Final = 16
 _SMOKE_REPEATS: Final = 1
+#: Simulated responses recorded per concurrency (benchmarks/_store.py).
+_FULL_RECORDINGS: Final = 2000
+_SMOKE_RECORDINGS: Final = 20
 #: Below this concurrency a case is latency-bound and slow in wall time: it gets N / 4 requests,
 #: still plenty for CPU per request and p99.
 _LOW_CONCURRENCY: Final = 8
@@ -200,6 +204,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         with run_fake_upstream(tokens=settings.tokens, cpu=plan.upstream) as upstream:
             pin_current_process(plan.measure)
             runs = trio.run(_run_all, settings, upstream)
+            recording = trio.run(
+                measure_recording,
+                settings.concurrencies,
+                _SMOKE_RECORDINGS if settings.smoke else _FULL_RECORDINGS,
+            )
     except BenchmarkError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
@@ -219,6 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     missed = [c for c in checks if not c.passed]
     if missed and not settings.smoke:
         print(f"{len(missed)} of {len(checks)} targets MISSED (informational: exit status 0)")
+    print()
+    print("recording (event store, SQLite file; what each response will add once recorded):")
+    print(recording_table(recording))
 
     meta: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"),
@@ -236,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "versions": _versions(),
         "sluicegate_source_sha256": _source_digest(),
         "elapsed_s": round(elapsed, 2),
+        "recording": [attrs.asdict(r) for r in recording],
     }
     # A smoke run must not replace the last real results.
     latest = "latest-smoke" if settings.smoke else "latest"
@@ -249,5 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         summaries=summaries,
         checks=checks,
     )
+    with paths[2].open("a", encoding="utf-8") as md:
+        md.write("\n## Recording (event store, SQLite file)\n\n")
+        md.write(recording_table(recording, markdown=True) + "\n")
     print(f"\n{elapsed:.1f} s; results: " + ", ".join(str(p) for p in paths))
     return 0
