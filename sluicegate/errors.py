@@ -17,6 +17,10 @@ translated into these at exactly one boundary each, with ``raise Ours(...) from 
     │   ├── UpstreamConnectionError      502  connect failure, reset, closed early
     │   ├── UpstreamTimeoutError         504  connect / first byte / idle / total deadline
     │   └── UpstreamProtocolError        502  malformed body or SSE from the provider
+    ├── StoreError                       500  the event store failed; that append was not written
+    │   ├── StoreUnavailableError        503  busy/locked, or the store is closed: retry later
+    │   └── StoreIntegrityError          500  an append broke the log's rules (a second
+    │                                         terminal, an unknown response): a bug
     └── InternalError                    500  a bug of ours
 """
 
@@ -32,6 +36,9 @@ __all__ = [
     "InvalidRequestError",
     "NotFoundError",
     "SluicegateError",
+    "StoreError",
+    "StoreIntegrityError",
+    "StoreUnavailableError",
     "UpstreamConnectionError",
     "UpstreamError",
     "UpstreamProtocolError",
@@ -172,6 +179,31 @@ class UpstreamTimeoutError(UpstreamError):
 class UpstreamProtocolError(UpstreamError):
     status_code = 502
     default_code = "upstream_protocol_error"
+
+
+class StoreError(SluicegateError):
+    """The event store failed; the records of the failed append were not written.
+
+    Backend exceptions (``sqlite3``, later ``psycopg``) become these at one boundary in each
+    backend; nothing above the store sees them."""
+
+    status_code = 500
+    default_code = "store_error"
+
+
+class StoreUnavailableError(StoreError):
+    """The database is busy or locked, or the store is closed; worth retrying later."""
+
+    status_code = 503
+    default_code = "store_unavailable"
+
+
+class StoreIntegrityError(StoreError):
+    """An append broke the log's rules (exactly one ``Accepted`` first, exactly one ``Ended``);
+    nothing of that append was written."""
+
+    status_code = 500
+    default_code = "store_integrity"
 
 
 class InternalError(SluicegateError):

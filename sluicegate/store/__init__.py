@@ -7,9 +7,9 @@ backend implements :class:`Store` and passes the same contract suite (``tests/st
 
 from __future__ import annotations
 
-from ._errors import StoreError as StoreError
-from ._errors import StoreIntegrityError as StoreIntegrityError
-from ._errors import StoreUnavailableError as StoreUnavailableError
+from ..errors import StoreError as StoreError
+from ..errors import StoreIntegrityError as StoreIntegrityError
+from ..errors import StoreUnavailableError as StoreUnavailableError
 from ._interface import RECOVERY_ERROR as RECOVERY_ERROR
 from ._interface import Store as Store
 from ._interface import StoreStatistics as StoreStatistics

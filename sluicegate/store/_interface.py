@@ -1,7 +1,7 @@
 """What every store backend offers (SQLite now, PostgreSQL later); one contract suite checks it.
 
 All methods are async and checkpoint; none blocks the trio loop on disk. Errors are
-:mod:`sluicegate.store._errors` classes only.
+``StoreError`` classes of :mod:`sluicegate.errors` only.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ import orjson
 import trio
 
 from .._types import ResponseStatus
-from ._errors import StoreError, StoreIntegrityError, StoreUnavailableError
+from ..errors import StoreError, StoreIntegrityError, StoreUnavailableError
 from ._interface import RECOVERY_ERROR, StoreStatistics
 from ._records import (
     Accepted,
