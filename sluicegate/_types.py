@@ -257,14 +257,6 @@ class ResponseEvent(StreamEvent):
     def is_terminal(self) -> bool:
         return self.type in TERMINAL_TYPES
 
-    def with_response(self, response: Response) -> ResponseEvent:
-        return ResponseEvent(
-            type=self.type,
-            sequence_number=self.sequence_number,
-            data={**self.data, "response": response.data},
-            _response=response,
-        )
-
     def with_response_fields(self, **fields: Any) -> ResponseEvent:
         """A copy whose Response has these wire fields replaced."""
         return ResponseEvent(

@@ -133,7 +133,7 @@ def test_fold_fills_output_from_items_when_the_terminal_has_none() -> None:
     events = _events("openai_text.sse")
     terminal = events[-1]
     assert isinstance(terminal, ResponseEvent)
-    bare = terminal.with_response(terminal.response.with_changes(output=[]))
+    bare = terminal.with_response_fields(output=[])
     tracker = StreamTracker()
     tracker.observe_all([*events[:-1], bare])
     body = orjson.loads(fixture_bytes("openai_text.json"))

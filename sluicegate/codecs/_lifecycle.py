@@ -125,7 +125,6 @@ class StreamTracker:
     _done_items: dict[int, dict[str, Any]] = attrs.Factory(dict)
     _open_parts: dict[tuple[int, int], _OpenPart] = attrs.Factory(dict)
     _arguments: dict[int, list[str]] = attrs.Factory(dict)
-    _error_event: ErrorEvent | None = None
 
     @property
     def delivered_any(self) -> bool:
@@ -134,15 +133,6 @@ class StreamTracker:
     @property
     def terminal(self) -> ResponseEvent | None:
         return self._terminal
-
-    @property
-    def snapshot(self) -> Response | None:
-        """The latest Response a lifecycle event carried."""
-        return None if self._snapshot is None else self._snapshot.response
-
-    @property
-    def error_event(self) -> ErrorEvent | None:
-        return self._error_event
 
     def observe(self, event: StreamEvent) -> StreamEvent:
         """Check and record one event; returns it, renumbered if its number was off."""
@@ -154,7 +144,7 @@ class StreamTracker:
             case ResponseEvent():
                 self._observe_lifecycle(event)
             case ErrorEvent():
-                self._error_event = event
+                pass  # allowed anywhere before the terminal; the codec decides what it means
             case _ if self._status is None:
                 raise UpstreamProtocolError(
                     f"upstream sent {event.type!r} before 'response.created'"
