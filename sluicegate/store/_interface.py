@@ -6,15 +6,26 @@ All methods are async and checkpoint; none blocks the trio loop on disk. Errors 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import attrs
 
 if TYPE_CHECKING:
     from ._records import Record, ResponseRow
 
-__all__ = ["RECOVERY_ERROR", "Store", "StoreStatistics"]
+__all__ = [
+    "RECOVERY_ERROR",
+    "SpendFilter",
+    "SpendGroup",
+    "SpendLog",
+    "SpendTotal",
+    "Store",
+    "StoreStatistics",
+]
+
+#: What spend totals are grouped by: the owner, the model group, or the UTC day of creation.
+SpendGroup = Literal["owner", "model", "day"]
 
 #: The error a response left unfinished by a dead process ends with (DESIGN §5, crash recovery).
 RECOVERY_ERROR: dict[str, Any] = {
@@ -33,6 +44,60 @@ class StoreStatistics:
     largest_batch: int
     #: Records handed to ``append`` and not yet committed (or refused).
     pending: int
+
+
+@attrs.frozen(kw_only=True)
+class SpendFilter:
+    """Which responses a spend query covers; every given field must match (None: any)."""
+
+    owner: str | None = None
+    #: The model group (``Accepted.model``).
+    model: str | None = None
+    #: ``created_at >= start`` (unix seconds).
+    start: float | None = None
+    #: ``created_at < end`` (unix seconds).
+    end: float | None = None
+    #: Each key of ``spend_metadata`` must be present with exactly this (JSON) value.
+    metadata: Mapping[str, Any] | None = None
+
+
+@attrs.frozen(kw_only=True)
+class SpendLog:
+    """One response's spend row: kept when its content is deleted or purged."""
+
+    response_id: str
+    owner: str
+    model: str
+    deployment_id: str | None
+    provider: str | None
+    status: str
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    total_tokens: int
+    cost: float | None
+    #: The token counts are the gateway's estimate (the upstream never reported usage).
+    estimated: bool
+    #: Seconds to the first output event; None if none came.
+    ttft: float | None
+    #: Seconds from request to end; None while running.
+    duration: float | None
+    created_at: float
+    completed_at: float | None
+    spend_metadata: dict[str, Any]
+
+
+@attrs.frozen(kw_only=True)
+class SpendTotal:
+    """Totals over one group of responses (``key``: owner, model group, or ``YYYY-MM-DD``)."""
+
+    key: str
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    #: Sum of the known costs (unpriced responses add nothing).
+    cost: float
 
 
 class Store(Protocol):
@@ -74,10 +139,53 @@ class Store(Protocol):
         ``limit``; empty if deleted or unknown."""
         ...
 
+    async def enqueue(self, records: Sequence[Record]) -> None:
+        """Queue records behind everything already queued and return without waiting for the
+        commit (only for room in the queue). A later ``append`` for the same response is
+        committed after them. A refused enqueue is logged; the response's later appends then
+        fail as ``StoreIntegrityError`` (so the refusal still surfaces on the critical path).
+
+        Raises:
+            StoreUnavailableError: the store is closed.
+        """
+        ...
+
+    async def conversation(
+        self, response_id: str, *, max_turns: int, max_bytes: int
+    ) -> list[dict[str, Any]]:
+        """The items of the chain that ends at ``response_id``, oldest turn first: each turn's
+        input items, then its output items. Read with bounded queries: the chain is walked at
+        most ``max_turns`` deep and its stored size summed before any content is loaded.
+
+        Raises:
+            InvalidRequestError: (param ``previous_response_id``) a response of the chain is
+                unknown, deleted, purged or was made with ``store: false``
+                (code ``previous_response_not_found``); or the chain is longer than
+                ``max_turns`` or larger than ``max_bytes`` (code ``conversation_too_long``).
+        """
+        ...
+
+    async def spend_logs(
+        self, where: SpendFilter, *, limit: int = 100, newest_first: bool = True
+    ) -> list[SpendLog]:
+        """Spend rows matching ``where``, by creation time, at most ``limit``. Served from
+        indexes (owner, model, creation time, metadata key), never a full table scan."""
+        ...
+
+    async def spend_totals(self, where: SpendFilter, *, group_by: SpendGroup) -> list[SpendTotal]:
+        """Totals of the rows matching ``where``, one per group, ordered by key."""
+        ...
+
+    async def purge(self, *, before: float) -> int:
+        """Retention: remove the content (as ``Deleted`` does, without a tombstone) of every
+        response that ended before ``before``; spend rows stay. Returns how many were purged
+        by this call."""
+        ...
+
     async def recover(self, *, now: float) -> int:
         """End every response left ``queued``/``in_progress`` by a dead process as ``failed``
-        with :data:`RECOVERY_ERROR` at ``now``; returns how many. Only safe while no response
-        of this store is live (backends call it when they open)."""
+        with :data:`RECOVERY_ERROR` at ``now``; returns how many. Responses of processes (or
+        other stores in this process) that still have the database open are left alone."""
         ...
 
     def statistics(self) -> StoreStatistics:

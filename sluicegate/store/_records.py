@@ -60,9 +60,15 @@ class Accepted(Record):
     params: JSONDict
     input_items: list[JSONDict]
     background: bool
+    #: False for ``store: false``: the caller's content is not kept (``params`` and
+    #: ``input_items`` are recorded empty), only the accounting.
     store: bool
     metadata: JSONDict
     created_at: float
+    #: The ``resp_…`` ID this response continues (``previous_response_id``), if any.
+    previous_id: str | None = None
+    #: The caller's ``spend_logs_metadata``: free-form JSON, filterable by key in spend logs.
+    spend_metadata: JSONDict = attrs.Factory(dict)
 
 
 @attrs.frozen(kw_only=True)
@@ -72,6 +78,8 @@ class Routed(Record):
     deployment_id: str
     provider: str
     attempt: int
+    #: The ID the upstream knows this response by, once it answered (its raw ID).
+    upstream_id: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -96,6 +104,9 @@ class Settled(Record):
 
     usage: JSONDict | None
     cost: float | None
+    #: True when the upstream never reported usage (the response was cut) and the counts are
+    #: the gateway's estimate.
+    estimated: bool = False
 
 
 def _terminal_status(value: ResponseStatus | str) -> ResponseStatus:
@@ -113,6 +124,10 @@ class Ended(Record):
     error: JSONDict | None
     response: JSONDict | None
     completed_at: float
+    #: Seconds from the request to its first output event (time to first token), if any came.
+    ttft: float | None = None
+    #: Seconds from the request to its end.
+    duration: float | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -133,11 +148,27 @@ class ResponseRow:
     deployment_id: str | None
     provider: str | None
     background: bool
+    #: False for ``store: false``: the caller's content is not kept (``params`` and
+    #: ``input_items`` are recorded empty), only the accounting.
     store: bool
     metadata: JSONDict
     created_at: float
+    #: The ``resp_…`` ID this response continues (``previous_response_id``), if any.
+    previous_id: str | None = None
+    #: The caller's ``spend_logs_metadata``: free-form JSON, filterable by key in spend logs.
+    spend_metadata: JSONDict = attrs.Factory(dict)
     completed_at: float | None
     usage: JSONDict | None
     cost: float | None
+    #: True when the upstream never reported usage (the response was cut) and the counts are
+    #: the gateway's estimate.
+    estimated: bool = False
     error: JSONDict | None
     deleted: bool
+    previous_id: str | None = None
+    upstream_id: str | None = None
+    spend_metadata: JSONDict = attrs.Factory(dict)
+    ttft: float | None = None
+    duration: float | None = None
+    #: The content was removed by the retention period (the accounting stays).
+    purged: bool = False
