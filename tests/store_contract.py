@@ -3,14 +3,17 @@ conformance suite per contract").
 
 A backend's test module provides a ``backend`` fixture returning a :class:`Backend` (how to open
 its store, and whether a reopened store sees the same data) and subclasses
-:class:`StoreContract`. SQLite (file and memory) runs it in ``tests/test_store.py``; PostgreSQL
-adds a ``backend`` param later.
+:class:`StoreContract`. SQLite (a file with worker threads, a file inline, and ``:memory:``
+inline) runs it in ``tests/test_store.py``; PostgreSQL adds a ``backend`` param later.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -19,6 +22,7 @@ import trio
 import trio.testing
 
 from sluicegate import ResponseStatus
+from sluicegate.errors import InvalidRequestError
 from sluicegate.store import (
     RECOVERY_ERROR,
     Accepted,
@@ -28,6 +32,9 @@ from sluicegate.store import (
     Record,
     Routed,
     Settled,
+    SpendFilter,
+    SpendLog,
+    SpendTotal,
     Store,
     StoreIntegrityError,
     StoreUnavailableError,
@@ -43,17 +50,42 @@ class Backend:
     persistent: bool
 
 
-def accepted(rid: str, *, background: bool = False, created_at: float = 100.0) -> Accepted:
+#: A full usage object, as the Responses API reports it.
+USAGE: dict[str, Any] = {
+    "input_tokens": 3,
+    "input_tokens_details": {"cached_tokens": 2},
+    "output_tokens": 5,
+    "output_tokens_details": {"reasoning_tokens": 4},
+    "total_tokens": 8,
+}
+
+
+def accepted(
+    rid: str,
+    *,
+    background: bool = False,
+    created_at: float = 100.0,
+    owner: str = "key-1",
+    model: str = "gpt-test",
+    store: bool = True,
+    previous_id: str | None = None,
+    spend_metadata: dict[str, Any] | None = None,
+    input_items: list[dict[str, Any]] | None = None,
+) -> Accepted:
     return Accepted(
         response_id=rid,
-        owner="key-1",
-        model="gpt-test",
-        params={"temperature": 0.5},
-        input_items=[{"role": "user", "content": f"hello {rid}"}],
+        owner=owner,
+        model=model,
+        params={"temperature": 0.5} if store else {},
+        input_items=(
+            [] if not store else input_items or [{"role": "user", "content": f"hello {rid}"}]
+        ),
         background=background,
-        store=True,
+        store=store,
         metadata={"team": "blue"},
         created_at=created_at,
+        previous_id=previous_id,
+        spend_metadata=spend_metadata if spend_metadata is not None else {"team": "blue"},
     )
 
 
@@ -61,26 +93,138 @@ def item(index: int) -> dict[str, Any]:
     return {"type": "message", "id": f"msg_{index}", "content": [{"text": f"part {index}"}]}
 
 
-def ended(rid: str, status: str = "completed", *, at: float = 200.0) -> Ended:
+def ended(
+    rid: str,
+    status: str = "completed",
+    *,
+    at: float = 200.0,
+    ttft: float | None = 0.5,
+    duration: float | None = 100.0,
+) -> Ended:
     return Ended(
         response_id=rid,
         status=status,
         error=None,
         response={"id": rid, "status": status, "output": [item(0), item(1)]},
         completed_at=at,
+        ttft=ttft,
+        duration=duration,
     )
 
 
-def lifecycle(rid: str) -> list[Record]:
+def lifecycle(rid: str, *, at: float = 200.0) -> list[Record]:
     """A full non-background lifecycle; the items arrive out of index order on purpose."""
     return [
         accepted(rid),
-        Routed(response_id=rid, deployment_id="dep-1", provider="openai", attempt=1),
+        Routed(
+            response_id=rid,
+            deployment_id="dep-1",
+            provider="openai",
+            attempt=1,
+            upstream_id=f"up_{rid}",
+        ),
         ItemDone(response_id=rid, output_index=1, item=item(1)),
         ItemDone(response_id=rid, output_index=0, item=item(0)),
-        Settled(response_id=rid, usage={"input_tokens": 3, "output_tokens": 5}, cost=0.25),
-        ended(rid),
+        Settled(response_id=rid, usage=USAGE, cost=0.25),
+        ended(rid, at=at),
     ]
+
+
+def turn(
+    rid: str, previous_id: str | None, *, store: bool = True, at: float = 200.0
+) -> list[Record]:
+    """One turn of a conversation: a question, two output items (out of order), the end."""
+    return [
+        accepted(
+            rid,
+            previous_id=previous_id,
+            store=store,
+            input_items=[{"role": "user", "content": f"question {rid}"}],
+        ),
+        ItemDone(response_id=rid, output_index=1, item={"id": f"{rid}_out1"}),
+        ItemDone(response_id=rid, output_index=0, item={"id": f"{rid}_out0"}),
+        ended(rid, at=at),
+    ]
+
+
+def turn_items(rid: str) -> list[dict[str, Any]]:
+    """What :func:`turn` contributes to a conversation, in order."""
+    return [
+        {"role": "user", "content": f"question {rid}"},
+        {"id": f"{rid}_out0"},
+        {"id": f"{rid}_out1"},
+    ]
+
+
+#: Midnight UTC of three consecutive days (spend totals by day).
+DAY1 = datetime(2025, 3, 1, tzinfo=UTC).timestamp()
+DAY2 = DAY1 + 86400
+DAY3 = DAY2 + 86400
+
+
+async def append_spend_rows(store: Store) -> None:
+    """Six responses across owners, models, UTC days and spend metadata; costs are binary
+    fractions so sums are exact."""
+
+    async def one(
+        rid: str,
+        owner: str,
+        model: str,
+        created_at: float,
+        spend_metadata: dict[str, Any],
+        tokens: tuple[int, int] | None,
+        cost: float | None,
+        *,
+        status: str | None = "completed",
+        estimated: bool = False,
+    ) -> None:
+        records: list[Record] = [
+            accepted(
+                rid, owner=owner, model=model, created_at=created_at, spend_metadata=spend_metadata
+            ),
+            Routed(response_id=rid, deployment_id=f"{model}-dep", provider="openai", attempt=1),
+        ]
+        if tokens is not None:
+            usage = {"input_tokens": tokens[0], "output_tokens": tokens[1]}
+            records.append(Settled(response_id=rid, usage=usage, cost=cost, estimated=estimated))
+        if status is not None:
+            records.append(ended(rid, status, at=created_at + 2.0, ttft=0.25, duration=2.0))
+        await store.append(records)
+
+    await one(
+        "resp_s1", "alice", "gpt-a", DAY1 + 36000, {"team": "blue", "env": "prod"}, (10, 20), 0.5
+    )
+    await one("resp_s2", "alice", "gpt-b", DAY1 + 86399, {"team": "red"}, (5, 5), 0.25)
+    await one(
+        "resp_s3", "bob", "gpt-a", DAY2 + 3600, {"team": "blue", "env": "dev"}, (100, 1), None
+    )
+    await one(
+        "resp_s4",
+        "bob",
+        "gpt-a",
+        DAY2 + 7200,
+        {"team": "blue", "env": "prod", "tags": ["a", "b"]},
+        (7, 3),
+        0.125,
+        status="failed",
+        estimated=True,
+    )
+    await one("resp_s5", "alice", "gpt-a", DAY3, {}, None, None, status=None)
+    await one(
+        "resp_s6",
+        "carol",
+        "gpt-b",
+        DAY3 + 18000,
+        {"team": "blue", "nested": {"b": 1, "a": 2}},
+        (2, 2),
+        2.0,
+    )
+    # Deleting a response removes its content, never its spend row.
+    await store.append([Deleted(response_id="resp_s6", deleted_at=DAY3 + 20000)])
+
+
+async def ids(store: Store, where: SpendFilter, **options: Any) -> list[str]:
+    return [log.response_id for log in await store.spend_logs(where, **options)]
 
 
 class StoreContract:
@@ -94,13 +238,33 @@ class StoreContract:
     async def test_full_lifecycle_updates_the_projection_and_every_getter(
         self, store: Store
     ) -> None:
-        await store.append(lifecycle("resp_a")[:2])
+        spend_metadata = {"team": "blue", "cost_center": 7, "tags": ["a", "b"]}
+        await store.append(
+            [
+                accepted("resp_a", previous_id="resp_before", spend_metadata=spend_metadata),
+                Routed(response_id="resp_a", deployment_id="dep-1", provider="openai", attempt=1),
+            ]
+        )
         row = await store.get("resp_a")
         assert row is not None
         assert row.status is ResponseStatus.IN_PROGRESS
-        assert (row.deployment_id, row.provider) == ("dep-1", "openai")
+        assert (row.deployment_id, row.provider, row.upstream_id) == ("dep-1", "openai", None)
+        assert (row.previous_id, row.spend_metadata) == ("resp_before", spend_metadata)
         assert await store.final_response("resp_a") is None
 
+        # The upstream's ID arrives with a later Routed; one without an ID does not erase it.
+        await store.append(
+            [
+                Routed(
+                    response_id="resp_a",
+                    deployment_id="dep-2",
+                    provider="azure",
+                    attempt=2,
+                    upstream_id="up_a",
+                ),
+                Routed(response_id="resp_a", deployment_id="dep-2", provider="azure", attempt=2),
+            ]
+        )
         await store.append(lifecycle("resp_a")[2:])
         row = await store.get("resp_a")
         assert row is not None
@@ -109,17 +273,24 @@ class StoreContract:
             "owner": "key-1",
             "status": ResponseStatus.COMPLETED,
             "model": "gpt-test",
-            "deployment_id": "dep-1",
-            "provider": "openai",
+            "deployment_id": "dep-2",
+            "provider": "azure",
             "background": False,
             "store": True,
             "metadata": {"team": "blue"},
             "created_at": 100.0,
+            "previous_id": "resp_before",
+            "spend_metadata": spend_metadata,
             "completed_at": 200.0,
-            "usage": {"input_tokens": 3, "output_tokens": 5},
+            "usage": USAGE,
             "cost": 0.25,
+            "estimated": False,
             "error": None,
             "deleted": False,
+            "upstream_id": "up_a",
+            "ttft": 0.5,
+            "duration": 100.0,
+            "purged": False,
         }
         assert await store.final_response("resp_a") == {
             "id": "resp_a",
@@ -128,8 +299,89 @@ class StoreContract:
         }
         assert await store.input_items("resp_a") == [{"role": "user", "content": "hello resp_a"}]
         assert await store.output_items("resp_a") == [item(0), item(1)]
-        assert store.statistics().records_appended == 6
+        assert store.statistics().records_appended == 8
         assert store.statistics().pending == 0
+
+    async def test_settled_usage_fills_the_spend_rows_token_counts(self, store: Store) -> None:
+        await store.append(lifecycle("resp_u"))
+        # Counts missing from the usage (or no usage at all) are 0; estimated is kept.
+        await store.append(
+            [
+                accepted("resp_v", created_at=101.0),
+                Settled(
+                    response_id="resp_v",
+                    usage={"input_tokens": 9, "input_tokens_details": None},
+                    cost=None,
+                    estimated=True,
+                ),
+                ended("resp_v", "incomplete", ttft=None, duration=None),
+            ]
+        )
+        await store.append([accepted("resp_w", created_at=102.0)])
+        await store.append([Settled(response_id="resp_w", usage=None, cost=None)])
+        logs = await store.spend_logs(SpendFilter(), newest_first=False)
+        assert logs == [
+            SpendLog(
+                response_id="resp_u",
+                owner="key-1",
+                model="gpt-test",
+                deployment_id="dep-1",
+                provider="openai",
+                status="completed",
+                input_tokens=3,
+                output_tokens=5,
+                cached_tokens=2,
+                reasoning_tokens=4,
+                total_tokens=8,
+                cost=0.25,
+                estimated=False,
+                ttft=0.5,
+                duration=100.0,
+                created_at=100.0,
+                completed_at=200.0,
+                spend_metadata={"team": "blue"},
+            ),
+            SpendLog(
+                response_id="resp_v",
+                owner="key-1",
+                model="gpt-test",
+                deployment_id=None,
+                provider=None,
+                status="incomplete",
+                input_tokens=9,
+                output_tokens=0,
+                cached_tokens=0,
+                reasoning_tokens=0,
+                total_tokens=0,
+                cost=None,
+                estimated=True,
+                ttft=None,
+                duration=None,
+                created_at=101.0,
+                completed_at=200.0,
+                spend_metadata={"team": "blue"},
+            ),
+            SpendLog(
+                response_id="resp_w",
+                owner="key-1",
+                model="gpt-test",
+                deployment_id=None,
+                provider=None,
+                status="in_progress",
+                input_tokens=0,
+                output_tokens=0,
+                cached_tokens=0,
+                reasoning_tokens=0,
+                total_tokens=0,
+                cost=None,
+                estimated=False,
+                ttft=None,
+                duration=None,
+                created_at=102.0,
+                completed_at=None,
+                spend_metadata={"team": "blue"},
+            ),
+        ]
 
     async def test_unknown_response_reads_as_nothing(self, store: Store) -> None:
         assert await store.get("resp_nope") is None
@@ -252,7 +504,7 @@ class StoreContract:
         row = await store.get("resp_del")
         assert row is not None
         assert (row.status, row.deleted) == (ResponseStatus.COMPLETED, True)
-        assert (row.usage, row.cost) == ({"input_tokens": 3, "output_tokens": 5}, 0.25)
+        assert (row.usage, row.cost) == (USAGE, 0.25)
         assert (row.owner, row.model, row.completed_at) == ("key-1", "gpt-test", 200.0)
         assert await store.final_response("resp_del") is None
         assert await store.input_items("resp_del") == []
@@ -303,19 +555,329 @@ class StoreContract:
 
     # -- recovery
 
-    async def test_recover_fails_unfinished_responses_exactly_once(self, store: Store) -> None:
+    async def test_recover_leaves_the_stores_own_unfinished_responses_alone(
+        self, store: Store
+    ) -> None:
+        """Regression: recovery used to fail every unfinished response, including the live ones
+        of the store (or process) calling it."""
         await store.append([accepted("resp_r1"), accepted("resp_r2", background=True)])
-        await store.append(lifecycle("resp_done"))
-        assert await store.recover(now=42.0) == 2
-        for rid in ("resp_r1", "resp_r2"):
-            row = await store.get(rid)
-            assert row is not None
-            assert (row.status, row.completed_at) == (ResponseStatus.FAILED, 42.0)
-            assert row.error == RECOVERY_ERROR
-        done = await store.get("resp_done")
-        assert done is not None
-        assert done.status is ResponseStatus.COMPLETED
-        assert await store.recover(now=43.0) == 0
+        assert await store.recover(now=42.0) == 0
+        r1, r2 = await store.get("resp_r1"), await store.get("resp_r2")
+        assert r1 is not None and r2 is not None
+        assert (r1.status, r2.status) == (ResponseStatus.IN_PROGRESS, ResponseStatus.QUEUED)
+        await store.append([ended("resp_r1")])
+        r1 = await store.get("resp_r1")
+        assert r1 is not None
+        assert r1.status is ResponseStatus.COMPLETED
+
+    async def test_recover_fails_unfinished_responses_exactly_once(self, backend: Backend) -> None:
+        if not backend.persistent:
+            pytest.skip("an in-memory store does not outlive its opener")
+        async with backend.open() as store:
+            await store.append([accepted("resp_r1"), accepted("resp_r2", background=True)])
+            await store.append(lifecycle("resp_done"))
+        before = time.time()
+        async with backend.open() as store:
+            after = time.time()
+            # Opening recovered them (the store that accepted them is closed).
+            assert store.statistics().records_appended == 2
+            for rid in ("resp_r1", "resp_r2"):
+                row = await store.get(rid)
+                assert row is not None
+                assert row.status is ResponseStatus.FAILED
+                assert row.completed_at is not None
+                assert before <= row.completed_at <= after
+                assert row.error == RECOVERY_ERROR
+            done = await store.get("resp_done")
+            assert done is not None
+            assert done.status is ResponseStatus.COMPLETED
+            assert await store.recover(now=43.0) == 0
+
+    # -- enqueue
+
+    async def test_enqueued_records_are_committed_before_a_later_append(self, store: Store) -> None:
+        # Were the append committed first, its Ended would be refused (never accepted).
+        await store.enqueue(lifecycle("resp_eq")[:2])
+        await store.append(lifecycle("resp_eq")[2:])
+        row = await store.get("resp_eq")
+        assert row is not None
+        assert (row.status, row.deployment_id, row.upstream_id) == (
+            ResponseStatus.COMPLETED,
+            "dep-1",
+            "up_resp_eq",
+        )
+        assert await store.output_items("resp_eq") == [item(0), item(1)]
+        assert store.statistics().records_appended == 6
+        assert store.statistics().pending == 0
+
+    async def test_a_refused_enqueue_is_logged_and_fails_nobody_else(
+        self, store: Store, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        await store.append([accepted("resp_eq1")])
+        with caplog.at_level(logging.ERROR, logger="sluicegate"):
+            await store.enqueue([accepted("resp_eq1")])  # a second Accepted: refused
+            await store.enqueue(lifecycle("resp_eq2"))
+            # Committed after both enqueues (one queue), so both verdicts are in when it returns.
+            await store.append(
+                [Routed(response_id="resp_eq1", deployment_id="d", provider="openai", attempt=1)]
+            )
+        refusals = [r for r in caplog.records if r.name == "sluicegate"]
+        assert len(refusals) == 1
+        assert refusals[0].levelno == logging.ERROR
+        assert "resp_eq1" in refusals[0].getMessage()
+        assert "already accepted" in refusals[0].getMessage()
+        first, second = await store.get("resp_eq1"), await store.get("resp_eq2")
+        assert first is not None and second is not None
+        assert (first.status, first.deployment_id) == (ResponseStatus.IN_PROGRESS, "d")
+        assert second.status is ResponseStatus.COMPLETED
+        assert store.statistics().records_appended == 1 + 6 + 1
+        assert store.statistics().pending == 0
+
+    async def test_enqueue_of_an_unserializable_record_fails_in_the_caller(
+        self, store: Store
+    ) -> None:
+        with pytest.raises(StoreIntegrityError, match="JSON"):
+            await store.enqueue(
+                [accepted("resp_ej"), ItemDone(response_id="resp_ej", output_index=0, item={1: 2})]
+            )
+        await store.append([accepted("resp_other")])
+        assert await store.get("resp_ej") is None
+        assert store.statistics().pending == 0
+
+    # -- conversations
+
+    async def test_conversation_is_every_turns_items_oldest_first(self, store: Store) -> None:
+        await store.append(turn("resp_t1", None))
+        await store.append(turn("resp_t2", "resp_t1"))
+        await store.append(turn("resp_t3", "resp_t2"))
+        conversation = await store.conversation("resp_t3", max_turns=3, max_bytes=1_000_000)
+        assert conversation == [
+            *turn_items("resp_t1"),
+            *turn_items("resp_t2"),
+            *turn_items("resp_t3"),
+        ]
+        assert await store.conversation("resp_t1", max_turns=1, max_bytes=1_000_000) == (
+            turn_items("resp_t1")
+        )
+
+    async def test_conversation_with_a_deleted_link_is_not_found(self, store: Store) -> None:
+        await store.append(turn("resp_t1", None))
+        await store.append(turn("resp_t2", "resp_t1"))
+        await store.append(turn("resp_t3", "resp_t2"))
+        await store.append([Deleted(response_id="resp_t2", deleted_at=300.0)])
+        with pytest.raises(InvalidRequestError) as caught:
+            await store.conversation("resp_t3", max_turns=10, max_bytes=1_000_000)
+        assert caught.value.message == "Previous response with id 'resp_t2' not found."
+        assert (caught.value.param, caught.value.code, caught.value.status_code) == (
+            "previous_response_id",
+            "previous_response_not_found",
+            400,
+        )
+
+    async def test_conversation_through_a_store_false_response_is_refused(
+        self, store: Store
+    ) -> None:
+        await store.append(turn("resp_t1", None, store=False))
+        await store.append(turn("resp_t2", "resp_t1"))
+        with pytest.raises(InvalidRequestError, match=r"'resp_t1'.*store=false") as caught:
+            await store.conversation("resp_t2", max_turns=10, max_bytes=1_000_000)
+        assert (caught.value.param, caught.value.code) == (
+            "previous_response_id",
+            "previous_response_not_found",
+        )
+
+    async def test_conversation_of_an_unknown_response_or_link_is_not_found(
+        self, store: Store
+    ) -> None:
+        with pytest.raises(InvalidRequestError) as caught:
+            await store.conversation("resp_unknown", max_turns=10, max_bytes=1_000_000)
+        assert caught.value.message == "Previous response with id 'resp_unknown' not found."
+        assert caught.value.code == "previous_response_not_found"
+        # A chain whose oldest link names a response the store never had.
+        await store.append(turn("resp_t2", "resp_lost"))
+        await store.append(turn("resp_t3", "resp_t2"))
+        with pytest.raises(InvalidRequestError) as caught:
+            await store.conversation("resp_t3", max_turns=10, max_bytes=1_000_000)
+        assert caught.value.message == "Previous response with id 'resp_lost' not found."
+        assert caught.value.param == "previous_response_id"
+
+    async def test_conversation_longer_than_max_turns_is_refused(self, store: Store) -> None:
+        previous = None
+        for n in range(1, 5):
+            await store.append(turn(f"resp_t{n}", previous))
+            previous = f"resp_t{n}"
+        four_turns = await store.conversation("resp_t4", max_turns=4, max_bytes=1_000_000)
+        assert len(four_turns) == 12
+        with pytest.raises(InvalidRequestError, match="longer than 3 turns") as caught:
+            await store.conversation("resp_t4", max_turns=3, max_bytes=1_000_000)
+        assert "general_settings.store.max_conversation_turns" in caught.value.message
+        assert (caught.value.param, caught.value.code) == (
+            "previous_response_id",
+            "conversation_too_long",
+        )
+
+    async def test_conversation_larger_than_max_bytes_is_refused(self, store: Store) -> None:
+        big = {"id": "big", "text": "x" * 200_000}
+        await store.append(
+            [*turn("resp_t1", None), ItemDone(response_id="resp_t1", output_index=2, item=big)]
+        )
+        await store.append(turn("resp_t2", "resp_t1"))
+        with pytest.raises(InvalidRequestError, match="larger than 100000 bytes") as caught:
+            await store.conversation("resp_t2", max_turns=10, max_bytes=100_000)
+        assert "general_settings.store.max_conversation_bytes" in caught.value.message
+        assert (caught.value.param, caught.value.code) == (
+            "previous_response_id",
+            "conversation_too_long",
+        )
+        conversation = await store.conversation("resp_t2", max_turns=10, max_bytes=1_000_000)
+        assert conversation == [*turn_items("resp_t1"), big, *turn_items("resp_t2")]
+
+    # -- spend
+
+    async def test_spend_logs_filter_by_owner_model_time_and_metadata(self, store: Store) -> None:
+        await append_spend_rows(store)
+        newest = ["resp_s6", "resp_s5", "resp_s4", "resp_s3", "resp_s2", "resp_s1"]
+        assert await ids(store, SpendFilter()) == newest
+        assert await ids(store, SpendFilter(), newest_first=False) == newest[::-1]
+        assert await ids(store, SpendFilter(), limit=2) == ["resp_s6", "resp_s5"]
+        assert await ids(store, SpendFilter(), limit=2, newest_first=False) == [
+            "resp_s1",
+            "resp_s2",
+        ]
+        assert await ids(store, SpendFilter(), limit=0) == []
+        assert await ids(store, SpendFilter(owner="alice")) == ["resp_s5", "resp_s2", "resp_s1"]
+        assert await ids(store, SpendFilter(owner="bob", model="gpt-a")) == [
+            "resp_s4",
+            "resp_s3",
+        ]
+        assert await ids(store, SpendFilter(model="gpt-b")) == ["resp_s6", "resp_s2"]
+        assert await ids(store, SpendFilter(start=DAY2, end=DAY3)) == ["resp_s4", "resp_s3"]
+        assert await ids(store, SpendFilter(start=DAY3)) == ["resp_s6", "resp_s5"]
+        assert await ids(store, SpendFilter(end=DAY1 + 86399)) == ["resp_s1"]
+        assert await ids(store, SpendFilter(metadata={"team": "blue"})) == [
+            "resp_s6",
+            "resp_s4",
+            "resp_s3",
+            "resp_s1",
+        ]
+        assert await ids(store, SpendFilter(metadata={"team": "blue", "env": "prod"})) == [
+            "resp_s4",
+            "resp_s1",
+        ]
+        # Values match as JSON: objects whatever their key order, lists in their order.
+        assert await ids(store, SpendFilter(metadata={"nested": {"a": 2, "b": 1}})) == ["resp_s6"]
+        assert await ids(store, SpendFilter(metadata={"tags": ["a", "b"]})) == ["resp_s4"]
+        assert await ids(store, SpendFilter(metadata={"tags": ["b", "a"]})) == []
+        assert await ids(store, SpendFilter(metadata={"team": '"blue"'})) == []
+        assert await ids(store, SpendFilter(metadata={"missing": 1})) == []
+        assert await ids(
+            store, SpendFilter(owner="bob", start=DAY2 + 3601, metadata={"team": "blue"})
+        ) == ["resp_s4"]
+        assert await ids(store, SpendFilter(owner="nobody")) == []
+        assert await store.spend_logs(SpendFilter(metadata={"tags": ["a", "b"]})) == [
+            SpendLog(
+                response_id="resp_s4",
+                owner="bob",
+                model="gpt-a",
+                deployment_id="gpt-a-dep",
+                provider="openai",
+                status="failed",
+                input_tokens=7,
+                output_tokens=3,
+                cached_tokens=0,
+                reasoning_tokens=0,
+                total_tokens=0,
+                cost=0.125,
+                estimated=True,
+                ttft=0.25,
+                duration=2.0,
+                created_at=DAY2 + 7200,
+                completed_at=DAY2 + 7202,
+                spend_metadata={"team": "blue", "env": "prod", "tags": ["a", "b"]},
+            )
+        ]
+
+    async def test_spend_totals_by_owner_model_and_day(self, store: Store) -> None:
+        await append_spend_rows(store)
+        everything = SpendFilter()
+        assert await store.spend_totals(everything, group_by="owner") == [
+            SpendTotal(key="alice", requests=3, input_tokens=15, output_tokens=25, cost=0.75),
+            SpendTotal(key="bob", requests=2, input_tokens=107, output_tokens=4, cost=0.125),
+            SpendTotal(key="carol", requests=1, input_tokens=2, output_tokens=2, cost=2.0),
+        ]
+        assert await store.spend_totals(everything, group_by="model") == [
+            SpendTotal(key="gpt-a", requests=4, input_tokens=117, output_tokens=24, cost=0.625),
+            SpendTotal(key="gpt-b", requests=2, input_tokens=7, output_tokens=7, cost=2.25),
+        ]
+        assert await store.spend_totals(everything, group_by="day") == [
+            SpendTotal(key="2025-03-01", requests=2, input_tokens=15, output_tokens=25, cost=0.75),
+            SpendTotal(key="2025-03-02", requests=2, input_tokens=107, output_tokens=4, cost=0.125),
+            SpendTotal(key="2025-03-03", requests=2, input_tokens=2, output_tokens=2, cost=2.0),
+        ]
+        blue = SpendFilter(metadata={"team": "blue"})
+        assert await store.spend_totals(blue, group_by="day") == [
+            SpendTotal(key="2025-03-01", requests=1, input_tokens=10, output_tokens=20, cost=0.5),
+            SpendTotal(key="2025-03-02", requests=2, input_tokens=107, output_tokens=4, cost=0.125),
+            SpendTotal(key="2025-03-03", requests=1, input_tokens=2, output_tokens=2, cost=2.0),
+        ]
+        alice_on_gpt_a = SpendFilter(owner="alice", model="gpt-a", start=DAY1, end=DAY3 + 1)
+        assert await store.spend_totals(alice_on_gpt_a, group_by="owner") == [
+            SpendTotal(key="alice", requests=2, input_tokens=10, output_tokens=20, cost=0.5),
+        ]
+        assert await store.spend_totals(SpendFilter(owner="nobody"), group_by="day") == []
+
+    # -- retention
+
+    async def test_purge_removes_content_of_ended_responses_and_keeps_their_spend(
+        self, store: Store
+    ) -> None:
+        await store.append(
+            [
+                *turn("resp_old", None),
+                StreamEventRecorded(response_id="resp_old", sequence_number=0, event={"x": 1}),
+                Settled(response_id="resp_old", usage=USAGE, cost=0.25),
+            ]
+        )
+        await store.append(turn("resp_next", "resp_old", at=300.0))
+        await store.append(lifecycle("resp_new", at=300.0))
+        await store.append([accepted("resp_running")])
+        assert await store.purge(before=250.0) == 1
+
+        row = await store.get("resp_old")
+        assert row is not None
+        assert (row.purged, row.deleted, row.status) == (True, False, ResponseStatus.COMPLETED)
+        assert (row.usage, row.cost, row.completed_at) == (USAGE, 0.25, 200.0)
+        assert await store.final_response("resp_old") is None
+        assert await store.input_items("resp_old") == []
+        assert await store.output_items("resp_old") == []
+        assert await store.stream_events("resp_old") == []
+        logs = {log.response_id: log for log in await store.spend_logs(SpendFilter())}
+        log = logs["resp_old"]
+        assert (log.response_id, log.input_tokens, log.total_tokens, log.cost) == (
+            "resp_old",
+            3,
+            8,
+            0.25,
+        )
+        with pytest.raises(InvalidRequestError, match="'resp_old' not found"):
+            await store.conversation("resp_next", max_turns=10, max_bytes=1_000_000)
+
+        new = await store.get("resp_new")
+        assert new is not None
+        assert new.purged is False
+        assert await store.output_items("resp_new") == [item(0), item(1)]
+        assert await store.final_response("resp_new") is not None
+        running = await store.get("resp_running")
+        assert running is not None
+        assert (running.purged, running.status) == (False, ResponseStatus.IN_PROGRESS)
+        assert await store.input_items("resp_running") == [
+            {"role": "user", "content": "hello resp_running"}
+        ]
+
+        assert await store.purge(before=250.0) == 0
+        assert await store.purge(before=300.5) == 2  # resp_next and resp_new
+        # Purging takes no record of the log; the spend rows all stay.
+        assert len(await store.spend_logs(SpendFilter())) == 4
 
     # -- group commit
 
@@ -375,3 +937,11 @@ class StoreContract:
             await store.append([accepted("resp_late")])
         with pytest.raises(StoreUnavailableError):
             await store.get("resp_late")
+        with pytest.raises(StoreUnavailableError):
+            await store.enqueue([accepted("resp_late")])
+        with pytest.raises(StoreUnavailableError):
+            await store.purge(before=1.0)
+        with pytest.raises(StoreUnavailableError):
+            await store.spend_logs(SpendFilter())
+        with pytest.raises(StoreUnavailableError):
+            await store.conversation("resp_late", max_turns=1, max_bytes=1)

@@ -1,40 +1,72 @@
 """The SQLite store: the shared store contract, plus what is SQLite's own (schema migration,
-WAL, the sqlite3 error boundary)."""
+WAL, the sqlite3 error boundary, inline mode, instance locks, query plans)."""
 
 from __future__ import annotations
 
 import ast
+import fcntl
 import functools
+import os
+import re
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import orjson
 import pytest
 import trio
+import trio.testing
 
 import sluicegate
 import sluicegate.store
 from sluicegate import ResponseStatus
+from sluicegate.errors import InvalidRequestError
 from sluicegate.store import (
+    RECOVERY_ERROR,
     SQLITE_SCHEMA_VERSION,
+    Deleted,
+    SpendFilter,
+    SpendGroup,
     Store,
     StoreError,
     StoreIntegrityError,
     StoreUnavailableError,
     open_sqlite_store,
 )
-from sluicegate.store._sqlite import _translate
+from sluicegate.store._sqlite import (
+    _MIGRATIONS,
+    _spend_logs_query,
+    _spend_totals_query,
+    _translate,
+)
 
-from .store_contract import Backend, StoreContract, accepted, lifecycle
+from .store_contract import (
+    USAGE,
+    Backend,
+    StoreContract,
+    accepted,
+    ended,
+    item,
+    lifecycle,
+    turn,
+)
 
 PACKAGE = Path(sluicegate.__file__).parent
 
 
-@pytest.fixture(params=["sqlite-file", "sqlite-memory"])
+@pytest.fixture(params=["sqlite-file", "sqlite-memory-inline", "sqlite-file-inline"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if request.param == "sqlite-file":
         return Backend(
             open=functools.partial(open_sqlite_store, tmp_path / "s.db"), persistent=True
         )
+    if request.param == "sqlite-file-inline":
+        return Backend(
+            open=functools.partial(open_sqlite_store, tmp_path / "s.db", threads=False),
+            persistent=True,
+        )
+    # :memory: runs inline by default.
     return Backend(open=functools.partial(open_sqlite_store, ":memory:"), persistent=False)
 
 
@@ -57,17 +89,36 @@ async def test_sqlite_store_satisfies_the_store_protocol(tmp_path: Path) -> None
         assert store.statistics().transactions == 0
 
 
-async def test_new_database_gets_schema_version_1_in_wal_mode(tmp_path: Path) -> None:
+@contextmanager
+def _database(path: Path) -> Iterator[sqlite3.Connection]:
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def _lock_files(path: Path) -> list[str]:
+    return sorted(os.listdir(f"{path}-instances"))
+
+
+def _symlink(target: Path, link: Path) -> None:
+    link.symlink_to(target)
+
+
+def _leave_lock_file(path: Path, instance: str) -> None:
+    """What a process that died holding its instance lock leaves behind: the file, unlocked."""
+    Path(f"{path}-instances/{instance}.lock").touch()
+
+
+async def test_new_database_gets_schema_version_2_in_wal_mode(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     async with open_sqlite_store(path):
         pass
-    assert SQLITE_SCHEMA_VERSION == 1
-    assert _user_version(path) == 1
-    db = sqlite3.connect(path)
-    try:
+    assert SQLITE_SCHEMA_VERSION == 2
+    assert _user_version(path) == 2
+    with _database(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    finally:
-        db.close()
 
 
 async def test_older_database_is_migrated(tmp_path: Path) -> None:
@@ -81,7 +132,85 @@ async def test_older_database_is_migrated(tmp_path: Path) -> None:
         row = await store.get("resp_m")
         assert row is not None
         assert row.status is ResponseStatus.COMPLETED
+    assert _user_version(path) == 2
+
+
+def _create_version_1(path: Path) -> None:
+    """A database as schema 1 left it: one finished response, one left running."""
+    accepted_payload = {
+        "owner": "key-1",
+        "model": "gpt-test",
+        "params": {},
+        "input_items": [{"role": "user", "content": "hi"}],
+        "background": False,
+        "store": True,
+        "metadata": {},
+        "created_at": 100.0,
+    }
+    ended_payload = {
+        "status": "completed",
+        "error": None,
+        "response": {"id": "resp_v1"},
+        "completed_at": 200.0,
+    }
+    with _database(path) as db:
+        for statement in _MIGRATIONS[0].split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute("PRAGMA user_version = 1")
+        insert = (
+            "INSERT INTO responses (id, owner, status, model, deployment_id, provider,"
+            " background, store, metadata, created_at, completed_at, usage, cost, error, deleted,"
+            " last_seq) VALUES (?, 'key-1', ?, 'gpt-test', 'dep-1', 'openai', 0, 1, ?, 100.0,"
+            " ?, ?, ?, NULL, 0, ?)"
+        )
+        db.execute(insert, ("resp_v1", "completed", b"{}", 200.0, orjson.dumps(USAGE), 0.25, 2))
+        db.execute(insert, ("resp_v1run", "in_progress", b"{}", None, None, None, 0))
+        events = [
+            ("resp_v1", 0, "accepted", None, orjson.dumps(accepted_payload)),
+            ("resp_v1", 1, "item_done", 0, orjson.dumps(item(0))),
+            ("resp_v1", 2, "ended", None, orjson.dumps(ended_payload)),
+            ("resp_v1run", 0, "accepted", None, orjson.dumps(accepted_payload)),
+        ]
+        db.executemany(
+            "INSERT INTO events (response_id, seq, kind, ordinal, payload, at)"
+            " VALUES (?, ?, ?, ?, ?, 1.0)",
+            events,
+        )
+
+
+async def test_version_1_database_migrates_to_2_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    _create_version_1(path)
     assert _user_version(path) == 1
+    async with open_sqlite_store(path) as store:
+        assert _user_version(path) == 2
+        row = await store.get("resp_v1")
+        assert row is not None
+        assert (row.status, row.usage, row.cost, row.completed_at) == (
+            ResponseStatus.COMPLETED,
+            USAGE,
+            0.25,
+            200.0,
+        )
+        assert (row.previous_id, row.upstream_id, row.spend_metadata) == (None, None, {})
+        assert (row.ttft, row.duration, row.estimated, row.purged) == (None, None, False, False)
+        assert await store.final_response("resp_v1") == {"id": "resp_v1"}
+        assert await store.conversation("resp_v1", max_turns=1, max_bytes=10_000) == [
+            {"role": "user", "content": "hi"},
+            item(0),
+        ]
+        # The token counts of existing rows come from their usage.
+        logs = await store.spend_logs(SpendFilter(owner="key-1", end=150.0))
+        assert [log.response_id for log in logs] == ["resp_v1run", "resp_v1"]
+        log = logs[1]
+        assert (log.response_id, log.input_tokens, log.output_tokens) == ("resp_v1", 3, 5)
+        assert (log.cached_tokens, log.reasoning_tokens, log.total_tokens) == (2, 4, 8)
+        # Schema 1 recorded no instance: what it left running is recovered.
+        running = await store.get("resp_v1run")
+        assert running is not None
+        assert (running.status, running.error) == (ResponseStatus.FAILED, RECOVERY_ERROR)
+        assert store.statistics().records_appended == 1
 
 
 async def test_newer_database_is_refused(tmp_path: Path) -> None:
@@ -150,3 +279,266 @@ def test_store_all_is_sorted_and_every_name_exists() -> None:
     assert names == sorted(names)
     for name in names:
         assert hasattr(sluicegate.store, name), name
+
+
+# --- inline mode
+
+
+async def test_memory_store_runs_inline_so_autojump_clock_never_jumps(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Regression: a store waiting on worker threads let autojump_clock jump to the next
+    deadline (here, the sleeper's) in the middle of a test."""
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.sleep, 1000)
+        async with open_sqlite_store(":memory:") as store:
+            await store.append(lifecycle("resp_i"))
+            await store.enqueue([accepted("resp_j")])
+            await store.append([ended("resp_j")])
+            assert await store.output_items("resp_i") == [item(0), item(1)]
+            assert len(await store.spend_logs(SpendFilter())) == 2
+            assert await store.purge(before=1000.0) == 2
+            assert await store.recover(now=1.0) == 0
+        assert trio.current_time() == start
+        nursery.cancel_scope.cancel()
+
+
+async def test_memory_store_can_still_use_threads() -> None:
+    async with open_sqlite_store(":memory:", threads=True) as store:
+        await store.append(lifecycle("resp_t"))
+        assert await store.output_items("resp_t") == [item(0), item(1)]
+        assert await store.conversation("resp_t", max_turns=1, max_bytes=10_000) == [
+            {"role": "user", "content": "hello resp_t"},
+            item(0),
+            item(1),
+        ]
+
+
+# --- instances and recovery
+
+
+async def test_stores_opening_one_file_by_different_paths_share_the_instance_locks(
+    tmp_path: Path,
+) -> None:
+    """Regression guard: lock files next to the path as given would let a store opened through
+    a symlink take the other's responses for a dead process's."""
+    path = tmp_path / "s.db"
+    link = tmp_path / "link.db"
+    async with open_sqlite_store(path) as first:
+        await first.append([accepted("resp_live")])
+        _symlink(path, link)
+        async with open_sqlite_store(link) as second:
+            assert await second.recover(now=5.0) == 0
+            row = await second.get("resp_live")
+            assert row is not None
+            assert row.status is ResponseStatus.IN_PROGRESS
+
+
+async def test_a_second_store_on_one_file_leaves_the_firsts_responses_alone(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.db"
+    async with open_sqlite_store(path) as first:
+        await first.append([accepted("resp_live")])
+        async with open_sqlite_store(path) as second:
+            assert second.instance != first.instance
+            assert _lock_files(path) == sorted(
+                [f"{first.instance}.lock", f"{second.instance}.lock"]
+            )
+            # Opening recovered nothing, and neither does asking again.
+            assert second.statistics().records_appended == 0
+            assert await second.recover(now=5.0) == 0
+            row = await second.get("resp_live")
+            assert row is not None
+            assert row.status is ResponseStatus.IN_PROGRESS
+        assert _lock_files(path) == [f"{first.instance}.lock"]
+        await first.append([ended("resp_live")])
+        row = await first.get("resp_live")
+        assert row is not None
+        assert row.status is ResponseStatus.COMPLETED
+    assert _lock_files(path) == []
+
+
+async def test_a_store_recovers_the_responses_of_one_that_closed_before_they_ended(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.db"
+    async with open_sqlite_store(path) as first:
+        async with open_sqlite_store(path) as second:
+            await second.append([accepted("resp_orphan")])
+        assert await first.recover(now=7.0) == 1
+        row = await first.get("resp_orphan")
+        assert row is not None
+        assert (row.status, row.completed_at, row.error) == (
+            ResponseStatus.FAILED,
+            7.0,
+            RECOVERY_ERROR,
+        )
+        assert await first.recover(now=8.0) == 0
+
+
+async def test_a_dead_instances_responses_are_recovered_and_its_lock_file_removed(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.db"
+    async with open_sqlite_store(path) as crashed:
+        await crashed.append([accepted("resp_crash")])
+    # A process that died holding its lock leaves the file, and nobody holds the lock. So does
+    # one that died with nothing unfinished.
+    _leave_lock_file(path, crashed.instance)
+    _leave_lock_file(path, "0" * 32)
+    async with open_sqlite_store(path) as store:
+        assert store.statistics().records_appended == 1
+        row = await store.get("resp_crash")
+        assert row is not None
+        assert (row.status, row.error) == (ResponseStatus.FAILED, RECOVERY_ERROR)
+        assert _lock_files(path) == [f"{store.instance}.lock"]
+
+
+async def test_a_lock_file_held_by_a_live_process_keeps_its_responses_alive(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.db"
+    async with open_sqlite_store(path) as other:
+        await other.append([accepted("resp_elsewhere")])
+    # The other process is still running: its lock file exists and is locked.
+    lock_path = f"{path}-instances/{other.instance}.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        async with open_sqlite_store(path) as store:
+            row = await store.get("resp_elsewhere")
+            assert row is not None
+            assert row.status is ResponseStatus.IN_PROGRESS
+            assert await store.recover(now=9.0) == 0
+            assert _lock_files(path) == sorted([f"{other.instance}.lock", f"{store.instance}.lock"])
+            os.close(fd)  # the other process dies
+            fd = -1
+            assert await store.recover(now=9.0) == 1
+            assert _lock_files(path) == [f"{store.instance}.lock"]
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+async def test_recovery_skips_responses_another_store_ended_first() -> None:
+    """Two stores opening at once both see a dead process's responses unfinished; whichever
+    ends one second must not fail (its whole batch used to be refused)."""
+    async with open_sqlite_store(":memory:") as store:
+        await store.append([accepted("resp_a"), accepted("resp_b"), accepted("resp_c")])
+        await store.append([ended("resp_b")])  # the other store was faster for this one
+        assert await store._end_as_failed(["resp_a", "resp_b", "resp_c"], now=3.0) == 2
+        for rid, status in (
+            ("resp_a", ResponseStatus.FAILED),
+            ("resp_b", ResponseStatus.COMPLETED),
+            ("resp_c", ResponseStatus.FAILED),
+        ):
+            row = await store.get(rid)
+            assert row is not None
+            assert row.status is status
+
+
+# --- conversations
+
+
+async def test_conversation_size_is_checked_before_any_content_is_loaded(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.db"
+    async with open_sqlite_store(path) as store:
+        await store.append(turn("resp_t1", None))
+        await store.append(turn("resp_t2", "resp_t1"))
+    with _database(path) as db:
+        (size,) = db.execute(
+            "SELECT sum(length(payload)) FROM events WHERE kind IN ('accepted', 'item_done')"
+        ).fetchone()
+        # Same length, not JSON: loading it would fail.
+        db.execute(
+            "UPDATE events SET payload = zeroblob(length(payload))"
+            " WHERE response_id = 'resp_t1' AND kind = 'item_done'"
+        )
+    async with open_sqlite_store(path) as store:
+        with pytest.raises(
+            InvalidRequestError, match=rf"larger than {size - 1} bytes \({size} bytes stored\)"
+        ):
+            await store.conversation("resp_t2", max_turns=2, max_bytes=size - 1)
+        # At the limit the items are loaded, and the corrupt one shows it.
+        with pytest.raises(StoreError, match="corrupt record"):
+            await store.conversation("resp_t2", max_turns=2, max_bytes=size)
+
+
+# --- spend query plans
+
+_FILTER_SHAPES = [
+    SpendFilter(),
+    SpendFilter(owner="alice"),
+    SpendFilter(model="gpt-a"),
+    SpendFilter(start=1.0),
+    SpendFilter(end=2.0),
+    SpendFilter(start=1.0, end=2.0),
+    SpendFilter(owner="alice", start=1.0, end=2.0),
+    SpendFilter(owner="alice", model="gpt-a"),
+    SpendFilter(owner="alice", model="gpt-a", start=1.0, end=2.0),
+    SpendFilter(metadata={"team": "blue"}),
+    SpendFilter(metadata={"team": "blue", "env": {"stage": 1}}),
+    SpendFilter(owner="alice", metadata={"team": "blue"}),
+    SpendFilter(model="gpt-a", start=1.0, end=2.0, metadata={"team": "blue", "env": "x"}),
+]
+
+
+def _assert_indexed(plan: str, where: SpendFilter) -> None:
+    for line in plan.splitlines():
+        if line.startswith("SCAN "):
+            # Walking an index of responses is fine (in order, for a limited newest-first
+            # page); reading the whole table or the tags is not.
+            assert re.fullmatch(r"SCAN r USING (COVERING )?INDEX \w+", line), plan
+    if where.metadata:
+        # Driven by the tags' primary key, whatever else is filtered.
+        first = plan.splitlines()[0]
+        assert first.startswith("SEARCH t USING PRIMARY KEY (key=? AND value=?"), plan
+    elif where.owner is None and where.model is None and where != SpendFilter():
+        assert "SEARCH r USING INDEX responses_by_created (created_at" in plan, plan
+
+
+@pytest.mark.parametrize("where", _FILTER_SHAPES, ids=repr)
+async def test_spend_queries_are_served_from_indexes(where: SpendFilter) -> None:
+    async with open_sqlite_store(":memory:") as store:
+        for newest_first in (True, False):
+            query = _spend_logs_query(where, limit=100, newest_first=newest_first)
+            plan = await store._query_plan(query)
+            _assert_indexed(plan, where)
+            if not where.metadata:
+                # The index gives the order: a page does not sort every matching row.
+                assert "TEMP B-TREE" not in plan, plan
+        if where == SpendFilter():
+            return  # totals of everything read every row, as they must
+        groups: tuple[SpendGroup, ...] = ("owner", "model", "day")
+        for group_by in groups:
+            plan = await store._query_plan(_spend_totals_query(where, group_by=group_by))
+            _assert_indexed(plan, where)
+
+
+# --- retention
+
+
+async def test_purge_runs_in_transactions_of_at_most_batch_max_responses(
+    tmp_path: Path,
+) -> None:
+    async with open_sqlite_store(tmp_path / "s.db", batch_max=2) as store:
+        for n in range(5):
+            await store.append([accepted(f"resp_p{n}"), ended(f"resp_p{n}", at=10.0 + n)])
+        before = store.statistics()
+        assert await store.purge(before=100.0) == 5
+        after = store.statistics()
+        assert after.transactions - before.transactions == 3  # 2 + 2 + 1
+        assert after.records_appended == before.records_appended
+        for n in range(5):
+            row = await store.get(f"resp_p{n}")
+            assert row is not None
+            assert row.purged is True
+        # A tombstone after a purge is still taken (and finds nothing to remove).
+        await store.append([Deleted(response_id="resp_p0", deleted_at=200.0)])
+        row = await store.get("resp_p0")
+        assert row is not None
+        assert (row.deleted, row.purged) == (True, True)

@@ -11,6 +11,10 @@ from ..errors import StoreError as StoreError
 from ..errors import StoreIntegrityError as StoreIntegrityError
 from ..errors import StoreUnavailableError as StoreUnavailableError
 from ._interface import RECOVERY_ERROR as RECOVERY_ERROR
+from ._interface import SpendFilter as SpendFilter
+from ._interface import SpendGroup as SpendGroup
+from ._interface import SpendLog as SpendLog
+from ._interface import SpendTotal as SpendTotal
 from ._interface import Store as Store
 from ._interface import StoreStatistics as StoreStatistics
 from ._records import Accepted as Accepted
@@ -38,6 +42,10 @@ __all__ = [
     "SQLITE_SCHEMA_VERSION",
     "SQLiteStore",
     "Settled",
+    "SpendFilter",
+    "SpendGroup",
+    "SpendLog",
+    "SpendTotal",
     "Store",
     "StoreError",
     "StoreIntegrityError",

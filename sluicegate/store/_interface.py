@@ -146,6 +146,8 @@ class Store(Protocol):
         fail as ``StoreIntegrityError`` (so the refusal still surfaces on the critical path).
 
         Raises:
+            StoreIntegrityError: a record is not JSON-serializable (checked in the caller's
+                task, like ``append``); nothing of the call is queued.
             StoreUnavailableError: the store is closed.
         """
         ...

@@ -148,21 +148,12 @@ class ResponseRow:
     deployment_id: str | None
     provider: str | None
     background: bool
-    #: False for ``store: false``: the caller's content is not kept (``params`` and
-    #: ``input_items`` are recorded empty), only the accounting.
     store: bool
     metadata: JSONDict
     created_at: float
-    #: The ``resp_…`` ID this response continues (``previous_response_id``), if any.
-    previous_id: str | None = None
-    #: The caller's ``spend_logs_metadata``: free-form JSON, filterable by key in spend logs.
-    spend_metadata: JSONDict = attrs.Factory(dict)
     completed_at: float | None
     usage: JSONDict | None
     cost: float | None
-    #: True when the upstream never reported usage (the response was cut) and the counts are
-    #: the gateway's estimate.
-    estimated: bool = False
     error: JSONDict | None
     deleted: bool
     previous_id: str | None = None
@@ -170,5 +161,7 @@ class ResponseRow:
     spend_metadata: JSONDict = attrs.Factory(dict)
     ttft: float | None = None
     duration: float | None = None
+    #: The usage is the gateway's estimate (the upstream never reported it).
+    estimated: bool = False
     #: The content was removed by the retention period (the accounting stays).
     purged: bool = False

@@ -5,43 +5,81 @@ Theory of operation:
 - **One writer actor** owns the write connection. :meth:`SQLiteStore.append` encodes its records
   (in the caller's task, so a record that is not JSON fails there), puts them on a bounded
   channel with a :class:`trio.Event`, and waits. The writer takes everything queued (until
-  ``batch_max`` records; one append is never split) and writes it in **one** transaction in a
-  worker thread, so the trio loop never waits on disk: this is group commit, many responses share
-  one fsync. Each append gets its own ``SAVEPOINT``, so an append that breaks the log's rules
-  (a second ``Ended``) is rolled back and refused alone; a failed ``COMMIT`` fails them all.
-- **Reads** run in worker threads on a small pool of read connections; WAL lets them run while the
-  writer commits. ``:memory:`` is one database per connection, so an in-memory store has one
-  connection that reads and the writer share under a lock (a shared-cache URI would let readers
-  see it too, but shared cache locks tables and fails readers with ``SQLITE_LOCKED`` while a write
-  is open).
+  ``batch_max`` records; one append is never split) and writes it in **one** transaction: this is
+  group commit, many responses share one fsync. Each append gets its own ``SAVEPOINT``, so an
+  append that breaks the log's rules (a second ``Ended``) is rolled back and refused alone; a
+  failed ``COMMIT`` fails them all. :meth:`SQLiteStore.enqueue` puts records on the same channel
+  and returns without waiting for the commit; nobody waits for its verdict, so a refusal is
+  logged (the response's later appends then fail on the log's rules). One channel keeps the
+  order: whatever is queued first is committed first.
+- **Reads** run on a small pool of read connections; WAL lets them run while the writer commits.
+  ``:memory:`` is one database per connection, so an in-memory store has one connection that
+  reads and the writer share under a lock (a shared-cache URI would let readers see it too, but
+  shared cache locks tables and fails readers with ``SQLITE_LOCKED`` while a write is open).
+- **Threads or inline**: by default a file store does its SQL in worker threads, so the trio loop
+  never waits on disk. An in-memory store does it inline, on the trio thread (still with a
+  checkpoint around each read and commit): memory never waits on disk, and a test running a
+  gateway on it under ``autojump_clock`` stays deterministic (the clock would jump while a task
+  waits on a worker thread, firing unrelated deadlines). ``threads=`` overrides either default.
 - **Durability**: ``journal_mode=WAL`` with ``synchronous=NORMAL``. A committed append survives a
   crash of the process; after a power loss or OS crash the last few transactions may be lost
   (never corrupted). ``synchronous=FULL`` would close that gap with one more fsync per group
   commit.
+- **Instances and recovery**: every opened store is an *instance* with a random ID, written to
+  ``responses.instance`` by ``Accepted``. A file store holds an exclusive ``flock`` on
+  ``<db>-instances/<instance>.lock`` for its lifetime (the file appears already locked: it is
+  locked under a temporary name, then renamed) and removes it on close. Several processes (or
+  stores in one process) may share a file, so :meth:`SQLiteStore.recover` ends only the
+  unfinished responses of *dead* instances: no instance recorded (schema 1), no lock file, or a
+  lock file whose lock it can take (the process died holding it; it deletes the file once those
+  responses are ended). Never its own. An in-memory store is alone with its database.
+- **Spend**: the projection keeps the token counts (from ``Settled.usage``), cost, timings and
+  the caller's ``spend_metadata``, which content removal never touches. Each top-level pair of
+  ``spend_metadata`` is a row of ``spend_tags`` (key, canonical JSON value, response), so a
+  metadata filter is a primary-key search; owner, model and time filters use the indexes of
+  ``responses``. Spend queries never scan a table (only totals with no filter at all read
+  every row, as they must).
+- **Retention**: :meth:`SQLiteStore.purge` removes the content of responses that ended before a
+  time, as ``Deleted`` does but without a tombstone. It goes through the writer's channel (at
+  most ``batch_max`` responses per transaction), so it is ordered with appends and never races
+  one.
 - **Schema**: ``PRAGMA user_version`` is the schema version; :data:`_MIGRATIONS` are applied in
   order, in one ``BEGIN IMMEDIATE`` transaction, when a store opens.
-- ``sqlite3`` exceptions are translated into :mod:`._errors` classes here, in :func:`_guarded`,
-  and nowhere else: nothing outside this module imports ``sqlite3``.
+- ``sqlite3`` exceptions (and ``OSError`` of the instance lock files) are translated into
+  :mod:`sluicegate.errors` classes here, in :func:`_guarded`, and nowhere else: nothing outside
+  this module imports ``sqlite3``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
+import logging
 import os
+import re
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Final, ParamSpec, TypeVar
+from typing import Any, Final, ParamSpec, TypeAlias, TypeVar
 
 import attrs
 import orjson
 import trio
 
 from .._types import ResponseStatus
-from ..errors import StoreError, StoreIntegrityError, StoreUnavailableError
-from ._interface import RECOVERY_ERROR, StoreStatistics
+from ..errors import InvalidRequestError, StoreError, StoreIntegrityError, StoreUnavailableError
+from ._interface import (
+    RECOVERY_ERROR,
+    SpendFilter,
+    SpendGroup,
+    SpendLog,
+    SpendTotal,
+    StoreStatistics,
+)
 from ._records import (
     Accepted,
     Deleted,
@@ -58,6 +96,8 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore", "open_sqlite_store"]
 
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
+
+logger = logging.getLogger("sluicegate")
 
 #: Schema migrations; ``_MIGRATIONS[n]`` takes a database from ``user_version`` n to n + 1.
 #: Plain DDL separated by ``;`` (no ``;`` inside literals: the scripts are split on it).
@@ -96,6 +136,43 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX responses_by_model ON responses (model, created_at);
     CREATE INDEX responses_by_created ON responses (created_at)
     """,
+    # 2: conversations (previous_id), spend logs (token counts, timings, spend metadata and its
+    # tags), retention (purged) and recovery by instance. Token counts of existing rows are
+    # taken from their usage, so spend totals cover them too.
+    """
+    ALTER TABLE responses ADD COLUMN previous_id TEXT;
+    ALTER TABLE responses ADD COLUMN upstream_id TEXT;
+    ALTER TABLE responses ADD COLUMN spend_metadata BLOB NOT NULL DEFAULT '{}';
+    ALTER TABLE responses ADD COLUMN ttft REAL;
+    ALTER TABLE responses ADD COLUMN duration REAL;
+    ALTER TABLE responses ADD COLUMN input_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE responses ADD COLUMN output_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE responses ADD COLUMN cached_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE responses ADD COLUMN reasoning_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE responses ADD COLUMN total_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE responses ADD COLUMN estimated INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE responses ADD COLUMN purged INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE responses ADD COLUMN instance TEXT;
+    UPDATE responses SET
+        input_tokens = coalesce(CAST(json_extract(CAST(usage AS TEXT),
+            '$.input_tokens') AS INTEGER), 0),
+        output_tokens = coalesce(CAST(json_extract(CAST(usage AS TEXT),
+            '$.output_tokens') AS INTEGER), 0),
+        cached_tokens = coalesce(CAST(json_extract(CAST(usage AS TEXT),
+            '$.input_tokens_details.cached_tokens') AS INTEGER), 0),
+        reasoning_tokens = coalesce(CAST(json_extract(CAST(usage AS TEXT),
+            '$.output_tokens_details.reasoning_tokens') AS INTEGER), 0),
+        total_tokens = coalesce(CAST(json_extract(CAST(usage AS TEXT),
+            '$.total_tokens') AS INTEGER), 0)
+    WHERE usage IS NOT NULL AND json_valid(CAST(usage AS TEXT));
+    CREATE TABLE spend_tags (
+        key TEXT NOT NULL,
+        value BLOB NOT NULL,
+        response_id TEXT NOT NULL REFERENCES responses (id),
+        PRIMARY KEY (key, value, response_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX responses_to_purge ON responses (completed_at) WHERE purged = 0
+    """,
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
@@ -112,8 +189,15 @@ _ACCEPTED, _ROUTED, _ITEM_DONE, _STREAM_EVENT, _SETTLED, _ENDED, _DELETED = (
     "ended",
     "deleted",
 )
-#: Kinds whose payload is the caller's content, removed by ``Deleted``.
+#: Kinds whose payload is the caller's content, removed by ``Deleted`` and by ``purge``.
 _CONTENT_KINDS: Final = (_ACCEPTED, _ITEM_DONE, _STREAM_EVENT)
+
+#: What an instance ID looks like (``uuid4().hex``); anything else in the column is not a
+#: running store's (and never becomes a file name).
+_INSTANCE_ID: Final = re.compile(r"[0-9a-f]{32}")
+
+_NOT_FOUND: Final = "previous_response_not_found"
+_TOO_LONG: Final = "conversation_too_long"
 
 
 # --- the sqlite3 boundary --------------------------------------------------------------------
@@ -129,11 +213,16 @@ def _translate(exc: sqlite3.Error) -> StoreError:
 
 
 def _guarded(fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-    """Run ``fn``, with ``sqlite3`` exceptions translated (the one boundary)."""
+    """Run ``fn``, with ``sqlite3`` exceptions translated (the one boundary); so are the lock
+    files' ``OSError`` and a stored payload that is not JSON (a corrupt database)."""
     try:
         return fn(*args, **kwargs)
     except sqlite3.Error as exc:
         raise _translate(exc) from exc
+    except orjson.JSONDecodeError as exc:
+        raise StoreError(f"the database holds a corrupt record: {exc}") from exc
+    except OSError as exc:
+        raise StoreError(f"the store's instance lock failed: {exc}") from exc
 
 
 def _copy_error(exc: StoreError) -> StoreError:
@@ -141,6 +230,22 @@ def _copy_error(exc: StoreError) -> StoreError:
     copy = type(exc)(exc.message, code=exc.code, status_code=exc.status_code)
     copy.__cause__ = exc.__cause__
     return copy
+
+
+async def _off_loop(fn: Callable[[], _T], *, threads: bool, cancellable: bool = True) -> _T:
+    """Run blocking ``fn`` (sqlite3 or lock-file calls), errors translated: in a worker thread,
+    or inline on the trio thread between checkpoints (inline mode; see the module docstring).
+
+    Inline and ``cancellable``: a cancelled caller is refused before ``fn`` starts; once it ran,
+    its result is never lost to a cancellation.
+    """
+    if threads:
+        return await trio.to_thread.run_sync(_guarded, fn)
+    if cancellable:
+        await trio.lowlevel.checkpoint_if_cancelled()
+    result = _guarded(fn)
+    await trio.lowlevel.cancel_shielded_checkpoint()
+    return result
 
 
 # --- connections -----------------------------------------------------------------------------
@@ -216,6 +321,109 @@ def _migrate(db: sqlite3.Connection) -> None:
         raise
 
 
+# --- instances (file stores) -----------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class _InstanceLock:
+    """A held ``flock`` on an instance's lock file: this store's own, or a dead instance's that
+    recovery took over."""
+
+    path: str
+    fd: int
+
+    def release(self, *, unlink: bool) -> None:
+        try:
+            if unlink:
+                # Unlinked while still locked: nobody can take a lock on it in between.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
+        finally:
+            os.close(self.fd)
+
+
+def _lock_path(directory: str, instance: str) -> str:
+    return os.path.join(directory, f"{instance}.lock")
+
+
+def _claim_instance(directory: str, instance: str) -> _InstanceLock:
+    """Create this store's lock file, already locked (else recovery could take the lock of a
+    file that was just created, and delete it)."""
+    os.makedirs(directory, exist_ok=True)
+    temporary = os.path.join(directory, f".{instance}.tmp")
+    fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path = _lock_path(directory, instance)
+        os.rename(temporary, path)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    return _InstanceLock(path, fd)
+
+
+def _probe_instance(directory: str, instance: str | None) -> tuple[bool, _InstanceLock | None]:
+    """Whether ``instance`` is dead, and the lock this call took on its file if it has one (held
+    until its responses are recovered, so no other store recovers them at the same time)."""
+    if instance is None or not _INSTANCE_ID.fullmatch(instance):
+        return True, None
+    path = _lock_path(directory, instance)
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return True, None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # a live store holds it (or another recovery does)
+        os.close(fd)
+        return False, None
+    except BaseException:
+        os.close(fd)
+        raise
+    return True, _InstanceLock(path, fd)
+
+
+def _find_dead_instances(
+    directory: str | None, own: str, instances: Iterable[str | None]
+) -> tuple[set[str | None], list[_InstanceLock]]:
+    """Which of ``instances`` are dead, and the locks taken on their files. Lock files of other
+    dead instances (that left nothing unfinished) are deleted on the way."""
+    others = set(instances) - {own}
+    if directory is None:  # in memory: no other store can see this database
+        return others, []
+    dead: set[str | None] = set()
+    held: list[_InstanceLock] = []
+    try:
+        for instance in others:
+            is_dead, lock = _probe_instance(directory, instance)
+            if is_dead:
+                dead.add(instance)
+            if lock is not None:
+                held.append(lock)
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            names = []
+        for name in names:
+            instance = name.removesuffix(".lock")
+            if name == instance or instance == own or instance in others:
+                continue
+            _, lock = _probe_instance(directory, instance)
+            if lock is not None:
+                lock.release(unlink=True)
+    except BaseException:
+        _release_all(held, unlink=False)
+        raise
+    return dead, held
+
+
+def _release_all(locks: Iterable[_InstanceLock], *, unlink: bool) -> None:
+    for lock in locks:
+        lock.release(unlink=unlink)
+
+
 # --- encoding (in the caller's task) ---------------------------------------------------------
 
 
@@ -231,6 +439,8 @@ class _Encoded:
     changes: dict[str, Any]
     #: The status this record moves the response to (Accepted, Ended), if any.
     status: str | None = None
+    #: ``spend_tags`` rows (key, canonical JSON value) of an ``Accepted``.
+    tags: tuple[tuple[str, bytes], ...] = ()
 
 
 def _dumps(value: Any) -> bytes:
@@ -242,6 +452,33 @@ def _dumps(value: Any) -> bytes:
 
 def _dumps_or_none(value: Any) -> bytes | None:
     return None if value is None else _dumps(value)
+
+
+def _canonical(value: Any) -> bytes:
+    """The JSON of a spend metadata value as ``spend_tags`` keeps it: equal values, equal bytes."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError as exc:
+        raise StoreIntegrityError(
+            f"a spend metadata value is not JSON-serializable: {exc}"
+        ) from exc
+
+
+def _count(container: Any, key: str) -> int:
+    """A token count of a usage object; anything missing or not a count is 0."""
+    value = container.get(key) if isinstance(container, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _token_columns(usage: dict[str, Any] | None) -> dict[str, int]:
+    usage = usage or {}
+    return {
+        "input_tokens": _count(usage, "input_tokens"),
+        "output_tokens": _count(usage, "output_tokens"),
+        "cached_tokens": _count(usage.get("input_tokens_details"), "cached_tokens"),
+        "reasoning_tokens": _count(usage.get("output_tokens_details"), "reasoning_tokens"),
+        "total_tokens": _count(usage, "total_tokens"),
+    }
 
 
 def _encode(record: Record) -> _Encoded:
@@ -256,6 +493,8 @@ def _encode(record: Record) -> _Encoded:
                 "store": record.store,
                 "metadata": record.metadata,
                 "created_at": record.created_at,
+                "previous_id": record.previous_id,
+                "spend_metadata": record.spend_metadata,
             }
             changes = {
                 "owner": record.owner,
@@ -264,16 +503,24 @@ def _encode(record: Record) -> _Encoded:
                 "store": int(record.store),
                 "metadata": _dumps(record.metadata),
                 "created_at": record.created_at,
+                "previous_id": record.previous_id,
+                "spend_metadata": _dumps(record.spend_metadata),
             }
+            tags = tuple((key, _canonical(value)) for key, value in record.spend_metadata.items())
             status = ResponseStatus.QUEUED if record.background else ResponseStatus.IN_PROGRESS
-            return _Encoded(record, _ACCEPTED, None, _dumps(payload), changes, status.value)
+            return _Encoded(
+                record, _ACCEPTED, None, _dumps(payload), changes, status.value, tags=tags
+            )
         case Routed():
             payload = {
                 "deployment_id": record.deployment_id,
                 "provider": record.provider,
                 "attempt": record.attempt,
+                "upstream_id": record.upstream_id,
             }
             changes = {"deployment_id": record.deployment_id, "provider": record.provider}
+            if record.upstream_id is not None:
+                changes["upstream_id"] = record.upstream_id
             return _Encoded(record, _ROUTED, record.attempt, _dumps(payload), changes)
         case ItemDone():
             # The payload is the item itself; ``ordinal`` keeps the output index.
@@ -281,13 +528,20 @@ def _encode(record: Record) -> _Encoded:
         case StreamEventRecorded():
             return _Encoded(record, _STREAM_EVENT, record.sequence_number, _dumps(record.event), {})
         case Settled():
-            payload = {"usage": record.usage, "cost": record.cost}
-            changes = {"usage": _dumps_or_none(record.usage), "cost": record.cost}
+            payload = {"usage": record.usage, "cost": record.cost, "estimated": record.estimated}
+            changes = {
+                "usage": _dumps_or_none(record.usage),
+                "cost": record.cost,
+                "estimated": int(record.estimated),
+                **_token_columns(record.usage),
+            }
             return _Encoded(record, _SETTLED, None, _dumps(payload), changes)
         case Ended():
             changes = {
                 "completed_at": record.completed_at,
                 "error": _dumps_or_none(record.error),
+                "ttft": record.ttft,
+                "duration": record.duration,
             }
             blob = _ended_payload(record, with_response=True)
             return _Encoded(record, _ENDED, None, blob, changes, record.status.value)
@@ -304,21 +558,49 @@ def _ended_payload(record: Ended, *, with_response: bool) -> bytes:
             "error": record.error,
             "response": record.response if with_response else None,
             "completed_at": record.completed_at,
+            "ttft": record.ttft,
+            "duration": record.duration,
         }
     )
 
 
-# --- writing (in the writer's worker thread) -------------------------------------------------
+# --- writing (in the writer's worker thread, or inline) --------------------------------------
 
 
 @attrs.define(eq=False)
 class _Pending:
-    """One append call waiting for its transaction; the writer fills in ``error`` and sets
-    ``done``."""
+    """One append (or enqueue) call waiting for its transaction; the writer fills in ``error``
+    and sets ``done``."""
 
     encoded: tuple[_Encoded, ...]
+    #: Queued by ``enqueue``: nobody waits for the verdict, so a refusal is logged.
+    detached: bool = False
     done: trio.Event = attrs.Factory(trio.Event)
     error: StoreError | None = None
+
+    @property
+    def weight(self) -> int:
+        return len(self.encoded)
+
+
+@attrs.define(eq=False)
+class _PurgeJob:
+    """One retention transaction: the content of at most ``limit`` responses that ended before
+    ``before``; the writer fills in ``purged`` (or ``error``) and sets ``done``."""
+
+    before: float
+    limit: int
+    done: trio.Event = attrs.Factory(trio.Event)
+    error: StoreError | None = None
+    purged: int = 0
+
+    @property
+    def weight(self) -> int:
+        return self.limit
+
+
+#: What the writer's channel carries.
+_Job: TypeAlias = _Pending | _PurgeJob
 
 
 @attrs.define(eq=False)
@@ -329,20 +611,32 @@ class _RowState:
     last_seq: int
     ended: bool
     deleted: bool
+    purged: bool
     changes: dict[str, Any] = attrs.Factory(dict)
+
+    @property
+    def content_removed(self) -> bool:
+        return self.deleted or self.purged
 
 
 def _load_state(db: sqlite3.Connection, response_id: str) -> _RowState | None:
     row = db.execute(
-        "SELECT status, last_seq, completed_at IS NOT NULL, deleted FROM responses WHERE id = ?",
+        "SELECT status, last_seq, completed_at IS NOT NULL, deleted, purged FROM responses"
+        " WHERE id = ?",
         (response_id,),
     ).fetchone()
     if row is None:
         return None
-    return _RowState(status=row[0], last_seq=row[1], ended=bool(row[2]), deleted=bool(row[3]))
+    return _RowState(
+        status=row[0],
+        last_seq=row[1],
+        ended=bool(row[2]),
+        deleted=bool(row[3]),
+        purged=bool(row[4]),
+    )
 
 
-def _apply(db: sqlite3.Connection, encoded: tuple[_Encoded, ...], at: float) -> None:
+def _apply(db: sqlite3.Connection, encoded: tuple[_Encoded, ...], at: float, instance: str) -> None:
     """Write one append's records and fold them into the projection (inside a savepoint)."""
     states: dict[str, _RowState] = {}
     for enc in encoded:
@@ -356,7 +650,8 @@ def _apply(db: sqlite3.Connection, encoded: tuple[_Encoded, ...], at: float) -> 
             c = enc.changes
             db.execute(
                 "INSERT INTO responses (id, owner, status, model, background, store, metadata,"
-                " created_at, deleted, last_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0)",
+                " created_at, previous_id, spend_metadata, instance, deleted, last_seq)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0)",
                 (
                     rid,
                     c["owner"],
@@ -366,9 +661,18 @@ def _apply(db: sqlite3.Connection, encoded: tuple[_Encoded, ...], at: float) -> 
                     c["store"],
                     c["metadata"],
                     c["created_at"],
+                    c["previous_id"],
+                    c["spend_metadata"],
+                    instance,
                 ),
             )
-            state = _RowState(status=enc.status, last_seq=-1, ended=False, deleted=False)
+            db.executemany(
+                "INSERT INTO spend_tags (key, value, response_id) VALUES (?, ?, ?)",
+                [(key, value, rid) for key, value in enc.tags],
+            )
+            state = _RowState(
+                status=enc.status, last_seq=-1, ended=False, deleted=False, purged=False
+            )
         elif state is None:
             raise StoreIntegrityError(f"{enc.kind} for response {rid}, which was never accepted")
         else:
@@ -381,12 +685,12 @@ def _apply(db: sqlite3.Connection, encoded: tuple[_Encoded, ...], at: float) -> 
                 assert enc.status is not None and isinstance(enc.record, Ended)
                 state.ended = True
                 state.status = enc.status
-                if state.deleted:
+                if state.content_removed:
                     payload = _ended_payload(enc.record, with_response=False)
             elif enc.kind == _DELETED:
                 state.deleted = True
                 _remove_content(db, rid)
-            elif enc.kind in _CONTENT_KINDS and state.deleted:
+            elif enc.kind in _CONTENT_KINDS and state.content_removed:
                 payload = None
         states[rid] = state
         state.last_seq += 1
@@ -408,6 +712,8 @@ def _apply(db: sqlite3.Connection, encoded: tuple[_Encoded, ...], at: float) -> 
 
 
 def _remove_content(db: sqlite3.Connection, response_id: str) -> None:
+    """Remove a response's content (``Deleted`` and ``purge``): the payloads of its content
+    records and the final response of its ``Ended``. Its projection row, usage and cost stay."""
     db.execute(
         "UPDATE events SET payload = NULL WHERE response_id = ? AND kind IN (?, ?, ?)",
         (response_id, *_CONTENT_KINDS),
@@ -425,25 +731,46 @@ def _remove_content(db: sqlite3.Connection, response_id: str) -> None:
         )
 
 
-def _write_batch(writer: _Conn, batch: list[_Pending]) -> None:
+def _purge(db: sqlite3.Connection, before: float, limit: int) -> int:
+    """Remove the content of at most ``limit`` responses that ended before ``before`` and are
+    not purged yet (oldest first); returns how many."""
+    ids = [
+        rid
+        for (rid,) in db.execute(
+            "SELECT id FROM responses WHERE purged = 0 AND completed_at < ?"
+            " ORDER BY completed_at LIMIT ?",
+            (before, limit),
+        )
+    ]
+    for rid in ids:
+        _remove_content(db, rid)
+        db.execute("UPDATE responses SET purged = 1 WHERE id = ?", (rid,))
+    return len(ids)
+
+
+def _write_batch(writer: _Conn, batch: list[_Job], instance: str) -> None:
     """One group-commit transaction; sets ``error`` on each append it refuses."""
     at = time.time()
     with writer.lock:
         db = writer.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            for pending in batch:
-                db.execute("SAVEPOINT append")
+            for job in batch:
+                db.execute("SAVEPOINT job")
                 try:
-                    _apply(db, pending.encoded, at)
+                    match job:
+                        case _Pending():
+                            _apply(db, job.encoded, at, instance)
+                        case _PurgeJob():
+                            job.purged = _purge(db, job.before, job.limit)
                 except StoreIntegrityError as exc:
-                    db.execute("ROLLBACK TO append")
-                    pending.error = exc
+                    db.execute("ROLLBACK TO job")
+                    job.error = exc
                 except sqlite3.IntegrityError as exc:  # the schema's own guard (a constraint)
-                    db.execute("ROLLBACK TO append")
-                    pending.error = _translate(exc)
-                    pending.error.__cause__ = exc
-                db.execute("RELEASE append")
+                    db.execute("ROLLBACK TO job")
+                    job.error = _translate(exc)
+                    job.error.__cause__ = exc
+                db.execute("RELEASE job")
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -451,7 +778,7 @@ def _write_batch(writer: _Conn, batch: list[_Pending]) -> None:
             raise
 
 
-# --- reading (in reader worker threads) ------------------------------------------------------
+# --- reading (in reader worker threads, or inline) -------------------------------------------
 
 
 def _loads_or_none(blob: bytes | None) -> Any:
@@ -461,12 +788,12 @@ def _loads_or_none(blob: bytes | None) -> Any:
 def _read_row(db: sqlite3.Connection, response_id: str) -> ResponseRow | None:
     row = db.execute(
         "SELECT id, owner, status, model, deployment_id, provider, background, store, metadata,"
-        " created_at, completed_at, usage, cost, error, deleted FROM responses WHERE id = ?",
+        " created_at, completed_at, usage, cost, error, deleted, previous_id, upstream_id,"
+        " spend_metadata, ttft, duration, estimated, purged FROM responses WHERE id = ?",
         (response_id,),
     ).fetchone()
     if row is None:
         return None
-    deleted = bool(row[14])
     return ResponseRow(
         id=row[0],
         owner=row[1],
@@ -482,7 +809,14 @@ def _read_row(db: sqlite3.Connection, response_id: str) -> ResponseRow | None:
         usage=_loads_or_none(row[11]),
         cost=row[12],
         error=_loads_or_none(row[13]),
-        deleted=deleted,
+        deleted=bool(row[14]),
+        previous_id=row[15],
+        upstream_id=row[16],
+        spend_metadata=orjson.loads(row[17]),
+        ttft=row[18],
+        duration=row[19],
+        estimated=bool(row[20]),
+        purged=bool(row[21]),
     )
 
 
@@ -490,17 +824,235 @@ def _read_payloads(db: sqlite3.Connection, sql: str, params: tuple[Any, ...]) ->
     return [orjson.loads(blob) for (blob,) in db.execute(sql, params) if blob is not None]
 
 
-def _read_unfinished(db: sqlite3.Connection) -> list[str]:
+def _read_all(db: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> list[Any]:
+    return db.execute(sql, params).fetchall()
+
+
+def _read_unfinished(db: sqlite3.Connection) -> list[tuple[str, str | None]]:
+    """The unfinished responses and the instance that accepted each, oldest first."""
     rows = db.execute(
-        "SELECT id FROM responses WHERE status IN (?, ?) ORDER BY created_at",
+        "SELECT id, instance FROM responses WHERE status IN (?, ?) ORDER BY created_at",
         (ResponseStatus.QUEUED.value, ResponseStatus.IN_PROGRESS.value),
     )
-    return [rid for (rid,) in rows]
+    return [(rid, instance) for rid, instance in rows]
 
 
 def _locked_call(conn: _Conn, fn: Callable[[sqlite3.Connection], _T]) -> _T:
     with conn.lock:
         return fn(conn.db)
+
+
+# -- conversations
+
+#: The chain ending at a response, newest first, one row per link: at most ``?`` rows (the
+#: caller asks for one more than it allows, to tell "too long" from "just fits"). A cycle
+#: (records that name each other) ends at the depth bound too.
+_CHAIN_SQL: Final = """
+    WITH RECURSIVE chain (id, previous_id, deleted, purged, store, depth) AS (
+        SELECT id, previous_id, deleted, purged, store, 1 FROM responses WHERE id = ?
+        UNION ALL
+        SELECT r.id, r.previous_id, r.deleted, r.purged, r.store, chain.depth + 1
+        FROM chain JOIN responses AS r ON r.id = chain.previous_id
+        WHERE chain.depth < ?
+    )
+    SELECT id, previous_id, deleted, purged, store FROM chain ORDER BY depth
+"""
+#: The events holding a chain's items (its IDs as a JSON array, to bind any number of them).
+_CHAIN_EVENTS: Final = (
+    " FROM events WHERE response_id IN (SELECT value FROM json_each(?)) AND kind IN (?, ?)"
+)
+
+
+def _not_found(response_id: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"Previous response with id '{response_id}' not found.",
+        param="previous_response_id",
+        code=_NOT_FOUND,
+    )
+
+
+def _too_long(message: str) -> InvalidRequestError:
+    return InvalidRequestError(message, param="previous_response_id", code=_TOO_LONG)
+
+
+def _read_conversation(
+    db: sqlite3.Connection, response_id: str, max_turns: int, max_bytes: int
+) -> list[dict[str, Any]]:
+    # One read transaction: the chain, its size and its items come from one snapshot.
+    db.execute("BEGIN")
+    try:
+        chain = db.execute(_CHAIN_SQL, (response_id, max_turns + 1)).fetchall()
+        if not chain:
+            raise _not_found(response_id)
+        for rid, _, deleted, purged, store in chain[:max_turns]:
+            if deleted or purged:
+                raise _not_found(rid)
+            if not store:
+                raise InvalidRequestError(
+                    f"Previous response with id '{rid}' was created with store=false, so it "
+                    "was not kept and cannot be continued.",
+                    param="previous_response_id",
+                    code=_NOT_FOUND,
+                )
+        if len(chain) > max_turns:
+            raise _too_long(
+                f"The conversation is longer than {max_turns} turns, the most this gateway "
+                "continues; raise general_settings.store.max_conversation_turns to allow more."
+            )
+        oldest_previous = chain[-1][1]
+        if oldest_previous is not None:  # the walk stopped short of the limit: a missing link
+            raise _not_found(oldest_previous)
+        ids = orjson.dumps([row[0] for row in chain]).decode()
+        kinds = (_ACCEPTED, _ITEM_DONE)
+        # The stored size first, from the records' lengths: nothing is loaded if it is too big.
+        (size,) = db.execute(
+            "SELECT coalesce(sum(length(payload)), 0)" + _CHAIN_EVENTS, (ids, *kinds)
+        ).fetchone()
+        if size > max_bytes:
+            raise _too_long(
+                f"The conversation is larger than {max_bytes} bytes ({size} bytes stored), the "
+                "most this gateway continues; raise general_settings.store.max_conversation_bytes"
+                " to allow more."
+            )
+        inputs: dict[str, list[dict[str, Any]]] = {}
+        outputs: dict[str, list[dict[str, Any]]] = {}
+        rows = db.execute(
+            "SELECT response_id, kind, payload" + _CHAIN_EVENTS + " ORDER BY ordinal, seq",
+            (ids, *kinds),
+        )
+        for rid, kind, payload in rows:
+            if payload is None:
+                continue
+            if kind == _ACCEPTED:
+                inputs[rid] = orjson.loads(payload)["input_items"]
+            else:
+                outputs.setdefault(rid, []).append(orjson.loads(payload))
+    finally:
+        db.execute("COMMIT")  # a read transaction: this only ends the snapshot
+    items: list[dict[str, Any]] = []
+    for rid, *_ in reversed(chain):
+        items += inputs.get(rid, [])
+        items += outputs.get(rid, [])
+    return items
+
+
+# -- spend
+
+#: Spend totals' group keys; ``day`` is the UTC date of creation. The unary ``+`` makes a key
+#: an expression, not a column: otherwise the planner (having no statistics) walks a whole index
+#: in key order to spare the GROUP BY a sort, instead of searching the filter's index.
+_GROUP_KEYS: Final[dict[str, str]] = {
+    "owner": "+r.owner",
+    "model": "+r.model",
+    "day": "strftime('%Y-%m-%d', r.created_at, 'unixepoch')",
+}
+
+_SPEND_LOG_COLUMNS: Final = (
+    "r.id, r.owner, r.model, r.deployment_id, r.provider, r.status, r.input_tokens,"
+    " r.output_tokens, r.cached_tokens, r.reasoning_tokens, r.total_tokens, r.cost, r.estimated,"
+    " r.ttft, r.duration, r.created_at, r.completed_at, r.spend_metadata"
+)
+
+
+def _spend_from(where: SpendFilter) -> tuple[str, list[Any]]:
+    """``FROM ... WHERE ...`` selecting the ``responses AS r`` that match ``where``.
+
+    A metadata filter drives the query from ``spend_tags``' primary key (CROSS JOIN fixes that
+    order: the planner could otherwise walk an index of ``responses`` in creation order and test
+    every row); each further key is one more primary-key search.
+    """
+    tags = sorted((where.metadata or {}).items())
+    params: list[Any] = []
+    clauses: list[str] = []
+    if tags:
+        first_key, first_value = tags[0]
+        source = "spend_tags AS t CROSS JOIN responses AS r ON r.id = t.response_id"
+        clauses.append("t.key = ? AND t.value = ?")
+        params += [first_key, _canonical(first_value)]
+        for key, value in tags[1:]:
+            clauses.append(
+                "r.id IN (SELECT response_id FROM spend_tags WHERE key = ? AND value = ?)"
+            )
+            params += [key, _canonical(value)]
+    else:
+        source = "responses AS r"
+    for clause, value in (
+        ("r.owner = ?", where.owner),
+        ("r.model = ?", where.model),
+        ("r.created_at >= ?", where.start),
+        ("r.created_at < ?", where.end),
+    ):
+        if value is not None:
+            clauses.append(clause)
+            params.append(value)
+    sql = f" FROM {source}"
+    if clauses:
+        sql += " WHERE " + " AND ".join(clauses)
+    return sql, params
+
+
+def _spend_logs_query(
+    where: SpendFilter, *, limit: int, newest_first: bool
+) -> tuple[str, tuple[Any, ...]]:
+    """The SQL of :meth:`SQLiteStore.spend_logs` (shared with the query-plan test). Ties of
+    creation time go by insertion order (``rowid``: the indexes on creation time end with it,
+    so the order costs no sort)."""
+    source, params = _spend_from(where)
+    direction = "DESC" if newest_first else "ASC"
+    sql = (
+        f"SELECT {_SPEND_LOG_COLUMNS}{source}"
+        f" ORDER BY r.created_at {direction}, r.rowid {direction} LIMIT ?"
+    )
+    return sql, (*params, limit)
+
+
+def _spend_totals_query(where: SpendFilter, *, group_by: SpendGroup) -> tuple[str, tuple[Any, ...]]:
+    """The SQL of :meth:`SQLiteStore.spend_totals` (shared with the query-plan test)."""
+    try:
+        key = _GROUP_KEYS[group_by]
+    except KeyError:
+        raise ValueError(
+            f"group_by must be one of {sorted(_GROUP_KEYS)}, not {group_by!r}"
+        ) from None
+    source, params = _spend_from(where)
+    sql = (
+        f"SELECT {key} AS spend_key, count(*), sum(r.input_tokens), sum(r.output_tokens),"
+        f" total(r.cost){source} GROUP BY spend_key ORDER BY spend_key"
+    )
+    return sql, tuple(params)
+
+
+def _spend_log(row: tuple[Any, ...]) -> SpendLog:
+    return SpendLog(
+        response_id=row[0],
+        owner=row[1],
+        model=row[2],
+        deployment_id=row[3],
+        provider=row[4],
+        status=row[5],
+        input_tokens=row[6],
+        output_tokens=row[7],
+        cached_tokens=row[8],
+        reasoning_tokens=row[9],
+        total_tokens=row[10],
+        cost=row[11],
+        estimated=bool(row[12]),
+        ttft=row[13],
+        duration=row[14],
+        created_at=row[15],
+        completed_at=row[16],
+        spend_metadata=orjson.loads(row[17]),
+    )
+
+
+def _spend_total(row: tuple[Any, ...]) -> SpendTotal:
+    return SpendTotal(
+        key=row[0],
+        requests=row[1],
+        input_tokens=int(row[2]),
+        output_tokens=int(row[3]),
+        cost=row[4],
+    )
 
 
 # --- the store -------------------------------------------------------------------------------
@@ -511,11 +1063,18 @@ class SQLiteStore:
     """The SQLite event store; open it with :func:`open_sqlite_store`."""
 
     _writer: _Conn
-    _send: trio.MemorySendChannel[_Pending]
+    _send: trio.MemorySendChannel[_Job]
     _batch_max: int
-    #: Opens one more read connection (in a worker thread).
+    #: Opens one more read connection.
     _new_reader: Callable[[], _Conn]
     _read_slots: trio.CapacityLimiter
+    #: This store's instance ID (``uuid4().hex``), written to the responses it accepts.
+    _instance: str
+    #: SQL in worker threads (else inline on the trio thread).
+    _threads: bool
+    #: Where the instances' lock files live; None for an in-memory store.
+    _lock_dir: str | None
+    _lock: _InstanceLock | None = None
     _idle_readers: list[_Conn] = attrs.Factory(list)
     _writer_done: trio.Event = attrs.Factory(trio.Event)
     _closed: bool = False
@@ -523,6 +1082,12 @@ class SQLiteStore:
     _transactions: int = 0
     _largest_batch: int = 0
     _pending: int = 0
+
+    @property
+    def instance(self) -> str:
+        """This store's instance ID: recovery by other stores leaves its responses alone while
+        it is open."""
+        return self._instance
 
     def statistics(self) -> StoreStatistics:
         return StoreStatistics(
@@ -532,6 +1097,9 @@ class SQLiteStore:
             pending=self._pending,
         )
 
+    async def _off_loop(self, fn: Callable[[], _T], *, cancellable: bool = True) -> _T:
+        return await _off_loop(fn, threads=self._threads, cancellable=cancellable)
+
     # -- writing
 
     async def append(self, records: Sequence[Record]) -> None:
@@ -540,81 +1108,101 @@ class SQLiteStore:
             await trio.lowlevel.checkpoint()
             return
         pending = _Pending(tuple(_encode(record) for record in records))
-        size = len(pending.encoded)
-        self._pending += size
-        try:
-            await self._send.send(pending)
-        except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
-            self._pending -= size
-            raise StoreUnavailableError("the store is closed") from exc
-        except BaseException:  # cancelled before the writer had it: nothing was queued
-            self._pending -= size
-            raise
+        await self._submit(pending)
         await pending.done.wait()
         if pending.error is not None:
             raise pending.error
 
+    async def enqueue(self, records: Sequence[Record]) -> None:
+        """See :meth:`sluicegate.store.Store.enqueue`."""
+        if not records:
+            await trio.lowlevel.checkpoint()
+            return
+        await self._submit(_Pending(tuple(_encode(record) for record in records), detached=True))
+
+    async def _submit(self, job: _Job) -> None:
+        """Put ``job`` on the writer's channel (waiting for room)."""
+        records = job.weight if isinstance(job, _Pending) else 0
+        self._pending += records
+        try:
+            await self._send.send(job)
+        except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
+            self._pending -= records
+            raise StoreUnavailableError("the store is closed") from exc
+        except BaseException:  # cancelled before the writer had it: nothing was queued
+            self._pending -= records
+            raise
+
     async def _run_writer(
         self,
         *,
-        inbox: trio.MemoryReceiveChannel[_Pending],
+        inbox: trio.MemoryReceiveChannel[_Job],
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """The writer actor: group commit, until the send side closes (then drained)."""
-        batch: list[_Pending] = []
+        batch: list[_Job] = []
         with inbox:
             try:
                 task_status.started()
                 async for first in inbox:
                     batch = [first]
-                    size = len(first.encoded)
+                    size = first.weight
                     while size < self._batch_max:
                         try:
-                            pending = inbox.receive_nowait()
+                            job = inbox.receive_nowait()
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
-                        batch.append(pending)
-                        size += len(pending.encoded)
+                        batch.append(job)
+                        size += job.weight
                     await self._commit(batch)
                     batch = []
             finally:
                 # Cancelled or crashed: whoever still waits learns it was not written. (Drained
                 # before the inbox closes: closing it drops what is buffered.)
-                leftovers = [p for p in batch if not p.done.is_set()]
+                leftovers = [job for job in batch if not job.done.is_set()]
                 while True:
                     try:
                         leftovers.append(inbox.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                for pending in leftovers:
-                    self._resolve(pending, StoreUnavailableError("the store closed first"))
+                for job in leftovers:
+                    self._resolve(job, StoreUnavailableError("the store closed first"))
                 self._writer_done.set()
 
-    async def _commit(self, batch: list[_Pending]) -> None:
+    async def _commit(self, batch: list[_Job]) -> None:
+        write = functools.partial(_write_batch, self._writer, batch, self._instance)
         try:
             # Not abandoned on cancel: the transaction finishes and its waiters hear of it.
-            await trio.to_thread.run_sync(_guarded, _write_batch, self._writer, batch)
+            await self._off_loop(write, cancellable=False)
         except StoreError as exc:
-            for pending in batch:
-                self._resolve(pending, pending.error or _copy_error(exc))
+            for job in batch:
+                self._resolve(job, job.error or _copy_error(exc))
             return
         except BaseException as exc:  # a bug: the waiters get an error, the nursery the bug
-            for pending in batch:
+            for job in batch:
                 error = StoreError("the store's writer failed")
                 error.__cause__ = exc
-                self._resolve(pending, pending.error or error)
+                self._resolve(job, job.error or error)
             raise
         self._transactions += 1
-        written = sum(len(p.encoded) for p in batch if p.error is None)
+        written = sum(
+            len(job.encoded) for job in batch if isinstance(job, _Pending) and job.error is None
+        )
         self._records_appended += written
         self._largest_batch = max(self._largest_batch, written)
-        for pending in batch:
-            self._resolve(pending, pending.error)
+        for job in batch:
+            self._resolve(job, job.error)
 
-    def _resolve(self, pending: _Pending, error: StoreError | None) -> None:
-        pending.error = error
-        self._pending -= len(pending.encoded)
-        pending.done.set()
+    def _resolve(self, job: _Job, error: StoreError | None) -> None:
+        job.error = error
+        if isinstance(job, _Pending):
+            self._pending -= len(job.encoded)
+            if job.detached and error is not None:
+                responses = sorted({enc.record.response_id for enc in job.encoded})
+                logger.error(
+                    "the store refused enqueued records of %s: %s", ", ".join(responses), error
+                )
+        job.done.set()
 
     # -- reading
 
@@ -625,9 +1213,9 @@ class SQLiteStore:
             if self._idle_readers:
                 conn = self._idle_readers.pop()
             else:
-                conn = await trio.to_thread.run_sync(_guarded, self._new_reader)
+                conn = await self._off_loop(self._new_reader)
             try:
-                return await trio.to_thread.run_sync(_guarded, _locked_call, conn, fn)
+                return await self._off_loop(functools.partial(_locked_call, conn, fn))
             finally:
                 if self._closed:
                     conn.close()
@@ -693,31 +1281,127 @@ class SQLiteStore:
             )
         )
 
+    async def conversation(
+        self, response_id: str, *, max_turns: int, max_bytes: int
+    ) -> list[dict[str, Any]]:
+        """See :meth:`sluicegate.store.Store.conversation`."""
+        return await self._read(
+            functools.partial(
+                _read_conversation,
+                response_id=response_id,
+                max_turns=max_turns,
+                max_bytes=max_bytes,
+            )
+        )
+
+    async def spend_logs(
+        self, where: SpendFilter, *, limit: int = 100, newest_first: bool = True
+    ) -> list[SpendLog]:
+        """See :meth:`sluicegate.store.Store.spend_logs`."""
+        if limit <= 0:
+            await trio.lowlevel.checkpoint()
+            return []
+        sql, params = _spend_logs_query(where, limit=limit, newest_first=newest_first)
+        rows = await self._read(functools.partial(_read_all, sql=sql, params=params))
+        return [_spend_log(row) for row in rows]
+
+    async def spend_totals(self, where: SpendFilter, *, group_by: SpendGroup) -> list[SpendTotal]:
+        """See :meth:`sluicegate.store.Store.spend_totals`."""
+        sql, params = _spend_totals_query(where, group_by=group_by)
+        rows = await self._read(functools.partial(_read_all, sql=sql, params=params))
+        return [_spend_total(row) for row in rows]
+
+    async def _query_plan(self, query: tuple[str, tuple[Any, ...]]) -> str:
+        """``EXPLAIN QUERY PLAN`` of a query (from ``_spend_*_query``), one step a line."""
+        sql, params = query
+        rows = await self._read(
+            functools.partial(_read_all, sql="EXPLAIN QUERY PLAN " + sql, params=params)
+        )
+        return "\n".join(str(row[3]) for row in rows)
+
+    # -- retention and recovery
+
+    async def purge(self, *, before: float) -> int:
+        """See :meth:`sluicegate.store.Store.purge`."""
+        # Through the writer's channel, one transaction of at most batch_max responses per
+        # job: a purge is ordered with the appends around it (a Deleted queued after it finds
+        # the content gone; one queued before is written first) and never holds the write lock
+        # for long, since appends queued meanwhile get their transaction between two jobs.
+        purged = 0
+        while True:
+            job = _PurgeJob(before=before, limit=self._batch_max)
+            await self._submit(job)
+            await job.done.wait()
+            if job.error is not None:
+                raise job.error
+            purged += job.purged
+            if job.purged < job.limit:
+                return purged
+
     async def recover(self, *, now: float) -> int:
         """See :meth:`sluicegate.store.Store.recover`."""
         unfinished = await self._read(_read_unfinished)
-        for start in range(0, len(unfinished), self._batch_max):
-            await self.append(
-                [
-                    Ended(
-                        response_id=rid,
-                        status="failed",
-                        error=dict(RECOVERY_ERROR),
-                        response=None,
-                        completed_at=now,
-                    )
-                    for rid in unfinished[start : start + self._batch_max]
-                ]
+        dead, held = await self._off_loop(
+            functools.partial(
+                _find_dead_instances,
+                self._lock_dir,
+                self._instance,
+                {instance for _, instance in unfinished},
             )
-        return len(unfinished)
+        )
+        recovered = False
+        try:
+            count = await self._end_as_failed(
+                [rid for rid, instance in unfinished if instance in dead], now=now
+            )
+            recovered = True
+        finally:
+            # A dead instance's lock file goes once its responses are ended; if that failed,
+            # the next recovery tries again.
+            if held:
+                with trio.CancelScope(shield=True):
+                    await self._off_loop(
+                        functools.partial(_release_all, held, unlink=recovered), cancellable=False
+                    )
+        return count
+
+    async def _end_as_failed(self, response_ids: list[str], *, now: float) -> int:
+        def ended(rid: str) -> Ended:
+            return Ended(
+                response_id=rid,
+                status="failed",
+                error=dict(RECOVERY_ERROR),
+                response=None,
+                completed_at=now,
+            )
+
+        count = 0
+        for start in range(0, len(response_ids), self._batch_max):
+            chunk = response_ids[start : start + self._batch_max]
+            try:
+                await self.append([ended(rid) for rid in chunk])
+                count += len(chunk)
+            except StoreIntegrityError:
+                # Another store recovering at the same time ended some of them first (both saw
+                # them unfinished): end the rest one by one.
+                for rid in chunk:
+                    with contextlib.suppress(StoreIntegrityError):
+                        await self.append([ended(rid)])
+                        count += 1
+        return count
 
     # -- closing
 
-    def _close_connections(self) -> None:
+    def _close(self) -> None:
         self._closed = True
-        for conn in (*self._idle_readers, self._writer):
-            conn.close()
-        self._idle_readers.clear()
+        try:
+            for conn in (*self._idle_readers, self._writer):
+                conn.close()
+            self._idle_readers.clear()
+        finally:
+            if self._lock is not None:
+                self._lock.release(unlink=True)
+                self._lock = None
 
 
 @asynccontextmanager
@@ -736,40 +1420,69 @@ async def open_sqlite_store(
     nursery: trio.Nursery | None = None,
     batch_max: int = 512,
     read_connections: int = 4,
+    threads: bool | None = None,
 ) -> AsyncIterator[SQLiteStore]:
     """Open (creating or migrating) the SQLite store at ``path`` and run its writer.
 
-    Responses an earlier process left unfinished are ended as failed (:meth:`SQLiteStore.recover`)
-    before the store is yielded. On exit the writer commits every append already queued, then
-    the connections close.
+    Responses left unfinished by stores that are no longer open (a dead process) are ended as
+    failed (:meth:`SQLiteStore.recover`) before the store is yielded; those of stores still open
+    on the same file are left alone. On exit the writer commits everything already queued, then
+    the connections close and the store's instance lock file is removed.
 
     Args:
         path: the database file, or ``":memory:"`` for a private in-memory store (tests): one
-            connection then serves the writer and the readers.
+            connection then serves the writer and the readers. A file store keeps its instance
+            lock files in the directory ``<path>-instances`` (next to the real file, symlinks
+            resolved).
         nursery: the gateway's service nursery to run the writer in; by default the store opens
             its own.
-        batch_max: records per group-commit transaction (one append is never split), and the
-            number of appends that may queue before ``append`` waits for room.
+        batch_max: records per group-commit transaction (one append is never split), the number
+            of appends that may queue before ``append`` waits for room, and the responses per
+            purge transaction.
         read_connections: the most read connections (file stores).
+        threads: do the SQL in worker threads (True) or inline on the trio thread (False). By
+            default threads for a file, inline for ``":memory:"`` (deterministic under
+            ``autojump_clock``). Inline on a file blocks the trio loop on disk.
 
     Raises:
-        StoreError: the database cannot be opened, or has a newer schema.
+        StoreError: the database cannot be opened, has a newer schema, or the instance lock
+            file cannot be created.
     """
     if batch_max < 1 or read_connections < 1:
         raise ValueError("batch_max and read_connections must be at least 1")
     target = os.fspath(path)
     memory = target == ":memory:"
-    writer = await trio.to_thread.run_sync(_guarded, _open_writer, target)
-    send, receive = trio.open_memory_channel[_Pending](batch_max)
+    if threads is None:
+        threads = not memory
+    writer = await _off_loop(functools.partial(_open_writer, target), threads=threads)
+    lock_dir: str | None = None
+    if not memory:
+        # The real path: stores opening one database by different paths (a symlink, relative
+        # and absolute) must find each other's locks, or recovery would end live responses.
+        try:
+            real = await _off_loop(functools.partial(os.path.realpath, target), threads=threads)
+        except BaseException:
+            writer.close()
+            raise
+        lock_dir = f"{real}-instances"
+    # The channel is bounded (batch_max jobs): appends and enqueues wait for room.
+    send, receive = trio.open_memory_channel[_Job](batch_max)
     store = SQLiteStore(
         writer=writer,
         send=send,
         batch_max=batch_max,
         new_reader=functools.partial(_open_reader, target),
         read_slots=trio.CapacityLimiter(1 if memory else read_connections),
+        instance=uuid.uuid4().hex,
+        threads=threads,
+        lock_dir=lock_dir,
         idle_readers=[writer] if memory else [],
     )
     try:
+        if store._lock_dir is not None:
+            store._lock = await store._off_loop(
+                functools.partial(_claim_instance, store._lock_dir, store.instance)
+            )
         async with _service_nursery(nursery) as service:
             await service.start(functools.partial(store._run_writer, inbox=receive))
             try:
@@ -781,4 +1494,4 @@ async def open_sqlite_store(
                     await store._writer_done.wait()
     finally:
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(store._close_connections)
+            await store._off_loop(store._close, cancellable=False)
