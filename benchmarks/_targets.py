@@ -7,8 +7,10 @@ a completed response, cheaply, so a broken run fails loudly instead of measuring
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 import attrs
@@ -161,7 +163,9 @@ async def open_floor(base_url: str) -> AsyncIterator[FloorTarget]:
 
 @asynccontextmanager
 async def open_sluicegate(base_url: str) -> AsyncIterator[SluicegateTarget]:
-    """One gateway for the whole run, routing one model group to the fake upstream."""
+    """One gateway for the whole run, routing one model group to the fake upstream. It records
+    every response in a SQLite file, as a deployed gateway does (a temporary one here)."""
+    scratch = tempfile.TemporaryDirectory(prefix="sluicegate-bench-")
     config = {
         "model_list": [
             {
@@ -178,7 +182,9 @@ async def open_sluicegate(base_url: str) -> AsyncIterator[SluicegateTarget]:
             "max_connections": POOL_SIZE,
             "max_keepalive_connections": POOL_SIZE,
             "keepalive_expiry": POOL_KEEPALIVE_EXPIRY,
+            "store": {"path": str(Path(scratch.name) / "bench.db")},
         },
     }
-    async with sluicegate.open_gateway(config) as gateway:
-        yield SluicegateTarget(gateway)
+    with scratch:
+        async with sluicegate.open_gateway(config) as gateway:
+            yield SluicegateTarget(gateway)

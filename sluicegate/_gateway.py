@@ -8,22 +8,26 @@ upstreams). Each request then runs its own nursery of actors (``runtime/_supervi
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import secrets
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any
+from typing import Any, Literal, Protocol, overload
 
 import attrs
 import httpx
 import orjson
 import trio
 
+from ._live import Follower, LiveRun
 from ._params import prepare_call
-from ._types import Response, StreamEvent
+from ._types import Response, ResponseEvent, ResponseStatus, StreamEvent
 from .actors._connector import Connector
+from .actors._recorder import Recorder
 from .actors._router import Router, env_deployment_id
 from .actors._stages import Accountant
 from .actors._transport import LeanTransport
@@ -40,14 +44,18 @@ from .errors import (
     InvalidRequestError,
     NotFoundError,
     SluicegateError,
+    StoreError,
     UpstreamProtocolError,
+    UpstreamStatusError,
     UpstreamTimeoutError,
 )
 from .fake import FakeUpstream
 from .pricing import PriceTable
-from .runtime._messages import Delivery
+from .runtime._messages import Delivery, PreparedCall
 from .runtime._scopes import open_body_nursery
 from .runtime._supervisor import Pipeline, run_request
+from .store import Deleted, Ended, ResponseRow, Store, open_sqlite_store
+from .store._interface import SpendFilter, SpendGroup, SpendLog, SpendTotal
 
 __all__ = [
     "Gateway",
@@ -58,6 +66,8 @@ __all__ = [
     "responses",
 ]
 
+logger = logging.getLogger("sluicegate")
+
 #: Used when neither the config nor SLUICEGATE_RESPONSE_ID_SECRET names a secret: IDs stay valid
 #: for this process only (every gateway in it shares the key, so module-level calls chain).
 _PROCESS_SECRET = secrets.token_bytes(32)
@@ -67,6 +77,8 @@ _PROCESS_SECRET = secrets.token_bytes(32)
 class GatewayStatistics:
     requests_in_flight: int
     requests_total: int
+    #: Background responses running in this gateway.
+    background_running: int
     upstream_requests_in_flight: int
     upstream_attempts: int
     upstream_retries: int
@@ -77,18 +89,26 @@ class GatewayStatistics:
     cost: float
 
 
+class _Source(Protocol):
+    async def receive(self) -> Delivery: ...
+
+
 @attrs.define(eq=False)
 class ResponseStream:
     """The events of one streamed response, as the caller iterates them.
 
     ``async for event in stream`` yields typed :class:`~sluicegate.StreamEvent` objects;
     ``final_response`` is the folded :class:`Response` once the terminal event has been read.
+    A stream that follows a background response (``stream(background=True)``, or
+    ``get_response(id, stream=True)``) ends without a terminal event if the response was
+    cancelled.
     """
 
-    _recv: trio.MemoryReceiveChannel[Delivery]
-    _tracker: StreamTracker
+    _recv: _Source
+    _tracker: StreamTracker | None
     _batch: list[StreamEvent] = attrs.Factory(list)
     _index: int = 0
+    _terminal: ResponseEvent | None = None
 
     def __aiter__(self) -> ResponseStream:
         return self
@@ -105,6 +125,8 @@ class ResponseStream:
             self._index = 0
         event = self._batch[self._index]
         self._index += 1
+        if type(event) is ResponseEvent and event.is_terminal:
+            self._terminal = event
         return event
 
     async def _prime(self) -> SluicegateError | None:
@@ -120,13 +142,31 @@ class ResponseStream:
 
     @property
     def final_response(self) -> Response | None:
-        return self._tracker.fold() if self._tracker.terminal is not None else None
+        """The final Response, once the terminal event has been read; else None."""
+        if self._tracker is not None and self._tracker.terminal is not None:
+            return self._tracker.fold()
+        return None if self._terminal is None else self._terminal.response
 
     async def get_final_response(self) -> Response:
         """Read the rest of the stream; the final Response."""
         async for _ in self:
             pass
-        return self._tracker.fold()
+        final = self.final_response
+        if final is None:
+            raise UpstreamProtocolError("the stream ended without a terminal event")
+        return final
+
+    async def __aenter__(self) -> ResponseStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop reading (a follower only detaches: the background response runs on)."""
+        self._batch = []
+        self._index = 0
+        await trio.lowlevel.checkpoint()
 
 
 @attrs.define(eq=False)
@@ -158,12 +198,24 @@ class Gateway:
     _pipeline: Pipeline
     _fakes: _FakeProviders
     _environ: Mapping[str, str] | None
+    _store: Store
+    _recorder: Recorder
+    _services: trio.Nursery
+    #: The owner of requests and lookups that name none (library use; the proxy passes keys).
+    _owner: str = ""
+    #: Background responses running in this process, by ID.
+    _live: dict[str, LiveRun] = attrs.Factory(dict)
     _in_flight: int = 0
     _total: int = 0
 
     @property
     def config(self) -> GatewayConfig:
         return self._config
+
+    @property
+    def store(self) -> Store:
+        """The event store every response is recorded in."""
+        return self._store
 
     @property
     def model_names(self) -> list[str]:
@@ -176,6 +228,7 @@ class Gateway:
         return GatewayStatistics(
             requests_in_flight=self._in_flight,
             requests_total=self._total,
+            background_running=len(self._live),
             upstream_requests_in_flight=c.requests_in_flight,
             upstream_attempts=c.attempts,
             upstream_retries=c.retries,
@@ -186,26 +239,33 @@ class Gateway:
             cost=a.cost,
         )
 
+    # -- creating responses --------------------------------------------------------------
+
     async def responses(self, **params: Any) -> Response:
         """Create a response and wait for it (``POST /v1/responses``, not streamed).
 
         Args:
             params: Responses API parameters (``model``, ``input``, ``instructions``, ...), and
                 ``extra_body``, ``extra_headers``, ``extra_query``, ``timeout`` as in the
-                OpenAI SDK.
+                OpenAI SDK; ``owner`` (who the response belongs to; default: ``user``, else
+                the gateway's owner) and ``spend_logs_metadata`` (JSON for the spend logs).
 
         Returns:
-            The Response; its ``id`` is a sluicegate ``resp_`` ID.
+            The Response; its ``id`` is a sluicegate ``resp_`` ID. With ``background=True``,
+            at once, in status ``queued``: poll :meth:`get_response`.
 
         Raises:
             SluicegateError: a bad request (400/404) or an upstream failure (its status).
         """
-        call = prepare_call(params, stream=False, ids=self._pipeline.ids)
+        call = await self._prepare(params, stream=False)
+        if call.background:
+            _, queued = await self._start_background(call)
+            return queued
         tracker = StreamTracker()
         self._in_flight += 1
         self._total += 1
         try:
-            await run_request(self._pipeline, call, tracker)
+            await run_request(self._pipeline, call, tracker, None, self._recorder.start(call))
         finally:
             self._in_flight -= 1
         return tracker.fold()
@@ -215,9 +275,19 @@ class Gateway:
         """Create a streamed response: ``async with gw.stream(...) as events:``.
 
         Entering waits for the first event, so a request that fails before any event raises
-        here (as an HTTP error would). Leaving the block early cancels the upstream request.
+        here (as an HTTP error would). Leaving the block early cancels the upstream request,
+        except for a background response (``background=True``), which runs on: resume it with
+        ``get_response(id, stream=True, starting_after=n)``.
         """
-        call = prepare_call(params, stream=True, ids=self._pipeline.ids)
+        call = await self._prepare(params, stream=True)
+        if call.background:
+            live, _ = await self._start_background(call)
+            follower = ResponseStream(Follower(live.response_id, live, self._store), None)
+            failure = await follower._prime()
+            if failure is not None:
+                raise failure
+            yield follower
+            return
         send, recv = trio.open_memory_channel[Delivery](1)
         tracker = StreamTracker()
         events = ResponseStream(recv, tracker)
@@ -235,41 +305,201 @@ class Gateway:
             self._in_flight -= 1
 
     async def _run_streaming(
-        self, call: Any, tracker: StreamTracker, send: trio.MemorySendChannel[Delivery]
+        self, call: PreparedCall, tracker: StreamTracker, send: trio.MemorySendChannel[Delivery]
     ) -> None:
         with send:
-            await run_request(self._pipeline, call, tracker, send)
+            await run_request(self._pipeline, call, tracker, send, self._recorder.start(call))
 
-    # -- stored responses (native upstreams; the event store joins in issue 3) ----------------
+    async def _prepare(self, params: Mapping[str, Any], *, stream: bool) -> PreparedCall:
+        call = prepare_call(
+            params, stream=stream, ids=self._pipeline.ids, default_owner=self._owner
+        )
+        if call.previous is not None:
+            call = await self._continue(call)
+        return call
+
+    async def _continue(self, call: PreparedCall) -> PreparedCall:
+        """Check ``previous_response_id`` against the store: it must be the caller's, stored,
+        ended, not deleted. A background response is continued under the ID its upstream
+        knows, at the deployment that ran it."""
+        assert call.previous is not None and call.previous_response_id is not None
+        previous_id = call.previous_response_id
+        row = await self._store.get(previous_id)
+        if row is None:
+            # Made before the store knew it (another store, a LiteLLM ID): the signed owner
+            # decides, and the upstream answers for the rest.
+            if call.previous.owner != call.owner:
+                raise _previous_not_found(previous_id)
+            return call
+        if row.deleted or row.purged or row.owner != call.owner:
+            raise _previous_not_found(previous_id)
+        if not row.store:
+            raise InvalidRequestError(
+                f"Previous response with id '{previous_id}' was created with 'store': false, "
+                "so it was not kept and cannot be continued; send the conversation as input "
+                "instead.",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            )
+        if not row.status.is_terminal:
+            raise InvalidRequestError(
+                f"Previous response with id '{previous_id}' is still {row.status.value}; "
+                "continue it once it has ended.",
+                param="previous_response_id",
+                code="previous_response_in_progress",
+            )
+        previous = call.previous
+        if row.upstream_id is not None and row.deployment_id is not None:
+            previous = attrs.evolve(
+                previous, raw_id=row.upstream_id, deployment_id=row.deployment_id
+            )
+        return attrs.evolve(call, previous=previous)
+
+    async def _start_background(self, call: PreparedCall) -> tuple[LiveRun, Response]:
+        """Record a background response as queued and start it in the service nursery.
+
+        Its ID is minted here, before any upstream answered (the caller gets it at once); the
+        upstream is asked for an ordinary streamed response, so a cancel stops it mid-way with
+        what it produced so far, and the events can be stored for resume."""
+        deployment = await self._pipeline.router.route(call)
+        response_id = self._pipeline.ids.encode(
+            provider=deployment.provider,
+            deployment_id=deployment.id,
+            raw_id=f"resp_{secrets.token_hex(24)}",
+            owner=call.owner,
+        )
+        call = attrs.evolve(
+            call,
+            body={k: v for k, v in call.body.items() if k != "background"},
+            stream=True,
+            replay=call.stream,
+            response_id=response_id,
+            deployment=deployment,
+        )
+        recording = self._recorder.start(call)
+        queued = _queued_response(call, response_id, recording.created_at)
+        recording.response_id = response_id
+        recording.initial = queued
+        # Awaited: a GET sent the moment this returns must find the response.
+        await self._store.append([self._recorder.accepted(call, response_id, recording.created_at)])
+        recording.accepted = True
+        live = LiveRun(response_id=response_id, tracker=StreamTracker(), recording=recording)
+        self._live[response_id] = live
+        self._total += 1
+        await self._services.start(self._run_background, live, call)
+        return live, queued
+
+    async def _run_background(
+        self,
+        live: LiveRun,
+        call: PreparedCall,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self._in_flight += 1
+        try:
+            with live.scope:
+                task_status.started()
+                await run_request(self._pipeline, call, live.tracker, live, live.recording)
+        finally:
+            self._in_flight -= 1
+            del self._live[live.response_id]
+            live.finish()
+
+    # -- stored responses ----------------------------------------------------------------
+
+    @overload
+    async def get_response(
+        self,
+        response_id: str,
+        *,
+        stream: Literal[False] = False,
+        starting_after: int | None = None,
+        include: list[str] | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_query: Mapping[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+        owner: str | None = None,
+        admin: bool = False,
+    ) -> Response: ...
+
+    @overload
+    async def get_response(
+        self,
+        response_id: str,
+        *,
+        stream: Literal[True],
+        starting_after: int | None = None,
+        include: list[str] | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_query: Mapping[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+        owner: str | None = None,
+        admin: bool = False,
+    ) -> ResponseStream: ...
 
     async def get_response(
         self,
         response_id: str,
         *,
+        stream: bool = False,
+        starting_after: int | None = None,
         include: list[str] | None = None,
         extra_headers: Mapping[str, str] | None = None,
         extra_query: Mapping[str, str] | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 -- the OpenAI SDK's per-call option
-    ) -> Response:
-        """Retrieve a response from the upstream that made it (``GET /v1/responses/{id}``).
+        owner: str | None = None,
+        admin: bool = False,
+    ) -> Response | ResponseStream:
+        """Retrieve a response (``GET /v1/responses/{id}``).
+
+        A background response comes from the store (while it runs, as far as it got); any
+        other from the upstream that made it, once the store has confirmed it is the caller's.
+
+        Args:
+            stream: replay a background response created with ``stream=True``: the events
+                after ``starting_after`` (a sequence number), then live ones to the end.
+            owner: who asks (default: the gateway's owner); admin: may reach any response.
 
         Raises:
-            NotFoundError: the ID is not one of ours (forged, altered, unknown deployment).
-            UpstreamError: the upstream's answer (its 404 for a response it does not have).
+            NotFoundError: not one of ours, not the caller's, deleted, or not stored.
+            InvalidRequestError: ``stream`` for a response that was not a streamed background one.
+            UpstreamError: the upstream's answer.
         """
-        decoded, deployment = self._resolve_id(response_id)
+        decoded, row = await self._owned(response_id, owner, admin)
+        if stream:
+            if row is None or not row.background or not await self._replayable(response_id):
+                raise InvalidRequestError(
+                    "Only background responses created with 'stream': true can be streamed again.",
+                    param="stream",
+                )
+            after = -1 if starting_after is None else starting_after
+            if isinstance(after, bool) or not isinstance(after, int) or after < -1:
+                raise InvalidRequestError(
+                    "'starting_after' must be a sequence number (an integer >= 0).",
+                    param="starting_after",
+                )
+            source = Follower(response_id, self._live.get(response_id), self._store, after)
+            return ResponseStream(source, None)
+        if row is not None and row.background:
+            return await self._stored_response(row)
+        deployment, raw_id = self._upstream_of(decoded, row, response_id)
         query: dict[str, str | list[str]] = {**(extra_query or {})}
         if include:
             query["include[]"] = list(include)
         body = await self._resource_call(
             deployment,
             "GET",
-            decoded.raw_id,
+            raw_id,
             query=query,
             extra_headers=extra_headers,
             total_timeout=timeout,
         )
-        return self._encode_response(Response.from_dict(body), decoded, deployment)
+        response = Response.from_dict(body).with_changes(id=response_id)
+        if row is not None and row.previous_id is not None:
+            # The upstream names the raw ID it was sent; the caller knows ours.
+            response = response.with_changes(previous_response_id=row.previous_id)
+        return response
 
     async def delete_response(
         self,
@@ -277,19 +507,34 @@ class Gateway:
         *,
         extra_headers: Mapping[str, str] | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 -- the OpenAI SDK's per-call option
+        owner: str | None = None,
+        admin: bool = False,
     ) -> dict[str, Any]:
-        """Delete a response upstream (``DELETE /v1/responses/{id}``); the deletion object."""
-        decoded, deployment = self._resolve_id(response_id)
-        body = await self._resource_call(
-            deployment,
-            "DELETE",
-            decoded.raw_id,
-            extra_headers=extra_headers,
-            total_timeout=timeout,
-        )
-        if not isinstance(body, dict):
-            raise UpstreamProtocolError("upstream answered a delete with a non-object")
-        return {**body, "id": response_id}
+        """Delete a response (``DELETE /v1/responses/{id}``): upstream too, then a tombstone in
+        the store (its content removed, its accounting kept). A running background response is
+        cancelled first. Later lookups are a 404.
+
+        Returns:
+            ``{"id": ..., "object": "response", "deleted": True}``.
+        """
+        decoded, row = await self._owned(response_id, owner, admin)
+        live = self._live.get(response_id)
+        if live is not None:
+            await self._cancel_live(live)
+        deployment, raw_id = self._upstream_of(decoded, row, response_id)
+        try:
+            await self._resource_call(
+                deployment, "DELETE", raw_id, extra_headers=extra_headers, total_timeout=timeout
+            )
+        except UpstreamStatusError as exc:
+            # Gone upstream already (expired, or never kept): the tombstone still goes in.
+            if exc.status_code != 404 or row is None:
+                raise
+        if row is not None:
+            await self._store.append(
+                [Deleted(response_id=response_id, deleted_at=self._recorder.wall_clock())]
+            )
+        return {"id": response_id, "object": "response", "deleted": True}
 
     async def cancel_response(
         self,
@@ -297,21 +542,217 @@ class Gateway:
         *,
         extra_headers: Mapping[str, str] | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 -- the OpenAI SDK's per-call option
+        owner: str | None = None,
+        admin: bool = False,
     ) -> Response:
-        """Cancel a background response (``POST /v1/responses/{id}/cancel``)."""
-        decoded, deployment = self._resolve_id(response_id)
-        body = await self._resource_call(
-            deployment,
-            "POST",
-            decoded.raw_id,
-            action="cancel",
-            extra_headers=extra_headers,
-            total_timeout=timeout,
-        )
-        return self._encode_response(Response.from_dict(body), decoded, deployment)
+        """Cancel a background response (``POST /v1/responses/{id}/cancel``): its run stops,
+        it ends ``cancelled`` with the usage so far billed. Cancelling one that has ended
+        returns it unchanged.
 
-    def _resolve_id(self, response_id: str) -> tuple[DecodedId, Deployment]:
+        Raises:
+            InvalidRequestError: not a background response.
+            NotFoundError: not one of ours, not the caller's, or deleted.
+        """
+        decoded, row = await self._owned(response_id, owner, admin)
+        if row is None:
+            # Not recorded here (a LiteLLM ID): the upstream decides.
+            deployment, raw_id = self._upstream_of(decoded, row, response_id)
+            body = await self._resource_call(
+                deployment,
+                "POST",
+                raw_id,
+                action="cancel",
+                extra_headers=extra_headers,
+                total_timeout=timeout,
+            )
+            return Response.from_dict(body).with_changes(id=response_id)
+        if not row.background:
+            raise InvalidRequestError("Cannot cancel a synchronous response.")
+        live = self._live.get(response_id)
+        if live is not None:
+            await self._cancel_live(live)
+        elif not row.status.is_terminal:
+            # Running in a process that has the store open too: end it here; that process
+            # finds it ended when it next records.
+            await self._store.append(
+                [
+                    Ended(
+                        response_id=response_id,
+                        status=ResponseStatus.CANCELLED,
+                        error=None,
+                        response=None,
+                        completed_at=self._recorder.wall_clock(),
+                    )
+                ]
+            )
+        fresh = await self._store.get(response_id)
+        assert fresh is not None
+        return await self._stored_response(fresh)
+
+    async def list_input_items(
+        self,
+        response_id: str,
+        *,
+        after: str | None = None,
+        before: str | None = None,
+        limit: int = 20,
+        order: str = "desc",
+        owner: str | None = None,
+        admin: bool = False,
+    ) -> dict[str, Any]:
+        """The items that formed a response's input (``GET /v1/responses/{id}/input_items``),
+        including those its ``previous_response_id`` chain pulled in, as the spec's list:
+        ``{"object": "list", "data", "first_id", "last_id", "has_more"}``.
+
+        Args:
+            after / before: an item ID: list the items after (before) it, in ``order``.
+            limit: 1 to 100. order: ``"desc"`` (newest first, the default) or ``"asc"``.
+
+        Raises:
+            NotFoundError: unknown, not the caller's, deleted, or not stored.
+            InvalidRequestError: a bad ``limit``, ``order``, or an ``after``/``before`` that is
+                not one of the items.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100:
+            raise InvalidRequestError(
+                f"Invalid 'limit': expected an integer between 1 and 100, but got {limit!r}.",
+                param="limit",
+                code="invalid_value",
+            )
+        if order not in ("asc", "desc"):
+            raise InvalidRequestError(
+                f"Invalid value for 'order': {order!r}. Supported values are: 'asc', 'desc'.",
+                param="order",
+                code="invalid_value",
+            )
+        _, row = await self._owned(response_id, owner, admin)
+        if row is None:
+            raise NotFoundError(f"No response found with id '{response_id}'.")
+        items: list[dict[str, Any]] = []
+        if row.previous_id is not None:
+            settings = self._config.general_settings.store
+            try:
+                items = await self._store.conversation(
+                    row.previous_id,
+                    max_turns=settings.max_conversation_turns,
+                    max_bytes=settings.max_conversation_bytes,
+                )
+            except InvalidRequestError as exc:
+                # The earlier turns were deleted or purged since: list what is left.
+                if exc.code != "previous_response_not_found":
+                    raise
+        items += await self._store.input_items(response_id)
+        return _page(items, after=after, before=before, limit=limit, newest_first=order == "desc")
+
+    async def spend_logs(
+        self,
+        *,
+        owner: str | None = None,
+        model: str | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        limit: int = 100,
+        newest_first: bool = True,
+    ) -> list[SpendLog]:
+        """Spend rows, one per response, filtered (every given filter must match): ``owner``,
+        ``model`` group, creation time in [``start``, ``end``) (unix seconds), and
+        ``spend_logs_metadata`` pairs."""
+        where = SpendFilter(owner=owner, model=model, start=start, end=end, metadata=metadata)
+        return await self._store.spend_logs(where, limit=limit, newest_first=newest_first)
+
+    async def spend_totals(
+        self,
+        *,
+        group_by: SpendGroup,
+        owner: str | None = None,
+        model: str | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> list[SpendTotal]:
+        """Requests, tokens and cost per ``owner``, ``model`` or ``day`` (UTC), over the rows
+        the same filters as :meth:`spend_logs` select."""
+        if group_by not in ("owner", "model", "day"):
+            raise InvalidRequestError(
+                f"Invalid value for 'group_by': {group_by!r}. Supported values are: 'owner', "
+                "'model', 'day'.",
+                param="group_by",
+            )
+        where = SpendFilter(owner=owner, model=model, start=start, end=end, metadata=metadata)
+        return await self._store.spend_totals(where, group_by=group_by)
+
+    async def _owned(
+        self, response_id: str, owner: str | None, admin: bool
+    ) -> tuple[DecodedId, ResponseRow | None]:
+        """The decoded ID and its store row, if the caller may reach it; else a 404 (never a
+        403: whether someone else's response exists is not for the caller to learn)."""
         decoded = self._pipeline.ids.decode(response_id)
+        caller = self._owner if owner is None else owner
+        row = await self._store.get(response_id)
+        if row is None:
+            # Not recorded here (a LiteLLM ID, another store): the signed owner decides.
+            if admin or decoded.owner == caller:
+                return decoded, None
+        elif not (row.deleted or row.purged or not row.store) and (admin or row.owner == caller):
+            return decoded, row
+        raise NotFoundError(f"No response found with id '{response_id}'.")
+
+    async def _replayable(self, response_id: str) -> bool:
+        live = self._live.get(response_id)
+        if live is not None:
+            return live.recording.replay
+        return bool(await self._store.stream_events(response_id, limit=1))
+
+    async def _stored_response(self, row: ResponseRow) -> Response:
+        """A background response from the store (or, while it runs here, as far as it got)."""
+        live = self._live.get(row.id)
+        if live is not None:
+            partial = live.tracker.partial()
+            if partial is not None:
+                return partial
+            assert live.recording.initial is not None
+            return live.recording.initial
+        final = await self._store.final_response(row.id)
+        if final is not None:
+            return Response.from_dict(final)
+        # Ended without a final Response (recovered after a crash, cancelled elsewhere).
+        output = await self._store.output_items(row.id)
+        return Response.from_dict(
+            {
+                "id": row.id,
+                "object": "response",
+                "created_at": int(row.created_at),
+                "status": row.status.value,
+                "background": row.background,
+                "model": row.model,
+                "output": output,
+                "error": row.error,
+                "incomplete_details": None,
+                "instructions": None,
+                "metadata": row.metadata,
+                "parallel_tool_calls": True,
+                "tool_choice": "auto",
+                "tools": [],
+                "temperature": None,
+                "top_p": None,
+                "usage": row.usage,
+                "previous_response_id": row.previous_id,
+                "store": row.store,
+            }
+        )
+
+    async def _cancel_live(self, live: LiveRun) -> None:
+        live.recording.cancel_requested = True
+        live.scope.cancel()
+        await live.finished.wait()
+
+    def _upstream_of(
+        self, decoded: DecodedId, row: ResponseRow | None, response_id: str
+    ) -> tuple[Deployment, str]:
+        """The deployment that made a response and the ID it knows it by."""
+        if row is not None and row.upstream_id is not None and row.deployment_id is not None:
+            decoded = attrs.evolve(decoded, raw_id=row.upstream_id, deployment_id=row.deployment_id)
         router = self._pipeline.router
         deployment = router.deployment(decoded.deployment_id)
         if deployment is None and decoded.deployment_id in (
@@ -324,7 +765,7 @@ class Gateway:
             deployment = router.env_deployment(decoded.provider)
         if deployment is None:
             raise NotFoundError(f"No response found with id '{response_id}'.")
-        return decoded, deployment
+        return deployment, decoded.raw_id
 
     async def _resource_call(
         self,
@@ -356,16 +797,84 @@ class Gateway:
         except orjson.JSONDecodeError as exc:
             raise UpstreamProtocolError(f"upstream sent a malformed JSON body: {exc}") from exc
 
-    def _encode_response(
-        self, response: Response, decoded: DecodedId, deployment: Deployment
-    ) -> Response:
-        encoded = self._pipeline.ids.encode(
-            provider=deployment.provider,
-            deployment_id=deployment.id,
-            raw_id=response.id,
-            owner=decoded.owner,
-        )
-        return response.with_changes(id=encoded)
+
+def _previous_not_found(previous_id: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"Previous response with id '{previous_id}' not found.",
+        param="previous_response_id",
+        code="previous_response_not_found",
+    )
+
+
+def _queued_response(call: PreparedCall, response_id: str, created_at: float) -> Response:
+    """What a background response looks like before any upstream answered (responses-api.md
+    §9: status ``queued``, no output); the request's configuration echoed back."""
+    body = call.body
+    return Response.from_dict(
+        {
+            "id": response_id,
+            "object": "response",
+            "created_at": int(created_at),
+            "status": "queued",
+            "background": True,
+            "error": None,
+            "incomplete_details": None,
+            "instructions": body.get("instructions"),
+            "max_output_tokens": body.get("max_output_tokens"),
+            "model": call.model,
+            "output": [],
+            "parallel_tool_calls": body.get("parallel_tool_calls", True),
+            "previous_response_id": call.previous_response_id,
+            "reasoning": body.get("reasoning"),
+            "store": True,
+            "temperature": body.get("temperature"),
+            "text": body.get("text"),
+            "tool_choice": body.get("tool_choice", "auto"),
+            "tools": body.get("tools") or [],
+            "top_p": body.get("top_p"),
+            "truncation": body.get("truncation", "disabled"),
+            "usage": None,
+            "user": body.get("user"),
+            "metadata": body.get("metadata") or {},
+        }
+    )
+
+
+def _page(
+    items: list[dict[str, Any]],
+    *,
+    after: str | None,
+    before: str | None,
+    limit: int,
+    newest_first: bool,
+) -> dict[str, Any]:
+    """One page of a list (responses-api.md §9, input_items)."""
+    ordered = items[::-1] if newest_first else items
+    start, stop = 0, len(ordered)
+    for cursor, name in ((after, "after"), (before, "before")):
+        if cursor is None:
+            continue
+        position = next((i for i, it in enumerate(ordered) if it.get("id") == cursor), None)
+        if position is None:
+            raise InvalidRequestError(
+                f"Invalid '{name}': no input item with id '{cursor}'.", param=name
+            )
+        if name == "after":
+            start = max(start, position + 1)
+        else:
+            stop = min(stop, position)
+    if before is not None and after is None:
+        # Paging backwards: the items just before the cursor.
+        start = max(start, stop - limit)
+    data = ordered[start:stop][:limit]
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0].get("id") if data else None,
+        "last_id": data[-1].get("id") if data else None,
+        "has_more": start + len(data) < stop
+        or (before is not None and after is None and start > 0),
+    }
 
 
 def _id_secret(config: GatewayConfig, environ: Mapping[str, str]) -> bytes:
@@ -383,8 +892,14 @@ async def open_gateway(
     transport: httpx.AsyncBaseTransport | None = None,
     rng: random.Random | None = None,
     environ: Mapping[str, str] | None = None,
+    owner: str = "",
+    wall_clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[Gateway]:
     """Open a gateway: ``async with sluicegate.open_gateway(config) as gw:``.
+
+    The gateway opens its event store (``general_settings.store``; by default the SQLite file
+    ``sluicegate.db`` in the working directory) and records every response in it. Leaving the
+    block cancels running background responses (recorded as failed) and closes the store.
 
     Args:
         config: a dict or a YAML path in LiteLLM's shape (``model_list``, ``router_settings``,
@@ -393,9 +908,12 @@ async def open_gateway(
         transport: an httpx transport to use instead of the network (tests: MockTransport).
         rng: the random source for routing and retry jitter (tests: a seeded one).
         environ: the environment for ``os.environ/`` references and provider credentials.
+        owner: who requests and lookups that name no ``owner`` belong to.
+        wall_clock: unix time for stored timestamps (tests: a fixed clock).
 
     Raises:
         ConfigError: the configuration is invalid; the message names the path.
+        StoreError: the store cannot be opened.
     """
     env = os.environ if environ is None else environ
     cfg = load_config(config, environ=env)
@@ -417,6 +935,10 @@ async def open_gateway(
         )
     async with (
         httpx.AsyncClient(limits=limits, transport=transport, timeout=None) as client,
+        # The store outlives the services: background responses record their end on the way
+        # out. Its writer runs in a body nursery, so the caller's own errors come out unwrapped.
+        open_body_nursery() as store_services,
+        open_sqlite_store(gs.store.path, nursery=store_services) as store,
         open_body_nursery() as services,
     ):
         fakes = _FakeProviders(services)
@@ -424,6 +946,7 @@ async def open_gateway(
             await fakes.resolve(d) if d.provider == "fake" and d.api_base is None else d
             for d in deployments
         ]
+        accountant = Accountant(PriceTable.bundled(), gs.include_cost_in_streaming_usage)
         pipeline = Pipeline(
             router=Router.from_deployments(
                 deployments,
@@ -433,10 +956,38 @@ async def open_gateway(
                 environ=environ,
             ),
             connector=Connector(client, cfg.router_settings, rng),
-            accountant=Accountant(PriceTable.bundled(), gs.include_cost_in_streaming_usage),
+            accountant=accountant,
             ids=IdCodec.from_secret(_id_secret(cfg, env)),
         )
-        yield Gateway(cfg, pipeline, fakes, environ)
+        if gs.store.retention is not None:
+            services.start_soon(
+                _purge_periodically, store, gs.store.retention, gs.store.purge_interval, wall_clock
+            )
+        yield Gateway(
+            cfg,
+            pipeline,
+            fakes,
+            environ,
+            store,
+            Recorder(store, accountant, wall_clock),
+            services,
+            owner,
+        )
+
+
+async def _purge_periodically(
+    store: Store, retention: float, interval: float, wall_clock: Callable[[], float]
+) -> None:
+    """Retention: remove content older than ``retention`` every ``interval`` seconds."""
+    while True:
+        try:
+            purged = await store.purge(before=wall_clock() - retention)
+        except StoreError:
+            logger.exception("the retention purge failed; trying again next interval")
+        else:
+            if purged:
+                logger.info("retention: purged the content of %d responses", purged)
+        await trio.sleep(interval)
 
 
 async def aresponses(

@@ -8,6 +8,7 @@ take goes through ``extra_body``.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -17,7 +18,13 @@ from .codecs.ids import IdCodec
 from .errors import InvalidRequestError
 from .runtime._messages import PreparedCall
 
-__all__ = ["LIBRARY_OPTIONS", "RESPONSES_PARAMETERS", "prepare_call"]
+__all__ = [
+    "GATEWAY_PARAMETERS",
+    "LIBRARY_OPTIONS",
+    "RESPONSES_PARAMETERS",
+    "input_items",
+    "prepare_call",
+]
 
 Check = Callable[[str, Any], None]
 
@@ -212,15 +219,32 @@ RESPONSES_PARAMETERS: Mapping[str, Check] = {
     "context_management": _is(list),
 }
 
-#: Options of the library call itself, as in the OpenAI SDK; never sent as body fields.
-LIBRARY_OPTIONS = frozenset({"extra_body", "extra_headers", "extra_query", "timeout"})
+#: Options of the library call itself, as in the OpenAI SDK (and sluicegate's own ``owner``
+#: and ``spend_logs_metadata``); never sent as body fields.
+LIBRARY_OPTIONS = frozenset(
+    {"extra_body", "extra_headers", "extra_query", "timeout", "owner", "spend_logs_metadata"}
+)
+
+#: Body fields that are the gateway's, never the upstream's: LiteLLM's ``litellm_metadata``
+#: (``spend_logs_metadata`` inside it goes to the spend logs).
+GATEWAY_PARAMETERS: Mapping[str, Check] = {"litellm_metadata": _is(dict)}
 
 
-def prepare_call(params: Mapping[str, Any], *, stream: bool, ids: IdCodec) -> PreparedCall:
-    """Validate a caller's parameters into a :class:`PreparedCall`; raises InvalidRequestError."""
+def prepare_call(
+    params: Mapping[str, Any], *, stream: bool, ids: IdCodec, default_owner: str = ""
+) -> PreparedCall:
+    """Validate a caller's parameters into a :class:`PreparedCall`; raises InvalidRequestError.
+
+    The owner is the ``owner`` argument, else the request's ``user``, else ``default_owner``.
+    """
     body: dict[str, Any] = {}
+    gateway: dict[str, Any] = {}
     for name, value in params.items():
         if name in LIBRARY_OPTIONS:
+            continue
+        if name in GATEWAY_PARAMETERS:
+            GATEWAY_PARAMETERS[name](name, value)
+            gateway[name] = value
             continue
         check = RESPONSES_PARAMETERS.get(name)
         if check is None:
@@ -251,6 +275,19 @@ def prepare_call(params: Mapping[str, Any], *, stream: bool, ids: IdCodec) -> Pr
     if previous_id is not None:
         previous = ids.decode(previous_id, param="previous_response_id")
         body.pop("previous_response_id")  # the connector sends the raw one
+    store = body.get("store") is not False
+    background = bool(body.get("background"))
+    if background and not store:
+        raise InvalidRequestError(
+            "Background responses must be stored: 'background': true needs 'store' true or unset.",
+            param="background",
+        )
+    owner = params.get("owner")
+    if owner is not None and not isinstance(owner, str):
+        raise _invalid_type("owner", owner, "a string")
+    if owner is None:
+        user = body.get("user")
+        owner = user if isinstance(user, str) else default_owner
     return PreparedCall(
         model=model,
         body=body,
@@ -261,7 +298,56 @@ def prepare_call(params: Mapping[str, Any], *, stream: bool, ids: IdCodec) -> Pr
         extra_headers=_headers(params.get("extra_headers")),
         extra_query=_query(params.get("extra_query")),
         timeout=_timeout(params.get("timeout")),
+        owner=owner,
+        store=store,
+        background=background,
+        spend_metadata=_spend_metadata(params, gateway),
+        input_items=input_items(body.get("input")) if store else [],
     )
+
+
+def _spend_metadata(params: Mapping[str, Any], gateway: Mapping[str, Any]) -> dict[str, Any]:
+    """The caller's spend metadata: the library argument, else LiteLLM's body field."""
+    value = params.get("spend_logs_metadata")
+    name = "spend_logs_metadata"
+    if value is None:
+        value = (gateway.get("litellm_metadata") or {}).get("spend_logs_metadata")
+        name = "litellm_metadata.spend_logs_metadata"
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _invalid_type(name, value, "an object")
+    return dict(value)
+
+
+def input_items(value: Any) -> list[dict[str, Any]]:
+    """The request's input as stored items, each with an ``id`` (the input_items list pages by
+    item ID). A string is one user message, as OpenAI lists it; items keep the caller's IDs.
+    The copies are the store's: what goes upstream is the caller's input unchanged."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [
+            {
+                "id": _item_id("message"),
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": value}],
+            }
+        ]
+    items: list[dict[str, Any]] = []
+    for item in value:
+        if "id" in item:
+            items.append(item)
+        else:
+            kind = item.get("type", "message")
+            items.append({"id": _item_id(kind), **item, "type": kind})
+    return items
+
+
+def _item_id(kind: Any) -> str:
+    prefix = "msg" if kind == "message" else "item"
+    return f"{prefix}_{secrets.token_hex(16)}"
 
 
 def _mapping(params: Mapping[str, Any], name: str) -> Mapping[str, Any] | None:

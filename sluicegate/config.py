@@ -17,6 +17,9 @@
     general_settings:
       response_id_secret: os.environ/SLUICEGATE_ID_SECRET
       include_cost_in_streaming_usage: true
+      store:
+        path: sluicegate.db                # ":memory:" for a private, temporary store
+        retention: 30d                     # content purged after; spend rows stay
 
 Every ``os.environ/NAME`` string is replaced by that variable at load. Unknown keys, wrong types
 and missing variables are a :class:`~sluicegate.errors.ConfigError` that names the path of the
@@ -30,7 +33,7 @@ import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NewType
 
 import attrs
 import cattrs
@@ -49,6 +52,7 @@ __all__ = [
     "ModelInfo",
     "RouterSettings",
     "Secret",
+    "StoreSettings",
     "Timeouts",
     "build_deployment",
     "derive_deployment_id",
@@ -134,6 +138,55 @@ class RouterSettings:
     max_retry_after: float = 60.0
 
 
+#: Seconds; in the configuration a number or a string with a unit (``"15m"``, ``"30d"``).
+Duration = NewType("Duration", float)
+
+
+def _duration(value: Any, _: type = Duration) -> Duration:
+    """Seconds, from a number or a string with a unit (``90``, ``"15m"``, ``"12h"``, ``"30d"``)."""
+    if isinstance(value, bool):
+        raise TypeError("expected seconds or a duration such as '30d'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and value[-1:] in _UNITS and _is_number(value[:-1]):
+        seconds = float(value[:-1]) * _UNITS[value[-1]]
+    elif isinstance(value, str) and _is_number(value):
+        seconds = float(value)
+    else:
+        raise TypeError(f"expected seconds or a duration such as '30d', got {value!r}")
+    if seconds <= 0:
+        raise TypeError("must be positive")
+    return Duration(seconds)
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+@attrs.frozen(kw_only=True)
+class StoreSettings:
+    """The event store (DESIGN §5): the system of record of every response."""
+
+    #: The SQLite database file (relative to the working directory), or ``":memory:"`` for a
+    #: private store that lives as long as the gateway (tests).
+    path: str = "sluicegate.db"
+    #: Content older than this (seconds, or ``"30d"``) is purged; spend rows stay. None: kept.
+    retention: Duration | None = None
+    #: How often the retention purge runs (seconds or a duration).
+    purge_interval: Duration = Duration(3600.0)
+    #: ``previous_response_id`` chains longer than this are refused (400), never read unbounded.
+    max_conversation_turns: int = 100
+    #: ... and larger than this many bytes of stored items.
+    max_conversation_bytes: int = 32 * 1024 * 1024
+
+
 @attrs.frozen(kw_only=True)
 class GeneralSettings:
     #: Keys the HMAC of response IDs. Unset: a random per-process key (IDs die with the process).
@@ -146,6 +199,7 @@ class GeneralSettings:
     #: ``lean``: sluicegate's HTTP/1.1 transport (flat CPU per request at any concurrency);
     #: ``httpx``: httpx's own (for HTTP/2, or anything the lean one does not speak).
     http_transport: str = "lean"
+    store: StoreSettings = attrs.Factory(StoreSettings)
 
 
 @attrs.frozen(kw_only=True)
@@ -187,6 +241,7 @@ class Deployment:
 def make_config_converter() -> cattrs.Converter:
     conv = make_converter(forbid_extra_keys=True)
     conv.register_structure_hook(Secret, _structure_secret)
+    conv.register_structure_hook(Duration, _duration)
 
     def structure_model_info(value: Any, _: type) -> ModelInfo:
         if not isinstance(value, Mapping):
@@ -284,6 +339,10 @@ def _check(config: GatewayConfig) -> None:
             f"must be one of {', '.join(HTTP_TRANSPORTS)}",
             path="general_settings.http_transport",
         )
+    store = config.general_settings.store
+    for name in ("max_conversation_turns", "max_conversation_bytes"):
+        if getattr(store, name) < 1:
+            raise ConfigError("must be at least 1", path=f"general_settings.store.{name}")
     seen: dict[str, str] = {}
     for i, entry in enumerate(config.model_list):
         base = f"model_list[{i}]"

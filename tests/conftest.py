@@ -14,6 +14,18 @@ def fixture_bytes(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in its own directory: a gateway's default store file lands there, never
+    in the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
+#: The store of gateways in tests: private, in memory, and inline on the trio thread, so
+#: ``autojump_clock`` tests stay deterministic.
+MEMORY_STORE = {"path": ":memory:"}
+
+
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeUpstream]:
     async with open_fake_upstream(tokens=8) as upstream:
@@ -37,5 +49,9 @@ def fake_config(
             }
         ],
         "router_settings": {"retry_backoff_jitter": 0.0, **router_settings},
-        "general_settings": {"response_id_secret": "test-secret", "http_transport": http_transport},
+        "general_settings": {
+            "response_id_secret": "test-secret",
+            "http_transport": http_transport,
+            "store": MEMORY_STORE,
+        },
     }

@@ -25,7 +25,7 @@ from sluicegate.errors import (
     UpstreamTimeoutError,
 )
 
-from .conftest import fixture_bytes
+from .conftest import MEMORY_STORE, fixture_bytes
 from .mock_upstream import (
     MockUpstream,
     error_step,
@@ -39,6 +39,8 @@ from .sdk import sdk_event, sdk_response
 TEXT_BODY = orjson.loads(fixture_bytes("openai_text.json"))
 TEXT_SSE = fixture_bytes("openai_text.sse")
 RAW_ID = TEXT_BODY["id"]
+#: The same stream under another upstream ID (an upstream never reuses one; the store refuses).
+OTHER_SSE = TEXT_SSE.replace(RAW_ID.encode(), b"resp_" + b"f" * 48)
 IDS = IdCodec.from_secret("t")
 
 
@@ -56,7 +58,7 @@ def config(model: str = "openai/gpt-5.4", **router: Any) -> dict[str, Any]:
             }
         ],
         "router_settings": {"retry_backoff_jitter": 0.0, "retry_backoff_initial": 0.5, **router},
-        "general_settings": {"response_id_secret": "t"},
+        "general_settings": {"response_id_secret": "t", "store": MEMORY_STORE},
     }
 
 
@@ -318,12 +320,12 @@ async def test_previous_id_of_a_deployment_no_longer_configured_is_404() -> None
 
 
 async def test_stream_and_non_stream_fold_to_the_same_response() -> None:
-    upstream = MockUpstream([json_step(200, TEXT_BODY), stream_step(sse_frames(TEXT_SSE))])
+    upstream = MockUpstream([json_step(200, TEXT_BODY), stream_step(sse_frames(OTHER_SSE))])
     async with await _gateway(upstream, config()) as gw:
         plain = await gw.responses(model="g", input="hi")
         async with gw.stream(model="g", input="hi") as events:
             streamed = await events.get_final_response()
-    assert plain == streamed
+    assert plain == streamed.with_changes(id=plain.id)
     usage = {
         **TEXT_BODY["usage"],
         "input_tokens_details": {"cached_tokens": 64, "cache_write_tokens": 0},
@@ -347,27 +349,38 @@ async def test_one_encoded_id_on_every_response_event_items_raw() -> None:
         sdk_event(event.to_dict())
 
 
-async def test_get_delete_cancel_go_to_the_deployment_of_the_id() -> None:
-    background = {**TEXT_BODY, "background": True, "status": "cancelled"}
+async def test_get_delete_go_to_the_deployment_of_the_id_and_sync_cancel_is_a_400() -> None:
     upstream = MockUpstream(
         [
             json_step(200, TEXT_BODY),
             json_step(200, TEXT_BODY),
-            json_step(200, background),
             json_step(200, {"id": RAW_ID, "object": "response", "deleted": True}),
         ]
     )
     async with await _gateway(upstream, config()) as gw:
         created = await gw.responses(model="g", input="hi")
         got = await gw.get_response(created.id)
-        cancelled = await gw.cancel_response(created.id)
+        with pytest.raises(InvalidRequestError, match="Cannot cancel a synchronous response"):
+            await gw.cancel_response(created.id)
         deleted = await gw.delete_response(created.id)
-    assert got.id == created.id and cancelled.status.value == "cancelled"  # type: ignore[union-attr]
+    assert got.id == created.id
     assert deleted == {"id": created.id, "object": "response", "deleted": True}
     assert [(r.method, r.url.path) for r in upstream.requests[1:]] == [
         ("GET", f"/v1/responses/{RAW_ID}"),
-        ("POST", f"/v1/responses/{RAW_ID}/cancel"),
         ("DELETE", f"/v1/responses/{RAW_ID}"),
+    ]
+
+
+async def test_cancel_of_an_unrecorded_litellm_id_goes_to_its_upstream() -> None:
+    background = {**TEXT_BODY, "background": True, "status": "cancelled"}
+    upstream = MockUpstream([json_step(200, background)])
+    litellm = "litellm:custom_llm_provider:openai;model_id:dep-a;response_id:" + RAW_ID
+    legacy = "resp_" + base64.b64encode(litellm.encode()).decode()
+    async with await _gateway(upstream, config()) as gw:
+        cancelled = await gw.cancel_response(legacy)
+    assert cancelled.id == legacy and cancelled.status.value == "cancelled"  # type: ignore[union-attr]
+    assert [(r.method, r.url.path) for r in upstream.requests] == [
+        ("POST", f"/v1/responses/{RAW_ID}/cancel")
     ]
 
 
@@ -378,7 +391,7 @@ async def test_cost_is_attached_when_enabled(streaming: bool) -> None:
     cfg["model_list"][0]["litellm_params"].update(
         input_cost_per_token=1e-6, output_cost_per_token=4e-6, cache_read_input_token_cost=1e-7
     )
-    upstream = MockUpstream([json_step(200, TEXT_BODY), stream_step(sse_frames(TEXT_SSE))])
+    upstream = MockUpstream([json_step(200, TEXT_BODY), stream_step(sse_frames(OTHER_SSE))])
     async with await _gateway(upstream, cfg) as gw:
         if streaming:
             await gw.responses(model="g", input="warm")  # uses the first step
@@ -562,7 +575,8 @@ async def test_switching_to_another_account_mid_conversation_is_refused() -> Non
 async def test_zero_config_conversations_continue_on_the_environment_account() -> None:
     upstream = MockUpstream(default=json_step(200, TEXT_BODY))
     env = {"OPENAI_API_KEY": "sk-env", "OPENAI_BASE_URL": "https://env.test/v1"}
-    async with sluicegate.open_gateway(None, transport=upstream.transport(), environ=env) as gw:
+    zero = {"general_settings": {"store": MEMORY_STORE}}
+    async with sluicegate.open_gateway(zero, transport=upstream.transport(), environ=env) as gw:
         first = await gw.responses(model="openai/gpt-5.4", input="hi")
         await gw.responses(model="openai/gpt-5.4-mini", input="more", previous_response_id=first.id)
         await gw.get_response(first.id)

@@ -42,7 +42,7 @@ def test_every_spec_parameter_is_accepted_and_forwarded_unchanged() -> None:
         "top_p": 0.9,
         "top_logprobs": 5,
         "metadata": {"k": "v"},
-        "store": False,
+        "store": True,
         "stream_options": {"include_obfuscation": False},
         "background": True,
         "truncation": "auto",
@@ -60,6 +60,36 @@ def test_every_spec_parameter_is_accepted_and_forwarded_unchanged() -> None:
     assert set(values) | {"model", "previous_response_id", "stream"} == set(RESPONSES_PARAMETERS)
     call = _prepare(**values)
     assert call.body == {"model": "m", **values}
+
+
+def test_background_without_store_is_refused() -> None:
+    err = _error(background=True, store=False)
+    assert err.param == "background"
+
+
+def test_owner_is_the_argument_then_user_then_the_default() -> None:
+    assert _prepare(owner="o", user="u").owner == "o"
+    assert _prepare(user="u").owner == "u"
+    assert _prepare().owner == ""
+    assert _error(owner=3).param == "owner"
+
+
+def test_spend_metadata_from_the_argument_or_litellm_metadata_never_forwarded() -> None:
+    call = _prepare(litellm_metadata={"spend_logs_metadata": {"a": 1}, "tags": ["x"]})
+    assert call.spend_metadata == {"a": 1} and "litellm_metadata" not in call.body
+    assert _prepare(spend_logs_metadata={"b": 2}).spend_metadata == {"b": 2}
+    assert _error(litellm_metadata=[1]).param == "litellm_metadata"
+    assert _error(spend_logs_metadata="x").param == "spend_logs_metadata"
+
+
+def test_stored_input_items_get_ids_and_keep_the_callers() -> None:
+    call = _prepare(input=[{"role": "user", "content": "a"}, {"type": "x", "id": "keep"}])
+    first, second = call.input_items
+    assert first["id"].startswith("msg_") and first["type"] == "message"
+    assert second == {"type": "x", "id": "keep"}
+    # What goes upstream is the caller's input, unchanged.
+    assert call.body["input"] == [{"role": "user", "content": "a"}, {"type": "x", "id": "keep"}]
+    assert _prepare(input="hi", store=False).input_items == []
 
 
 def test_unknown_parameter_is_named() -> None:

@@ -93,7 +93,7 @@ class Router:
         return self._adhoc_deployment(f"{provider}/{model}")
 
     async def route(self, call: PreparedCall) -> Deployment:
-        deployment = self.choose(call)
+        deployment = call.deployment or self.choose(call)
         if deployment.provider == "fake" and deployment.api_base is None:
             deployment = await self._resolve_fake(deployment)
         return deployment

@@ -7,7 +7,7 @@ attempt they belong to, so each stage knows the deployment without a side channe
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -21,13 +21,17 @@ from ..errors import SluicegateError, UpstreamProtocolError
 from ..pricing import ModelPrice, PriceTable, TokenUsage, compute_cost
 from ..runtime._messages import (
     Batch,
-    Delivery,
+    Deliver,
     EventItem,
     Failure,
     RawItem,
     Routed,
+    Settlement,
     UpstreamOpened,
 )
+
+if TYPE_CHECKING:
+    from ._recorder import Recording
 
 __all__ = [
     "Accountant",
@@ -105,13 +109,38 @@ class Accountant:
     def price_for(self, deployment: Deployment) -> ModelPrice | None:
         return deployment.price or self._prices.lookup(deployment.provider, deployment.model)
 
-    def settle(self, event: ResponseEvent, price: ModelPrice | None) -> ResponseEvent:
+    def settle(
+        self, event: ResponseEvent, price: ModelPrice | None
+    ) -> tuple[ResponseEvent, Settlement]:
         """Account the terminal event's usage, normalise its shape, attach ``usage.cost`` when
-        configured."""
+        configured; the event and what it cost."""
         raw = event.response_data.get("usage")
         if not isinstance(raw, dict):
-            return event
+            return event, Settlement(None, None)
         usage = Usage.from_dict(raw)
+        cost = self._account(usage, price)
+        normal = _normalized_usage(raw, usage)
+        settlement = Settlement(dict(normal), cost)
+        if self._include_cost:
+            normal["cost"] = cost
+        if normal == raw:
+            return event, settlement
+        return event.with_response_fields(usage=normal), settlement
+
+    def estimate(self, input_chars: int, output_chars: int, price: ModelPrice | None) -> Settlement:
+        """Usage for a response cut before the upstream reported any (cancelled, failed
+        mid-stream): about four characters a token, the common estimate for English text
+        without a tokenizer. The spend row marks it as estimated."""
+        usage = Usage.from_dict(
+            {
+                "input_tokens": -(-input_chars // _CHARS_PER_TOKEN),
+                "output_tokens": -(-output_chars // _CHARS_PER_TOKEN),
+            }
+        )
+        cost = self._account(usage, price)
+        return Settlement(_normalized_usage({}, usage), cost, estimated=True)
+
+    def _account(self, usage: Usage, price: ModelPrice | None) -> float | None:
         cost = None
         if price is not None:
             cost = compute_cost(
@@ -130,12 +159,7 @@ class Accountant:
         self._settled += 1
         self._input += usage.input_tokens
         self._output += usage.output_tokens
-        normal = _normalized_usage(raw, usage)
-        if self._include_cost:
-            normal["cost"] = cost
-        if normal == raw:
-            return event
-        return event.with_response_fields(usage=normal)
+        return cost
 
     def statistics(self) -> AccountantStatistics:
         return AccountantStatistics(
@@ -145,6 +169,9 @@ class Accountant:
             cost=self._cost,
             unpriced=self._unpriced,
         )
+
+
+_CHARS_PER_TOKEN = 4
 
 
 def _normalized_usage(raw: dict[str, Any], usage: Usage) -> dict[str, Any]:
@@ -183,9 +210,10 @@ async def run_accountant(
                 events = item.events
                 last = events[-1]
                 if type(last) is ResponseEvent and last.is_terminal:
-                    events[-1] = accountant.settle(
+                    events[-1], settlement = accountant.settle(
                         last, accountant.price_for(item.routed.deployment)
                     )
+                    item = attrs.evolve(item, settlement=settlement)
             await outbox.send(item)
 
 
@@ -195,15 +223,22 @@ async def run_id_encoder(
     inbox: trio.MemoryReceiveChannel[EventItem],
     outbox: trio.MemorySendChannel[EventItem],
 ) -> None:
-    """Every event carrying a ``response`` gets the same encoded ID (DESIGN §4)."""
+    """Every event carrying a ``response`` gets the same encoded ID (DESIGN §4). The batch in
+    which the upstream first names its response carries that raw ID on (``upstream_id``)."""
     with inbox, outbox:
         encoded: dict[str, str] = {}
         async for item in inbox:
             if isinstance(item, Batch):
                 events = item.events
+                first: str | None = None
                 for i, event in enumerate(events):
                     if type(event) is ResponseEvent:
+                        raw_id = event.response_data["id"]
+                        if raw_id not in encoded:
+                            first = raw_id
                         events[i] = _encode(ids, item.routed, event, encoded)
+                if first is not None:
+                    item = attrs.evolve(item, upstream_id=first)
             await outbox.send(item)
 
 
@@ -211,29 +246,37 @@ def _encode(
     ids: IdCodec, routed: Routed, event: ResponseEvent, cache: dict[str, str]
 ) -> ResponseEvent:
     raw_id = event.response_data["id"]
+    call = routed.call
     new_id = cache.get(raw_id)
     if new_id is None:
         d = routed.deployment
-        new_id = cache[raw_id] = ids.encode(
-            provider=d.provider, deployment_id=d.id, raw_id=raw_id, owner=routed.call.owner
+        new_id = cache[raw_id] = call.response_id or ids.encode(
+            provider=d.provider, deployment_id=d.id, raw_id=raw_id, owner=call.owner
         )
-    if routed.call.previous_response_id is not None:
+    fields: dict[str, Any] = {"id": new_id}
+    if call.previous_response_id is not None:
         # The upstream echoes the raw ID it was sent; the caller should see the one it sent.
-        return event.with_response_fields(
-            id=new_id, previous_response_id=routed.call.previous_response_id
-        )
-    return event.with_response_fields(id=new_id)
+        fields["previous_response_id"] = call.previous_response_id
+    if call.background:
+        # The gateway runs it in the background; the upstream saw an ordinary request.
+        fields["background"] = True
+    return event.with_response_fields(**fields)
 
 
 async def run_sink(
     tracker: StreamTracker,
+    recording: Recording | None,
     *,
     inbox: trio.MemoryReceiveChannel[EventItem],
-    outbox: trio.MemorySendChannel[Delivery] | None,
+    outbox: Deliver | None,
 ) -> None:
-    """The caller's end: checks and records every event in delivery order (see tracker), then
-    hands the batch to a streaming caller; a non-streaming caller folds the tracker at the end.
-    A Failure is raised here, after everything before it was delivered.
+    """The caller's end: checks every event in delivery order (see tracker), records it (the
+    recorder), then hands the batch to a streaming caller; a non-streaming caller folds the
+    tracker at the end. A Failure is raised here, after everything before it was delivered.
+
+    The terminal event is delivered only once the response is durably recorded (DESIGN §5: an
+    immediate follow-up must find it). If recording it fails, it is withdrawn and the error
+    raised, so the supervisor ends the response as failed instead.
 
     It runs in the supervisor's own task, so the caller's channel (``outbox``) is not closed
     here: the supervisor may still have to send a closing failure on it."""
@@ -242,13 +285,21 @@ async def run_sink(
             if isinstance(item, Failure):
                 raise item.error
             checked: list[StreamEvent] = []
-            broken: UpstreamProtocolError | None = None
+            broken: SluicegateError | None = None
             for event in item.events:
                 try:
                     checked.append(tracker.observe(event))
                 except UpstreamProtocolError as exc:  # out of order: deliver what came before
                     broken = exc
                     break
+            if recording is not None and checked:
+                try:
+                    await recording.observe(item, checked, tracker)
+                except SluicegateError as exc:
+                    if tracker.terminal is not None:
+                        tracker.withdraw_terminal()
+                        checked.pop()
+                    broken = exc
             if outbox is not None and checked:
                 await outbox.send(checked)
             if broken is not None:

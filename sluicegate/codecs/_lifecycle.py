@@ -112,6 +112,14 @@ class _OpenPart:
     part: dict[str, Any]
     pieces: list[str] = attrs.Factory(list)
 
+    def with_text(self) -> dict[str, Any]:
+        """The part with the text delivered so far in its value field."""
+        part = dict(self.part)
+        done = _PART_DONE.get(part.get("type"))
+        if done is not None:
+            part[done[1]] = "".join(self.pieces)
+        return part
+
 
 @attrs.define(eq=False)
 class StreamTracker:
@@ -121,6 +129,7 @@ class StreamTracker:
     _status: ResponseStatus | None = None
     _snapshot: ResponseEvent | None = None
     _terminal: ResponseEvent | None = None
+    _status_before_terminal: ResponseStatus | None = None
     _open_items: dict[int, dict[str, Any]] = attrs.Factory(dict)
     _done_items: dict[int, dict[str, Any]] = attrs.Factory(dict)
     _open_parts: dict[tuple[int, int], _OpenPart] = attrs.Factory(dict)
@@ -162,6 +171,15 @@ class StreamTracker:
         self._next_seq += 1
         return event
 
+    def withdraw_terminal(self) -> None:
+        """Forget the terminal event just observed: it could not be recorded, so it is not
+        delivered, and :meth:`fail` must still be able to end the response."""
+        terminal = self._terminal
+        assert terminal is not None, "no terminal event to withdraw"
+        self._terminal = None
+        self._next_seq -= 1
+        self._status = self._status_before_terminal
+
     def observe_all(self, events: Iterable[StreamEvent]) -> list[StreamEvent]:
         return [self.observe(event) for event in events]
 
@@ -179,10 +197,13 @@ class StreamTracker:
             raise UpstreamProtocolError(
                 f"upstream moved a response from {before} to {announced.value} ({event.type!r})"
             )
-        self._status = announced
-        self._snapshot = event
         if announced in _TERMINAL:
+            # The snapshot stays the last live one: withdraw_terminal() may need it.
             self._terminal = event
+            self._status_before_terminal = self._status
+        else:
+            self._snapshot = event
+        self._status = announced
 
     def _observe_item(self, event: OutputItemEvent) -> None:
         index = event.output_index
@@ -305,6 +326,26 @@ class StreamTracker:
 
     def _output_items(self) -> list[dict[str, Any]]:
         return [item for _, item in sorted(self._done_items.items())]
+
+    def partial(self) -> Response | None:
+        """The response as far as it got, for one that ends without its terminal event
+        (cancelled): the last live snapshot with the items done so far and the open ones as
+        delivered (``status: in_progress``, responses-api.md §9). None before
+        ``response.created``."""
+        if self._snapshot is None:
+            return None
+        items = dict(self._done_items)
+        for index, item in self._open_items.items():
+            current = dict(item)
+            if item.get("type") == "message":
+                parts = [
+                    p.with_text() for (oi, _), p in sorted(self._open_parts.items()) if oi == index
+                ]
+                current["content"] = [*(item.get("content") or []), *parts]
+            elif item.get("type") == "function_call":
+                current["arguments"] = "".join(self._arguments.get(index, []))
+            items[index] = current
+        return self._snapshot.response.with_changes(output=[items[i] for i in sorted(items)])
 
     def fold(self) -> Response:
         """The Response these events describe (the non-streaming answer)."""

@@ -15,7 +15,7 @@ before it: a channel that closes without one ended cleanly.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import attrs
 
@@ -26,12 +26,14 @@ from ..errors import SluicegateError
 
 __all__ = [
     "Batch",
+    "Deliver",
     "Delivery",
     "EventItem",
     "Failure",
     "PreparedCall",
     "RawItem",
     "Routed",
+    "Settlement",
     "UpstreamOpened",
 ]
 
@@ -53,7 +55,22 @@ class PreparedCall:
     extra_query: Mapping[str, str] = attrs.Factory(dict)
     #: Total seconds for this request (the SDK's ``timeout``); None: the deployment's.
     timeout: float | None = None
+    #: Who the response belongs to (get/delete/cancel by anyone else is a 404).
     owner: str = ""
+    #: False for ``store: false``: only the accounting is recorded.
+    store: bool = True
+    #: Run by the gateway, detached from the caller (``background: true``).
+    background: bool = False
+    #: The caller's ``spend_logs_metadata``.
+    spend_metadata: Mapping[str, Any] = attrs.Factory(dict)
+    #: The input as the store keeps it (items with IDs); empty with ``store: false``.
+    input_items: list[dict[str, Any]] = attrs.Factory(list)
+    #: A background response's ID, minted before any upstream answered; every event carries it.
+    response_id: str | None = None
+    #: The deployment chosen in advance (a background response's ID names it).
+    deployment: Deployment | None = None
+    #: A background response the caller streams: its events are stored for resume.
+    replay: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -82,6 +99,21 @@ class Batch:
 
     routed: Routed
     events: list[StreamEvent]
+    #: Set by the accountant on the batch that ends the response: normalised usage and cost.
+    settlement: Settlement | None = attrs.field(default=None, kw_only=True)
+    #: Set by the ID encoder on the batch where the upstream first named the response: the
+    #: ID it knows the response by.
+    upstream_id: str | None = attrs.field(default=None, kw_only=True)
+
+
+@attrs.frozen
+class Settlement:
+    """What a response cost: its normalised usage (None if the upstream reported none)."""
+
+    usage: dict[str, Any] | None
+    cost: float | None
+    #: The usage is the gateway's estimate: the upstream never reported it.
+    estimated: bool = False
 
 
 @attrs.frozen
@@ -96,3 +128,10 @@ RawItem: TypeAlias = UpstreamOpened | bytes | Failure
 EventItem: TypeAlias = Batch | Failure
 #: What a streaming caller receives: event batches, or the error that ended it before any.
 Delivery: TypeAlias = list[StreamEvent] | SluicegateError
+
+
+class Deliver(Protocol):
+    """Where a request's deliveries go: the caller's memory channel, or a background
+    response's broadcast to its followers."""
+
+    async def send(self, value: Delivery, /) -> None: ...

@@ -16,8 +16,13 @@ supervisor decides what the caller gets (DESIGN §2):
 - events were delivered: the tracker closes whatever is open and ends the response with one
   ``response.failed``, so every response ends in exactly one terminal event.
 
-Cancellation from outside (the caller left) is never swallowed: it cancels the nursery, which
-closes the upstream connection.
+Cancellation from outside (the caller left, ``cancel_response``, shutdown) is never swallowed:
+it cancels the nursery, which closes the upstream connection.
+
+Whatever the end, a response the recorder accepted ends in exactly one recorded ``Ended``
+(DESIGN §5): the sink records a terminal event before delivering it; a failure is recorded here
+before its closing events are delivered; a cancellation is recorded here, shielded (for a
+bounded time), before the cancellation goes on.
 """
 
 from __future__ import annotations
@@ -28,13 +33,15 @@ from functools import partial
 import attrs
 import trio
 
+from .._types import Response, ResponseStatus
 from ..actors._connector import Connector, run_connector
+from ..actors._recorder import Recording
 from ..actors._router import Router, run_router
 from ..actors._stages import Accountant, run_accountant, run_id_encoder, run_sink, run_transformer
-from ..codecs._lifecycle import StreamTracker
+from ..codecs._lifecycle import StreamTracker, failure_code
 from ..codecs.ids import IdCodec
 from ..errors import InternalError, SluicegateError
-from ._messages import Delivery, EventItem, PreparedCall, RawItem, Routed
+from ._messages import Deliver, Delivery, EventItem, PreparedCall, RawItem, Routed
 
 __all__ = ["Delivery", "Pipeline", "run_request"]
 
@@ -59,40 +66,114 @@ async def run_request(
     pipeline: Pipeline,
     call: PreparedCall,
     tracker: StreamTracker,
-    deliver: trio.MemorySendChannel[Delivery] | None = None,
+    deliver: Deliver | None = None,
+    recording: Recording | None = None,
 ) -> None:
     """Run one request to its end.
 
     With ``deliver`` (streaming), batches go to that channel as they are ready and any error is
     delivered as data; the channel is left open for the caller's owner to close. Without it
     (non-streaming), events are only tracked (``tracker.fold()`` is the answer) and an error
-    before any event is raised.
+    before any event is raised. With ``recording``, the response is recorded in the store.
     """
     failure: SluicegateError | None = None
     try:
-        await _run_actors(pipeline, call, tracker, deliver)
-    except* SluicegateError as group:
-        failure = _first(group)
-    except* Exception as group:
-        logger.error("request failed on an internal error", exc_info=group)
-        failure = InternalError("The gateway failed while handling this request.")
+        try:
+            await _run_actors(pipeline, call, tracker, deliver, recording)
+        except* SluicegateError as group:
+            failure = _first(group)
+        except* Exception as group:
+            logger.error("request failed on an internal error", exc_info=group)
+            failure = InternalError("The gateway failed while handling this request.")
+    except BaseException:  # cancelled: the caller left, cancel_response, or shutdown
+        if recording is not None and recording.open:
+            await _record_cancelled(recording, tracker, call)
+        raise
     if failure is None:
-        return
+        if recording is not None and recording.open:  # pragma: no cover -- a bug if it happens
+            failure = InternalError("The response ended without a terminal event.")
+        else:
+            return
     if not tracker.delivered_any:
+        if recording is not None and recording.open:
+            await _record_end(recording, tracker, ResponseStatus.FAILED, failure)
         if deliver is None:
             raise failure
         await deliver.send(failure)
         return
     closing = tracker.fail(failure)
+    if recording is not None and recording.open:
+        await _record_end(recording, tracker, ResponseStatus.FAILED, failure)
     if closing and deliver is not None:
         await deliver.send(closing)
+
+
+#: How long a cancelled request may still take to record its end (seconds).
+RECORD_GRACE = 10.0
+
+_SHUTDOWN_ERROR = InternalError("The gateway shut down before this response finished.")
+
+
+async def _record_cancelled(
+    recording: Recording, tracker: StreamTracker, call: PreparedCall
+) -> None:
+    # A background response ends as cancelled only when cancel_response asked; otherwise the
+    # gateway is shutting down under it, which is a failure the client must be able to see.
+    if call.background and not recording.cancel_requested:
+        status, error = ResponseStatus.FAILED, _SHUTDOWN_ERROR
+    else:
+        status, error = ResponseStatus.CANCELLED, None
+    with trio.CancelScope(shield=True) as scope:
+        scope.deadline = trio.current_time() + RECORD_GRACE
+        await _record_end(recording, tracker, status, error)
+    if scope.cancelled_caught:
+        logger.error("could not record the end of response %s in time", recording.response_id)
+
+
+async def _record_end(
+    recording: Recording,
+    tracker: StreamTracker,
+    status: ResponseStatus,
+    error: SluicegateError | None,
+) -> None:
+    """Record the end of a response its upstream did not end, with estimated usage."""
+    error_body = None
+    if error is not None:
+        error_body = {"code": failure_code(error), "message": error.message}
+    if tracker.terminal is not None:  # the tracker's own response.failed
+        response: Response | None = tracker.fold()
+    else:
+        response = tracker.partial() or recording.initial
+    settlement = recording.estimate(_output_chars(response))
+    if response is not None:
+        response = response.with_changes(
+            status=status.value, error=error_body, usage=settlement.usage
+        )
+    try:
+        await recording.end(status, error=error_body, response=response, settlement=settlement)
+    except SluicegateError:
+        logger.exception("could not record the end of response %s", recording.response_id)
+
+
+def _output_chars(response: Response | None) -> int:
+    """Characters of output a response shows (text, refusals, tool arguments, summaries)."""
+    if response is None:
+        return 0
+    total = 0
+    for item in response.output:
+        total += len(str(item.get("arguments") or "")) + len(str(item.get("input") or ""))
+        for part in (item.get("content") or []) + (item.get("summary") or []):
+            if isinstance(part, dict):
+                total += len(str(part.get("text") or part.get("refusal") or ""))
+    return total
 
 
 async def _run_actors(
     pipeline: Pipeline,
     call: PreparedCall,
     tracker: StreamTracker,
-    deliver: trio.MemorySendChannel[Delivery] | None,
+    deliver: Deliver | None,
+    recording: Recording | None,
 ) -> None:
     call_send, call_recv = trio.open_memory_channel[PreparedCall](1)
     routed_send, routed_recv = trio.open_memory_channel[Routed](1)
@@ -117,7 +198,7 @@ async def _run_actors(
         with call_send:
             await call_send.send(call)
         # The sink runs here, in the task that owns the request: one task and one hop fewer.
-        await run_sink(tracker, inbox=encoded_recv, outbox=deliver)
+        await run_sink(tracker, recording, inbox=encoded_recv, outbox=deliver)
 
 
 def _first(group: BaseExceptionGroup[SluicegateError]) -> SluicegateError:

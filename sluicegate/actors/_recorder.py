@@ -1,0 +1,246 @@
+"""The recorder: what every request writes to the event store (DESIGN §5).
+
+Theory of operation. The recorder works in the sink's task, on the events the tracker has
+checked (renumbered as the caller sees them), so what is stored is what was delivered:
+
+- the batch in which the upstream first names the response: ``Accepted`` (who, what, the input)
+  and ``Routed`` (deployment, attempt, the upstream's own ID), *queued* without waiting for the
+  commit: nothing waits on it, and the writer keeps the order;
+- ``response.output_item.done``: an ``ItemDone``. A background response queues it at once (it
+  is polled while it runs); any other keeps it for the terminal append (one commit less);
+- a background streamed response: every event (``StreamEventRecorded``), for resume;
+- the terminal event: ``Settled`` + ``Ended`` (with the final Response), *appended and awaited*
+  before the sink delivers the event: a follow-up sent the moment the stream ends finds it.
+
+A response that ends otherwise — failed after events were delivered, cancelled by its caller or
+by ``cancel_response`` — is ended by the supervisor through :meth:`Recording.end`, with usage
+estimated from what was delivered when the upstream never reported it. Every response that was
+accepted ends in exactly one recorded ``Ended``.
+
+``store: false`` records the accounting only: no parameters, input, items or final Response.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from .._types import DeltaEvent, OutputItemEvent, Response, ResponseEvent, ResponseStatus
+from ..store import Accepted, Ended, ItemDone, Record, Routed, Settled, StreamEventRecorded
+
+if TYPE_CHECKING:
+    from .._types import StreamEvent
+    from ..codecs._lifecycle import StreamTracker
+    from ..config import Deployment
+    from ..runtime._messages import Batch, PreparedCall, Settlement
+    from ..store import Store
+    from ._stages import Accountant
+
+__all__ = ["Recorder", "Recording"]
+
+
+@attrs.define(eq=False)
+class Recorder:
+    """Gateway-wide: the store, and the clocks every request's recording reads."""
+
+    store: Store
+    accountant: Accountant
+    #: Wall-clock seconds for stored timestamps (``created_at``, spend-log days).
+    wall_clock: Callable[[], float] = time.time
+
+    def start(self, call: PreparedCall) -> Recording:
+        """The recording of one request, started now."""
+        return Recording(
+            recorder=self,
+            call=call,
+            started=trio.current_time(),
+            created_at=self.wall_clock(),
+        )
+
+    def accepted(self, call: PreparedCall, response_id: str, created_at: float) -> Accepted:
+        body = call.body
+        return Accepted(
+            response_id=response_id,
+            owner=call.owner,
+            model=call.model,
+            params=_stored_params(call) if call.store else {},
+            input_items=call.input_items,
+            background=call.background,
+            store=call.store,
+            metadata=dict(body.get("metadata") or {}),
+            created_at=created_at,
+            previous_id=call.previous_response_id,
+            spend_metadata=dict(call.spend_metadata),
+        )
+
+
+@attrs.define(eq=False)
+class Recording:
+    """What one request has recorded so far; see the module docstring."""
+
+    _recorder: Recorder
+    _call: PreparedCall
+    #: ``trio.current_time()`` when the request started (for ttft and duration).
+    _started: float
+    created_at: float
+    response_id: str | None = None
+    #: ``Accepted`` is queued (a background response's is appended before it starts).
+    accepted: bool = False
+    ended: bool = False
+    _ttft: float | None = None
+    _pending: list[Record] = attrs.Factory(list)
+    _deployment: Deployment | None = None
+    #: A background response as its creator first saw it (``queued``), until the upstream
+    #: answers; what a cancelled or failed response falls back on.
+    initial: Response | None = None
+    #: ``cancel_response`` asked for the end (not a shutdown).
+    cancel_requested: bool = False
+
+    @property
+    def replay(self) -> bool:
+        """Its events are stored for resume (a streamed background response)."""
+        return self._call.replay
+
+    @property
+    def open(self) -> bool:
+        """Accepted and not yet ended: the supervisor must end it."""
+        return self.accepted and not self.ended
+
+    async def observe(
+        self, batch: Batch, events: list[StreamEvent], tracker: StreamTracker
+    ) -> None:
+        """Record a batch of checked events (see the module docstring)."""
+        call = self._call
+        records = self._pending
+        if batch.upstream_id is not None:
+            if self.response_id is None:
+                self.response_id = _response_id(events)
+            rid = self.response_id
+            if not self.accepted:
+                records.append(self._recorder.accepted(call, rid, self.created_at))
+                self.accepted = True
+            d = batch.routed.deployment
+            self._deployment = d
+            records.append(
+                Routed(
+                    response_id=rid,
+                    deployment_id=d.id,
+                    provider=d.provider,
+                    attempt=batch.routed.attempt,
+                    upstream_id=batch.upstream_id,
+                )
+            )
+        if self.response_id is None:  # pragma: no cover -- nothing comes before created
+            return
+        rid = self.response_id
+        terminal: ResponseEvent | None = None
+        for event in events:
+            kind = type(event)
+            if kind is OutputItemEvent:
+                if self._ttft is None:
+                    self._ttft = trio.current_time() - self._started
+                if call.store and event.type == "response.output_item.done":
+                    assert isinstance(event, OutputItemEvent)
+                    records.append(
+                        ItemDone(response_id=rid, output_index=event.output_index, item=event.item)
+                    )
+            elif kind is DeltaEvent:
+                if self._ttft is None:
+                    self._ttft = trio.current_time() - self._started
+            elif kind is ResponseEvent and event.is_terminal:  # type: ignore[attr-defined]
+                assert isinstance(event, ResponseEvent)
+                terminal = event
+            if call.replay:
+                records.append(
+                    StreamEventRecorded(
+                        response_id=rid,
+                        sequence_number=event.sequence_number,
+                        event=event.to_dict(),
+                    )
+                )
+        if terminal is not None:
+            response = tracker.fold()
+            await self.end(
+                ResponseStatus(response.status),
+                error=response.error,
+                response=response,
+                settlement=batch.settlement,
+            )
+        elif records and (call.background or not self._pending_is_content_only()):
+            self._pending = []
+            await self._recorder.store.enqueue(records)
+
+    def _pending_is_content_only(self) -> bool:
+        # Accepted/Routed go out at once (a GET mid-stream finds the response); item content
+        # of a foreground response waits for the terminal append.
+        return all(type(r) is ItemDone for r in self._pending)
+
+    def estimate(self, output_chars: int) -> Settlement:
+        """Usage estimated from the input and the ``output_chars`` delivered."""
+        call = self._call
+        input_chars = len(str(call.body.get("input") or "")) + len(
+            str(call.body.get("instructions") or "")
+        )
+        price = None
+        deployment = self._deployment or call.deployment
+        if deployment is not None:
+            price = self._recorder.accountant.price_for(deployment)
+        return self._recorder.accountant.estimate(input_chars, output_chars, price)
+
+    async def end(
+        self,
+        status: ResponseStatus,
+        *,
+        error: dict[str, Any] | None,
+        response: Response | None,
+        settlement: Settlement | None,
+    ) -> None:
+        """Append ``Settled`` + ``Ended`` (and whatever is pending) and wait for the commit:
+        the terminal event of the upstream, or an end the supervisor decided (failed
+        mid-stream, cancelled)."""
+        rid = self.response_id
+        assert rid is not None and not self.ended
+        call = self._call
+        self.ended = True
+        records = self._pending
+        self._pending = []
+        if settlement is not None:
+            records.append(
+                Settled(
+                    response_id=rid,
+                    usage=settlement.usage,
+                    cost=settlement.cost,
+                    estimated=settlement.estimated,
+                )
+            )
+        records.append(
+            Ended(
+                response_id=rid,
+                status=status,
+                error=error,
+                response=response.to_dict() if call.store and response is not None else None,
+                completed_at=self._recorder.wall_clock(),
+                ttft=self._ttft,
+                duration=trio.current_time() - self._started,
+            )
+        )
+        await self._recorder.store.append(records)
+
+
+def _stored_params(call: PreparedCall) -> dict[str, Any]:
+    params = {k: v for k, v in call.body.items() if k != "input"}
+    if call.background:
+        params["background"] = True
+        params["stream"] = call.replay
+    return params
+
+
+def _response_id(events: list[StreamEvent]) -> str:
+    for event in events:
+        if type(event) is ResponseEvent:
+            return str(event.response_data["id"])
+    raise AssertionError("a batch naming the upstream ID carries a response event")
