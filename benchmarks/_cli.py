@@ -229,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missed and not settings.smoke:
         print(f"{len(missed)} of {len(checks)} targets MISSED (informational: exit status 0)")
     print()
-    print("recording (event store, SQLite file; what each response will add once recorded):")
+    print("recording alone (event store, SQLite file; part of every sluicegate figure above):")
     print(recording_table(recording))
 
     meta: dict[str, Any] = {

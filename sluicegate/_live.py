@@ -54,7 +54,7 @@ class LiveRun:
         """The run's deliveries (the ``Deliver`` protocol): kept, and followers woken."""
         if isinstance(value, SluicegateError):
             self.error = value
-        else:
+        elif self.recording.replay:  # only a streamed background response can be followed
             self.events.extend(value)
         self._wake()
         await trio.lowlevel.checkpoint()

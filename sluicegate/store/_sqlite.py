@@ -171,7 +171,10 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
         response_id TEXT NOT NULL REFERENCES responses (id),
         PRIMARY KEY (key, value, response_id)
     ) WITHOUT ROWID;
-    CREATE INDEX responses_to_purge ON responses (completed_at) WHERE purged = 0
+    CREATE INDEX responses_to_purge ON responses (completed_at) WHERE purged = 0;
+    DROP INDEX responses_by_status;
+    CREATE INDEX responses_unfinished ON responses (status)
+        WHERE status IN ('queued', 'in_progress')
     """,
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
@@ -637,46 +640,43 @@ def _load_state(db: sqlite3.Connection, response_id: str) -> _RowState | None:
 
 
 def _apply(db: sqlite3.Connection, encoded: tuple[_Encoded, ...], at: float, instance: str) -> None:
-    """Write one append's records and fold them into the projection (inside a savepoint)."""
+    """Write one append's records and fold them into the projection (inside a savepoint).
+
+    Few statements on purpose (at concurrency 1 each response is its own transaction, and every
+    statement and touched index page counts): a response accepted in this append gets its
+    projection row in one INSERT with everything the append says of it, never INSERT + UPDATE,
+    and the events go in one ``executemany`` after the rows they reference."""
     states: dict[str, _RowState] = {}
+    #: Responses accepted by this append whose projection row is not inserted yet.
+    new_rows: dict[str, _Encoded] = {}
+    events: list[tuple[str, int, str, int | None, bytes | None, float]] = []
+
+    def flush() -> None:
+        for rid, accepted in new_rows.items():
+            _insert_row(db, rid, states[rid], accepted, instance)
+        new_rows.clear()
+        db.executemany(_INSERT_EVENT, events)
+        events.clear()
+
     for enc in encoded:
         rid = enc.record.response_id
-        state = states.get(rid) or _load_state(db, rid)
+        state = states.get(rid)
+        if state is None and enc.kind != _ACCEPTED:
+            state = _load_state(db, rid)
         payload: bytes | None = enc.payload
         if enc.kind == _ACCEPTED:
+            # A second acceptance within one append is caught here; one committed before, by
+            # the primary key when the row is inserted.
             if state is not None:
                 raise StoreIntegrityError(f"response {rid} was already accepted")
             assert enc.status is not None
-            c = enc.changes
-            db.execute(
-                "INSERT INTO responses (id, owner, status, model, background, store, metadata,"
-                " created_at, previous_id, spend_metadata, instance, deleted, last_seq)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0)",
-                (
-                    rid,
-                    c["owner"],
-                    enc.status,
-                    c["model"],
-                    c["background"],
-                    c["store"],
-                    c["metadata"],
-                    c["created_at"],
-                    c["previous_id"],
-                    c["spend_metadata"],
-                    instance,
-                ),
-            )
-            db.executemany(
-                "INSERT INTO spend_tags (key, value, response_id) VALUES (?, ?, ?)",
-                [(key, value, rid) for key, value in enc.tags],
-            )
+            new_rows[rid] = enc
             state = _RowState(
                 status=enc.status, last_seq=-1, ended=False, deleted=False, purged=False
             )
         elif state is None:
             raise StoreIntegrityError(f"{enc.kind} for response {rid}, which was never accepted")
         else:
-            state.changes.update(enc.changes)
             if enc.kind == _ROUTED and state.status == ResponseStatus.QUEUED.value:
                 state.status = ResponseStatus.IN_PROGRESS.value
             elif enc.kind == _ENDED:
@@ -689,26 +689,60 @@ def _apply(db: sqlite3.Connection, encoded: tuple[_Encoded, ...], at: float, ins
                     payload = _ended_payload(enc.record, with_response=False)
             elif enc.kind == _DELETED:
                 state.deleted = True
+                flush()  # the content written so far, this append's included, goes
                 _remove_content(db, rid)
             elif enc.kind in _CONTENT_KINDS and state.content_removed:
                 payload = None
+        state.changes.update(enc.changes)
         states[rid] = state
         state.last_seq += 1
-        db.execute(
-            "INSERT INTO events (response_id, seq, kind, ordinal, payload, at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (rid, state.last_seq, enc.kind, enc.ordinal, payload, at),
-        )
+        events.append((rid, state.last_seq, enc.kind, enc.ordinal, payload, at))
     for rid, state in states.items():
-        columns = {
-            **state.changes,
-            "status": state.status,
-            "deleted": int(state.deleted),
-            "last_seq": state.last_seq,
-        }
-        # Column names come from _encode, never from input.
-        assignments = ", ".join(f"{name} = ?" for name in columns)
-        db.execute(f"UPDATE responses SET {assignments} WHERE id = ?", (*columns.values(), rid))
+        accepted = new_rows.get(rid)
+        if accepted is not None:
+            _insert_row(db, rid, state, accepted, instance)
+        else:
+            columns = _row_columns(state)
+            # Column names come from _encode, never from input.
+            assignments = ", ".join(f"{name} = ?" for name in columns)
+            db.execute(f"UPDATE responses SET {assignments} WHERE id = ?", (*columns.values(), rid))
+    db.executemany(_INSERT_EVENT, events)
+
+
+_INSERT_EVENT: Final = (
+    "INSERT INTO events (response_id, seq, kind, ordinal, payload, at) VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
+def _row_columns(state: _RowState) -> dict[str, Any]:
+    return {
+        **state.changes,
+        "status": state.status,
+        "deleted": int(state.deleted),
+        "last_seq": state.last_seq,
+    }
+
+
+def _insert_row(
+    db: sqlite3.Connection, rid: str, state: _RowState, accepted: _Encoded, instance: str
+) -> None:
+    columns = {**_row_columns(state), "instance": instance}
+    # Column names come from _encode, never from input.
+    names = ", ".join(columns)
+    marks = ", ".join("?" * len(columns))
+    try:
+        db.execute(
+            f"INSERT INTO responses (id, {names}) VALUES (?, {marks})", (rid, *columns.values())
+        )
+    except sqlite3.IntegrityError as exc:
+        if "responses.id" not in str(exc):
+            raise
+        raise StoreIntegrityError(f"response {rid} was already accepted") from exc
+    if accepted.tags:
+        db.executemany(
+            "INSERT INTO spend_tags (key, value, response_id) VALUES (?, ?, ?)",
+            [(key, value, rid) for key, value in accepted.tags],
+        )
 
 
 def _remove_content(db: sqlite3.Connection, response_id: str) -> None:
@@ -830,9 +864,11 @@ def _read_all(db: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> list
 
 def _read_unfinished(db: sqlite3.Connection) -> list[tuple[str, str | None]]:
     """The unfinished responses and the instance that accepted each, oldest first."""
+    # Literal statuses, as in the partial index ``responses_unfinished`` (bound parameters
+    # would keep the planner from using it).
     rows = db.execute(
-        "SELECT id, instance FROM responses WHERE status IN (?, ?) ORDER BY created_at",
-        (ResponseStatus.QUEUED.value, ResponseStatus.IN_PROGRESS.value),
+        "SELECT id, instance FROM responses WHERE status IN ('queued', 'in_progress')"
+        " ORDER BY created_at"
     )
     return [(rid, instance) for rid, instance in rows]
 
@@ -1065,6 +1101,8 @@ class SQLiteStore:
     _writer: _Conn
     _send: trio.MemorySendChannel[_Job]
     _batch_max: int
+    #: Seconds an enqueued record may wait for company before it is committed alone.
+    _linger: float
     #: Opens one more read connection.
     _new_reader: Callable[[], _Conn]
     _read_slots: trio.CapacityLimiter
@@ -1148,9 +1186,8 @@ class SQLiteStore:
                     batch = [first]
                     size = first.weight
                     while size < self._batch_max:
-                        try:
-                            job = inbox.receive_nowait()
-                        except (trio.WouldBlock, trio.EndOfChannel):
+                        job = await self._next_job(inbox, batch)
+                        if job is None:
                             break
                         batch.append(job)
                         size += job.weight
@@ -1168,6 +1205,27 @@ class SQLiteStore:
                 for job in leftovers:
                     self._resolve(job, StoreUnavailableError("the store closed first"))
                 self._writer_done.set()
+
+    async def _next_job(
+        self, inbox: trio.MemoryReceiveChannel[_Job], batch: list[_Job]
+    ) -> _Job | None:
+        """The next job for this transaction, or None to commit it now."""
+        try:
+            return inbox.receive_nowait()
+        except trio.EndOfChannel:
+            return None
+        except trio.WouldBlock:
+            pass
+        # Nobody waits on an enqueued record: it lingers a little for company, so a short
+        # response's acceptance and its end share one transaction instead of paying for two.
+        if not self._linger or not all(isinstance(j, _Pending) and j.detached for j in batch):
+            return None
+        with trio.move_on_after(self._linger):
+            try:
+                return await inbox.receive()
+            except trio.EndOfChannel:
+                return None
+        return None
 
     async def _commit(self, batch: list[_Job]) -> None:
         write = functools.partial(_write_batch, self._writer, batch, self._instance)
@@ -1419,6 +1477,7 @@ async def open_sqlite_store(
     *,
     nursery: trio.Nursery | None = None,
     batch_max: int = 512,
+    linger: float = 0.05,
     read_connections: int = 4,
     threads: bool | None = None,
 ) -> AsyncIterator[SQLiteStore]:
@@ -1436,6 +1495,9 @@ async def open_sqlite_store(
             resolved).
         nursery: the gateway's service nursery to run the writer in; by default the store opens
             its own.
+        linger: seconds an enqueued record (nobody waiting on it) may wait for more work to
+            share its transaction; a crash inside that window loses it (an acceptance only:
+            what ends a response is appended, never enqueued). 0 commits at once.
         batch_max: records per group-commit transaction (one append is never split), the number
             of appends that may queue before ``append`` waits for room, and the responses per
             purge transaction.
@@ -1448,6 +1510,8 @@ async def open_sqlite_store(
         StoreError: the database cannot be opened, has a newer schema, or the instance lock
             file cannot be created.
     """
+    if linger < 0:
+        raise ValueError("linger must not be negative")
     if batch_max < 1 or read_connections < 1:
         raise ValueError("batch_max and read_connections must be at least 1")
     target = os.fspath(path)
@@ -1471,6 +1535,7 @@ async def open_sqlite_store(
         writer=writer,
         send=send,
         batch_max=batch_max,
+        linger=linger,
         new_reader=functools.partial(_open_reader, target),
         read_slots=trio.CapacityLimiter(1 if memory else read_connections),
         instance=uuid.uuid4().hex,
