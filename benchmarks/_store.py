@@ -3,10 +3,10 @@
 Each simulated response appends what the recorder writes for a non-streaming answer, in the
 two calls the recorder makes: ``Accepted`` + ``Routed`` queued (``enqueue``) when the upstream
 names the response, and ``ItemDone`` + ``Settled`` + ``Ended`` appended before the terminal event
-is released (on the response's critical path: the terminal event waits for the commit). The store is a
-SQLite file in a temporary directory, with its own group commit. Reported per concurrency: CPU
-microseconds and wall latency per response, responses/s, and responses per transaction (how
-well group commit batches).
+is released (on the response's critical path: the terminal event waits for the commit). The
+store is a SQLite file in a temporary directory, with its own group commit. Reported per
+concurrency: CPU microseconds and wall latency per response, responses/s, and responses per
+transaction (how well group commit batches).
 """
 
 from __future__ import annotations

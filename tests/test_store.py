@@ -542,3 +542,34 @@ async def test_purge_runs_in_transactions_of_at_most_batch_max_responses(
         row = await store.get("resp_p0")
         assert row is not None
         assert (row.deleted, row.purged) == (True, True)
+
+
+async def test_a_commit_blocked_by_another_process_waits_in_a_thread_not_on_the_loop(
+    tmp_path: Path,
+) -> None:
+    """Small commits run inline on the trio thread; when another process holds the write lock,
+    the commit must not wait there (the loop would stall) but in a worker thread."""
+    path = tmp_path / "busy.db"
+    async with open_sqlite_store(path) as store:
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process, writing
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await trio.sleep(0.01)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tick)
+            with trio.move_on_after(0.3):
+                await store.append([accepted("resp_busy")])
+                raise AssertionError("the append committed while the database was locked")
+            assert ticks >= 10  # the loop ran on meanwhile
+            other.execute("COMMIT")
+            other.close()
+            await store.append([accepted("resp_after")])  # behind the first one: both in
+            nursery.cancel_scope.cancel()
+        assert await store.get("resp_busy") is not None
+        assert await store.get("resp_after") is not None
