@@ -32,6 +32,8 @@ from .errors import InvalidRequestError as InvalidRequestError
 from .errors import NotFoundError as NotFoundError
 from .errors import SluicegateError as SluicegateError
 from .errors import UpstreamError as UpstreamError
+from .store import SpendLog as SpendLog
+from .store import SpendTotal as SpendTotal
 
 __all__ = [
     "ConfigError",
@@ -52,6 +54,8 @@ __all__ = [
     "ResponseStatus",
     "ResponseStream",
     "SluicegateError",
+    "SpendLog",
+    "SpendTotal",
     "StreamEvent",
     "UnknownEvent",
     "UpstreamError",

@@ -2,7 +2,8 @@
 
 ``sluicegate quickstart`` runs the gateway on its embedded default configuration — the built-in
 fake provider, so no API key is needed — and shows a streamed answer, a follow-up turn through
-``previous_response_id``, a retrieval by ID, and what was accounted.
+``previous_response_id``, a retrieval by ID, a background response polled to its end, and what
+the event store (``sluicegate.db`` in the working directory) recorded.
 """
 
 from __future__ import annotations
@@ -54,6 +55,17 @@ async def _quickstart(config: Any, model: str, text: str) -> None:
         print(f"follow-up via previous_response_id: {follow.output_text!r}")
         again = await gw.get_response(first.id)
         print(f"retrieved {again.id[:24]}... by ID: status {_status(again)}")
+        job = await gw.responses(model=model, input="In the background, please.", background=True)
+        print(f"background {job.id[:24]}...: {_status(job)}", end="", flush=True)
+        # Polling by ID, as a client of a background response does.
+        while not (job := await gw.get_response(job.id)).status.is_terminal:  # type: ignore[union-attr]  # noqa: ASYNC110
+            await trio.sleep(0.1)
+        print(f" -> {_status(job)}: {job.output_text[:40]!r}...")
+        for total in await gw.spend_totals(group_by="model"):
+            print(
+                f"event store ({gw.config.general_settings.store.path}): {total.requests} "
+                f"responses of {total.key!r} recorded, {total.cost:.6f} USD"
+            )
         stats = gw.statistics()
         print(
             f"accounted: {stats.requests_total} requests, {stats.input_tokens} input and "

@@ -54,8 +54,17 @@ from .pricing import PriceTable
 from .runtime._messages import Delivery, PreparedCall
 from .runtime._scopes import open_body_nursery
 from .runtime._supervisor import Pipeline, run_request
-from .store import Deleted, Ended, ResponseRow, Store, open_sqlite_store
-from .store._interface import SpendFilter, SpendGroup, SpendLog, SpendTotal
+from .store import (
+    Deleted,
+    Ended,
+    ResponseRow,
+    SpendFilter,
+    SpendGroup,
+    SpendLog,
+    SpendTotal,
+    Store,
+    open_sqlite_store,
+)
 
 __all__ = [
     "Gateway",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -52,6 +53,10 @@ def test_quickstart_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert "status  completed" in out
     assert "follow-up via previous_response_id" in out
     assert "retrieved resp_" in out
+    assert "queued -> completed" in out
+    assert "event store (sluicegate.db): 3 responses of 'demo' recorded" in out
+    # The default store is a file in the working directory (each test has its own).
+    assert Path("sluicegate.db").exists()
 
 
 def test_quickstart_reports_errors_cleanly(capsys: pytest.CaptureFixture[str]) -> None:
@@ -60,7 +65,5 @@ def test_quickstart_reports_errors_cleanly(capsys: pytest.CaptureFixture[str]) -
 
 
 def test_quickstart_with_the_example_config(capsys: pytest.CaptureFixture[str]) -> None:
-    from pathlib import Path
-
     example: Any = Path(__file__).parent.parent / "examples" / "demo.yaml"
     assert main(["quickstart", "--config", str(example), "--input", "x"]) == 0
