@@ -277,3 +277,53 @@ async def test_connect_timeout_on_a_listener_that_never_accepts(autojump_clock: 
     finally:
         for sock in (*fillers, listener):
             sock.close()
+
+
+async def test_lifecycle_through_the_store_against_the_fake_openai_upstream(
+    fake: FakeUpstream,
+) -> None:
+    """Issue 3 end to end on real sockets: recorded, retrieved upstream after the store's
+    ownership check, continued, listed, deleted upstream and tombstoned."""
+    async with sluicegate.open_gateway(fake_config(fake)) as gw:
+        first = await gw.responses(model="gpt-test", input="hello", owner="alice")
+        second = await gw.responses(
+            model="gpt-test", input="again", previous_response_id=first.id, owner="alice"
+        )
+        got = await gw.get_response(first.id, owner="alice")
+        assert (got.id, got.output_text) == (first.id, first.output_text)
+        with pytest.raises(sluicegate.NotFoundError):
+            await gw.get_response(first.id, owner="bob")
+        listed = await gw.list_input_items(second.id, owner="alice", order="asc")
+        assert [item["role"] for item in listed["data"]] == ["user", "assistant", "user"]
+        assert await gw.delete_response(first.id, owner="alice") == {
+            "id": first.id,
+            "object": "response",
+            "deleted": True,
+        }
+        with pytest.raises(sluicegate.NotFoundError):
+            await gw.get_response(first.id, owner="alice")
+        [log] = await gw.spend_logs(owner="alice", limit=1)
+        assert log.response_id == second.id and log.output_tokens == 8
+    methods = [(r.method, r.path.rsplit("/", 1)[-1] == "responses") for r in fake.requests]
+    # create, create, GET, DELETE: the refused GETs never reached the upstream.
+    assert methods == [("POST", True), ("POST", True), ("GET", False), ("DELETE", False)]
+
+
+async def test_background_on_the_fake_upstream_is_cancelled_mid_stream(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with (
+        open_fake_upstream(tokens=50, token_delay=1.0) as slow,
+        sluicegate.open_gateway(fake_config(slow)) as gw,
+    ):
+        job = await gw.responses(model="gpt-test", input="hello", background=True)
+        await trio.sleep(10.5)
+        running = await gw.get_response(job.id)
+        assert running.status is sluicegate.ResponseStatus.IN_PROGRESS
+        cancelled = await gw.cancel_response(job.id)
+        assert cancelled.status is sluicegate.ResponseStatus.CANCELLED
+        text = cancelled.output[0]["content"][0]["text"]
+        assert 5 <= len(text.split()) <= 11  # what the fake had said after ~10 s
+        sdk_response(cancelled.to_dict())
+        [log] = await gw.spend_logs()
+        assert log.status == "cancelled" and log.estimated and log.output_tokens > 0
