@@ -200,6 +200,18 @@ class GeneralSettings:
     #: ``httpx``: httpx's own (for HTTP/2, or anything the lean one does not speak).
     http_transport: str = "lean"
     store: StoreSettings = attrs.Factory(StoreSettings)
+    #: The proxy's admin key (``sluicegate serve``): every route, every response, key admin.
+    #: Unset: the proxy refuses to start unless ``allow_unauthenticated`` is true.
+    master_key: Secret | None = None
+    #: Serve without any key (local development only): every caller is the admin.
+    allow_unauthenticated: bool = False
+    #: The largest request body the proxy reads (bytes); larger is a 413.
+    max_request_body_bytes: int = 16 * 1024 * 1024
+    #: Seconds of upstream silence after which the proxy sends an SSE comment line, so load
+    #: balancers do not cut a stream while a model thinks.
+    sse_keepalive_interval: Duration = Duration(15.0)
+    #: On shutdown, how long in-flight requests may finish before they are ended.
+    graceful_shutdown_timeout: Duration = Duration(30.0)
 
 
 @attrs.frozen(kw_only=True)
@@ -339,6 +351,8 @@ def _check(config: GatewayConfig) -> None:
             f"must be one of {', '.join(HTTP_TRANSPORTS)}",
             path="general_settings.http_transport",
         )
+    if config.general_settings.max_request_body_bytes < 1024:
+        raise ConfigError("must be at least 1024", path="general_settings.max_request_body_bytes")
     store = config.general_settings.store
     for name in ("max_conversation_turns", "max_conversation_bytes"):
         if getattr(store, name) < 1:

@@ -11,7 +11,11 @@ translated into these at exactly one boundary each, with ``raise Ours(...) from 
     ├── ConfigError                      --  configuration rejected at load, names the path
     ├── ClientError                      4xx invalid_request_error  (the caller's fault)
     │   ├── InvalidRequestError          400  names the offending ``param``
-    │   └── NotFoundError                404  unknown or forged response ID, unknown model
+    │   ├── AuthenticationError          401  missing, unknown, expired or deleted API key
+    │   ├── PermissionDeniedError        403  the key may not use this model / endpoint
+    │   ├── NotFoundError                404  unknown or forged response ID, unknown model
+    │   ├── RequestTooLargeError         413  the request body is over the limit
+    │   └── RateLimitError               429  a key's rpm / tpm / parallel limit or budget
     ├── UpstreamError                    the provider's fault, or its verdict passed on
     │   ├── UpstreamStatusError          the provider's own status, message, type and code
     │   ├── UpstreamConnectionError      502  connect failure, reset, closed early
@@ -30,11 +34,15 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
+    "AuthenticationError",
     "ClientError",
     "ConfigError",
     "InternalError",
     "InvalidRequestError",
     "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RequestTooLargeError",
     "SluicegateError",
     "StoreError",
     "StoreIntegrityError",
@@ -111,6 +119,36 @@ class InvalidRequestError(ClientError):
     """A request parameter is missing, of the wrong type, or out of range."""
 
     status_code = 400
+
+
+class AuthenticationError(ClientError):
+    """No valid API key: missing, unknown, expired or deleted (the message never echoes it)."""
+
+    status_code = 401
+    type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class PermissionDeniedError(ClientError):
+    """The key is valid but may not do this (a model group it is not allowed, an admin route)."""
+
+    status_code = 403
+    type = "permission_error"
+    default_code = "permission_denied"
+
+
+class RequestTooLargeError(ClientError):
+    status_code = 413
+    default_code = "request_too_large"
+
+
+class RateLimitError(ClientError):
+    """A key's limit: requests or tokens per minute, parallel requests, or its budget. Carries
+    ``Retry-After`` in ``headers`` when waiting helps."""
+
+    status_code = 429
+    type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
 
 
 class NotFoundError(ClientError):
