@@ -85,10 +85,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     quick.add_argument("--config", help="a YAML config (default: the embedded fake-provider one)")
     quick.add_argument("--model", default="demo", help="the model group to call")
     quick.add_argument("--input", default="Say hello to the sluice gate.", help="the prompt")
+    serve = commands.add_parser(
+        "serve", help="run the HTTP proxy (OpenAI-compatible: point an SDK's base_url at it)"
+    )
+    serve.add_argument("--config", required=True, help="the YAML config (see examples/demo.yaml)")
+    serve.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    serve.add_argument("--port", type=int, default=4000, help="the port (default 4000)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     args = parser.parse_args(argv)
     try:
-        trio.run(_quickstart, args.config or DEFAULT_CONFIG, args.model, args.input)
+        if args.command == "serve":
+            from .server._serve import run
+
+            run(args.config, host=args.host, port=args.port, workers=args.workers)
+        else:
+            trio.run(_quickstart, args.config or DEFAULT_CONFIG, args.model, args.input)
     except SluicegateError as exc:
         print(f"sluicegate: {exc.status_code} {exc.message}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
     return 0

@@ -16,7 +16,7 @@ import httpx
 
 from .codecs.ids import IdCodec
 from .errors import InvalidRequestError
-from .runtime._messages import PreparedCall
+from .runtime._messages import PreparedCall, UpstreamTiming
 
 __all__ = [
     "GATEWAY_PARAMETERS",
@@ -222,7 +222,15 @@ RESPONSES_PARAMETERS: Mapping[str, Check] = {
 #: Options of the library call itself, as in the OpenAI SDK (and sluicegate's own ``owner``
 #: and ``spend_logs_metadata``); never sent as body fields.
 LIBRARY_OPTIONS = frozenset(
-    {"extra_body", "extra_headers", "extra_query", "timeout", "owner", "spend_logs_metadata"}
+    {
+        "extra_body",
+        "extra_headers",
+        "extra_query",
+        "timeout",
+        "owner",
+        "spend_logs_metadata",
+        "timing",
+    }
 )
 
 #: Body fields that are the gateway's, never the upstream's: LiteLLM's ``litellm_metadata``
@@ -302,8 +310,15 @@ def prepare_call(
         store=store,
         background=background,
         spend_metadata=_spend_metadata(params, gateway),
+        timing=_timing_option(params.get("timing")),
         input_items=input_items(body.get("input")) if store else [],
     )
+
+
+def _timing_option(value: Any) -> UpstreamTiming | None:
+    if value is not None and not isinstance(value, UpstreamTiming):
+        raise _invalid_type("timing", value, "an UpstreamTiming")
+    return value
 
 
 def _spend_metadata(params: Mapping[str, Any], gateway: Mapping[str, Any]) -> dict[str, Any]:

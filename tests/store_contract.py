@@ -9,6 +9,7 @@ inline) runs it in ``tests/test_store.py``; PostgreSQL adds a ``backend`` param 
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +30,7 @@ from sluicegate.store import (
     Deleted,
     Ended,
     ItemDone,
+    KeyRow,
     Record,
     Routed,
     Settled,
@@ -221,6 +223,23 @@ async def append_spend_rows(store: Store) -> None:
     )
     # Deleting a response removes its content, never its spend row.
     await store.append([Deleted(response_id="resp_s6", deleted_at=DAY3 + 20000)])
+
+
+#: A virtual key with every field set, and one with none of the optional ones.
+FULL_KEY = KeyRow(
+    key_id="key-00000000000000a1",
+    key_hash="a1" * 32,
+    alias="ci-bot",
+    models=("gpt-a", "gpt-b"),
+    rpm=60,
+    tpm=10_000,
+    max_parallel_requests=4,
+    max_budget=12.5,
+    expires_at=5000.0,
+    created_at=1000.0,
+    metadata={"team": "blue", "tags": ["a", {"b": None}]},
+)
+BARE_KEY = KeyRow(key_id="key-00000000000000b2", key_hash="b2" * 32, created_at=1001.0)
 
 
 async def ids(store: Store, where: SpendFilter, **options: Any) -> list[str]:
@@ -879,6 +898,112 @@ class StoreContract:
         # Purging takes no record of the log; the spend rows all stay.
         assert len(await store.spend_logs(SpendFilter())) == 4
 
+    # -- keys
+
+    async def test_put_key_round_trips_through_get_and_find(self, store: Store) -> None:
+        # No model at all is not every model: () and None must come back apart.
+        no_models = KeyRow(
+            key_id="key-00000000000000c3", key_hash="c3" * 32, models=[], created_at=1.0
+        )
+        for key in (FULL_KEY, BARE_KEY, no_models):
+            await store.put_key(key)
+        for key in (FULL_KEY, BARE_KEY, no_models):
+            assert await store.get_key(key.key_id) == key
+            assert await store.find_key(key.key_hash) == key
+        bare = await store.get_key(BARE_KEY.key_id)
+        assert bare is not None
+        assert (bare.alias, bare.models, bare.rpm, bare.expires_at, bare.metadata) == (
+            None,
+            None,
+            None,
+            None,
+            {},
+        )
+        assert no_models.models == ()
+        # Keys are no records of the log.
+        assert store.statistics().records_appended == 0
+
+    async def test_unknown_keys_read_as_nothing(self, store: Store) -> None:
+        await store.put_key(FULL_KEY)
+        assert await store.get_key("key-ffffffffffffffff") is None
+        assert await store.find_key("f" * 64) is None
+        # The lookups are by exact column, never crossed.
+        assert await store.get_key(FULL_KEY.key_hash) is None
+        assert await store.find_key(FULL_KEY.key_id) is None
+
+    async def test_a_key_with_a_taken_id_or_hash_is_refused(self, store: Store) -> None:
+        await store.put_key(FULL_KEY)
+        same_id = attrs.evolve(BARE_KEY, key_id=FULL_KEY.key_id)
+        same_hash = attrs.evolve(BARE_KEY, key_hash=FULL_KEY.key_hash)
+        for duplicate in (same_id, same_hash):
+            with pytest.raises(StoreIntegrityError) as caught:
+                await store.put_key(duplicate)
+            assert FULL_KEY.key_hash not in caught.value.message
+        assert await store.get_key(FULL_KEY.key_id) == FULL_KEY
+        assert await store.get_key(BARE_KEY.key_id) is None
+        await store.put_key(BARE_KEY)  # the store still takes keys
+        assert await store.find_key(BARE_KEY.key_hash) == BARE_KEY
+
+    async def test_delete_key_marks_it_deleted_once_and_keeps_its_row(self, store: Store) -> None:
+        await store.put_key(FULL_KEY)
+        await store.put_key(BARE_KEY)
+        assert await store.delete_key(FULL_KEY.key_id, at=2000.0) is True
+        assert await store.delete_key(FULL_KEY.key_id, at=3000.0) is False
+        assert await store.delete_key("key-ffffffffffffffff", at=2000.0) is False
+        deleted = attrs.evolve(FULL_KEY, deleted_at=2000.0)
+        assert await store.get_key(FULL_KEY.key_id) == deleted
+        assert await store.find_key(FULL_KEY.key_hash) == deleted
+        assert await store.get_key(BARE_KEY.key_id) == BARE_KEY
+        # A deleted key's hash is never taken again.
+        with pytest.raises(StoreIntegrityError):
+            await store.put_key(attrs.evolve(FULL_KEY, key_id="key-00000000000000d4"))
+
+    async def test_a_refused_put_key_fails_no_append_of_its_group_commit(
+        self, store: Store
+    ) -> None:
+        await store.put_key(FULL_KEY)
+        refused: list[BaseException] = []
+
+        async def duplicate() -> None:
+            try:
+                await store.put_key(attrs.evolve(BARE_KEY, key_hash=FULL_KEY.key_hash))
+            except StoreIntegrityError as exc:
+                refused.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(10):
+                nursery.start_soon(store.append, lifecycle(f"resp_k{i}"))
+            nursery.start_soon(duplicate)
+            nursery.start_soon(store.put_key, attrs.evolve(BARE_KEY, key_id="key-00000000000000e5"))
+            nursery.start_soon(functools.partial(store.delete_key, FULL_KEY.key_id, at=7.0))
+        assert len(refused) == 1
+        for i in range(10):
+            row = await store.get(f"resp_k{i}")
+            assert row is not None
+            assert row.status is ResponseStatus.COMPLETED
+        assert await store.get_key("key-00000000000000e5") is not None
+        full = await store.get_key(FULL_KEY.key_id)
+        assert full is not None
+        assert full.deleted_at == 7.0
+
+    async def test_unserializable_key_metadata_fails_in_the_caller(self, store: Store) -> None:
+        with pytest.raises(StoreIntegrityError, match="JSON"):
+            await store.put_key(attrs.evolve(FULL_KEY, metadata={"x": object()}))
+        assert await store.get_key(FULL_KEY.key_id) is None
+        await store.put_key(FULL_KEY)
+        assert await store.get_key(FULL_KEY.key_id) == FULL_KEY
+
+    async def test_keys_outlive_a_reopened_store(self, backend: Backend) -> None:
+        if not backend.persistent:
+            pytest.skip("an in-memory store does not outlive its opener")
+        async with backend.open() as store:
+            await store.put_key(FULL_KEY)
+            await store.put_key(BARE_KEY)
+            await store.delete_key(BARE_KEY.key_id, at=2000.0)
+        async with backend.open() as store:
+            assert await store.find_key(FULL_KEY.key_hash) == FULL_KEY
+            assert await store.get_key(BARE_KEY.key_id) == attrs.evolve(BARE_KEY, deleted_at=2000.0)
+
     # -- group commit
 
     async def test_concurrent_appends_share_transactions(self, store: Store) -> None:
@@ -945,3 +1070,11 @@ class StoreContract:
             await store.spend_logs(SpendFilter())
         with pytest.raises(StoreUnavailableError):
             await store.conversation("resp_late", max_turns=1, max_bytes=1)
+        with pytest.raises(StoreUnavailableError):
+            await store.put_key(FULL_KEY)
+        with pytest.raises(StoreUnavailableError):
+            await store.delete_key(FULL_KEY.key_id, at=1.0)
+        with pytest.raises(StoreUnavailableError):
+            await store.find_key(FULL_KEY.key_hash)
+        with pytest.raises(StoreUnavailableError):
+            await store.get_key(FULL_KEY.key_id)

@@ -42,6 +42,7 @@ from sluicegate.store._sqlite import (
 )
 
 from .store_contract import (
+    FULL_KEY,
     USAGE,
     Backend,
     StoreContract,
@@ -111,14 +112,39 @@ def _leave_lock_file(path: Path, instance: str) -> None:
     Path(f"{path}-instances/{instance}.lock").touch()
 
 
-async def test_new_database_gets_schema_version_2_in_wal_mode(tmp_path: Path) -> None:
+async def test_new_database_gets_schema_version_3_in_wal_mode(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     async with open_sqlite_store(path):
         pass
-    assert SQLITE_SCHEMA_VERSION == 2
-    assert _user_version(path) == 2
+    assert SQLITE_SCHEMA_VERSION == 3
+    assert _user_version(path) == 3
     with _database(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        # The keys table of issue 4: only the secret's hash, unique, is kept.
+        columns = [
+            (name, kind, bool(notnull), pk)
+            for _, name, kind, notnull, _, pk in db.execute("PRAGMA table_info(keys)")
+        ]
+        assert columns == [
+            ("key_id", "TEXT", False, 1),
+            ("key_hash", "TEXT", True, 0),
+            ("alias", "TEXT", False, 0),
+            ("models", "BLOB", False, 0),
+            ("rpm", "INTEGER", False, 0),
+            ("tpm", "INTEGER", False, 0),
+            ("max_parallel_requests", "INTEGER", False, 0),
+            ("max_budget", "REAL", False, 0),
+            ("expires_at", "REAL", False, 0),
+            ("created_at", "REAL", True, 0),
+            ("metadata", "BLOB", True, 0),
+            ("deleted_at", "REAL", False, 0),
+        ]
+        unique = [
+            [column for _, _, column in db.execute(f"PRAGMA index_info({name})")]
+            for _, name, is_unique, *_ in db.execute("PRAGMA index_list(keys)")
+            if is_unique
+        ]
+        assert sorted(unique) == [["key_hash"], ["key_id"]]
 
 
 async def test_older_database_is_migrated(tmp_path: Path) -> None:
@@ -132,7 +158,7 @@ async def test_older_database_is_migrated(tmp_path: Path) -> None:
         row = await store.get("resp_m")
         assert row is not None
         assert row.status is ResponseStatus.COMPLETED
-    assert _user_version(path) == 2
+    assert _user_version(path) == 3
 
 
 def _create_version_1(path: Path) -> None:
@@ -179,12 +205,12 @@ def _create_version_1(path: Path) -> None:
         )
 
 
-async def test_version_1_database_migrates_to_2_and_keeps_its_rows(tmp_path: Path) -> None:
+async def test_version_1_database_migrates_to_3_and_keeps_its_rows(tmp_path: Path) -> None:
     path = tmp_path / "v1.db"
     _create_version_1(path)
     assert _user_version(path) == 1
     async with open_sqlite_store(path) as store:
-        assert _user_version(path) == 2
+        assert _user_version(path) == 3
         row = await store.get("resp_v1")
         assert row is not None
         assert (row.status, row.usage, row.cost, row.completed_at) == (
@@ -211,6 +237,94 @@ async def test_version_1_database_migrates_to_2_and_keeps_its_rows(tmp_path: Pat
         assert running is not None
         assert (running.status, running.error) == (ResponseStatus.FAILED, RECOVERY_ERROR)
         assert store.statistics().records_appended == 1
+
+
+def _create_version_2(path: Path) -> None:
+    """A database as schema 2 left it: schema 1's rows migrated, and a finished response of
+    schema 2 with spend metadata (and its tag) and a previous response."""
+    _create_version_1(path)
+    accepted_payload = {
+        "owner": "key-2",
+        "model": "gpt-test",
+        "params": {},
+        "input_items": [{"role": "user", "content": "again"}],
+        "background": False,
+        "store": True,
+        "metadata": {},
+        "created_at": 300.0,
+        "previous_id": "resp_v1",
+        "spend_metadata": {"team": "blue"},
+    }
+    ended_payload = {
+        "status": "completed",
+        "error": None,
+        "response": {"id": "resp_v2"},
+        "completed_at": 301.0,
+        "ttft": 0.25,
+        "duration": 1.0,
+    }
+    with _database(path) as db:
+        for statement in _MIGRATIONS[1].split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute("PRAGMA user_version = 2")
+        db.execute(
+            "INSERT INTO responses (id, owner, status, model, deployment_id, provider,"
+            " background, store, metadata, created_at, completed_at, usage, cost, error, deleted,"
+            " last_seq, previous_id, spend_metadata, ttft, duration, input_tokens, output_tokens,"
+            " total_tokens) VALUES ('resp_v2', 'key-2', 'completed', 'gpt-test', 'dep-1',"
+            " 'openai', 0, 1, ?, 300.0, 301.0, NULL, 0.5, NULL, 0, 1, 'resp_v1', ?, 0.25, 1.0,"
+            " 4, 6, 10)",
+            (b"{}", orjson.dumps({"team": "blue"})),
+        )
+        db.execute(
+            "INSERT INTO spend_tags (key, value, response_id) VALUES ('team', ?, 'resp_v2')",
+            (orjson.dumps("blue"),),
+        )
+        db.executemany(
+            "INSERT INTO events (response_id, seq, kind, ordinal, payload, at)"
+            " VALUES ('resp_v2', ?, ?, NULL, ?, 2.0)",
+            [
+                (0, "accepted", orjson.dumps(accepted_payload)),
+                (1, "ended", orjson.dumps(ended_payload)),
+            ],
+        )
+
+
+async def test_version_2_database_migrates_to_3_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    _create_version_2(path)
+    assert _user_version(path) == 2
+    async with open_sqlite_store(path) as store:
+        assert _user_version(path) == 3
+        row = await store.get("resp_v2")
+        assert row is not None
+        assert (row.owner, row.status, row.cost, row.previous_id) == (
+            "key-2",
+            ResponseStatus.COMPLETED,
+            0.5,
+            "resp_v1",
+        )
+        assert (row.spend_metadata, row.ttft, row.duration) == ({"team": "blue"}, 0.25, 1.0)
+        assert await store.final_response("resp_v2") == {"id": "resp_v2"}
+        assert await store.conversation("resp_v2", max_turns=2, max_bytes=10_000) == [
+            {"role": "user", "content": "hi"},
+            item(0),
+            {"role": "user", "content": "again"},
+        ]
+        logs = await store.spend_logs(SpendFilter(metadata={"team": "blue"}))
+        assert [(log.response_id, log.input_tokens, log.output_tokens) for log in logs] == [
+            ("resp_v2", 4, 6)
+        ]
+        totals = await store.spend_totals(SpendFilter(owner="key-2"), group_by="owner")
+        assert [(t.key, t.requests, t.cost) for t in totals] == [("key-2", 1, 0.5)]
+        v1 = await store.get("resp_v1")
+        assert v1 is not None
+        assert v1.status is ResponseStatus.COMPLETED
+        # The new table is there and empty.
+        assert await store.get_key(FULL_KEY.key_id) is None
+        await store.put_key(FULL_KEY)
+        assert await store.find_key(FULL_KEY.key_hash) == FULL_KEY
 
 
 async def test_newer_database_is_refused(tmp_path: Path) -> None:

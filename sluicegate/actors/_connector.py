@@ -257,6 +257,9 @@ async def run_connector(
 ) -> None:
     with inbox, outbox:
         async for routed in inbox:
+            timing = routed.call.timing
+            if timing is not None and timing.started is None:
+                timing.started = trio.current_time()
             try:
                 await connector.relay(routed, outbox=outbox)
             except UpstreamError as exc:
@@ -264,6 +267,9 @@ async def run_connector(
                 return
             except trio.BrokenResourceError:
                 return  # downstream failed and stopped listening; its Failure is on its way
+            finally:
+                if timing is not None:
+                    timing.ended = trio.current_time()
 
 
 def _deadline(seconds: float | None) -> trio.CancelScope:

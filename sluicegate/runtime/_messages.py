@@ -34,8 +34,27 @@ __all__ = [
     "RawItem",
     "Routed",
     "Settlement",
+    "UpstreamTiming",
     "UpstreamOpened",
 ]
+
+
+@attrs.define(eq=False)
+class UpstreamTiming:
+    """When the upstream was working on a request (``trio.current_time()``): the connector
+    fills it in, so a caller can tell the gateway's own time from the upstream's (the proxy's
+    ``x-sluicegate-overhead-ms``)."""
+
+    #: The first attempt was sent.
+    started: float | None = None
+    #: The upstream's body ended (or failed).
+    ended: float | None = None
+
+    @property
+    def elapsed(self) -> float:
+        if self.started is None or self.ended is None:
+            return 0.0
+        return self.ended - self.started
 
 
 @attrs.frozen(kw_only=True)
@@ -71,6 +90,8 @@ class PreparedCall:
     deployment: Deployment | None = None
     #: A background response the caller streams: its events are stored for resume.
     replay: bool = False
+    #: Filled in by the connector (the library option ``timing``).
+    timing: UpstreamTiming | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -11,6 +11,7 @@ from ..errors import StoreError as StoreError
 from ..errors import StoreIntegrityError as StoreIntegrityError
 from ..errors import StoreUnavailableError as StoreUnavailableError
 from ._interface import RECOVERY_ERROR as RECOVERY_ERROR
+from ._interface import KeyRow as KeyRow
 from ._interface import SpendFilter as SpendFilter
 from ._interface import SpendGroup as SpendGroup
 from ._interface import SpendLog as SpendLog
@@ -35,6 +36,7 @@ __all__ = [
     "Deleted",
     "Ended",
     "ItemDone",
+    "KeyRow",
     "RECOVERY_ERROR",
     "Record",
     "ResponseRow",

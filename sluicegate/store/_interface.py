@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from ._records import Record, ResponseRow
 
 __all__ = [
+    "KeyRow",
     "RECOVERY_ERROR",
     "SpendFilter",
     "SpendGroup",
@@ -98,6 +99,41 @@ class SpendTotal:
     output_tokens: int
     #: Sum of the known costs (unpriced responses add nothing).
     cost: float
+
+
+def _models(value: Any) -> tuple[str, ...] | None:
+    return None if value is None else tuple(value)
+
+
+@attrs.frozen(kw_only=True)
+class KeyRow:
+    """A virtual API key of the proxy (DESIGN §6; issue 4), as the store keeps it.
+
+    The secret itself is never stored, only ``key_hash``; ``key_id`` is public and becomes the
+    owner of the responses and spend rows of the requests made with the key.
+    """
+
+    #: The public ID (``key-`` and 16 hex digits).
+    key_id: str
+    #: Hex SHA-256 of the secret key.
+    key_hash: str
+    alias: str | None = None
+    #: The model groups the key may use; None: all of them.
+    models: tuple[str, ...] | None = attrs.field(default=None, converter=_models)
+    #: Requests per minute; None: unlimited (so are the other limits).
+    rpm: int | None = None
+    #: Tokens per minute.
+    tpm: int | None = None
+    max_parallel_requests: int | None = None
+    #: Spend in USD after which the key is refused.
+    max_budget: float | None = None
+    #: Unix seconds after which the key is refused; None: never.
+    expires_at: float | None = None
+    #: Unix seconds.
+    created_at: float
+    metadata: dict[str, Any] = attrs.Factory(dict)
+    #: Unix seconds of the deletion; None while the key is live.
+    deleted_at: float | None = None
 
 
 class Store(Protocol):
@@ -188,6 +224,30 @@ class Store(Protocol):
         """End every response left ``queued``/``in_progress`` by a dead process as ``failed``
         with :data:`RECOVERY_ERROR` at ``now``; returns how many. Responses of processes (or
         other stores in this process) that still have the database open are left alone."""
+        ...
+
+    async def put_key(self, key: KeyRow) -> None:
+        """Add a virtual API key. Written in order with the appends queued before it.
+
+        Raises:
+            StoreIntegrityError: a key with this ``key_id`` or ``key_hash`` exists (deleted keys
+                included), or its metadata is not JSON-serializable; nothing is written.
+            StoreUnavailableError: the store is closed, or the database is busy.
+        """
+        ...
+
+    async def find_key(self, key_hash: str) -> KeyRow | None:
+        """The key whose secret hashes to ``key_hash`` (deleted ones too: ``deleted_at`` is
+        set), or None."""
+        ...
+
+    async def get_key(self, key_id: str) -> KeyRow | None:
+        """The key with this public ID (deleted ones too), or None."""
+        ...
+
+    async def delete_key(self, key_id: str, *, at: float) -> bool:
+        """Mark the key deleted at ``at`` (unix seconds); its row stays, so its ID and hash are
+        never reused. Returns True if it existed and was not deleted yet."""
         ...
 
     def statistics(self) -> StoreStatistics:

@@ -51,6 +51,11 @@ Theory of operation:
   time, as ``Deleted`` does but without a tombstone. It goes through the writer's channel (at
   most ``batch_max`` responses per transaction), so it is ordered with appends and never races
   one.
+- **Keys**: the proxy's virtual API keys (issue 4) are rows of ``keys``, found by the hash of the
+  secret (its UNIQUE index). :meth:`SQLiteStore.put_key` and :meth:`SQLiteStore.delete_key` go
+  through the writer's channel like a purge, so they are ordered with the appends around them
+  and never need a write lock of their own. A deleted key keeps its row (``deleted_at``), so
+  neither its ID nor its hash is ever taken again.
 - **Schema**: ``PRAGMA user_version`` is the schema version; :data:`_MIGRATIONS` are applied in
   order, in one ``BEGIN IMMEDIATE`` transaction, when a store opens.
 - ``sqlite3`` exceptions (and ``OSError`` of the instance lock files) are translated into
@@ -82,6 +87,7 @@ from .._types import ResponseStatus
 from ..errors import InvalidRequestError, StoreError, StoreIntegrityError, StoreUnavailableError
 from ._interface import (
     RECOVERY_ERROR,
+    KeyRow,
     SpendFilter,
     SpendGroup,
     SpendLog,
@@ -183,6 +189,24 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
     DROP INDEX responses_by_status;
     CREATE INDEX responses_unfinished ON responses (status)
         WHERE status IN ('queued', 'in_progress')
+    """,
+    # 3: the proxy's virtual API keys (issue 4). Only the hash of a secret is kept; models and
+    # metadata are JSON (models NULL: every model).
+    """
+    CREATE TABLE keys (
+        key_id TEXT PRIMARY KEY,
+        key_hash TEXT UNIQUE NOT NULL,
+        alias TEXT,
+        models BLOB,
+        rpm INTEGER,
+        tpm INTEGER,
+        max_parallel_requests INTEGER,
+        max_budget REAL,
+        expires_at REAL,
+        created_at REAL NOT NULL,
+        metadata BLOB NOT NULL,
+        deleted_at REAL
+    )
     """,
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
@@ -624,8 +648,47 @@ class _PurgeJob:
         return _INLINE_BYTES + 1
 
 
+@attrs.define(eq=False)
+class _PutKeyJob:
+    """Insert one key (its JSON columns encoded in the caller's task); the writer fills in
+    ``error`` and sets ``done``."""
+
+    row: KeyRow
+    models: bytes | None
+    metadata: bytes
+    done: trio.Event = attrs.Factory(trio.Event)
+    error: StoreError | None = None
+
+    @property
+    def weight(self) -> int:
+        return 1
+
+    @property
+    def size(self) -> int:
+        return len(self.metadata) + 256
+
+
+@attrs.define(eq=False)
+class _DeleteKeyJob:
+    """Mark one key deleted; the writer fills in ``deleted`` (or ``error``) and sets ``done``."""
+
+    key_id: str
+    at: float
+    done: trio.Event = attrs.Factory(trio.Event)
+    error: StoreError | None = None
+    deleted: bool = False
+
+    @property
+    def weight(self) -> int:
+        return 1
+
+    @property
+    def size(self) -> int:
+        return 64
+
+
 #: What the writer's channel carries.
-_Job: TypeAlias = _Pending | _PurgeJob
+_Job: TypeAlias = _Pending | _PurgeJob | _PutKeyJob | _DeleteKeyJob
 
 
 @attrs.define(eq=False)
@@ -804,6 +867,47 @@ def _purge(db: sqlite3.Connection, before: float, limit: int) -> int:
     return len(ids)
 
 
+_KEY_COLUMNS: Final = (
+    "key_id, key_hash, alias, models, rpm, tpm, max_parallel_requests, max_budget, expires_at,"
+    " created_at, metadata, deleted_at"
+)
+
+
+def _put_key(db: sqlite3.Connection, job: _PutKeyJob) -> None:
+    row = job.row
+    try:
+        db.execute(
+            f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.key_id,
+                row.key_hash,
+                row.alias,
+                job.models,
+                row.rpm,
+                row.tpm,
+                row.max_parallel_requests,
+                row.max_budget,
+                row.expires_at,
+                row.created_at,
+                job.metadata,
+                row.deleted_at,
+            ),
+        )
+    except sqlite3.IntegrityError as exc:
+        # Our own message: the constraint's text is fine, but a message that could one day
+        # carry a value of the row (the hash) is not.
+        raise StoreIntegrityError(
+            f"key {row.key_id} was refused: a key with this ID or secret exists"
+        ) from exc
+
+
+def _delete_key(db: sqlite3.Connection, key_id: str, at: float) -> bool:
+    cursor = db.execute(
+        "UPDATE keys SET deleted_at = ? WHERE key_id = ? AND deleted_at IS NULL", (at, key_id)
+    )
+    return cursor.rowcount == 1
+
+
 def _begin_immediate(db: sqlite3.Connection, *, wait: bool = True) -> None:
     """``BEGIN IMMEDIATE`` on the writer connection, whose own busy timeout is 0 (so an inline
     commit never waits on the trio thread). With ``wait``, a database another process is
@@ -842,6 +946,10 @@ def _write_batch(writer: _Conn, batch: list[_Job], instance: str, *, wait: bool 
                             _apply(db, job.encoded, at, instance)
                         case _PurgeJob():
                             job.purged = _purge(db, job.before, job.limit)
+                        case _PutKeyJob():
+                            _put_key(db, job)
+                        case _DeleteKeyJob():
+                            job.deleted = _delete_key(db, job.key_id, job.at)
                 except StoreIntegrityError as exc:
                     db.execute("ROLLBACK TO job")
                     job.error = exc
@@ -929,6 +1037,27 @@ def _read_unfinished(db: sqlite3.Connection) -> list[tuple[str, str | None]]:
         " ORDER BY created_at"
     )
     return [(rid, instance) for rid, instance in rows]
+
+
+def _read_key(db: sqlite3.Connection, column: str, value: str) -> KeyRow | None:
+    # ``column`` is one of two literals of the callers, never input.
+    row = db.execute(f"SELECT {_KEY_COLUMNS} FROM keys WHERE {column} = ?", (value,)).fetchone()
+    if row is None:
+        return None
+    return KeyRow(
+        key_id=row[0],
+        key_hash=row[1],
+        alias=row[2],
+        models=_loads_or_none(row[3]),
+        rpm=row[4],
+        tpm=row[5],
+        max_parallel_requests=row[6],
+        max_budget=row[7],
+        expires_at=row[8],
+        created_at=row[9],
+        metadata=orjson.loads(row[10]),
+        deleted_at=row[11],
+    )
 
 
 def _locked_call(conn: _Conn, fn: Callable[[sqlite3.Connection], _T]) -> _T:
@@ -1538,6 +1667,37 @@ class SQLiteStore:
                         await self.append([ended(rid)])
                         count += 1
         return count
+
+    # -- keys
+
+    async def put_key(self, key: KeyRow) -> None:
+        """See :meth:`sluicegate.store.Store.put_key`."""
+        # Encoded here, so unserializable metadata fails in the caller's task (as in append).
+        models = None if key.models is None else _dumps(list(key.models))
+        job = _PutKeyJob(row=key, models=models, metadata=_dumps(key.metadata))
+        await self._run_job(job)
+
+    async def delete_key(self, key_id: str, *, at: float) -> bool:
+        """See :meth:`sluicegate.store.Store.delete_key`."""
+        job = _DeleteKeyJob(key_id=key_id, at=at)
+        await self._run_job(job)
+        return job.deleted
+
+    async def _run_job(self, job: _PutKeyJob | _DeleteKeyJob) -> None:
+        # Through the writer's channel, like purge: ordered with the appends around it, and
+        # sharing their group commit instead of taking the write lock itself.
+        await self._submit(job)
+        await job.done.wait()
+        if job.error is not None:
+            raise job.error
+
+    async def find_key(self, key_hash: str) -> KeyRow | None:
+        """See :meth:`sluicegate.store.Store.find_key`."""
+        return await self._read(functools.partial(_read_key, column="key_hash", value=key_hash))
+
+    async def get_key(self, key_id: str) -> KeyRow | None:
+        """See :meth:`sluicegate.store.Store.get_key`."""
+        return await self._read(functools.partial(_read_key, column="key_id", value=key_id))
 
     # -- closing
 

@@ -1,0 +1,648 @@
+"""The proxy's ASGI application: the OpenAI Responses API over HTTP, on the library's gateway.
+
+Theory of operation. :class:`ProxyApp` is a plain ASGI callable (no framework: a dozen routes,
+and streaming, disconnects and backpressure need the raw ``send``/``receive`` anyway; Starlette
+measured 8.8 µs per request of routing and request objects against 1.2 µs for this dispatch).
+Its gateway lives as long as the ASGI lifespan: opened at ``lifespan.startup``, closed at
+``lifespan.shutdown`` (which hypercorn sends after in-flight requests have finished or been
+cancelled at the graceful deadline), so every request sees an open gateway and store.
+
+Every HTTP request:
+
+1. gets an ``x-request-id`` (the client's, if it sent a sane one) on every answer;
+2. is authenticated (:class:`~sluicegate.server._keys.KeyManager`): the master key is the admin,
+   a virtual key is an owner; health and metrics need no key;
+3. has its body read up to ``max_request_body_bytes`` (413 beyond), parsed strictly (400), and
+   checked so the client can never choose the upstream (``api_base``, ``api_key``,
+   ``base_url``… in the body or headers: 400) nor act as someone else (the library's own
+   options such as ``owner`` are refused: the owner is the key);
+4. is admitted for its key (allowed model, budget, rpm/tpm, parallel requests);
+5. runs on the gateway, and is answered as OpenAI answers: JSON, or SSE (``event:`` and
+   ``data:`` lines, no ``[DONE]``), with a comment line after every
+   ``sse_keepalive_interval`` of upstream silence. A client that hangs up cancels its request
+   (the pipeline records it cancelled, with its partial usage); a background response runs on.
+
+Errors are the OpenAI envelope with the error's status (``SluicegateError.to_dict()``);
+anything else is logged and answered as a 500 that says nothing of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+from urllib.parse import parse_qs
+
+import attrs
+import orjson
+import trio
+
+from .._gateway import Gateway, ResponseStream
+from .._types import DeltaEvent, OutputItemEvent, Response, StreamEvent
+from ..codecs.sse import encode_comment, encode_event
+from ..config import GatewayConfig
+from ..errors import (
+    ConfigError,
+    InternalError,
+    InvalidRequestError,
+    NotFoundError,
+    RequestTooLargeError,
+    SluicegateError,
+)
+from ..runtime._messages import UpstreamTiming
+from ..runtime._scopes import open_body_nursery
+from ._keys import Admission, Caller, KeyManager
+from ._metrics import Labels, Metrics
+
+__all__ = ["FORBIDDEN_BODY_FIELDS", "ProxyApp"]
+
+logger = logging.getLogger("sluicegate")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+#: Body fields that would let a client choose the upstream or its credentials (refused: 400).
+FORBIDDEN_BODY_FIELDS = frozenset(
+    {
+        "api_base",
+        "api_key",
+        "base_url",
+        "api_version",
+        "azure_endpoint",
+        "azure_ad_token",
+        "organization",
+        "custom_llm_provider",
+        "litellm_params",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "vertex_credentials",
+    }
+)
+#: Headers that would do the same.
+FORBIDDEN_HEADERS = frozenset(
+    {b"api-base", b"x-api-base", b"base-url", b"x-base-url", b"x-upstream-url", b"api-version"}
+)
+#: Library options that are not the HTTP client's to set: the owner is its key; timing, the
+#: proxy's. (``extra_*`` are how an SDK builds the body; they never arrive as fields.)
+PROXY_REFUSED_OPTIONS = frozenset(
+    {"owner", "timing", "extra_body", "extra_headers", "extra_query", "timeout"}
+)
+
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+_RESPONSE_PATH = re.compile(r"/v1/responses/([^/]+)(/cancel|/input_items)?/?")
+_JSON = [(b"content-type", b"application/json")]
+_SSE = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),  # nginx: do not buffer the stream
+]
+
+
+class _ClientGone(Exception):
+    """The client hung up before its answer: there is nobody to send it to."""
+
+
+@attrs.define(eq=False)
+class _Exchange:
+    """One HTTP request while the proxy answers it."""
+
+    scope: Scope
+    receive: Receive
+    send: Send
+    request_id: bytes
+    started: float
+    route: str = "other"
+    status: int = 0
+    timing: UpstreamTiming = attrs.Factory(UpstreamTiming)
+    headers_sent: bool = False
+
+    def header(self, name: bytes) -> str | None:
+        for key, value in self.scope.get("headers", ()):
+            if key == name:
+                text: str = value.decode("latin-1")
+                return text
+        return None
+
+    def query(self) -> dict[str, list[str]]:
+        raw: bytes = self.scope.get("query_string", b"")
+        return parse_qs(raw.decode("latin-1"), keep_blank_values=True)
+
+    def overhead_ms(self) -> bytes:
+        total = trio.current_time() - self.started
+        return f"{max(0.0, total - self.timing.elapsed) * 1000:.3f}".encode()
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        self.headers_sent = True
+        await self.send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    *headers,
+                    (b"x-request-id", self.request_id),
+                    (b"x-sluicegate-overhead-ms", self.overhead_ms()),
+                ],
+            }
+        )
+
+    async def json(self, status: int, body: Any, headers: list[tuple[bytes, bytes]] = []) -> None:  # noqa: B006 -- never mutated
+        payload = orjson.dumps(body)
+        await self.start(
+            status, [*_JSON, (b"content-length", str(len(payload)).encode()), *headers]
+        )
+        await self.send({"type": "http.response.body", "body": payload})
+
+    async def error(self, exc: SluicegateError) -> None:
+        headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+        await self.json(exc.status_code, exc.to_dict(), headers)
+
+
+@attrs.define(eq=False)
+class ProxyApp:
+    """The ASGI application of ``sluicegate serve``.
+
+    Args:
+        config: the gateway configuration (``general_settings`` holds the proxy's settings).
+        open_gateway: opens the gateway for the lifespan (tests pass one with a transport).
+    """
+
+    _config: GatewayConfig
+    _open_gateway: Callable[[], AbstractAsyncContextManager[Gateway]]
+    _gateway: Gateway | None = None
+    _keys: KeyManager | None = None
+    metrics: Metrics = attrs.Factory(Metrics)
+    _in_flight: int = 0
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self._config
+
+    @property
+    def gateway(self) -> Gateway | None:
+        """The gateway while the app is serving (between lifespan startup and shutdown)."""
+        return self._gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif kind == "http":
+            await self._http(scope, receive, send)
+
+    # -- lifespan ------------------------------------------------------------------------
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        message = await receive()
+        assert message["type"] == "lifespan.startup"
+        try:
+            self._check_settings()
+            async with self._open_gateway() as gateway:
+                self._start(gateway)
+                await send({"type": "lifespan.startup.complete"})
+                message = await receive()  # lifespan.shutdown: in-flight requests are done
+                self._gateway = None
+        except SluicegateError as exc:
+            await send({"type": "lifespan.startup.failed", "message": exc.message})
+            return
+        await send({"type": "lifespan.shutdown.complete"})
+
+    def _check_settings(self) -> None:
+        gs = self._config.general_settings
+        if gs.master_key is None and not gs.allow_unauthenticated:
+            raise ConfigError(
+                "a master key is required to serve (or set allow_unauthenticated: true for "
+                "local development)",
+                path="general_settings.master_key",
+            )
+
+    def _start(self, gateway: Gateway) -> None:
+        gs = self._config.general_settings
+
+        async def spend(owner: str) -> float:
+            totals = await gateway.spend_totals(group_by="owner", owner=owner)
+            return sum(t.cost for t in totals)
+
+        self._keys = KeyManager(
+            gateway.store,
+            gs.master_key,
+            allow_unauthenticated=gs.allow_unauthenticated,
+            spend=spend,
+        )
+        self._gateway = gateway
+        self.metrics.gauge(
+            "sluicegate_requests_in_flight",
+            "Requests being answered now (background responses included).",
+            lambda: [((), float(self._in_flight + gateway.statistics().background_running))],
+        )
+        self.metrics.gauge(
+            "sluicegate_upstream_errors",
+            "Upstream attempts that failed (statuses, resets, timeouts) since start.",
+            lambda: [((), float(gateway.statistics().upstream_errors))],
+        )
+        self.metrics.gauge(
+            "sluicegate_deployment_cooldowns",
+            "Deployments in cooldown now (the router has none before issue 7).",
+            lambda: [((), 0.0)],
+        )
+
+    # -- HTTP ----------------------------------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        given = next((v for k, v in scope.get("headers", ()) if k == b"x-request-id"), None)
+        request_id = given if given and _REQUEST_ID.fullmatch(given) else _new_request_id()
+        ex = _Exchange(scope, receive, send, request_id, trio.current_time())
+        self._in_flight += 1
+        try:
+            await self._dispatch(ex)
+        except _ClientGone:
+            ex.status = 499  # nginx's "client closed request", for the metrics only
+        except SluicegateError as exc:
+            if not ex.headers_sent:
+                await ex.error(exc)
+        except trio.Cancelled:
+            raise
+        except Exception:
+            logger.exception("request %s failed on an internal error", request_id.decode())
+            if not ex.headers_sent:
+                await ex.error(InternalError("The server had an error processing your request."))
+        finally:
+            self._in_flight -= 1
+            labels = (("route", ex.route), ("method", scope["method"]), ("status", str(ex.status)))
+            self.metrics.count("sluicegate_requests_total", labels)
+            self.metrics.observe(
+                "sluicegate_request_duration_seconds",
+                (("route", ex.route),),
+                trio.current_time() - ex.started,
+            )
+
+    async def _dispatch(self, ex: _Exchange) -> None:
+        method: str = ex.scope["method"]
+        path: str = ex.scope["path"]
+        gateway, keys = self._gateway, self._keys
+        if path in ("/health/liveliness", "/health/liveness"):
+            ex.route = "/health/liveliness"
+            await ex.json(200, {"status": "healthy"})
+            return
+        if gateway is None or keys is None:
+            raise _unavailable()
+        if path == "/health/readiness":
+            ex.route = path
+            await self._readiness(ex, gateway)
+            return
+        if path == "/metrics":
+            ex.route = path
+            await ex.start(200, [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")])
+            await ex.send({"type": "http.response.body", "body": self.metrics.render()})
+            return
+        _refuse_upstream_headers(ex)
+        caller = await keys.authenticate(ex.header(b"authorization"), ex.header(b"api-key"))
+        match = _RESPONSE_PATH.fullmatch(path)
+        if path in ("/v1/responses", "/responses") and method == "POST":
+            ex.route = "/v1/responses"
+            await self._create(ex, gateway, keys, caller)
+        elif match is not None:
+            await self._resource(ex, gateway, caller, method, match.group(1), match.group(2))
+        elif path in ("/v1/models", "/models") and method == "GET":
+            ex.route = "/v1/models"
+            await ex.json(200, _models(gateway, caller))
+        elif path == "/key/generate" and method == "POST":
+            ex.route = path
+            await ex.json(200, await keys.generate(caller, await _json_body(ex, self._limit)))
+        elif path == "/key/info" and method == "GET":
+            ex.route = path
+            key = _str(ex.query(), "key")
+            await ex.json(200, await keys.info(caller, key))
+        elif path == "/key/delete" and method == "POST":
+            ex.route = path
+            await ex.json(200, await keys.delete(caller, await _json_body(ex, self._limit)))
+        else:
+            raise NotFoundError(f"Invalid URL ({method} {path})", code="unknown_url")
+
+    @property
+    def _limit(self) -> int:
+        return self._config.general_settings.max_request_body_bytes
+
+    async def _readiness(self, ex: _Exchange, gateway: Gateway) -> None:
+        try:
+            await gateway.store.get("resp_readiness_probe")
+        except SluicegateError as exc:
+            await ex.json(503, {"status": "unhealthy", "store": exc.message})
+            return
+        await ex.json(200, {"status": "healthy", "store": "connected"})
+
+    # -- POST /v1/responses --------------------------------------------------------------
+
+    async def _create(
+        self, ex: _Exchange, gateway: Gateway, keys: KeyManager, caller: Caller
+    ) -> None:
+        body = await _json_body(ex, self._limit)
+        for name in body:
+            if name in FORBIDDEN_BODY_FIELDS:
+                raise InvalidRequestError(
+                    f"'{name}' cannot be set by a client: the gateway chooses the upstream and "
+                    "its credentials.",
+                    param=name,
+                    code="forbidden_parameter",
+                )
+            if name in PROXY_REFUSED_OPTIONS:
+                raise InvalidRequestError(
+                    f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter"
+                )
+        model = body.get("model")
+        if not isinstance(model, str):
+            raise InvalidRequestError(
+                "Missing required parameter: 'model'.",
+                param="model",
+                code="missing_required_parameter",
+            )
+        params: dict[str, Any] = {**body, "owner": caller.owner, "timing": ex.timing}
+        spend_header = ex.header(b"x-sluicegate-spend-logs-metadata")
+        if spend_header is not None:
+            params["spend_logs_metadata"] = _spend_header(spend_header)
+        admission = await keys.admit(caller, model)
+        try:
+            if body.get("stream") is True and not body.get("background"):
+                await self._stream(ex, gateway, params, admission)
+            elif body.get("stream") is True:
+                # Background + stream: the response runs on whatever the client does.
+                async with gateway.stream(**params) as events:
+                    await self._sse(ex, events, model, admission)
+            else:
+                response = await _until_disconnect(
+                    ex, gateway.responses(**params), cancel=not body.get("background")
+                )
+                self._account(model, response, admission)
+                await ex.json(200, response.to_dict())
+        finally:
+            admission.release()
+
+    async def _stream(
+        self, ex: _Exchange, gateway: Gateway, params: dict[str, Any], admission: Admission
+    ) -> None:
+        finished = False
+        with trio.CancelScope() as scope:
+            async with open_body_nursery() as nursery:
+                # A client that hangs up cancels the response (the pipeline records it
+                # cancelled, its partial usage billed); hypercorn says so by ``http.disconnect``.
+                nursery.start_soon(_watch_disconnect, ex, scope)
+                async with gateway.stream(**params) as events:
+                    await self._sse(ex, events, str(params["model"]), admission)
+                finished = True
+        if not finished:
+            raise _ClientGone
+
+    async def _sse(
+        self,
+        ex: _Exchange,
+        events: ResponseStream,
+        model: str,
+        admission: Admission | None,
+    ) -> None:
+        await ex.start(200, _SSE)
+        interval = self._config.general_settings.sse_keepalive_interval
+        first_output: float | None = None
+        iterator = aiter(events)
+        while True:
+            event: StreamEvent | None = None
+            with trio.move_on_after(interval):
+                try:
+                    event = await anext(iterator)
+                except StopAsyncIteration:
+                    break
+                except SluicegateError as exc:
+                    # Broken after the headers went out: a typed ``error`` event ends it.
+                    frame = encode_event(orjson.dumps(_error_event(exc)), event="error")
+                    await ex.send({"type": "http.response.body", "body": frame, "more_body": True})
+                    break
+            if event is None:
+                await ex.send(
+                    {"type": "http.response.body", "body": encode_comment(), "more_body": True}
+                )
+                continue
+            if first_output is None and isinstance(event, DeltaEvent | OutputItemEvent):
+                first_output = trio.current_time() - ex.started
+                self.metrics.observe(
+                    "sluicegate_time_to_first_token_seconds", (("model", model),), first_output
+                )
+            frame = encode_event(orjson.dumps(event.to_dict()), event=event.type)
+            await ex.send({"type": "http.response.body", "body": frame, "more_body": True})
+        await ex.send({"type": "http.response.body", "body": b"", "more_body": False})
+        final = events.final_response
+        if final is not None and admission is not None:
+            self._account(model, final, admission)
+
+    def _account(self, model: str, response: Response, admission: Admission) -> None:
+        usage = response.usage
+        if usage is None:
+            return
+        admission.record_tokens(usage.input_tokens + usage.output_tokens)
+        labels: Labels = (("model", model),)
+        self.metrics.count(
+            "sluicegate_tokens_total", (*labels, ("kind", "input")), usage.input_tokens
+        )
+        self.metrics.count(
+            "sluicegate_tokens_total", (*labels, ("kind", "output")), usage.output_tokens
+        )
+        if usage.cost is not None:
+            self.metrics.count("sluicegate_cost_usd_total", labels, usage.cost)
+
+    # -- /v1/responses/{id}[/cancel|/input_items] ---------------------------------------
+
+    async def _resource(
+        self,
+        ex: _Exchange,
+        gateway: Gateway,
+        caller: Caller,
+        method: str,
+        response_id: str,
+        action: str | None,
+    ) -> None:
+        owner, admin = caller.owner, caller.admin
+        query = ex.query()
+        if action is None and method == "GET":
+            ex.route = "/v1/responses/{id}"
+            if _flag(query, "stream"):
+                after = _int(query, "starting_after")
+                stream = await gateway.get_response(
+                    response_id, stream=True, starting_after=after, owner=owner, admin=admin
+                )
+                await self._sse(ex, stream, "", None)
+                return
+            include = query.get("include[]") or query.get("include")
+            response = await gateway.get_response(
+                response_id, include=include, owner=owner, admin=admin
+            )
+            await ex.json(200, response.to_dict())
+        elif action is None and method == "DELETE":
+            ex.route = "/v1/responses/{id}"
+            await ex.json(200, await gateway.delete_response(response_id, owner=owner, admin=admin))
+        elif action == "/cancel" and method == "POST":
+            ex.route = "/v1/responses/{id}/cancel"
+            await ex.json(
+                200,
+                (await gateway.cancel_response(response_id, owner=owner, admin=admin)).to_dict(),
+            )
+        elif action == "/input_items" and method == "GET":
+            ex.route = "/v1/responses/{id}/input_items"
+            page = await gateway.list_input_items(
+                response_id,
+                after=_str(query, "after"),
+                before=_str(query, "before"),
+                limit=_int(query, "limit") or 20,
+                order=_str(query, "order") or "desc",
+                owner=owner,
+                admin=admin,
+            )
+            await ex.json(200, page)
+        else:
+            raise NotFoundError(f"Invalid URL ({method} {ex.scope['path']})", code="unknown_url")
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _error_event(exc: SluicegateError) -> dict[str, Any]:
+    """The streaming ``error`` event (responses-streaming.md): code, message, param."""
+    return {
+        "type": "error",
+        "code": exc.code,
+        "message": exc.message,
+        "param": exc.param,
+        "sequence_number": 0,
+    }
+
+
+def _new_request_id() -> bytes:
+    return f"req_{secrets.token_hex(16)}".encode()
+
+
+def _unavailable() -> SluicegateError:
+    return SluicegateError(
+        "The server is starting or shutting down.", status_code=503, code="unavailable"
+    )
+
+
+def _refuse_upstream_headers(ex: _Exchange) -> None:
+    for key, _ in ex.scope.get("headers", ()):
+        if key in FORBIDDEN_HEADERS:
+            name = key.decode("latin-1")
+            raise InvalidRequestError(
+                f"The header '{name}' cannot be set by a client: the gateway chooses the upstream.",
+                param=name,
+                code="forbidden_parameter",
+            )
+
+
+async def _json_body(ex: _Exchange, limit: int) -> dict[str, Any]:
+    declared = ex.header(b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await ex.receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        parts.append(chunk)
+        if not message.get("more_body"):
+            break
+    try:
+        body = orjson.loads(b"".join(parts))
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError(
+            "We could not parse the JSON body of your request. (HINT: This likely means you "
+            "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)",
+            code="invalid_json",
+        ) from exc
+    if not isinstance(body, dict):
+        raise InvalidRequestError("The request body must be a JSON object.", code="invalid_type")
+    return body
+
+
+def _too_large(limit: int) -> RequestTooLargeError:
+    return RequestTooLargeError(
+        f"The request body is larger than {limit} bytes (general_settings.max_request_body_bytes)."
+    )
+
+
+def _spend_header(value: str) -> dict[str, Any]:
+    try:
+        parsed = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError(
+            "The header 'x-sluicegate-spend-logs-metadata' must be a JSON object.",
+            param="x-sluicegate-spend-logs-metadata",
+        ) from exc
+    if not isinstance(parsed, dict):
+        raise InvalidRequestError(
+            "The header 'x-sluicegate-spend-logs-metadata' must be a JSON object.",
+            param="x-sluicegate-spend-logs-metadata",
+        )
+    return parsed
+
+
+async def _watch_disconnect(ex: _Exchange, scope: trio.CancelScope) -> None:
+    while True:
+        message = await ex.receive()
+        if message["type"] == "http.disconnect":
+            scope.cancel()
+            return
+
+
+async def _until_disconnect(ex: _Exchange, work: Awaitable[Response], *, cancel: bool) -> Response:
+    """Await ``work``; a client that hangs up first cancels it (unless ``cancel`` is False: a
+    background creation returns at once anyway)."""
+    result: Response | None = None
+    with trio.CancelScope() as scope:
+        async with open_body_nursery() as nursery:
+            if cancel:
+                nursery.start_soon(_watch_disconnect, ex, scope)
+            result = await work
+    if result is None:
+        raise _ClientGone
+    return result
+
+
+def _models(gateway: Gateway, caller: Caller) -> dict[str, Any]:
+    allowed = None if caller.admin or caller.key is None else caller.key.models
+    names = [n for n in gateway.model_names if allowed is None or n in allowed]
+    return {
+        "object": "list",
+        "data": [
+            {"id": n, "object": "model", "created": 0, "owned_by": "sluicegate"} for n in names
+        ],
+    }
+
+
+def _flag(query: Mapping[str, list[str]], name: str) -> bool:
+    value = (query.get(name) or ["false"])[-1].lower()
+    return value in ("true", "1")
+
+
+def _str(query: Mapping[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    return values[-1] if values else None
+
+
+def _int(query: Mapping[str, list[str]], name: str) -> int | None:
+    value = _str(query, name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise InvalidRequestError(
+            f"Invalid '{name}': expected an integer, but got {value!r} instead.",
+            param=name,
+            code="invalid_type",
+        ) from exc

@@ -1,0 +1,692 @@
+"""Virtual API keys: who a request is, and whether its key may make it (DESIGN §6; issue 4,
+"Keys and ownership").
+
+Theory of operation:
+
+- **Keys.** The master key (``general_settings.master_key``) is the admin: every route, every
+  response, key administration. Virtual keys are minted by the admin (:meth:`KeyManager.generate`,
+  LiteLLM's ``/key/generate``); the secret (``sk-sg-…``) is shown once and only its SHA-256 is
+  stored. A key's public ``key_id`` is the owner of the responses and spend rows of its requests.
+  A secret never appears in an error, a log line or a response after the one that minted it.
+- **Authentication** (:meth:`KeyManager.authenticate`) takes ``Authorization: Bearer <key>`` or
+  the ``api-key`` header (the Azure SDKs), compares the master key in constant time, and looks a
+  virtual key up by its hash. Found keys are cached per process for ``cache_ttl`` seconds (5 by
+  default), so worker processes sharing a store see a deletion within that; a deletion made
+  through this manager takes effect here at once. Unknown keys are not cached: nothing a caller
+  sends can grow the cache past its bound, and a key minted by another worker works at once.
+- **Admission** (:meth:`KeyManager.admit`), for a virtual key, in this order: the model is one
+  the key may use (403); its spend is under its budget (429 ``budget_exceeded``; the spend is
+  cached per key for one second, so a busy key costs one store read a second, not one a
+  request); then its requests per minute, tokens per minute and parallel requests (429 with
+  ``Retry-After``). The minute is a sliding window of ``trio.current_time()``: the times of the
+  admitted requests, and the token counts recorded with :meth:`Admission.record_tokens`.
+- **Limits are per process.** The windows and in-flight counts live in this object, so with N
+  worker processes a key may get up to N times its rpm, tpm and parallel requests. A shared
+  counter needs a shared store (the PostgreSQL store, later). Budgets are shared: spend is read
+  from the store, at most a second late.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import re
+import secrets
+import time
+from collections import deque
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+import orjson
+import trio
+
+from ..errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+)
+from ..store import KeyRow
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from ..config import Secret
+    from ..store import Store
+
+__all__ = [
+    "ADMIN",
+    "ADMIN_OWNER",
+    "Admission",
+    "Caller",
+    "KeyManager",
+    "KeyManagerStatistics",
+    "SECRET_PREFIX",
+    "hash_key",
+]
+
+#: The owner of the admin's responses (a key's owner is its ``key_id``, never this).
+ADMIN_OWNER: Final = "admin"
+#: How a minted secret begins (``sk-`` so tools that look for OpenAI-style keys recognise it).
+SECRET_PREFIX: Final = "sk-sg-"
+
+#: The rate limits' sliding window (seconds).
+_WINDOW: Final = 60.0
+#: The most found keys a manager caches; the oldest entry goes first.
+_CACHE_MAX: Final = 10_000
+#: What a ``key_id`` looks like (what :meth:`KeyManager.generate` mints).
+_KEY_ID: Final = re.compile(r"key-[0-9a-f]{16}")
+#: A duration of ``/key/generate``: seconds, or a number with a unit.
+_DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_UNITS: Final = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+# OpenAI's wording (responses-api.md §10), without the key: OpenAI echoes part of it, we never do.
+_MISSING: Final = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization header "
+    "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or in an api-key header."
+)
+_INCORRECT: Final = "Incorrect API key provided."
+_EXPIRED: Final = "The API key has expired."
+
+
+def hash_key(secret: str) -> str:
+    """The hex SHA-256 of a secret key: what the store keeps and looks keys up by.
+
+    Unsalted on purpose: a minted secret has 256 random bits, so no dictionary or rainbow table
+    reaches it, and an unsalted hash is what lets a key be found by an index search.
+    """
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@attrs.frozen(kw_only=True)
+class Caller:
+    """Who a request is: the admin (master key), or a virtual key."""
+
+    #: The owner of the responses and spend rows of the caller's requests: the key's
+    #: ``key_id``, or :data:`ADMIN_OWNER`.
+    owner: str
+    #: The master key (or an unauthenticated proxy): every route, every response.
+    admin: bool
+    #: The virtual key, as it was when the request was authenticated; None for the admin.
+    key: KeyRow | None
+
+
+#: The admin caller.
+ADMIN: Final = Caller(owner=ADMIN_OWNER, admin=True, key=None)
+
+
+@attrs.frozen(kw_only=True)
+class KeyManagerStatistics:
+    #: Keys found in the store and cached.
+    cached_keys: int
+    #: Keys with rate-limit state in this process.
+    tracked_keys: int
+    #: Admitted requests of virtual keys not released yet.
+    in_flight: int
+
+
+@attrs.define(eq=False)
+class _Usage:
+    """One key's load in this process: its last minute and its requests in flight."""
+
+    #: ``trio.current_time()`` of the admitted requests of the window (kept with an rpm only).
+    requests: deque[float] = attrs.Factory(deque)
+    #: (time, tokens) recorded in the window (kept with a tpm only).
+    tokens: deque[tuple[float, int]] = attrs.Factory(deque)
+    token_sum: int = 0
+    in_flight: int = 0
+
+    def expire(self, now: float) -> None:
+        """Drop what left the window."""
+        while self.requests and self.requests[0] + _WINDOW <= now:
+            self.requests.popleft()
+        while self.tokens and self.tokens[0][0] + _WINDOW <= now:
+            self.token_sum -= self.tokens.popleft()[1]
+
+
+@attrs.define(eq=False)
+class Admission:
+    """An admitted request's hold on its key's limits (a no-op for the admin).
+
+    Call :meth:`record_tokens` when its usage is known and :meth:`release` when it ends (in a
+    ``finally``; a second release does nothing).
+    """
+
+    _usage: _Usage | None
+    #: Whether the key has a tpm (else tokens need no window).
+    _count_tokens: bool = False
+    _released: bool = False
+
+    def record_tokens(self, n: int) -> None:
+        """Count ``n`` tokens against the key's tokens per minute, from now; before or after
+        :meth:`release`.
+
+        Raises:
+            ValueError: ``n`` is negative.
+        """
+        if n < 0:
+            raise ValueError("a token count must not be negative")
+        if self._usage is None or not self._count_tokens or n == 0:
+            return
+        now = trio.current_time()
+        self._usage.expire(now)
+        self._usage.tokens.append((now, n))
+        self._usage.token_sum += n
+
+    def release(self) -> None:
+        """The request ended: it no longer counts against the key's parallel requests."""
+        if self._usage is not None and not self._released:
+            self._released = True
+            self._usage.in_flight -= 1
+
+
+#: The admin's admission: nothing to count.
+_UNLIMITED: Final = Admission(None)
+
+
+@attrs.define(eq=False)
+class KeyManager:
+    """Authenticates callers, admits their requests, and administers virtual keys.
+
+    Args:
+        store: where the keys are (hashed).
+        master_key: the admin's key; None: no admin key.
+        allow_unauthenticated: without a master key, every caller is the admin (local
+            development; any key sent is ignored). With a master key it changes nothing.
+        spend: a key's total spend so far in USD, by ``key_id`` (the server sums
+            ``Gateway.spend_totals(group_by="owner", owner=key_id)``).
+        wall_clock: unix seconds, for ``created_at`` and expiry.
+        cache_ttl: seconds (``trio.current_time()``) a found key is trusted without reading the
+            store again: the longest another process's deletion takes to reach this one.
+        spend_ttl: seconds a key's spend is trusted without asking ``spend`` again.
+
+    The rpm, tpm and parallel limits are counted per process: with N worker processes a key may
+    get up to N times its limits (a shared counter needs the PostgreSQL store, later).
+    """
+
+    _store: Store
+    _master_key: Secret | None
+    _allow_unauthenticated: bool = attrs.field(kw_only=True)
+    _spend: Callable[[str], Awaitable[float]] = attrs.field(kw_only=True)
+    _wall_clock: Callable[[], float] = attrs.field(default=time.time, kw_only=True)
+    _cache_ttl: float = attrs.field(default=5.0, kw_only=True)
+    _spend_ttl: float = attrs.field(default=1.0, kw_only=True)
+    #: key_hash -> (trio time of the read, row); insertion order is age.
+    _cache: dict[str, tuple[float, KeyRow]] = attrs.field(factory=dict, init=False)
+    #: key_id -> (trio time of the read, spend).
+    _spent: dict[str, tuple[float, float]] = attrs.field(factory=dict, init=False)
+    #: key_id -> its load in this process. Bounded by the number of keys that authenticated.
+    _usage: dict[str, _Usage] = attrs.field(factory=dict, init=False)
+
+    def statistics(self) -> KeyManagerStatistics:
+        return KeyManagerStatistics(
+            cached_keys=len(self._cache),
+            tracked_keys=len(self._usage),
+            in_flight=sum(usage.in_flight for usage in self._usage.values()),
+        )
+
+    # -- authentication
+
+    async def authenticate(self, authorization: str | None, api_key: str | None) -> Caller:
+        """Who sends a request, from its ``Authorization`` and ``api-key`` header values (a
+        bearer token wins over ``api-key``).
+
+        Returns:
+            :data:`ADMIN` for the master key (or anyone, with ``allow_unauthenticated`` and no
+            master key); a key's :class:`Caller` for a live virtual key.
+
+        Raises:
+            AuthenticationError: no key (code ``missing_api_key``); an unknown or deleted key
+                (``invalid_api_key``); an expired key (``expired_api_key``). The message never
+                holds the key or any part of it.
+        """
+        if self._master_key is None and self._allow_unauthenticated:
+            await trio.lowlevel.checkpoint()
+            return ADMIN
+        secret = _presented_key(authorization, api_key)
+        if secret is None:
+            await trio.lowlevel.checkpoint()
+            raise AuthenticationError(_MISSING, code="missing_api_key")
+        # Bytes: compare_digest refuses str with non-ASCII characters, which a caller may send.
+        if self._master_key is not None and hmac.compare_digest(
+            secret.encode(), self._master_key.reveal().encode()
+        ):
+            await trio.lowlevel.checkpoint()
+            return ADMIN
+        row = await self._lookup(hash_key(secret))
+        # A deleted key reads as unknown: whether it ever existed is not the caller's to learn.
+        if row is None or row.deleted_at is not None:
+            raise AuthenticationError(_INCORRECT)
+        if row.expires_at is not None and row.expires_at <= self._wall_clock():
+            raise AuthenticationError(_EXPIRED, code="expired_api_key")
+        return Caller(owner=row.key_id, admin=False, key=row)
+
+    async def _lookup(self, key_hash: str) -> KeyRow | None:
+        now = trio.current_time()
+        cached = self._cache.get(key_hash)
+        if cached is not None and now < cached[0] + self._cache_ttl:
+            await trio.lowlevel.checkpoint()
+            return cached[1]
+        row = await self._store.find_key(key_hash)
+        self._cache.pop(key_hash, None)
+        if row is not None:
+            if len(self._cache) >= _CACHE_MAX:
+                del self._cache[next(iter(self._cache))]
+            # The time before the read: a row is never trusted for longer than the TTL.
+            self._cache[key_hash] = (now, row)
+        return row
+
+    # -- admission
+
+    async def admit(self, caller: Caller, model: str) -> Admission:
+        """Admit one request of ``caller`` for the model group ``model``, or refuse it.
+
+        For a virtual key, in order: the model, the budget, requests per minute, tokens per
+        minute, parallel requests. An admitted request counts against the key's rpm at once and
+        against its parallel requests until :meth:`Admission.release`. The admin is never
+        limited.
+
+        Raises:
+            PermissionDeniedError: (param ``model``) the key may not use ``model``.
+            RateLimitError: code ``budget_exceeded`` (with ``x-should-retry: false``: waiting
+                does not help); or code ``rate_limit_exceeded`` with a ``Retry-After`` header
+                (whole seconds, at least 1) for the rpm, tpm and parallel limits.
+        """
+        key = caller.key
+        if caller.admin or key is None:
+            await trio.lowlevel.checkpoint()
+            return _UNLIMITED
+        name = key.alias or key.key_id
+        if key.models is not None and model not in key.models:
+            await trio.lowlevel.checkpoint()
+            allowed = ", ".join(f"'{m}'" for m in key.models) or "none"
+            raise PermissionDeniedError(
+                f"The API key '{name}' may not use model '{model}'. Its models are: {allowed}.",
+                param="model",
+            )
+        if key.max_budget is not None:
+            spend = await self._current_spend(key.key_id)
+            if spend >= key.max_budget:
+                raise RateLimitError(
+                    f"Budget has been exceeded for the API key '{name}': its spend is "
+                    f"{spend:.6g} USD, its budget {key.max_budget:.6g} USD.",
+                    code="budget_exceeded",
+                    headers={"x-should-retry": "false"},
+                )
+        else:
+            await trio.lowlevel.checkpoint()
+        # No await from here on: the checks and the counting are one step for other tasks.
+        now = trio.current_time()
+        usage = self._usage.get(key.key_id)
+        if usage is None:
+            usage = self._usage[key.key_id] = _Usage()
+        usage.expire(now)
+        if key.rpm is not None and len(usage.requests) >= key.rpm:
+            # The window drops below the limit when this request leaves it.
+            leaves = usage.requests[len(usage.requests) - key.rpm] + _WINDOW
+            raise _rate_limited(
+                f"Rate limit reached for the API key '{name}': {key.rpm} requests per minute.",
+                retry_after=leaves - now,
+            )
+        if key.tpm is not None and usage.token_sum >= key.tpm:
+            remaining = usage.token_sum
+            leaves = now + _WINDOW
+            for at, tokens in usage.tokens:
+                remaining -= tokens
+                if remaining < key.tpm:
+                    leaves = at + _WINDOW
+                    break
+            raise _rate_limited(
+                f"Rate limit reached for the API key '{name}': {key.tpm} tokens per minute.",
+                retry_after=leaves - now,
+            )
+        limit = key.max_parallel_requests
+        if limit is not None and usage.in_flight >= limit:
+            # When one ends is unknown: a second is a guess that keeps SDK retries cheap.
+            raise _rate_limited(
+                f"Rate limit reached for the API key '{name}': {limit} parallel requests.",
+                retry_after=1.0,
+            )
+        if key.rpm is not None:
+            usage.requests.append(now)
+        usage.in_flight += 1
+        return Admission(usage, count_tokens=key.tpm is not None)
+
+    async def _current_spend(self, key_id: str) -> float:
+        now = trio.current_time()
+        cached = self._spent.get(key_id)
+        if cached is not None and now < cached[0] + self._spend_ttl:
+            await trio.lowlevel.checkpoint()
+            return cached[1]
+        spend = await self._spend(key_id)
+        self._spent[key_id] = (now, spend)
+        return spend
+
+    # -- administration (LiteLLM's /key/generate, /key/info, /key/delete)
+
+    async def generate(self, caller: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Mint a virtual key (admin only). ``body`` is LiteLLM's ``/key/generate`` body:
+        ``key_alias``, ``models`` (empty or absent: every model), ``rpm_limit``, ``tpm_limit``,
+        ``max_parallel_requests``, ``max_budget`` (USD), ``duration`` (seconds or ``"30d"``,
+        ``"12h"``, ``"15m"``, ``"90s"``; absent: never expires), ``metadata``; every field may
+        be null.
+
+        Returns:
+            LiteLLM's shape: ``key`` (the secret; shown this once), ``key_id``, ``key_alias``,
+            ``models``, ``rpm_limit``, ``tpm_limit``, ``max_parallel_requests``, ``max_budget``,
+            ``expires`` and ``created_at`` (ISO 8601, UTC; ``expires`` null if never),
+            ``metadata``.
+
+        Raises:
+            PermissionDeniedError: the caller is not the admin.
+            InvalidRequestError: an unknown field, or a field of the wrong type or range (its
+                ``param`` names the field).
+        """
+        await _admin_only(caller)
+        _known_fields(body, _GENERATE_FIELDS)
+        alias = _optional_str(body, "key_alias")
+        models = _optional_strings(body, "models")
+        rpm = _optional_int(body, "rpm_limit")
+        tpm = _optional_int(body, "tpm_limit")
+        parallel = _optional_int(body, "max_parallel_requests")
+        budget = _optional_number(body, "max_budget")
+        duration = _optional_duration(body, "duration")
+        metadata = _optional_object(body, "metadata")
+        secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+        created_at = self._wall_clock()
+        row = KeyRow(
+            key_id="key-" + secrets.token_hex(8),
+            key_hash=hash_key(secret),
+            alias=alias,
+            # An empty list means every model, as in LiteLLM.
+            models=tuple(models) if models else None,
+            rpm=rpm,
+            tpm=tpm,
+            max_parallel_requests=parallel,
+            max_budget=budget,
+            expires_at=None if duration is None else created_at + duration,
+            created_at=created_at,
+            metadata=metadata or {},
+        )
+        await self._store.put_key(row)
+        return {"key": secret, **_describe(row)}
+
+    async def info(self, caller: Caller, key: str | None) -> dict[str, Any]:
+        """A key's settings and spend, without its secret. A virtual key may read its own
+        (``key`` None, its secret or its ``key_id``); the admin any key, by secret or
+        ``key_id``.
+
+        Returns:
+            The fields of :meth:`generate` but ``key``, and ``spend`` (USD).
+
+        Raises:
+            NotFoundError: the key is unknown or deleted, or not the caller's (the same 404:
+                whether another key exists is not for a key to learn).
+            InvalidRequestError: the admin named no key.
+        """
+        if caller.admin:
+            if key is None:
+                await trio.lowlevel.checkpoint()
+                raise InvalidRequestError(
+                    "Missing required parameter: 'key'.",
+                    param="key",
+                    code="missing_required_parameter",
+                )
+            row = await self._find(key)
+        else:
+            own = caller.key
+            if own is None or not (
+                key is None or key == own.key_id or hmac.compare_digest(hash_key(key), own.key_hash)
+            ):
+                await trio.lowlevel.checkpoint()
+                raise _key_not_found(key)
+            # Read again: the caller's row may be up to a cache TTL old.
+            row = await self._store.get_key(own.key_id)
+        if row is None or row.deleted_at is not None:
+            raise _key_not_found(key)
+        return {**_describe(row), "spend": await self._spend(row.key_id)}
+
+    async def delete(self, caller: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Delete keys (admin only), named by secret (``keys``) and/or ``key_ids``. They are
+        refused at once by this manager, and by others sharing the store within their cache
+        TTL. All are looked up before any is deleted.
+
+        Returns:
+            ``{"deleted_keys": [key_id, ...]}``.
+
+        Raises:
+            PermissionDeniedError: the caller is not the admin.
+            InvalidRequestError: an unknown field, a wrong type, or neither list given.
+            NotFoundError: a key is unknown or already deleted (``param`` gives its position;
+                the message never holds a secret); nothing was deleted.
+        """
+        await _admin_only(caller)
+        _known_fields(body, _DELETE_FIELDS)
+        by_secret = _optional_strings(body, "keys") or []
+        by_id = _optional_strings(body, "key_ids") or []
+        if not by_secret and not by_id:
+            raise InvalidRequestError(
+                "Missing required parameter: 'keys' or 'key_ids'.",
+                param="keys",
+                code="missing_required_parameter",
+            )
+        targets: dict[str, None] = {}  # key IDs, in order, once each
+        for i, secret in enumerate(by_secret):
+            row = await self._store.find_key(hash_key(secret))
+            if row is None or row.deleted_at is not None:
+                raise NotFoundError(f"No API key found for 'keys[{i}]'.", param=f"keys[{i}]")
+            targets[row.key_id] = None
+        for i, key_id in enumerate(by_id):
+            row = await self._store.get_key(key_id)
+            if row is None or row.deleted_at is not None:
+                raise NotFoundError(f"No API key found with id '{key_id}'.", param=f"key_ids[{i}]")
+            targets[row.key_id] = None
+        at = self._wall_clock()
+        deleted = []
+        for key_id in targets:
+            # False only if a concurrent delete was first; it is gone either way.
+            if await self._store.delete_key(key_id, at=at):
+                deleted.append(key_id)
+            self._forget(key_id)
+        return {"deleted_keys": deleted}
+
+    async def _find(self, key: str) -> KeyRow | None:
+        """A key by ``key_id`` or by secret."""
+        if _KEY_ID.fullmatch(key):
+            return await self._store.get_key(key)
+        return await self._store.find_key(hash_key(key))
+
+    def _forget(self, key_id: str) -> None:
+        """Drop what this manager holds of a key, so it is refused at once."""
+        for key_hash in [h for h, (_, row) in self._cache.items() if row.key_id == key_id]:
+            del self._cache[key_hash]
+        self._spent.pop(key_id, None)
+        # In-flight admissions keep their own reference; their release still works.
+        self._usage.pop(key_id, None)
+
+
+def _presented_key(authorization: str | None, api_key: str | None) -> str | None:
+    if authorization is not None:
+        scheme, _, credentials = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer" and credentials.strip():
+            return credentials.strip()
+    if api_key is not None and api_key.strip():
+        return api_key.strip()
+    return None
+
+
+async def _admin_only(caller: Caller) -> None:
+    await trio.lowlevel.checkpoint()
+    if not caller.admin:
+        raise PermissionDeniedError("Only the admin (the master key) may manage API keys.")
+
+
+def _rate_limited(message: str, *, retry_after: float) -> RateLimitError:
+    # Rounded to microseconds before the ceiling: float sums of clock readings must not turn
+    # an exact 50 s into 51.
+    seconds = max(1, math.ceil(round(retry_after, 6)))
+    return RateLimitError(
+        f"{message} Please try again in {seconds}s.", headers={"Retry-After": str(seconds)}
+    )
+
+
+def _key_not_found(key: str | None) -> NotFoundError:
+    # A key_id may be named; a secret never is.
+    if key is not None and _KEY_ID.fullmatch(key):
+        return NotFoundError(f"No API key found with id '{key}'.", param="key")
+    return NotFoundError("No API key found for the given key.", param="key")
+
+
+def _iso(at: float | None) -> str | None:
+    return None if at is None else datetime.fromtimestamp(at, UTC).isoformat()
+
+
+def _describe(row: KeyRow) -> dict[str, Any]:
+    return {
+        "key_id": row.key_id,
+        "key_alias": row.alias,
+        "models": list(row.models or ()),
+        "rpm_limit": row.rpm,
+        "tpm_limit": row.tpm,
+        "max_parallel_requests": row.max_parallel_requests,
+        "max_budget": row.max_budget,
+        "expires": _iso(row.expires_at),
+        "created_at": _iso(row.created_at),
+        "metadata": dict(row.metadata),
+    }
+
+
+# --- strict validation of the admin bodies (messages as in sluicegate._params)
+
+_GENERATE_FIELDS: Final = frozenset(
+    {
+        "key_alias",
+        "models",
+        "rpm_limit",
+        "tpm_limit",
+        "max_parallel_requests",
+        "max_budget",
+        "duration",
+        "metadata",
+    }
+)
+_DELETE_FIELDS: Final = frozenset({"keys", "key_ids"})
+
+_JSON_NAMES: Final = (
+    (bool, "a boolean"),
+    (str, "a string"),
+    (int, "an integer"),
+    (float, "a number"),
+    (list, "an array"),
+    (dict, "an object"),
+    (type(None), "null"),
+)
+
+
+def _invalid_type(name: str, value: Any, expected: str) -> InvalidRequestError:
+    got = next((label for kind, label in _JSON_NAMES if isinstance(value, kind)), "a value")
+    return InvalidRequestError(
+        f"Invalid type for '{name}': expected {expected}, but got {got} instead.",
+        param=name,
+        code="invalid_type",
+    )
+
+
+def _invalid_value(name: str, expected: str, value: Any) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"Invalid '{name}': expected {expected}, but got {value!r} instead.",
+        param=name,
+        code="invalid_value",
+    )
+
+
+def _known_fields(body: Mapping[str, Any], known: frozenset[str]) -> None:
+    if not isinstance(body, Mapping):
+        raise InvalidRequestError("The request body must be a JSON object.", code="invalid_type")
+    for name in body:
+        if name not in known:
+            raise InvalidRequestError(
+                f"Unknown parameter: '{name}'.", param=str(name), code="unknown_parameter"
+            )
+
+
+def _optional_str(body: Mapping[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise _invalid_type(name, value, "a string")
+    return value
+
+
+def _optional_strings(body: Mapping[str, Any], name: str) -> list[str] | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise _invalid_type(name, value, "an array of strings")
+    for i, entry in enumerate(value):
+        if not isinstance(entry, str):
+            raise _invalid_type(f"{name}[{i}]", entry, "a string")
+    return value
+
+
+def _optional_int(body: Mapping[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    # bool is an int in Python, but not in JSON.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _invalid_type(name, value, "an integer")
+    if value < 1:
+        raise _invalid_value(name, "an integer >= 1", value)
+    return value
+
+
+def _optional_number(body: Mapping[str, Any], name: str) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _invalid_type(name, value, "a number")
+    if not (math.isfinite(value) and value >= 0):
+        raise _invalid_value(name, "a number >= 0", value)
+    return float(value)
+
+
+def _optional_duration(body: Mapping[str, Any], name: str) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    expected = "seconds or a duration such as '30d', '12h', '15m' or '90s'"
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise _invalid_type(name, value, expected)
+    if isinstance(value, str):
+        match = _DURATION.fullmatch(value.strip())
+        if match is None:
+            raise _invalid_value(name, expected, value)
+        seconds = float(match[1]) * _UNITS[match[2]]
+    else:
+        seconds = float(value)
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise _invalid_value(name, "a positive duration", value)
+    return seconds
+
+
+def _optional_object(body: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _invalid_type(name, value, "an object")
+    try:
+        orjson.dumps(value)  # a library caller may pass what JSON cannot hold
+    except orjson.JSONEncodeError as exc:
+        raise InvalidRequestError(
+            f"Invalid '{name}': expected a JSON object, but it holds a value JSON cannot encode.",
+            param=name,
+            code="invalid_value",
+        ) from exc
+    return value

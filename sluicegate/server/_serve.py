@@ -1,0 +1,95 @@
+"""``sluicegate serve``: the proxy on hypercorn's trio worker.
+
+One worker runs in this process (``serve``); several (``--workers N``) are hypercorn's own
+processes, each importing :mod:`sluicegate.server._asgi` with the config path in
+``SLUICEGATE_CONFIG``. Every worker opens the gateway and the store in its ASGI lifespan; they
+share the SQLite file (its instance locks keep their recoveries apart, see the store).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+import httpx
+import trio
+from hypercorn.config import Config as HypercornConfig
+
+from .._gateway import open_gateway
+from ..config import GatewayConfig, load_config
+from ._app import ProxyApp
+
+__all__ = ["DEFAULT_PORT", "build_app", "hypercorn_config", "run", "serve"]
+
+#: LiteLLM's proxy port, so clients that know it need no change.
+DEFAULT_PORT = 4000
+
+
+def build_app(
+    config: GatewayConfig | Mapping[str, Any] | str | os.PathLike[str] | None,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ProxyApp:
+    """The ASGI app for a configuration (validated now: a bad one fails before serving)."""
+    cfg = load_config(config, environ=environ)
+    return ProxyApp(cfg, partial(open_gateway, cfg, transport=transport, environ=environ))
+
+
+def hypercorn_config(
+    app: ProxyApp, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT
+) -> HypercornConfig:
+    hconfig = HypercornConfig()
+    hconfig.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    hconfig.graceful_timeout = app.config.general_settings.graceful_shutdown_timeout
+    hconfig.accesslog = None  # access lines would carry paths with response IDs; metrics count
+    hconfig.errorlog = "-"
+    hconfig.keep_alive_timeout = 75.0  # longer than common load balancers' idle timeouts
+    return hconfig
+
+
+async def serve(
+    app: ProxyApp,
+    *,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    shutdown_trigger: Any = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` until ``shutdown_trigger`` returns (default: SIGINT or SIGTERM), then shut
+    down gracefully: stop accepting, let in-flight requests finish for
+    ``graceful_shutdown_timeout``, then cancel them (each records its end). ``task_status``
+    gets the bound URLs (``http://127.0.0.1:PORT``; port 0 picks a free one)."""
+    from hypercorn.trio import serve as hypercorn_serve
+
+    await hypercorn_serve(
+        app,  # type: ignore[arg-type]
+        hypercorn_config(app, host=host, port=port),
+        shutdown_trigger=shutdown_trigger or _signalled,
+        task_status=task_status,
+    )
+
+
+async def _signalled() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            return
+
+
+def run(config_path: str, *, host: str, port: int, workers: int) -> None:
+    """The CLI's entry: validate the config, then serve with one or ``workers`` processes."""
+    app = build_app(config_path)
+    if workers <= 1:
+        trio.run(partial(serve, app, host=host, port=port))
+        return
+    from hypercorn.run import run as hypercorn_run
+
+    os.environ["SLUICEGATE_CONFIG"] = os.path.abspath(config_path)
+    hconfig = hypercorn_config(app, host=host, port=port)
+    hconfig.application_path = "sluicegate.server._asgi:app"
+    hconfig.worker_class = "trio"
+    hconfig.workers = workers
+    hypercorn_run(hconfig)
