@@ -396,3 +396,49 @@ def _everything() -> Any:
     from sluicegate.store import SpendFilter
 
     return SpendFilter()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sluicegate_serve_from_the_command_line(tmp_path: Any, workers: int) -> None:
+    """The CLI as a user runs it: the demo provider, a master key, a store file; one worker in
+    the process or several hypercorn worker processes sharing the store."""
+    import signal
+    import socket
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "serve.yaml"
+    config.write_text(
+        "model_list:\n"
+        "  - model_name: demo\n"
+        "    litellm_params: {model: fake/demo, fake_tokens: 5}\n"
+        "general_settings:\n"
+        f"  master_key: {MASTER}\n"
+        f"  store: {{path: {tmp_path / 'serve.db'}}}\n"
+    )
+    command = [sys.executable, "-m", "sluicegate", "serve", "--config", str(config)]
+    command += ["--port", str(port), "--workers", str(workers)]
+    process = await trio.lowlevel.open_process(command)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=url) as http:
+            with trio.fail_after(60):
+                while True:
+                    try:
+                        if (await http.get("/health/readiness")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    await trio.sleep(0.1)  # noqa: ASYNC110 -- waiting for another process
+        async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=MASTER) as client:
+            for _ in range(2 * workers):
+                made = await client.responses.create(model="demo", input="hello")
+                assert made.status == "completed"
+                assert (await client.responses.retrieve(made.id)).id == made.id
+    finally:
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            await process.wait()
+    assert process.returncode == 0
