@@ -431,7 +431,7 @@ async def test_sluicegate_serve_from_the_command_line(tmp_path: Any, workers: in
                             break
                     except httpx.TransportError:
                         pass
-                    await trio.sleep(0.1)  # noqa: ASYNC110 -- waiting for another process
+                    await trio.sleep(0.1)  # waiting for another process to listen
         async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=MASTER) as client:
             for _ in range(2 * workers):
                 made = await client.responses.create(model="demo", input="hello")
