@@ -16,7 +16,7 @@ import orjson
 import pytest
 import trio
 
-from sluicegate.fake import FakeUpstream, open_fake_upstream
+from sluicegate.fake import FakeUpstream, Fault, open_fake_upstream
 from sluicegate.server import ProxyApp, build_app, serve
 
 from .conftest import MEMORY_STORE
@@ -442,3 +442,28 @@ async def test_sluicegate_serve_from_the_command_line(tmp_path: Any, workers: in
         with trio.fail_after(30):
             await process.wait()
     assert process.returncode == 0
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [Fault.reset_mid_stream(after_events=5), Fault.malformed_sse(after_events=5)],
+    ids=["reset", "malformed"],
+)
+async def test_a_stream_broken_upstream_ends_with_response_failed_for_the_sdk(
+    proxy: Proxy, fault: Fault
+) -> None:
+    proxy.fake.script(fault)
+    async with proxy.client() as client:
+        stream = await client.responses.create(model="gpt-test", input="hi", stream=True)
+        events = [event async for event in stream]
+    assert events[-1].type == "response.failed"
+    assert [e.type for e in events].count("response.failed") == 1
+    assert events[-1].response.error is not None
+
+
+async def test_an_upstream_error_before_any_event_is_the_sdks_typed_error(proxy: Proxy) -> None:
+    # Retry-After beyond max_retry_after: the gateway passes the 429 on instead of waiting.
+    proxy.fake.script(Fault.status(429, headers={"retry-after": "1000"}))
+    async with proxy.client() as client:
+        with pytest.raises(openai.RateLimitError):
+            await client.responses.create(model="gpt-test", input="hi", stream=True)
