@@ -30,7 +30,9 @@ repr never shows the value.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NewType
@@ -58,6 +60,7 @@ __all__ = [
     "derive_deployment_id",
     "load_config",
     "make_config_converter",
+    "parse_duration",
 ]
 
 ENV_PREFIX = "os.environ/"
@@ -142,32 +145,36 @@ class RouterSettings:
 Duration = NewType("Duration", float)
 
 
-def _duration(value: Any, _: type = Duration) -> Duration:
-    """Seconds, from a number or a string with a unit (``90``, ``"15m"``, ``"12h"``, ``"30d"``)."""
-    if isinstance(value, bool):
-        raise TypeError("expected seconds or a duration such as '30d'")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and value[-1:] in _UNITS and _is_number(value[:-1]):
-        seconds = float(value[:-1]) * _UNITS[value[-1]]
-    elif isinstance(value, str) and _is_number(value):
-        seconds = float(value)
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+#: How a bad duration is described, wherever one is parsed.
+DURATION_EXPECTED = "seconds or a duration such as '30d', '12h', '15m' or '90s'"
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds, from a number or a string with a unit (``90``, ``"90s"``, ``"15m"``, ``"12h"``,
+    ``"30d"``); the configuration and the proxy's key durations both read them this way.
+
+    Raises:
+        TypeError: not a number or a string.
+        ValueError: not a duration, or not a positive finite one.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise TypeError(f"expected {DURATION_EXPECTED}")
+    if isinstance(value, str):
+        match = _DURATION.fullmatch(value.strip())
+        if match is None:
+            raise ValueError(f"expected {DURATION_EXPECTED}, got {value!r}")
+        seconds = float(match[1]) * _UNITS[match[2]]
     else:
-        raise TypeError(f"expected seconds or a duration such as '30d', got {value!r}")
-    if seconds <= 0:
-        raise TypeError("must be positive")
-    return Duration(seconds)
+        seconds = float(value)
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError("must be a positive duration")
+    return seconds
 
 
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+def _duration(value: Any, _: type = Duration) -> Duration:
+    return Duration(parse_duration(value))
 
 
 @attrs.frozen(kw_only=True)

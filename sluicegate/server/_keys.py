@@ -43,6 +43,7 @@ import attrs
 import orjson
 import trio
 
+from ..config import DURATION_EXPECTED, parse_duration
 from ..errors import (
     AuthenticationError,
     InvalidRequestError,
@@ -80,9 +81,6 @@ _WINDOW: Final = 60.0
 _CACHE_MAX: Final = 10_000
 #: What a ``key_id`` looks like (what :meth:`KeyManager.generate` mints).
 _KEY_ID: Final = re.compile(r"key-[0-9a-f]{16}")
-#: A duration of ``/key/generate``: seconds, or a number with a unit.
-_DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
-_UNITS: Final = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 # OpenAI's wording (responses-api.md §10), without the key: OpenAI echoes part of it, we never do.
 _MISSING: Final = (
@@ -660,19 +658,12 @@ def _optional_duration(body: Mapping[str, Any], name: str) -> float | None:
     value = body.get(name)
     if value is None:
         return None
-    expected = "seconds or a duration such as '30d', '12h', '15m' or '90s'"
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise _invalid_type(name, value, expected)
-    if isinstance(value, str):
-        match = _DURATION.fullmatch(value.strip())
-        if match is None:
-            raise _invalid_value(name, expected, value)
-        seconds = float(match[1]) * _UNITS[match[2]]
-    else:
-        seconds = float(value)
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise _invalid_value(name, "a positive duration", value)
-    return seconds
+    try:
+        return parse_duration(value)
+    except TypeError:
+        raise _invalid_type(name, value, DURATION_EXPECTED) from None
+    except ValueError:
+        raise _invalid_value(name, DURATION_EXPECTED, value) from None
 
 
 def _optional_object(body: Mapping[str, Any], name: str) -> dict[str, Any] | None:
