@@ -467,3 +467,13 @@ async def test_an_upstream_error_before_any_event_is_the_sdks_typed_error(proxy:
     async with proxy.client() as client:
         with pytest.raises(openai.RateLimitError):
             await client.responses.create(model="gpt-test", input="hi", stream=True)
+
+
+def test_serving_without_a_master_key_is_refused_at_start() -> None:
+    from sluicegate.errors import ConfigError
+
+    config = {"model_list": [], "general_settings": {"store": MEMORY_STORE}}
+    with pytest.raises(ConfigError) as info:
+        build_app(config)
+    assert info.value.path == "general_settings.master_key"
+    build_app({**config, "general_settings": {"allow_unauthenticated": True}})

@@ -201,7 +201,7 @@ class ProxyApp:
         message = await receive()
         assert message["type"] == "lifespan.startup"
         try:
-            self._check_settings()
+            self.check_settings()
             async with self._open_gateway() as gateway:
                 self._start(gateway)
                 await send({"type": "lifespan.startup.complete"})
@@ -212,7 +212,12 @@ class ProxyApp:
             return
         await send({"type": "lifespan.shutdown.complete"})
 
-    def _check_settings(self) -> None:
+    def check_settings(self) -> None:
+        """Refuse to serve without a master key unless unauthenticated use is allowed.
+
+        Raises:
+            ConfigError: naming ``general_settings.master_key``.
+        """
         gs = self._config.general_settings
         if gs.master_key is None and not gs.allow_unauthenticated:
             raise ConfigError(

@@ -34,9 +34,16 @@ def build_app(
     transport: httpx.AsyncBaseTransport | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> ProxyApp:
-    """The ASGI app for a configuration (validated now: a bad one fails before serving)."""
+    """The ASGI app for a configuration (validated now: a bad one fails before serving).
+
+    Raises:
+        ConfigError: the configuration is invalid, or has no master key (and does not allow
+            unauthenticated use); the message names the path.
+    """
     cfg = load_config(config, environ=environ)
-    return ProxyApp(cfg, partial(open_gateway, cfg, transport=transport, environ=environ))
+    app = ProxyApp(cfg, partial(open_gateway, cfg, transport=transport, environ=environ))
+    app.check_settings()
+    return app
 
 
 def hypercorn_config(
