@@ -19,6 +19,16 @@ import trio
 
 import sluicegate
 
+from ._litellm import litellm_available, measure_litellm
+from ._proxy import (
+    DEFAULT_SECONDS,
+    DEFAULT_WARMUP_S,
+    ProxyRun,
+    measure_proxy,
+    proxy_json,
+    proxy_table,
+    summarize_proxy,
+)
 from ._report import check_targets, summarize, text_table, write_results
 from ._runner import Case, run_case
 from ._store import measure_recording, recording_table
@@ -172,9 +182,58 @@ async def _run_all(settings: Settings, upstream: FakeUpstreamProcess) -> list[Ca
     return runs
 
 
+#: LiteLLM costs several times more per request: it gets this share of the requests (and at
+#: least _LITELLM_MIN), which keeps a full run's LiteLLM part to a few minutes.
+_LITELLM_SHARE: Final = 4
+_LITELLM_MIN: Final = 100
+
+
+def _run_litellm(
+    settings: Settings, upstream: FakeUpstreamProcess, cpu: int | None
+) -> list[CaseRun]:
+    """LiteLLM's library on the same upstream, when the ``compare`` extra is installed."""
+    if not litellm_available():
+        print(
+            "LiteLLM: not installed (pip install -e '.[compare]'); its rows are skipped",
+            file=sys.stderr,
+        )
+        return []
+    runs: list[CaseRun] = []
+    for _ in range(settings.repeats):
+        for concurrency in settings.concurrencies:
+            for stream in (False, True):
+                requests = settings.requests_at(concurrency)
+                if not settings.smoke:
+                    requests = max(_LITELLM_MIN, requests // _LITELLM_SHARE)
+                run = measure_litellm(
+                    upstream_url=upstream.base_url,
+                    cpu=cpu,
+                    concurrency=concurrency,
+                    requests=requests,
+                    stream=stream,
+                ).as_case_run()
+                runs.append(run)
+                print(
+                    f"[litellm] {run.case.mode:<6} c={concurrency:<3} "
+                    f"{run.cpu_ms_per_request:7.3f} CPU ms/req  {run.requests_per_s:7.0f} req/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    return runs
+
+
+def _print_proxy_run(run: ProxyRun) -> None:
+    print(
+        f"[proxy]   {run.case.mode:<6} c={run.case.concurrency:<3} {run.case.target:<10} "
+        f"{run.requests_per_s:7.0f} req/s  p50 {run.latency_p50_ms:7.2f} ms",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for name in ("sluicegate", "httpx", "httpcore", "trio", "orjson"):
+    for name in ("sluicegate", "httpx", "httpcore", "trio", "orjson", "litellm"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -204,6 +263,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         with run_fake_upstream(tokens=settings.tokens, cpu=plan.upstream) as upstream:
             pin_current_process(plan.measure)
             runs = trio.run(_run_all, settings, upstream)
+            runs += _run_litellm(settings, upstream, plan.measure)
+            proxy_runs = measure_proxy(
+                upstream_url=upstream.base_url,
+                plan=plan,
+                concurrencies=settings.concurrencies,
+                seconds=1 if settings.smoke else DEFAULT_SECONDS,
+                repeats=settings.repeats,
+                tokens=settings.tokens,
+                warmup_s=0 if settings.smoke else DEFAULT_WARMUP_S,
+                on_run=_print_proxy_run,
+            )
             recording = trio.run(
                 measure_recording,
                 settings.concurrencies,
@@ -228,6 +298,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     missed = [c for c in checks if not c.passed]
     if missed and not settings.smoke:
         print(f"{len(missed)} of {len(checks)} targets MISSED (informational: exit status 0)")
+    proxy_summaries = summarize_proxy(proxy_runs)
+    print()
+    print(
+        "HTTP proxy (sluicegate serve) vs the upstream directly, same load generator (wrk); "
+        "CPU is the proxy process's:"
+    )
+    print(proxy_table(proxy_summaries))
     print()
     print("recording alone (event store, SQLite file; part of every sluicegate figure above):")
     print(recording_table(recording))
@@ -249,6 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sluicegate_source_sha256": _source_digest(),
         "elapsed_s": round(elapsed, 2),
         "recording": [attrs.asdict(r) for r in recording],
+        "proxy": proxy_json(proxy_summaries),
     }
     # A smoke run must not replace the last real results.
     latest = "latest-smoke" if settings.smoke else "latest"
@@ -263,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         checks=checks,
     )
     with paths[2].open("a", encoding="utf-8") as md:
+        md.write("\n## HTTP proxy vs the upstream directly (wrk)\n\n")
+        md.write(proxy_table(proxy_summaries, markdown=True) + "\n")
         md.write("\n## Recording (event store, SQLite file)\n\n")
         md.write(recording_table(recording, markdown=True) + "\n")
     print(f"\n{elapsed:.1f} s; results: " + ", ".join(str(p) for p in paths))

@@ -89,9 +89,12 @@ class FakeUpstreamProcess:
 
 
 @contextlib.contextmanager
-def run_fake_upstream(*, tokens: int, cpu: int | None) -> Iterator[FakeUpstreamProcess]:
+def run_fake_upstream(
+    *, tokens: int, cpu: int | None, token_delay: float = 0.0
+) -> Iterator[FakeUpstreamProcess]:
     """Start ``python -m sluicegate.fake`` (pinned to ``cpu``), yield once it listens, and
-    terminate it on the way out, whatever happened in between."""
+    terminate it on the way out, whatever happened in between. ``token_delay`` paces its
+    streamed words (the memory scenarios need slow streams)."""
     argv = [
         sys.executable,
         "-m",
@@ -103,7 +106,7 @@ def run_fake_upstream(*, tokens: int, cpu: int | None) -> Iterator[FakeUpstreamP
         "--tokens",
         str(tokens),
         "--token-delay",
-        "0",
+        repr(token_delay),
     ]
     preexec: Callable[[], None] | None = None
     if cpu is not None:

@@ -149,6 +149,16 @@ class ResponseStream:
         self._batch = item
         return None
 
+    def ready_nowait(self) -> list[StreamEvent]:
+        """The events already received and not yet iterated (the rest of the current batch),
+        now, without waiting: a writer can send them in one write instead of one each."""
+        ready = self._batch[self._index :]
+        self._index = len(self._batch)
+        for event in ready:
+            if type(event) is ResponseEvent and event.is_terminal:
+                self._terminal = event
+        return ready
+
     @property
     def final_response(self) -> Response | None:
         """The final Response, once the terminal event has been read; else None."""

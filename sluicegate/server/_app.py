@@ -430,13 +430,18 @@ class ProxyApp:
                     {"type": "http.response.body", "body": encode_comment(), "more_body": True}
                 )
                 continue
-            if first_output is None and isinstance(event, DeltaEvent | OutputItemEvent):
+            # The rest of the batch this event came with goes out in the same write: hypercorn
+            # pays per send, and a network read upstream often carries several events.
+            batch = [event, *events.ready_nowait()]
+            if first_output is None and any(
+                isinstance(e, DeltaEvent | OutputItemEvent) for e in batch
+            ):
                 first_output = trio.current_time() - ex.started
                 self.metrics.observe(
                     "sluicegate_time_to_first_token_seconds", (("model", model),), first_output
                 )
-            frame = encode_event(orjson.dumps(event.to_dict()), event=event.type)
-            await ex.send({"type": "http.response.body", "body": frame, "more_body": True})
+            frames = b"".join(encode_event(orjson.dumps(e.to_dict()), event=e.type) for e in batch)
+            await ex.send({"type": "http.response.body", "body": frames, "more_body": True})
         await ex.send({"type": "http.response.body", "body": b"", "more_body": False})
         final = events.final_response
         if final is not None and admission is not None:

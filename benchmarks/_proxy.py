@@ -1,0 +1,887 @@
+"""The HTTP proxy under load, against the upstream hit directly by the same load generator.
+
+What is measured
+----------------
+One ``sluicegate serve`` process (one worker) routes the model group ``bench`` to the fake
+upstream, recording every response in a SQLite file as a deployed proxy does. **wrk** (C, one
+thread, keep-alive connections) drives it with ``POST /v1/responses`` — ``{"model": "bench",
+"input": "hello"}``, plus ``"stream": true`` for streaming — and, as the baseline, drives the
+fake upstream's own ``POST /v1/responses`` with the very same script (model ``bench-model``, the
+upstream's key). For each (mode, concurrency, target) a warm-up run that is not measured, then
+one wrk run of ``seconds``; per run we record:
+
+- requests/s and the requests completed (wrk's count);
+- latency p50 and p99 (wrk's ``--latency`` distribution: the time from writing a request to
+  reading its last byte, so for a stream the whole stream, not the first event);
+- for the proxy only: the server process's CPU (user + system, all threads, from ``/proc``)
+  over the run ÷ requests — **CPU ms per request** — and its RSS after the run (and once, idle,
+  before any load);
+- wrk's own CPU ÷ the run's duration, to show the generator is not what limits the numbers.
+
+Each case runs ``repeats`` times, interleaved with the other cases (the two targets alternate
+which goes first), and is reported as the median over repeats, with the overhead the proxy adds
+to the direct upstream's p50 and p99.
+
+Why the comparison is fair
+--------------------------
+Both runs use the same generator, the same Lua script (only the model name and the key differ),
+the same connection count and duration, and the same pinning: wrk runs on the upstream's CPU
+in both, and the proxy has the other CPU to itself. The difference between the two is therefore
+what the proxy adds — its HTTP server, routing, auth, ID encoding, accounting, recording and
+its own HTTP client hop — and nothing the generator does differently. The proxy's CPU is read
+from its own process, so neither wrk nor the upstream is billed to it.
+
+How to read the overhead: wrk is a closed loop (each connection sends its next request when the
+last one is answered). Below saturation (c=1 especially) the p50 difference is the latency the
+proxy adds to one request; once the proxy's core is saturated, latency is about concurrency ÷
+throughput, and the difference mostly measures queueing in front of the slower side — the
+req/s column says which regime a row is in.
+
+Caveats: the proxy is called with the master key, the cheapest auth path (a virtual key adds a
+key lookup and rate/budget accounting). The CPU a run is billed includes the requests wrk leaves
+in flight when it stops (at most one per connection, cancelled when wrk closes them), so CPU per
+request is slightly pessimistic at high concurrency and short runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+import httpx
+import yaml
+
+from ._runner import Case
+from ._targets import (
+    API_KEY,
+    GATEWAY_MODEL,
+    INPUT,
+    POOL_KEEPALIVE_EXPIRY,
+    POOL_SIZE,
+    UPSTREAM_MODEL,
+)
+from ._upstream import BenchmarkError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Sequence
+
+    from ._upstream import CpuPlan
+
+__all__ = [
+    "DEFAULT_SECONDS",
+    "DEFAULT_WARMUP_S",
+    "DIRECT",
+    "MASTER_KEY",
+    "PROXY",
+    "ProxyRun",
+    "ProxyServerProcess",
+    "ProxySummary",
+    "WrkResult",
+    "check_wrk",
+    "measure_proxy",
+    "open_proxy_server",
+    "parse_wrk_output",
+    "proxy_json",
+    "proxy_table",
+    "summarize_proxy",
+    "wrk_script",
+]
+
+PROXY: Final = "proxy"
+DIRECT: Final = "direct"
+MASTER_KEY: Final = "sk-bench-master"
+#: Measured seconds per run (wrk takes whole seconds).
+DEFAULT_SECONDS: Final = 5
+#: Two keep-alive expiries, as the library runner's warm-up: the proxy's upstream pool settles
+#: to what this load needs before the measured run (see ``_targets.POOL_KEEPALIVE_EXPIRY``).
+DEFAULT_WARMUP_S: Final = 2 * POOL_KEEPALIVE_EXPIRY
+
+_READY_TIMEOUT: Final = 60.0
+_STOP_TIMEOUT: Final = 10.0
+#: Far above any latency here: a wrk timeout is an error we want to see, not a truncation.
+_WRK_TIMEOUT: Final = "30s"
+#: The line the Lua script's ``done()`` prints.
+_FAILED_PREFIX: Final = "sluicegate-bench failed:"
+#: Bounds on waiting for the proxy to go quiet after a run (see ``_settle``).
+_SETTLE_STEP: Final = 0.05
+_SETTLE_MAX: Final = 2.0
+
+
+# --- the proxy process -----------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class ProxyServerProcess:
+    """A running ``sluicegate serve``: its base URL (``http://127.0.0.1:PORT``) and pid."""
+
+    url: str
+    pid: int
+    #: The upstream's answer length this proxy is measured with (reporting only).
+    tokens: int | None
+    _process: subprocess.Popen[bytes]
+    _log: Path
+
+    @property
+    def responses_url(self) -> str:
+        return f"{self.url}/v1/responses"
+
+    def cpu_seconds(self) -> float | None:
+        """The server's user + system CPU so far, all threads (None without /proc)."""
+        return _proc_cpu_seconds(self.pid)
+
+    def rss_bytes(self) -> int | None:
+        """The server's resident set size now (None without /proc)."""
+        return _proc_rss_bytes(self.pid)
+
+    def check_running(self) -> None:
+        """Raises:
+        BenchmarkError: the server has exited (with the tail of its output)."""
+        status = self._process.poll()
+        if status is not None:
+            raise BenchmarkError(
+                f"the proxy exited (status {status}); its output ends:\n{self.output_tail()}"
+            )
+
+    def output_tail(self, limit: int = 3000) -> str:
+        """The last ``limit`` characters of the server's stdout + stderr."""
+        try:
+            data = self._log.read_bytes()
+        except OSError:
+            return "(no output)"
+        return data[-limit:].decode("utf-8", "replace") or "(no output)"
+
+
+def proxy_config(upstream_url: str, store_path: Path) -> dict[str, Any]:
+    """The proxy's configuration: one model group on the upstream, pool limits like the
+    library targets' (``_targets.py``), a SQLite store in ``store_path``."""
+    return {
+        "model_list": [
+            {
+                "model_name": GATEWAY_MODEL,
+                "litellm_params": {
+                    "model": f"openai/{UPSTREAM_MODEL}",
+                    "api_base": upstream_url,
+                    "api_key": API_KEY,
+                },
+                "model_info": {"id": "bench-1"},
+            }
+        ],
+        "general_settings": {
+            "master_key": MASTER_KEY,
+            "max_connections": POOL_SIZE,
+            "max_keepalive_connections": POOL_SIZE,
+            "keepalive_expiry": POOL_KEEPALIVE_EXPIRY,
+            "store": {"path": str(store_path)},
+        },
+    }
+
+
+@contextlib.contextmanager
+def open_proxy_server(
+    *, upstream_url: str, cpu: int | None, tokens: int | None = None
+) -> Iterator[ProxyServerProcess]:
+    """Run ``python -m sluicegate serve`` (one worker, pinned to ``cpu``) on a free loopback port
+    with a temporary config and store, yield it once ``GET /health/readiness`` answers 200, and
+    stop it on the way out (SIGTERM, then SIGKILL after 10 s), whatever happened in between.
+
+    Args:
+        upstream_url: the upstream's base URL, ``/v1`` included (``FakeUpstreamProcess.base_url``).
+        cpu: the CPU to pin the server to; None to leave it floating.
+        tokens: the upstream's answer length, kept on the handle for reporting only.
+
+    Raises:
+        BenchmarkError: the server exited or was not ready within 60 s (with its output's tail).
+    """
+    with tempfile.TemporaryDirectory(prefix="sluicegate-bench-proxy-") as scratch:
+        root = Path(scratch)
+        config_path = root / "proxy.yaml"
+        config_path.write_text(
+            yaml.safe_dump(proxy_config(upstream_url, root / "proxy.db"), sort_keys=False),
+            encoding="utf-8",
+        )
+        port = _free_port()
+        argv, preexec = _pinned(
+            [
+                sys.executable,
+                "-m",
+                "sluicegate",
+                "serve",
+                "--config",
+                str(config_path),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            cpu,
+        )
+        log_path = root / "proxy.log"
+        # Output to a file, not a pipe: nobody reads it during the run, and a full pipe would
+        # stall the server.
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=preexec,
+            )
+        try:
+            # taskset execs the interpreter, and one worker serves in-process: the pid is the
+            # server's own.
+            server = ProxyServerProcess(
+                url=f"http://127.0.0.1:{port}",
+                pid=process.pid,
+                tokens=tokens,
+                process=process,
+                log=log_path,
+            )
+            _wait_ready(server)
+            yield server
+        finally:
+            _stop(process)
+
+
+def _free_port() -> int:
+    # Another process could take it before the server binds it; on a benchmark machine, no one.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _pinned(argv: list[str], cpu: int | None) -> tuple[list[str], Callable[[], None] | None]:
+    """``argv`` run on ``cpu`` (taskset where there is one, as ``_upstream`` does)."""
+    if cpu is None:
+        return argv, None
+    taskset = shutil.which("taskset")
+    if taskset is not None:
+        return [taskset, "-c", str(cpu), *argv], None
+    return argv, partial(os.sched_setaffinity, 0, {cpu})
+
+
+def _wait_ready(server: ProxyServerProcess) -> None:
+    deadline = time.monotonic() + _READY_TIMEOUT
+    url = f"{server.url}/health/readiness"
+    while True:
+        server.check_running()
+        try:
+            if httpx.get(url, timeout=2.0, trust_env=False).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise BenchmarkError(
+                f"the proxy was not ready within {_READY_TIMEOUT:.0f} s; its output ends:\n"
+                f"{server.output_tail()}"
+            )
+        time.sleep(0.1)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _proc_cpu_seconds(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_rss_bytes(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024  # always in kB
+    except OSError:
+        return None
+    return None
+
+
+# --- wrk -------------------------------------------------------------------------------------
+
+
+def wrk_script(*, model: str, api_key: str, stream: bool) -> str:
+    """The Lua script for one target and mode: POST the request body with the key, and count
+    every answer that is not a 200 carrying a completed response (for a stream: its
+    ``response.completed`` event), printed by ``done()`` as ``sluicegate-bench failed: N``."""
+    body: dict[str, Any] = {"model": model, "input": INPUT}
+    if stream:
+        body["stream"] = True
+    marker = '"type":"response.completed"' if stream else '"status":"completed"'
+    # Lua long brackets take the JSON verbatim; neither text can contain "]==]".
+    return f"""\
+wrk.method = "POST"
+wrk.body = [==[{json.dumps(body)}]==]
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = [==[Bearer {api_key}]==]
+
+local marker = [==[{marker}]==]
+local threads = {{}}
+
+function setup(thread)
+  table.insert(threads, thread)
+end
+
+failed = 0
+
+function response(status, headers, body)
+  if status ~= 200 or not string.find(body, marker, 1, true) then
+    failed = failed + 1
+  end
+end
+
+function done(summary, latency, requests)
+  local total = 0
+  for _, thread in ipairs(threads) do
+    total = total + thread:get("failed")
+  end
+  io.write(string.format("{_FAILED_PREFIX} %d\\n", total))
+end
+"""
+
+
+@attrs.frozen(kw_only=True)
+class WrkResult:
+    """What one wrk run printed. Latencies in seconds."""
+
+    requests: int
+    duration_s: float
+    requests_per_s: float
+    latency_p50_s: float
+    latency_p75_s: float
+    latency_p90_s: float
+    latency_p99_s: float
+    #: wrk's ``Non-2xx or 3xx responses`` (it counts status >= 400).
+    non_2xx: int
+    connect_errors: int
+    read_errors: int
+    write_errors: int
+    timeouts: int
+    #: Answers our Lua script rejected (not 200, or not a completed response); None when the
+    #: output has no such line (a script without our ``done()``).
+    script_failed: int | None
+
+    @property
+    def socket_errors(self) -> int:
+        return self.connect_errors + self.read_errors + self.write_errors + self.timeouts
+
+
+#: wrk's time units (its units.c: us, ms, s, then m and h for long ones).
+_TIME_UNITS: Final = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_TIME: Final = r"(\d+(?:\.\d+)?)(us|ms|s|m|h)"
+_REQUESTS_RE: Final = re.compile(rf"^\s*(\d+) requests in {_TIME},", re.MULTILINE)
+_RPS_RE: Final = re.compile(r"^Requests/sec:\s+(\d+(?:\.\d+)?)\s*$", re.MULTILINE)
+_PERCENTILE_RE: Final = re.compile(rf"^\s+(50|75|90|99)%\s+{_TIME}\s*$", re.MULTILINE)
+_NON_2XX_RE: Final = re.compile(r"^\s*Non-2xx or 3xx responses:\s+(\d+)\s*$", re.MULTILINE)
+_SOCKET_RE: Final = re.compile(
+    r"^\s*Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)\s*$", re.MULTILINE
+)
+_FAILED_RE: Final = re.compile(rf"^{re.escape(_FAILED_PREFIX)}\s+(\d+)\s*$", re.MULTILINE)
+
+
+def _seconds(number: str, unit: str) -> float:
+    return float(number) * _TIME_UNITS[unit]
+
+
+def parse_wrk_output(text: str) -> WrkResult:
+    """Parse what ``wrk --latency`` printed (with our script's ``done()`` line, if any).
+
+    Raises:
+        BenchmarkError: a line every run prints (the request count, requests/s, the latency
+            distribution) is missing.
+    """
+    requests = _REQUESTS_RE.search(text)
+    rps = _RPS_RE.search(text)
+    block = text.partition("Latency Distribution")[2]
+    percentiles = {int(m[1]): _seconds(m[2], m[3]) for m in _PERCENTILE_RE.finditer(block)}
+    if requests is None or rps is None or sorted(percentiles) != [50, 75, 90, 99]:
+        raise BenchmarkError(f"unexpected wrk output (was --latency given?):\n{text}")
+    non_2xx = _NON_2XX_RE.search(text)
+    sockets = _SOCKET_RE.search(text)
+    connect, read, write, timeout = (int(n) for n in sockets.groups()) if sockets else (0,) * 4
+    failed = _FAILED_RE.search(text)
+    return WrkResult(
+        requests=int(requests[1]),
+        duration_s=_seconds(requests[2], requests[3]),
+        requests_per_s=float(rps[1]),
+        latency_p50_s=percentiles[50],
+        latency_p75_s=percentiles[75],
+        latency_p90_s=percentiles[90],
+        latency_p99_s=percentiles[99],
+        non_2xx=int(non_2xx[1]) if non_2xx else 0,
+        connect_errors=connect,
+        read_errors=read,
+        write_errors=write,
+        timeouts=timeout,
+        script_failed=int(failed[1]) if failed else None,
+    )
+
+
+def check_wrk(result: WrkResult, what: str) -> None:
+    """Fail a run that did not measure what it claims: any failed answer or socket error, no
+    request at all, or a script that did not report.
+
+    Raises:
+        BenchmarkError: naming ``what`` and the failure.
+    """
+    problems = []
+    if result.requests == 0:
+        problems.append("no request completed")
+    if result.non_2xx:
+        problems.append(f"{result.non_2xx} non-2xx answers")
+    if result.script_failed is None:
+        problems.append("the Lua script did not report")
+    elif result.script_failed:
+        problems.append(f"{result.script_failed} answers not 200 with a completed response")
+    if result.socket_errors:
+        problems.append(
+            f"socket errors: connect {result.connect_errors}, read {result.read_errors}, "
+            f"write {result.write_errors}, timeout {result.timeouts}"
+        )
+    if problems:
+        raise BenchmarkError(f"wrk against {what}: " + "; ".join(problems))
+
+
+def _wrk_seconds(seconds: float) -> int:
+    # wrk's -d takes whole seconds ("0.5s" is a usage error).
+    return max(1, math.ceil(seconds))
+
+
+def _run_wrk(
+    *, url: str, script: Path, concurrency: int, seconds: int, cpu: int | None
+) -> tuple[str, float]:
+    """wrk's stdout and its CPU seconds (from the reaped child's rusage)."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise BenchmarkError("wrk is not installed (apt-get install wrk)")
+    argv, preexec = _pinned(
+        [
+            wrk,
+            "--latency",
+            "-t1",
+            f"-c{concurrency}",
+            f"-d{seconds}s",
+            "--timeout",
+            _WRK_TIMEOUT,
+            "-s",
+            str(script),
+            url,
+        ],
+        cpu,
+    )
+    # RUSAGE_CHILDREN grows when a child is reaped; wrk is the only one reaped in between.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    try:
+        done = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=seconds + 60,
+            preexec_fn=preexec,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BenchmarkError(f"wrk against {url} did not finish in {seconds + 60} s") from exc
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    stdout = done.stdout.decode("utf-8", "replace")
+    if done.returncode != 0:
+        stderr = done.stderr.decode("utf-8", "replace")
+        raise BenchmarkError(
+            f"wrk against {url} exited with status {done.returncode}:\n{stderr}{stdout}"
+        )
+    return stdout, cpu_s
+
+
+# --- the measurement -------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class ProxyRun:
+    """One measured wrk run against one target (``PROXY`` or ``DIRECT``)."""
+
+    case: Case
+    repeat: int
+    #: The upstream's answer length (words per answer).
+    tokens: int
+    requests: int
+    #: The run's length as wrk measured it.
+    duration_s: float
+    requests_per_s: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+    #: The proxy process's CPU over the run (None for the direct target, or without /proc).
+    server_cpu_s: float | None
+    #: The proxy's RSS after the run, and before any load (None for the direct target).
+    rss_bytes: int | None
+    idle_rss_bytes: int | None
+    #: wrk's own CPU over the run.
+    loadgen_cpu_s: float
+
+    @property
+    def cpu_ms_per_request(self) -> float | None:
+        if self.server_cpu_s is None:
+            return None
+        return self.server_cpu_s / self.requests * 1e3
+
+    @property
+    def loadgen_busy(self) -> float:
+        """wrk's CPU ÷ wall time (1.0 = one core busy)."""
+        return self.loadgen_cpu_s / self.duration_s
+
+
+def _settle(server: ProxyServerProcess) -> None:
+    """Wait (bounded) until the proxy's CPU stops moving: the requests wrk left in flight are
+    cancelled and the store has committed, so that work is billed to the run that caused it."""
+    deadline = time.monotonic() + _SETTLE_MAX
+    last = server.cpu_seconds()
+    while last is not None and time.monotonic() < deadline:
+        time.sleep(_SETTLE_STEP)
+        now = server.cpu_seconds()
+        if now == last:
+            return
+        last = now
+
+
+def _measure_one(
+    case: Case,
+    *,
+    repeat: int,
+    tokens: int,
+    url: str,
+    script: Path,
+    seconds: int,
+    warmup_s: float,
+    loadgen_cpu: int | None,
+    server: ProxyServerProcess | None,
+    idle_rss: int | None,
+) -> ProxyRun:
+    what = f"{case.target} ({case.mode}, c={case.concurrency})"
+    run = partial(_run_wrk, url=url, script=script, concurrency=case.concurrency, cpu=loadgen_cpu)
+
+    def checked(output: str) -> WrkResult:
+        try:
+            result = parse_wrk_output(output)
+            check_wrk(result, what)
+        except BenchmarkError:
+            if server is not None:
+                server.check_running()  # the more useful message, if that is what happened
+            raise
+        return result
+
+    if warmup_s > 0:
+        checked(run(seconds=_wrk_seconds(warmup_s))[0])
+    if server is not None:
+        _settle(server)
+    cpu_before = server.cpu_seconds() if server is not None else None
+    output, loadgen_cpu_s = run(seconds=seconds)
+    result = checked(output)
+    server_cpu_s = rss = None
+    if server is not None:
+        _settle(server)
+        cpu_after = server.cpu_seconds()
+        if cpu_before is not None and cpu_after is not None:
+            server_cpu_s = cpu_after - cpu_before
+        rss = server.rss_bytes()
+    return ProxyRun(
+        case=case,
+        repeat=repeat,
+        tokens=tokens,
+        requests=result.requests,
+        duration_s=result.duration_s,
+        requests_per_s=result.requests_per_s,
+        latency_p50_ms=result.latency_p50_s * 1e3,
+        latency_p99_ms=result.latency_p99_s * 1e3,
+        server_cpu_s=server_cpu_s,
+        rss_bytes=rss,
+        idle_rss_bytes=idle_rss if server is not None else None,
+        loadgen_cpu_s=loadgen_cpu_s,
+    )
+
+
+def measure_proxy(
+    *,
+    upstream_url: str,
+    plan: CpuPlan,
+    concurrencies: Sequence[int],
+    seconds: float,
+    repeats: int,
+    tokens: int,
+    warmup_s: float = DEFAULT_WARMUP_S,
+    on_run: Callable[[ProxyRun], None] | None = None,
+) -> list[ProxyRun]:
+    """Start one proxy for the whole measurement (on ``plan.measure``), then for each repeat,
+    concurrency (ascending) and mode (create, stream) run wrk against the proxy and against the
+    upstream directly (alternating which goes first), each after an unmeasured warm-up.
+
+    Blocks for about ``repeats * len(concurrencies) * 2 modes * 2 targets * (warm-up +
+    seconds)``, where wrk rounds both up to whole seconds.
+
+    Args:
+        upstream_url: the running upstream's base URL, ``/v1`` included.
+        plan: the proxy runs on ``plan.measure``, wrk on ``plan.upstream`` (both targets).
+        concurrencies: wrk connection counts.
+        seconds: measured seconds per run (rounded up to whole seconds, at least 1).
+        repeats: runs per case; report medians with ``summarize_proxy``.
+        tokens: the upstream's answer length, recorded on every run.
+        warmup_s: unmeasured seconds before each run (0: none), whole seconds as well.
+        on_run: called with every run as it completes (progress output).
+
+    Returns:
+        Every run, in the order measured.
+
+    Raises:
+        BenchmarkError: wrk is missing or failed, a request failed, or the proxy did not start
+            or died.
+    """
+    if shutil.which("wrk") is None:
+        raise BenchmarkError("wrk is not installed (apt-get install wrk)")
+    runs: list[ProxyRun] = []
+    measured = _wrk_seconds(seconds)
+    with (
+        tempfile.TemporaryDirectory(prefix="sluicegate-bench-wrk-") as scratch,
+        open_proxy_server(upstream_url=upstream_url, cpu=plan.measure, tokens=tokens) as server,
+    ):
+        idle_rss = server.rss_bytes()
+        targets = {
+            PROXY: (server.responses_url, GATEWAY_MODEL, MASTER_KEY),
+            DIRECT: (f"{upstream_url}/responses", UPSTREAM_MODEL, API_KEY),
+        }
+        scripts: dict[tuple[str, bool], Path] = {}
+        for target, (_, model, key) in targets.items():
+            for stream in (False, True):
+                path = Path(scratch) / f"{target}-{'stream' if stream else 'create'}.lua"
+                path.write_text(wrk_script(model=model, api_key=key, stream=stream))
+                scripts[target, stream] = path
+        for repeat in range(repeats):
+            if repeat and warmup_s > 0:
+                # As the library runner: the last repeat's idle pool connections expire first.
+                time.sleep(POOL_KEEPALIVE_EXPIRY + 1.0)
+            order = [PROXY, DIRECT] if repeat % 2 == 0 else [DIRECT, PROXY]
+            for concurrency in sorted(concurrencies):
+                for stream in (False, True):
+                    for target in order:
+                        run = _measure_one(
+                            Case(target=target, stream=stream, concurrency=concurrency),
+                            repeat=repeat,
+                            tokens=tokens,
+                            url=targets[target][0],
+                            script=scripts[target, stream],
+                            seconds=measured,
+                            warmup_s=warmup_s,
+                            loadgen_cpu=plan.upstream,
+                            server=server if target == PROXY else None,
+                            idle_rss=idle_rss,
+                        )
+                        runs.append(run)
+                        if on_run is not None:
+                            on_run(run)
+    return runs
+
+
+# --- summaries -------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class ProxySummary:
+    """One case, each metric the median over its repeats."""
+
+    case: Case
+    repeats: int
+    requests: float
+    requests_per_s: float
+    #: The lowest and highest requests/s over the repeats.
+    rps_min: float
+    rps_max: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+    #: The proxy's CPU per request, its spread over the repeats (None for the direct target).
+    cpu_ms_per_request: float | None
+    cpu_ms_min: float | None
+    cpu_ms_max: float | None
+    rss_bytes: float | None
+    idle_rss_bytes: float | None
+    loadgen_busy: float
+    #: Proxy minus direct, medians for the same mode and concurrency (None on direct rows, or
+    #: when the direct case is missing).
+    p50_overhead_ms: float | None
+    p99_overhead_ms: float | None
+    #: Proxy requests/s ÷ direct requests/s.
+    throughput_ratio: float | None
+
+
+def _median_or_none(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def summarize_proxy(runs: Sequence[ProxyRun]) -> list[ProxySummary]:
+    """Group by case, take medians, and set each proxy row's overhead over its direct row.
+    Sorted by mode, concurrency, then direct before proxy."""
+    by_case: dict[Case, list[ProxyRun]] = {}
+    for run in runs:
+        by_case.setdefault(run.case, []).append(run)
+    direct: dict[tuple[bool, int], tuple[float, float, float]] = {
+        (case.stream, case.concurrency): (
+            statistics.median(r.latency_p50_ms for r in group),
+            statistics.median(r.latency_p99_ms for r in group),
+            statistics.median(r.requests_per_s for r in group),
+        )
+        for case, group in by_case.items()
+        if case.target == DIRECT
+    }
+    summaries = []
+    for case, group in by_case.items():
+        p50 = statistics.median(r.latency_p50_ms for r in group)
+        p99 = statistics.median(r.latency_p99_ms for r in group)
+        rps = statistics.median(r.requests_per_s for r in group)
+        cpu = [c for r in group if (c := r.cpu_ms_per_request) is not None]
+        base = direct.get((case.stream, case.concurrency)) if case.target != DIRECT else None
+        summaries.append(
+            ProxySummary(
+                case=case,
+                repeats=len(group),
+                requests=statistics.median(r.requests for r in group),
+                requests_per_s=rps,
+                rps_min=min(r.requests_per_s for r in group),
+                rps_max=max(r.requests_per_s for r in group),
+                latency_p50_ms=p50,
+                latency_p99_ms=p99,
+                cpu_ms_per_request=statistics.median(cpu) if cpu else None,
+                cpu_ms_min=min(cpu) if cpu else None,
+                cpu_ms_max=max(cpu) if cpu else None,
+                rss_bytes=_median_or_none(r.rss_bytes for r in group),
+                idle_rss_bytes=_median_or_none(r.idle_rss_bytes for r in group),
+                loadgen_busy=statistics.median(r.loadgen_busy for r in group),
+                p50_overhead_ms=None if base is None else p50 - base[0],
+                p99_overhead_ms=None if base is None else p99 - base[1],
+                throughput_ratio=None if base is None or not base[2] else rps / base[2],
+            )
+        )
+    order = {DIRECT: 0, PROXY: 1}
+    summaries.sort(key=lambda s: (s.case.stream, s.case.concurrency, order.get(s.case.target, 9)))
+    return summaries
+
+
+def _spread(median: float | None, low: float | None, high: float | None, repeats: int) -> str:
+    """Half the range over the repeats, relative to the median (as ``_report``)."""
+    if repeats < 2 or median is None or low is None or high is None or not median:
+        return "-"
+    return f"±{(high - low) / 2 / median * 100:.0f}%"
+
+
+def _opt(value: float | None, spec: str, *, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return format(value, ("+" if signed else "") + spec)
+
+
+def _mib(value: float | None) -> str:
+    return "-" if value is None else f"{value / 2**20:.1f}"
+
+
+_COLUMNS: Final[list[tuple[str, Callable[[ProxySummary], str]]]] = [
+    ("mode", lambda s: s.case.mode),
+    ("conc", lambda s: str(s.case.concurrency)),
+    ("target", lambda s: s.case.target),
+    ("requests", lambda s: f"{s.requests:.0f}x{s.repeats}"),
+    ("req/s", lambda s: f"{s.requests_per_s:.0f}"),
+    ("req/s spread", lambda s: _spread(s.requests_per_s, s.rps_min, s.rps_max, s.repeats)),
+    ("x direct", lambda s: _opt(s.throughput_ratio, ".2f")),
+    ("p50 ms", lambda s: f"{s.latency_p50_ms:.2f}"),
+    ("p99 ms", lambda s: f"{s.latency_p99_ms:.2f}"),
+    ("+p50 ms", lambda s: _opt(s.p50_overhead_ms, ".2f", signed=True)),
+    ("+p99 ms", lambda s: _opt(s.p99_overhead_ms, ".2f", signed=True)),
+    ("CPU ms/req", lambda s: _opt(s.cpu_ms_per_request, ".3f")),
+    (
+        "CPU spread",
+        lambda s: _spread(s.cpu_ms_per_request, s.cpu_ms_min, s.cpu_ms_max, s.repeats),
+    ),
+    ("RSS MiB", lambda s: _mib(s.rss_bytes)),
+    ("idle MiB", lambda s: _mib(s.idle_rss_bytes)),
+    ("wrk busy", lambda s: f"{s.loadgen_busy * 100:.0f}%"),
+]
+_LEFT: Final = frozenset({"mode", "target"})
+
+
+def proxy_table(summaries: Sequence[ProxySummary], *, markdown: bool = False) -> str:
+    """The summaries as an aligned text table (a blank line between cases), or Markdown."""
+    header = [name for name, _ in _COLUMNS]
+    rows = [[render(s) for _, render in _COLUMNS] for s in summaries]
+    if markdown:
+        align = ["---" if name in _LEFT else "---:" for name in header]
+        return "\n".join("| " + " | ".join(r) + " |" for r in [header, align, *rows])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        parts = [
+            c.ljust(w) if name in _LEFT else c.rjust(w)
+            for c, w, name in zip(cells, widths, header, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    out = [line(header), "  ".join("-" * w for w in widths)]
+    previous: tuple[bool, int] | None = None
+    for s, row in zip(summaries, rows, strict=True):
+        group = (s.case.stream, s.case.concurrency)
+        if previous is not None and group != previous:
+            out.append("")
+        previous = group
+        out.append(line(row))
+    return "\n".join(out)
+
+
+def proxy_json(summaries: Sequence[ProxySummary]) -> list[dict[str, Any]]:
+    """The summaries as JSON-ready dicts (times in ms, memory in bytes)."""
+    return [
+        {
+            "target": s.case.target,
+            "mode": s.case.mode,
+            "concurrency": s.case.concurrency,
+            "repeats": s.repeats,
+            "requests": s.requests,
+            "requests_per_s": s.requests_per_s,
+            "requests_per_s_min": s.rps_min,
+            "requests_per_s_max": s.rps_max,
+            "throughput_ratio_vs_direct": s.throughput_ratio,
+            "latency_p50_ms": s.latency_p50_ms,
+            "latency_p99_ms": s.latency_p99_ms,
+            "p50_overhead_ms": s.p50_overhead_ms,
+            "p99_overhead_ms": s.p99_overhead_ms,
+            "cpu_ms_per_request": s.cpu_ms_per_request,
+            "cpu_ms_per_request_min": s.cpu_ms_min,
+            "cpu_ms_per_request_max": s.cpu_ms_max,
+            "rss_bytes": s.rss_bytes,
+            "idle_rss_bytes": s.idle_rss_bytes,
+            "loadgen_busy": s.loadgen_busy,
+        }
+        for s in summaries
+    ]

@@ -1,0 +1,425 @@
+"""The proxy benchmark (benchmarks/_proxy.py): the wrk output parser on real wrk 4.1 output, the
+failure checks, the summary and overhead arithmetic, and one short run when wrk is installed."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+
+from benchmarks._proxy import (
+    DIRECT,
+    PROXY,
+    ProxyRun,
+    check_wrk,
+    measure_proxy,
+    parse_wrk_output,
+    proxy_json,
+    proxy_table,
+    summarize_proxy,
+    wrk_script,
+)
+from benchmarks._runner import Case
+from benchmarks._upstream import BenchmarkError, plan_cpus, run_fake_upstream
+
+# Captured from `wrk --latency -t1 -c4 -d1s -s <wrk_script(...)> URL` (wrk debian/4.1.0-3+b2).
+
+#: The proxy, non-streaming: latencies in ms.
+PROXY_CREATE = """\
+Running 1s test @ http://127.0.0.1:18002/v1/responses
+  1 threads and 4 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     9.07ms    3.55ms  37.12ms   95.69%
+    Req/Sec   453.70     61.59   515.00     90.00%
+  Latency Distribution
+     50%    8.29ms
+     75%    9.25ms
+     90%   10.54ms
+     99%   28.25ms
+  452 requests in 1.00s, 647.55KB read
+Requests/sec:    451.32
+Transfer/sec:    646.58KB
+sluicegate-bench failed: 0
+"""
+
+#: The fake upstream directly: us and ms in one distribution, k in the thread stats.
+DIRECT_CREATE = """\
+Running 1s test @ http://127.0.0.1:18001/v1/responses
+  1 threads and 4 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.36ms    8.23ms  61.81ms   94.15%
+    Req/Sec     8.62k     2.56k   13.61k    63.64%
+  Latency Distribution
+     50%  442.00us
+     75%  556.00us
+     90%  840.00us
+     99%   49.99ms
+  9412 requests in 1.10s, 11.57MB read
+Requests/sec:   8551.57
+Transfer/sec:     10.51MB
+sluicegate-bench failed: 0
+"""
+
+#: The proxy with a wrong key: every answer a 401.
+WRONG_KEY = """\
+Running 1s test @ http://127.0.0.1:18002/v1/responses
+  1 threads and 4 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     4.14ms    1.43ms  14.41ms   73.50%
+    Req/Sec     0.97k    88.92     1.08k    60.00%
+  Latency Distribution
+     50%    3.89ms
+     75%    4.74ms
+     90%    6.02ms
+     99%    9.56ms
+  969 requests in 1.00s, 316.06KB read
+  Non-2xx or 3xx responses: 969
+Requests/sec:    968.30
+Transfer/sec:    315.83KB
+sluicegate-bench failed: 969
+"""
+
+#: Slow streams (the fake with --token-delay 0.06, -c8 -d3s): seconds, padded with a space.
+SLOW_STREAMS = """\
+Running 3s test @ http://127.0.0.1:18003/v1/responses
+  1 threads and 8 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.23s     1.38ms   1.23s    62.50%
+    Req/Sec     6.00      0.00     6.00    100.00%
+  Latency Distribution
+     50%    1.23s\x20
+     75%    1.23s\x20
+     90%    1.23s\x20
+     99%    1.23s\x20
+  16 requests in 3.01s, 182.09KB read
+Requests/sec:      5.32
+Transfer/sec:     60.58KB
+sluicegate-bench failed: 0
+"""
+
+#: The same with --timeout 1s: every request timed out, so no latency was recorded.
+TIMEOUTS = """\
+Running 3s test @ http://127.0.0.1:18003/v1/responses
+  1 threads and 8 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     0.00us    0.00us   0.00us    -nan%
+    Req/Sec     6.00      0.00     6.00    100.00%
+  Latency Distribution
+     50%    0.00us
+     75%    0.00us
+     90%    0.00us
+     99%    0.00us
+  16 requests in 3.00s, 182.09KB read
+  Socket errors: connect 0, read 0, write 0, timeout 16
+Requests/sec:      5.32
+Transfer/sec:     60.60KB
+sluicegate-bench failed: 0
+"""
+
+#: Slow streams that time out mixed with requests to an unknown path (404s).
+TIMEOUTS_AND_404 = """\
+Running 3s test @ http://127.0.0.1:18003/v1/responses
+  1 threads and 8 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.29ms    1.01ms   3.69ms   66.67%
+    Req/Sec    19.33     17.90    40.00     66.67%
+  Latency Distribution
+     50%    1.20ms
+     75%    1.52ms
+     90%    2.64ms
+     99%    3.69ms
+  28 requests in 3.01s, 183.23KB read
+  Socket errors: connect 0, read 0, write 0, timeout 16
+  Non-2xx or 3xx responses: 12
+Requests/sec:      9.31
+Transfer/sec:     60.93KB
+sluicegate-bench failed: 12
+"""
+
+#: 404s, fast creates and slow streams mixed by a script without our done(): us, ms and s.
+ALL_UNITS = """\
+Running 3s test @ http://127.0.0.1:18003/v1/responses
+  1 threads and 8 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   282.81ms  390.81ms   1.23s    79.17%
+    Req/Sec     1.03k     1.41k    3.14k    75.00%
+  Latency Distribution
+     50%  827.00us
+     75%  558.03ms
+     90%  965.65ms
+     99%    1.21s\x20
+  951 requests in 3.01s, 800.54KB read
+  Non-2xx or 3xx responses: 551
+Requests/sec:    316.19
+Transfer/sec:    266.16KB
+"""
+
+#: What wrk prints (to stdout) for a bad option, such as -d0.5s.
+USAGE = """\
+Usage: wrk <options> <url>
+  Options:
+    -c, --connections <N>  Connections to keep open
+    -d, --duration    <T>  Duration of test
+"""
+
+
+def test_parse_ms() -> None:
+    result = parse_wrk_output(PROXY_CREATE)
+    assert result.requests == 452
+    assert result.duration_s == pytest.approx(1.00)
+    assert result.requests_per_s == pytest.approx(451.32)
+    assert result.latency_p50_s == pytest.approx(8.29e-3)
+    assert result.latency_p75_s == pytest.approx(9.25e-3)
+    assert result.latency_p90_s == pytest.approx(10.54e-3)
+    assert result.latency_p99_s == pytest.approx(28.25e-3)
+    assert result.non_2xx == 0
+    assert result.socket_errors == 0
+    assert result.script_failed == 0
+    check_wrk(result, "proxy")
+
+
+def test_parse_us_and_ms_not_confused_with_thread_stats() -> None:
+    result = parse_wrk_output(DIRECT_CREATE)
+    assert result.requests == 9412
+    assert result.duration_s == pytest.approx(1.10)
+    assert result.requests_per_s == pytest.approx(8551.57)
+    assert result.latency_p50_s == pytest.approx(442e-6)
+    assert result.latency_p90_s == pytest.approx(840e-6)
+    assert result.latency_p99_s == pytest.approx(49.99e-3)
+    check_wrk(result, "direct")
+
+
+def test_parse_seconds_with_padding() -> None:
+    result = parse_wrk_output(SLOW_STREAMS)
+    assert result.requests == 16
+    assert result.duration_s == pytest.approx(3.01)
+    assert result.latency_p50_s == pytest.approx(1.23)
+    assert result.latency_p99_s == pytest.approx(1.23)
+    check_wrk(result, "direct")
+
+
+def test_parse_us_ms_and_s_in_one_distribution() -> None:
+    result = parse_wrk_output(ALL_UNITS)
+    assert result.latency_p50_s == pytest.approx(827e-6)
+    assert result.latency_p75_s == pytest.approx(558.03e-3)
+    assert result.latency_p90_s == pytest.approx(965.65e-3)
+    assert result.latency_p99_s == pytest.approx(1.21)
+    assert result.non_2xx == 551
+    assert result.script_failed is None
+
+
+def test_non_2xx_fails_the_run() -> None:
+    result = parse_wrk_output(WRONG_KEY)
+    assert result.non_2xx == 969
+    assert result.script_failed == 969
+    assert result.socket_errors == 0
+    with pytest.raises(BenchmarkError, match=r"proxy: 969 non-2xx answers; 969 answers not 200"):
+        check_wrk(result, "proxy")
+
+
+def test_socket_errors_fail_the_run() -> None:
+    result = parse_wrk_output(TIMEOUTS)
+    assert (result.connect_errors, result.read_errors, result.write_errors) == (0, 0, 0)
+    assert result.timeouts == 16
+    assert result.latency_p50_s == 0.0
+    with pytest.raises(
+        BenchmarkError, match=r"socket errors: connect 0, read 0, write 0, timeout 16"
+    ):
+        check_wrk(result, "direct")
+
+
+def test_socket_errors_and_non_2xx_together() -> None:
+    result = parse_wrk_output(TIMEOUTS_AND_404)
+    assert result.requests == 28
+    assert result.timeouts == 16
+    assert result.non_2xx == 12
+    assert result.script_failed == 12
+    with pytest.raises(BenchmarkError) as info:
+        check_wrk(result, "direct")
+    assert "12 non-2xx answers" in str(info.value)
+    assert "timeout 16" in str(info.value)
+
+
+def test_a_script_that_did_not_report_fails_the_run() -> None:
+    with pytest.raises(BenchmarkError, match="did not report"):
+        check_wrk(parse_wrk_output(ALL_UNITS), "direct")
+
+
+def test_unexpected_output_is_an_error() -> None:
+    with pytest.raises(BenchmarkError, match="unexpected wrk output"):
+        parse_wrk_output(USAGE)
+    # Without --latency there is no distribution to take p50 and p99 from.
+    without_latency = re.sub(r"  Latency Distribution\n(.*%.*\n){4}", "", PROXY_CREATE)
+    assert "Distribution" not in without_latency
+    with pytest.raises(BenchmarkError):
+        parse_wrk_output(without_latency)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_wrk_script_posts_the_body_and_checks_completion(stream: bool) -> None:
+    script = wrk_script(model="bench", api_key="sk-bench-master", stream=stream)
+    body = re.search(r"wrk\.body = \[==\[(.*)\]==\]", script)
+    assert body is not None
+    expected = {"model": "bench", "input": "hello"} | ({"stream": True} if stream else {})
+    assert json.loads(body[1]) == expected
+    assert 'wrk.headers["Content-Type"] = "application/json"' in script
+    assert "[==[Bearer sk-bench-master]==]" in script
+    marker = '"type":"response.completed"' if stream else '"status":"completed"'
+    assert f"local marker = [==[{marker}]==]" in script
+    assert 'string.format("sluicegate-bench failed: %d\\n", total)' in script
+
+
+def _run(
+    target: str,
+    *,
+    stream: bool = False,
+    concurrency: int = 1,
+    rps: float,
+    p50: float,
+    p99: float,
+    cpu_s: float | None = None,
+    requests: int = 1000,
+) -> ProxyRun:
+    proxy = target == PROXY
+    return ProxyRun(
+        case=Case(target=target, stream=stream, concurrency=concurrency),
+        repeat=0,
+        tokens=20,
+        requests=requests,
+        duration_s=2.0,
+        requests_per_s=rps,
+        latency_p50_ms=p50,
+        latency_p99_ms=p99,
+        server_cpu_s=cpu_s,
+        rss_bytes=50 * 2**20 if proxy else None,
+        idle_rss_bytes=40 * 2**20 if proxy else None,
+        loadgen_cpu_s=0.5,
+    )
+
+
+def test_summary_takes_medians_and_the_overhead_over_direct() -> None:
+    runs = [
+        # Interleaved as measured; the proxy's CPU: 2.0, 2.5 and 3.0 ms per request.
+        _run(PROXY, rps=400, p50=3.0, p99=9.0, cpu_s=2.0),
+        _run(DIRECT, rps=10000, p50=0.1, p99=0.5),
+        _run(DIRECT, rps=12000, p50=0.2, p99=0.4),
+        _run(PROXY, rps=300, p50=3.5, p99=8.0, cpu_s=3.0),
+        _run(PROXY, rps=350, p50=3.2, p99=12.0, cpu_s=2.5),
+        _run(DIRECT, rps=11000, p50=0.3, p99=0.6),
+    ]
+    direct, proxy = summarize_proxy(runs)
+    assert direct.case.target == DIRECT  # direct sorts first within a case
+    assert direct.repeats == 3
+    assert direct.requests_per_s == 11000
+    assert direct.latency_p50_ms == pytest.approx(0.2)
+    assert direct.latency_p99_ms == pytest.approx(0.5)
+    assert direct.cpu_ms_per_request is None
+    assert direct.p50_overhead_ms is None
+    assert direct.throughput_ratio is None
+    assert direct.loadgen_busy == pytest.approx(0.25)
+
+    assert proxy.requests_per_s == 350
+    assert (proxy.rps_min, proxy.rps_max) == (300, 400)
+    assert proxy.latency_p50_ms == pytest.approx(3.2)
+    assert proxy.latency_p99_ms == pytest.approx(9.0)
+    # The overheads are differences of the medians: 3.2 - 0.2 and 9.0 - 0.5.
+    assert proxy.p50_overhead_ms == pytest.approx(3.0)
+    assert proxy.p99_overhead_ms == pytest.approx(8.5)
+    assert proxy.throughput_ratio == pytest.approx(350 / 11000)
+    assert proxy.cpu_ms_per_request == pytest.approx(2.5)
+    assert proxy.cpu_ms_min == pytest.approx(2.0)
+    assert proxy.cpu_ms_max == pytest.approx(3.0)
+    assert proxy.rss_bytes == 50 * 2**20
+    assert proxy.idle_rss_bytes == 40 * 2**20
+
+    table = proxy_table([direct, proxy])
+    header, _, direct_row, proxy_row = table.splitlines()
+    assert header.split()[:5] == ["mode", "conc", "target", "requests", "req/s"]
+    assert " ".join(direct_row.split()) == (
+        "create 1 direct 1000x3 11000 ±9% - 0.20 0.50 - - - - - - 25%"
+    )
+    # CPU spread: half of (3.0 - 2.0) over the median 2.5.
+    assert " ".join(proxy_row.split()) == (
+        "create 1 proxy 1000x3 350 ±14% 0.03 3.20 9.00 +3.00 +8.50 2.500 ±20% 50.0 40.0 25%"
+    )
+
+
+def test_summary_pairs_each_proxy_case_with_its_own_direct_case() -> None:
+    runs = [
+        _run(PROXY, stream=True, concurrency=16, rps=200, p50=80.0, p99=150.0, cpu_s=10.0),
+        _run(DIRECT, stream=True, concurrency=16, rps=5000, p50=3.0, p99=25.0),
+        _run(PROXY, concurrency=16, rps=400, p50=40.0, p99=90.0, cpu_s=2.4),
+        _run(DIRECT, concurrency=16, rps=13000, p50=1.2, p99=2.8),
+        # A proxy case without a direct twin has no overhead.
+        _run(PROXY, concurrency=64, rps=400, p50=160.0, p99=200.0, cpu_s=2.4),
+    ]
+    summaries = summarize_proxy(runs)
+    keys = [(s.case.mode, s.case.concurrency, s.case.target) for s in summaries]
+    assert keys == [
+        ("create", 16, DIRECT),
+        ("create", 16, PROXY),
+        ("create", 64, PROXY),
+        ("stream", 16, DIRECT),
+        ("stream", 16, PROXY),
+    ]
+    by_key = dict(zip(keys, summaries, strict=True))
+    assert by_key["create", 16, PROXY].p50_overhead_ms == pytest.approx(38.8)
+    assert by_key["stream", 16, PROXY].p50_overhead_ms == pytest.approx(77.0)
+    assert by_key["stream", 16, PROXY].p99_overhead_ms == pytest.approx(125.0)
+    assert by_key["stream", 16, PROXY].cpu_ms_per_request == pytest.approx(10.0)
+    assert by_key["create", 64, PROXY].p50_overhead_ms is None
+    # One repeat: no spread.
+    assert "±" not in proxy_table(summaries)
+
+    markdown = proxy_table(summaries, markdown=True).splitlines()
+    assert markdown[0].startswith("| mode | conc | target |")
+    assert markdown[1].startswith("| --- | ---: | --- |")
+    assert len(markdown) == 2 + len(summaries)
+
+    documents = proxy_json(summaries)
+    assert documents[1]["target"] == PROXY
+    assert documents[1]["mode"] == "create"
+    assert documents[1]["p50_overhead_ms"] == pytest.approx(38.8)
+    assert documents[1]["cpu_ms_per_request"] == pytest.approx(2.4)
+    assert documents[0]["cpu_ms_per_request"] is None
+    json.dumps(documents)  # JSON-ready as is
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_measure_proxy_against_the_fake_upstream() -> None:
+    """End to end, briefly: the proxy process, wrk on both targets, the warm-up and /proc."""
+    with run_fake_upstream(tokens=4, cpu=None) as upstream:
+        runs = measure_proxy(
+            upstream_url=upstream.base_url,
+            plan=plan_cpus(),
+            concurrencies=[4],
+            seconds=0.5,
+            repeats=1,
+            tokens=4,
+            warmup_s=0.5,
+        )
+    assert [(r.case.target, r.case.mode) for r in runs] == [
+        (PROXY, "create"),
+        (DIRECT, "create"),
+        (PROXY, "stream"),
+        (DIRECT, "stream"),
+    ]
+    for run in runs:
+        assert run.requests > 0
+        assert run.requests_per_s > 0
+        assert 0 < run.latency_p50_ms <= run.latency_p99_ms
+        assert run.tokens == 4
+        if run.case.target == PROXY:
+            assert run.cpu_ms_per_request is not None
+            assert run.cpu_ms_per_request > 0
+            assert run.rss_bytes is not None
+            assert run.rss_bytes > 0
+            assert run.idle_rss_bytes is not None
+            assert run.idle_rss_bytes > 0
+        else:
+            assert run.cpu_ms_per_request is None
+            assert run.rss_bytes is None
+    summaries = summarize_proxy(runs)
+    assert [s.p50_overhead_ms is None for s in summaries] == [True, False, True, False]
