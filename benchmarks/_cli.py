@@ -10,6 +10,7 @@ import shlex
 import sys
 import time
 from contextlib import AsyncExitStack
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -19,12 +20,27 @@ import trio
 
 import sluicegate
 
+from ._charts import write_charts
 from ._litellm import litellm_available, measure_litellm
+from ._memory import (
+    MemoryResult,
+    RunningServer,
+    memory_checks,
+    memory_json,
+    memory_table,
+    open_slow_streams,
+    proxy_idle_rss,
+    raise_open_file_limit,
+    slow_consumer_library,
+    slow_consumer_proxy,
+)
 from ._proxy import (
     DEFAULT_SECONDS,
     DEFAULT_WARMUP_S,
+    LONG_MODEL,
     ProxyRun,
     measure_proxy,
+    open_proxy_server,
     proxy_json,
     proxy_table,
     summarize_proxy,
@@ -40,7 +56,7 @@ if TYPE_CHECKING:
 
     from ._runner import CaseRun
     from ._targets import Target
-    from ._upstream import FakeUpstreamProcess
+    from ._upstream import CpuPlan, FakeUpstreamProcess
 
 __all__ = ["main"]
 
@@ -222,6 +238,46 @@ def _run_litellm(
     return runs
 
 
+#: Events each slow consumer reads (one per 10 ms), and slow streams held open, per run kind.
+_SLOW_EVENTS: Final = {True: 100, False: 1500}
+_OPEN_STREAMS: Final = {True: 20, False: 500}
+
+
+def _library_memory(settings: Settings, plan: CpuPlan) -> list[MemoryResult]:
+    """The library under a slow consumer, in this process (memory must stay flat)."""
+    events = _SLOW_EVENTS[settings.smoke]
+    # Four times the events read, so backpressure has to hold for the whole read.
+    with run_fake_upstream(tokens=4 * events, cpu=plan.upstream) as long_upstream:
+        run = trio.run(partial(slow_consumer_library, long_upstream.base_url, events=events))
+    return [run]
+
+
+def _proxy_memory(settings: Settings, plan: CpuPlan) -> list[MemoryResult]:
+    """The proxy: idle, under a slow consumer, and holding many slow streams open."""
+    events = _SLOW_EVENTS[settings.smoke]
+    streams = _OPEN_STREAMS[settings.smoke]
+    raise_open_file_limit(2 * streams + 256)
+    with (
+        run_fake_upstream(tokens=4 * events, cpu=plan.upstream) as long_upstream,
+        # A word every half second: the streams stay open while they are counted.
+        run_fake_upstream(tokens=400, cpu=plan.upstream, token_delay=0.5) as slow_upstream,
+        open_proxy_server(
+            upstream_url=slow_upstream.base_url,
+            long_upstream_url=long_upstream.base_url,
+            cpu=plan.measure,
+        ) as proxy,
+    ):
+        server = RunningServer(url=proxy.url, pid=proxy.pid)
+
+        async def scenarios() -> list[MemoryResult]:
+            idle = await proxy_idle_rss(server)
+            slow = await slow_consumer_proxy(server, events=events, model=LONG_MODEL)
+            held = await open_slow_streams(server, streams=streams)
+            return [idle, slow, held]
+
+        return trio.run(scenarios)
+
+
 def _print_proxy_run(run: ProxyRun) -> None:
     print(
         f"[proxy]   {run.case.mode:<6} c={run.case.concurrency:<3} {run.case.target:<10} "
@@ -262,6 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with run_fake_upstream(tokens=settings.tokens, cpu=plan.upstream) as upstream:
             pin_current_process(plan.measure)
+            # First, in a fresh heap: memory freed by other work would hide growth (_memory.py).
+            memory_results: list[MemoryResult] = list(_library_memory(settings, plan))
             runs = trio.run(_run_all, settings, upstream)
             runs += _run_litellm(settings, upstream, plan.measure)
             proxy_runs = measure_proxy(
@@ -274,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 warmup_s=0 if settings.smoke else DEFAULT_WARMUP_S,
                 on_run=_print_proxy_run,
             )
+            memory_results += _proxy_memory(settings, plan)
             recording = trio.run(
                 measure_recording,
                 settings.concurrencies,
@@ -306,6 +365,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(proxy_table(proxy_summaries))
     print()
+    print("memory:")
+    print(memory_table(memory_results))
+    for check in memory_checks(memory_results):
+        print(f"  {check.verdict}  {check.name}: {check.detail}")
+    print()
     print("recording alone (event store, SQLite file; part of every sluicegate figure above):")
     print(recording_table(recording))
 
@@ -327,6 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "elapsed_s": round(elapsed, 2),
         "recording": [attrs.asdict(r) for r in recording],
         "proxy": proxy_json(proxy_summaries),
+        "memory": memory_json(memory_results),
     }
     # A smoke run must not replace the last real results.
     latest = "latest-smoke" if settings.smoke else "latest"
@@ -343,7 +408,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     with paths[2].open("a", encoding="utf-8") as md:
         md.write("\n## HTTP proxy vs the upstream directly (wrk)\n\n")
         md.write(proxy_table(proxy_summaries, markdown=True) + "\n")
+        md.write("\n## Memory\n\n")
+        md.write(memory_table(memory_results, markdown=True) + "\n")
         md.write("\n## Recording (event store, SQLite file)\n\n")
         md.write(recording_table(recording, markdown=True) + "\n")
-    print(f"\n{elapsed:.1f} s; results: " + ", ".join(str(p) for p in paths))
+    proxy_series = [
+        {
+            "target": f"{s.case.target} (wrk)",
+            "mode": s.case.mode,
+            "concurrency": s.case.concurrency,
+            "requests_per_s": s.requests_per_s,
+            "latency_p50_ms": s.latency_p50_ms,
+            "latency_p99_ms": s.latency_p99_ms,
+        }
+        for s in proxy_summaries
+    ]
+    charts = write_charts(
+        RESULTS_DIR / f"{stem}-charts", summaries, memory_results, extra_series=proxy_series
+    )
+    print(f"\n{elapsed:.1f} s; results: " + ", ".join(str(p) for p in [*paths, *charts]))
     return 0

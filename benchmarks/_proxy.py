@@ -105,6 +105,8 @@ __all__ = [
 PROXY: Final = "proxy"
 DIRECT: Final = "direct"
 MASTER_KEY: Final = "sk-bench-master"
+#: The model group on the long upstream (``open_proxy_server(long_upstream_url=...)``).
+LONG_MODEL: Final = "bench-long"
 #: Measured seconds per run (wrk takes whole seconds).
 DEFAULT_SECONDS: Final = 5
 #: Two keep-alive expiries, as the library runner's warm-up: the proxy's upstream pool settles
@@ -166,11 +168,28 @@ class ProxyServerProcess:
         return data[-limit:].decode("utf-8", "replace") or "(no output)"
 
 
-def proxy_config(upstream_url: str, store_path: Path) -> dict[str, Any]:
+def proxy_config(
+    upstream_url: str, store_path: Path, *, long_upstream_url: str | None = None
+) -> dict[str, Any]:
     """The proxy's configuration: one model group on the upstream, pool limits like the
-    library targets' (``_targets.py``), a SQLite store in ``store_path``."""
+    library targets' (``_targets.py``), a SQLite store in ``store_path``; with
+    ``long_upstream_url``, a second group ``bench-long`` on it (the memory scenarios)."""
+    extra = []
+    if long_upstream_url is not None:
+        extra.append(
+            {
+                "model_name": LONG_MODEL,
+                "litellm_params": {
+                    "model": f"openai/{UPSTREAM_MODEL}",
+                    "api_base": long_upstream_url,
+                    "api_key": API_KEY,
+                },
+                "model_info": {"id": "bench-long-1"},
+            }
+        )
     return {
         "model_list": [
+            *extra,
             {
                 "model_name": GATEWAY_MODEL,
                 "litellm_params": {
@@ -179,7 +198,7 @@ def proxy_config(upstream_url: str, store_path: Path) -> dict[str, Any]:
                     "api_key": API_KEY,
                 },
                 "model_info": {"id": "bench-1"},
-            }
+            },
         ],
         "general_settings": {
             "master_key": MASTER_KEY,
@@ -193,7 +212,11 @@ def proxy_config(upstream_url: str, store_path: Path) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def open_proxy_server(
-    *, upstream_url: str, cpu: int | None, tokens: int | None = None
+    *,
+    upstream_url: str,
+    cpu: int | None,
+    tokens: int | None = None,
+    long_upstream_url: str | None = None,
 ) -> Iterator[ProxyServerProcess]:
     """Run ``python -m sluicegate serve`` (one worker, pinned to ``cpu``) on a free loopback port
     with a temporary config and store, yield it once ``GET /health/readiness`` answers 200, and
@@ -211,7 +234,10 @@ def open_proxy_server(
         root = Path(scratch)
         config_path = root / "proxy.yaml"
         config_path.write_text(
-            yaml.safe_dump(proxy_config(upstream_url, root / "proxy.db"), sort_keys=False),
+            yaml.safe_dump(
+                proxy_config(upstream_url, root / "proxy.db", long_upstream_url=long_upstream_url),
+                sort_keys=False,
+            ),
             encoding="utf-8",
         )
         port = _free_port()

@@ -313,9 +313,12 @@ class Gateway:
         self._in_flight += 1
         self._total += 1
         try:
-            async with open_body_nursery() as nursery:
-                nursery.start_soon(self._run_streaming, call, tracker, send)
-                with recv:
+            # The channel closes only after the nursery: leaving the block early cancels the
+            # request first (recorded cancelled), rather than breaking the channel under a sink
+            # that is handing over the next batch.
+            with recv:
+                async with open_body_nursery() as nursery:
+                    nursery.start_soon(self._run_streaming, call, tracker, send)
                     failure = await events._prime()
                     if failure is not None:
                         raise failure

@@ -692,3 +692,20 @@ async def test_a_chain_longer_than_the_limit_is_a_clear_400(
             "previous_response_id",
         )
         assert "max_conversation_turns" in info.value.message
+
+
+async def test_leaving_a_stream_while_the_pipeline_waits_to_deliver_is_a_clean_cancel(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: the caller's channel closed before the request was cancelled, so the sink,
+    blocked handing over the next batch, died of BrokenResourceError and the response was
+    logged as an internal error and recorded failed."""
+    upstream = NativeUpstream()  # no pacing: batches queue up behind the caller
+    async with gateway(upstream) as gw:
+        async with gw.stream(model="g", input="hi") as events:
+            async for _ in events:
+                await trio.testing.wait_all_tasks_blocked()  # the sink is blocked on send
+                break
+        [log] = await gw.spend_logs()
+    assert log.status == "cancelled"
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
