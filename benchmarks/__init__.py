@@ -31,7 +31,16 @@ Targets
   (128/128). Non-streaming: POST the JSON body and ``orjson.loads`` the response body. Streaming:
   POST with ``"stream": true``, read ``aiter_lines()`` and ``orjson.loads`` every ``data:`` line.
 - **sluicegate**: one gateway (``sluicegate.open_gateway``) for the whole run;
-  ``gw.responses(...)``, and ``gw.stream(...)`` consuming every event.
+  ``gw.responses(...)``, and ``gw.stream(...)`` consuming every event. It records every response
+  in a SQLite file, as a deployed gateway does.
+- **litellm** (when the ``compare`` extra is installed): ``litellm.aresponses`` on asyncio in a
+  child process pinned like the measuring process, driven the same way (``_litellm.py``).
+- **proxy / direct** (``_proxy.py``): ``sluicegate serve`` in its own process (its CPU and RSS
+  read from ``/proc``), loaded by ``wrk`` pinned beside the upstream; the same ``wrk`` against
+  the upstream directly gives what the proxy adds, p50 and p99.
+- **memory** (``_memory.py``): the proxy's RSS idle, per open slow stream (500 held open), and
+  under a consumer reading one event per 10 ms (library and proxy: RSS must stay flat).
+- PNG charts (``_charts.py``, the ``bench`` extra): latency, requests/s, memory.
 
 Why the floor is fair
 ---------------------

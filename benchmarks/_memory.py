@@ -53,7 +53,7 @@ import trio
 import sluicegate
 
 from ._report import Check
-from ._targets import API_KEY, GATEWAY_MODEL, INPUT, UPSTREAM_MODEL
+from ._targets import GATEWAY_MODEL, INPUT, bench_model
 from ._upstream import BenchmarkError
 
 if TYPE_CHECKING:
@@ -611,17 +611,7 @@ def _library_config(upstream_url: str, store_path: str) -> dict[str, Any]:
     """The library's config for the slow consumer: one model group on the fake upstream,
     recording in a SQLite file (as in the throughput benchmark)."""
     return {
-        "model_list": [
-            {
-                "model_name": GATEWAY_MODEL,
-                "litellm_params": {
-                    "model": f"openai/{UPSTREAM_MODEL}",
-                    "api_base": upstream_url,
-                    "api_key": API_KEY,
-                },
-                "model_info": {"id": "bench-1"},
-            }
-        ],
+        "model_list": [bench_model(upstream_url)],
         "general_settings": {"store": {"path": store_path}},
     }
 

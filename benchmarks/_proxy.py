@@ -66,6 +66,7 @@ import attrs
 import httpx
 import yaml
 
+from ._report import render_table
 from ._runner import Case
 from ._targets import (
     API_KEY,
@@ -74,6 +75,7 @@ from ._targets import (
     POOL_KEEPALIVE_EXPIRY,
     POOL_SIZE,
     UPSTREAM_MODEL,
+    bench_model,
 )
 from ._upstream import BenchmarkError
 
@@ -169,41 +171,27 @@ class ProxyServerProcess:
 
 
 def proxy_config(
-    upstream_url: str, store_path: Path, *, long_upstream_url: str | None = None
+    upstream_url: str,
+    store_path: Path,
+    *,
+    long_upstream_url: str | None = None,
+    max_connections: int = POOL_SIZE,
 ) -> dict[str, Any]:
     """The proxy's configuration: one model group on the upstream, pool limits like the
     library targets' (``_targets.py``), a SQLite store in ``store_path``; with
     ``long_upstream_url``, a second group ``bench-long`` on it (the memory scenarios)."""
     extra = []
     if long_upstream_url is not None:
-        extra.append(
-            {
-                "model_name": LONG_MODEL,
-                "litellm_params": {
-                    "model": f"openai/{UPSTREAM_MODEL}",
-                    "api_base": long_upstream_url,
-                    "api_key": API_KEY,
-                },
-                "model_info": {"id": "bench-long-1"},
-            }
-        )
+        extra.append(bench_model(long_upstream_url, name=LONG_MODEL, deployment_id="bench-long-1"))
     return {
         "model_list": [
             *extra,
-            {
-                "model_name": GATEWAY_MODEL,
-                "litellm_params": {
-                    "model": f"openai/{UPSTREAM_MODEL}",
-                    "api_base": upstream_url,
-                    "api_key": API_KEY,
-                },
-                "model_info": {"id": "bench-1"},
-            },
+            bench_model(upstream_url),
         ],
         "general_settings": {
             "master_key": MASTER_KEY,
-            "max_connections": POOL_SIZE,
-            "max_keepalive_connections": POOL_SIZE,
+            "max_connections": max_connections,
+            "max_keepalive_connections": max_connections,
             "keepalive_expiry": POOL_KEEPALIVE_EXPIRY,
             "store": {"path": str(store_path)},
         },
@@ -217,6 +205,7 @@ def open_proxy_server(
     cpu: int | None,
     tokens: int | None = None,
     long_upstream_url: str | None = None,
+    max_connections: int = POOL_SIZE,
 ) -> Iterator[ProxyServerProcess]:
     """Run ``python -m sluicegate serve`` (one worker, pinned to ``cpu``) on a free loopback port
     with a temporary config and store, yield it once ``GET /health/readiness`` answers 200, and
@@ -235,7 +224,12 @@ def open_proxy_server(
         config_path = root / "proxy.yaml"
         config_path.write_text(
             yaml.safe_dump(
-                proxy_config(upstream_url, root / "proxy.db", long_upstream_url=long_upstream_url),
+                proxy_config(
+                    upstream_url,
+                    root / "proxy.db",
+                    long_upstream_url=long_upstream_url,
+                    max_connections=max_connections,
+                ),
                 sort_keys=False,
             ),
             encoding="utf-8",
@@ -855,34 +849,16 @@ _COLUMNS: Final[list[tuple[str, Callable[[ProxySummary], str]]]] = [
     ("idle MiB", lambda s: _mib(s.idle_rss_bytes)),
     ("wrk busy", lambda s: f"{s.loadgen_busy * 100:.0f}%"),
 ]
-_LEFT: Final = frozenset({"mode", "target"})
 
 
 def proxy_table(summaries: Sequence[ProxySummary], *, markdown: bool = False) -> str:
     """The summaries as an aligned text table (a blank line between cases), or Markdown."""
-    header = [name for name, _ in _COLUMNS]
-    rows = [[render(s) for _, render in _COLUMNS] for s in summaries]
-    if markdown:
-        align = ["---" if name in _LEFT else "---:" for name in header]
-        return "\n".join("| " + " | ".join(r) + " |" for r in [header, align, *rows])
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        parts = [
-            c.ljust(w) if name in _LEFT else c.rjust(w)
-            for c, w, name in zip(cells, widths, header, strict=True)
-        ]
-        return "  ".join(parts).rstrip()
-
-    out = [line(header), "  ".join("-" * w for w in widths)]
-    previous: tuple[bool, int] | None = None
-    for s, row in zip(summaries, rows, strict=True):
-        group = (s.case.stream, s.case.concurrency)
-        if previous is not None and group != previous:
-            out.append("")
-        previous = group
-        out.append(line(row))
-    return "\n".join(out)
+    return render_table(
+        _COLUMNS,
+        summaries,
+        group=lambda s: (s.case.stream, s.case.concurrency),
+        markdown=markdown,
+    )
 
 
 def proxy_json(summaries: Sequence[ProxySummary]) -> list[dict[str, Any]]:

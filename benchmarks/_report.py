@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import statistics
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import attrs
 import orjson
@@ -193,16 +193,23 @@ _COLUMNS: Final[list[tuple[str, Callable[[Summary], str]]]] = [
     ),
 ]
 _LEFT: Final = frozenset({"mode", "target"})
+_Row = TypeVar("_Row")
 
 
-def _cells(summaries: Sequence[Summary]) -> tuple[list[str], list[list[str]]]:
-    header = [name for name, _ in _COLUMNS]
-    rows = [[render(s) for _, render in _COLUMNS] for s in summaries]
-    return header, rows
-
-
-def text_table(summaries: Sequence[Summary]) -> str:
-    header, rows = _cells(summaries)
+def render_table(
+    columns: Sequence[tuple[str, Callable[[_Row], str]]],
+    items: Sequence[_Row],
+    *,
+    group: Callable[[_Row], object],
+    markdown: bool = False,
+) -> str:
+    """Items as an aligned text table (a blank line between groups; ``mode`` and ``target``
+    left-aligned, numbers right-aligned), or as Markdown. Every table of the suite uses this."""
+    header = [name for name, _ in columns]
+    rows = [[render(item) for _, render in columns] for item in items]
+    if markdown:
+        align = ["---" if name in _LEFT else "---:" for name in header]
+        return "\n".join("| " + " | ".join(r) + " |" for r in [header, align, *rows])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
@@ -213,20 +220,26 @@ def text_table(summaries: Sequence[Summary]) -> str:
         return "  ".join(parts).rstrip()
 
     out = [line(header), "  ".join("-" * w for w in widths)]
-    previous: tuple[bool, int] | None = None
-    for s, row in zip(summaries, rows, strict=True):
-        group = (s.case.stream, s.case.concurrency)
-        if previous is not None and group != previous:
+    previous: object = None
+    for item, row in zip(items, rows, strict=True):
+        key = group(item)
+        if previous is not None and key != previous:
             out.append("")
-        previous = group
+        previous = key
         out.append(line(row))
     return "\n".join(out)
 
 
+def _by_case(s: Summary) -> object:
+    return (s.case.stream, s.case.concurrency)
+
+
+def text_table(summaries: Sequence[Summary]) -> str:
+    return render_table(_COLUMNS, summaries, group=_by_case)
+
+
 def markdown_table(summaries: Sequence[Summary]) -> str:
-    header, rows = _cells(summaries)
-    align = ["---" if name in _LEFT else "---:" for name in header]
-    return "\n".join("| " + " | ".join(r) + " |" for r in [header, align, *rows])
+    return render_table(_COLUMNS, summaries, group=_by_case, markdown=True)
 
 
 def _summary_json(s: Summary) -> dict[str, Any]:

@@ -28,6 +28,7 @@ __all__ = [
     "POOL_KEEPALIVE_EXPIRY",
     "POOL_SIZE",
     "UPSTREAM_MODEL",
+    "bench_model",
     "Answer",
     "FloorTarget",
     "SluicegateTarget",
@@ -161,23 +162,29 @@ async def open_floor(base_url: str) -> AsyncIterator[FloorTarget]:
         yield FloorTarget(client, f"{base_url}/responses", headers)
 
 
+def bench_model(
+    upstream_url: str, *, name: str = GATEWAY_MODEL, deployment_id: str = "bench-1"
+) -> dict[str, Any]:
+    """A ``model_list`` entry: the group ``name`` on the fake upstream (every benchmark config
+    routes this way: the library's, the proxy's, the memory scenarios')."""
+    return {
+        "model_name": name,
+        "litellm_params": {
+            "model": f"openai/{UPSTREAM_MODEL}",
+            "api_base": upstream_url,
+            "api_key": API_KEY,
+        },
+        "model_info": {"id": deployment_id},
+    }
+
+
 @asynccontextmanager
 async def open_sluicegate(base_url: str) -> AsyncIterator[SluicegateTarget]:
     """One gateway for the whole run, routing one model group to the fake upstream. It records
     every response in a SQLite file, as a deployed gateway does (a temporary one here)."""
     scratch = tempfile.TemporaryDirectory(prefix="sluicegate-bench-")
     config = {
-        "model_list": [
-            {
-                "model_name": GATEWAY_MODEL,
-                "litellm_params": {
-                    "model": f"openai/{UPSTREAM_MODEL}",
-                    "api_base": base_url,
-                    "api_key": API_KEY,
-                },
-                "model_info": {"id": "bench-1"},
-            }
-        ],
+        "model_list": [bench_model(base_url)],
         "general_settings": {
             "max_connections": POOL_SIZE,
             "max_keepalive_connections": POOL_SIZE,
