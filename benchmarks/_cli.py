@@ -53,7 +53,7 @@ from ._targets import POOL_KEEPALIVE_EXPIRY, POOL_SIZE, open_floor, open_sluiceg
 from ._upstream import BenchmarkError, pin_current_process, plan_cpus, run_fake_upstream
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from ._runner import CaseRun
     from ._targets import Target
@@ -87,6 +87,38 @@ class Settings:
         if concurrency >= _LOW_CONCURRENCY:
             return self.requests
         return max(1, self.requests // 4)
+
+
+@attrs.define(eq=False)
+class _Progress:
+    """One line per finished measurement on stderr: a bar, the count, an estimate of the time
+    left, and what was measured (lines, not a redrawn bar, so CI logs read as well as a
+    terminal)."""
+
+    total: int
+    done: int = 0
+    started: float = attrs.Factory(time.monotonic)
+
+    def step(self, text: str) -> None:
+        self.done = min(self.done + 1, self.total)
+        width = 24
+        filled = round(width * self.done / self.total)
+        elapsed = time.monotonic() - self.started
+        left = elapsed / self.done * (self.total - self.done)
+        bar = "#" * filled + "." * (width - filled)
+        print(
+            f"[{bar}] {self.done:>3}/{self.total} ~{left:4.0f} s left  {text}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _steps(settings: Settings) -> int:
+    cases = len(settings.concurrencies) * settings.repeats
+    library = 2 * 2 * cases  # floor and sluicegate, create and stream
+    litellm = 2 * cases if litellm_available() else 0
+    proxy = 2 * 2 * cases  # proxy and direct, create and stream
+    return library + litellm + proxy + 2  # + the two memory sections
 
 
 def _concurrencies(text: str) -> tuple[int, ...]:
@@ -159,9 +191,10 @@ def _parse(argv: Sequence[str] | None) -> Settings:
     )
 
 
-async def _run_all(settings: Settings, upstream: FakeUpstreamProcess) -> list[CaseRun]:
+async def _run_all(
+    settings: Settings, upstream: FakeUpstreamProcess, progress: _Progress
+) -> list[CaseRun]:
     runs: list[CaseRun] = []
-    total = 2 * 2 * len(settings.concurrencies) * settings.repeats
     async with AsyncExitStack() as stack:
         targets: list[Target] = [
             await stack.enter_async_context(open_floor(upstream.base_url)),
@@ -189,12 +222,10 @@ async def _run_all(settings: Settings, upstream: FakeUpstreamProcess) -> list[Ca
                             upstream=upstream,
                         )
                         runs.append(run)
-                        print(
-                            f"[{len(runs):>3}/{total}] {case.mode:<6} c={concurrency:<3} "
-                            f"{case.target:<10} {run.cpu_ms_per_request:7.3f} CPU ms/req  "
-                            f"{run.requests_per_s:7.0f} req/s",
-                            file=sys.stderr,
-                            flush=True,
+                        progress.step(
+                            f"{case.mode:<6} c={concurrency:<3} {case.target:<10} "
+                            f"{run.cpu_ms_per_request:7.3f} CPU ms/req  "
+                            f"{run.requests_per_s:7.0f} req/s"
                         )
     return runs
 
@@ -206,7 +237,7 @@ _LITELLM_MIN: Final = 100
 
 
 def _run_litellm(
-    settings: Settings, upstream: FakeUpstreamProcess, cpu: int | None
+    settings: Settings, upstream: FakeUpstreamProcess, cpu: int | None, progress: _Progress
 ) -> list[CaseRun]:
     """LiteLLM's library on the same upstream, when the ``compare`` extra is installed."""
     if not litellm_available():
@@ -230,11 +261,9 @@ def _run_litellm(
                     stream=stream,
                 ).as_case_run()
                 runs.append(run)
-                print(
-                    f"[litellm] {run.case.mode:<6} c={concurrency:<3} "
-                    f"{run.cpu_ms_per_request:7.3f} CPU ms/req  {run.requests_per_s:7.0f} req/s",
-                    file=sys.stderr,
-                    flush=True,
+                progress.step(
+                    f"{run.case.mode:<6} c={concurrency:<3} litellm    "
+                    f"{run.cpu_ms_per_request:7.3f} CPU ms/req  {run.requests_per_s:7.0f} req/s"
                 )
     return runs
 
@@ -294,13 +323,14 @@ def _proxy_memory(settings: Settings, plan: CpuPlan) -> list[MemoryResult]:
         return trio.run(scenarios)
 
 
-def _print_proxy_run(run: ProxyRun) -> None:
-    print(
-        f"[proxy]   {run.case.mode:<6} c={run.case.concurrency:<3} {run.case.target:<10} "
-        f"{run.requests_per_s:7.0f} req/s  p50 {run.latency_p50_ms:7.2f} ms",
-        file=sys.stderr,
-        flush=True,
-    )
+def _proxy_progress(progress: _Progress) -> Callable[[ProxyRun], None]:
+    def report(run: ProxyRun) -> None:
+        progress.step(
+            f"{run.case.mode:<6} c={run.case.concurrency:<3} {run.case.target + ' (wrk)':<10} "
+            f"{run.requests_per_s:7.0f} req/s  p50 {run.latency_p50_ms:7.2f} ms"
+        )
+
+    return report
 
 
 def _versions() -> dict[str, str]:
@@ -335,9 +365,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         with run_fake_upstream(tokens=settings.tokens, cpu=plan.upstream) as upstream:
             pin_current_process(plan.measure)
             # First, in a fresh heap: memory freed by other work would hide growth (_memory.py).
+            progress = _Progress(_steps(settings))
             memory_results: list[MemoryResult] = list(_library_memory(settings, plan))
-            runs = trio.run(_run_all, settings, upstream)
-            runs += _run_litellm(settings, upstream, plan.measure)
+            progress.step("memory: the library under a slow consumer")
+            runs = trio.run(_run_all, settings, upstream, progress)
+            runs += _run_litellm(settings, upstream, plan.measure, progress)
             proxy_runs = measure_proxy(
                 upstream_url=upstream.base_url,
                 plan=plan,
@@ -346,9 +378,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 repeats=settings.repeats,
                 tokens=settings.tokens,
                 warmup_s=0 if settings.smoke else DEFAULT_WARMUP_S,
-                on_run=_print_proxy_run,
+                on_run=_proxy_progress(progress),
             )
             memory_results += _proxy_memory(settings, plan)
+            progress.step("memory: the proxy idle, under a slow consumer, with open streams")
             recording = trio.run(
                 measure_recording,
                 settings.concurrencies,
