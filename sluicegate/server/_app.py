@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 from urllib.parse import parse_qs
@@ -151,7 +151,9 @@ class _Exchange:
             }
         )
 
-    async def json(self, status: int, body: Any, headers: list[tuple[bytes, bytes]] = []) -> None:  # noqa: B006 -- never mutated
+    async def json(
+        self, status: int, body: Any, headers: Sequence[tuple[bytes, bytes]] = ()
+    ) -> None:
         payload = orjson.dumps(body)
         await self.start(
             status, [*_JSON, (b"content-length", str(len(payload)).encode()), *headers]
