@@ -40,6 +40,8 @@ from ._proxy import (
     DEFAULT_WARMUP_S,
     LONG_MODEL,
     ProxyRun,
+    first_event_line,
+    measure_first_event,
     measure_proxy,
     open_proxy_server,
     proxy_json,
@@ -118,7 +120,7 @@ def _steps(settings: Settings) -> int:
     library = 2 * 2 * cases  # floor and sluicegate, create and stream
     litellm = 2 * cases if litellm_available() else 0
     proxy = 2 * 2 * cases  # proxy and direct, create and stream
-    return library + litellm + proxy + 2  # + the two memory sections
+    return library + litellm + proxy + 3  # + time to first event and two memory sections
 
 
 def _concurrencies(text: str) -> tuple[int, ...]:
@@ -380,6 +382,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 warmup_s=0 if settings.smoke else DEFAULT_WARMUP_S,
                 on_run=_proxy_progress(progress),
             )
+            first_events = measure_first_event(
+                upstream_url=upstream.base_url, plan=plan, samples=20 if settings.smoke else 200
+            )
+            progress.step("time to first event: proxy and direct")
             memory_results += _proxy_memory(settings, plan)
             progress.step("memory: the proxy idle, under a slow consumer, with open streams")
             recording = trio.run(
@@ -413,6 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "CPU is the proxy process's:"
     )
     print(proxy_table(proxy_summaries))
+    print(first_event_line(first_events))
     print()
     print("memory:")
     print(memory_table(memory_results))
@@ -442,6 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "elapsed_s": round(elapsed, 2),
         "recording": [attrs.asdict(r) for r in recording],
         "proxy": proxy_json(proxy_summaries),
+        "proxy_first_event": [attrs.asdict(r) for r in first_events],
         "memory": memory_json(memory_results),
         "memory_failures": MEMORY_FAILURES,
     }
@@ -460,6 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with paths[2].open("a", encoding="utf-8") as md:
         md.write("\n## HTTP proxy vs the upstream directly (wrk)\n\n")
         md.write(proxy_table(proxy_summaries, markdown=True) + "\n")
+        md.write("\n" + first_event_line(first_events) + "\n")
         md.write("\n## Memory\n\n")
         md.write(memory_table(memory_results, markdown=True) + "\n")
         md.write("\n## Recording (event store, SQLite file)\n\n")

@@ -727,6 +727,75 @@ def measure_proxy(
     return runs
 
 
+# --- time to first event ---------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class FirstEvent:
+    """Time from sending a streamed request to its first SSE ``data:`` line, sequential
+    requests (nothing queues): what a streaming client waits before it sees anything. wrk
+    cannot see inside a response, so this is its own probe."""
+
+    target: str
+    samples: int
+    p50_ms: float
+    p99_ms: float
+
+
+def measure_first_event(
+    *, upstream_url: str, plan: CpuPlan, samples: int = 200
+) -> list[FirstEvent]:
+    """Probe the proxy and the upstream directly, ``samples`` streamed requests each, one at a
+    time, from this process (the proxy on ``plan.measure``, as in :func:`measure_proxy`)."""
+    results: list[FirstEvent] = []
+    with (
+        open_proxy_server(upstream_url=upstream_url, cpu=plan.measure) as server,
+        httpx.Client(timeout=30.0) as client,
+    ):
+        targets = {
+            PROXY: (server.responses_url, GATEWAY_MODEL, MASTER_KEY),
+            DIRECT: (f"{upstream_url}/responses", UPSTREAM_MODEL, API_KEY),
+        }
+        for target, (url, model, key) in targets.items():
+            body = {"model": model, "input": INPUT, "stream": True}
+            headers = {"authorization": f"Bearer {key}"}
+            waits: list[float] = []
+            for i in range(samples + max(1, samples // 10)):  # the first tenth warms up
+                began = time.perf_counter()
+                first: float | None = None
+                with client.stream("POST", url, json=body, headers=headers) as answer:
+                    if answer.status_code != 200:
+                        raise BenchmarkError(f"{target}: HTTP {answer.status_code}")
+                    for line in answer.iter_lines():
+                        if first is None and line.startswith("data:"):
+                            first = time.perf_counter() - began
+                if first is None:
+                    raise BenchmarkError(f"{target}: a stream without events")
+                if i >= max(1, samples // 10):
+                    waits.append(first)
+            waits.sort()
+            results.append(
+                FirstEvent(
+                    target=target,
+                    samples=len(waits),
+                    p50_ms=waits[len(waits) // 2] * 1e3,
+                    p99_ms=waits[min(len(waits) - 1, round(0.99 * (len(waits) - 1)))] * 1e3,
+                )
+            )
+    return results
+
+
+def first_event_line(results: Sequence[FirstEvent]) -> str:
+    by = {r.target: r for r in results}
+    proxy, direct = by[PROXY], by[DIRECT]
+    return (
+        f"time to first event (sequential, {proxy.samples} streams): proxy p50 "
+        f"{proxy.p50_ms:.2f} ms, p99 {proxy.p99_ms:.2f} ms; direct p50 {direct.p50_ms:.2f} ms, "
+        f"p99 {direct.p99_ms:.2f} ms; the proxy adds {proxy.p50_ms - direct.p50_ms:+.2f} ms "
+        f"at p50, {proxy.p99_ms - direct.p99_ms:+.2f} ms at p99"
+    )
+
+
 # --- summaries -------------------------------------------------------------------------------
 
 

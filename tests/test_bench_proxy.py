@@ -423,3 +423,16 @@ def test_measure_proxy_against_the_fake_upstream() -> None:
             assert run.rss_bytes is None
     summaries = summarize_proxy(runs)
     assert [s.p50_overhead_ms is None for s in summaries] == [True, False, True, False]
+
+
+def test_first_event_line_gives_what_the_proxy_adds() -> None:
+    from benchmarks._proxy import FirstEvent, first_event_line
+
+    line = first_event_line(
+        [
+            FirstEvent(target="proxy", samples=200, p50_ms=4.5, p99_ms=10.0),
+            FirstEvent(target="direct", samples=200, p50_ms=0.5, p99_ms=2.0),
+        ]
+    )
+    assert "proxy p50 4.50 ms" in line and "direct p50 0.50 ms" in line
+    assert "adds +4.00 ms at p50, +8.00 ms at p99" in line
