@@ -119,7 +119,8 @@ def _steps(settings: Settings) -> int:
     cases = len(settings.concurrencies) * settings.repeats
     library = 2 * 2 * cases  # floor and sluicegate, create and stream
     litellm = 2 * cases if litellm_available() else 0
-    proxy = 2 * 2 * cases  # proxy and direct, create and stream
+    # proxy, direct (and LiteLLM's proxy), create and stream
+    proxy = (3 if litellm_available() else 2) * 2 * cases
     return library + litellm + proxy + 3  # + time to first event and two memory sections
 
 
@@ -381,6 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tokens=settings.tokens,
                 warmup_s=0 if settings.smoke else DEFAULT_WARMUP_S,
                 on_run=_proxy_progress(progress),
+                litellm=litellm_available(),
             )
             first_events = measure_first_event(
                 upstream_url=upstream.base_url, plan=plan, samples=20 if settings.smoke else 200

@@ -80,7 +80,7 @@ from ._targets import (
 from ._upstream import BenchmarkError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
     from ._upstream import CpuPlan
 
@@ -106,6 +106,8 @@ __all__ = [
 
 PROXY: Final = "proxy"
 DIRECT: Final = "direct"
+#: LiteLLM's proxy (``litellm --config``), when the compare extra is installed.
+LITELLM_PROXY: Final = "litellm-proxy"
 MASTER_KEY: Final = "sk-bench-master"
 #: The model group on the long upstream (``open_proxy_server(long_upstream_url=...)``).
 LONG_MODEL: Final = "bench-long"
@@ -235,46 +237,62 @@ def open_proxy_server(
             encoding="utf-8",
         )
         port = _free_port()
-        argv, preexec = _pinned(
-            [
-                sys.executable,
-                "-m",
-                "sluicegate",
-                "serve",
-                "--config",
-                str(config_path),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            cpu,
-        )
-        log_path = root / "proxy.log"
-        # Output to a file, not a pipe: nobody reads it during the run, and a full pipe would
-        # stall the server.
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=preexec,
-            )
-        try:
-            # taskset execs the interpreter, and one worker serves in-process: the pid is the
-            # server's own.
-            server = ProxyServerProcess(
-                url=f"http://127.0.0.1:{port}",
-                pid=process.pid,
-                tokens=tokens,
-                process=process,
-                log=log_path,
-            )
-            _wait_ready(server)
+        argv = [
+            sys.executable,
+            "-m",
+            "sluicegate",
+            "serve",
+            "--config",
+            str(config_path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        with run_server(
+            argv, cpu=cpu, port=port, log_path=root / "proxy.log", tokens=tokens
+        ) as server:
             yield server
-        finally:
-            _stop(process)
+
+
+@contextlib.contextmanager
+def run_server(
+    argv: list[str],
+    *,
+    cpu: int | None,
+    port: int,
+    log_path: Path,
+    tokens: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[ProxyServerProcess]:
+    """Start a server process (pinned to ``cpu``) that listens on ``port``, yield it once its
+    ``/health/readiness`` answers 200, and stop it on the way out (our proxy; LiteLLM's)."""
+    argv, preexec = _pinned(argv, cpu)
+    # Output to a file, not a pipe: nobody reads it during the run, and a full pipe would
+    # stall the server.
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=preexec,
+            env=None if env is None else {**os.environ, **env},
+        )
+    try:
+        # taskset execs the interpreter, and one worker serves in-process: the pid is the
+        # server's own.
+        server = ProxyServerProcess(
+            url=f"http://127.0.0.1:{port}",
+            pid=process.pid,
+            tokens=tokens,
+            process=process,
+            log=log_path,
+        )
+        _wait_ready(server)
+        yield server
+    finally:
+        _stop(process)
 
 
 def _free_port() -> int:
@@ -355,7 +373,8 @@ def wrk_script(*, model: str, api_key: str, stream: bool) -> str:
     body: dict[str, Any] = {"model": model, "input": INPUT}
     if stream:
         body["stream"] = True
-    marker = '"type":"response.completed"' if stream else '"status":"completed"'
+    # Loose on purpose: servers differ in JSON spacing ('"type": "x"' or '"type":"x"').
+    marker = "response.completed" if stream else '"completed"'
     # Lua long brackets take the JSON verbatim; neither text can contain "]==]".
     return f"""\
 wrk.method = "POST"
@@ -657,6 +676,7 @@ def measure_proxy(
     tokens: int,
     warmup_s: float = DEFAULT_WARMUP_S,
     on_run: Callable[[ProxyRun], None] | None = None,
+    litellm: bool = False,
 ) -> list[ProxyRun]:
     """Start one proxy for the whole measurement (on ``plan.measure``), then for each repeat,
     concurrency (ascending) and mode (create, stream) run wrk against the proxy and against the
@@ -674,6 +694,8 @@ def measure_proxy(
         tokens: the upstream's answer length, recorded on every run.
         warmup_s: unmeasured seconds before each run (0: none), whole seconds as well.
         on_run: called with every run as it completes (progress output).
+        litellm: also measure LiteLLM's proxy (``litellm --config``, pinned like ours, the
+            same model group on the same upstream, its master key) as ``litellm-proxy``.
 
     Returns:
         Every run, in the order measured.
@@ -686,15 +708,23 @@ def measure_proxy(
         raise BenchmarkError("wrk is not installed (apt-get install wrk)")
     runs: list[ProxyRun] = []
     measured = _wrk_seconds(seconds)
-    with (
-        tempfile.TemporaryDirectory(prefix="sluicegate-bench-wrk-") as scratch,
-        open_proxy_server(upstream_url=upstream_url, cpu=plan.measure, tokens=tokens) as server,
-    ):
-        idle_rss = server.rss_bytes()
+    with contextlib.ExitStack() as stack:
+        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="sluicegate-bench-wrk-"))
+        server = stack.enter_context(
+            open_proxy_server(upstream_url=upstream_url, cpu=plan.measure, tokens=tokens)
+        )
+        servers: dict[str, ProxyServerProcess] = {PROXY: server}
         targets = {
             PROXY: (server.responses_url, GATEWAY_MODEL, MASTER_KEY),
             DIRECT: (f"{upstream_url}/responses", UPSTREAM_MODEL, API_KEY),
         }
+        if litellm:
+            from ._litellm import open_litellm_proxy
+
+            other = stack.enter_context(open_litellm_proxy(upstream_url, cpu=plan.measure))
+            servers[LITELLM_PROXY] = other
+            targets[LITELLM_PROXY] = (other.responses_url, GATEWAY_MODEL, MASTER_KEY)
+        idle = {name: s.rss_bytes() for name, s in servers.items()}
         scripts: dict[tuple[str, bool], Path] = {}
         for target, (_, model, key) in targets.items():
             for stream in (False, True):
@@ -705,7 +735,7 @@ def measure_proxy(
             if repeat and warmup_s > 0:
                 # As the library runner: the last repeat's idle pool connections expire first.
                 time.sleep(POOL_KEEPALIVE_EXPIRY + 1.0)
-            order = [PROXY, DIRECT] if repeat % 2 == 0 else [DIRECT, PROXY]
+            order = list(targets) if repeat % 2 == 0 else list(targets)[::-1]
             for concurrency in sorted(concurrencies):
                 for stream in (False, True):
                     for target in order:
@@ -718,8 +748,8 @@ def measure_proxy(
                             seconds=measured,
                             warmup_s=warmup_s,
                             loadgen_cpu=plan.upstream,
-                            server=server if target == PROXY else None,
-                            idle_rss=idle_rss,
+                            server=servers.get(target),
+                            idle_rss=idle.get(target),
                         )
                         runs.append(run)
                         if on_run is not None:
@@ -875,7 +905,7 @@ def summarize_proxy(runs: Sequence[ProxyRun]) -> list[ProxySummary]:
                 throughput_ratio=None if base is None or not base[2] else rps / base[2],
             )
         )
-    order = {DIRECT: 0, PROXY: 1}
+    order = {DIRECT: 0, PROXY: 1, LITELLM_PROXY: 2}
     summaries.sort(key=lambda s: (s.case.stream, s.case.concurrency, order.get(s.case.target, 9)))
     return summaries
 
