@@ -266,7 +266,7 @@ def test_wrk_script_posts_the_body_and_checks_completion(stream: bool) -> None:
     assert json.loads(body[1]) == expected
     assert 'wrk.headers["Content-Type"] = "application/json"' in script
     assert "[==[Bearer sk-bench-master]==]" in script
-    marker = '"type":"response.completed"' if stream else '"status":"completed"'
+    marker = "response.completed" if stream else '"completed"'
     assert f"local marker = [==[{marker}]==]" in script
     assert 'string.format("sluicegate-bench failed: %d\\n", total)' in script
 
