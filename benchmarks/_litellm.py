@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._runner import Case, CaseRun
+from ._runner import Case, CaseRun, percentile
 
 if TYPE_CHECKING:
     from ._proxy import ProxyServerProcess
@@ -130,12 +130,6 @@ def measure_litellm(
     return LiteLLMRun(**data)
 
 
-def _percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-    return ordered[index]
-
-
 async def _drive(url: str, concurrency: int, requests: int, stream: bool) -> dict[str, Any]:
     import asyncio
     import time
@@ -191,9 +185,9 @@ async def _drive(url: str, concurrency: int, requests: int, stream: bool) -> dic
         "requests": done,
         "requests_per_s": done / wall,
         "cpu_ms_per_request": cpu / done * 1e3,
-        "p50_ms": _percentile(latencies, 0.5) * 1e3,
-        "p99_ms": _percentile(latencies, 0.99) * 1e3,
-        "first_event_p50_ms": _percentile(firsts, 0.5) * 1e3 if firsts else None,
+        "p50_ms": percentile(sorted(latencies), 0.5) * 1e3,
+        "p99_ms": percentile(sorted(latencies), 0.99) * 1e3,
+        "first_event_p50_ms": percentile(sorted(firsts), 0.5) * 1e3 if firsts else None,
         "events_per_request": events / done,
     }
 

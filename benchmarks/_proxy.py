@@ -67,7 +67,7 @@ import httpx
 import yaml
 
 from ._report import render_table
-from ._runner import Case
+from ._runner import Case, percentile
 from ._targets import (
     API_KEY,
     GATEWAY_MODEL,
@@ -808,8 +808,8 @@ def measure_first_event(
                 FirstEvent(
                     target=target,
                     samples=len(waits),
-                    p50_ms=waits[len(waits) // 2] * 1e3,
-                    p99_ms=waits[min(len(waits) - 1, round(0.99 * (len(waits) - 1)))] * 1e3,
+                    p50_ms=percentile(waits, 0.5) * 1e3,
+                    p99_ms=percentile(waits, 0.99) * 1e3,
                 )
             )
     return results

@@ -170,14 +170,12 @@ class Recording:
                 response=response,
                 settlement=batch.settlement,
             )
-        elif records and (call.background or not self._pending_is_content_only()):
+        elif records and (call.background or batch.upstream_id is not None):
+            # Accepted/Routed (the batch naming the upstream ID) go out at once, so a GET
+            # mid-stream finds the response; a foreground response's item content waits for
+            # the terminal append. A background one's is polled: it goes out with every batch.
             self._pending = []
             await self._recorder.store.enqueue(records)
-
-    def _pending_is_content_only(self) -> bool:
-        # Accepted/Routed go out at once (a GET mid-stream finds the response); item content
-        # of a foreground response waits for the terminal append.
-        return all(type(r) is ItemDone for r in self._pending)
 
     def estimate(self, output_chars: int) -> Settlement:
         """Usage estimated from the input and the ``output_chars`` delivered."""
