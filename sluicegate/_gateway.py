@@ -27,6 +27,7 @@ from ._live import Follower, LiveRun
 from ._params import prepare_call
 from ._types import Response, ResponseEvent, ResponseStatus, StreamEvent
 from .actors._connector import Connector
+from .actors._media import MediaFetcher
 from .actors._recorder import Recorder
 from .actors._router import Router, env_deployment_id
 from .actors._stages import Accountant
@@ -38,6 +39,7 @@ from .config import (
     Deployment,
     GatewayConfig,
     build_deployment,
+    is_bridged,
     load_config,
 )
 from .errors import (
@@ -349,8 +351,9 @@ class Gateway:
         row = await self._store.get(previous_id)
         if row is None:
             # Made before the store knew it (another store, a LiteLLM ID): the signed owner
-            # decides, and the upstream answers for the rest.
-            if call.previous.owner != call.owner:
+            # decides, and the upstream answers for the rest; a bridged provider has no
+            # conversation but ours, so without the row there is nothing to continue.
+            if call.previous.owner != call.owner or is_bridged(call.previous.provider):
                 raise _previous_not_found(previous_id)
             return call
         if row.deleted or row.purged or row.owner != call.owner:
@@ -375,7 +378,18 @@ class Gateway:
             previous = attrs.evolve(
                 previous, raw_id=row.upstream_id, deployment_id=row.deployment_id
             )
-        return attrs.evolve(call, previous=previous)
+        call = attrs.evolve(call, previous=previous)
+        if self._pipeline.router.stored_conversation(call):
+            # A bridged provider keeps no conversation: the store's chain is the context
+            # (DESIGN §5), read now, bounded by the store settings.
+            settings = self._config.general_settings.store
+            history = await self._store.conversation(
+                previous_id,
+                max_turns=settings.max_conversation_turns,
+                max_bytes=settings.max_conversation_bytes,
+            )
+            call = attrs.evolve(call, history=history)
+        return call
 
     async def _start_background(self, call: PreparedCall) -> tuple[LiveRun, Response]:
         """Record a background response as queued and start it in the service nursery.
@@ -503,8 +517,10 @@ class Gateway:
                 )
             source = Follower(response_id, self._live.get(response_id), self._store, after)
             return ResponseStream(source, None)
-        if row is not None and row.background:
+        if row is not None and (row.background or is_bridged(decoded.provider)):
             return await self._stored_response(row)
+        if is_bridged(decoded.provider):
+            raise NotFoundError(f"No response found with id '{response_id}'.")
         deployment, raw_id = self._upstream_of(decoded, row, response_id)
         query: dict[str, str | list[str]] = {**(extra_query or {})}
         if include:
@@ -543,15 +559,21 @@ class Gateway:
         live = self._live.get(response_id)
         if live is not None:
             await self._cancel_live(live)
-        deployment, raw_id = self._upstream_of(decoded, row, response_id)
-        try:
-            await self._resource_call(
-                deployment, "DELETE", raw_id, extra_headers=extra_headers, total_timeout=timeout
-            )
-        except UpstreamStatusError as exc:
-            # Gone upstream already (expired, or never kept): the tombstone still goes in.
-            if exc.status_code != 404 or row is None:
-                raise
+        if not is_bridged(decoded.provider):
+            # A bridged provider kept nothing: the store is all there is to delete.
+            deployment, raw_id = self._upstream_of(decoded, row, response_id)
+            try:
+                await self._resource_call(
+                    deployment,
+                    "DELETE",
+                    raw_id,
+                    extra_headers=extra_headers,
+                    total_timeout=timeout,
+                )
+            except UpstreamStatusError as exc:
+                # Gone upstream already (expired, or never kept): the tombstone still goes in.
+                if exc.status_code != 404 or row is None:
+                    raise
         if row is not None:
             await self._store.append(
                 [Deleted(response_id=response_id, deleted_at=self._recorder.wall_clock())]
@@ -577,6 +599,8 @@ class Gateway:
         """
         decoded, row = await self._owned(response_id, owner, admin)
         if row is None:
+            if is_bridged(decoded.provider):
+                raise NotFoundError(f"No response found with id '{response_id}'.")
             # Not recorded here (a LiteLLM ID): the upstream decides.
             deployment, raw_id = self._upstream_of(decoded, row, response_id)
             body = await self._resource_call(
@@ -940,13 +964,20 @@ async def open_gateway(
     env = os.environ if environ is None else environ
     cfg = load_config(config, environ=env)
     gs = cfg.general_settings
-    deployments = [build_deployment(e, cfg.router_settings, environ=env) for e in cfg.model_list]
+    drop = cfg.general_settings.drop_params
+    deployments = [
+        build_deployment(e, cfg.router_settings, environ=env, drop_params=drop)
+        for e in cfg.model_list
+    ]
     rng = rng or random.Random()
     limits = httpx.Limits(
         max_connections=gs.max_connections,
         max_keepalive_connections=gs.max_keepalive_connections,
         keepalive_expiry=gs.keepalive_expiry,
     )
+    # Fetching caller-named media goes through httpx's own transport (it takes the TLS server
+    # name the fetcher pins, actors/_media.py), or the caller's transport in tests.
+    media_transport = transport
     if transport is None and gs.http_transport == "lean":
         # httpx's pool scans every connection per request (a poll() each): CPU per request
         # grows with concurrency. The lean transport checks only the connection it reuses.
@@ -957,6 +988,7 @@ async def open_gateway(
         )
     async with (
         httpx.AsyncClient(limits=limits, transport=transport, timeout=None) as client,
+        httpx.AsyncClient(transport=media_transport, timeout=None) as media_client,
         # The store outlives the services: background responses record their end on the way
         # out. Its writer runs in a body nursery, so the caller's own errors come out unwrapped.
         open_body_nursery() as store_services,
@@ -977,7 +1009,13 @@ async def open_gateway(
                 resolve_fake=fakes.resolve,
                 environ=environ,
             ),
-            connector=Connector(client, cfg.router_settings, rng),
+            connector=Connector(
+                client,
+                cfg.router_settings,
+                rng,
+                MediaFetcher(media_client, gs.media_fetch),
+                wall_clock,
+            ),
             accountant=accountant,
             ids=IdCodec.from_secret(_id_secret(cfg, env)),
         )

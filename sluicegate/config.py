@@ -50,6 +50,7 @@ __all__ = [
     "GatewayConfig",
     "GeneralSettings",
     "LiteLLMParams",
+    "MediaFetchSettings",
     "ModelEntry",
     "ModelInfo",
     "RouterSettings",
@@ -58,14 +59,48 @@ __all__ = [
     "Timeouts",
     "build_deployment",
     "derive_deployment_id",
+    "is_bridged",
     "load_config",
     "make_config_converter",
     "parse_duration",
 ]
 
 ENV_PREFIX = "os.environ/"
-#: Providers whose upstream speaks the Responses API natively (issue 2); bridges come later.
+#: Providers whose upstream speaks the Responses API natively (issue 2).
 NATIVE_PROVIDERS = frozenset({"openai", "azure", "fake"})
+#: OpenAI-compatible Chat Completions servers (issue 6), LiteLLM's prefixes where it has one:
+#: provider -> (default api_base or None when it must be configured, API key variable or None).
+CHAT_PROVIDERS: Mapping[str, tuple[str | None, str | None]] = {
+    "chat": (None, None),
+    "openai_chat": ("https://api.openai.com/v1", "OPENAI_API_KEY"),
+    "hosted_vllm": (None, "HOSTED_VLLM_API_KEY"),
+    "ollama_chat": ("http://127.0.0.1:11434/v1", None),
+    "groq": ("https://api.groq.com/openai/v1", "GROQ_API_KEY"),
+    "deepseek": ("https://api.deepseek.com/v1", "DEEPSEEK_API_KEY"),
+    "together_ai": ("https://api.together.xyz/v1", "TOGETHERAI_API_KEY"),
+    "fireworks_ai": ("https://api.fireworks.ai/inference/v1", "FIREWORKS_AI_API_KEY"),
+    "openrouter": ("https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
+    "mistral": ("https://api.mistral.ai/v1", "MISTRAL_API_KEY"),
+    "xai": ("https://api.x.ai/v1", "XAI_API_KEY"),
+}
+#: Bridged providers with their own wire format: (default api_base, API key variable, the
+#: variable that overrides the api_base).
+MESSAGE_PROVIDERS: Mapping[str, tuple[str, str, str]] = {
+    "anthropic": ("https://api.anthropic.com", "ANTHROPIC_API_KEY", "ANTHROPIC_API_BASE"),
+    "gemini": (
+        "https://generativelanguage.googleapis.com",
+        "GEMINI_API_KEY",
+        "GEMINI_API_BASE",
+    ),
+}
+#: Every provider a ``model_list`` entry may name.
+PROVIDERS = NATIVE_PROVIDERS | frozenset(CHAT_PROVIDERS) | frozenset(MESSAGE_PROVIDERS)
+
+
+def is_bridged(provider: str) -> bool:
+    """Whether the gateway translates this provider's wire format (mapping.md): the
+    conversation of such a response lives in the event store, not at the provider."""
+    return provider not in NATIVE_PROVIDERS
 
 
 @attrs.frozen(repr=False)
@@ -100,6 +135,8 @@ class LiteLLMParams:
     first_byte_timeout: float | None = None
     idle_timeout: float | None = None
     extra_headers: dict[str, str] | None = None
+    #: Drop what this provider cannot take instead of refusing it (None: general_settings').
+    drop_params: bool | None = None
     input_cost_per_token: float | None = None
     output_cost_per_token: float | None = None
     cache_read_input_token_cost: float | None = None
@@ -195,6 +232,21 @@ class StoreSettings:
 
 
 @attrs.frozen(kw_only=True)
+class MediaFetchSettings:
+    """The gateway fetches an ``https`` image or file URL for a provider that takes none."""
+
+    #: The largest body fetched (bytes); larger is a 400 naming the part.
+    max_bytes: int = 20 * 1024 * 1024
+    #: Seconds for the whole fetch.
+    timeout: Duration = Duration(10.0)
+    #: Allow ``http://`` URLs too (default: ``https`` only).
+    allow_http: bool = False
+    #: Allow private, loopback and link-local addresses (default: refused, so a caller cannot
+    #: make the gateway reach its own network).
+    allow_private_addresses: bool = False
+
+
+@attrs.frozen(kw_only=True)
 class GeneralSettings:
     #: Keys the HMAC of response IDs. Unset: a random per-process key (IDs die with the process).
     response_id_secret: Secret | None = None
@@ -219,6 +271,11 @@ class GeneralSettings:
     sse_keepalive_interval: Duration = Duration(15.0)
     #: On shutdown, how long in-flight requests may finish before they are ended.
     graceful_shutdown_timeout: Duration = Duration(30.0)
+    #: Bridged providers: drop request features the provider lacks (and say which, on the
+    #: Response and in a header) instead of refusing them with a 400.
+    drop_params: bool = False
+    #: Fetching ``https`` images and PDFs for providers that take no URLs (Gemini).
+    media_fetch: MediaFetchSettings = attrs.Factory(lambda: MediaFetchSettings())
 
 
 @attrs.frozen(kw_only=True)
@@ -255,6 +312,11 @@ class Deployment:
     stream_timeouts: Timeouts = attrs.Factory(Timeouts)
     fake_tokens: int | None = None
     fake_token_delay: float | None = None
+    #: ``model_info`` beyond ``id``: per-model facts a bridge reads (its rules table's
+    #: overrides, e.g. ``max_output_tokens``, ``reasoning``).
+    model_info: Mapping[str, Any] = attrs.Factory(dict)
+    #: Drop what the provider cannot take instead of refusing it (mapping.md §10).
+    drop_params: bool = False
 
 
 def make_config_converter() -> cattrs.Converter:
@@ -373,11 +435,17 @@ def _check(config: GatewayConfig) -> None:
                 "must be 'provider/model' (e.g. 'openai/gpt-4o')",
                 path=f"{base}.litellm_params.model",
             )
-        if provider not in NATIVE_PROVIDERS:
+        if provider not in PROVIDERS:
             raise ConfigError(
                 f"provider {provider!r} is not supported (supported: "
-                f"{', '.join(sorted(NATIVE_PROVIDERS))})",
+                f"{', '.join(sorted(PROVIDERS))})",
                 path=f"{base}.litellm_params.model",
+            )
+        needs_base = provider in CHAT_PROVIDERS and CHAT_PROVIDERS[provider][0] is None
+        if needs_base and not entry.litellm_params.api_base:
+            raise ConfigError(
+                f"{provider} deployments need an api_base (the server's /v1 URL)",
+                path=f"{base}.litellm_params",
             )
         if entry.litellm_params.weight <= 0:
             raise ConfigError("must be positive", path=f"{base}.litellm_params.weight")
@@ -420,7 +488,11 @@ def _timeouts(p: LiteLLMParams, r: RouterSettings, *, stream: bool) -> Timeouts:
 
 
 def build_deployment(
-    entry: ModelEntry, router: RouterSettings, *, environ: Mapping[str, str] | None = None
+    entry: ModelEntry,
+    router: RouterSettings,
+    *,
+    environ: Mapping[str, str] | None = None,
+    drop_params: bool = False,
 ) -> Deployment:
     """Resolve one model_list entry; provider environment credentials fill what is unset."""
     env = os.environ if environ is None else environ
@@ -439,6 +511,16 @@ def build_deployment(
         if api_key is None and env.get("AZURE_API_KEY"):
             api_key = Secret(env["AZURE_API_KEY"])
         api_version = api_version or env.get("AZURE_API_VERSION")
+    elif provider in CHAT_PROVIDERS:
+        default_base, key_variable = CHAT_PROVIDERS[provider]
+        api_base = api_base or default_base
+        if api_key is None and key_variable and env.get(key_variable):
+            api_key = Secret(env[key_variable])
+    elif provider in MESSAGE_PROVIDERS:
+        default_base, key_variable, base_variable = MESSAGE_PROVIDERS[provider]
+        api_base = api_base or env.get(base_variable) or default_base
+        if api_key is None and env.get(key_variable):
+            api_key = Secret(env[key_variable])
     price = None
     if p.input_cost_per_token is not None or p.output_cost_per_token is not None:
         price = ModelPrice(
@@ -464,4 +546,6 @@ def build_deployment(
         stream_timeouts=_timeouts(p, router, stream=True),
         fake_tokens=p.fake_tokens,
         fake_token_delay=p.fake_token_delay,
+        model_info=dict(entry.model_info.extra),
+        drop_params=p.drop_params if p.drop_params is not None else drop_params,
     )

@@ -16,31 +16,46 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import httpx
 import tenacity
 import trio
 
+from ..codecs._bridge import BridgeCodec, BridgeInput, BuiltRequest, conversation_items
+from ..codecs._registry import bridge_codec
 from ..codecs.openai_responses import (
+    Decoder,
+    ResponsesBodyDecoder,
+    ResponsesStreamDecoder,
     UpstreamRequest,
     build_create_request,
     parse_error_response,
 )
-from ..config import RouterSettings, Timeouts
+from ..config import Deployment, RouterSettings, Timeouts, is_bridged
 from ..errors import (
     UpstreamConnectionError,
     UpstreamError,
     UpstreamProtocolError,
+    UpstreamStatusError,
     UpstreamTimeoutError,
 )
-from ..runtime._messages import Failure, RawItem, Routed, UpstreamOpened
+from ..runtime._messages import Failure, PreparedCall, RawItem, Routed, UpstreamOpened
+from ._media import MediaFetcher
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = ["Connector", "ConnectorStatistics", "run_connector"]
 
 #: The largest error body we read from an upstream (error bodies are small; a huge one is junk).
 _MAX_ERROR_BODY = 1 << 20
+
+#: Turns an upstream's error status, headers and body into our error (one per wire format).
+ErrorParser = Callable[..., UpstreamStatusError]
 
 
 @attrs.frozen(kw_only=True)
@@ -59,6 +74,9 @@ class Connector:
     _client: httpx.AsyncClient
     _settings: RouterSettings
     _random: random.Random = attrs.Factory(random.Random)
+    #: Fetches remote images and files for providers that take no URLs (None: refused).
+    _media: MediaFetcher | None = None
+    _wall_clock: Callable[[], float] = time.time
     _in_flight: int = 0
     _attempts: int = 0
     _retries: int = 0
@@ -78,15 +96,21 @@ class Connector:
         """Build the provider request for this attempt, send it (retrying as allowed) and relay
         the answer into ``outbox``."""
         call, deployment = routed.call, routed.deployment
-        request = build_create_request(
-            deployment,
-            call.body,
-            stream=call.stream,
-            previous_raw_id=call.previous.raw_id if call.previous else None,
-            extra_body=call.extra_body,
-            extra_headers=call.extra_headers,
-            extra_query=call.extra_query,
-        )
+        codec = bridge_codec(deployment.provider)
+        decoder: Decoder
+        parse_error: ErrorParser
+        if codec is None:
+            request = self._native_request(call, deployment)
+            decoder = ResponsesStreamDecoder() if call.stream else ResponsesBodyDecoder()
+            parse_error = parse_error_response
+        else:
+            built = await self._bridged_request(codec, call, deployment)
+            request = built.request
+            if call.stream:
+                decoder = codec.stream_decoder(built.context)
+            else:
+                decoder = codec.body_decoder(built.context)
+            parse_error = codec.parse_error
         timeouts = deployment.stream_timeouts if call.stream else deployment.timeouts
         if call.timeout is not None:
             timeouts = attrs.evolve(timeouts, total=call.timeout)
@@ -94,9 +118,13 @@ class Connector:
         try:
             with _deadline(timeouts.total) as total:
                 response, body = await self.open(
-                    request, timeouts, deployment.max_retries, read_body=not call.stream
+                    request,
+                    timeouts,
+                    deployment.max_retries,
+                    read_body=not call.stream,
+                    parse_error=parse_error,
                 )
-                await self._forward(routed, response, body, timeouts.idle, outbox)
+                await self._forward(routed, response, body, decoder, timeouts.idle, outbox)
             if total.cancelled_caught:
                 raise UpstreamTimeoutError(
                     f"the request took longer than its total timeout of {timeouts.total} s"
@@ -107,11 +135,53 @@ class Connector:
         finally:
             self._in_flight -= 1
 
+    @staticmethod
+    def _native_request(call: PreparedCall, deployment: Deployment) -> UpstreamRequest:
+        body: Mapping[str, Any] = call.body
+        previous_raw_id = call.previous.raw_id if call.previous else None
+        if call.previous is not None and is_bridged(call.previous.provider):
+            # A conversation a bridged provider began: its upstream knows nothing of it, so
+            # the stored items go as input (without the gateway's item IDs and reasoning
+            # envelopes, which only a bridge can read).
+            items = conversation_items(call.history or [], call.body.get("input"))
+            portable = [p for p in map(_portable, items) if p is not None]
+            body = {**call.body, "input": portable}
+            previous_raw_id = None
+        return build_create_request(
+            deployment,
+            body,
+            stream=call.stream,
+            previous_raw_id=previous_raw_id,
+            extra_body=call.extra_body,
+            extra_headers=call.extra_headers,
+            extra_query=call.extra_query,
+        )
+
+    async def _bridged_request(
+        self, codec: BridgeCodec, call: PreparedCall, deployment: Deployment
+    ) -> BuiltRequest:
+        history = call.history or []
+        items = conversation_items(history, call.body.get("input"))
+        if codec.inline_remote_media and self._media is not None:
+            items = await self._media.inline(items, offset=len(history))
+        request = BridgeInput(
+            body={k: v for k, v in call.body.items() if k != "input"},
+            items=items,
+            drop_params=deployment.drop_params,
+            extra_body=call.extra_body,
+            extra_headers=call.extra_headers,
+            extra_query=call.extra_query,
+        )
+        return codec.build_request(
+            deployment, request, stream=call.stream, created_at=int(self._wall_clock())
+        )
+
     async def _forward(
         self,
         routed: Routed,
         response: httpx.Response,
         body: bytes | None,
+        decoder: Decoder,
         idle: float | None,
         outbox: trio.MemorySendChannel[RawItem],
     ) -> None:
@@ -127,6 +197,7 @@ class Connector:
                     status=response.status_code,
                     headers=response.headers,  # a Mapping; copying it costs O(n²) in httpx
                     body=body,
+                    decoder=decoder,
                 )
             )
             while chunks is not None and (chunk := await self._read(chunks, idle)) is not None:
@@ -161,12 +232,17 @@ class Connector:
         max_retries: int,
         *,
         read_body: bool,
+        parse_error: ErrorParser = parse_error_response,
     ) -> tuple[httpx.Response, bytes | None]:
-        """Send with retries until a 2xx arrives; with ``read_body``, the whole body too."""
+        """Send with retries until a 2xx arrives; with ``read_body``, the whole body too.
+        ``parse_error`` reads an error status in the upstream's wire format."""
+        attempt = partial(
+            self._attempt, request, timeouts, read_body=read_body, parse_error=parse_error
+        )
         # The first attempt runs bare: building tenacity's machinery costs more than the
         # attempt's own bookkeeping, and almost every request succeeds the first time.
         try:
-            return await self._attempt(request, timeouts, read_body=read_body)
+            return await attempt()
         except UpstreamError as exc:
             if max_retries < 1 or not self._should_retry(exc):
                 raise
@@ -181,13 +257,18 @@ class Connector:
             sleep=trio.sleep,
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                return await self._attempt(request, timeouts, read_body=read_body)
+        async for attempt_state in retrying:
+            with attempt_state:
+                return await attempt()
         raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
 
     async def _attempt(
-        self, request: UpstreamRequest, timeouts: Timeouts, *, read_body: bool
+        self,
+        request: UpstreamRequest,
+        timeouts: Timeouts,
+        *,
+        read_body: bool,
+        parse_error: ErrorParser,
     ) -> tuple[httpx.Response, bytes | None]:
         self._attempts += 1
         http_request = self._client.build_request(
@@ -210,9 +291,7 @@ class Connector:
         try:
             if response.status_code >= 400:
                 body = await _read_capped(response, _MAX_ERROR_BODY)
-                raise parse_error_response(
-                    response.status_code, response.headers, body, now=time.time()
-                )
+                raise parse_error(response.status_code, response.headers, body, now=time.time())
             if not read_body:
                 return response, None
             try:
@@ -270,6 +349,13 @@ async def run_connector(
             finally:
                 if timing is not None:
                     timing.ended = trio.current_time()
+
+
+def _portable(item: dict[str, Any]) -> dict[str, Any] | None:
+    """A stored item as any Responses upstream takes it, or None when only a bridge can."""
+    if item.get("type") == "reasoning":
+        return None  # its encrypted_content is the gateway's envelope (codecs/_bridge.py)
+    return {k: v for k, v in item.items() if k != "id"}
 
 
 def _deadline(seconds: float | None) -> trio.CancelScope:

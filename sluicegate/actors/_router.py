@@ -3,8 +3,10 @@
 The decision is one function, :meth:`Router.choose`; the full router (issue 7: strategies,
 cooldowns, fallbacks, limits) replaces its body, not its place in the pipeline.
 
-1. A decoded ``previous_response_id`` pins the request to the deployment that made it (strict:
-   a native response exists only in the account that created it; DESIGN §4).
+1. A decoded ``previous_response_id`` of a native upstream pins the request to the deployment
+   that made it (strict: a native response exists only in the account that created it; DESIGN
+   §4). A conversation the event store holds (one a bridged provider made, or one continued on
+   a bridged group) prefers that deployment but may move within the group (soft).
 2. A configured group: weighted random choice.
 3. ``provider/model`` with no configured group: that provider with its environment credentials.
 """
@@ -19,13 +21,17 @@ import attrs
 import trio
 
 from ..config import (
+    CHAT_PROVIDERS,
+    MESSAGE_PROVIDERS,
     NATIVE_PROVIDERS,
+    PROVIDERS,
     Deployment,
     LiteLLMParams,
     ModelEntry,
     ModelInfo,
     RouterSettings,
     build_deployment,
+    is_bridged,
 )
 from ..errors import InvalidRequestError, NotFoundError
 from ..runtime._messages import PreparedCall, Routed
@@ -88,7 +94,7 @@ class Router:
 
     def env_deployment(self, provider: str, model: str = "_") -> Deployment | None:
         """A deployment on the provider's environment credentials (zero-config use)."""
-        if provider not in NATIVE_PROVIDERS:
+        if provider not in _ADHOC_PROVIDERS:
             return None
         return self._adhoc_deployment(f"{provider}/{model}")
 
@@ -103,10 +109,28 @@ class Router:
         group = self._groups.get(call.model)
         previous = call.previous
         if previous is not None and previous.deployment_id:
-            return self._pinned(call, group)
+            if not self.stored_conversation(call):
+                return self._pinned(call, group)
+            preferred = self.deployment(previous.deployment_id)
+            if group is not None and preferred in group.deployments:
+                return preferred
         if group is not None:
             return self._random.choices(group.deployments, cum_weights=group.cum_weights)[0]
         return self._adhoc_deployment(call.model)
+
+    def stored_conversation(self, call: PreparedCall) -> bool:
+        """Whether ``previous_response_id`` is continued from the event store: the previous
+        response came from a bridged provider, or every deployment that may serve this request
+        is bridged (a native upstream continues its own conversations, by ID)."""
+        if call.previous is None:
+            return False
+        if is_bridged(call.previous.provider):
+            return True
+        group = self._groups.get(call.model)
+        if group is not None:
+            return all(is_bridged(d.provider) for d in group.deployments)
+        provider = call.model.partition("/")[0]
+        return provider in PROVIDERS and is_bridged(provider)
 
     def _pinned(self, call: PreparedCall, group: _Group | None) -> Deployment:
         assert call.previous is not None
@@ -160,7 +184,7 @@ class Router:
         if cached is not None:
             return cached
         provider, _, name = model.partition("/")
-        if not name or provider not in NATIVE_PROVIDERS:
+        if not name or provider not in _ADHOC_PROVIDERS:
             raise NotFoundError(
                 f"The model '{model}' does not exist.", param="model", code="model_not_found"
             )
@@ -178,6 +202,15 @@ class Router:
             )
         self._adhoc[model] = deployment
         return deployment
+
+
+#: Providers a ``provider/model`` name reaches without configuration: those with a public
+#: endpoint (a chat server on the gateway's own network must be configured, never guessed).
+_ADHOC_PROVIDERS = (
+    NATIVE_PROVIDERS
+    | frozenset(MESSAGE_PROVIDERS)
+    | frozenset(p for p, (base, _) in CHAT_PROVIDERS.items() if base and base.startswith("https:"))
+)
 
 
 def env_deployment_id(provider: str) -> str:

@@ -15,7 +15,7 @@ import trio
 from .._types import ResponseEvent, StreamEvent, Usage
 from ..codecs._lifecycle import StreamTracker
 from ..codecs.ids import IdCodec
-from ..codecs.openai_responses import Decoder, ResponsesBodyDecoder, ResponsesStreamDecoder
+from ..codecs.openai_responses import Decoder
 from ..config import Deployment
 from ..errors import SluicegateError, UpstreamProtocolError
 from ..pricing import ModelPrice, PriceTable, TokenUsage, compute_cost
@@ -36,19 +36,11 @@ if TYPE_CHECKING:
 __all__ = [
     "Accountant",
     "AccountantStatistics",
-    "decoder_for",
     "run_accountant",
     "run_id_encoder",
     "run_sink",
     "run_transformer",
 ]
-
-
-def decoder_for(routed: Routed) -> Decoder:
-    """The provider codec for this attempt (native Responses upstreams in issue 2)."""
-    if routed.call.stream:
-        return ResponsesStreamDecoder()
-    return ResponsesBodyDecoder()
 
 
 async def run_transformer(
@@ -68,7 +60,7 @@ async def run_transformer(
                         events = decoder.feed(item)
                     case UpstreamOpened():
                         routed = item.routed
-                        decoder = decoder_for(routed)
+                        decoder = item.decoder
                         events = decoder.feed(item.body)
                     case Failure():
                         await outbox.send(item)

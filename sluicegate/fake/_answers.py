@@ -14,6 +14,8 @@ from typing import Any, Final
 import attrs
 import orjson
 
+from ..codecs._bridge import response_echo
+
 __all__ = [
     "MALFORMED_FRAME",
     "SseScript",
@@ -100,29 +102,6 @@ def count_input_tokens(body: Mapping[str, Any]) -> int:
     return count
 
 
-def _given(body: Mapping[str, Any], key: str, default: Any) -> Any:
-    # Most optional request fields accept an explicit null meaning "unset" (responses-api.md §0).
-    value = body.get(key)
-    return default if value is None else value
-
-
-def _number(body: Mapping[str, Any], key: str) -> Any:
-    # OpenAI echoes sampling parameters as floats (1 -> 1.0).
-    value = body.get(key)
-    if value is None:
-        return 1.0
-    if isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
-
-
-def _merged(body: Mapping[str, Any], key: str, defaults: dict[str, Any]) -> Any:
-    value = body.get(key)
-    if isinstance(value, dict):
-        return defaults | value
-    return defaults if value is None else value
-
-
 def build_response(
     body: Mapping[str, Any],
     *,
@@ -145,21 +124,14 @@ def build_response(
         incomplete = True
     text = answer_text(produced)
     input_tokens = count_input_tokens(body)
-    service_tier = body.get("service_tier")
-    metadata = body.get("metadata")
+    echo = response_echo(
+        body, response_id=response_id, model=body.get("model") or "", created_at=created_at
+    )
     return {
-        "id": response_id,
-        "object": "response",
-        "created_at": created_at,
+        **echo,
         "status": "incomplete" if incomplete else "completed",
         "completed_at": None if incomplete else completed_at,
-        "background": body.get("background") is True,
-        "error": None,
         "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
-        "instructions": body.get("instructions"),
-        "max_output_tokens": body.get("max_output_tokens"),
-        "max_tool_calls": body.get("max_tool_calls"),
-        "model": body.get("model"),
         "output": [
             {
                 "id": message_id,
@@ -171,21 +143,6 @@ def build_response(
                 ],
             }
         ],
-        "parallel_tool_calls": _given(body, "parallel_tool_calls", True),
-        "previous_response_id": body.get("previous_response_id"),
-        "prompt_cache_key": body.get("prompt_cache_key"),
-        "reasoning": _merged(body, "reasoning", {"effort": None, "summary": None}),
-        "safety_identifier": body.get("safety_identifier"),
-        # The Response echoes the tier actually used; "auto" resolves to "default".
-        "service_tier": "default" if service_tier in (None, "auto") else service_tier,
-        "store": _given(body, "store", True),
-        "temperature": _number(body, "temperature"),
-        "text": _merged(body, "text", {"format": {"type": "text"}, "verbosity": "medium"}),
-        "tool_choice": _given(body, "tool_choice", "auto"),
-        "tools": _given(body, "tools", []),
-        "top_logprobs": _given(body, "top_logprobs", 0),
-        "top_p": _number(body, "top_p"),
-        "truncation": _given(body, "truncation", "disabled"),
         "usage": {
             "input_tokens": input_tokens,
             "input_tokens_details": {"cached_tokens": 0},
@@ -193,8 +150,6 @@ def build_response(
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": input_tokens + produced,
         },
-        "user": body.get("user"),
-        "metadata": metadata if isinstance(metadata, dict) else {},
     }
 
 

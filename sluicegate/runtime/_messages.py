@@ -21,6 +21,7 @@ import attrs
 
 from .._types import StreamEvent
 from ..codecs.ids import DecodedId
+from ..codecs.openai_responses import Decoder
 from ..config import Deployment
 from ..errors import SluicegateError
 
@@ -92,6 +93,9 @@ class PreparedCall:
     replay: bool = False
     #: Filled in by the connector (the library option ``timing``).
     timing: UpstreamTiming | None = None
+    #: The stored conversation of ``previous_response_id`` (its chain's input and output
+    #: items, oldest first), when a bridged provider may continue it; None otherwise.
+    history: list[dict[str, Any]] | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -112,6 +116,8 @@ class UpstreamOpened:
     status: int
     headers: Mapping[str, str]
     body: bytes
+    #: The attempt's decoder (the wire format of its provider), built with its request.
+    decoder: Decoder
 
 
 @attrs.frozen

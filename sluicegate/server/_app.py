@@ -41,7 +41,7 @@ import orjson
 import trio
 
 from .._gateway import Gateway, ResponseStream
-from .._types import DeltaEvent, OutputItemEvent, Response, StreamEvent
+from .._types import DeltaEvent, OutputItemEvent, Response, ResponseEvent, StreamEvent
 from ..codecs.sse import encode_comment, encode_event
 from ..config import GatewayConfig
 from ..errors import (
@@ -385,7 +385,8 @@ class ProxyApp:
                     ex, gateway.responses(**params), cancel=not body.get("background")
                 )
                 self._account(model, response, admission)
-                await ex.json(200, response.to_dict())
+                wire = response.to_dict()
+                await ex.json(200, wire, _dropped_header_of(wire))
         finally:
             admission.release()
 
@@ -411,15 +412,20 @@ class ProxyApp:
         model: str,
         admission: Admission | None,
     ) -> None:
-        await ex.start(200, _SSE)
+        iterator = aiter(events)
+        # The stream is primed (its first event is in hand), so this does not wait; it names
+        # any dropped parameters, which go in the headers.
+        pending: StreamEvent | None = await anext(iterator, None)
+        await ex.start(200, [*_SSE, *_dropped_header(pending)])
         interval = self._config.general_settings.sse_keepalive_interval
         first_output: float | None = None
-        iterator = aiter(events)
         while True:
-            event: StreamEvent | None = None
+            event: StreamEvent | None = pending
+            pending = None
             with trio.move_on_after(interval):
                 try:
-                    event = await anext(iterator)
+                    if event is None:
+                        event = await anext(iterator)
                 except StopAsyncIteration:
                     break
                 except SluicegateError as exc:
@@ -538,6 +544,24 @@ def _unavailable() -> SluicegateError:
     return SluicegateError(
         "The server is starting or shutting down.", status_code=503, code="unavailable"
     )
+
+
+#: Lists the request parameters a bridged provider could not take and ``drop_params`` dropped.
+DROPPED_PARAMS_HEADER = b"x-sluicegate-dropped-params"
+
+
+def _dropped_header_of(response: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
+    ours = response.get("sluicegate")
+    dropped = ours.get("dropped_params") if isinstance(ours, dict) else None
+    if not dropped:
+        return []
+    return [(DROPPED_PARAMS_HEADER, ",".join(map(str, dropped)).encode())]
+
+
+def _dropped_header(event: StreamEvent | None) -> list[tuple[bytes, bytes]]:
+    if not isinstance(event, ResponseEvent):
+        return []
+    return _dropped_header_of(event.response_data)
 
 
 def _refuse_upstream_headers(ex: _Exchange) -> None:
