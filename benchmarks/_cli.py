@@ -10,7 +10,6 @@ import platform
 import shlex
 import sys
 import time
-from contextlib import AsyncExitStack
 from functools import partial
 from importlib import metadata
 from pathlib import Path
@@ -22,6 +21,7 @@ import trio
 import sluicegate
 
 from ._charts import write_charts
+from ._library import LIBRARY_TARGETS, LibraryPlan, measure_library
 from ._litellm import litellm_available, measure_litellm
 from ._memory import (
     MemoryResult,
@@ -39,8 +39,10 @@ from ._proxy import (
     DEFAULT_SECONDS,
     DEFAULT_WARMUP_S,
     LONG_MODEL,
+    FirstEvent,
     ProxyRun,
-    first_event_line,
+    first_event_json,
+    first_event_table,
     measure_first_event,
     measure_proxy,
     open_proxy_server,
@@ -49,16 +51,14 @@ from ._proxy import (
     summarize_proxy,
 )
 from ._report import check_targets, summarize, text_table, write_results
-from ._runner import Case, run_case
 from ._store import measure_recording, recording_table
-from ._targets import POOL_KEEPALIVE_EXPIRY, POOL_SIZE, open_floor, open_sluicegate
+from ._targets import POOL_KEEPALIVE_EXPIRY, POOL_SIZE
 from ._upstream import BenchmarkError, pin_current_process, plan_cpus, run_fake_upstream
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from ._runner import CaseRun
-    from ._targets import Target
     from ._upstream import CpuPlan, FakeUpstreamProcess
 
 __all__ = ["main"]
@@ -74,6 +74,9 @@ _SMOKE_RECORDINGS: Final = 20
 #: Below this concurrency a case is latency-bound and slow in wall time: it gets N / 4 requests,
 #: still plenty for CPU per request and p99.
 _LOW_CONCURRENCY: Final = 8
+#: Time-to-first-event probes per target and concurrency (benchmarks/_proxy.py).
+_FULL_FIRST_EVENTS: Final = 200
+_SMOKE_FIRST_EVENTS: Final = 10
 
 
 @attrs.frozen(kw_only=True)
@@ -121,7 +124,8 @@ def _steps(settings: Settings) -> int:
     litellm = 2 * cases if litellm_available() else 0
     # proxy, direct (and LiteLLM's proxy), create and stream
     proxy = (3 if litellm_available() else 2) * 2 * cases
-    return library + litellm + proxy + 3  # + time to first event and two memory sections
+    first_event = 2 * len(settings.concurrencies)  # proxy and direct, once
+    return library + litellm + proxy + first_event + 2  # + two memory sections
 
 
 def _concurrencies(text: str) -> tuple[int, ...]:
@@ -194,42 +198,39 @@ def _parse(argv: Sequence[str] | None) -> Settings:
     )
 
 
-async def _run_all(
+def _library_progress(progress: _Progress) -> Callable[[CaseRun], None]:
+    def report(run: CaseRun) -> None:
+        rss = "" if run.rss_bytes is None else f"  {run.rss_bytes / 2**20:5.1f} MiB"
+        progress.step(
+            f"{run.case.mode:<6} c={run.case.concurrency:<3} {run.case.target:<10} "
+            f"{run.cpu_ms_per_request:7.3f} CPU ms/req  {run.requests_per_s:7.0f} req/s{rss}"
+        )
+
+    return report
+
+
+def _run_library(
     settings: Settings, upstream: FakeUpstreamProcess, progress: _Progress
 ) -> list[CaseRun]:
+    """The floor and sluicegate, each in a child process of its own per repeat (_library.py),
+    which inherits this process's pinning to the measuring CPU."""
+    plan = LibraryPlan(
+        requests=tuple((c, settings.requests_at(c)) for c in settings.concurrencies),
+        warmup_s=settings.warmup_s,
+    )
+    targets = list(LIBRARY_TARGETS)
+    report = _library_progress(progress)
     runs: list[CaseRun] = []
-    async with AsyncExitStack() as stack:
-        targets: list[Target] = [
-            await stack.enter_async_context(open_floor(upstream.base_url)),
-            await stack.enter_async_context(open_sluicegate(upstream.base_url)),
-        ]
-        for repeat in range(settings.repeats):
-            if repeat:
-                # Let the last repeat's idle connections expire, so the lowest concurrency does
-                # not pay for scanning the highest one's pool (see POOL_KEEPALIVE_EXPIRY).
-                await trio.sleep(POOL_KEEPALIVE_EXPIRY + 1.0)
-            # Alternate which target goes first, so neither always inherits the other's garbage
-            # or the upstream's warm state.
-            order = targets if repeat % 2 == 0 else targets[::-1]
-            # Ascending concurrency: within a repeat each pool only grows, so every case finds
-            # about as many connections as it needs.
-            for concurrency in settings.concurrencies:
-                for stream in (False, True):
-                    for target in order:
-                        case = Case(target=target.name, stream=stream, concurrency=concurrency)
-                        run = await run_case(
-                            target,
-                            case,
-                            requests=settings.requests_at(concurrency),
-                            warmup_s=settings.warmup_s,
-                            upstream=upstream,
-                        )
-                        runs.append(run)
-                        progress.step(
-                            f"{case.mode:<6} c={concurrency:<3} {case.target:<10} "
-                            f"{run.cpu_ms_per_request:7.3f} CPU ms/req  "
-                            f"{run.requests_per_s:7.0f} req/s"
-                        )
+    # No pause between repeats for idle connections to expire: that matters within a process,
+    # where the lowest concurrency would pay for scanning the pool the highest one left (see
+    # POOL_KEEPALIVE_EXPIRY), but every child starts with an empty pool and its connections
+    # close when it exits.
+    for repeat in range(settings.repeats):
+        # Alternate which target goes first, so neither always finds the upstream as the other
+        # left it.
+        order = targets if repeat % 2 == 0 else targets[::-1]
+        for target in order:
+            runs += measure_library(target, upstream=upstream, plan=plan, on_run=report)
     return runs
 
 
@@ -249,6 +250,7 @@ def _run_litellm(
             file=sys.stderr,
         )
         return []
+    report = _library_progress(progress)
     runs: list[CaseRun] = []
     for _ in range(settings.repeats):
         for concurrency in settings.concurrencies:
@@ -264,10 +266,7 @@ def _run_litellm(
                     stream=stream,
                 ).as_case_run()
                 runs.append(run)
-                progress.step(
-                    f"{run.case.mode:<6} c={concurrency:<3} litellm    "
-                    f"{run.cpu_ms_per_request:7.3f} CPU ms/req  {run.requests_per_s:7.0f} req/s"
-                )
+                report(run)
     return runs
 
 
@@ -336,6 +335,22 @@ def _proxy_progress(progress: _Progress) -> Callable[[ProxyRun], None]:
     return report
 
 
+def _first_event_progress(progress: _Progress) -> Callable[[FirstEvent], None]:
+    def report(result: FirstEvent) -> None:
+        progress.step(
+            f"stream c={result.concurrency:<3} {result.target + ' (TTFE)':<13} "
+            f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms"
+        )
+
+    return report
+
+
+_FIRST_EVENT_TITLE: Final = (
+    "time to first event (a sequential probe as one of c concurrent streams, the others from "
+    "wrk), proxy vs the upstream directly"
+)
+
+
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in ("sluicegate", "httpx", "httpcore", "trio", "orjson", "litellm"):
@@ -371,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress = _Progress(_steps(settings))
             memory_results: list[MemoryResult] = list(_library_memory(settings, plan))
             progress.step("memory: the library under a slow consumer")
-            runs = trio.run(_run_all, settings, upstream, progress)
+            runs = _run_library(settings, upstream, progress)
             runs += _run_litellm(settings, upstream, plan.measure, progress)
             proxy_runs = measure_proxy(
                 upstream_url=upstream.base_url,
@@ -385,9 +400,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 litellm=litellm_available(),
             )
             first_events = measure_first_event(
-                upstream_url=upstream.base_url, plan=plan, samples=20 if settings.smoke else 200
+                upstream_url=upstream.base_url,
+                plan=plan,
+                concurrencies=settings.concurrencies,
+                samples=_SMOKE_FIRST_EVENTS if settings.smoke else _FULL_FIRST_EVENTS,
+                on_result=_first_event_progress(progress),
             )
-            progress.step("time to first event: proxy and direct")
             memory_results += _proxy_memory(settings, plan)
             progress.step("memory: the proxy idle, under a slow consumer, with open streams")
             recording = trio.run(
@@ -421,7 +439,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "CPU is the proxy process's:"
     )
     print(proxy_table(proxy_summaries))
-    print(first_event_line(first_events))
+    print()
+    print(_FIRST_EVENT_TITLE + ":")
+    print(first_event_table(first_events))
     print()
     print("memory:")
     print(memory_table(memory_results))
@@ -451,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "elapsed_s": round(elapsed, 2),
         "recording": [attrs.asdict(r) for r in recording],
         "proxy": proxy_json(proxy_summaries),
-        "proxy_first_event": [attrs.asdict(r) for r in first_events],
+        "proxy_first_event": first_event_json(first_events),
         "memory": memory_json(memory_results),
         "memory_failures": MEMORY_FAILURES,
     }
@@ -470,7 +490,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with paths[2].open("a", encoding="utf-8") as md:
         md.write("\n## HTTP proxy vs the upstream directly (wrk)\n\n")
         md.write(proxy_table(proxy_summaries, markdown=True) + "\n")
-        md.write("\n" + first_event_line(first_events) + "\n")
+        md.write("\n## Time to first event\n\n" + _FIRST_EVENT_TITLE + ".\n\n")
+        md.write(first_event_table(first_events, markdown=True) + "\n")
         md.write("\n## Memory\n\n")
         md.write(memory_table(memory_results, markdown=True) + "\n")
         md.write("\n## Recording (event store, SQLite file)\n\n")

@@ -5,7 +5,9 @@ LiteLLM runs on asyncio, so it is measured in a child process of its own (this m
 ``python -m benchmarks._litellm``), pinned to the measuring CPU like sluicegate's library, driven
 the same way: a warm-up, then N requests from C concurrent tasks; its CPU is that process's
 ``time.process_time()`` over the measured requests, the same number sluicegate's library figure
-is. The child prints one JSON object per case; the parent turns them into the suite's runs.
+is (``_library.py``: that one runs in a child of its own too). The child prints one JSON object
+per case, with its RSS after the case and its peak, as the library's children do; the parent
+turns them into the suite's runs.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._runner import Case, CaseRun, percentile
+from ._runner import Case, CaseRun, percentile, process_memory
+from ._upstream import BenchmarkError
 
 if TYPE_CHECKING:
     from ._proxy import ProxyServerProcess
@@ -46,6 +49,9 @@ class LiteLLMRun:
     p99_ms: float
     first_event_p50_ms: float | None
     events_per_request: float
+    #: The child's RSS after the case and its peak (None without /proc).
+    rss_bytes: int | None = None
+    peak_rss_bytes: int | None = None
 
     def as_case_run(self) -> CaseRun:
         """The suite's shape for a run, so LiteLLM sits in the same table as the others."""
@@ -62,6 +68,8 @@ class LiteLLMRun:
             first_event_p50_s=first,
             first_event_p99_s=None,
             upstream_busy=None,
+            rss_bytes=self.rss_bytes,
+            peak_rss_bytes=self.peak_rss_bytes,
         )
 
 
@@ -116,7 +124,11 @@ def measure_litellm(
     stream: bool,
     timeout: float = 600.0,
 ) -> LiteLLMRun:
-    """One case in a child process (see the module docstring)."""
+    """One case in a child process (see the module docstring).
+
+    Raises:
+        BenchmarkError: the child failed (with the tail of its stderr).
+    """
     argv = [sys.executable, "-m", "benchmarks._litellm", upstream_url, str(concurrency)]
     argv += [str(requests), "stream" if stream else "create"]
     taskset = shutil.which("taskset")
@@ -125,7 +137,7 @@ def measure_litellm(
     done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
     if done.returncode != 0:
         tail = done.stderr.decode(errors="replace")[-2000:]
-        raise RuntimeError(f"the LiteLLM driver failed ({done.returncode}): {tail}")
+        raise BenchmarkError(f"the LiteLLM driver failed ({done.returncode}): {tail}")
     data: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
     return LiteLLMRun(**data)
 
@@ -134,7 +146,8 @@ async def _drive(url: str, concurrency: int, requests: int, stream: bool) -> dic
     import asyncio
     import time
 
-    import litellm
+    # Only the child imports it, and only with the compare extra installed.
+    import litellm  # type: ignore[import-not-found,unused-ignore]
 
     litellm.suppress_debug_info = True
     latencies: list[float] = []
@@ -179,6 +192,7 @@ async def _drive(url: str, concurrency: int, requests: int, stream: bool) -> dic
     wall = time.perf_counter() - wall
     cpu = time.process_time() - cpu
     done = per * concurrency
+    rss, peak = process_memory()
     return {
         "mode": "stream" if stream else "create",
         "concurrency": concurrency,
@@ -189,6 +203,8 @@ async def _drive(url: str, concurrency: int, requests: int, stream: bool) -> dic
         "p99_ms": percentile(sorted(latencies), 0.99) * 1e3,
         "first_event_p50_ms": percentile(sorted(firsts), 0.5) * 1e3 if firsts else None,
         "events_per_request": events / done,
+        "rss_bytes": rss,
+        "peak_rss_bytes": peak,
     }
 
 

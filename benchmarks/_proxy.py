@@ -37,6 +37,12 @@ proxy adds to one request; once the proxy's core is saturated, latency is about 
 throughput, and the difference mostly measures queueing in front of the slower side — the
 req/s column says which regime a row is in.
 
+Time to first event (:func:`measure_first_event`): wrk cannot see inside a response, so a probe
+of our own sends streamed requests one at a time and times each one's first ``data:`` line; at
+concurrency c it is one of c concurrent streams, wrk (the streaming script, c - 1 connections,
+pinned as above) holding the others for as long as the probe runs. The same against the
+upstream directly gives what the proxy adds to the first event, per concurrency.
+
 Caveats: the proxy is called with the master key, the cheapest auth path (a virtual key adds a
 key lookup and rate/budget accounting). The CPU a run is billed includes the requests wrk leaves
 in flight when it stops (at most one per connection, cancelled when wrk closes them), so CPU per
@@ -52,6 +58,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -60,7 +67,7 @@ import tempfile
 import time
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 
 import attrs
 import httpx
@@ -90,11 +97,17 @@ __all__ = [
     "DIRECT",
     "MASTER_KEY",
     "PROXY",
+    "FirstEvent",
+    "FirstEventRow",
     "ProxyRun",
     "ProxyServerProcess",
     "ProxySummary",
     "WrkResult",
     "check_wrk",
+    "first_event_json",
+    "first_event_rows",
+    "first_event_table",
+    "measure_first_event",
     "measure_proxy",
     "open_proxy_server",
     "parse_wrk_output",
@@ -514,19 +527,20 @@ def _wrk_seconds(seconds: float) -> int:
     return max(1, math.ceil(seconds))
 
 
-def _run_wrk(
-    *, url: str, script: Path, concurrency: int, seconds: int, cpu: int | None
-) -> tuple[str, float]:
-    """wrk's stdout and its CPU seconds (from the reaped child's rusage)."""
+def _wrk_argv(
+    *, url: str, script: Path, connections: int, seconds: int, cpu: int | None
+) -> tuple[list[str], Callable[[], None] | None]:
+    """wrk's command line (one thread, ``connections`` connections, the Lua ``script``), pinned
+    to ``cpu``."""
     wrk = shutil.which("wrk")
     if wrk is None:
         raise BenchmarkError("wrk is not installed (apt-get install wrk)")
-    argv, preexec = _pinned(
+    return _pinned(
         [
             wrk,
             "--latency",
             "-t1",
-            f"-c{concurrency}",
+            f"-c{connections}",
             f"-d{seconds}s",
             "--timeout",
             _WRK_TIMEOUT,
@@ -535,6 +549,15 @@ def _run_wrk(
             url,
         ],
         cpu,
+    )
+
+
+def _run_wrk(
+    *, url: str, script: Path, concurrency: int, seconds: int, cpu: int | None
+) -> tuple[str, float]:
+    """wrk's stdout and its CPU seconds (from the reaped child's rusage)."""
+    argv, preexec = _wrk_argv(
+        url=url, script=script, connections=concurrency, seconds=seconds, cpu=cpu
     )
     # RUSAGE_CHILDREN grows when a child is reaped; wrk is the only one reaped in between.
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -759,71 +782,284 @@ def measure_proxy(
 
 # --- time to first event ---------------------------------------------------------------------
 
+#: How long the background load runs before the probe's first request: wrk has connected and
+#: its streams are flowing (the probe's own warm-up tenth comes on top).
+_LOAD_LEAD_S: Final = 0.5
+#: The background load's wrk duration: far longer than any probe, which stops it when done
+#: (SIGINT: wrk then prints its summary and our script's line, as at the end of a run).
+_LOAD_MAX_S: Final = 3600
+#: The probe's httpx timeout: far above any stream here, so a stuck stream fails the run.
+_PROBE_TIMEOUT: Final = 30.0
+
 
 @attrs.frozen(kw_only=True)
 class FirstEvent:
-    """Time from sending a streamed request to its first SSE ``data:`` line, sequential
-    requests (nothing queues): what a streaming client waits before it sees anything. wrk
-    cannot see inside a response, so this is its own probe."""
+    """Time from sending a streamed request to its first SSE ``data:`` line, for one target at
+    one concurrency: what a streaming client waits before it sees anything. wrk cannot see
+    inside a response, so this is a probe of its own: sequential requests, each one of
+    ``concurrency`` concurrent streams (the other ``concurrency - 1`` from wrk)."""
 
     target: str
+    concurrency: int
     samples: int
     p50_ms: float
     p99_ms: float
 
 
 def measure_first_event(
-    *, upstream_url: str, plan: CpuPlan, samples: int = 200
+    *,
+    upstream_url: str,
+    plan: CpuPlan,
+    concurrencies: Sequence[int],
+    samples: int = 200,
+    on_result: Callable[[FirstEvent], None] | None = None,
 ) -> list[FirstEvent]:
-    """Probe the proxy and the upstream directly, ``samples`` streamed requests each, one at a
-    time, from this process (the proxy on ``plan.measure``, as in :func:`measure_proxy`)."""
+    """For each concurrency (ascending), probe the proxy and then the upstream directly:
+    ``samples`` streamed requests one at a time (after a tenth more as warm-up), while wrk keeps
+    ``concurrency - 1`` more streams going against the same target (the streaming script of
+    :func:`measure_proxy`; no load at concurrency 1). The proxy minus direct is what the proxy
+    adds to the first event at that load.
+
+    Pinned as :func:`measure_proxy` pins: the proxy on ``plan.measure``, wrk on
+    ``plan.upstream``, and the probe (this thread, while probing) beside wrk. The client side
+    then shares the upstream's CPU for both targets alike, and the proxy has its CPU to itself,
+    as in the wrk runs; a probe on the proxy's CPU would be billed the wait for a saturated
+    core that the direct probe never sees.
+
+    Args:
+        on_result: called with every result as it is measured (progress output).
+
+    Raises:
+        BenchmarkError: a probe failed, the background load failed (wrk's output is checked as
+            a measured run's is when the probe is done) or ended before the probe did, or the
+            proxy did not start or died.
+    """
     results: list[FirstEvent] = []
-    with (
-        open_proxy_server(upstream_url=upstream_url, cpu=plan.measure) as server,
-        httpx.Client(timeout=30.0) as client,
-    ):
+    with contextlib.ExitStack() as stack:
+        scratch = Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="sluicegate-bench-ttfe-"))
+        )
+        server = stack.enter_context(open_proxy_server(upstream_url=upstream_url, cpu=plan.measure))
+        client = stack.enter_context(httpx.Client(timeout=_PROBE_TIMEOUT, trust_env=False))
         targets = {
             PROXY: (server.responses_url, GATEWAY_MODEL, MASTER_KEY),
             DIRECT: (f"{upstream_url}/responses", UPSTREAM_MODEL, API_KEY),
         }
-        for target, (url, model, key) in targets.items():
-            body = {"model": model, "input": INPUT, "stream": True}
-            headers = {"authorization": f"Bearer {key}"}
-            waits: list[float] = []
-            for i in range(samples + max(1, samples // 10)):  # the first tenth warms up
-                began = time.perf_counter()
-                first: float | None = None
-                with client.stream("POST", url, json=body, headers=headers) as answer:
-                    if answer.status_code != 200:
-                        raise BenchmarkError(f"{target}: HTTP {answer.status_code}")
-                    for line in answer.iter_lines():
-                        if first is None and line.startswith("data:"):
-                            first = time.perf_counter() - began
-                if first is None:
-                    raise BenchmarkError(f"{target}: a stream without events")
-                if i >= max(1, samples // 10):
-                    waits.append(first)
-            waits.sort()
-            results.append(
-                FirstEvent(
+        scripts: dict[str, Path] = {}
+        for target, (_, model, key) in targets.items():
+            scripts[target] = scratch / f"{target}-stream.lua"
+            scripts[target].write_text(wrk_script(model=model, api_key=key, stream=True))
+        for concurrency in sorted(concurrencies):
+            for target, (url, model, key) in targets.items():
+                what = f"{target} (time to first event, c={concurrency})"
+                try:
+                    with (
+                        _background_load(
+                            url=url,
+                            script=scripts[target],
+                            connections=concurrency - 1,
+                            cpu=plan.upstream,
+                            what=what,
+                        )
+                        if concurrency > 1
+                        else contextlib.nullcontext(),
+                        _running_on(plan.upstream),
+                    ):
+                        waits = _probe(
+                            client, url, model=model, key=key, samples=samples, what=what
+                        )
+                except BenchmarkError:
+                    server.check_running()  # the more useful message, if that is what happened
+                    raise
+                result = FirstEvent(
                     target=target,
+                    concurrency=concurrency,
                     samples=len(waits),
                     p50_ms=percentile(waits, 0.5) * 1e3,
                     p99_ms=percentile(waits, 0.99) * 1e3,
                 )
-            )
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
     return results
 
 
-def first_event_line(results: Sequence[FirstEvent]) -> str:
-    by = {r.target: r for r in results}
-    proxy, direct = by[PROXY], by[DIRECT]
-    return (
-        f"time to first event (sequential, {proxy.samples} streams): proxy p50 "
-        f"{proxy.p50_ms:.2f} ms, p99 {proxy.p99_ms:.2f} ms; direct p50 {direct.p50_ms:.2f} ms, "
-        f"p99 {direct.p99_ms:.2f} ms; the proxy adds {proxy.p50_ms - direct.p50_ms:+.2f} ms "
-        f"at p50, {proxy.p99_ms - direct.p99_ms:+.2f} ms at p99"
+def _probe(
+    client: httpx.Client, url: str, *, model: str, key: str, samples: int, what: str
+) -> list[float]:
+    """``samples`` times to the first event, sorted, in seconds, after a tenth more unmeasured.
+
+    Raises:
+        BenchmarkError: a request failed, or its answer was not a 200 stream with events (the
+            message names ``what``).
+    """
+    body = {"model": model, "input": INPUT, "stream": True}
+    headers = {"authorization": f"Bearer {key}"}
+    warmup = max(1, samples // 10)
+    waits: list[float] = []
+    for i in range(warmup + samples):
+        began = time.perf_counter()
+        first: float | None = None
+        try:
+            with client.stream("POST", url, json=body, headers=headers) as answer:
+                if answer.status_code != 200:
+                    raise BenchmarkError(f"{what}: HTTP {answer.status_code}")
+                # Read to the end, as a client does: the next probe starts when this one ends.
+                for line in answer.iter_lines():
+                    if first is None and line.startswith("data:"):
+                        first = time.perf_counter() - began
+        except httpx.HTTPError as exc:
+            raise BenchmarkError(f"{what}: {exc!r}") from exc
+        if first is None:
+            raise BenchmarkError(f"{what}: a stream without events")
+        if i >= warmup:
+            waits.append(first)
+    return sorted(waits)
+
+
+@contextlib.contextmanager
+def _running_on(cpu: int | None) -> Iterator[None]:
+    """This thread pinned to ``cpu`` for the block (where pinning is available), then back."""
+    if cpu is None or not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+@contextlib.contextmanager
+def _background_load(
+    *, url: str, script: Path, connections: int, cpu: int | None, what: str
+) -> Iterator[None]:
+    """wrk keeping ``connections`` streams going against ``url`` (pinned to ``cpu``) from a
+    short lead before the block until its end; then stopped and its output checked as a
+    measured run's is (:func:`check_wrk`), unless the block raised.
+
+    Raises:
+        BenchmarkError: wrk is missing, ended before the block did, was not stopped cleanly, or
+            reported a failed answer or a socket error.
+    """
+    argv, preexec = _wrk_argv(
+        url=url, script=script, connections=connections, seconds=_LOAD_MAX_S, cpu=cpu
     )
+    # Output to a file, not a pipe: it is read once wrk has stopped, and a full pipe would
+    # stall it.
+    with tempfile.TemporaryFile() as output:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            preexec_fn=preexec,
+        )
+        try:
+            time.sleep(_LOAD_LEAD_S)
+            _check_load_running(process, output, what)
+            yield
+            _check_load_running(process, output, what)
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+                try:
+                    process.wait(_STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        text = _read_all(output)
+        if process.returncode != 0:
+            raise BenchmarkError(
+                f"wrk against {what} exited with status {process.returncode}:\n{text}"
+            )
+        check_wrk(parse_wrk_output(text), what)
+
+
+def _check_load_running(process: subprocess.Popen[bytes], output: IO[bytes], what: str) -> None:
+    status = process.poll()
+    if status is not None:
+        raise BenchmarkError(
+            f"the background load (wrk against {what}) ended before the probe did (status "
+            f"{status}):\n{_read_all(output)}"
+        )
+
+
+def _read_all(file: IO[bytes]) -> str:
+    file.seek(0)
+    return file.read().decode("utf-8", "replace")
+
+
+@attrs.frozen(kw_only=True)
+class FirstEventRow:
+    """The proxy's and the upstream's time to first event at one concurrency."""
+
+    concurrency: int
+    proxy: FirstEvent
+    direct: FirstEvent
+
+    @property
+    def added_p50_ms(self) -> float:
+        """What the proxy adds at p50: proxy minus direct."""
+        return self.proxy.p50_ms - self.direct.p50_ms
+
+    @property
+    def added_p99_ms(self) -> float:
+        return self.proxy.p99_ms - self.direct.p99_ms
+
+
+def first_event_rows(results: Sequence[FirstEvent]) -> list[FirstEventRow]:
+    """One row per concurrency, ascending.
+
+    Raises:
+        ValueError: a concurrency lacks its proxy or its direct result.
+    """
+    by: dict[tuple[str, int], FirstEvent] = {(r.target, r.concurrency): r for r in results}
+    rows = []
+    for concurrency in sorted({r.concurrency for r in results}):
+        proxy, direct = by.get((PROXY, concurrency)), by.get((DIRECT, concurrency))
+        if proxy is None or direct is None:
+            raise ValueError(f"c={concurrency}: the proxy's and the direct result are both needed")
+        rows.append(FirstEventRow(concurrency=concurrency, proxy=proxy, direct=direct))
+    return rows
+
+
+_FIRST_EVENT_COLUMNS: Final[list[tuple[str, Callable[[FirstEventRow], str]]]] = [
+    ("conc", lambda r: str(r.concurrency)),
+    ("samples", lambda r: str(min(r.proxy.samples, r.direct.samples))),
+    ("proxy p50 ms", lambda r: f"{r.proxy.p50_ms:.2f}"),
+    ("proxy p99 ms", lambda r: f"{r.proxy.p99_ms:.2f}"),
+    ("direct p50 ms", lambda r: f"{r.direct.p50_ms:.2f}"),
+    ("direct p99 ms", lambda r: f"{r.direct.p99_ms:.2f}"),
+    ("+p50 ms", lambda r: f"{r.added_p50_ms:+.2f}"),
+    ("+p99 ms", lambda r: f"{r.added_p99_ms:+.2f}"),
+]
+
+
+def first_event_table(results: Sequence[FirstEvent], *, markdown: bool = False) -> str:
+    """Per concurrency: the proxy's and the direct p50 and p99, and what the proxy adds."""
+    return render_table(
+        _FIRST_EVENT_COLUMNS, first_event_rows(results), group=lambda _: 0, markdown=markdown
+    )
+
+
+def first_event_json(results: Sequence[FirstEvent]) -> list[dict[str, Any]]:
+    """The table's rows as JSON-ready dicts (times in ms)."""
+    return [
+        {
+            "concurrency": r.concurrency,
+            "proxy_samples": r.proxy.samples,
+            "direct_samples": r.direct.samples,
+            "proxy_p50_ms": r.proxy.p50_ms,
+            "proxy_p99_ms": r.proxy.p99_ms,
+            "direct_p50_ms": r.direct.p50_ms,
+            "direct_p99_ms": r.direct.p99_ms,
+            "added_p50_ms": r.added_p50_ms,
+            "added_p99_ms": r.added_p99_ms,
+        }
+        for r in first_event_rows(results)
+    ]
 
 
 # --- summaries -------------------------------------------------------------------------------

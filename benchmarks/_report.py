@@ -56,6 +56,9 @@ class Summary:
     upstream_busy: float | None
     #: sluicegate CPU/request ÷ floor CPU/request for the same mode and concurrency.
     cpu_ratio: float | None
+    #: The target's process after the case, and its peak so far (None where not measured).
+    rss_bytes: float | None = None
+    peak_rss_bytes: float | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -109,6 +112,8 @@ def summarize(runs: Sequence[CaseRun]) -> list[Summary]:
                 events_per_s=_median(r.events_per_s for r in group),
                 upstream_busy=_median_or_none(r.upstream_busy for r in group),
                 cpu_ratio=cpu / floor if case.target != FLOOR and floor else None,
+                rss_bytes=_median_or_none(r.rss_bytes for r in group),
+                peak_rss_bytes=_median_or_none(r.peak_rss_bytes for r in group),
             )
         )
     order = {FLOOR: 0, SLUICEGATE: 1}
@@ -191,6 +196,7 @@ _COLUMNS: Final[list[tuple[str, Callable[[Summary], str]]]] = [
         "upstream busy",
         lambda s: _fmt(None if s.upstream_busy is None else s.upstream_busy * 100, ".0f") + "%",
     ),
+    ("RSS MiB", lambda s: _fmt(None if s.rss_bytes is None else s.rss_bytes / 2**20, ".1f")),
 ]
 _LEFT: Final = frozenset({"mode", "target"})
 _Row = TypeVar("_Row")
@@ -260,23 +266,8 @@ def _summary_json(s: Summary) -> dict[str, Any]:
         "events_per_request": s.events_per_request,
         "events_per_s": s.events_per_s if s.case.stream else None,
         "upstream_busy": s.upstream_busy,
-    }
-
-
-def _run_json(r: CaseRun) -> dict[str, Any]:
-    return {
-        "target": r.case.target,
-        "mode": r.case.mode,
-        "concurrency": r.case.concurrency,
-        "requests": r.requests,
-        "wall_s": r.wall_s,
-        "cpu_s": r.cpu_s,
-        "events": r.events,
-        "latency_p50_s": r.latency_p50_s,
-        "latency_p99_s": r.latency_p99_s,
-        "first_event_p50_s": r.first_event_p50_s,
-        "first_event_p99_s": r.first_event_p99_s,
-        "upstream_busy": r.upstream_busy,
+        "rss_bytes": s.rss_bytes,
+        "peak_rss_bytes": s.peak_rss_bytes,
     }
 
 
@@ -299,7 +290,7 @@ def write_results(
             {"name": c.name, "verdict": c.verdict, "passed": c.passed, "detail": c.detail}
             for c in checks
         ],
-        "runs": [_run_json(r) for r in runs],
+        "runs": [r.to_json() for r in runs],
     }
     data = orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
     paths = [directory / f"{stem}.json", directory / f"{latest}.json", directory / f"{latest}.md"]

@@ -3,6 +3,9 @@
 Every target answers one request per call and reports what the runner cannot see from outside:
 how many events it received and when the first one arrived. Each also checks that the answer is
 a completed response, cheaply, so a broken run fails loudly instead of measuring errors.
+
+This module does not import sluicegate until :func:`open_sluicegate` runs: the floor's child
+process (``_library.py``) imports it too, and its RSS must be the floor's alone.
 """
 
 from __future__ import annotations
@@ -11,16 +14,17 @@ import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
 import httpx
 import orjson
 import trio
 
-import sluicegate
-
 from ._upstream import BenchmarkError
+
+if TYPE_CHECKING:
+    import sluicegate
 
 __all__ = [
     "GATEWAY_MODEL",
@@ -120,6 +124,9 @@ class SluicegateTarget:
     """The library face, as a caller uses it."""
 
     _gateway: sluicegate.Gateway
+    #: ``sluicegate.ResponseStatus.COMPLETED``, handed in by :func:`open_sluicegate`: this module
+    #: does not import sluicegate (see the module docstring).
+    _completed: sluicegate.ResponseStatus
 
     @property
     def name(self) -> str:
@@ -127,7 +134,7 @@ class SluicegateTarget:
 
     async def create(self) -> Answer:
         response = await self._gateway.responses(model=GATEWAY_MODEL, input=INPUT)
-        if response.status is not sluicegate.ResponseStatus.COMPLETED:
+        if response.status is not self._completed:
             raise BenchmarkError(f"sluicegate: unexpected response status {response.status!r}")
         return Answer(1, None)
 
@@ -180,8 +187,11 @@ def bench_model(
 
 @asynccontextmanager
 async def open_sluicegate(base_url: str) -> AsyncIterator[SluicegateTarget]:
-    """One gateway for the whole run, routing one model group to the fake upstream. It records
-    every response in a SQLite file, as a deployed gateway does (a temporary one here)."""
+    """One gateway for the whole child process, routing one model group to the fake upstream.
+    It records every response in a SQLite file, as a deployed gateway does (a temporary one
+    here)."""
+    import sluicegate
+
     scratch = tempfile.TemporaryDirectory(prefix="sluicegate-bench-")
     config = {
         "model_list": [bench_model(base_url)],
@@ -194,4 +204,4 @@ async def open_sluicegate(base_url: str) -> AsyncIterator[SluicegateTarget]:
     }
     with scratch:
         async with sluicegate.open_gateway(config) as gateway:
-            yield SluicegateTarget(gateway)
+            yield SluicegateTarget(gateway, sluicegate.ResponseStatus.COMPLETED)

@@ -1,19 +1,30 @@
 """The proxy benchmark (benchmarks/_proxy.py): the wrk output parser on real wrk 4.1 output, the
-failure checks, the summary and overhead arithmetic, and one short run when wrk is installed."""
+failure checks, the summary and overhead arithmetic, the time-to-first-event table, and short
+runs when wrk is installed."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import socket
+import time
+from pathlib import Path
 
 import pytest
 
 from benchmarks._proxy import (
     DIRECT,
     PROXY,
+    FirstEvent,
     ProxyRun,
+    _background_load,
     check_wrk,
+    first_event_json,
+    first_event_rows,
+    first_event_table,
+    measure_first_event,
     measure_proxy,
     parse_wrk_output,
     proxy_json,
@@ -425,14 +436,113 @@ def test_measure_proxy_against_the_fake_upstream() -> None:
     assert [s.p50_overhead_ms is None for s in summaries] == [True, False, True, False]
 
 
-def test_first_event_line_gives_what_the_proxy_adds() -> None:
-    from benchmarks._proxy import FirstEvent, first_event_line
+def _first(target: str, concurrency: int, p50: float, p99: float) -> FirstEvent:
+    return FirstEvent(target=target, concurrency=concurrency, samples=200, p50_ms=p50, p99_ms=p99)
 
-    line = first_event_line(
-        [
-            FirstEvent(target="proxy", samples=200, p50_ms=4.5, p99_ms=10.0),
-            FirstEvent(target="direct", samples=200, p50_ms=0.5, p99_ms=2.0),
-        ]
+
+def test_first_event_table_gives_what_the_proxy_adds_per_concurrency() -> None:
+    results = [
+        # As measured: per concurrency, proxy then direct; here out of order on purpose.
+        _first(PROXY, 16, 40.0, 95.5),
+        _first(DIRECT, 16, 5.25, 8.0),
+        _first(PROXY, 1, 4.5, 10.0),
+        _first(DIRECT, 1, 0.5, 2.0),
+    ]
+    low, high = first_event_rows(results)
+    assert (low.concurrency, high.concurrency) == (1, 16)
+    assert (low.added_p50_ms, low.added_p99_ms) == (pytest.approx(4.0), pytest.approx(8.0))
+    assert (high.added_p50_ms, high.added_p99_ms) == (pytest.approx(34.75), pytest.approx(87.5))
+
+    header, rule, *rows = first_event_table(results).splitlines()
+    assert header.split("  ")[0] == "conc"
+    assert "proxy p50 ms" in header and "direct p99 ms" in header and header.endswith("+p99 ms")
+    assert set(rule) <= {"-", " "}
+    assert [" ".join(r.split()) for r in rows] == [
+        "1 200 4.50 10.00 0.50 2.00 +4.00 +8.00",
+        "16 200 40.00 95.50 5.25 8.00 +34.75 +87.50",
+    ]
+    markdown = first_event_table(results, markdown=True).splitlines()
+    assert markdown[0] == (
+        "| conc | samples | proxy p50 ms | proxy p99 ms | direct p50 ms | direct p99 ms "
+        "| +p50 ms | +p99 ms |"
     )
-    assert "proxy p50 4.50 ms" in line and "direct p50 0.50 ms" in line
-    assert "adds +4.00 ms at p50, +8.00 ms at p99" in line
+    assert markdown[3] == "| 16 | 200 | 40.00 | 95.50 | 5.25 | 8.00 | +34.75 | +87.50 |"
+
+    documents = first_event_json(results)
+    assert [d["concurrency"] for d in documents] == [1, 16]
+    assert documents[1]["added_p50_ms"] == pytest.approx(34.75)
+    assert documents[1]["added_p99_ms"] == pytest.approx(87.5)
+    assert documents[0]["proxy_p50_ms"] == 4.5
+    assert documents[0]["direct_p99_ms"] == 2.0
+    json.dumps(documents)  # JSON-ready as is
+
+
+def test_first_event_rows_need_both_targets() -> None:
+    with pytest.raises(ValueError, match="c=16"):
+        first_event_rows([_first(PROXY, 1, 4.5, 10.0), _first(DIRECT, 1, 0.5, 2.0),
+                          _first(PROXY, 16, 40.0, 95.5)])  # fmt: skip
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_measure_first_event_alone_and_under_load() -> None:
+    """End to end, briefly: the probe alone (c=1) and beside one wrk stream (c=2), against the
+    proxy and the upstream directly; this thread's pinning is given back afterwards."""
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    seen: list[FirstEvent] = []
+    with run_fake_upstream(tokens=4, cpu=None) as upstream:
+        results = measure_first_event(
+            upstream_url=upstream.base_url,
+            plan=plan_cpus(),
+            concurrencies=[2, 1],
+            samples=3,
+            on_result=seen.append,
+        )
+    assert results == seen
+    assert [(r.target, r.concurrency) for r in results] == [
+        (PROXY, 1),
+        (DIRECT, 1),
+        (PROXY, 2),
+        (DIRECT, 2),
+    ]
+    for result in results:
+        assert result.samples == 3
+        assert 0 < result.p50_ms <= result.p99_ms
+    assert [row.concurrency for row in first_event_rows(results)] == [1, 2]
+    if affinity is not None:
+        assert os.sched_getaffinity(0) == affinity
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_a_failed_background_load_fails_the_measurement(tmp_path: Path) -> None:
+    script = tmp_path / "direct.lua"
+    script.write_text(wrk_script(model="bench-model", api_key="sk-bench", stream=True))
+    # Every answer a 404: noticed when the load is stopped, though the block went well.
+    with (
+        run_fake_upstream(tokens=4, cpu=None) as upstream,
+        pytest.raises(BenchmarkError, match=r"wrk against the load: .*non-2xx"),
+        _background_load(
+            url=f"{upstream.base_url}/no-such-path",
+            script=script,
+            connections=1,
+            cpu=None,
+            what="the load",
+        ),
+    ):
+        time.sleep(0.1)
+    # Nothing listens: wrk gives up at once, before the block begins.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    entered = False
+    with (
+        pytest.raises(BenchmarkError, match="ended before the probe did"),
+        _background_load(
+            url=f"http://127.0.0.1:{port}/v1/responses",
+            script=script,
+            connections=1,
+            cpu=None,
+            what="nobody",
+        ),
+    ):
+        entered = True
+    assert not entered
