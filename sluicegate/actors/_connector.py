@@ -172,9 +172,10 @@ class Connector:
             extra_headers=call.extra_headers,
             extra_query=call.extra_query,
         )
-        return codec.build_request(
+        built = codec.build_request(
             deployment, request, stream=call.stream, created_at=int(self._wall_clock())
         )
+        return attrs.evolve(built, context=attrs.evolve(built.context, clock=self._wall_clock))
 
     async def _forward(
         self,

@@ -30,7 +30,7 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Protocol
 
 import attrs
@@ -105,6 +105,12 @@ class BridgeContext:
     #: The raw response ID (the ID encoder wraps it in the ``resp_`` ID the caller sees).
     response_id: str = attrs.Factory(lambda: mint_id("resp"))
     created_at: int = 0
+    #: Unix time for ``completed_at`` (the connector sets the gateway's clock; codecs do no
+    #: I/O and read no clock of their own). None: ``created_at``.
+    clock: Callable[[], float] | None = None
+
+    def now(self) -> int:
+        return self.created_at if self.clock is None else int(self.clock())
 
 
 @attrs.frozen(kw_only=True)
@@ -706,6 +712,8 @@ class ResponseEmitter:
         self.start()
         self.close_item("incomplete" if incomplete else "completed")
         self._ended = True
+        if completed_at is None:
+            completed_at = self._context.now()
         final = {
             **self._response,
             "status": "incomplete" if incomplete else "completed",

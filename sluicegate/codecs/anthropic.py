@@ -1,0 +1,1026 @@
+"""The Anthropic Messages bridge (anthropic-messages.md; mapping.md, the Anthropic column).
+
+Theory of operation. :meth:`AnthropicCodec.build_request` turns a Responses request into
+``POST {api_base}/v1/messages``:
+
+- ``instructions`` and the ``system``/``developer`` messages become the top-level ``system``
+  (Anthropic has no system role inside ``messages``), joined by a blank line, in order;
+- the rest of the conversation becomes ``user``/``assistant`` turns, consecutive items of one
+  role merged into one turn: function calls are ``tool_use`` blocks, their outputs
+  ``tool_result`` blocks at the start of one user turn, and a reasoning item we emitted earlier
+  gives back the exact ``thinking``/``redacted_thinking`` block it sealed, in its place;
+- whatever Anthropic cannot take is refused before any upstream call (a 400 naming the
+  parameter) or, with ``drop_params``, dropped and listed. What a model can do is one table,
+  :data:`MODEL_RULES`, whose values a deployment's ``model_info`` overrides.
+
+The decoders turn Anthropic's stream events into the canonical Responses events through a
+:class:`~._bridge.ResponseEmitter` (mapping.md §9): text blocks feed a message item, every
+``thinking``/``redacted_thinking`` block is one reasoning item whose ``encrypted_content``
+seals that block exactly (mapping.md §5), ``tool_use`` blocks are function calls, and the stop
+reason and usage end the response (mapping.md §6, §7). A non-streaming Message is replayed as
+the events a stream of it would have carried, so both paths share one translation.
+
+Sans-IO: no trio, no httpx.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+import orjson
+
+from ..errors import (
+    ConfigError,
+    InvalidRequestError,
+    UpstreamProtocolError,
+    UpstreamStatusError,
+)
+from ._bridge import (
+    BridgeContext,
+    BridgeDecoder,
+    BridgeInput,
+    BuiltRequest,
+    RequestPlan,
+    ResponseEmitter,
+    ToolChoice,
+    context_for,
+    data_url_parts,
+    loads_provider_json,
+    open_reasoning,
+    responses_usage,
+    seal_reasoning,
+)
+from .openai_responses import UpstreamRequest, parse_retry_after
+
+if TYPE_CHECKING:
+    from .._types import StreamEvent
+    from ..config import Deployment
+    from ._bridge import BridgeCodec
+    from .openai_responses import Decoder
+    from .sse import ServerSentEvent
+
+__all__ = [
+    "ANTHROPIC_VERSION",
+    "CODEC",
+    "DEFAULT_API_BASE",
+    "FALLBACK_RULES",
+    "MODEL_RULES",
+    "AnthropicBodyDecoder",
+    "AnthropicCodec",
+    "AnthropicStreamDecoder",
+    "ModelRules",
+    "rules_for",
+]
+
+DEFAULT_API_BASE: Final = "https://api.anthropic.com"
+#: The only current API version (anthropic-messages.md §1).
+ANTHROPIC_VERSION: Final = "2023-06-01"
+
+# --- what each model takes ---------------------------------------------------------------------
+
+_REASONING_KINDS: Final = ("budget", "adaptive", "none")
+
+
+@attrs.frozen
+class ModelRules:
+    """What one Claude model takes. A deployment's ``model_info`` keys of the same names
+    override these values (e.g. ``reasoning: adaptive`` for a model newer than the table)."""
+
+    #: ``max_tokens`` when the request has no ``max_output_tokens`` (Anthropic requires one).
+    max_output_tokens: int
+    #: How ``reasoning.effort`` maps (mapping.md §4): ``budget`` (``thinking.budget_tokens``),
+    #: ``adaptive`` (``thinking.type: adaptive`` + ``output_config.effort``) or ``none``.
+    reasoning: str
+    #: ``output_config.format`` (JSON schema output) and ``strict`` tools.
+    structured_outputs: bool
+    #: Rejects ``temperature`` and ``top_p`` together (anthropic-messages.md §2).
+    exclusive_sampling: bool
+
+
+#: Claude models by name without a snapshot suffix (``-20250929``, ``-latest``).
+MODEL_RULES: Final[Mapping[str, ModelRules]] = {
+    "claude-3-haiku": ModelRules(4096, "none", False, False),
+    "claude-3-opus": ModelRules(4096, "none", False, False),
+    "claude-3-5-haiku": ModelRules(8192, "none", False, False),
+    "claude-3-5-sonnet": ModelRules(8192, "none", False, False),
+    "claude-3-7-sonnet": ModelRules(64000, "budget", False, False),
+    "claude-sonnet-4": ModelRules(64000, "budget", False, False),
+    "claude-sonnet-4-0": ModelRules(64000, "budget", False, False),
+    "claude-opus-4": ModelRules(32000, "budget", False, False),
+    "claude-opus-4-0": ModelRules(32000, "budget", False, False),
+    "claude-opus-4-1": ModelRules(32000, "budget", True, True),
+    "claude-sonnet-4-5": ModelRules(64000, "budget", True, True),
+    "claude-haiku-4-5": ModelRules(64000, "budget", True, True),
+    "claude-opus-4-5": ModelRules(64000, "budget", True, True),
+    "claude-sonnet-4-6": ModelRules(64000, "adaptive", True, True),
+    "claude-opus-4-6": ModelRules(128000, "adaptive", True, True),
+}
+#: A model the table does not know: nothing assumed beyond what every Claude model takes
+#: (configure ``model_info`` to unlock reasoning or structured output).
+FALLBACK_RULES: Final = ModelRules(4096, "none", False, False)
+
+_SNAPSHOT: Final = re.compile(r"-(?:\d{8}|latest)$")
+
+#: ``model_info`` key -> (whether a value is acceptable, what is expected).
+_OVERRIDE_CHECKS: Final[Mapping[str, tuple[Any, str]]] = {
+    "max_output_tokens": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+        "a positive integer",
+    ),
+    "reasoning": (lambda v: v in _REASONING_KINDS, "one of 'budget', 'adaptive', 'none'"),
+    "structured_outputs": (lambda v: isinstance(v, bool), "a boolean"),
+    "exclusive_sampling": (lambda v: isinstance(v, bool), "a boolean"),
+}
+
+
+def rules_for(deployment: Deployment) -> ModelRules:
+    """The deployment model's rules: :data:`MODEL_RULES` (else :data:`FALLBACK_RULES`) with
+    the deployment's ``model_info`` overrides.
+
+    Raises:
+        ConfigError: an override of the wrong type (names the ``model_info`` key).
+    """
+    rules = MODEL_RULES.get(_SNAPSHOT.sub("", deployment.model), FALLBACK_RULES)
+    overrides: dict[str, Any] = {}
+    for key, (acceptable, expected) in _OVERRIDE_CHECKS.items():
+        if key not in deployment.model_info:
+            continue
+        value = deployment.model_info[key]
+        if not acceptable(value):
+            raise ConfigError(f"expected {expected}, got {value!r}", path=f"model_info.{key}")
+        overrides[key] = value
+    return attrs.evolve(rules, **overrides)
+
+
+#: ``reasoning.effort`` -> ``thinking.budget_tokens`` of ``budget`` models (mapping.md §4).
+_BUDGET_TOKENS: Final = {
+    "minimal": 1024,
+    "low": 2048,
+    "medium": 8192,
+    "high": 24576,
+    "xhigh": 32768,
+    "max": 32768,
+}
+#: ``reasoning.effort`` -> ``output_config.effort`` of ``adaptive`` models (mapping.md §4).
+_ADAPTIVE_EFFORT: Final = {
+    "minimal": "low",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "xhigh": "xhigh",
+    "max": "max",
+}
+#: The smallest thinking budget Anthropic takes (anthropic-messages.md §4).
+_MIN_BUDGET: Final = 1024
+_SUMMARIES: Final = (None, "auto", "concise", "detailed")
+#: Base64 image media types Anthropic takes (anthropic-messages.md §3).
+_IMAGE_TYPES: Final = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+#: Responses ``service_tier`` -> Anthropic's (mapping.md §3).
+_SERVICE_TIERS: Final = {"auto": "auto", "default": "standard_only"}
+
+# --- the request -------------------------------------------------------------------------------
+
+
+class AnthropicCodec:
+    """The :class:`~._bridge.BridgeCodec` of Anthropic Messages (module docstring)."""
+
+    #: Anthropic fetches https image and document URLs itself.
+    inline_remote_media: bool = False
+
+    def build_request(
+        self, deployment: Deployment, request: BridgeInput, *, stream: bool, created_at: int
+    ) -> BuiltRequest:
+        """``POST {api_base}/v1/messages`` for ``request``.
+
+        Raises:
+            InvalidRequestError: a parameter Anthropic (or this model) cannot take, naming it.
+            ConfigError: a malformed ``model_info`` override.
+        """
+        body = request.body
+        plan = RequestPlan(
+            provider=deployment.provider, model=deployment.model, drop_params=request.drop_params
+        )
+        functions = plan.check_common(body)
+        mapper = _RequestMapper(
+            plan=plan,
+            rules=rules_for(deployment),
+            provider=deployment.provider,
+            model=deployment.model,
+        )
+        payload = mapper.payload(body, request.items, functions)
+        if stream:
+            payload["stream"] = True
+        if request.extra_body:
+            payload.update(request.extra_body)  # after our own mapping: its keys win
+        headers = {
+            "content-type": "application/json",
+            "accept": "text/event-stream" if stream else "application/json",
+            "anthropic-version": ANTHROPIC_VERSION,
+        }
+        if deployment.api_key is not None:
+            headers["x-api-key"] = deployment.api_key.reveal()
+        headers.update(deployment.extra_headers)
+        headers.update(request.extra_headers)  # the caller's last: its keys win
+        upstream = UpstreamRequest(
+            method="POST",
+            url=f"{deployment.api_base or DEFAULT_API_BASE}/v1/messages",
+            headers=headers,
+            params=dict(request.extra_query),
+            content=orjson.dumps(payload),
+        )
+        return BuiltRequest(
+            request=upstream, context=context_for(deployment, body, plan, created_at=created_at)
+        )
+
+    def stream_decoder(self, context: BridgeContext) -> Decoder:
+        return AnthropicStreamDecoder(context)
+
+    def body_decoder(self, context: BridgeContext) -> Decoder:
+        return AnthropicBodyDecoder(context)
+
+    def parse_error(
+        self, status: int, headers: Mapping[str, str], body: bytes, *, now: float
+    ) -> UpstreamStatusError:
+        """Anthropic's error status and body as ours (mapping.md §8; keyed on the status,
+        as anthropic-messages.md §7 advises)."""
+        try:
+            parsed = orjson.loads(body) if body else None
+        except orjson.JSONDecodeError:
+            parsed = None
+        error = parsed.get("error") if isinstance(parsed, dict) else None
+        message = error.get("message") if isinstance(error, dict) else None
+        if not isinstance(message, str) or not message:
+            text = body[:500].decode("utf-8", "replace").strip()
+            message = f"answered HTTP {status}" + (f": {text}" if text else "")
+        return _upstream_error(status, message, retry_after=parse_retry_after(headers, now=now))
+
+
+#: The codec the registry loads for ``provider: anthropic``.
+CODEC: Final[BridgeCodec] = AnthropicCodec()
+
+
+def _invalid(param: str, message: str, code: str = "invalid_value") -> InvalidRequestError:
+    return InvalidRequestError(message, param=param, code=code)
+
+
+def _string(item: Mapping[str, Any], key: str, path: str) -> str:
+    """``item[key]``, which the request must give as a string."""
+    value = item.get(key)
+    if isinstance(value, str):
+        return value
+    if value is None:
+        raise _invalid(
+            f"{path}.{key}",
+            f"Missing required parameter: '{path}.{key}'.",
+            "missing_required_parameter",
+        )
+    raise _invalid(
+        f"{path}.{key}", f"Invalid type for '{path}.{key}': expected a string.", "invalid_type"
+    )
+
+
+@attrs.define(eq=False)
+class _RequestMapper:
+    """One request's mapping to a Messages body, refusing or dropping through ``plan``."""
+
+    plan: RequestPlan
+    rules: ModelRules
+    provider: str
+    model: str
+
+    def payload(
+        self,
+        body: Mapping[str, Any],
+        items: list[dict[str, Any]],
+        functions: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        given = body.get("max_output_tokens")
+        max_tokens = self.rules.max_output_tokens if given is None else int(given)
+        thinking, effort = self._reasoning(body, max_tokens, given=given is not None)
+        thinking_on = thinking is not None and thinking["type"] != "disabled"
+        system, messages = self._conversation(body, items)
+        payload: dict[str, Any] = {"model": self.model, "max_tokens": max_tokens}
+        if system:
+            payload["system"] = system
+        payload["messages"] = messages
+        payload.update(self._tools(body, functions, thinking_on=thinking_on))
+        if thinking is not None:
+            payload["thinking"] = thinking
+        output_config: dict[str, Any] = {}
+        if effort is not None:
+            output_config["effort"] = effort
+        output_format = self._output_format(body)
+        if output_format is not None:
+            output_config["format"] = output_format
+        if output_config:
+            payload["output_config"] = output_config
+        payload.update(self._sampling(body, thinking_on=thinking_on))
+        self._check_logprobs(body)
+        # mapping.md §3: the end-user id is Anthropic's metadata.user_id (its only key).
+        user = body.get("safety_identifier") or body.get("user")
+        if user:
+            payload["metadata"] = {"user_id": user}
+        tier = body.get("service_tier")
+        if tier is not None:
+            if tier in _SERVICE_TIERS:
+                payload["service_tier"] = _SERVICE_TIERS[tier]
+            else:
+                self.plan.unsupported("service_tier", f"'service_tier' {tier!r}")
+        return payload
+
+    # -- generation controls --
+
+    def _reasoning(
+        self, body: Mapping[str, Any], max_tokens: int, *, given: bool
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        """``thinking`` and ``output_config.effort`` for ``reasoning`` (mapping.md §4)."""
+        reasoning = body.get("reasoning") or {}
+        for key, value in reasoning.items():
+            if key not in ("effort", "summary") and value is not None:
+                self.plan.unsupported(f"reasoning.{key}")
+        summary = reasoning.get("summary")
+        if summary not in _SUMMARIES:
+            raise _invalid(
+                "reasoning.summary", f"Invalid value for 'reasoning.summary': {summary!r}."
+            )
+        effort = reasoning.get("effort")
+        if effort is None:
+            return None, None  # the provider's default: no thinking
+        if effort != "none" and effort not in _BUDGET_TOKENS:
+            raise _invalid("reasoning.effort", f"Invalid value for 'reasoning.effort': {effort!r}.")
+        kind = self.rules.reasoning
+        if kind == "none":
+            if effort != "none":
+                self.plan.unsupported("reasoning.effort", f"'reasoning.effort' {effort!r}")
+            return None, None
+        if effort == "none":
+            return {"type": "disabled"}, None
+        # Without a summary asked for, the thinking text is not needed: "omitted" still returns
+        # the signatures to replay (anthropic-messages.md §4, mapping.md §3).
+        display = {} if summary is not None else {"display": "omitted"}
+        if kind == "adaptive":
+            return {"type": "adaptive", **display}, _ADAPTIVE_EFFORT[effort]
+        # anthropic-messages.md §4: 1024 <= budget_tokens < max_tokens.
+        budget = min(_BUDGET_TOKENS[effort], max_tokens - 1)
+        if budget < _MIN_BUDGET:
+            self.plan.unsupported_value(
+                "max_output_tokens" if given else "reasoning.effort",
+                f"reasoning needs more than {_MIN_BUDGET} output tokens (Anthropic's smallest "
+                f"thinking budget), but 'max_output_tokens' is {max_tokens}",
+            )
+        return {"type": "enabled", "budget_tokens": budget, **display}, None
+
+    def _sampling(self, body: Mapping[str, Any], *, thinking_on: bool) -> dict[str, Any]:
+        temperature = body.get("temperature")
+        top_p = body.get("top_p")
+        if temperature is not None and temperature > 1:
+            self.plan.unsupported_value(
+                "temperature", f"'temperature' must be between 0 and 1, got {temperature}"
+            )
+        if thinking_on:
+            # anthropic-messages.md §4: with thinking on, temperature keeps its default (1,
+            # which therefore costs nothing to leave out) and top_p stays within 0.95-1.
+            if temperature is not None and temperature != 1:
+                self.plan.unsupported("temperature", "'temperature' with reasoning on")
+            temperature = None
+            if top_p is not None and top_p < 0.95:
+                self.plan.unsupported("top_p", "'top_p' below 0.95 with reasoning on")
+                top_p = None
+        if self.rules.exclusive_sampling and temperature is not None and top_p is not None:
+            # anthropic-messages.md §2: one or the other. A default value (1) chooses nothing.
+            if top_p == 1:
+                top_p = None
+            elif temperature == 1:
+                temperature = None
+            else:
+                self.plan.unsupported_value(
+                    "top_p", "'temperature' and 'top_p' cannot both be set for this model"
+                )
+        out: dict[str, Any] = {}
+        if temperature is not None:
+            out["temperature"] = temperature
+        if top_p is not None:
+            out["top_p"] = top_p
+        return out
+
+    def _output_format(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        text = body.get("text") or {}
+        for key, value in text.items():
+            if key == "verbosity":
+                if value not in (None, "medium"):
+                    self.plan.unsupported("text.verbosity", f"'text.verbosity' {value!r}")
+            elif key != "format" and value is not None:
+                self.plan.unsupported(f"text.{key}")
+        fmt = text.get("format")
+        if fmt is None:
+            return None
+        kind = fmt.get("type") if isinstance(fmt, dict) else None
+        if kind == "text":
+            return None
+        if kind == "json_object":
+            self.plan.unsupported(
+                "text.format", "'text.format' of type 'json_object' (use 'json_schema')"
+            )
+            return None
+        if kind != "json_schema":
+            raise _invalid("text.format.type", f"Invalid value for 'text.format.type': {kind!r}.")
+        schema = fmt.get("schema")
+        if not isinstance(schema, dict):
+            raise _invalid(
+                "text.format.schema",
+                "Missing required parameter: 'text.format.schema'.",
+                "missing_required_parameter",
+            )
+        if not self.rules.structured_outputs:
+            self.plan.unsupported("text.format", "'text.format' of type 'json_schema'")
+            return None
+        return {"type": "json_schema", "schema": schema}
+
+    def _check_logprobs(self, body: Mapping[str, Any]) -> None:
+        # mapping.md §10: Anthropic returns no logprobs.
+        if body.get("top_logprobs"):
+            self.plan.unsupported("top_logprobs")
+        for i, value in enumerate(body.get("include") or []):
+            if value == "message.output_text.logprobs":
+                self.plan.unsupported(f"include[{i}]", f"'include' value {value!r}")
+
+    # -- tools --
+
+    def _tools(
+        self, body: Mapping[str, Any], functions: list[dict[str, Any]], *, thinking_on: bool
+    ) -> dict[str, Any]:
+        raw = body.get("tool_choice")
+        if isinstance(raw, dict) and raw.get("type") not in ("function", "allowed_tools"):
+            # check_common refused it, or dropped (and listed) it once already: the default.
+            choice = ToolChoice(mode="auto", names=None)
+        else:
+            choice = self.plan.tool_choice(body, functions)
+        if thinking_on and choice.mode in ("required", "function"):
+            # anthropic-messages.md §4: with thinking on only auto/none (mapping.md §2: reject).
+            self.plan.unsupported_value(
+                "tool_choice", "forcing a tool call cannot be combined with reasoning"
+            )
+        if choice.mode == "function":
+            wire: dict[str, Any] = {"type": "tool", "name": (choice.names or [""])[0]}
+        else:
+            wire = {"type": {"auto": "auto", "none": "none", "required": "any"}[choice.mode]}
+            if choice.names is not None:  # allowed_tools: send only those (mapping.md §2)
+                functions = [f for f in functions if f["name"] in choice.names]
+        if not functions:
+            return {}
+        if body.get("parallel_tool_calls") is False and choice.mode != "none":
+            wire["disable_parallel_tool_use"] = True
+        return {"tools": [self._tool(f) for f in functions], "tool_choice": wire}
+
+    def _tool(self, tool: Mapping[str, Any]) -> dict[str, Any]:
+        wire: dict[str, Any] = {"name": tool["name"]}
+        if tool.get("description"):
+            wire["description"] = tool["description"]
+        parameters = tool.get("parameters")
+        wire["input_schema"] = (
+            parameters if parameters is not None else {"type": "object", "properties": {}}
+        )
+        # Strict tools need a model with structured outputs; elsewhere the schema still goes,
+        # unenforced, rather than refusing the many clients that send strict by default.
+        if tool.get("strict") is True and self.rules.structured_outputs:
+            wire["strict"] = True
+        return wire
+
+    # -- the conversation --
+
+    def _conversation(
+        self, body: Mapping[str, Any], items: list[dict[str, Any]]
+    ) -> tuple[str, list[dict[str, Any]]]:
+        """The ``system`` text and the ``messages`` turns."""
+        system = self._instructions(body.get("instructions"))
+        turns: list[dict[str, Any]] = []
+        #: Thinking blocks restored from reasoning items, waiting for the assistant item they
+        #: preceded (mapping.md §5): they go into that assistant turn, in their place.
+        thinking: list[dict[str, Any]] = []
+        for i, item in enumerate(items):
+            path = f"input[{i}]"
+            kind = item.get("type", "message")
+            if kind == "message":
+                role = item.get("role")
+                if role in ("system", "developer"):
+                    system.extend(self._system_texts(item, path))
+                elif role == "user":
+                    thinking = []  # thinking not followed by an answer: nothing to replay it with
+                    _append(turns, "user", self._blocks(item, path, assistant=False))
+                elif role == "assistant":
+                    _append(turns, "assistant", thinking + self._blocks(item, path, assistant=True))
+                    thinking = []
+                else:
+                    raise _invalid(f"{path}.role", f"Invalid value for '{path}.role': {role!r}.")
+            elif kind == "function_call":
+                _append(turns, "assistant", [*thinking, self._tool_use(item, path)])
+                thinking = []
+            elif kind == "function_call_output":
+                thinking = []
+                _append(turns, "user", [self._tool_result(item, path)])
+            elif kind == "reasoning":
+                thinking.extend(self._thinking_blocks(item))
+            elif kind == "item_reference":
+                self.plan.unsupported("input", f"'{path}' of type 'item_reference'")
+            else:
+                self.plan.unsupported(path, f"'{path}' of type {kind!r}")
+        return "\n\n".join(system), turns
+
+    def _instructions(self, instructions: Any) -> list[str]:
+        if instructions is None or instructions == "":
+            return []
+        if isinstance(instructions, str):
+            return [instructions]
+        texts: list[str] = []
+        for i, entry in enumerate(instructions):
+            # The list form (prompt templates): system/developer messages are system text.
+            if not isinstance(entry, dict) or entry.get("role") not in ("system", "developer"):
+                self.plan.unsupported(f"instructions[{i}]")
+                continue
+            content = entry.get("content")
+            if isinstance(content, str):
+                content = [{"type": "input_text", "text": content}]
+            texts.extend(self._system_texts({"content": content or []}, f"instructions[{i}]"))
+        return texts
+
+    def _system_texts(self, item: Mapping[str, Any], path: str) -> list[str]:
+        texts: list[str] = []
+        for j, part in enumerate(item.get("content") or []):
+            where = f"{path}.content[{j}]"
+            if isinstance(part, dict) and part.get("type") in ("input_text", "output_text"):
+                text = _string(part, "text", where)
+                if text:
+                    texts.append(text)
+            else:
+                # The top-level system prompt is text only (anthropic-messages.md §2).
+                self.plan.unsupported(where, f"'{where}' (non-text content in a system message)")
+        return texts
+
+    def _blocks(
+        self, item: Mapping[str, Any], path: str, *, assistant: bool
+    ) -> list[dict[str, Any]]:
+        blocks: list[dict[str, Any]] = []
+        for j, part in enumerate(item.get("content") or []):
+            block = self._part(part, f"{path}.content[{j}]", assistant=assistant)
+            if block is not None:
+                blocks.append(block)
+        return blocks
+
+    def _part(self, part: Any, path: str, *, assistant: bool) -> dict[str, Any] | None:
+        """One content part as a block; None when it is empty or dropped."""
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("input_text", "output_text"):
+            text = _string(part, "text", path)
+            # Anthropic rejects empty text blocks; an empty part says nothing anyway.
+            return {"type": "text", "text": text} if text else None
+        if kind == "refusal" and assistant:
+            text = _string(part, "refusal", path)
+            return {"type": "text", "text": text} if text else None
+        if kind == "input_image" and not assistant:
+            return self._image(part, path)
+        if kind == "input_file" and not assistant:
+            return self._document(part, path)
+        self.plan.unsupported(path, f"'{path}' of type {kind!r}")
+        return None
+
+    def _image(self, part: Mapping[str, Any], path: str) -> dict[str, Any] | None:
+        if part.get("image_url") is None and part.get("file_id") is not None:
+            self.plan.unsupported(path, f"'{path}' by 'file_id'")
+            return None
+        url = _string(part, "image_url", path)
+        data = data_url_parts(url)
+        if data is None and not url.startswith("https://"):
+            self.plan.unsupported_value(
+                f"{path}.image_url", f"'{path}.image_url' must be an https URL or a base64 data URL"
+            )
+        if data is None:
+            return {"type": "image", "source": {"type": "url", "url": url}}
+        media_type, encoded = data
+        if media_type not in _IMAGE_TYPES:
+            self.plan.unsupported_value(
+                path,
+                f"'{path}' is of type {media_type!r}; Anthropic takes image/jpeg, image/png, "
+                "image/gif and image/webp",
+            )
+        return {
+            "type": "image",
+            "source": {"type": "base64", "media_type": media_type, "data": encoded},
+        }
+
+    def _document(self, part: Mapping[str, Any], path: str) -> dict[str, Any] | None:
+        data = part.get("file_data")
+        url = part.get("file_url")
+        if data is None and url is None and part.get("file_id") is not None:
+            self.plan.unsupported(path, f"'{path}' by 'file_id'")
+            return None
+        filename = part.get("filename")
+        source: dict[str, Any]
+        if data is not None:
+            encoded = _string(part, "file_data", path)
+            parsed = data_url_parts(encoded)
+            if parsed is None:
+                # Plain base64: only the filename can say it is a PDF.
+                pdf = isinstance(filename, str) and filename.lower().endswith(".pdf")
+                parsed = ("application/pdf" if pdf else "an unknown type", encoded)
+            media_type, encoded = parsed
+            if media_type != "application/pdf":
+                self.plan.unsupported_value(
+                    path, f"'{path}' is of type {media_type!r}; Anthropic takes PDF files"
+                )
+            source = {"type": "base64", "media_type": "application/pdf", "data": encoded}
+        else:
+            url = _string(part, "file_url", path)
+            if not url.startswith("https://"):
+                self.plan.unsupported_value(
+                    f"{path}.file_url", f"'{path}.file_url' must be an https URL"
+                )
+            source = {"type": "url", "url": url}
+        block: dict[str, Any] = {"type": "document", "source": source}
+        if isinstance(filename, str) and filename:
+            block["title"] = filename
+        return block
+
+    def _tool_use(self, item: Mapping[str, Any], path: str) -> dict[str, Any]:
+        call_id = _string(item, "call_id", path)
+        name = _string(item, "name", path)
+        arguments = _string(item, "arguments", path)
+        try:
+            parsed = orjson.loads(arguments) if arguments.strip() else {}
+        except orjson.JSONDecodeError as exc:
+            raise _invalid(
+                f"{path}.arguments", f"'{path}.arguments' is not valid JSON: {exc}."
+            ) from exc
+        if not isinstance(parsed, dict):
+            # A tool_use input is a JSON object (anthropic-messages.md §3).
+            raise _invalid(f"{path}.arguments", f"'{path}.arguments' must be a JSON object.")
+        return {"type": "tool_use", "id": call_id, "name": name, "input": parsed}
+
+    def _tool_result(self, item: Mapping[str, Any], path: str) -> dict[str, Any]:
+        block: dict[str, Any] = {
+            "type": "tool_result",
+            "tool_use_id": _string(item, "call_id", path),
+        }
+        output = item.get("output")
+        if isinstance(output, str):
+            if output:
+                block["content"] = output
+        elif isinstance(output, list):
+            content = [
+                b
+                for j, part in enumerate(output)
+                if (b := self._part(part, f"{path}.output[{j}]", assistant=False)) is not None
+            ]
+            if content:
+                block["content"] = content
+        else:
+            raise _invalid(
+                f"{path}.output",
+                f"Invalid type for '{path}.output': expected a string or an array of parts.",
+                "invalid_type",
+            )
+        return block
+
+    def _thinking_blocks(self, item: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The blocks a reasoning item of ours sealed for this model; none for any other
+        reasoning item (another provider's or model's cannot be replayed: mapping.md §5)."""
+        state = open_reasoning(item.get("encrypted_content"), self.provider, self.model)
+        blocks = state.get("blocks") if state is not None else None
+        if not isinstance(blocks, list):
+            return []
+        return [block for block in blocks if isinstance(block, dict)]
+
+
+def _append(turns: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
+    """Add blocks to the conversation, merging consecutive turns of one role."""
+    if not blocks:
+        return
+    if turns and turns[-1]["role"] == role:
+        content: list[dict[str, Any]] = turns[-1]["content"]
+    else:
+        content = []
+        turns.append({"role": role, "content": content})
+    for block in blocks:
+        if block["type"] == "tool_result":
+            # anthropic-messages.md §3: the tool results open their user turn.
+            at = next((k for k, b in enumerate(content) if b["type"] != "tool_result"), None)
+            content.insert(len(content) if at is None else at, block)
+        else:
+            content.append(block)
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+#: Anthropic's HTTP status -> (ours, our error code) (mapping.md §8).
+_ERROR_STATUSES: Final[Mapping[int, tuple[int, str | None]]] = {
+    400: (400, None),
+    # The deployment's key, not the caller's: the gateway's fault, and another deployment
+    # may well have a good one.
+    401: (502, None),
+    402: (429, "insufficient_quota"),
+    403: (502, None),
+    404: (404, "model_not_found"),
+    408: (408, None),
+    409: (409, None),
+    413: (413, "request_too_large"),
+    429: (429, "rate_limit_exceeded"),
+    500: (500, "server_error"),
+    504: (504, "server_error"),
+    529: (503, "server_error"),
+}
+#: ``error.type`` -> Anthropic's HTTP status, for errors inside a stream (anthropic-messages.md
+#: §7), which arrive without a status of their own.
+_STATUS_OF_ERROR_TYPE: Final = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+#: How Anthropic words a context overflow in its 400.
+_CONTEXT_OVERFLOW: Final = re.compile(r"prompt is too long", re.IGNORECASE)
+
+
+def _upstream_error(
+    status: int, message: str, *, retry_after: float | None = None
+) -> UpstreamStatusError:
+    mapped, code = _ERROR_STATUSES.get(
+        status, (400, None) if status < 500 else (502, "server_error")
+    )
+    if mapped == 400 and _CONTEXT_OVERFLOW.search(message):
+        code = "context_length_exceeded"
+    headers = {}
+    if retry_after is not None and (mapped == 429 or mapped >= 500):
+        headers["retry-after"] = str(max(1, round(retry_after)))
+    error = UpstreamStatusError(
+        f"Anthropic: {message}",
+        status_code=mapped,
+        code=code,
+        retry_after=retry_after,
+        headers=headers,
+    )
+    if code == "insufficient_quota":
+        error.retryable = False  # billing does not fix itself in a retry
+    return error
+
+
+def _stream_error(error: Any) -> UpstreamStatusError:
+    """An ``error`` event (after HTTP 200) as ours: the status its type stands for."""
+    kind = error.get("type") if isinstance(error, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    status = _STATUS_OF_ERROR_TYPE.get(kind, 500) if isinstance(kind, str) else 500
+    return _upstream_error(status, str(message or kind or "the stream reported an error"))
+
+
+# --- the answer --------------------------------------------------------------------------------
+
+#: ``stop_reason`` -> the ``incomplete_details.reason`` (None: completed) (mapping.md §6).
+#: Any other (``pause_turn``, which only server tools cause, or one added later) fails.
+_STOP_REASONS: Final[Mapping[str, str | None]] = {
+    "end_turn": None,
+    "stop_sequence": None,
+    "tool_use": None,
+    "max_tokens": "max_output_tokens",
+    "model_context_window_exceeded": "max_output_tokens",
+    "refusal": "content_filter",
+}
+
+
+def _count(usage: Mapping[str, Any], key: str) -> int:
+    # Cache fields may be absent or null (anthropic-messages.md §5): 0.
+    value = usage.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+@attrs.define(eq=False)
+class _Translator:
+    """Anthropic stream events -> calls on the emitter (mapping.md §9)."""
+
+    _context: BridgeContext
+    _emitter: ResponseEmitter
+    #: Usage so far: ``message_start``'s, updated by each ``message_delta`` (cumulative).
+    _usage: dict[str, Any] = attrs.Factory(dict)
+    _stop_reason: str | None = None
+    #: The type of the content block being streamed (None between blocks).
+    _block: str | None = None
+    #: The thinking block being streamed: its text and signature pieces.
+    _thinking: list[str] = attrs.Factory(list)
+    _signature: list[str] = attrs.Factory(list)
+
+    def on_event(self, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise UpstreamProtocolError("Anthropic sent an event that is not a JSON object")
+        match data.get("type"):
+            case "message_start":
+                message = data.get("message")
+                self._add_usage(message.get("usage") if isinstance(message, dict) else None)
+                self._emitter.start()
+            case "content_block_start":
+                self._start_block(_object(data, "content_block"))
+            case "content_block_delta":
+                self._delta(_object(data, "delta"))
+            case "content_block_stop":
+                self._stop_block()
+            case "message_delta":
+                delta = data.get("delta")
+                if isinstance(delta, dict) and delta.get("stop_reason") is not None:
+                    self._stop_reason = str(delta["stop_reason"])
+                self._add_usage(data.get("usage"))
+            case "message_stop":
+                self._finish()
+            case "error":
+                raise _stream_error(data.get("error"))
+            case _:
+                pass  # ping, and event types added later (the API may add them at any time)
+
+    def _start_block(self, block: Mapping[str, Any]) -> None:
+        kind = block.get("type")
+        self._block = kind if isinstance(kind, str) else None
+        if kind == "text":
+            self._emitter.text(str(block.get("text") or ""))
+        elif kind == "thinking":
+            # One reasoning item per thinking block (each block's stop closes its item),
+            # placed before what follows it (mapping.md §5).
+            self._emitter.reasoning()
+            self._thinking, self._signature = [], []
+            self._thinking_text(str(block.get("thinking") or ""))
+        elif kind == "redacted_thinking":
+            # Complete at the start, no deltas (anthropic-messages.md §6): state only.
+            self._emitter.reasoning_item(self._seal(dict(block)))
+        elif kind == "tool_use":
+            call_id, name = block.get("id"), block.get("name")
+            if not isinstance(call_id, str) or not isinstance(name, str):
+                raise UpstreamProtocolError("Anthropic sent a tool_use block without id or name")
+            self._emitter.function_call(call_id, name)
+            if block.get("input"):  # normally {} with the input in deltas
+                self._emitter.arguments(orjson.dumps(block["input"]).decode())
+        else:
+            # Server tools and the like: never asked for, so never translatable.
+            raise UpstreamProtocolError(f"Anthropic sent an unexpected {kind!r} content block")
+
+    def _delta(self, delta: Mapping[str, Any]) -> None:
+        kind = delta.get("type")
+        expected = {
+            "text_delta": "text",
+            "input_json_delta": "tool_use",
+            "thinking_delta": "thinking",
+            "signature_delta": "thinking",
+            "citations_delta": "text",
+        }.get(str(kind))
+        if expected is None:
+            return  # a delta type added later, for something we did not ask for
+        if expected != self._block:
+            raise UpstreamProtocolError(f"Anthropic sent {kind!r} inside a {self._block!r} block")
+        if kind == "text_delta":
+            self._emitter.text(str(delta.get("text") or ""))
+        elif kind == "input_json_delta":
+            self._emitter.arguments(str(delta.get("partial_json") or ""))
+        elif kind == "thinking_delta":
+            self._thinking_text(str(delta.get("thinking") or ""))
+        elif kind == "signature_delta":
+            self._signature.append(str(delta.get("signature") or ""))
+        # citations_delta: citations are only returned when asked for; we never ask.
+
+    def _thinking_text(self, text: str) -> None:
+        self._thinking.append(text)
+        if self._context.summaries:  # otherwise the item carries only the state
+            self._emitter.reasoning(text)
+
+    def _stop_block(self) -> None:
+        if self._block == "thinking":
+            signature = "".join(self._signature)
+            if signature:  # unsigned thinking cannot be replayed: no state to keep
+                block = {"type": "thinking", "thinking": "".join(self._thinking)}
+                self._emitter.reasoning_state(self._seal({**block, "signature": signature}))
+            self._emitter.close_item()
+        elif self._block == "tool_use":
+            self._emitter.close_item()
+        # A text block leaves its message open: the next text block continues it.
+        self._block = None
+
+    def _seal(self, block: dict[str, Any]) -> str:
+        return seal_reasoning(self._context.provider, self._context.model, {"blocks": [block]})
+
+    def _add_usage(self, usage: Any) -> None:
+        if isinstance(usage, dict):
+            self._usage.update({k: v for k, v in usage.items() if v is not None})
+
+    def _finish(self) -> None:
+        reason = self._stop_reason
+        if reason is None or reason not in _STOP_REASONS:
+            raise UpstreamStatusError(
+                f"Anthropic ended the answer with stop_reason {reason!r}, which the gateway "
+                "cannot continue",
+                status_code=502,
+                code="server_error",
+            )
+        u = self._usage
+        details = u.get("output_tokens_details")
+        cache_write = _count(u, "cache_creation_input_tokens")
+        cached = _count(u, "cache_read_input_tokens")
+        usage = responses_usage(
+            # mapping.md §7: Anthropic's input_tokens leaves out the cached parts.
+            input_tokens=_count(u, "input_tokens") + cache_write + cached,
+            output_tokens=_count(u, "output_tokens"),
+            cached_tokens=cached,
+            cache_write_tokens=cache_write,
+            reasoning_tokens=_count(details, "thinking_tokens") if isinstance(details, dict) else 0,
+        )
+        incomplete = _STOP_REASONS[reason]
+        # The decoder has no clock: the response's own start time stands in for its end.
+        self._emitter.finish(usage, incomplete=incomplete)
+
+
+def _object(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = data.get(key)
+    if not isinstance(value, dict):
+        raise UpstreamProtocolError(f"Anthropic sent {data.get('type')!r} without {key!r}")
+    return value
+
+
+@attrs.define(eq=False)
+class AnthropicStreamDecoder(BridgeDecoder):
+    """Anthropic's SSE stream (anthropic-messages.md §6) -> canonical events."""
+
+    _translator: _Translator = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self._translator = _Translator(self.context, self.emitter)
+
+    def on_frame(self, frame: ServerSentEvent) -> None:
+        self._translator.on_event(loads_provider_json(frame.data, "SSE data"))
+
+
+@attrs.define(eq=False)
+class AnthropicBodyDecoder:
+    """A non-streaming Message (anthropic-messages.md §5) -> the events its stream would have
+    carried (it is replayed as those stream events through the same translation)."""
+
+    context: BridgeContext
+    _chunks: list[bytes] = attrs.Factory(list)
+
+    def feed(self, data: bytes) -> list[StreamEvent]:
+        self._chunks.append(data)
+        return []
+
+    def close(self) -> list[StreamEvent]:
+        message = loads_provider_json(b"".join(self._chunks), "JSON body")
+        if not isinstance(message, dict) or message.get("type") != "message":
+            if isinstance(message, dict) and message.get("type") == "error":
+                raise _stream_error(message.get("error"))
+            raise UpstreamProtocolError("Anthropic answered with something that is not a Message")
+        emitter = ResponseEmitter(self.context)
+        translator = _Translator(self.context, emitter)
+        for event in _message_events(message):
+            translator.on_event(event)
+        return emitter.take()
+
+
+def _message_events(message: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """The stream events of a whole Message (anthropic-messages.md §6)."""
+    yield {"type": "message_start", "message": {"usage": message.get("usage")}}
+    content = message.get("content")
+    for index, block in enumerate(content if isinstance(content, list) else ()):
+        kind = block.get("type") if isinstance(block, dict) else None
+        where = {"index": index}
+        if kind == "text":
+            yield {
+                **where,
+                "type": "content_block_start",
+                "content_block": {"type": "text", "text": ""},
+            }
+            yield {
+                **where,
+                "type": "content_block_delta",
+                "delta": {"type": "text_delta", "text": block.get("text")},
+            }
+        elif kind == "thinking":
+            empty = {"type": "thinking", "thinking": "", "signature": ""}
+            yield {**where, "type": "content_block_start", "content_block": empty}
+            for delta in (
+                {"type": "thinking_delta", "thinking": block.get("thinking")},
+                {"type": "signature_delta", "signature": block.get("signature")},
+            ):
+                yield {**where, "type": "content_block_delta", "delta": delta}
+        elif kind == "tool_use":
+            start = {**block, "input": {}}
+            yield {**where, "type": "content_block_start", "content_block": start}
+            arguments = orjson.dumps(block.get("input") or {}).decode()
+            yield {
+                **where,
+                "type": "content_block_delta",
+                "delta": {"type": "input_json_delta", "partial_json": arguments},
+            }
+        else:  # redacted_thinking comes whole; anything else is refused by the translator
+            yield {**where, "type": "content_block_start", "content_block": block}
+        yield {**where, "type": "content_block_stop"}
+    yield {"type": "message_delta", "delta": {"stop_reason": message.get("stop_reason")}}
+    yield {"type": "message_stop"}
