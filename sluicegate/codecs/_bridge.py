@@ -257,7 +257,7 @@ class RequestPlan:
                     )
                 allowed.append(tool["name"])
             return ToolChoice(mode=mode, names=allowed)
-        self.unsupported("tool_choice")  # raised, or dropped: the provider's default
+        # Any other type: check_common has refused it, or dropped it (and said so) already.
         return ToolChoice(mode="auto", names=None)
 
 

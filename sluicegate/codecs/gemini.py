@@ -1,0 +1,1218 @@
+"""The Gemini generateContent bridge (gemini-generate-content.md; mapping.md, the Gemini column).
+
+Theory of operation. :meth:`GeminiCodec.build_request` turns a Responses request into
+``POST {api_base}/v1beta/models/{model}:generateContent`` (``:streamGenerateContent?alt=sse``
+when streaming):
+
+- ``instructions`` and the ``system``/``developer`` messages become ``systemInstruction.parts``
+  (Gemini has no system role in ``contents``), in order;
+- the rest of the conversation becomes ``user``/``model`` contents, consecutive items of one
+  role merged into one content: function calls are ``functionCall`` parts, their outputs
+  ``functionResponse`` parts (named after the call they answer), images and files
+  ``inlineData``. The gateway has fetched remote media into ``data:`` URLs before this point
+  (``inline_remote_media``): an https URL that is still there is refused, naming the part;
+- whatever Gemini cannot take is refused before any upstream call (a 400 naming the
+  parameter) or, with ``drop_params``, dropped and listed. What a model can do is one table,
+  :data:`MODEL_RULES`, whose values a deployment's ``model_info`` overrides.
+
+Thought signatures (gemini-generate-content.md §5, mapping.md §5). Gemini puts an opaque
+``thoughtSignature`` on some part of its answer (a ``functionCall``, the last text part, an
+empty text part, a thought) and wants it back on that very part. The decoders keep each one in
+a reasoning item whose ``encrypted_content`` seals ``{"parts": [signed part, ...]}``, each
+signed part naming where it goes:
+
+- ``{"part": "function_call", "call_id", "signature"}``: onto that call's ``functionCall``
+  part; the reasoning item comes right before the call (and also carries the thought summary
+  that preceded it);
+- ``{"part": "text", "signature"}``: onto the last text part of the message just before the
+  reasoning item (the item comes right after the message the signed text ended);
+- ``{"part": "empty", "signature"}``: an empty text part of its own, in its place;
+- ``{"part": "thought", "text", "signature"}``: a thought part with that text, in its place.
+
+:meth:`GeminiCodec.build_request` restores every one of them exactly. On Gemini 3, which
+refuses a step whose first ``functionCall`` has no signature, a call without one (history from
+another provider or model, or hand-built) gets Google's documented placeholder
+(:data:`PLACEHOLDER_SIGNATURE`).
+
+Call IDs (mapping.md §6): ``functionCall.id`` when Gemini sends one (Gemini 3 always does),
+echoed on the call and its ``functionResponse`` next turn; otherwise the gateway mints
+``call_`` + 48 hex digits, recognises that form next turn and sends no ``id`` (some endpoints
+refuse one they did not issue).
+
+The decoders turn Gemini's chunks into the canonical Responses events through a
+:class:`~._bridge.ResponseEmitter` (mapping.md §9): thought parts become reasoning summary
+text (when ``reasoning.summary`` asked for it), text parts a message, each ``functionCall`` a
+whole function call; ``finishReason`` and the last ``usageMetadata`` end the response
+(mapping.md §6, §7). A non-streaming answer is one chunk through the same translation.
+
+Sans-IO: no trio, no httpx.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import mimetypes
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final, TypeGuard
+
+import attrs
+import orjson
+
+from ..errors import ConfigError, InvalidRequestError, UpstreamProtocolError, UpstreamStatusError
+from ._bridge import (
+    BridgeContext,
+    BridgeDecoder,
+    BridgeInput,
+    BuiltRequest,
+    RequestPlan,
+    ResponseEmitter,
+    context_for,
+    data_url_parts,
+    loads_provider_json,
+    mint_id,
+    open_reasoning,
+    responses_usage,
+    seal_reasoning,
+)
+from .openai_responses import UpstreamRequest, parse_retry_after
+
+if TYPE_CHECKING:
+    from .._types import StreamEvent
+    from ..config import Deployment
+    from ._bridge import BridgeCodec
+    from .openai_responses import Decoder
+    from .sse import ServerSentEvent
+
+__all__ = [
+    "CODEC",
+    "DEFAULT_API_BASE",
+    "FALLBACK_RULES",
+    "MODEL_RULES",
+    "PLACEHOLDER_SIGNATURE",
+    "GeminiBodyDecoder",
+    "GeminiCodec",
+    "GeminiStreamDecoder",
+    "ModelRules",
+    "rules_for",
+]
+
+DEFAULT_API_BASE: Final = "https://generativelanguage.googleapis.com"
+#: The value Google documents for a ``functionCall`` whose real signature is unknown
+#: (gemini-generate-content.md §5): Gemini 3 then skips the signature check.
+PLACEHOLDER_SIGNATURE: Final = "skip_thought_signature_validator"
+
+# --- what each model takes ---------------------------------------------------------------------
+
+_REASONING_KINDS: Final = ("level", "budget", "none")
+_EFFORTS: Final = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+
+#: ``reasoning.effort`` -> ``thinkingLevel`` / ``thinkingBudget`` (mapping.md §4). Gemini 3 Pro
+#: takes LOW/HIGH only and cannot stop thinking; 2.5 Pro cannot go below 128 tokens; 2.5 Flash
+#: (and Flash-Lite: 0 or 512-24576) stops at 0 and tops out at 24576.
+_PRO_LEVELS: Final[Mapping[str, str | int]] = {
+    "none": "LOW",
+    "minimal": "LOW",
+    "low": "LOW",
+    "medium": "HIGH",
+    "high": "HIGH",
+    "xhigh": "HIGH",
+    "max": "HIGH",
+}
+_FLASH_LEVELS: Final[Mapping[str, str | int]] = {
+    "none": "MINIMAL",
+    "minimal": "MINIMAL",
+    "low": "LOW",
+    "medium": "MEDIUM",
+    "high": "HIGH",
+    "xhigh": "HIGH",
+    "max": "HIGH",
+}
+_PRO_BUDGETS: Final[Mapping[str, str | int]] = {
+    "none": 128,
+    "minimal": 512,
+    "low": 1024,
+    "medium": 8192,
+    "high": 24576,
+    "xhigh": 32768,
+    "max": 32768,
+}
+_FLASH_BUDGETS: Final[Mapping[str, str | int]] = {
+    "none": 0,
+    "minimal": 512,
+    "low": 1024,
+    "medium": 8192,
+    "high": 24576,
+    "xhigh": 24576,
+    "max": 24576,
+}
+#: The effort table a ``model_info`` ``reasoning`` override brings when it names no ``efforts``.
+_DEFAULT_EFFORTS: Final[Mapping[str, Mapping[str, str | int]]] = {
+    "level": _FLASH_LEVELS,
+    "budget": _FLASH_BUDGETS,
+    "none": {},
+}
+
+
+@attrs.frozen
+class ModelRules:
+    """What one Gemini model takes. A deployment's ``model_info`` keys of the same names
+    override these values (e.g. ``reasoning: level`` for a model newer than the table)."""
+
+    #: How ``reasoning.effort`` maps (mapping.md §4): ``level`` (``thinkingLevel``, Gemini 3),
+    #: ``budget`` (``thinkingBudget``, Gemini 2.5) or ``none`` (no thinking: no
+    #: ``thinkingConfig`` at all, which such models refuse).
+    reasoning: str
+    #: ``reasoning.effort`` -> the ``thinkingLevel`` or ``thinkingBudget`` value.
+    efforts: Mapping[str, str | int]
+    #: Takes ``presencePenalty``/``frequencyPenalty`` (Gemini 3 refuses them).
+    penalties: bool
+    #: Refuses a step whose first ``functionCall`` has no ``thoughtSignature`` (Gemini 3,
+    #: gemini-generate-content.md §5): such calls get :data:`PLACEHOLDER_SIGNATURE`.
+    signed_calls: bool
+    #: Takes images and files inside a ``functionResponse`` (``parts``, Gemini 3).
+    function_response_media: bool
+    #: The largest ``maxOutputTokens`` (None: not known, not checked).
+    max_output_tokens: int | None
+    max_temperature: float = 2.0
+
+
+_GEMINI_3_PRO: Final = ModelRules("level", _PRO_LEVELS, False, True, True, 65536)
+_GEMINI_3: Final = ModelRules("level", _FLASH_LEVELS, False, True, True, 65536)
+
+#: Gemini models by name prefix; the longest matching prefix wins (``gemini-2.5-flash-lite``
+#: and ``gemini-2.5-flash-preview-09-2025`` are both ``gemini-2.5-flash``).
+MODEL_RULES: Final[Mapping[str, ModelRules]] = {
+    "gemini-3-pro": _GEMINI_3_PRO,
+    "gemini-3.1-pro": _GEMINI_3_PRO,
+    "gemini-3": _GEMINI_3,
+    "gemini-2.5-pro": ModelRules("budget", _PRO_BUDGETS, True, False, False, 65536),
+    "gemini-2.5-flash": ModelRules("budget", _FLASH_BUDGETS, True, False, False, 65536),
+    "gemini-2.0-flash": ModelRules("none", {}, True, False, False, 8192),
+}
+#: A model the table does not know: nothing assumed (configure ``model_info`` to unlock
+#: reasoning, or to have Gemini 3's signature rules).
+FALLBACK_RULES: Final = ModelRules("none", {}, True, False, False, None)
+
+
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_efforts(value: Any) -> bool:
+    return isinstance(value, Mapping) and all(
+        key in _EFFORTS and (isinstance(v, str) or _is_int(v)) for key, v in value.items()
+    )
+
+
+#: ``model_info`` key -> (whether a value is acceptable, what is expected).
+_OVERRIDE_CHECKS: Final[Mapping[str, tuple[Any, str]]] = {
+    "reasoning": (lambda v: v in _REASONING_KINDS, "one of 'level', 'budget', 'none'"),
+    "efforts": (_is_efforts, "a mapping of reasoning efforts to a thinking level or budget"),
+    "penalties": (lambda v: isinstance(v, bool), "a boolean"),
+    "signed_calls": (lambda v: isinstance(v, bool), "a boolean"),
+    "function_response_media": (lambda v: isinstance(v, bool), "a boolean"),
+    "max_output_tokens": (lambda v: _is_int(v) and v > 0, "a positive integer"),
+    "max_temperature": (
+        lambda v: (_is_int(v) or isinstance(v, float)) and v >= 0,
+        "a non-negative number",
+    ),
+}
+
+
+def rules_for(deployment: Deployment) -> ModelRules:
+    """The deployment model's rules: the longest matching prefix in :data:`MODEL_RULES` (else
+    :data:`FALLBACK_RULES`) with the deployment's ``model_info`` overrides.
+
+    Raises:
+        ConfigError: an override of the wrong type (names the ``model_info`` key).
+    """
+    model = deployment.model.removeprefix("models/")
+    matches = [prefix for prefix in MODEL_RULES if model.startswith(prefix)]
+    rules = MODEL_RULES[max(matches, key=len)] if matches else FALLBACK_RULES
+    overrides: dict[str, Any] = {}
+    for key, (acceptable, expected) in _OVERRIDE_CHECKS.items():
+        if key not in deployment.model_info:
+            continue
+        value = deployment.model_info[key]
+        if not acceptable(value):
+            raise ConfigError(f"expected {expected}, got {value!r}", path=f"model_info.{key}")
+        overrides[key] = value
+    if "reasoning" in overrides and "efforts" not in overrides:
+        overrides["efforts"] = _DEFAULT_EFFORTS[overrides["reasoning"]]
+    return attrs.evolve(rules, **overrides)
+
+
+_SUMMARIES: Final = (None, "auto", "concise", "detailed")
+#: OpenAI-style names callers put in ``extra_body`` -> Gemini's ``generationConfig`` field.
+_GENERATION_ALIASES: Final = {
+    "stop": "stopSequences",
+    "seed": "seed",
+    "top_k": "topK",
+    "presence_penalty": "presencePenalty",
+    "frequency_penalty": "frequencyPenalty",
+}
+_PENALTIES: Final = {"presencePenalty": "presence_penalty", "frequencyPenalty": "frequency_penalty"}
+#: ``generationConfig.stopSequences`` takes at most this many (gemini-generate-content.md §2).
+_MAX_STOP_SEQUENCES: Final = 5
+#: The ``call_id`` form :func:`~._bridge.mint_id` gives: a call Gemini sent without an ``id``.
+_MINTED_CALL_ID: Final = re.compile(r"call_[0-9a-f]{48}")
+#: Our reasoning envelope's prefix (:func:`~._bridge.seal_reasoning`).
+_ENVELOPE_PREFIX: Final = "sg1."
+
+# --- the request -------------------------------------------------------------------------------
+
+
+class GeminiCodec:
+    """The :class:`~._bridge.BridgeCodec` of Gemini generateContent (module docstring)."""
+
+    #: Gemini takes no arbitrary URLs (gemini-generate-content.md §2, ``fileData``): the gateway
+    #: fetches https images and files and hands them over as ``data:`` URLs.
+    inline_remote_media: bool = True
+
+    def build_request(
+        self, deployment: Deployment, request: BridgeInput, *, stream: bool, created_at: int
+    ) -> BuiltRequest:
+        """``POST {api_base}/v1beta/models/{model}:generateContent`` (or
+        ``:streamGenerateContent?alt=sse``) for ``request``.
+
+        Raises:
+            InvalidRequestError: a parameter Gemini (or this model) cannot take, naming it; a
+                remote URL the gateway should have inlined; a reasoning item whose
+                ``encrypted_content`` we sealed but that was altered.
+            ConfigError: a malformed ``model_info`` override.
+        """
+        body = request.body
+        plan = RequestPlan(
+            provider=deployment.provider, model=deployment.model, drop_params=request.drop_params
+        )
+        functions = plan.check_common(body)
+        rules = rules_for(deployment)
+        mapper = _RequestMapper(
+            plan=plan, rules=rules, provider=deployment.provider, model=deployment.model
+        )
+        payload = mapper.payload(body, request.items, functions)
+        if request.extra_body:
+            payload = mapper.merge_extra_body(payload, request.extra_body)
+        method = "streamGenerateContent" if stream else "generateContent"
+        # gemini-generate-content.md §1: without alt=sse the stream is one big JSON array.
+        params: dict[str, str | list[str]] = {"alt": "sse"} if stream else {}
+        params.update(request.extra_query)
+        headers = {
+            "content-type": "application/json",
+            "accept": "text/event-stream" if stream else "application/json",
+            **(
+                {"x-goog-api-key": deployment.api_key.reveal()}
+                if deployment.api_key is not None
+                else {}
+            ),
+            **deployment.extra_headers,
+            **request.extra_headers,
+        }
+        base = deployment.api_base or DEFAULT_API_BASE
+        model = deployment.model.removeprefix("models/")
+        upstream = UpstreamRequest(
+            method="POST",
+            url=f"{base}/v1beta/models/{model}:{method}",
+            headers=headers,
+            params=params,
+            content=orjson.dumps(payload),
+        )
+        return BuiltRequest(
+            request=upstream, context=context_for(deployment, body, plan, created_at=created_at)
+        )
+
+    def stream_decoder(self, context: BridgeContext) -> Decoder:
+        return GeminiStreamDecoder(context)
+
+    def body_decoder(self, context: BridgeContext) -> Decoder:
+        return GeminiBodyDecoder(context)
+
+    def parse_error(
+        self, status: int, headers: Mapping[str, str], body: bytes, *, now: float
+    ) -> UpstreamStatusError:
+        """Gemini's google.rpc error status and body as ours (mapping.md §8)."""
+        try:
+            parsed = orjson.loads(body) if body else None
+        except orjson.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, list) and len(parsed) == 1:
+            parsed = parsed[0]  # the un-SSE'd stream form wraps everything in an array
+        error = parsed.get("error") if isinstance(parsed, dict) else None
+        if not isinstance(error, dict):
+            text = body[:500].decode("utf-8", "replace").strip()
+            error = {"message": f"answered HTTP {status}" + (f": {text}" if text else "")}
+        return _upstream_error(status, error, retry_after=parse_retry_after(headers, now=now))
+
+
+#: The codec the registry loads for ``provider: gemini``.
+CODEC: Final[BridgeCodec] = GeminiCodec()
+
+
+def _invalid(param: str, message: str, code: str = "invalid_value") -> InvalidRequestError:
+    return InvalidRequestError(message, param=param, code=code)
+
+
+def _string(item: Mapping[str, Any], key: str, path: str) -> str:
+    """``item[key]``, which the request must give as a string."""
+    value = item.get(key)
+    if isinstance(value, str):
+        return value
+    if value is None:
+        raise _invalid(
+            f"{path}.{key}",
+            f"Missing required parameter: '{path}.{key}'.",
+            "missing_required_parameter",
+        )
+    raise _invalid(
+        f"{path}.{key}", f"Invalid type for '{path}.{key}': expected a string.", "invalid_type"
+    )
+
+
+def _no_parameters(schema: Any) -> bool:
+    """Whether a function's schema says it takes no arguments: Gemini wants no schema then
+    (gemini-generate-content.md §2, "Empty-parameter functions: omit both")."""
+    if schema is None or schema == {}:
+        return True
+    return (
+        isinstance(schema, dict)
+        and schema.get("type") == "object"
+        and set(schema) <= {"type", "properties", "required", "additionalProperties"}
+        and not schema.get("properties")
+        and not schema.get("required")
+        and schema.get("additionalProperties") in (None, False)
+    )
+
+
+def _minted(call_id: str) -> bool:
+    """Whether the gateway minted this call ID (Gemini sent the call without one)."""
+    return _MINTED_CALL_ID.fullmatch(call_id) is not None
+
+
+def _broken_envelope(token: Any) -> bool:
+    """Whether ``token`` has our envelope's prefix but does not decode: it was altered. (An
+    intact envelope of another provider or model opens to None too, and is dropped instead.)"""
+    if not isinstance(token, str) or not token.startswith(_ENVELOPE_PREFIX):
+        return False
+    data = token[len(_ENVELOPE_PREFIX) :]
+    try:
+        payload = orjson.loads(base64.urlsafe_b64decode(data + "=" * (-len(data) % 4)))
+    except (binascii.Error, ValueError):
+        return True
+    return not isinstance(payload, dict) or not isinstance(payload.get("s"), dict)
+
+
+def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``extra`` over ``base``: objects merge key by key, anything else replaces."""
+    merged = dict(base)
+    for key, value in extra.items():
+        below = merged.get(key)
+        if isinstance(below, dict) and isinstance(value, Mapping):
+            merged[key] = _deep_merge(below, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _append(contents: list[dict[str, Any]], role: str, parts: list[dict[str, Any]]) -> None:
+    """Add parts to the conversation, merging consecutive contents of one role (mapping.md
+    §1: "merging is safer"; one user content then holds all the function responses of a step,
+    as gemini-generate-content.md §4 asks)."""
+    if not parts:
+        return
+    if contents and contents[-1]["role"] == role:
+        contents[-1]["parts"].extend(parts)
+    else:
+        contents.append({"role": role, "parts": list(parts)})
+
+
+@attrs.define(eq=False)
+class _RequestMapper:
+    """One request's mapping to a generateContent body, refusing or dropping through ``plan``."""
+
+    plan: RequestPlan
+    rules: ModelRules
+    provider: str
+    model: str
+
+    def payload(
+        self,
+        body: Mapping[str, Any],
+        items: list[dict[str, Any]],
+        functions: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        system, contents = self._conversation(body, items)
+        payload: dict[str, Any] = {}
+        if system:
+            payload["systemInstruction"] = {"parts": system}
+        payload["contents"] = contents
+        payload.update(self._tools(body, functions))
+        generation = self._generation(body)
+        if generation:
+            payload["generationConfig"] = generation
+        self._check_unsupported(body)
+        return payload
+
+    def _check_unsupported(self, body: Mapping[str, Any]) -> None:
+        # Gemini's logprobs (responseLogprobs) exist, but the emitter has no way to carry them
+        # onto the output_text parts: refused rather than silently missing.
+        if body.get("top_logprobs"):
+            self.plan.unsupported("top_logprobs")
+        for i, value in enumerate(body.get("include") or []):
+            if value == "message.output_text.logprobs":
+                self.plan.unsupported(f"include[{i}]", f"'include' value {value!r}")
+        tier = body.get("service_tier")
+        if tier not in (None, "auto", "default"):
+            self.plan.unsupported("service_tier", f"'service_tier' {tier!r}")
+
+    # -- generation controls --
+
+    def _generation(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        max_tokens = body.get("max_output_tokens")
+        if max_tokens is not None:
+            cap = self.rules.max_output_tokens
+            if cap is not None and max_tokens > cap:
+                self.plan.unsupported_value(
+                    "max_output_tokens",
+                    f"'max_output_tokens' must be at most {cap}, got {max_tokens}",
+                )
+            out["maxOutputTokens"] = max_tokens
+        temperature = body.get("temperature")
+        if temperature is not None:
+            if not 0 <= temperature <= self.rules.max_temperature:
+                self.plan.unsupported_value(
+                    "temperature",
+                    f"'temperature' must be between 0 and {self.rules.max_temperature}, "
+                    f"got {temperature}",
+                )
+            out["temperature"] = temperature
+        top_p = body.get("top_p")
+        if top_p is not None:
+            out["topP"] = top_p
+        out.update(self._output_format(body))
+        thinking = self._thinking(body)
+        if thinking:
+            out["thinkingConfig"] = thinking
+        return out
+
+    def _thinking(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``thinkingConfig`` for ``reasoning`` (mapping.md §3, §4)."""
+        reasoning = body.get("reasoning") or {}
+        for key, value in reasoning.items():
+            if key not in ("effort", "summary") and value is not None:
+                self.plan.unsupported(f"reasoning.{key}")
+        summary = reasoning.get("summary")
+        if summary not in _SUMMARIES:
+            raise _invalid(
+                "reasoning.summary", f"Invalid value for 'reasoning.summary': {summary!r}."
+            )
+        effort = reasoning.get("effort")
+        if effort is not None and effort not in _EFFORTS:
+            raise _invalid("reasoning.effort", f"Invalid value for 'reasoning.effort': {effort!r}.")
+        if self.rules.reasoning == "none":
+            # A thinkingConfig is a 400 on a model that does not think (§2); "none" asks for
+            # what the model does anyway.
+            if effort not in (None, "none"):
+                self.plan.unsupported("reasoning.effort", f"'reasoning.effort' {effort!r}")
+            if summary is not None:
+                self.plan.unsupported("reasoning.summary", "'reasoning.summary'")
+            return {}
+        config: dict[str, Any] = {}
+        if effort is not None:
+            value = self.rules.efforts.get(effort)
+            if value is None:
+                self.plan.unsupported_value(
+                    "reasoning.effort", f"'reasoning.effort' {effort!r} has no thinking setting"
+                )
+            # Never both (mapping.md §4: Gemini answers 400).
+            key = "thinkingLevel" if self.rules.reasoning == "level" else "thinkingBudget"
+            config[key] = value
+        if summary is not None:
+            config["includeThoughts"] = True
+        return config
+
+    def _output_format(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        text = body.get("text") or {}
+        for key, value in text.items():
+            if key == "verbosity":
+                if value not in (None, "medium"):
+                    self.plan.unsupported("text.verbosity", f"'text.verbosity' {value!r}")
+            elif key != "format" and value is not None:
+                self.plan.unsupported(f"text.{key}")
+        fmt = text.get("format")
+        if fmt is None:
+            return {}
+        kind = fmt.get("type") if isinstance(fmt, dict) else None
+        if kind == "text":
+            return {}
+        if kind == "json_object":
+            return {"responseMimeType": "application/json"}
+        if kind != "json_schema":
+            raise _invalid("text.format.type", f"Invalid value for 'text.format.type': {kind!r}.")
+        schema = fmt.get("schema")
+        if not isinstance(schema, dict):
+            raise _invalid(
+                "text.format.schema",
+                "Missing required parameter: 'text.format.schema'.",
+                "missing_required_parameter",
+            )
+        # ``name``/``description``/``strict`` have no Gemini field: the schema is the contract.
+        return {"responseMimeType": "application/json", "responseJsonSchema": schema}
+
+    # -- tools --
+
+    def _tools(self, body: Mapping[str, Any], functions: list[dict[str, Any]]) -> dict[str, Any]:
+        given = body.get("tool_choice")
+        if isinstance(given, dict) and given.get("type") not in ("function", "allowed_tools"):
+            # check_common refused it, or dropped it (and listed the drop once already):
+            # RequestPlan.tool_choice would list it a second time.
+            body, given = {**body, "tool_choice": None}, None
+        choice = self.plan.tool_choice(body, functions)
+        if not functions:
+            if choice.mode == "required":
+                self.plan.unsupported_value(
+                    "tool_choice", "'tool_choice' 'required' needs at least one function tool"
+                )
+            return {}
+        if body.get("parallel_tool_calls") is False and choice.mode != "none":
+            # mapping.md §10: Gemini has no way to ask for at most one call.
+            self.plan.unsupported("parallel_tool_calls", "'parallel_tool_calls': false")
+        out: dict[str, Any] = {
+            "tools": [{"functionDeclarations": [self._declaration(f) for f in functions]}]
+        }
+        if given is None:
+            return out  # Gemini's default is AUTO
+        config: dict[str, Any]
+        if choice.mode == "function":
+            config = {"mode": "ANY", "allowedFunctionNames": choice.names}
+        elif choice.names is None:
+            config = {"mode": {"auto": "AUTO", "none": "NONE", "required": "ANY"}[choice.mode]}
+        elif not choice.names:  # allowed_tools whose every entry was dropped
+            if choice.mode == "required":
+                self.plan.unsupported_value(
+                    "tool_choice.tools", "'tool_choice' allows no function to be required"
+                )
+            config = {"mode": "NONE"}
+        else:
+            # mapping.md §2: allowed_tools auto -> VALIDATED (text or calls, calls restricted
+            # to the names; AUTO takes no allowedFunctionNames), required -> ANY.
+            mode = "ANY" if choice.mode == "required" else "VALIDATED"
+            config = {"mode": mode, "allowedFunctionNames": choice.names}
+        out["toolConfig"] = {"functionCallingConfig": config}
+        return out
+
+    def _declaration(self, tool: Mapping[str, Any]) -> dict[str, Any]:
+        wire: dict[str, Any] = {"name": tool["name"]}
+        if tool.get("description"):
+            wire["description"] = tool["description"]
+        parameters = tool.get("parameters")
+        # Plain JSON Schema, no conversion (§2). ``strict`` has no equivalent: the schema is
+        # still sent, unenforced, rather than refusing the clients that send it by default.
+        if not _no_parameters(parameters):
+            wire["parametersJsonSchema"] = parameters
+        return wire
+
+    # -- extra_body --
+
+    def merge_extra_body(
+        self, payload: dict[str, Any], extra_body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """``extra_body`` merged last, key by key into objects (so ``{"generationConfig":
+        {"topK": 40}}`` adds to the mapped ``generationConfig`` instead of replacing it), its
+        OpenAI-style sampling names translated, and what this model refuses checked.
+
+        Raises:
+            InvalidRequestError: penalties for a model that refuses them (dropped with
+                ``drop_params``); more stop sequences than Gemini takes; a thinking budget and
+                a thinking level together.
+        """
+        extra = dict(extra_body)
+        aliased: dict[str, Any] = {}
+        for alias, field in _GENERATION_ALIASES.items():
+            if alias in extra:
+                value = extra.pop(alias)
+                if alias == "stop":
+                    value = [value] if isinstance(value, str) else value
+                    if isinstance(value, list) and len(value) > _MAX_STOP_SEQUENCES:
+                        self.plan.unsupported_value(
+                            "extra_body.stop",
+                            f"'stop' takes at most {_MAX_STOP_SEQUENCES} sequences",
+                        )
+                aliased[field] = value
+        native = extra.get("generationConfig")
+        native = dict(native) if isinstance(native, Mapping) else None
+        if not self.rules.penalties:
+            for field, alias in _PENALTIES.items():
+                if field in aliased:
+                    self.plan.unsupported(f"extra_body.{alias}", f"'{alias}'")
+                    del aliased[field]
+                if native is not None and field in native:
+                    path = f"extra_body.generationConfig.{field}"
+                    self.plan.unsupported(path, f"'{path}'")
+                    del native[field]
+        if native is not None:
+            extra["generationConfig"] = native
+        merged = _deep_merge(payload, {"generationConfig": aliased} if aliased else {})
+        merged = _deep_merge(merged, extra)
+        generation = merged.get("generationConfig")
+        thinking = generation.get("thinkingConfig") if isinstance(generation, dict) else None
+        if isinstance(thinking, dict) and {"thinkingBudget", "thinkingLevel"} <= set(thinking):
+            raise _invalid(
+                "extra_body.generationConfig.thinkingConfig",
+                "'thinkingBudget' and 'thinkingLevel' cannot both be set (Gemini refuses "
+                "it); 'reasoning.effort' sets one of them.",
+                "unsupported_value",
+            )
+        return merged
+
+    # -- the conversation --
+
+    def _conversation(
+        self, body: Mapping[str, Any], items: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The ``systemInstruction`` parts and the ``contents``."""
+        system = self._instructions(body.get("instructions"))
+        # functionResponse needs the function's name, which function_call_output lacks.
+        names = {
+            item["call_id"]: item["name"]
+            for item in items
+            if item.get("type") == "function_call"
+            and isinstance(item.get("call_id"), str)
+            and isinstance(item.get("name"), str)
+        }
+        contents: list[dict[str, Any]] = []
+        #: Signatures restored from reasoning items, waiting for the call they belong to.
+        call_signatures: dict[str, str] = {}
+        for i, item in enumerate(items):
+            path = f"input[{i}]"
+            kind = item.get("type", "message")
+            if kind == "message":
+                role = item.get("role")
+                if role in ("system", "developer"):
+                    system.extend(self._system_parts(item, path))
+                elif role in ("user", "assistant"):
+                    assistant = role == "assistant"
+                    parts = self._parts(item, path, assistant=assistant)
+                    _append(contents, "model" if assistant else "user", parts)
+                else:
+                    raise _invalid(f"{path}.role", f"Invalid value for '{path}.role': {role!r}.")
+            elif kind == "function_call":
+                _append(contents, "model", [self._function_call(item, path, call_signatures)])
+            elif kind == "function_call_output":
+                _append(contents, "user", [self._function_response(item, path, names)])
+            elif kind == "reasoning":
+                self._restore(item, path, contents, call_signatures)
+            elif kind == "item_reference":
+                self.plan.unsupported("input", f"'{path}' of type 'item_reference'")
+            else:
+                self.plan.unsupported(path, f"'{path}' of type {kind!r}")
+        if self.rules.signed_calls:
+            _add_placeholders(contents)
+        return system, contents
+
+    def _instructions(self, instructions: Any) -> list[dict[str, Any]]:
+        if instructions is None or instructions == "":
+            return []
+        if isinstance(instructions, str):
+            return [{"text": instructions}]
+        parts: list[dict[str, Any]] = []
+        for i, entry in enumerate(instructions):
+            # The list form (prompt templates): system/developer messages are system text.
+            if not isinstance(entry, dict) or entry.get("role") not in ("system", "developer"):
+                self.plan.unsupported(f"instructions[{i}]")
+                continue
+            content = entry.get("content")
+            if isinstance(content, str):
+                content = [{"type": "input_text", "text": content}]
+            parts.extend(self._system_parts({"content": content or []}, f"instructions[{i}]"))
+        return parts
+
+    def _system_parts(self, item: Mapping[str, Any], path: str) -> list[dict[str, Any]]:
+        parts: list[dict[str, Any]] = []
+        for j, part in enumerate(item.get("content") or []):
+            where = f"{path}.content[{j}]"
+            if isinstance(part, dict) and part.get("type") in ("input_text", "output_text"):
+                text = _string(part, "text", where)
+                if text:
+                    parts.append({"text": text})
+            else:
+                # systemInstruction is text only (gemini-generate-content.md §2).
+                self.plan.unsupported(where, f"'{where}' (non-text content in a system message)")
+        return parts
+
+    def _parts(
+        self, item: Mapping[str, Any], path: str, *, assistant: bool
+    ) -> list[dict[str, Any]]:
+        parts: list[dict[str, Any]] = []
+        for j, part in enumerate(item.get("content") or []):
+            wire = self._part(part, f"{path}.content[{j}]", assistant=assistant)
+            if wire is not None:
+                parts.append(wire)
+        return parts
+
+    def _part(self, part: Any, path: str, *, assistant: bool) -> dict[str, Any] | None:
+        """One content part as a Gemini part; None when it is empty or dropped."""
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("input_text", "output_text"):
+            text = _string(part, "text", path)
+            return {"text": text} if text else None  # an empty part says nothing
+        if kind == "refusal" and assistant:
+            text = _string(part, "refusal", path)
+            return {"text": text} if text else None
+        if kind == "input_image" and not assistant:
+            return self._image(part, path)
+        if kind == "input_file" and not assistant:
+            return self._file(part, path)
+        self.plan.unsupported(path, f"'{path}' of type {kind!r}")
+        return None
+
+    def _image(self, part: Mapping[str, Any], path: str) -> dict[str, Any] | None:
+        if part.get("image_url") is None and part.get("file_id") is not None:
+            self.plan.unsupported(path, f"'{path}' by 'file_id'")
+            return None
+        # ``detail`` has no equivalent worth mapping (mapping.md §1: dropping it is fine).
+        return _inline(_string(part, "image_url", path), f"{path}.image_url")
+
+    def _file(self, part: Mapping[str, Any], path: str) -> dict[str, Any] | None:
+        data = part.get("file_data")
+        url = part.get("file_url")
+        if data is None and url is None and part.get("file_id") is not None:
+            self.plan.unsupported(path, f"'{path}' by 'file_id'")
+            return None
+        if data is None:
+            return _inline(_string(part, "file_url", path), f"{path}.file_url")
+        encoded = _string(part, "file_data", path)
+        if encoded.startswith("data:"):
+            return _inline(encoded, f"{path}.file_data")
+        # Plain base64: only the filename can say what it is.
+        filename = part.get("filename")
+        media_type = mimetypes.guess_type(filename)[0] if isinstance(filename, str) else None
+        if media_type is None:
+            self.plan.unsupported_value(
+                f"{path}.filename",
+                f"the media type of '{path}' cannot be told: send 'file_data' as a data URL "
+                "or a 'filename' with a known extension",
+            )
+        return {"inlineData": {"mimeType": media_type, "data": encoded}}
+
+    def _function_call(
+        self, item: Mapping[str, Any], path: str, call_signatures: dict[str, str]
+    ) -> dict[str, Any]:
+        call_id = _string(item, "call_id", path)
+        arguments = _string(item, "arguments", path)
+        try:
+            args = orjson.loads(arguments) if arguments.strip() else {}
+        except orjson.JSONDecodeError as exc:
+            raise _invalid(
+                f"{path}.arguments", f"'{path}.arguments' is not valid JSON: {exc}."
+            ) from exc
+        if not isinstance(args, dict):
+            # functionCall.args is a JSON object (gemini-generate-content.md §2).
+            raise _invalid(f"{path}.arguments", f"'{path}.arguments' must be a JSON object.")
+        call: dict[str, Any] = {"name": _string(item, "name", path), "args": args}
+        if not _minted(call_id):
+            call["id"] = call_id
+        part: dict[str, Any] = {"functionCall": call}
+        signature = call_signatures.pop(call_id, None)
+        if signature is not None:
+            part["thoughtSignature"] = signature
+        return part
+
+    def _function_response(
+        self, item: Mapping[str, Any], path: str, names: Mapping[str, str]
+    ) -> dict[str, Any]:
+        call_id = _string(item, "call_id", path)
+        name = names.get(call_id)
+        if name is None:
+            # Gemini requires the function's name (§2), known only from the call.
+            raise _invalid(
+                path,
+                f"'{path}' answers call_id {call_id!r}, but no function_call with that call_id "
+                "is in the conversation (Gemini needs the function's name).",
+            )
+        output = item.get("output")
+        media: list[dict[str, Any]] = []
+        if isinstance(output, list):
+            texts: list[str] = []
+            for j, part in enumerate(output):
+                where = f"{path}.output[{j}]"
+                wire = self._part(part, where, assistant=False)
+                if wire is None:
+                    continue
+                if "text" in wire:
+                    texts.append(wire["text"])
+                elif self.rules.function_response_media:
+                    media.append(wire)
+                else:
+                    self.plan.unsupported(where, f"'{where}' (media in a function output)")
+            output = "".join(texts)
+        elif not isinstance(output, str):
+            raise _invalid(
+                f"{path}.output",
+                f"Invalid type for '{path}.output': expected a string or an array of parts.",
+                "invalid_type",
+            )
+        # ``response`` must be an object; "output" is the key Gemini documents for it (§2).
+        response: dict[str, Any] = {"name": name, "response": {"output": output}}
+        if not _minted(call_id):
+            response["id"] = call_id
+        if media:
+            response["parts"] = media
+        return {"functionResponse": response}
+
+    def _restore(
+        self,
+        item: Mapping[str, Any],
+        path: str,
+        contents: list[dict[str, Any]],
+        call_signatures: dict[str, str],
+    ) -> None:
+        """Put back the signed parts a reasoning item of ours sealed for this model (module
+        docstring); any other reasoning item is dropped (mapping.md §5)."""
+        token = item.get("encrypted_content")
+        state = open_reasoning(token, self.provider, self.model)
+        if state is None:
+            if _broken_envelope(token):
+                raise _invalid(
+                    f"{path}.encrypted_content",
+                    f"The encrypted content of '{path}' could not be decoded: it was altered.",
+                    "invalid_encrypted_content",
+                )
+            return
+        signed_parts = state.get("parts")
+        for signed in signed_parts if isinstance(signed_parts, list) else ():
+            signature = signed.get("signature") if isinstance(signed, dict) else None
+            if not isinstance(signature, str):
+                continue
+            kind = signed.get("part")
+            if kind == "function_call" and isinstance(signed.get("call_id"), str):
+                call_signatures[signed["call_id"]] = signature
+            elif kind == "text":
+                # The signed text ended the message just before this item.
+                last = contents[-1] if contents and contents[-1]["role"] == "model" else None
+                part = last["parts"][-1] if last is not None else None
+                if (
+                    part is not None
+                    and "text" in part
+                    and not part.get("thought")
+                    and "thoughtSignature" not in part
+                ):
+                    part["thoughtSignature"] = signature
+            elif kind == "empty":
+                _append(contents, "model", [{"text": "", "thoughtSignature": signature}])
+            elif kind == "thought" and isinstance(signed.get("text"), str):
+                thought = {"text": signed["text"], "thought": True, "thoughtSignature": signature}
+                _append(contents, "model", [thought])
+
+
+def _inline(url: str, param: str) -> dict[str, Any]:
+    """A ``data:`` URL as ``inlineData``."""
+    parsed = data_url_parts(url)
+    if parsed is None:
+        if url.startswith(("https://", "http://")):
+            # The gateway fetches remote media for Gemini before the codec runs
+            # (inline_remote_media); a URL still here means that did not happen.
+            raise _invalid(
+                param,
+                f"'{param}' is a remote URL, which Gemini cannot fetch, and the gateway did not "
+                "inline it (is media fetching configured?). Send it as a base64 data URL.",
+                "unsupported_value",
+            )
+        raise _invalid(param, f"'{param}' must be a base64 data URL.", "unsupported_value")
+    media_type, data = parsed
+    return {"inlineData": {"mimeType": media_type, "data": data}}
+
+
+def _add_placeholders(contents: list[dict[str, Any]]) -> None:
+    """Gemini 3 refuses a step whose first ``functionCall`` carries no signature (§5): give
+    such a call (from elsewhere, or whose reasoning item was dropped) the placeholder."""
+    for content in contents:
+        if content["role"] != "model":
+            continue
+        first = next((p for p in content["parts"] if "functionCall" in p), None)
+        if first is not None and "thoughtSignature" not in first:
+            first["thoughtSignature"] = PLACEHOLDER_SIGNATURE
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+#: google.rpc ``status`` -> its HTTP status, for errors inside a stream without a ``code``.
+_HTTP_OF_STATUS: Final = {
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "OUT_OF_RANGE": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "RESOURCE_EXHAUSTED": 429,
+    "INTERNAL": 500,
+    "UNKNOWN": 500,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
+}
+#: How Gemini words a context overflow in its 400.
+_CONTEXT_OVERFLOW: Final = re.compile(r"exceeds the maximum number of tokens", re.IGNORECASE)
+_RETRY_DELAY: Final = re.compile(r"(\d+(?:\.\d+)?)s")
+
+
+def _details(error: Mapping[str, Any], kind: str) -> list[Mapping[str, Any]]:
+    """The ``details`` entries of one google.rpc type (``ErrorInfo``, ``RetryInfo``…)."""
+    details = error.get("details")
+    return [
+        d
+        for d in (details if isinstance(details, list) else ())
+        if isinstance(d, dict) and str(d.get("@type", "")).endswith(f"google.rpc.{kind}")
+    ]
+
+
+def _upstream_error(
+    status: int, error: Mapping[str, Any], *, retry_after: float | None
+) -> UpstreamStatusError:
+    """A google.rpc error (gemini-generate-content.md §7) as ours (mapping.md §8)."""
+    message = str(error.get("message") or error.get("status") or "Gemini reported an error")
+    reasons = {d.get("reason") for d in _details(error, "ErrorInfo")}
+    if retry_after is None:
+        for info in _details(error, "RetryInfo"):
+            match = _RETRY_DELAY.fullmatch(str(info.get("retryDelay", "")))
+            if match:
+                retry_after = float(match.group(1))
+    code: str | None = None
+    if "API_KEY_INVALID" in reasons or status in (401, 403):
+        # The deployment's key, not the caller's: the gateway's fault, and another deployment
+        # may well have a good one. Retrying this one does not help.
+        error_out = UpstreamStatusError(
+            f"Gemini rejected the deployment's credentials: {message}",
+            status_code=502,
+            code="server_error",
+        )
+        error_out.retryable = False
+        return error_out
+    if status == 404:
+        mapped, code = 404, "model_not_found"
+    elif status == 429:
+        mapped, code = 429, "rate_limit_exceeded"
+    elif status in (500, 503, 504):
+        mapped, code = status, "server_error"
+    elif status >= 500:
+        mapped, code = 502, "server_error"
+    else:
+        mapped = status
+        if _CONTEXT_OVERFLOW.search(message):
+            code = "context_length_exceeded"
+    headers = {}
+    if retry_after is not None and (mapped == 429 or mapped >= 500):
+        headers["retry-after"] = str(max(1, round(retry_after)))
+    return UpstreamStatusError(
+        f"Gemini: {message}",
+        status_code=mapped,
+        code=code,
+        retry_after=retry_after,
+        headers=headers,
+    )
+
+
+def _stream_error(error: Any) -> UpstreamStatusError:
+    """A ``data: {"error": …}`` chunk (after HTTP 200) as ours: the status its code says."""
+    if not isinstance(error, dict):
+        return _upstream_error(500, {"message": str(error)}, retry_after=None)
+    code = error.get("code")
+    status = code if _is_int(code) else _HTTP_OF_STATUS.get(str(error.get("status")), 500)
+    return _upstream_error(status, error, retry_after=None)
+
+
+# --- the answer --------------------------------------------------------------------------------
+
+#: ``finishReason`` -> the ``incomplete_details.reason`` (None: completed) (mapping.md §6).
+#: Any other (MALFORMED_FUNCTION_CALL, OTHER, one added later…) fails the response.
+_FINISH_REASONS: Final[Mapping[str, str | None]] = {
+    "STOP": None,
+    "MAX_TOKENS": "max_output_tokens",
+    "SAFETY": "content_filter",
+    "RECITATION": "content_filter",
+    "BLOCKLIST": "content_filter",
+    "PROHIBITED_CONTENT": "content_filter",
+    "SPII": "content_filter",
+    "IMAGE_SAFETY": "content_filter",
+    "IMAGE_PROHIBITED_CONTENT": "content_filter",
+    "IMAGE_RECITATION": "content_filter",
+}
+
+
+def _count(usage: Mapping[str, Any], key: str) -> int:
+    # Any usage field may be absent when zero (gemini-generate-content.md §3).
+    value = usage.get(key)
+    return value if _is_int(value) else 0
+
+
+@attrs.define(eq=False)
+class _Translator:
+    """Gemini chunks -> calls on the emitter (mapping.md §9; module docstring)."""
+
+    _context: BridgeContext
+    _emitter: ResponseEmitter
+    #: The last ``usageMetadata`` (each chunk's is a running total: §6).
+    _usage: Mapping[str, Any] = attrs.Factory(dict)
+    #: Signed parts of the open reasoning item (sealed anew with each one).
+    _signed: list[dict[str, Any]] = attrs.Factory(list)
+    #: Thought text since the last signed thought part (a signed thought replays its run).
+    _run: list[str] = attrs.Factory(list)
+    #: A signature on answer text, placed once it is known where the message ends.
+    _text_signature: dict[str, Any] | None = None
+
+    def on_chunk(self, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise UpstreamProtocolError("Gemini sent a chunk that is not a JSON object")
+        if "error" in data:
+            raise _stream_error(data["error"])
+        usage = data.get("usageMetadata")
+        if isinstance(usage, dict):
+            self._usage = usage
+        candidates = data.get("candidates")
+        if not isinstance(candidates, list) or not candidates:
+            feedback = data.get("promptFeedback")
+            reason = feedback.get("blockReason") if isinstance(feedback, dict) else None
+            if reason is not None:
+                # mapping.md §6: a blocked prompt; a 400 when nothing was streamed yet.
+                raise UpstreamStatusError(
+                    f"Gemini: the prompt was blocked ({reason})",
+                    status_code=400,
+                    code="invalid_prompt",
+                )
+            return  # a chunk with usage only
+        candidate = candidates[0]
+        if not isinstance(candidate, dict):
+            raise UpstreamProtocolError("Gemini sent a candidate that is not a JSON object")
+        content = candidate.get("content")
+        parts = content.get("parts") if isinstance(content, dict) else None
+        for part in parts if isinstance(parts, list) else ():
+            if isinstance(part, dict):
+                self._part(part)
+        reason = candidate.get("finishReason")
+        if reason is not None:
+            self._finish(str(reason), candidate.get("finishMessage"))
+
+    def _part(self, part: Mapping[str, Any]) -> None:
+        signature = part.get("thoughtSignature")
+        signature = signature if isinstance(signature, str) and signature else None
+        if "functionCall" in part:
+            self._call(part["functionCall"], signature)
+        elif "text" in part or signature is not None:
+            text = part.get("text")
+            text = text if isinstance(text, str) else ""
+            if part.get("thought") is True:
+                self._thought(text, signature)
+            else:
+                self._text(text, signature)
+        # Other parts (executableCode, inlineData…) answer what only extra_body can ask for.
+
+    def _thought(self, text: str, signature: str | None) -> None:
+        self._place_text_signature()
+        if text:
+            self._run.append(text)
+            if self._context.summaries:  # otherwise the item carries only the state
+                self._emitter.reasoning(text)
+        if signature is not None:
+            self._sign({"part": "thought", "text": "".join(self._run), "signature": signature})
+            self._run = []
+
+    def _text(self, text: str, signature: str | None) -> None:
+        if text:
+            # A signed text part followed by more text: its reasoning item goes between.
+            self._place_text_signature()
+            self._emitter.text(text)
+            self._signed, self._run = [], []
+        if signature is not None:
+            self._place_text_signature()
+            self._text_signature = {"part": "text" if text else "empty", "signature": signature}
+
+    def _call(self, call: Any, signature: str | None) -> None:
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+            raise UpstreamProtocolError("Gemini sent a functionCall without a name")
+        self._place_text_signature()
+        call_id = call.get("id")
+        if not isinstance(call_id, str) or not call_id:
+            call_id = mint_id("call")  # mapping.md §6: older models send no id
+        args = call.get("args")
+        if signature is not None:
+            self._sign({"part": "function_call", "call_id": call_id, "signature": signature})
+        # Calls arrive whole (§6): one arguments delta; mapping.md §6: a compact JSON string.
+        self._emitter.whole_function_call(call_id, call["name"], orjson.dumps(args or {}).decode())
+        self._signed, self._run = [], []
+
+    def _sign(self, signed: dict[str, Any]) -> None:
+        """Add a signed part to the open reasoning item (opening one right here if none is
+        open, so it sits right before what it belongs to)."""
+        if self._emitter.open_kind != "reasoning":
+            self._signed = []
+        self._signed.append(signed)
+        self._emitter.reasoning_state(self._seal(self._signed))
+
+    def _place_text_signature(self) -> None:
+        """The pending text signature's reasoning item, right after the message it ended."""
+        if self._text_signature is not None:
+            self._emitter.reasoning_item(self._seal([self._text_signature]))
+            self._text_signature = None
+
+    def _seal(self, signed: list[dict[str, Any]]) -> str:
+        return seal_reasoning(self._context.provider, self._context.model, {"parts": signed})
+
+    def _finish(self, reason: str, message: Any) -> None:
+        if reason not in _FINISH_REASONS:
+            detail = f": {message}" if isinstance(message, str) and message else ""
+            raise UpstreamStatusError(
+                f"Gemini ended the answer with finishReason {reason}{detail}",
+                status_code=502,
+                code="server_error",
+            )
+        incomplete = _FINISH_REASONS[reason]
+        # A cut-off message stays incomplete even when its signature's item follows it.
+        self._emitter.close_item("incomplete" if incomplete else "completed")
+        self._place_text_signature()
+        u = self._usage
+        thoughts = _count(u, "thoughtsTokenCount")
+        usage = responses_usage(
+            input_tokens=_count(u, "promptTokenCount") + _count(u, "toolUsePromptTokenCount"),
+            output_tokens=_count(u, "candidatesTokenCount") + thoughts,
+            cached_tokens=_count(u, "cachedContentTokenCount"),
+            reasoning_tokens=thoughts,
+        )
+        # The decoder has no clock: the response's own start time stands in for its end.
+        self._emitter.finish(usage, incomplete=incomplete)
+
+
+@attrs.define(eq=False)
+class GeminiStreamDecoder(BridgeDecoder):
+    """Gemini's ``alt=sse`` stream (gemini-generate-content.md §6) -> canonical events. The
+    stream has no end marker: it closing before a ``finishReason`` fails the response."""
+
+    _translator: _Translator = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self._translator = _Translator(self.context, self.emitter)
+
+    def on_frame(self, frame: ServerSentEvent) -> None:
+        self._translator.on_chunk(loads_provider_json(frame.data, "SSE data"))
+
+
+@attrs.define(eq=False)
+class GeminiBodyDecoder:
+    """A non-streaming GenerateContentResponse (§3) -> the events a stream of it would have
+    carried: it is one chunk through the same translation."""
+
+    context: BridgeContext
+    _chunks: list[bytes] = attrs.Factory(list)
+
+    def feed(self, data: bytes) -> list[StreamEvent]:
+        self._chunks.append(data)
+        return []
+
+    def close(self) -> list[StreamEvent]:
+        data = loads_provider_json(b"".join(self._chunks), "JSON body")
+        emitter = ResponseEmitter(self.context)
+        _Translator(self.context, emitter).on_chunk(data)
+        if not emitter.ended:
+            raise UpstreamProtocolError("Gemini answered without a finishReason")
+        return emitter.take()
