@@ -33,6 +33,7 @@ from .actors._router import Router, env_deployment_id
 from .actors._stages import Accountant
 from .actors._transport import LeanTransport
 from .codecs._lifecycle import StreamTracker
+from .codecs._registry import bridge_codec
 from .codecs.ids import DecodedId, IdCodec
 from .codecs.openai_responses import build_resource_request
 from .config import (
@@ -43,6 +44,7 @@ from .config import (
     load_config,
 )
 from .errors import (
+    ConfigError,
     InvalidRequestError,
     NotFoundError,
     SluicegateError,
@@ -969,6 +971,15 @@ async def open_gateway(
         build_deployment(e, cfg.router_settings, environ=env, drop_params=drop)
         for e in cfg.model_list
     ]
+    for i, deployment in enumerate(deployments):
+        codec = bridge_codec(deployment.provider)
+        if codec is not None:
+            try:
+                codec.check_deployment(deployment)
+            except ConfigError as exc:
+                inner = exc.path or "model_info"
+                message = exc.message.removeprefix(f"{inner}: ")
+                raise ConfigError(message, path=f"model_list[{i}].{inner}") from exc
     rng = rng or random.Random()
     limits = httpx.Limits(
         max_connections=gs.max_connections,

@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
+import httpx
 import openai
 import orjson
 import pytest
@@ -25,7 +26,8 @@ import trio
 
 import sluicegate
 from sluicegate import ResponseStatus
-from sluicegate.errors import InvalidRequestError, NotFoundError, SluicegateError
+from sluicegate.errors import ConfigError, InvalidRequestError, NotFoundError, SluicegateError
+from sluicegate.fake._answers import build_response
 from sluicegate.server import build_app, serve
 
 from .bridge_fakes import FakeProvider, Fault, mock_transport, serve_loopback
@@ -132,6 +134,26 @@ def check_sequence(events: list[sluicegate.StreamEvent]) -> None:
     assert len(opened) == len(closed)
     for event in events:
         sdk_event(event.to_dict())
+
+
+# -- configuration --------------------------------------------------------------------------------
+
+#: A per-model override of the wrong kind, for each bridge's rules table.
+BAD_MODEL_INFO = {
+    "chat": ("max_tokens_field", "max_new_tokens"),
+    "anthropic": ("reasoning", "sideways"),
+    "gemini": ("max_output_tokens", -1),
+}
+
+
+async def test_a_bad_model_info_override_fails_at_load(bridge: Bridge) -> None:
+    key, value = BAD_MODEL_INFO[bridge.name]
+    cfg = config(bridge)
+    cfg["model_list"][0]["model_info"][key] = value
+    with pytest.raises(ConfigError) as info:
+        async with sluicegate.open_gateway(cfg, transport=mock_transport(bridge.make())):
+            pass  # pragma: no cover -- the gateway must not open
+    assert info.value.param == f"model_list[0].model_info.{key}"
 
 
 # -- text, usage, cost ----------------------------------------------------------------------------
@@ -447,6 +469,76 @@ async def test_drop_params_drops_and_says_which(
     assert texts(response) == "fine"
     assert response.to_dict()["sluicegate"] == {"dropped_params": ["tools[2]"]}
     assert "web_search" not in orjson.dumps(fake.requests[0]).decode()
+
+
+async def test_input_paths_count_from_the_callers_input_not_the_stored_history(
+    bridge: Bridge, autojump_clock: trio.abc.Clock
+) -> None:
+    fake = bridge.make()
+    async with gateway(bridge, fake) as gw:
+        first = await gw.responses(model="m", input="say: one")
+        with pytest.raises(InvalidRequestError) as info:
+            await gw.responses(
+                model="m",
+                previous_response_id=first.id,
+                input=[
+                    user("say: two"),
+                    {"type": "custom_tool_call", "call_id": "c1", "name": "x", "input": "y"},
+                ],
+            )
+    assert info.value.param == "input[1]"
+    assert len(fake.requests) == 1
+
+
+async def test_a_native_deployment_continues_a_bridged_conversation(
+    bridge: Bridge, autojump_clock: trio.abc.Clock
+) -> None:
+    """The native upstream knows nothing of a bridged response: it gets the stored items as
+    input (without the gateway's item IDs and reasoning envelopes), not the ID."""
+    fake = bridge.make()
+    bridged = mock_transport(fake)
+    native_bodies: list[dict[str, Any]] = []
+
+    async def route(request: httpx.Request) -> httpx.Response:
+        if request.url.host != "native.test":
+            return await bridged.handle_async_request(request)
+        body = orjson.loads(await request.aread())
+        native_bodies.append(body)
+        answer = build_response(
+            body,
+            response_id="resp_native1",
+            message_id="msg_n1",
+            created_at=1,
+            completed_at=2,
+            tokens=2,
+        )
+        return httpx.Response(200, json=answer)
+
+    cfg = config(bridge)
+    cfg["model_list"].append(
+        {
+            "model_name": "native",
+            "litellm_params": {
+                "model": "openai/gpt-5.4",
+                "api_base": "http://native.test/v1",
+                "api_key": "sk-native",
+            },
+            "model_info": {"id": "native-1"},
+        }
+    )
+    async with sluicegate.open_gateway(cfg, transport=httpx.MockTransport(route)) as gw:
+        first = await gw.responses(model="m", input="say: remember me")
+        second = await gw.responses(
+            model="native", previous_response_id=first.id, input="what did I say?"
+        )
+    assert second.status is ResponseStatus.COMPLETED
+    [sent] = native_bodies
+    assert "previous_response_id" not in sent
+    texts_sent = [
+        part["text"] for item in sent["input"] for part in item["content"] if "text" in part
+    ]
+    assert texts_sent == ["say: remember me", "remember me", "what did I say?"]
+    assert all("id" not in item for item in sent["input"])
 
 
 # -- faults ---------------------------------------------------------------------------------------

@@ -1143,7 +1143,7 @@ def test_a_blocked_prompt_body_is_a_400_invalid_prompt() -> None:
 
 def test_a_body_without_a_finish_reason_is_a_protocol_error() -> None:
     body = b'{"candidates": [{"content": {"role": "model", "parts": [{"text": "hi"}]}}]}'
-    with pytest.raises(UpstreamProtocolError, match="finishReason"):
+    with pytest.raises(UpstreamProtocolError, match="no stop reason"):
         decode(body, context(), body=True)
 
 

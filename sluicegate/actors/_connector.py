@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from functools import partial
@@ -37,6 +38,7 @@ from ..codecs.openai_responses import (
 )
 from ..config import Deployment, RouterSettings, Timeouts, is_bridged
 from ..errors import (
+    InvalidRequestError,
     UpstreamConnectionError,
     UpstreamError,
     UpstreamProtocolError,
@@ -172,9 +174,14 @@ class Connector:
             extra_headers=call.extra_headers,
             extra_query=call.extra_query,
         )
-        built = codec.build_request(
-            deployment, request, stream=call.stream, created_at=int(self._wall_clock())
-        )
+        try:
+            built = codec.build_request(
+                deployment, request, stream=call.stream, created_at=int(self._wall_clock())
+            )
+        except InvalidRequestError as exc:
+            if history:
+                raise _renumbered(exc, len(history)) from None
+            raise
         return attrs.evolve(built, context=attrs.evolve(built.context, clock=self._wall_clock))
 
     async def _forward(
@@ -350,6 +357,27 @@ async def run_connector(
             finally:
                 if timing is not None:
                     timing.ended = trio.current_time()
+
+
+_INPUT_PATH = re.compile(r"\binput\[(\d+)\]")
+
+
+def _renumbered(exc: InvalidRequestError, history: int) -> InvalidRequestError:
+    """A codec numbers the whole conversation; the caller's ``input`` starts after the
+    ``history`` items of its ``previous_response_id`` chain, which are named by that."""
+
+    def path(match: re.Match[str]) -> str:
+        index = int(match[1])
+        return "previous_response_id" if index < history else f"input[{index - history}]"
+
+    param = exc.param
+    if param is not None:
+        param = _INPUT_PATH.sub(path, param)
+        if param.startswith("previous_response_id"):
+            param = "previous_response_id"
+    return InvalidRequestError(
+        _INPUT_PATH.sub(path, exc.message), param=param, code=exc.code, status_code=exc.status_code
+    )
 
 
 def _portable(item: dict[str, Any]) -> dict[str, Any] | None:

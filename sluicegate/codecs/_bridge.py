@@ -31,7 +31,7 @@ import base64
 import binascii
 import secrets
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 import attrs
 import orjson
@@ -39,6 +39,7 @@ import orjson
 from .._types import StreamEvent, event_from_wire
 from ..config import Deployment
 from ..errors import (
+    ConfigError,
     InvalidRequestError,
     SluicegateError,
     UpstreamProtocolError,
@@ -49,6 +50,7 @@ from .sse import ServerSentEvent, SSEDecoder
 
 __all__ = [
     "HOSTED_TOOL_TYPES",
+    "BridgeBodyDecoder",
     "BridgeCodec",
     "BridgeDecoder",
     "BridgeInput",
@@ -60,12 +62,18 @@ __all__ = [
     "context_for",
     "conversation_items",
     "data_url_parts",
+    "instruction_texts",
+    "invalid",
     "loads_provider_json",
     "mint_id",
     "open_reasoning",
+    "required_string",
     "response_echo",
     "responses_usage",
     "seal_reasoning",
+    "system_texts",
+    "text_format",
+    "with_overrides",
 ]
 
 # --- the request ------------------------------------------------------------------------------
@@ -431,6 +439,8 @@ class _Open:
     #: Text pieces of the open content part (message) or summary part (reasoning), or
     #: argument pieces (function call).
     pieces: list[str] = attrs.Factory(list)
+    #: The open ``output_text`` part's token logprobs.
+    logprobs: list[Any] = attrs.Factory(list)
     #: The open content part's type (``output_text``/``refusal``), or whether a summary part
     #: is open (``summary_text``); None: no part open.
     part: str | None = None
@@ -493,14 +503,16 @@ class ResponseEmitter:
 
     # -- messages --
 
-    def text(self, delta: str) -> None:
-        """Answer text (opens a message item and an ``output_text`` part as needed)."""
-        self._part_delta("output_text", delta)
+    def text(self, delta: str, logprobs: list[Any] | None = None) -> None:
+        """Answer text (opens a message item and an ``output_text`` part as needed), with the
+        provider's token ``logprobs`` for it when asked for (Responses shape: ``token``,
+        ``logprob``, ``bytes``, ``top_logprobs``)."""
+        self._part_delta("output_text", delta, logprobs or [])
 
     def refusal(self, delta: str) -> None:
-        self._part_delta("refusal", delta)
+        self._part_delta("refusal", delta, [])
 
-    def _part_delta(self, kind: str, delta: str) -> None:
+    def _part_delta(self, kind: str, delta: str, logprobs: list[Any]) -> None:
         if not delta:
             return
         item = self._ensure("message")
@@ -519,8 +531,9 @@ class ResponseEmitter:
                 }
             )
         item.pieces.append(delta)
+        item.logprobs.extend(logprobs)
         event = "response.output_text.delta" if kind == "output_text" else "response.refusal.delta"
-        extra: dict[str, Any] = {"logprobs": []} if kind == "output_text" else {}
+        extra: dict[str, Any] = {"logprobs": logprobs} if kind == "output_text" else {}
         self._emit({"type": event, **self._where(item), "delta": delta, **extra})
 
     def _where(self, item: _Open) -> dict[str, Any]:
@@ -536,8 +549,11 @@ class ResponseEmitter:
         text = "".join(item.pieces)
         where = self._where(item)
         if item.part == "output_text":
-            part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-            self._emit({"type": "response.output_text.done", **where, "text": text, "logprobs": []})
+            logprobs = item.logprobs
+            part = {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs}
+            self._emit(
+                {"type": "response.output_text.done", **where, "text": text, "logprobs": logprobs}
+            )
         else:
             part = {"type": "refusal", "refusal": text}
             self._emit({"type": "response.refusal.done", **where, "refusal": text})
@@ -545,6 +561,7 @@ class ResponseEmitter:
         item.item["content"].append(part)
         item.part = None
         item.pieces = []
+        item.logprobs = []
 
     # -- reasoning --
 
@@ -774,9 +791,17 @@ def context_for(
 class BridgeCodec(Protocol):
     """What the connector asks of a bridged provider's codec (module docstring)."""
 
-    #: The gateway must fetch ``https`` image and file URLs and inline them as ``data:`` URLs
-    #: before :meth:`build_request` (the provider takes no URLs: Gemini).
-    inline_remote_media: bool
+    @property
+    def inline_remote_media(self) -> bool:
+        """The gateway must fetch ``https`` image and file URLs and inline them as ``data:``
+        URLs before :meth:`build_request` (the provider takes no URLs: Gemini)."""
+        ...
+
+    def check_deployment(self, deployment: Deployment) -> None:
+        """Raise ConfigError (naming the ``model_info`` key) if the deployment's per-model
+        overrides are invalid; the gateway calls it when it opens, so a bad configuration
+        fails at load, not on a request."""
+        ...
 
     def build_request(
         self, deployment: Deployment, request: BridgeInput, *, stream: bool, created_at: int
@@ -829,7 +854,14 @@ class BridgeDecoder:
         events = self._run(self._sse.close())
         self._raise_if_broken()
         if not self.emitter.ended:
-            self.on_close()
+            try:
+                self.on_close()
+            except SluicegateError as exc:
+                events += self.emitter.take()
+                if not events:
+                    raise
+                self._broken = exc
+                return events
         events += self.emitter.take()
         if not self.emitter.ended:
             if events:
@@ -870,3 +902,136 @@ def loads_provider_json(data: bytes, what: str) -> Any:
         raise UpstreamProtocolError(
             f"the provider sent malformed {what}: {exc} in {shown!r}"
         ) from exc
+
+
+@attrs.define(eq=False)
+class BridgeBodyDecoder:
+    """A non-streamed provider answer → the events its stream would have ended with.
+    Subclasses implement :meth:`translate` (the whole JSON body, drive ``emitter``); the body is
+    read whole first (a non-streamed body is one value)."""
+
+    context: BridgeContext
+    _chunks: list[bytes] = attrs.Factory(list)
+
+    def translate(self, body: Any, emitter: ResponseEmitter) -> None:
+        raise NotImplementedError
+
+    def feed(self, data: bytes) -> list[StreamEvent]:
+        self._chunks.append(data)
+        return []
+
+    def close(self) -> list[StreamEvent]:
+        body = loads_provider_json(b"".join(self._chunks), "JSON body")
+        emitter = ResponseEmitter(self.context)
+        self.translate(body, emitter)
+        if not emitter.ended:
+            raise UpstreamProtocolError("the provider's answer has no end (no stop reason)")
+        return emitter.take()
+
+
+# --- shared request checks --------------------------------------------------------------------
+
+Rules = TypeVar("Rules")
+
+
+def with_overrides(
+    rules: Rules, model_info: Mapping[str, Any], checks: Mapping[str, tuple[Any, str]]
+) -> Rules:
+    """``rules`` (an attrs instance of a codec's per-model table) with the deployment's
+    ``model_info`` overrides: ``checks`` maps each overridable field to (a predicate on the
+    value, what is expected).
+
+    Raises:
+        ConfigError: an override the predicate refuses (names the ``model_info`` key).
+    """
+    overrides: dict[str, Any] = {}
+    for key, (acceptable, expected) in checks.items():
+        if key not in model_info:
+            continue
+        value = model_info[key]
+        if not acceptable(value):
+            raise ConfigError(f"expected {expected}, got {value!r}", path=f"model_info.{key}")
+        overrides[key] = value
+    return attrs.evolve(rules, **overrides)  # type: ignore[misc]
+
+
+def invalid(param: str, message: str, code: str = "invalid_value") -> InvalidRequestError:
+    return InvalidRequestError(message, param=param, code=code)
+
+
+def required_string(item: Mapping[str, Any], key: str, path: str) -> str:
+    """``item[key]``, which the request must give as a string."""
+    value = item.get(key)
+    if isinstance(value, str):
+        return value
+    if value is None:
+        raise invalid(
+            f"{path}.{key}",
+            f"Missing required parameter: '{path}.{key}'.",
+            "missing_required_parameter",
+        )
+    raise invalid(
+        f"{path}.{key}", f"Invalid type for '{path}.{key}': expected a string.", "invalid_type"
+    )
+
+
+def text_format(plan: RequestPlan, body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The request's ``text.format`` when it asks for JSON (``json_object``, or
+    ``json_schema`` with its ``schema`` checked), else None; ``text.verbosity`` other than the
+    default and unknown ``text`` keys go through ``plan``."""
+    text = body.get("text") or {}
+    for key, value in text.items():
+        if key == "verbosity":
+            if value not in (None, "medium"):
+                plan.unsupported("text.verbosity", f"'text.verbosity' {value!r}")
+        elif key != "format" and value is not None:
+            plan.unsupported(f"text.{key}")
+    fmt = text.get("format")
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if fmt is None or kind == "text":
+        return None
+    if kind not in ("json_object", "json_schema"):
+        raise invalid("text.format.type", f"Invalid value for 'text.format.type': {kind!r}.")
+    if kind == "json_schema" and not isinstance(fmt.get("schema"), dict):
+        raise invalid(
+            "text.format.schema",
+            "Missing required parameter: 'text.format.schema'.",
+            "missing_required_parameter",
+        )
+    assert isinstance(fmt, dict)
+    return fmt
+
+
+def system_texts(plan: RequestPlan, item: Mapping[str, Any], path: str) -> list[str]:
+    """The texts of a system or developer message, for a provider whose system prompt is text
+    only (Anthropic ``system``, Gemini ``systemInstruction``); other parts go through
+    ``plan``."""
+    texts: list[str] = []
+    for j, part in enumerate(item.get("content") or []):
+        where = f"{path}.content[{j}]"
+        if isinstance(part, dict) and part.get("type") in ("input_text", "output_text"):
+            text = required_string(part, "text", where)
+            if text:
+                texts.append(text)
+        else:
+            plan.unsupported(where, f"'{where}' (non-text content in a system message)")
+    return texts
+
+
+def instruction_texts(plan: RequestPlan, instructions: Any) -> list[str]:
+    """``instructions`` as system texts: a string, or the list form (prompt templates), whose
+    system and developer messages are system text."""
+    if instructions is None or instructions == "":
+        return []
+    if isinstance(instructions, str):
+        return [instructions]
+    texts: list[str] = []
+    for i, entry in enumerate(instructions):
+        if not isinstance(entry, dict) or entry.get("role") not in ("system", "developer"):
+            plan.unsupported(f"instructions[{i}]")
+            continue
+        content = entry.get("content")
+        if isinstance(content, str):
+            content = [{"type": "input_text", "text": content}]
+        texts.extend(system_texts(plan, {"content": content or []}, f"instructions[{i}]"))
+    return texts

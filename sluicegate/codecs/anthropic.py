@@ -33,12 +33,11 @@ import attrs
 import orjson
 
 from ..errors import (
-    ConfigError,
-    InvalidRequestError,
     UpstreamProtocolError,
     UpstreamStatusError,
 )
 from ._bridge import (
+    BridgeBodyDecoder,
     BridgeContext,
     BridgeDecoder,
     BridgeInput,
@@ -48,15 +47,20 @@ from ._bridge import (
     ToolChoice,
     context_for,
     data_url_parts,
+    instruction_texts,
+    invalid,
     loads_provider_json,
     open_reasoning,
+    required_string,
     responses_usage,
     seal_reasoning,
+    system_texts,
+    text_format,
+    with_overrides,
 )
 from .openai_responses import UpstreamRequest, parse_retry_after
 
 if TYPE_CHECKING:
-    from .._types import StreamEvent
     from ..config import Deployment
     from ._bridge import BridgeCodec
     from .openai_responses import Decoder
@@ -144,15 +148,7 @@ def rules_for(deployment: Deployment) -> ModelRules:
         ConfigError: an override of the wrong type (names the ``model_info`` key).
     """
     rules = MODEL_RULES.get(_SNAPSHOT.sub("", deployment.model), FALLBACK_RULES)
-    overrides: dict[str, Any] = {}
-    for key, (acceptable, expected) in _OVERRIDE_CHECKS.items():
-        if key not in deployment.model_info:
-            continue
-        value = deployment.model_info[key]
-        if not acceptable(value):
-            raise ConfigError(f"expected {expected}, got {value!r}", path=f"model_info.{key}")
-        overrides[key] = value
-    return attrs.evolve(rules, **overrides)
+    return with_overrides(rules, deployment.model_info, _OVERRIDE_CHECKS)
 
 
 #: ``reasoning.effort`` -> ``thinking.budget_tokens`` of ``budget`` models (mapping.md §4).
@@ -189,6 +185,9 @@ class AnthropicCodec:
 
     #: Anthropic fetches https image and document URLs itself.
     inline_remote_media: bool = False
+
+    def check_deployment(self, deployment: Deployment) -> None:
+        rules_for(deployment)
 
     def build_request(
         self, deployment: Deployment, request: BridgeInput, *, stream: bool, created_at: int
@@ -262,26 +261,6 @@ class AnthropicCodec:
 CODEC: Final[BridgeCodec] = AnthropicCodec()
 
 
-def _invalid(param: str, message: str, code: str = "invalid_value") -> InvalidRequestError:
-    return InvalidRequestError(message, param=param, code=code)
-
-
-def _string(item: Mapping[str, Any], key: str, path: str) -> str:
-    """``item[key]``, which the request must give as a string."""
-    value = item.get(key)
-    if isinstance(value, str):
-        return value
-    if value is None:
-        raise _invalid(
-            f"{path}.{key}",
-            f"Missing required parameter: '{path}.{key}'.",
-            "missing_required_parameter",
-        )
-    raise _invalid(
-        f"{path}.{key}", f"Invalid type for '{path}.{key}': expected a string.", "invalid_type"
-    )
-
-
 @attrs.define(eq=False)
 class _RequestMapper:
     """One request's mapping to a Messages body, refusing or dropping through ``plan``."""
@@ -343,14 +322,14 @@ class _RequestMapper:
                 self.plan.unsupported(f"reasoning.{key}")
         summary = reasoning.get("summary")
         if summary not in _SUMMARIES:
-            raise _invalid(
+            raise invalid(
                 "reasoning.summary", f"Invalid value for 'reasoning.summary': {summary!r}."
             )
         effort = reasoning.get("effort")
         if effort is None:
             return None, None  # the provider's default: no thinking
         if effort != "none" and effort not in _BUDGET_TOKENS:
-            raise _invalid("reasoning.effort", f"Invalid value for 'reasoning.effort': {effort!r}.")
+            raise invalid("reasoning.effort", f"Invalid value for 'reasoning.effort': {effort!r}.")
         kind = self.rules.reasoning
         if kind == "none":
             if effort != "none":
@@ -407,33 +386,15 @@ class _RequestMapper:
         return out
 
     def _output_format(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
-        text = body.get("text") or {}
-        for key, value in text.items():
-            if key == "verbosity":
-                if value not in (None, "medium"):
-                    self.plan.unsupported("text.verbosity", f"'text.verbosity' {value!r}")
-            elif key != "format" and value is not None:
-                self.plan.unsupported(f"text.{key}")
-        fmt = text.get("format")
+        fmt = text_format(self.plan, body)
         if fmt is None:
             return None
-        kind = fmt.get("type") if isinstance(fmt, dict) else None
-        if kind == "text":
-            return None
-        if kind == "json_object":
+        if fmt["type"] == "json_object":
             self.plan.unsupported(
                 "text.format", "'text.format' of type 'json_object' (use 'json_schema')"
             )
             return None
-        if kind != "json_schema":
-            raise _invalid("text.format.type", f"Invalid value for 'text.format.type': {kind!r}.")
-        schema = fmt.get("schema")
-        if not isinstance(schema, dict):
-            raise _invalid(
-                "text.format.schema",
-                "Missing required parameter: 'text.format.schema'.",
-                "missing_required_parameter",
-            )
+        schema = fmt["schema"]
         if not self.rules.structured_outputs:
             self.plan.unsupported("text.format", "'text.format' of type 'json_schema'")
             return None
@@ -495,7 +456,7 @@ class _RequestMapper:
         self, body: Mapping[str, Any], items: list[dict[str, Any]]
     ) -> tuple[str, list[dict[str, Any]]]:
         """The ``system`` text and the ``messages`` turns."""
-        system = self._instructions(body.get("instructions"))
+        system = instruction_texts(self.plan, body.get("instructions"))
         turns: list[dict[str, Any]] = []
         #: Thinking blocks restored from reasoning items, waiting for the assistant item they
         #: preceded (mapping.md §5): they go into that assistant turn, in their place.
@@ -506,7 +467,7 @@ class _RequestMapper:
             if kind == "message":
                 role = item.get("role")
                 if role in ("system", "developer"):
-                    system.extend(self._system_texts(item, path))
+                    system.extend(system_texts(self.plan, item, path))
                 elif role == "user":
                     thinking = []  # thinking not followed by an answer: nothing to replay it with
                     _append(turns, "user", self._blocks(item, path, assistant=False))
@@ -514,7 +475,7 @@ class _RequestMapper:
                     _append(turns, "assistant", thinking + self._blocks(item, path, assistant=True))
                     thinking = []
                 else:
-                    raise _invalid(f"{path}.role", f"Invalid value for '{path}.role': {role!r}.")
+                    raise invalid(f"{path}.role", f"Invalid value for '{path}.role': {role!r}.")
             elif kind == "function_call":
                 _append(turns, "assistant", [*thinking, self._tool_use(item, path)])
                 thinking = []
@@ -528,36 +489,6 @@ class _RequestMapper:
             else:
                 self.plan.unsupported(path, f"'{path}' of type {kind!r}")
         return "\n\n".join(system), turns
-
-    def _instructions(self, instructions: Any) -> list[str]:
-        if instructions is None or instructions == "":
-            return []
-        if isinstance(instructions, str):
-            return [instructions]
-        texts: list[str] = []
-        for i, entry in enumerate(instructions):
-            # The list form (prompt templates): system/developer messages are system text.
-            if not isinstance(entry, dict) or entry.get("role") not in ("system", "developer"):
-                self.plan.unsupported(f"instructions[{i}]")
-                continue
-            content = entry.get("content")
-            if isinstance(content, str):
-                content = [{"type": "input_text", "text": content}]
-            texts.extend(self._system_texts({"content": content or []}, f"instructions[{i}]"))
-        return texts
-
-    def _system_texts(self, item: Mapping[str, Any], path: str) -> list[str]:
-        texts: list[str] = []
-        for j, part in enumerate(item.get("content") or []):
-            where = f"{path}.content[{j}]"
-            if isinstance(part, dict) and part.get("type") in ("input_text", "output_text"):
-                text = _string(part, "text", where)
-                if text:
-                    texts.append(text)
-            else:
-                # The top-level system prompt is text only (anthropic-messages.md §2).
-                self.plan.unsupported(where, f"'{where}' (non-text content in a system message)")
-        return texts
 
     def _blocks(
         self, item: Mapping[str, Any], path: str, *, assistant: bool
@@ -573,11 +504,11 @@ class _RequestMapper:
         """One content part as a block; None when it is empty or dropped."""
         kind = part.get("type") if isinstance(part, dict) else None
         if kind in ("input_text", "output_text"):
-            text = _string(part, "text", path)
+            text = required_string(part, "text", path)
             # Anthropic rejects empty text blocks; an empty part says nothing anyway.
             return {"type": "text", "text": text} if text else None
         if kind == "refusal" and assistant:
-            text = _string(part, "refusal", path)
+            text = required_string(part, "refusal", path)
             return {"type": "text", "text": text} if text else None
         if kind == "input_image" and not assistant:
             return self._image(part, path)
@@ -590,7 +521,7 @@ class _RequestMapper:
         if part.get("image_url") is None and part.get("file_id") is not None:
             self.plan.unsupported(path, f"'{path}' by 'file_id'")
             return None
-        url = _string(part, "image_url", path)
+        url = required_string(part, "image_url", path)
         data = data_url_parts(url)
         if data is None and not url.startswith("https://"):
             self.plan.unsupported_value(
@@ -619,7 +550,7 @@ class _RequestMapper:
         filename = part.get("filename")
         source: dict[str, Any]
         if data is not None:
-            encoded = _string(part, "file_data", path)
+            encoded = required_string(part, "file_data", path)
             parsed = data_url_parts(encoded)
             if parsed is None:
                 # Plain base64: only the filename can say it is a PDF.
@@ -632,7 +563,7 @@ class _RequestMapper:
                 )
             source = {"type": "base64", "media_type": "application/pdf", "data": encoded}
         else:
-            url = _string(part, "file_url", path)
+            url = required_string(part, "file_url", path)
             if not url.startswith("https://"):
                 self.plan.unsupported_value(
                     f"{path}.file_url", f"'{path}.file_url' must be an https URL"
@@ -644,24 +575,24 @@ class _RequestMapper:
         return block
 
     def _tool_use(self, item: Mapping[str, Any], path: str) -> dict[str, Any]:
-        call_id = _string(item, "call_id", path)
-        name = _string(item, "name", path)
-        arguments = _string(item, "arguments", path)
+        call_id = required_string(item, "call_id", path)
+        name = required_string(item, "name", path)
+        arguments = required_string(item, "arguments", path)
         try:
             parsed = orjson.loads(arguments) if arguments.strip() else {}
         except orjson.JSONDecodeError as exc:
-            raise _invalid(
+            raise invalid(
                 f"{path}.arguments", f"'{path}.arguments' is not valid JSON: {exc}."
             ) from exc
         if not isinstance(parsed, dict):
             # A tool_use input is a JSON object (anthropic-messages.md §3).
-            raise _invalid(f"{path}.arguments", f"'{path}.arguments' must be a JSON object.")
+            raise invalid(f"{path}.arguments", f"'{path}.arguments' must be a JSON object.")
         return {"type": "tool_use", "id": call_id, "name": name, "input": parsed}
 
     def _tool_result(self, item: Mapping[str, Any], path: str) -> dict[str, Any]:
         block: dict[str, Any] = {
             "type": "tool_result",
-            "tool_use_id": _string(item, "call_id", path),
+            "tool_use_id": required_string(item, "call_id", path),
         }
         output = item.get("output")
         if isinstance(output, str):
@@ -676,7 +607,7 @@ class _RequestMapper:
             if content:
                 block["content"] = content
         else:
-            raise _invalid(
+            raise invalid(
                 f"{path}.output",
                 f"Invalid type for '{path}.output': expected a string or an array of parts.",
                 "invalid_type",
@@ -960,28 +891,18 @@ class AnthropicStreamDecoder(BridgeDecoder):
 
 
 @attrs.define(eq=False)
-class AnthropicBodyDecoder:
+class AnthropicBodyDecoder(BridgeBodyDecoder):
     """A non-streaming Message (anthropic-messages.md §5) -> the events its stream would have
     carried (it is replayed as those stream events through the same translation)."""
 
-    context: BridgeContext
-    _chunks: list[bytes] = attrs.Factory(list)
-
-    def feed(self, data: bytes) -> list[StreamEvent]:
-        self._chunks.append(data)
-        return []
-
-    def close(self) -> list[StreamEvent]:
-        message = loads_provider_json(b"".join(self._chunks), "JSON body")
-        if not isinstance(message, dict) or message.get("type") != "message":
-            if isinstance(message, dict) and message.get("type") == "error":
-                raise _stream_error(message.get("error"))
+    def translate(self, body: Any, emitter: ResponseEmitter) -> None:
+        if not isinstance(body, dict) or body.get("type") != "message":
+            if isinstance(body, dict) and body.get("type") == "error":
+                raise _stream_error(body.get("error"))
             raise UpstreamProtocolError("Anthropic answered with something that is not a Message")
-        emitter = ResponseEmitter(self.context)
         translator = _Translator(self.context, emitter)
-        for event in _message_events(message):
+        for event in _message_events(body):
             translator.on_event(event)
-        return emitter.take()
 
 
 def _message_events(message: Mapping[str, Any]) -> Iterator[dict[str, Any]]:

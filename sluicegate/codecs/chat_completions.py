@@ -38,10 +38,10 @@ from typing import Any, Final
 import attrs
 import orjson
 
-from .._types import StreamEvent
 from ..config import Deployment
 from ..errors import ConfigError, InvalidRequestError, UpstreamProtocolError, UpstreamStatusError
 from ._bridge import (
+    BridgeBodyDecoder,
     BridgeContext,
     BridgeDecoder,
     BridgeInput,
@@ -548,37 +548,6 @@ def _usage(usage: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @attrs.define(eq=False)
-class _LogprobEmitter(ResponseEmitter):
-    """A :class:`ResponseEmitter` whose ``output_text`` carries the provider's logprobs.
-
-    Chat's ``logprobs.content`` entries already have the Responses shape (``token``,
-    ``logprob``, ``bytes``, ``top_logprobs``). The base emitter writes ``logprobs: []``
-    everywhere, so this fills them in on their way out: on each text delta, and the whole list
-    on the part's ``done`` events (the part dict is the one kept in the item)."""
-
-    _next: list[Any] = attrs.Factory(list)
-    _part: list[Any] = attrs.Factory(list)
-
-    def text_with_logprobs(self, delta: str, logprobs: list[Any]) -> None:
-        self._next = logprobs
-        self.text(delta)
-        self._next = []
-
-    def _emit(self, data: dict[str, Any]) -> None:
-        kind = data["type"]
-        if kind == "response.output_text.delta" and self._next:
-            data["logprobs"] = self._next
-            self._part.extend(self._next)
-        elif kind == "response.output_text.done" and self._part:
-            data["logprobs"] = list(self._part)
-        elif kind == "response.content_part.done" and data["part"]["type"] == "output_text":
-            if self._part:
-                data["part"]["logprobs"] = self._part
-            self._part = []
-        super()._emit(data)
-
-
-@attrs.define(eq=False)
 class _Translator:
     """Chat chunks → emitter calls (mapping.md §9), for the stream and the body alike.
 
@@ -588,7 +557,7 @@ class _Translator:
     and emitted whole, in index order, at the finish."""
 
     context: BridgeContext
-    emitter: _LogprobEmitter
+    emitter: ResponseEmitter
     _calls: dict[int, _Call] = attrs.Factory(dict)
     _open_call: int | None = None
     _buffering: bool = False
@@ -638,7 +607,7 @@ class _Translator:
         if isinstance(content, str) and content:
             self._leave_call()
             lp = logprobs.get("content") if isinstance(logprobs, dict) else None
-            self.emitter.text_with_logprobs(content, lp if isinstance(lp, list) else [])
+            self.emitter.text(content, lp if isinstance(lp, list) else None)
         refusal = delta.get("refusal")
         if isinstance(refusal, str) and refusal:
             self._leave_call()
@@ -750,7 +719,7 @@ class ChatStreamDecoder(BridgeDecoder):
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        emitter = _LogprobEmitter(self.context)
+        emitter = ResponseEmitter(self.context)
         self.emitter = emitter
         self._translator = _Translator(self.context, emitter)
 
@@ -766,29 +735,19 @@ class ChatStreamDecoder(BridgeDecoder):
 
 
 @attrs.define(eq=False)
-class ChatBodyDecoder:
+class ChatBodyDecoder(BridgeBodyDecoder):
     """A non-streamed chat completion → the events its stream would have given: the message
     is read as one delta (it has the same fields), so the same translation applies."""
 
-    context: BridgeContext
-    _chunks: list[bytes] = attrs.Factory(list)
-
-    def feed(self, data: bytes) -> list[StreamEvent]:
-        self._chunks.append(data)
-        return []
-
-    def close(self) -> list[StreamEvent]:
-        body = loads_provider_json(b"".join(self._chunks), "JSON body")
+    def translate(self, body: Any, emitter: ResponseEmitter) -> None:
         if isinstance(body, dict) and body.get("error") is None and body.get("object") != "error":
             choices = body.get("choices")
             if not isinstance(choices, list):
                 raise UpstreamProtocolError("the provider sent a body without 'choices'")
             body = {**body, "choices": [_as_stream_choice(c) for c in choices]}
-        emitter = _LogprobEmitter(self.context)
         translator = _Translator(self.context, emitter)
         translator.chunk(body)
         translator.finish()
-        return emitter.take()
 
 
 def _as_stream_choice(choice: Any) -> Any:
@@ -919,6 +878,9 @@ class ChatCompletionsCodec:
 
     #: Chat servers that take images take their URLs.
     inline_remote_media: bool = False
+
+    def check_deployment(self, deployment: Deployment) -> None:
+        rules_for(deployment)
 
     def build_request(
         self, deployment: Deployment, request: BridgeInput, *, stream: bool, created_at: int

@@ -60,8 +60,9 @@ from typing import TYPE_CHECKING, Any, Final, TypeGuard
 import attrs
 import orjson
 
-from ..errors import ConfigError, InvalidRequestError, UpstreamProtocolError, UpstreamStatusError
+from ..errors import UpstreamProtocolError, UpstreamStatusError
 from ._bridge import (
+    BridgeBodyDecoder,
     BridgeContext,
     BridgeDecoder,
     BridgeInput,
@@ -70,16 +71,21 @@ from ._bridge import (
     ResponseEmitter,
     context_for,
     data_url_parts,
+    instruction_texts,
+    invalid,
     loads_provider_json,
     mint_id,
     open_reasoning,
+    required_string,
     responses_usage,
     seal_reasoning,
+    system_texts,
+    text_format,
+    with_overrides,
 )
 from .openai_responses import UpstreamRequest, parse_retry_after
 
 if TYPE_CHECKING:
-    from .._types import StreamEvent
     from ..config import Deployment
     from ._bridge import BridgeCodec
     from .openai_responses import Decoder
@@ -231,17 +237,11 @@ def rules_for(deployment: Deployment) -> ModelRules:
     model = deployment.model.removeprefix("models/")
     matches = [prefix for prefix in MODEL_RULES if model.startswith(prefix)]
     rules = MODEL_RULES[max(matches, key=len)] if matches else FALLBACK_RULES
-    overrides: dict[str, Any] = {}
-    for key, (acceptable, expected) in _OVERRIDE_CHECKS.items():
-        if key not in deployment.model_info:
-            continue
-        value = deployment.model_info[key]
-        if not acceptable(value):
-            raise ConfigError(f"expected {expected}, got {value!r}", path=f"model_info.{key}")
-        overrides[key] = value
-    if "reasoning" in overrides and "efforts" not in overrides:
-        overrides["efforts"] = _DEFAULT_EFFORTS[overrides["reasoning"]]
-    return attrs.evolve(rules, **overrides)
+    info = deployment.model_info
+    if "reasoning" in info and "efforts" not in info and info["reasoning"] in _DEFAULT_EFFORTS:
+        # Another reasoning kind brings its own efforts unless the config gives them.
+        info = {**info, "efforts": _DEFAULT_EFFORTS[info["reasoning"]]}
+    return with_overrides(rules, info, _OVERRIDE_CHECKS)
 
 
 _SUMMARIES: Final = (None, "auto", "concise", "detailed")
@@ -270,6 +270,9 @@ class GeminiCodec:
     #: Gemini takes no arbitrary URLs (gemini-generate-content.md §2, ``fileData``): the gateway
     #: fetches https images and files and hands them over as ``data:`` URLs.
     inline_remote_media: bool = True
+
+    def check_deployment(self, deployment: Deployment) -> None:
+        rules_for(deployment)
 
     def build_request(
         self, deployment: Deployment, request: BridgeInput, *, stream: bool, created_at: int
@@ -348,26 +351,6 @@ class GeminiCodec:
 
 #: The codec the registry loads for ``provider: gemini``.
 CODEC: Final[BridgeCodec] = GeminiCodec()
-
-
-def _invalid(param: str, message: str, code: str = "invalid_value") -> InvalidRequestError:
-    return InvalidRequestError(message, param=param, code=code)
-
-
-def _string(item: Mapping[str, Any], key: str, path: str) -> str:
-    """``item[key]``, which the request must give as a string."""
-    value = item.get(key)
-    if isinstance(value, str):
-        return value
-    if value is None:
-        raise _invalid(
-            f"{path}.{key}",
-            f"Missing required parameter: '{path}.{key}'.",
-            "missing_required_parameter",
-        )
-    raise _invalid(
-        f"{path}.{key}", f"Invalid type for '{path}.{key}': expected a string.", "invalid_type"
-    )
 
 
 def _no_parameters(schema: Any) -> bool:
@@ -505,12 +488,12 @@ class _RequestMapper:
                 self.plan.unsupported(f"reasoning.{key}")
         summary = reasoning.get("summary")
         if summary not in _SUMMARIES:
-            raise _invalid(
+            raise invalid(
                 "reasoning.summary", f"Invalid value for 'reasoning.summary': {summary!r}."
             )
         effort = reasoning.get("effort")
         if effort is not None and effort not in _EFFORTS:
-            raise _invalid("reasoning.effort", f"Invalid value for 'reasoning.effort': {effort!r}.")
+            raise invalid("reasoning.effort", f"Invalid value for 'reasoning.effort': {effort!r}.")
         if self.rules.reasoning == "none":
             # A thinkingConfig is a 400 on a model that does not think (§2); "none" asks for
             # what the model does anyway.
@@ -534,32 +517,13 @@ class _RequestMapper:
         return config
 
     def _output_format(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        text = body.get("text") or {}
-        for key, value in text.items():
-            if key == "verbosity":
-                if value not in (None, "medium"):
-                    self.plan.unsupported("text.verbosity", f"'text.verbosity' {value!r}")
-            elif key != "format" and value is not None:
-                self.plan.unsupported(f"text.{key}")
-        fmt = text.get("format")
+        fmt = text_format(self.plan, body)
         if fmt is None:
             return {}
-        kind = fmt.get("type") if isinstance(fmt, dict) else None
-        if kind == "text":
-            return {}
-        if kind == "json_object":
+        if fmt["type"] == "json_object":
             return {"responseMimeType": "application/json"}
-        if kind != "json_schema":
-            raise _invalid("text.format.type", f"Invalid value for 'text.format.type': {kind!r}.")
-        schema = fmt.get("schema")
-        if not isinstance(schema, dict):
-            raise _invalid(
-                "text.format.schema",
-                "Missing required parameter: 'text.format.schema'.",
-                "missing_required_parameter",
-            )
         # ``name``/``description``/``strict`` have no Gemini field: the schema is the contract.
-        return {"responseMimeType": "application/json", "responseJsonSchema": schema}
+        return {"responseMimeType": "application/json", "responseJsonSchema": fmt["schema"]}
 
     # -- tools --
 
@@ -659,7 +623,7 @@ class _RequestMapper:
         generation = merged.get("generationConfig")
         thinking = generation.get("thinkingConfig") if isinstance(generation, dict) else None
         if isinstance(thinking, dict) and {"thinkingBudget", "thinkingLevel"} <= set(thinking):
-            raise _invalid(
+            raise invalid(
                 "extra_body.generationConfig.thinkingConfig",
                 "'thinkingBudget' and 'thinkingLevel' cannot both be set (Gemini refuses "
                 "it); 'reasoning.effort' sets one of them.",
@@ -673,7 +637,7 @@ class _RequestMapper:
         self, body: Mapping[str, Any], items: list[dict[str, Any]]
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The ``systemInstruction`` parts and the ``contents``."""
-        system = self._instructions(body.get("instructions"))
+        system = [{"text": t} for t in instruction_texts(self.plan, body.get("instructions"))]
         # functionResponse needs the function's name, which function_call_output lacks.
         names = {
             item["call_id"]: item["name"]
@@ -691,13 +655,13 @@ class _RequestMapper:
             if kind == "message":
                 role = item.get("role")
                 if role in ("system", "developer"):
-                    system.extend(self._system_parts(item, path))
+                    system.extend({"text": t} for t in system_texts(self.plan, item, path))
                 elif role in ("user", "assistant"):
                     assistant = role == "assistant"
                     parts = self._parts(item, path, assistant=assistant)
                     _append(contents, "model" if assistant else "user", parts)
                 else:
-                    raise _invalid(f"{path}.role", f"Invalid value for '{path}.role': {role!r}.")
+                    raise invalid(f"{path}.role", f"Invalid value for '{path}.role': {role!r}.")
             elif kind == "function_call":
                 _append(contents, "model", [self._function_call(item, path, call_signatures)])
             elif kind == "function_call_output":
@@ -711,36 +675,6 @@ class _RequestMapper:
         if self.rules.signed_calls:
             _add_placeholders(contents)
         return system, contents
-
-    def _instructions(self, instructions: Any) -> list[dict[str, Any]]:
-        if instructions is None or instructions == "":
-            return []
-        if isinstance(instructions, str):
-            return [{"text": instructions}]
-        parts: list[dict[str, Any]] = []
-        for i, entry in enumerate(instructions):
-            # The list form (prompt templates): system/developer messages are system text.
-            if not isinstance(entry, dict) or entry.get("role") not in ("system", "developer"):
-                self.plan.unsupported(f"instructions[{i}]")
-                continue
-            content = entry.get("content")
-            if isinstance(content, str):
-                content = [{"type": "input_text", "text": content}]
-            parts.extend(self._system_parts({"content": content or []}, f"instructions[{i}]"))
-        return parts
-
-    def _system_parts(self, item: Mapping[str, Any], path: str) -> list[dict[str, Any]]:
-        parts: list[dict[str, Any]] = []
-        for j, part in enumerate(item.get("content") or []):
-            where = f"{path}.content[{j}]"
-            if isinstance(part, dict) and part.get("type") in ("input_text", "output_text"):
-                text = _string(part, "text", where)
-                if text:
-                    parts.append({"text": text})
-            else:
-                # systemInstruction is text only (gemini-generate-content.md §2).
-                self.plan.unsupported(where, f"'{where}' (non-text content in a system message)")
-        return parts
 
     def _parts(
         self, item: Mapping[str, Any], path: str, *, assistant: bool
@@ -756,10 +690,10 @@ class _RequestMapper:
         """One content part as a Gemini part; None when it is empty or dropped."""
         kind = part.get("type") if isinstance(part, dict) else None
         if kind in ("input_text", "output_text"):
-            text = _string(part, "text", path)
+            text = required_string(part, "text", path)
             return {"text": text} if text else None  # an empty part says nothing
         if kind == "refusal" and assistant:
-            text = _string(part, "refusal", path)
+            text = required_string(part, "refusal", path)
             return {"text": text} if text else None
         if kind == "input_image" and not assistant:
             return self._image(part, path)
@@ -773,7 +707,7 @@ class _RequestMapper:
             self.plan.unsupported(path, f"'{path}' by 'file_id'")
             return None
         # ``detail`` has no equivalent worth mapping (mapping.md §1: dropping it is fine).
-        return _inline(_string(part, "image_url", path), f"{path}.image_url")
+        return _inline(required_string(part, "image_url", path), f"{path}.image_url")
 
     def _file(self, part: Mapping[str, Any], path: str) -> dict[str, Any] | None:
         data = part.get("file_data")
@@ -782,8 +716,8 @@ class _RequestMapper:
             self.plan.unsupported(path, f"'{path}' by 'file_id'")
             return None
         if data is None:
-            return _inline(_string(part, "file_url", path), f"{path}.file_url")
-        encoded = _string(part, "file_data", path)
+            return _inline(required_string(part, "file_url", path), f"{path}.file_url")
+        encoded = required_string(part, "file_data", path)
         if encoded.startswith("data:"):
             return _inline(encoded, f"{path}.file_data")
         # Plain base64: only the filename can say what it is.
@@ -800,18 +734,18 @@ class _RequestMapper:
     def _function_call(
         self, item: Mapping[str, Any], path: str, call_signatures: dict[str, str]
     ) -> dict[str, Any]:
-        call_id = _string(item, "call_id", path)
-        arguments = _string(item, "arguments", path)
+        call_id = required_string(item, "call_id", path)
+        arguments = required_string(item, "arguments", path)
         try:
             args = orjson.loads(arguments) if arguments.strip() else {}
         except orjson.JSONDecodeError as exc:
-            raise _invalid(
+            raise invalid(
                 f"{path}.arguments", f"'{path}.arguments' is not valid JSON: {exc}."
             ) from exc
         if not isinstance(args, dict):
             # functionCall.args is a JSON object (gemini-generate-content.md §2).
-            raise _invalid(f"{path}.arguments", f"'{path}.arguments' must be a JSON object.")
-        call: dict[str, Any] = {"name": _string(item, "name", path), "args": args}
+            raise invalid(f"{path}.arguments", f"'{path}.arguments' must be a JSON object.")
+        call: dict[str, Any] = {"name": required_string(item, "name", path), "args": args}
         if not _minted(call_id):
             call["id"] = call_id
         part: dict[str, Any] = {"functionCall": call}
@@ -823,11 +757,11 @@ class _RequestMapper:
     def _function_response(
         self, item: Mapping[str, Any], path: str, names: Mapping[str, str]
     ) -> dict[str, Any]:
-        call_id = _string(item, "call_id", path)
+        call_id = required_string(item, "call_id", path)
         name = names.get(call_id)
         if name is None:
             # Gemini requires the function's name (§2), known only from the call.
-            raise _invalid(
+            raise invalid(
                 path,
                 f"'{path}' answers call_id {call_id!r}, but no function_call with that call_id "
                 "is in the conversation (Gemini needs the function's name).",
@@ -849,7 +783,7 @@ class _RequestMapper:
                     self.plan.unsupported(where, f"'{where}' (media in a function output)")
             output = "".join(texts)
         elif not isinstance(output, str):
-            raise _invalid(
+            raise invalid(
                 f"{path}.output",
                 f"Invalid type for '{path}.output': expected a string or an array of parts.",
                 "invalid_type",
@@ -875,7 +809,7 @@ class _RequestMapper:
         state = open_reasoning(token, self.provider, self.model)
         if state is None:
             if _broken_envelope(token):
-                raise _invalid(
+                raise invalid(
                     f"{path}.encrypted_content",
                     f"The encrypted content of '{path}' could not be decoded: it was altered.",
                     "invalid_encrypted_content",
@@ -914,13 +848,13 @@ def _inline(url: str, param: str) -> dict[str, Any]:
         if url.startswith(("https://", "http://")):
             # The gateway fetches remote media for Gemini before the codec runs
             # (inline_remote_media); a URL still here means that did not happen.
-            raise _invalid(
+            raise invalid(
                 param,
                 f"'{param}' is a remote URL, which Gemini cannot fetch, and the gateway did not "
                 "inline it (is media fetching configured?). Send it as a base64 data URL.",
                 "unsupported_value",
             )
-        raise _invalid(param, f"'{param}' must be a base64 data URL.", "unsupported_value")
+        raise invalid(param, f"'{param}' must be a base64 data URL.", "unsupported_value")
     media_type, data = parsed
     return {"inlineData": {"mimeType": media_type, "data": data}}
 
@@ -1198,21 +1132,9 @@ class GeminiStreamDecoder(BridgeDecoder):
 
 
 @attrs.define(eq=False)
-class GeminiBodyDecoder:
+class GeminiBodyDecoder(BridgeBodyDecoder):
     """A non-streaming GenerateContentResponse (§3) -> the events a stream of it would have
     carried: it is one chunk through the same translation."""
 
-    context: BridgeContext
-    _chunks: list[bytes] = attrs.Factory(list)
-
-    def feed(self, data: bytes) -> list[StreamEvent]:
-        self._chunks.append(data)
-        return []
-
-    def close(self) -> list[StreamEvent]:
-        data = loads_provider_json(b"".join(self._chunks), "JSON body")
-        emitter = ResponseEmitter(self.context)
-        _Translator(self.context, emitter).on_chunk(data)
-        if not emitter.ended:
-            raise UpstreamProtocolError("Gemini answered without a finishReason")
-        return emitter.take()
+    def translate(self, body: Any, emitter: ResponseEmitter) -> None:
+        _Translator(self.context, emitter).on_chunk(body)
