@@ -43,6 +43,9 @@ OUTPUT_PRICE = 2e-6
 
 @attrs.frozen
 class Bridge:
+    def __str__(self) -> str:
+        return self.name
+
     name: str
     make: Callable[[], Any]
     #: ``provider/model`` for the deployment.
@@ -154,6 +157,32 @@ async def test_a_bad_model_info_override_fails_at_load(bridge: Bridge) -> None:
         async with sluicegate.open_gateway(cfg, transport=mock_transport(bridge.make())):
             pass  # pragma: no cover -- the gateway must not open
     assert info.value.param == f"model_list[0].model_info.{key}"
+
+
+#: Zero-config use: ``provider/model`` with the provider's environment variables.
+ENVIRONMENT = {
+    "anthropic": {"ANTHROPIC_API_KEY": "env-key", "ANTHROPIC_API_BASE": "http://ant.test"},
+    "gemini": {"GEMINI_API_KEY": "env-key", "GEMINI_API_BASE": "http://gem.test"},
+}
+
+
+@pytest.mark.parametrize("bridge", [b for b in BRIDGES if b.name in ENVIRONMENT], ids=str)
+async def test_zero_config_provider_model_names(
+    bridge: Bridge, autojump_clock: trio.abc.Clock
+) -> None:
+    fake = bridge.make()
+    async with sluicegate.open_gateway(
+        {"general_settings": {"store": MEMORY_STORE}},
+        transport=mock_transport(fake),
+        environ=ENVIRONMENT[bridge.name],
+    ) as gw:
+        first = await gw.responses(model=bridge.model, input="say: from the environment")
+        second = await gw.responses(
+            model=bridge.model, previous_response_id=first.id, input="say: and again"
+        )
+    assert texts(second) == "and again"
+    assert "env-key" in orjson.dumps(fake.headers[0]).decode()
+    assert "from the environment" in orjson.dumps(fake.requests[1]).decode()
 
 
 # -- text, usage, cost ----------------------------------------------------------------------------
