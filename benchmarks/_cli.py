@@ -272,6 +272,8 @@ def _run_litellm(
 
 #: Memory scenarios that failed (reported in the output and the results, not fatal).
 MEMORY_FAILURES: list[str] = []
+#: LiteLLM-proxy runs that failed (reported, not fatal: the comparison, not ours).
+COMPARISON_FAILURES: list[str] = []
 
 #: Events each slow consumer reads (one per 10 ms), and slow streams held open, per run kind.
 _SLOW_EVENTS: Final = {True: 100, False: 1500}
@@ -398,6 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 warmup_s=0 if settings.smoke else DEFAULT_WARMUP_S,
                 on_run=_proxy_progress(progress),
                 litellm=litellm_available(),
+                failures=COMPARISON_FAILURES,
             )
             first_events = measure_first_event(
                 upstream_url=upstream.base_url,
@@ -439,6 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "CPU is the proxy process's:"
     )
     print(proxy_table(proxy_summaries))
+    for failure in COMPARISON_FAILURES:
+        print(f"  FAILED  {failure}")
     print()
     print(_FIRST_EVENT_TITLE + ":")
     print(first_event_table(first_events))
@@ -474,6 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "proxy_first_event": first_event_json(first_events),
         "memory": memory_json(memory_results),
         "memory_failures": MEMORY_FAILURES,
+        "comparison_failures": COMPARISON_FAILURES,
     }
     # A smoke run must not replace the last real results.
     latest = "latest-smoke" if settings.smoke else "latest"

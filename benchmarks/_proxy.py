@@ -700,6 +700,7 @@ def measure_proxy(
     warmup_s: float = DEFAULT_WARMUP_S,
     on_run: Callable[[ProxyRun], None] | None = None,
     litellm: bool = False,
+    failures: list[str] | None = None,
 ) -> list[ProxyRun]:
     """Start one proxy for the whole measurement (on ``plan.measure``), then for each repeat,
     concurrency (ascending) and mode (create, stream) run wrk against the proxy and against the
@@ -717,6 +718,7 @@ def measure_proxy(
         tokens: the upstream's answer length, recorded on every run.
         warmup_s: unmeasured seconds before each run (0: none), whole seconds as well.
         on_run: called with every run as it completes (progress output).
+        failures: where a failed LiteLLM-proxy run is reported (None: it raises, like ours).
         litellm: also measure LiteLLM's proxy (``litellm --config``, pinned like ours, the
             same model group on the same upstream, its master key) as ``litellm-proxy``.
 
@@ -762,18 +764,28 @@ def measure_proxy(
             for concurrency in sorted(concurrencies):
                 for stream in (False, True):
                     for target in order:
-                        run = _measure_one(
-                            Case(target=target, stream=stream, concurrency=concurrency),
-                            repeat=repeat,
-                            tokens=tokens,
-                            url=targets[target][0],
-                            script=scripts[target, stream],
-                            seconds=measured,
-                            warmup_s=warmup_s,
-                            loadgen_cpu=plan.upstream,
-                            server=servers.get(target),
-                            idle_rss=idle.get(target),
-                        )
+                        case = Case(target=target, stream=stream, concurrency=concurrency)
+                        try:
+                            run = _measure_one(
+                                case,
+                                repeat=repeat,
+                                tokens=tokens,
+                                url=targets[target][0],
+                                script=scripts[target, stream],
+                                seconds=measured,
+                                warmup_s=warmup_s,
+                                loadgen_cpu=plan.upstream,
+                                server=servers.get(target),
+                                idle_rss=idle.get(target),
+                            )
+                        except BenchmarkError as exc:
+                            # The comparison failing (LiteLLM's proxy answering nothing under
+                            # this load in time) is a result to report, not a reason to lose
+                            # the run; ours failing is.
+                            if target != LITELLM_PROXY or failures is None:
+                                raise
+                            failures.append(f"repeat {repeat + 1}: {exc}")
+                            continue
                         runs.append(run)
                         if on_run is not None:
                             on_run(run)

@@ -670,6 +670,28 @@ async def test_background_and_cancel(bridge: Bridge, autojump_clock: trio.abc.Cl
         assert cancelled.status is ResponseStatus.CANCELLED
 
 
+async def test_faults_over_a_real_socket(bridge: Bridge) -> None:
+    """The same faults on loopback: an overloaded answer retried, a connection reset
+    mid-stream (an RST) ending the response failed, and the next request served."""
+    fake = bridge.make()
+    fake.faults.extend([Fault(status=bridge.overloaded), Fault(reset_after=3)])
+    async with trio.open_nursery() as nursery:
+        base = await nursery.start(serve_loopback, fake)
+        path = bridge.api_base.split("://", 1)[1].partition("/")[2]
+        cfg = config(bridge, api_base=f"{base}/{path}".rstrip("/"))
+        cfg["router_settings"] |= {"retry_backoff_initial": 0.01}
+        async with sluicegate.open_gateway(cfg) as gw:
+            retried = await gw.responses(model="m", input="say: after a retry")
+            assert texts(retried) == "after a retry"
+            events = await collect(gw, model="m", input="say: a b c d e f g h", stream=True)
+            check_sequence(events)
+            assert events[-1].type == "response.failed"
+            again = await gw.responses(model="m", input="say: still here")
+            assert texts(again) == "still here"
+        nursery.cancel_scope.cancel()
+    assert len(fake.requests) == 4
+
+
 # -- the proxy and the official SDK ---------------------------------------------------------------
 
 
