@@ -674,7 +674,7 @@ async def test_faults_over_a_real_socket(bridge: Bridge) -> None:
     """The same faults on loopback: an overloaded answer retried, a connection reset
     mid-stream (an RST) ending the response failed, and the next request served."""
     fake = bridge.make()
-    fake.faults.extend([Fault(status=bridge.overloaded), Fault(reset_after=3)])
+    fake.faults.append(Fault(status=bridge.overloaded))
     async with trio.open_nursery() as nursery:
         base = await nursery.start(serve_loopback, fake)
         path = bridge.api_base.split("://", 1)[1].partition("/")[2]
@@ -683,6 +683,7 @@ async def test_faults_over_a_real_socket(bridge: Bridge) -> None:
         async with sluicegate.open_gateway(cfg) as gw:
             retried = await gw.responses(model="m", input="say: after a retry")
             assert texts(retried) == "after a retry"
+            fake.faults.append(Fault(reset_after=3))
             events = await collect(gw, model="m", input="say: a b c d e f g h", stream=True)
             check_sequence(events)
             assert events[-1].type == "response.failed"
