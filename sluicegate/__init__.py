@@ -25,20 +25,26 @@ from ._types import ResponseStatus as ResponseStatus
 from ._types import StreamEvent as StreamEvent
 from ._types import UnknownEvent as UnknownEvent
 from ._types import Usage as Usage
+from .actors._health import BreakerState as BreakerState
+from .actors._health import DeploymentStatistics as DeploymentStatistics
 from .config import GatewayConfig as GatewayConfig
 from .config import load_config as load_config
 from .errors import ConfigError as ConfigError
 from .errors import InvalidRequestError as InvalidRequestError
 from .errors import NotFoundError as NotFoundError
+from .errors import RateLimitError as RateLimitError
+from .errors import ServiceUnavailableError as ServiceUnavailableError
 from .errors import SluicegateError as SluicegateError
 from .errors import UpstreamError as UpstreamError
 from .store import SpendLog as SpendLog
 from .store import SpendTotal as SpendTotal
 
 __all__ = [
+    "BreakerState",
     "ConfigError",
     "ContentPartEvent",
     "DeltaEvent",
+    "DeploymentStatistics",
     "ErrorEvent",
     "Gateway",
     "GatewayConfig",
@@ -49,10 +55,12 @@ __all__ = [
     "NotFoundError",
     "OutputItemEvent",
     "OutputTokensDetails",
+    "RateLimitError",
     "Response",
     "ResponseEvent",
     "ResponseStatus",
     "ResponseStream",
+    "ServiceUnavailableError",
     "SluicegateError",
     "SpendLog",
     "SpendTotal",

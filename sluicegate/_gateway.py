@@ -27,6 +27,7 @@ from ._live import Follower, LiveRun
 from ._params import prepare_call
 from ._types import Response, ResponseEvent, ResponseStatus, StreamEvent
 from .actors._connector import Connector
+from .actors._health import DeploymentStatistics
 from .actors._media import MediaFetcher
 from .actors._recorder import Recorder
 from .actors._router import Router, env_deployment_id
@@ -100,6 +101,10 @@ class GatewayStatistics:
     input_tokens: int
     output_tokens: int
     cost: float
+    #: Each deployment as the router sees it: breaker state, load, latency, rpm/tpm use.
+    deployments: tuple[DeploymentStatistics, ...] = ()
+    #: Deployments cooling down (breaker open or half-open) now.
+    deployments_cooling: int = 0
 
 
 class _Source(Protocol):
@@ -248,6 +253,7 @@ class Gateway:
     def statistics(self) -> GatewayStatistics:
         c = self._pipeline.connector.statistics()
         a = self._pipeline.accountant.statistics()
+        r = self._pipeline.router.statistics()
         return GatewayStatistics(
             requests_in_flight=self._in_flight,
             requests_total=self._total,
@@ -260,6 +266,8 @@ class Gateway:
             input_tokens=a.input_tokens,
             output_tokens=a.output_tokens,
             cost=a.cost,
+            deployments=r.deployments,
+            deployments_cooling=r.cooling,
         )
 
     # -- creating responses --------------------------------------------------------------
@@ -1011,15 +1019,18 @@ async def open_gateway(
             await fakes.resolve(d) if d.provider == "fake" and d.api_base is None else d
             for d in deployments
         ]
-        accountant = Accountant(PriceTable.bundled(), gs.include_cost_in_streaming_usage)
+        router = Router.from_deployments(
+            deployments,
+            cfg.router_settings,
+            rng=rng,
+            resolve_fake=fakes.resolve,
+            environ=environ,
+        )
+        accountant = Accountant(
+            PriceTable.bundled(), gs.include_cost_in_streaming_usage, router.used_tokens
+        )
         pipeline = Pipeline(
-            router=Router.from_deployments(
-                deployments,
-                cfg.router_settings,
-                rng=rng,
-                resolve_fake=fakes.resolve,
-                environ=environ,
-            ),
+            router=router,
             connector=Connector(
                 client,
                 cfg.router_settings,

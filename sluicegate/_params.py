@@ -230,6 +230,7 @@ LIBRARY_OPTIONS = frozenset(
         "owner",
         "spend_logs_metadata",
         "timing",
+        "session",
     }
 )
 
@@ -311,8 +312,15 @@ def prepare_call(
         background=background,
         spend_metadata=_spend_metadata(params, gateway),
         timing=_timing_option(params.get("timing")),
+        session=_session_option(params.get("session")),
         input_items=input_items(body.get("input")) if store else [],
     )
+
+
+def _session_option(value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value or len(value) > 512):
+        raise _invalid_type("session", value, "a string of 1 to 512 characters")
+    return value
 
 
 def _timing_option(value: Any) -> UpstreamTiming | None:

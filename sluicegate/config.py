@@ -125,7 +125,7 @@ class LiteLLMParams:
     api_key: Secret | None = None
     api_version: str | None = None
     weight: float = 1.0
-    # Per-deployment limits; enforced by the full router (issue 7), validated here already.
+    # Per-deployment limits per minute, enforced by the router.
     rpm: int | None = None
     tpm: int | None = None
     max_retries: int | None = None
@@ -158,24 +158,6 @@ class ModelEntry:
     model_name: str
     litellm_params: LiteLLMParams
     model_info: ModelInfo = attrs.Factory(ModelInfo)
-
-
-@attrs.frozen(kw_only=True)
-class RouterSettings:
-    num_retries: int = 2
-    #: Total seconds for one request, all attempts included (the OpenAI SDK's default).
-    timeout: float | None = 600.0
-    stream_timeout: float | None = None
-    connect_timeout: float | None = 10.0
-    #: Seconds until the upstream's response headers arrive; None: bounded by ``timeout``.
-    first_byte_timeout: float | None = None
-    #: Longest silence between two chunks of a stream; None: bounded by ``timeout``.
-    idle_timeout: float | None = None
-    retry_backoff_initial: float = 0.5
-    retry_backoff_max: float = 8.0
-    retry_backoff_jitter: float = 0.5
-    #: Longest ``Retry-After`` honoured; a longer one is passed on to the caller instead.
-    max_retry_after: float = 60.0
 
 
 #: Seconds; in the configuration a number or a string with a unit (``"15m"``, ``"30d"``).
@@ -212,6 +194,65 @@ def parse_duration(value: Any) -> float:
 
 def _duration(value: Any, _: type = Duration) -> Duration:
     return Duration(parse_duration(value))
+
+
+#: The routing strategies (issue 7), by the names LiteLLM's configs use and their short forms.
+ROUTING_STRATEGIES = {
+    "simple-shuffle": "simple-shuffle",
+    "least-busy": "least-busy",
+    "latency-based": "latency-based",
+    "latency-based-routing": "latency-based",
+    "usage-based": "usage-based",
+    "usage-based-routing": "usage-based",
+    "usage-based-routing-v2": "usage-based",
+}
+
+
+@attrs.frozen(kw_only=True)
+class RouterSettings:
+    #: How a deployment is chosen within a group (:data:`ROUTING_STRATEGIES`).
+    routing_strategy: str = "simple-shuffle"
+    #: Retries of a request within its model group (each fallback group gets as many); a
+    #: deployment's ``litellm_params.max_retries`` overrides it after that deployment failed.
+    num_retries: int = 2
+    #: Failures within a minute a deployment may have before it cools down (more opens it).
+    allowed_fails: int = 3
+    #: Seconds a cooled deployment stays out of every pick before one probe request may try it.
+    cooldown_time: float = 5.0
+    #: Also cool a deployment when this fraction of its requests in the last minute failed
+    #: (with at least ``failure_rate_min_requests`` of them); None: counts only.
+    failure_rate_threshold: float | None = None
+    failure_rate_min_requests: int = 10
+    #: The least time (seconds) before any retry, also one on another deployment.
+    retry_after: float = 0.0
+    #: ``[{"group": ["fallback group", ...]}, ...]``: where a request goes after its group's
+    #: retries failed; context-window and content-policy errors have chains of their own.
+    fallbacks: list[dict[str, list[str]]] = attrs.Factory(list)
+    context_window_fallbacks: list[dict[str, list[str]]] = attrs.Factory(list)
+    content_policy_fallbacks: list[dict[str, list[str]]] = attrs.Factory(list)
+    #: Fallback groups for any group that has no entry in ``fallbacks``.
+    default_fallbacks: list[str] = attrs.Factory(list)
+    #: The longest (seconds) a request waits for rpm/tpm room before a 429 comes back.
+    limit_wait: float = 1.0
+    #: Keep a session on one deployment (prompt-cache locality): the session is the
+    #: ``x-sluicegate-session`` header (library: ``session=``), else ``prompt_cache_key``,
+    #: else ``user``.
+    session_affinity: bool = False
+    #: How long a session's deployment is remembered after its last request.
+    session_ttl: Duration = Duration(3600.0)
+    #: Total seconds for one request, all attempts included (the OpenAI SDK's default).
+    timeout: float | None = 600.0
+    stream_timeout: float | None = None
+    connect_timeout: float | None = 10.0
+    #: Seconds until the upstream's response headers arrive; None: bounded by ``timeout``.
+    first_byte_timeout: float | None = None
+    #: Longest silence between two chunks of a stream; None: bounded by ``timeout``.
+    idle_timeout: float | None = None
+    retry_backoff_initial: float = 0.5
+    retry_backoff_max: float = 8.0
+    retry_backoff_jitter: float = 0.5
+    #: Longest ``Retry-After`` honoured; a longer one is passed on to the caller instead.
+    max_retry_after: float = 60.0
 
 
 @attrs.frozen(kw_only=True)
@@ -317,6 +358,9 @@ class Deployment:
     model_info: Mapping[str, Any] = attrs.Factory(dict)
     #: Drop what the provider cannot take instead of refusing it (mapping.md §10).
     drop_params: bool = False
+    #: Requests and tokens per minute this deployment may take (None: unlimited).
+    rpm: int | None = None
+    tpm: int | None = None
 
 
 def make_config_converter() -> cattrs.Converter:
@@ -451,6 +495,10 @@ def _check(config: GatewayConfig) -> None:
             raise ConfigError("must be positive", path=f"{base}.litellm_params.weight")
         if provider == "azure" and not entry.litellm_params.api_base:
             raise ConfigError("azure deployments need an api_base", path=f"{base}.litellm_params")
+        for limit in ("rpm", "tpm"):
+            value = getattr(entry.litellm_params, limit)
+            if value is not None and value < 1:
+                raise ConfigError("must be at least 1", path=f"{base}.litellm_params.{limit}")
         dep_id = deployment_id_of(entry)
         if dep_id in seen:
             raise ConfigError(
@@ -458,6 +506,41 @@ def _check(config: GatewayConfig) -> None:
                 path=f"{base}.model_info.id",
             )
         seen[dep_id] = base
+    _check_router(config.router_settings, {e.model_name for e in config.model_list})
+
+
+def _check_router(r: RouterSettings, groups: set[str]) -> None:
+    base = "router_settings"
+    if r.routing_strategy not in ROUTING_STRATEGIES:
+        raise ConfigError(
+            f"must be one of {', '.join(ROUTING_STRATEGIES)}", path=f"{base}.routing_strategy"
+        )
+    for name in ("num_retries", "allowed_fails", "retry_after", "limit_wait"):
+        if getattr(r, name) < 0:
+            raise ConfigError("must not be negative", path=f"{base}.{name}")
+    if r.cooldown_time <= 0:
+        raise ConfigError("must be positive", path=f"{base}.cooldown_time")
+    rate = r.failure_rate_threshold
+    if rate is not None and not 0 < rate <= 1:
+        raise ConfigError("must be a fraction in (0, 1]", path=f"{base}.failure_rate_threshold")
+    if r.failure_rate_min_requests < 1:
+        raise ConfigError("must be at least 1", path=f"{base}.failure_rate_min_requests")
+
+    def known(group: str, path: str) -> None:
+        if group not in groups:
+            raise ConfigError(f"{group!r} is not a model_name in model_list", path=path)
+
+    for i, group in enumerate(r.default_fallbacks):
+        known(group, f"{base}.default_fallbacks[{i}]")
+    for kind in ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks"):
+        for i, entry in enumerate(getattr(r, kind)):
+            for source, targets in entry.items():
+                path = f"{base}.{kind}[{i}].{source}"
+                known(source, path)
+                for j, target in enumerate(targets):
+                    known(target, f"{path}[{j}]")
+                    if target == source:
+                        raise ConfigError("a group cannot fall back to itself", path=f"{path}[{j}]")
 
 
 def derive_deployment_id(model_name: str, model: str, api_base: str | None) -> str:
@@ -548,4 +631,6 @@ def build_deployment(
         fake_token_delay=p.fake_token_delay,
         model_info=dict(entry.model_info.extra),
         drop_params=p.drop_params if p.drop_params is not None else drop_params,
+        rpm=p.rpm,
+        tpm=p.tpm,
     )

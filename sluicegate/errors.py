@@ -15,7 +15,9 @@ translated into these at exactly one boundary each, with ``raise Ours(...) from 
     │   ├── PermissionDeniedError        403  the key may not use this model / endpoint
     │   ├── NotFoundError                404  unknown or forged response ID, unknown model
     │   ├── RequestTooLargeError         413  the request body is over the limit
-    │   └── RateLimitError               429  a key's rpm / tpm / parallel limit or budget
+    │   └── RateLimitError               429  a key's rpm / tpm / parallel limit or budget, or
+    │                                         every deployment of a group at its rpm / tpm
+    ├── ServiceUnavailableError          503  every deployment of a group cooling down
     ├── UpstreamError                    the provider's fault, or its verdict passed on
     │   ├── UpstreamStatusError          the provider's own status, message, type and code
     │   ├── UpstreamConnectionError      502  connect failure, reset, closed early
@@ -43,6 +45,7 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "RequestTooLargeError",
+    "ServiceUnavailableError",
     "SluicegateError",
     "StoreError",
     "StoreIntegrityError",
@@ -156,6 +159,15 @@ class NotFoundError(ClientError):
 
     status_code = 404
     default_code = "not_found"
+
+
+class ServiceUnavailableError(SluicegateError):
+    """No deployment can take the request now (all cooling down after failures); the
+    ``Retry-After`` header says when one will try again."""
+
+    status_code = 503
+    type = "service_unavailable_error"
+    default_code = "no_deployment_available"
 
 
 class UpstreamError(SluicegateError):

@@ -1,12 +1,15 @@
 """The connector: the only actor that does provider I/O.
 
 It sends each routed attempt with the gateway's one pooled ``httpx.AsyncClient`` and relays the
-body as it arrives. Retries happen here and only here, and only while the connector has emitted
-nothing for the request (so nothing can have reached the caller): connect errors, resets before
-the response, 408, 409, 429 and 5xx, with exponential backoff and jitter, honouring
-``Retry-After`` up to ``max_retry_after`` (a longer wait is the caller's decision: the error is
-passed on). Deadlines are cancel scopes at the call site: first byte (response headers), idle gap
-between chunks, total. The connect deadline is the transport's (httpx raises ConnectTimeout).
+body as it arrives. Retries happen only while the connector has emitted nothing for the request
+(so nothing can have reached the caller), and the router decides them: after a failed attempt
+the connector asks the request's route plan for the next (another deployment, the same one
+after a back-off or its ``Retry-After``, a fallback group) and sends it (``_router.py``). It
+reports every attempt's outcome to the deployment's health (load, latency, circuit breaker).
+Lookups of stored responses (GET, DELETE, cancel upstream) have one deployment only and retry
+it with tenacity. Deadlines are cancel scopes at the call site: first byte (response headers),
+idle gap between chunks, total per attempt, and the caller's ``timeout`` over all attempts.
+The connect deadline is the transport's (httpx raises ConnectTimeout).
 
 httpx exceptions are translated into ours here, at this one boundary.
 """
@@ -39,6 +42,7 @@ from ..codecs.openai_responses import (
 from ..config import Deployment, RouterSettings, Timeouts, is_bridged
 from ..errors import (
     InvalidRequestError,
+    SluicegateError,
     UpstreamConnectionError,
     UpstreamError,
     UpstreamProtocolError,
@@ -47,6 +51,7 @@ from ..errors import (
 )
 from ..runtime._messages import Failure, PreparedCall, RawItem, Routed, UpstreamOpened
 from ._media import MediaFetcher
+from ._router import backoff
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -95,9 +100,29 @@ class Connector:
         )
 
     async def relay(self, routed: Routed, *, outbox: trio.MemorySendChannel[RawItem]) -> None:
-        """Build the provider request for this attempt, send it (retrying as allowed) and relay
-        the answer into ``outbox``."""
-        call, deployment = routed.call, routed.deployment
+        """Serve a routed request: send each attempt and relay its answer into ``outbox``.
+        An attempt that fails before anything went downstream goes back to the route plan,
+        which decides the next attempt (another deployment, the same one after a back-off, a
+        fallback group) or gives up with the error the caller gets (``_router.py``)."""
+        timeout = routed.call.timeout
+        with _deadline(timeout) as overall:
+            while True:
+                attempt = _Attempt()
+                try:
+                    await self._relay_attempt(routed, attempt, outbox)
+                    return
+                except SluicegateError as exc:
+                    if attempt.opened or routed.plan is None:
+                        raise
+                    routed = await routed.plan.next(exc)
+                    self._retries += 1
+        assert overall.cancelled_caught
+        raise UpstreamTimeoutError(f"the request took longer than its total timeout of {timeout} s")
+
+    async def _relay_attempt(
+        self, routed: Routed, attempt: _Attempt, outbox: trio.MemorySendChannel[RawItem]
+    ) -> None:
+        call, deployment, plan = routed.call, routed.deployment, routed.plan
         codec = bridge_codec(deployment.provider)
         decoder: Decoder
         parse_error: ErrorParser
@@ -114,26 +139,42 @@ class Connector:
                 decoder = codec.body_decoder(built.context)
             parse_error = codec.parse_error
         timeouts = deployment.stream_timeouts if call.stream else deployment.timeouts
-        if call.timeout is not None:
-            timeouts = attrs.evolve(timeouts, total=call.timeout)
+        # With a route plan, retries are the router's (another deployment may serve them).
+        max_retries = 0 if plan is not None else deployment.max_retries
+        health = plan.router.health(deployment) if plan is not None else None
+        now = trio.current_time
+        started = now()
+        if health is not None:
+            health.started(started)
         self._in_flight += 1
         try:
             with _deadline(timeouts.total) as total:
                 response, body = await self.open(
                     request,
                     timeouts,
-                    deployment.max_retries,
+                    max_retries,
                     read_body=not call.stream,
                     parse_error=parse_error,
                 )
-                await self._forward(routed, response, body, decoder, timeouts.idle, outbox)
+                await self._forward(routed, response, body, decoder, timeouts.idle, outbox, attempt)
             if total.cancelled_caught:
                 raise UpstreamTimeoutError(
                     f"the request took longer than its total timeout of {timeouts.total} s"
                 )
-        except UpstreamError:
+        except UpstreamError as exc:
             self._errors += 1
+            if health is not None:
+                health.failed(now(), exc)
             raise
+        except BaseException:
+            if health is not None:  # cancelled, or a bug: no verdict on the deployment
+                health.answered(now(), ttfb=None, total=None)
+            raise
+        else:
+            if health is not None:
+                end = now()
+                first = attempt.first_byte if attempt.first_byte is not None else end
+                health.answered(end, ttfb=first - started, total=end - started)
         finally:
             self._in_flight -= 1
 
@@ -192,6 +233,7 @@ class Connector:
         decoder: Decoder,
         idle: float | None,
         outbox: trio.MemorySendChannel[RawItem],
+        attempt: _Attempt,
     ) -> None:
         # Not streamed: the body was read whole and the connection is released already.
         chunks = None if body is not None else response.aiter_bytes()
@@ -199,6 +241,8 @@ class Connector:
             if chunks is not None:
                 body = await self._read(chunks, idle) or b""
             assert body is not None
+            attempt.first_byte = trio.current_time()
+            attempt.opened = True
             await outbox.send(
                 UpstreamOpened(
                     routed=routed,
@@ -324,16 +368,19 @@ class Connector:
         return self._delay(state.attempt_number + 1, exc)
 
     def _delay(self, failed_attempts: int, exc: BaseException | None) -> float:
-        """Seconds to wait after ``failed_attempts`` attempts, the last failing with ``exc``."""
-        if isinstance(exc, UpstreamError) and exc.retry_after is not None:
-            return float(exc.retry_after)  # the upstream said when; _should_retry capped it
-        s = self._settings
-        exponential: float = s.retry_backoff_initial * 2 ** (failed_attempts - 1)
-        backoff = min(s.retry_backoff_max, exponential)
-        return backoff + self._random.uniform(0.0, s.retry_backoff_jitter)
+        return backoff(self._settings, failed_attempts, exc, self._random)
 
     def _count_retry(self, state: tenacity.RetryCallState) -> None:
         self._retries += 1
+
+
+@attrs.define
+class _Attempt:
+    """How far one attempt got."""
+
+    #: Something was sent downstream: from here on a failure cannot be retried.
+    opened: bool = False
+    first_byte: float | None = None
 
 
 async def run_connector(
@@ -349,7 +396,7 @@ async def run_connector(
                 timing.started = trio.current_time()
             try:
                 await connector.relay(routed, outbox=outbox)
-            except UpstreamError as exc:
+            except SluicegateError as exc:
                 await outbox.send(Failure(exc))
                 return
             except trio.BrokenResourceError:

@@ -1,20 +1,48 @@
-"""The router (first cut, issue 2): which deployment serves this request.
+"""The router: which deployment serves each attempt of a request (DESIGN §2, issue 7).
 
-The decision is one function, :meth:`Router.choose`; the full router (issue 7: strategies,
-cooldowns, fallbacks, limits) replaces its body, not its place in the pipeline.
+The router decides; the connector acts. The router actor turns a request into a
+:class:`RoutePlan` and its first :class:`Routed` attempt. When an attempt fails before anything
+reached the caller, the connector asks the plan for the next one: it answers with another
+attempt (and how long to wait first) or gives up by raising the error the caller gets. After
+the first event no one asks: a failure ends the response with ``response.failed``.
 
-1. A decoded ``previous_response_id`` of a native upstream pins the request to the deployment
-   that made it (strict: a native response exists only in the account that created it; DESIGN
-   §4). A conversation the event store holds (one a bridged provider made, or one continued on
-   a bridged group) prefers that deployment but may move within the group (soft).
-2. A configured group: weighted random choice.
+Choosing, in order:
+
+1. Affinity. A decoded ``previous_response_id`` of a native upstream pins the request to the
+   deployment that made it (strict: the response exists only in that account; if the
+   deployment is cooling down the error says so, nothing silently goes elsewhere). A
+   conversation the event store holds prefers the deployment that made it but may move within
+   the group (soft). With ``session_affinity``, a session stays on the deployment it first
+   got while that one is healthy (prompt-cache locality).
+2. A configured group: the strategy over the deployments whose circuit breaker lets them
+   through and whose rpm/tpm have room (``_health.py``): weighted random (``simple-shuffle``),
+   fewest requests in flight (``least-busy``), the lower-scored of two random picks over
+   averaged time to first byte or total time (``latency-based``, power of two choices), or
+   the most rpm/tpm headroom (``usage-based``).
 3. ``provider/model`` with no configured group: that provider with its environment credentials.
+
+After a failure (:meth:`RoutePlan.next`):
+
+- the provider refused the request itself (400-class): no retry; a context-window error goes
+  to ``context_window_fallbacks``, a content-policy error to ``content_policy_fallbacks``;
+- otherwise, while the failed deployment's ``max_retries`` allows: another deployment of the
+  group, not one that failed this request (after ``retry_after``); if none is left, the same
+  one after a back-off or its ``Retry-After`` when the error is retryable;
+- then the ``fallbacks`` groups in order, each with retries of its own;
+- then the error.
+
+Nothing is available at all (every deployment cooling, or over its limits): a request waits up
+to ``limit_wait`` for rpm/tpm room; otherwise a 429 (limits) or 503 (cooling) with
+``Retry-After`` comes back, after trying the fallbacks.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import random
+import re
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import attrs
@@ -25,6 +53,7 @@ from ..config import (
     MESSAGE_PROVIDERS,
     NATIVE_PROVIDERS,
     PROVIDERS,
+    ROUTING_STRATEGIES,
     Deployment,
     LiteLLMParams,
     ModelEntry,
@@ -33,34 +62,78 @@ from ..config import (
     build_deployment,
     is_bridged,
 )
-from ..errors import InvalidRequestError, NotFoundError
+from ..errors import (
+    ClientError,
+    InvalidRequestError,
+    NotFoundError,
+    RateLimitError,
+    ServiceUnavailableError,
+    SluicegateError,
+    UpstreamError,
+    UpstreamStatusError,
+)
 from ..runtime._messages import PreparedCall, Routed
+from ._health import BreakerState, DeploymentStatistics, Health, counts_against
 
-__all__ = ["Router", "run_router"]
+__all__ = ["RoutePlan", "Router", "RouterStatistics", "backoff", "failure_kind", "run_router"]
 
 #: Resolves a fake deployment to a running built-in fake upstream (an api_base).
 FakeResolver = Callable[[Deployment], Awaitable[Deployment]]
 
+#: Sessions remembered at most (the oldest are forgotten first).
+MAX_SESSIONS = 100_000
+
+#: Usage-based routing compares every deployment of a group up to this size, and two random
+#: ones above it (reading a deployment's rpm/tpm windows costs too much to read a hundred).
+EXACT_USAGE_SCAN = 16
+
+#: The header that names a session (proxy) — the library's ``session=`` option.
+SESSION_HEADER = "x-sluicegate-session"
+
 
 @attrs.frozen
 class _Group:
-    deployments: tuple[Deployment, ...]
+    name: str
+    health: tuple[Health, ...]
     cum_weights: tuple[float, ...]
 
 
-def _group(deployments: Sequence[Deployment]) -> _Group:
-    return _Group(tuple(deployments), tuple(itertools.accumulate(d.weight for d in deployments)))
+def _group(name: str, health: Sequence[Health]) -> _Group:
+    weights = itertools.accumulate(h.deployment.weight for h in health)
+    return _Group(name, tuple(health), tuple(weights))
+
+
+@attrs.frozen(kw_only=True)
+class RouterStatistics:
+    deployments: tuple[DeploymentStatistics, ...]
+    #: Deployments whose breaker is open or half-open now.
+    cooling: int
+    sessions: int
+
+
+class _Unavailable(Exception):
+    """No deployment of a group may take the request now; ``error`` says why to the caller,
+    ``wait`` is when one will have rpm/tpm room (None: they are cooling)."""
+
+    def __init__(self, error: SluicegateError, wait: float | None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.wait = wait
 
 
 @attrs.define(eq=False)
 class Router:
     _groups: dict[str, _Group]
     _by_id: dict[str, Deployment]
+    _health: dict[str, Health]
     _settings: RouterSettings
     _random: random.Random
     _resolve_fake: FakeResolver
     _environ: Mapping[str, str] | None = None
+    _clock: Callable[[], float] = trio.current_time
     _adhoc: dict[str, Deployment] = attrs.Factory(dict)
+    #: (group, session) -> (deployment ID, when the entry expires).
+    _sessions: OrderedDict[tuple[str, str], tuple[str, float]] = attrs.Factory(OrderedDict)
 
     @classmethod
     def from_deployments(
@@ -71,18 +144,29 @@ class Router:
         rng: random.Random,
         resolve_fake: FakeResolver,
         environ: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = trio.current_time,
     ) -> Router:
-        groups: dict[str, list[Deployment]] = {}
+        by_group: dict[str, list[Deployment]] = {}
         for d in deployments:
-            groups.setdefault(d.model_name, []).append(d)
+            by_group.setdefault(d.model_name, []).append(d)
+        health: dict[str, Health] = {}
+        groups: dict[str, _Group] = {}
+        for name, members in by_group.items():
+            hs = [Health(d, settings, may_cool=len(members) > 1) for d in members]
+            health.update((h.deployment.id, h) for h in hs)
+            groups[name] = _group(name, hs)
         return cls(
-            {name: _group(ds) for name, ds in groups.items()},
+            groups,
             {d.id: d for d in deployments},
+            health,
             settings,
             rng,
             resolve_fake,
             environ,
+            clock,
         )
+
+    # -- what the gateway asks -----------------------------------------------------------
 
     @property
     def model_names(self) -> list[str]:
@@ -98,25 +182,59 @@ class Router:
             return None
         return self._adhoc_deployment(f"{provider}/{model}")
 
-    async def route(self, call: PreparedCall) -> Deployment:
-        deployment = call.deployment or self.choose(call)
-        if deployment.provider == "fake" and deployment.api_base is None:
-            deployment = await self._resolve_fake(deployment)
-        return deployment
+    def statistics(self) -> RouterStatistics:
+        now = self._clock()
+        deployments = tuple(h.statistics(now) for h in self._health.values())
+        return RouterStatistics(
+            deployments=deployments,
+            cooling=sum(d.state is not BreakerState.CLOSED for d in deployments),
+            sessions=len(self._sessions),
+        )
 
-    def choose(self, call: PreparedCall) -> Deployment:
-        """The routing decision (sync, no I/O)."""
+    def plan(self, call: PreparedCall) -> RoutePlan:
+        return RoutePlan(self, call)
+
+    async def route(self, call: PreparedCall) -> Deployment:
+        """The deployment for a request's first attempt (a background response's ID names it
+        before it runs)."""
+        return (await self.plan(call).first()).deployment
+
+    def choose(self, call: PreparedCall, *, exclude: frozenset[str] = frozenset()) -> Deployment:
+        """The routing decision for ``call.model`` (sync, no I/O), skipping ``exclude``.
+
+        Raises:
+            NotFoundError: no such model; the pinned deployment is gone.
+            InvalidRequestError: the pinned response cannot continue in this group.
+            _Unavailable: nothing in the group may take it now.
+        """
         group = self._groups.get(call.model)
         previous = call.previous
+        now = self._clock()
         if previous is not None and previous.deployment_id:
             if not self.stored_conversation(call):
-                return self._pinned(call, group)
-            preferred = self.deployment(previous.deployment_id)
-            if group is not None and preferred in group.deployments:
-                return preferred
-        if group is not None:
-            return self._random.choices(group.deployments, cum_weights=group.cum_weights)[0]
-        return self._adhoc_deployment(call.model)
+                return self._pinned(call, group, now)
+            preferred = self._health.get(previous.deployment_id)
+            if (
+                group is not None
+                and preferred is not None
+                and preferred in group.health
+                and preferred.deployment.id not in exclude
+                and self._usable(preferred, now)
+            ):
+                return preferred.deployment
+        if group is None:
+            return self._adhoc_deployment(call.model)
+        session = self._session_key(call)
+        if session is not None:
+            kept = self._session_deployment(group, session, now, exclude)
+            if kept is not None:
+                return kept.deployment
+        health = self._pick(group, call.stream, exclude, now)
+        if health is None:
+            raise self._unavailable(group, exclude, now)
+        if session is not None:
+            self._remember(group, session, health, now)
+        return health.deployment
 
     def stored_conversation(self, call: PreparedCall) -> bool:
         """Whether ``previous_response_id`` is continued from the event store: the previous
@@ -128,11 +246,182 @@ class Router:
             return True
         group = self._groups.get(call.model)
         if group is not None:
-            return all(is_bridged(d.provider) for d in group.deployments)
+            return all(is_bridged(h.deployment.provider) for h in group.health)
         provider = call.model.partition("/")[0]
         return provider in PROVIDERS and is_bridged(provider)
 
-    def _pinned(self, call: PreparedCall, group: _Group | None) -> Deployment:
+    def fallbacks(self, group: str, kind: str) -> list[str]:
+        """The groups a request of ``group`` falls back to after a ``kind`` failure
+        (``fallbacks``, ``context_window_fallbacks`` or ``content_policy_fallbacks``)."""
+        for entry in getattr(self._settings, kind):
+            if group in entry:
+                return list(entry[group])
+        if kind == "fallbacks":
+            return [g for g in self._settings.default_fallbacks if g != group]
+        return []
+
+    # -- what the connector and the accountant report ------------------------------------
+
+    def health(self, deployment: Deployment) -> Health:
+        """The live state of a deployment (one for each ad hoc ``provider/model`` too)."""
+        health = self._health.get(deployment.id)
+        if health is None or health.deployment.model != deployment.model:
+            health = self._health.get(f"{deployment.id}/{deployment.model}")
+            if health is None:
+                health = Health(deployment, self._settings)
+                self._health[f"{deployment.id}/{deployment.model}"] = health
+        return health
+
+    def now(self) -> float:
+        return self._clock()
+
+    def used_tokens(self, deployment: Deployment, tokens: int) -> None:
+        self.health(deployment).used_tokens(self._clock(), tokens)
+
+    # -- the strategies ------------------------------------------------------------------
+
+    def _usable(self, h: Health, now: float) -> bool:
+        if not h.available(now):
+            return False
+        d = h.deployment
+        return (d.rpm is None and d.tpm is None) or h.limited_for(now) == 0.0
+
+    def _pick(
+        self, group: _Group, stream: bool, exclude: frozenset[str], now: float
+    ) -> Health | None:
+        strategy = ROUTING_STRATEGIES[self._settings.routing_strategy]
+        rng = self._random
+        members = group.health
+        if strategy == "simple-shuffle":
+            if not exclude:
+                # The common case in O(1): a weighted draw that is usable as it is.
+                h = rng.choices(members, cum_weights=group.cum_weights)[0]
+                if self._usable(h, now):
+                    return self._claim(h)
+            usable = self._candidates(group, exclude, now)
+            if not usable:
+                return None
+            return self._claim(rng.choices(usable, [h.deployment.weight for h in usable])[0])
+        if strategy == "latency-based":
+            if not exclude and len(members) > 2:
+                a, b = rng.sample(members, 2)
+                if self._usable(a, now) and self._usable(b, now):
+                    return self._claim(_better(a, b, stream))
+            usable = self._candidates(group, exclude, now)
+            if len(usable) < 2:
+                return self._claim(usable[0]) if usable else None
+            a, b = rng.sample(usable, 2)
+            return self._claim(_better(a, b, stream))
+        if strategy == "least-busy":
+            # One pass from a random place (ties go to a random one). A deployment busier
+            # than the best so far is skipped before its availability is even looked at,
+            # which keeps a pick over a hundred deployments to a few microseconds.
+            n = len(members)
+            start = rng.randrange(n)
+            best: Health | None = None
+            least = math.inf
+            for i in range(start, start + n):
+                h = members[i % n]
+                if h.in_flight >= least:
+                    continue
+                if exclude and h.deployment.id in exclude:
+                    continue
+                if self._usable(h, now):
+                    best, least = h, h.in_flight
+            return self._claim(best) if best is not None else None
+        # usage-based: the most headroom under the limits; without limits, the fewest tokens.
+        # Exact over a small group; over a large one the better of two random picks (the
+        # power of two choices), so a pick stays O(1) however many deployments there are.
+        usable = self._candidates(group, exclude, now) if len(members) <= EXACT_USAGE_SCAN else []
+        if len(members) > EXACT_USAGE_SCAN:
+            if not exclude:
+                a, b = rng.sample(members, 2)
+                if self._usable(a, now) and self._usable(b, now):
+                    return self._claim(min((a, b), key=lambda h: _usage_key(h, now)))
+            usable = self._candidates(group, exclude, now)
+            if len(usable) > 2:
+                usable = rng.sample(usable, 2)
+        if not usable:
+            return None
+        start = rng.randrange(len(usable))
+        rotated = usable[start:] + usable[:start]
+        return self._claim(min(rotated, key=lambda h: _usage_key(h, now)))
+
+    def _candidates(self, group: _Group, exclude: frozenset[str], now: float) -> list[Health]:
+        return [h for h in group.health if h.deployment.id not in exclude and self._usable(h, now)]
+
+    def _claim(self, h: Health) -> Health:
+        h.claim(self._clock())
+        return h
+
+    def _unavailable(self, group: _Group, exclude: frozenset[str], now: float) -> _Unavailable:
+        """Why nothing in ``group`` may take a request now, for the caller."""
+        open_members = [h for h in group.health if h.deployment.id not in exclude]
+        waits = [h.limited_for(now) for h in open_members if h.available(now)]
+        if waits:
+            wait = min(waits)
+            return _Unavailable(
+                _retry_later(
+                    RateLimitError,
+                    f"Every deployment of model '{group.name}' is at its rpm/tpm limit.",
+                    wait,
+                    code="rate_limit_exceeded",
+                ),
+                wait,
+            )
+        if not open_members:
+            # Every deployment failed this request already.
+            return _Unavailable(
+                _retry_later(
+                    ServiceUnavailableError,
+                    f"Every deployment of model '{group.name}' failed this request.",
+                    0.0,
+                ),
+                None,
+            )
+        cooling = [h.open_until - now for h in open_members]
+        return _Unavailable(
+            _retry_later(
+                ServiceUnavailableError,
+                f"Every deployment of model '{group.name}' is cooling down after failures.",
+                max(0.0, min(cooling)),
+            ),
+            None,
+        )
+
+    # -- affinity ------------------------------------------------------------------------
+
+    def _session_key(self, call: PreparedCall) -> str | None:
+        if not self._settings.session_affinity:
+            return None
+        if call.session is not None:
+            return call.session
+        for name in ("prompt_cache_key", "user"):
+            value = call.body.get(name)
+            if isinstance(value, str) and value:
+                return value
+        return None
+
+    def _session_deployment(
+        self, group: _Group, session: str, now: float, exclude: frozenset[str]
+    ) -> Health | None:
+        entry = self._sessions.get((group.name, session))
+        if entry is None or entry[1] <= now:
+            return None
+        h = self._health.get(entry[0])
+        if h is None or h.deployment.id in exclude or not self._usable(h, now):
+            return None  # soft: a new pick below replaces it
+        self._remember(group, session, h, now)
+        return self._claim(h)
+
+    def _remember(self, group: _Group, session: str, h: Health, now: float) -> None:
+        key = (group.name, session)
+        self._sessions[key] = (h.deployment.id, now + self._settings.session_ttl)
+        self._sessions.move_to_end(key)
+        while len(self._sessions) > MAX_SESSIONS:
+            self._sessions.popitem(last=False)
+
+    def _pinned(self, call: PreparedCall, group: _Group | None, now: float) -> Deployment:
         assert call.previous is not None
         dep_id = call.previous.deployment_id
         pinned = self.deployment(dep_id)
@@ -155,22 +444,23 @@ class Router:
                 param="previous_response_id",
                 code="previous_response_not_found",
             )
-        if group is None or pinned in group.deployments:
+        if group is None or any(h.deployment is pinned for h in group.health):
             if group is None and pinned.model_name != call.model and "/" not in call.model:
                 raise NotFoundError(
                     f"The model '{call.model}' does not exist.",
                     param="model",
                     code="model_not_found",
                 )
-            return pinned
+            return self._strict(pinned, now)
         # Another group: only a deployment on the same account can see the stored response.
-        for d in group.deployments:
+        for h in group.health:
+            d = h.deployment
             if (d.provider, d.api_base, d.api_key) == (
                 pinned.provider,
                 pinned.api_base,
                 pinned.api_key,
             ):
-                return d
+                return self._strict(d, now)
         raise InvalidRequestError(
             f"previous_response_id was created by a deployment of model '{pinned.model_name}', "
             f"and no deployment of '{call.model}' shares its account; continue the "
@@ -178,6 +468,36 @@ class Router:
             param="previous_response_id",
             code="previous_response_not_found",
         )
+
+    def _strict(self, d: Deployment, now: float) -> Deployment:
+        """A pinned deployment, or why it cannot take the request now: only its account
+        knows the previous response, so nothing else may answer for it."""
+        h = self._health[d.id]
+        if not h.available(now):
+            raise _Unavailable(
+                _retry_later(
+                    ServiceUnavailableError,
+                    f"The deployment that created previous_response_id ({d.id!r}) is cooling "
+                    "down after failures, and only it can continue that response.",
+                    max(0.0, h.open_until - now),
+                    param="previous_response_id",
+                ),
+                None,
+            )
+        wait = h.limited_for(now) if (d.rpm is not None or d.tpm is not None) else 0.0
+        if wait > 0:
+            raise _Unavailable(
+                _retry_later(
+                    RateLimitError,
+                    f"The deployment that created previous_response_id ({d.id!r}) is at its "
+                    "rpm/tpm limit, and only it can continue that response.",
+                    wait,
+                    code="rate_limit_exceeded",
+                ),
+                wait,
+            )
+        self._claim(h)
+        return d
 
     def _adhoc_deployment(self, model: str) -> Deployment:
         cached = self._adhoc.get(model)
@@ -203,6 +523,234 @@ class Router:
         self._adhoc[model] = deployment
         return deployment
 
+    async def _resolved(self, deployment: Deployment) -> Deployment:
+        if deployment.provider == "fake" and deployment.api_base is None:
+            return await self._resolve_fake(deployment)
+        return deployment
+
+
+def _usage_key(h: Health, now: float) -> tuple[float, float]:
+    return (-h.headroom(now), h.tokens_used(now))
+
+
+def _better(a: Health, b: Health, stream: bool) -> Health:
+    return b if b.score(stream=stream) < a.score(stream=stream) else a
+
+
+@attrs.define(eq=False)
+class RoutePlan:
+    """One request's attempts: the router's decisions, asked for by the connector."""
+
+    _router: Router
+    _call: PreparedCall
+    #: The group being tried now, and the fallback groups still to try.
+    _group: str = attrs.field(init=False)
+    _queue: list[str] = attrs.Factory(list)
+    #: The failure kinds whose fallback chain has been entered (each at most once).
+    _chains: set[str] = attrs.Factory(set)
+    _attempt: int = 0
+    _retries: int = 0
+    _failed: set[str] = attrs.Factory(set)
+    _last: Routed | None = None
+    #: The last error an upstream gave this request: what the caller gets if nothing works.
+    _upstream_error: SluicegateError | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self._group = self._call.model
+
+    @property
+    def router(self) -> Router:
+        return self._router
+
+    async def first(self) -> Routed:
+        """The first attempt (waiting briefly for rpm/tpm room when that is all it takes).
+
+        Raises:
+            SluicegateError: nothing can serve the request (after the fallbacks).
+        """
+        call = self._call
+        if call.deployment is not None:  # chosen in advance: a background response's ID
+            return self._routed(call, await self._router._resolved(call.deployment))
+        try:
+            return await self._in_group(call.model)
+        except _Unavailable as unavailable:
+            self._queue = self._router.fallbacks(call.model, "fallbacks")
+            self._chains.add("fallbacks")
+            return await self._fall_back(unavailable.error)
+
+    async def next(self, error: SluicegateError) -> Routed:
+        """The attempt after ``error`` ended the last one, before anything reached the caller.
+
+        Raises:
+            SluicegateError: no attempt is left; the error the caller gets.
+        """
+        last = self._last
+        assert last is not None, "next() before first()"
+        if isinstance(error, UpstreamError):
+            self._upstream_error = error
+        kind = failure_kind(error)
+        if kind in ("context_window_fallbacks", "content_policy_fallbacks"):
+            return await self._chain(kind, error)
+        if kind is None:
+            if self._group != self._call.model:
+                # A fallback group cannot take what the first one could: the next one may.
+                return await self._fall_back(error)
+            raise error
+        failed = last.deployment
+        self._failed.add(failed.id)
+        if self._retries < failed.max_retries:
+            self._retries += 1
+            routed = await self._retry(failed, error)
+            if routed is not None:
+                return routed
+        return await self._chain("fallbacks", error)
+
+    async def _retry(self, failed: Deployment, error: SluicegateError) -> Routed | None:
+        router, call = self._router, self._call
+        settings = router._settings
+        pinned = call.previous is not None and not router.stored_conversation(call)
+        if not pinned:
+            try:
+                deployment = router.choose(self._group_call(), exclude=frozenset(self._failed))
+            except _Unavailable:
+                pass
+            else:
+                if settings.retry_after > 0:
+                    await trio.sleep(settings.retry_after)
+                return self._routed(self._group_call(), await router._resolved(deployment))
+        # Nothing else in the group: the same deployment again, when waiting may help.
+        if not isinstance(error, UpstreamError) or not error.retryable:
+            return None
+        retry_after = error.retry_after
+        if retry_after is not None and retry_after > settings.max_retry_after:
+            return None  # longer than we may hold the caller: the error is theirs to handle
+        delay = max(settings.retry_after, backoff(settings, self._retries, error, router._random))
+        await trio.sleep(delay)
+        health = router.health(failed)
+        if not router._usable(health, router.now()):
+            return None
+        router._claim(health)
+        return self._routed(self._group_call(), failed)
+
+    async def _chain(self, kind: str, error: SluicegateError) -> Routed:
+        """Go on to the next fallback group. A context-window or content-policy failure starts
+        its own chain (once); spent retries start the first group's ``fallbacks`` only when
+        no chain has begun, and otherwise continue the chain under way."""
+        if kind not in self._chains and (kind != "fallbacks" or not self._chains):
+            self._chains.add(kind)
+            self._queue = self._router.fallbacks(self._call.model, kind)
+        return await self._fall_back(error)
+
+    async def _fall_back(self, error: SluicegateError) -> Routed:
+        while self._queue:
+            self._group = self._queue.pop(0)
+            self._retries = 0
+            try:
+                return await self._in_group(self._group)
+            except (_Unavailable, ClientError):
+                continue  # this one cannot take it now; the next may
+        raise self._final(error)
+
+    def _final(self, error: SluicegateError) -> SluicegateError:
+        if isinstance(error, _Unavailable):  # pragma: no cover -- unwrapped by callers
+            error = error.error
+        if not isinstance(error, UpstreamError) and self._upstream_error is not None:
+            return self._upstream_error
+        return error
+
+    async def _in_group(self, group: str) -> Routed:
+        """A deployment of ``group``, waiting up to ``limit_wait`` for rpm/tpm room."""
+        router = self._router
+        call = self._group_call(group)
+        deadline = router.now() + router._settings.limit_wait
+        while True:
+            try:
+                deployment = router.choose(call, exclude=frozenset(self._failed))
+            except _Unavailable as unavailable:
+                wait = unavailable.wait
+                if wait is None or router.now() + wait > deadline:
+                    raise
+                await trio.sleep(wait)
+                continue
+            return self._routed(call, await router._resolved(deployment))
+
+    def _group_call(self, group: str | None = None) -> PreparedCall:
+        group = group or self._group
+        if group == self._call.model:
+            return self._call
+        return attrs.evolve(self._call, model=group)
+
+    def _routed(self, call: PreparedCall, deployment: Deployment) -> Routed:
+        routed = Routed(call=call, deployment=deployment, attempt=self._attempt, plan=self)
+        self._attempt += 1
+        self._last = routed
+        return routed
+
+
+def backoff(
+    settings: RouterSettings, failed_attempts: int, error: BaseException | None, rng: random.Random
+) -> float:
+    """Seconds to wait after ``failed_attempts`` failed attempts, the last with ``error``: its
+    ``Retry-After`` when it gave one, else exponential back-off with jitter."""
+    retry_after = getattr(error, "retry_after", None)
+    if isinstance(error, UpstreamError) and retry_after is not None:
+        return float(retry_after)
+    exponential: float = settings.retry_backoff_initial * 2 ** (failed_attempts - 1)
+    return min(settings.retry_backoff_max, exponential) + rng.uniform(
+        0.0, settings.retry_backoff_jitter
+    )
+
+
+_CONTEXT_WINDOW = re.compile(
+    r"context[ _-]?(length|window)|maximum context|prompt is too long|input is too long|"
+    r"too many (input )?tokens|exceeds? the (maximum|max) (number of )?tokens|"
+    r"input token count.*exceeds",
+    re.IGNORECASE,
+)
+_CONTENT_POLICY = re.compile(
+    r"content[ _-]?(management[ _-]?)?(policy|filter)|safety (system|filter)|"
+    r"flagged as potentially violating",
+    re.IGNORECASE,
+)
+
+
+def failure_kind(error: SluicegateError) -> str | None:
+    """What a failure calls for: ``"context_window_fallbacks"``, ``"content_policy_fallbacks"``,
+    ``"retry"`` (the deployment failed: another may do), or None (the request itself was
+    refused, or the gateway's own error: trying elsewhere would not help)."""
+    if isinstance(error, UpstreamStatusError) and error.status_code in (400, 413, 422):
+        text = f"{error.code or ''} {error.message}"
+        if error.code in ("context_length_exceeded", "string_above_max_length") or (
+            _CONTEXT_WINDOW.search(text)
+        ):
+            return "context_window_fallbacks"
+        if error.code in ("content_policy_violation", "content_filter") or (
+            _CONTENT_POLICY.search(text)
+        ):
+            return "content_policy_fallbacks"
+        return None
+    if counts_against(error):
+        return "retry"
+    return None
+
+
+def _retry_later(
+    cls: type[SluicegateError],
+    message: str,
+    seconds: float,
+    *,
+    code: str | None = None,
+    param: str | None = None,
+) -> SluicegateError:
+    # Rounded to microseconds before the ceiling: float sums must not turn 5 s into 6.
+    whole = max(1, math.ceil(round(seconds, 6)))
+    return cls(
+        f"{message} Please try again in {whole}s.",
+        code=code,
+        param=param,
+        headers={"Retry-After": str(whole)},
+    )
+
 
 #: Providers a ``provider/model`` name reaches without configuration: those with a public
 #: endpoint (a chat server on the gateway's own network must be configured, never guessed).
@@ -226,4 +774,4 @@ async def run_router(
 ) -> None:
     with inbox, outbox:
         async for call in inbox:
-            await outbox.send(Routed(call=call, deployment=await router.route(call)))
+            await outbox.send(await router.plan(call).first())

@@ -31,6 +31,8 @@ from ..runtime._messages import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._recorder import Recording
 
 __all__ = [
@@ -92,6 +94,8 @@ class Accountant:
 
     _prices: PriceTable
     _include_cost: bool
+    #: Told the tokens each response used, by deployment (the router's tpm windows).
+    _on_usage: Callable[[Deployment, int], None] | None = None
     _settled: int = 0
     _input: int = 0
     _output: int = 0
@@ -118,6 +122,14 @@ class Accountant:
         if normal == raw:
             return event, settlement
         return event.with_response_fields(usage=normal), settlement
+
+    def report(self, deployment: Deployment, settlement: Settlement) -> None:
+        usage = settlement.usage
+        if self._on_usage is not None and usage is not None:
+            tokens = usage.get("total_tokens")
+            if not isinstance(tokens, int):
+                tokens = int(usage.get("input_tokens") or 0) + int(usage.get("output_tokens") or 0)
+            self._on_usage(deployment, tokens)
 
     def estimate(self, input_chars: int, output_chars: int, price: ModelPrice | None) -> Settlement:
         """Usage for a response cut before the upstream reported any (cancelled, failed
@@ -202,9 +214,11 @@ async def run_accountant(
                 events = item.events
                 last = events[-1]
                 if type(last) is ResponseEvent and last.is_terminal:
+                    deployment = item.routed.deployment
                     events[-1], settlement = accountant.settle(
-                        last, accountant.price_for(item.routed.deployment)
+                        last, accountant.price_for(deployment)
                     )
+                    accountant.report(deployment, settlement)
                     item = attrs.evolve(item, settlement=settlement)
             await outbox.send(item)
 

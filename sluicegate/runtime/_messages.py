@@ -15,7 +15,7 @@ before it: a channel that closes without one ended cleanly.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import attrs
 
@@ -24,6 +24,9 @@ from ..codecs.ids import DecodedId
 from ..codecs.openai_responses import Decoder
 from ..config import Deployment
 from ..errors import SluicegateError
+
+if TYPE_CHECKING:
+    from ..actors._router import RoutePlan
 
 __all__ = [
     "Batch",
@@ -96,6 +99,9 @@ class PreparedCall:
     #: The stored conversation of ``previous_response_id`` (its chain's input and output
     #: items, oldest first), when a bridged provider may continue it; None otherwise.
     history: list[dict[str, Any]] | None = None
+    #: The caller's session (``session=``, the ``x-sluicegate-session`` header): with
+    #: ``router_settings.session_affinity``, it stays on one deployment.
+    session: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -105,6 +111,9 @@ class Routed:
     call: PreparedCall
     deployment: Deployment
     attempt: int = 0
+    #: The request's route plan: the connector reports each attempt's outcome to it and asks
+    #: it for the next attempt after a failure (None: this attempt is the only one).
+    plan: RoutePlan | None = None
 
 
 @attrs.frozen(kw_only=True)
