@@ -51,6 +51,7 @@ from ._proxy import (
     summarize_proxy,
 )
 from ._report import check_targets, summarize, text_table, write_results
+from ._routing import measure_routing, routing_checks, routing_table
 from ._store import measure_recording, recording_table
 from ._targets import POOL_KEEPALIVE_EXPIRY, POOL_SIZE
 from ._upstream import BenchmarkError, pin_current_process, plan_cpus, run_fake_upstream
@@ -68,6 +69,9 @@ _FULL_REQUESTS: Final = 2000
 _FULL_REPEATS: Final = 3
 _SMOKE_REQUESTS: Final = 16
 _SMOKE_REPEATS: Final = 1
+#: Router picks timed per strategy (benchmarks/_routing.py).
+_SMOKE_PICKS = 2_000
+_FULL_PICKS = 20_000
 #: Simulated responses recorded per concurrency (benchmarks/_store.py).
 _FULL_RECORDINGS: Final = 2000
 _SMOKE_RECORDINGS: Final = 20
@@ -125,7 +129,7 @@ def _steps(settings: Settings) -> int:
     # proxy, direct (and LiteLLM's proxy), create and stream
     proxy = (3 if litellm_available() else 2) * 2 * cases
     first_event = 2 * len(settings.concurrencies)  # proxy and direct, once
-    return library + litellm + proxy + first_event + 2  # + two memory sections
+    return library + litellm + proxy + first_event + 3  # + two memory sections, the router
 
 
 def _concurrencies(text: str) -> tuple[int, ...]:
@@ -416,6 +420,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 settings.concurrencies,
                 _SMOKE_RECORDINGS if settings.smoke else _FULL_RECORDINGS,
             )
+            routing = measure_routing(
+                _SMOKE_PICKS if settings.smoke else _FULL_PICKS, 1 if settings.smoke else 3
+            )
+            progress.step("router: the cost of one pick, per strategy")
     except BenchmarkError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
@@ -457,6 +465,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print("recording alone (event store, SQLite file; part of every sluicegate figure above):")
     print(recording_table(recording))
+    print()
+    print("the router's pick (100 deployments in one group, live state; no I/O):")
+    print(routing_table(routing))
+    for check in routing_checks(routing):
+        print(f"  {check.verdict}  {check.name}: {check.detail}")
 
     meta: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"),
@@ -475,6 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sluicegate_source_sha256": _source_digest(),
         "elapsed_s": round(elapsed, 2),
         "recording": [attrs.asdict(r) for r in recording],
+        "routing": [attrs.asdict(r) for r in routing],
         "proxy": proxy_json(proxy_summaries),
         "proxy_first_event": first_event_json(first_events),
         "memory": memory_json(memory_results),
@@ -502,6 +516,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         md.write(memory_table(memory_results, markdown=True) + "\n")
         md.write("\n## Recording (event store, SQLite file)\n\n")
         md.write(recording_table(recording, markdown=True) + "\n")
+        md.write("\n## The router's pick (100 deployments)\n\n")
+        md.write(routing_table(routing, markdown=True) + "\n")
     proxy_series = [
         {
             "target": f"{s.case.target} (wrk)",

@@ -33,6 +33,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -42,6 +43,8 @@ import trio
 
 from .._gateway import Gateway, ResponseStream
 from .._types import DeltaEvent, OutputItemEvent, Response, ResponseEvent, StreamEvent
+from ..actors._health import BreakerState, DeploymentStatistics
+from ..actors._router import SESSION_HEADER
 from ..codecs.sse import encode_comment, encode_event
 from ..config import GatewayConfig
 from ..errors import (
@@ -88,9 +91,10 @@ FORBIDDEN_HEADERS = frozenset(
     {b"api-base", b"x-api-base", b"base-url", b"x-base-url", b"x-upstream-url", b"api-version"}
 )
 #: Library options that are not the HTTP client's to set: the owner is its key; timing, the
-#: proxy's. (``extra_*`` are how an SDK builds the body; they never arrive as fields.)
+#: proxy's; the session, a header's. (``extra_*`` are how an SDK builds the body; they never
+#: arrive as fields.)
 PROXY_REFUSED_OPTIONS = frozenset(
-    {"owner", "timing", "extra_body", "extra_headers", "extra_query", "timeout"}
+    {"owner", "timing", "session", "extra_body", "extra_headers", "extra_query", "timeout"}
 )
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
@@ -254,9 +258,11 @@ class ProxyApp:
         )
         self.metrics.gauge(
             "sluicegate_deployment_cooldowns",
-            "Deployments in cooldown now (the router has none before issue 7).",
-            lambda: [((), 0.0)],
+            "Deployments cooling down now (circuit breaker open or half-open).",
+            lambda: [((), float(gateway.statistics().deployments_cooling))],
         )
+        for name, help_text, read in _DEPLOYMENT_GAUGES:
+            self.metrics.gauge(name, help_text, partial(_per_deployment, gateway, read))
 
     # -- HTTP ----------------------------------------------------------------------------
 
@@ -372,6 +378,9 @@ class ProxyApp:
         spend_header = ex.header(b"x-sluicegate-spend-logs-metadata")
         if spend_header is not None:
             params["spend_logs_metadata"] = _spend_header(spend_header)
+        session = ex.header(SESSION_HEADER.encode())
+        if session:
+            params["session"] = session
         admission = await keys.admit(caller, model)
         try:
             if body.get("stream") is True and not body.get("background"):
@@ -547,6 +556,57 @@ def _unavailable() -> SluicegateError:
 
 
 #: Lists the request parameters a bridged provider could not take and ``drop_params`` dropped.
+_BREAKER_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+#: Per-deployment gauges from the router's statistics: (name, help, value of a snapshot).
+_DEPLOYMENT_GAUGES: tuple[tuple[str, str, Callable[[DeploymentStatistics], float]], ...] = (
+    (
+        "sluicegate_deployment_state",
+        "Circuit breaker of each deployment: 0 closed, 1 half-open, 2 open.",
+        lambda d: float(_BREAKER_VALUES[d.state]),
+    ),
+    (
+        "sluicegate_deployment_cooldown_remaining_seconds",
+        "Seconds until an open deployment lets a probe request through.",
+        lambda d: d.cooldown_remaining,
+    ),
+    (
+        "sluicegate_deployment_in_flight",
+        "Upstream requests in flight, by deployment.",
+        lambda d: float(d.in_flight),
+    ),
+    (
+        "sluicegate_deployment_failures",
+        "Failed upstream attempts since start, by deployment.",
+        lambda d: float(d.failures),
+    ),
+    (
+        "sluicegate_deployment_latency_seconds",
+        "Averaged total time of the deployment's answers (0 before the first).",
+        lambda d: d.latency or 0.0,
+    ),
+    (
+        "sluicegate_deployment_rpm_used",
+        "Requests sent to the deployment in the last minute.",
+        lambda d: float(d.rpm_used),
+    ),
+    (
+        "sluicegate_deployment_tpm_used",
+        "Tokens used by the deployment in the last minute.",
+        lambda d: float(d.tpm_used),
+    ),
+)
+
+
+def _per_deployment(
+    gateway: Gateway, read: Callable[[DeploymentStatistics], float]
+) -> list[tuple[Labels, float]]:
+    return [
+        ((("deployment", d.id), ("model_group", d.model_name)), read(d))
+        for d in gateway.statistics().deployments
+    ]
+
+
 DROPPED_PARAMS_HEADER = b"x-sluicegate-dropped-params"
 
 
