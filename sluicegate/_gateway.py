@@ -29,7 +29,7 @@ from ._types import Response, ResponseEvent, ResponseStatus, StreamEvent
 from .actors._connector import Connector
 from .actors._health import DeploymentStatistics
 from .actors._media import MediaFetcher
-from .actors._recorder import Recorder
+from .actors._recorder import Recorder, unanswered_response
 from .actors._router import Router, env_deployment_id
 from .actors._stages import Accountant
 from .actors._transport import LeanTransport
@@ -423,7 +423,7 @@ class Gateway:
             deployment=deployment,
         )
         recording = self._recorder.start(call)
-        queued = _queued_response(call, response_id, recording.created_at)
+        queued = unanswered_response(call, response_id, recording.created_at, status="queued")
         recording.response_id = response_id
         recording.initial = queued
         # Awaited: a GET sent the moment this returns must find the response.
@@ -859,40 +859,6 @@ def _previous_not_found(previous_id: str) -> InvalidRequestError:
         f"Previous response with id '{previous_id}' not found.",
         param="previous_response_id",
         code="previous_response_not_found",
-    )
-
-
-def _queued_response(call: PreparedCall, response_id: str, created_at: float) -> Response:
-    """What a background response looks like before any upstream answered (responses-api.md
-    §9: status ``queued``, no output); the request's configuration echoed back."""
-    body = call.body
-    return Response.from_dict(
-        {
-            "id": response_id,
-            "object": "response",
-            "created_at": int(created_at),
-            "status": "queued",
-            "background": True,
-            "error": None,
-            "incomplete_details": None,
-            "instructions": body.get("instructions"),
-            "max_output_tokens": body.get("max_output_tokens"),
-            "model": call.model,
-            "output": [],
-            "parallel_tool_calls": body.get("parallel_tool_calls", True),
-            "previous_response_id": call.previous_response_id,
-            "reasoning": body.get("reasoning"),
-            "store": True,
-            "temperature": body.get("temperature"),
-            "text": body.get("text"),
-            "tool_choice": body.get("tool_choice", "auto"),
-            "tools": body.get("tools") or [],
-            "top_p": body.get("top_p"),
-            "truncation": body.get("truncation", "disabled"),
-            "usage": None,
-            "user": body.get("user"),
-            "metadata": body.get("metadata") or {},
-        }
     )
 
 

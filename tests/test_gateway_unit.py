@@ -112,7 +112,9 @@ async def test_retry_after_beyond_the_cap_is_passed_on(autojump_clock: Any) -> N
             await gw.responses(model="g", input="hi")
     err = info.value
     assert (err.status_code, err.code, err.type) == (429, "rate_limit_exceeded", "requests")
-    assert err.message == "Rate limit reached" and err.headers == {"retry-after": "120"}
+    assert err.message == "Rate limit reached" and err.headers["retry-after"] == "120"
+    # Recorded failed under an ID of its own, which the error names.
+    assert err.headers["x-sluicegate-response-id"].startswith("resp_")
     assert len(upstream.requests) == 1
 
 

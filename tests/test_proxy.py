@@ -465,8 +465,13 @@ async def test_an_upstream_error_before_any_event_is_the_sdks_typed_error(proxy:
     # Retry-After beyond max_retry_after: the gateway passes the 429 on instead of waiting.
     proxy.fake.script(Fault.status(429, headers={"retry-after": "1000"}))
     async with proxy.client() as client:
-        with pytest.raises(openai.RateLimitError):
+        with pytest.raises(openai.RateLimitError) as info:
             await client.responses.create(model="gpt-test", input="hi", stream=True)
+        # Recorded failed all the same, under the ID the error's header names.
+        response_id = info.value.response.headers["x-sluicegate-response-id"]
+        failed = await client.responses.retrieve(response_id)
+    assert failed.status == "failed" and failed.error is not None
+    assert info.value.response.headers["retry-after"] == "1000"
 
 
 def test_serving_without_a_master_key_is_refused_at_start() -> None:

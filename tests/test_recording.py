@@ -230,16 +230,39 @@ async def test_a_stream_cut_mid_way_is_recorded_failed_with_estimated_usage(
         sdk_response(final)
 
 
-async def test_a_request_that_fails_before_any_event_records_nothing(
+async def test_a_request_that_fails_before_any_event_is_recorded_failed(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
+    """Nothing is lost: a request no upstream answered ends recorded ``failed`` (no usage:
+    nothing was generated) under an ID the error names, and GET finds it."""
     upstream = NativeUpstream(fail_after=0)
     async with gateway(upstream) as gw:
-        with pytest.raises(sluicegate.UpstreamError):
+        with pytest.raises(sluicegate.UpstreamError) as info:
             async with gw.stream(model="g", input="hi", timeout=5) as events:
                 async for _ in events:
                     pass
-        assert (await gw.spend_totals(group_by="model")) == []
+        response_id = info.value.headers["x-sluicegate-response-id"]
+        [log] = await gw.spend_logs()
+        assert (log.response_id, log.status, log.model) == (response_id, "failed", "g")
+        assert (log.input_tokens, log.output_tokens, log.cost) == (0, 0, 0.0)
+        [total] = await gw.spend_totals(group_by="model")
+        assert (total.key, total.requests, total.cost) == ("g", 1, 0.0)
+        failed = await gw.get_response(response_id)
+        assert failed.status is ResponseStatus.FAILED and failed.output == []
+        assert failed.error is not None and failed.error["message"] == info.value.message
+        # Another owner does not see it.
+        with pytest.raises(NotFoundError):
+            await gw.get_response(response_id, owner="someone else")
+
+
+async def test_a_request_refused_as_the_callers_fault_is_not_recorded(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    upstream = NativeUpstream()
+    async with gateway(upstream) as gw:
+        with pytest.raises(sluicegate.InvalidRequestError):
+            await gw.responses(model="g", input="hi", temperature="hot")
+        assert await gw.spend_logs() == []
 
 
 async def test_a_caller_leaving_a_stream_early_ends_the_response_cancelled(

@@ -422,11 +422,13 @@ async def test_everything_down_fails_clearly_then_503_and_nothing_hangs(
     cfg = config(dep("a"), dep("b"), dep("c"), cooldown_time=20)
     async with gateway(d, cfg) as gw:
         statuses: list[int] = []
+        failed_ids: list[str] = []
         for i in range(8):
             with trio.fail_after(30), pytest.raises(sluicegate.SluicegateError) as info:
                 await ask(gw, stream=i % 2 == 1)
             error = info.value
             statuses.append(error.status_code)
+            failed_ids.append(error.headers["x-sluicegate-response-id"])
             if error.status_code == 500:
                 # The upstream's own error, passed on.
                 assert isinstance(error, UpstreamStatusError)
@@ -443,8 +445,10 @@ async def test_everything_down_fails_clearly_then_503_and_nothing_hangs(
         view = stats(gw)
         assert all(s.state is BreakerState.OPEN for s in view.values())
         assert gw.statistics().deployments_cooling == 3
-        # README: a request that fails before any event never became a response.
-        assert await gw.spend_logs() == []
+        # Nothing is lost: each request is recorded failed, under the ID its error names.
+        logs = await gw.spend_logs()
+        assert len(logs) == 8 and {log.status for log in logs} == {"failed"}
+        assert {log.response_id for log in logs} == set(failed_ids)
 
 
 async def test_everything_down_background_responses_are_recorded_failed(

@@ -30,17 +30,18 @@ import attrs
 import trio
 
 from .._types import DeltaEvent, OutputItemEvent, Response, ResponseEvent, ResponseStatus
+from ..runtime._messages import Settlement
 from ..store import Accepted, Ended, ItemDone, Record, Routed, Settled, StreamEventRecorded
 
 if TYPE_CHECKING:
     from .._types import StreamEvent
     from ..codecs._lifecycle import StreamTracker
     from ..config import Deployment
-    from ..runtime._messages import Batch, PreparedCall, Settlement
+    from ..runtime._messages import Batch, PreparedCall
     from ..store import Store
     from ._stages import Accountant
 
-__all__ = ["Recorder", "Recording"]
+__all__ = ["Recorder", "Recording", "unanswered_response"]
 
 
 @attrs.define(eq=False)
@@ -189,6 +190,20 @@ class Recording:
             price = self._recorder.accountant.price_for(deployment)
         return self._recorder.accountant.estimate(input_chars, output_chars, price)
 
+    async def refuse(
+        self, response_id: str, *, error: dict[str, Any], response: Response | None
+    ) -> None:
+        """Record a request that failed before any upstream named a response (every attempt
+        failed, or no deployment could take it): accepted and ended ``failed`` in one append,
+        with no usage and nothing owed (nothing was generated), so the spend logs show it."""
+        assert not self.accepted
+        self.response_id = response_id
+        self._pending.insert(0, self._recorder.accepted(self._call, response_id, self.created_at))
+        self.accepted = True
+        await self.end(
+            ResponseStatus.FAILED, error=error, response=response, settlement=_NOTHING_OWED
+        )
+
     async def end(
         self,
         status: ResponseStatus,
@@ -229,6 +244,10 @@ class Recording:
         await self._recorder.store.append(records)
 
 
+#: What a request no upstream answered cost: no usage was reported, and nothing is owed.
+_NOTHING_OWED = Settlement(None, 0.0)
+
+
 def _stored_params(call: PreparedCall) -> dict[str, Any]:
     params = {k: v for k, v in call.body.items() if k != "input"}
     if call.background:
@@ -242,3 +261,45 @@ def _response_id(events: list[StreamEvent]) -> str:
         if type(event) is ResponseEvent:
             return str(event.response_data["id"])
     raise AssertionError("a batch naming the upstream ID carries a response event")
+
+
+def unanswered_response(
+    call: PreparedCall,
+    response_id: str,
+    created_at: float,
+    *,
+    status: str,
+    error: dict[str, Any] | None = None,
+) -> Response:
+    """A response no upstream answered yet (a background one, ``queued``) or ever (``failed``
+    before any event): responses-api.md §9's shape, no output, the request's configuration
+    echoed back."""
+    body = call.body
+    return Response.from_dict(
+        {
+            "id": response_id,
+            "object": "response",
+            "created_at": int(created_at),
+            "status": status,
+            "background": call.background,
+            "error": error,
+            "incomplete_details": None,
+            "instructions": body.get("instructions"),
+            "max_output_tokens": body.get("max_output_tokens"),
+            "model": call.model,
+            "output": [],
+            "parallel_tool_calls": body.get("parallel_tool_calls", True),
+            "previous_response_id": call.previous_response_id,
+            "reasoning": body.get("reasoning"),
+            "store": call.store,
+            "temperature": body.get("temperature"),
+            "text": body.get("text"),
+            "tool_choice": body.get("tool_choice", "auto"),
+            "tools": body.get("tools") or [],
+            "top_p": body.get("top_p"),
+            "truncation": body.get("truncation", "disabled"),
+            "usage": None,
+            "user": body.get("user"),
+            "metadata": body.get("metadata") or {},
+        }
+    )

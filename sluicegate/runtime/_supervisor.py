@@ -28,6 +28,7 @@ bounded time), before the cancellation goes on.
 from __future__ import annotations
 
 import logging
+import secrets
 from functools import partial
 
 import attrs
@@ -35,12 +36,12 @@ import trio
 
 from .._types import Response, ResponseStatus
 from ..actors._connector import Connector, run_connector
-from ..actors._recorder import Recording
+from ..actors._recorder import Recording, unanswered_response
 from ..actors._router import Router, run_router
 from ..actors._stages import Accountant, run_accountant, run_id_encoder, run_sink, run_transformer
 from ..codecs._lifecycle import StreamTracker, failure_code
 from ..codecs.ids import IdCodec
-from ..errors import InternalError, SluicegateError
+from ..errors import ClientError, InternalError, SluicegateError
 from ._messages import Deliver, Delivery, EventItem, PreparedCall, RawItem, Routed
 
 __all__ = ["Delivery", "Pipeline", "run_request"]
@@ -97,6 +98,8 @@ async def run_request(
     if not tracker.delivered_any:
         if recording is not None and recording.open:
             await _record_end(recording, tracker, ResponseStatus.FAILED, failure)
+        elif recording is not None and not recording.accepted:
+            await _record_refused(pipeline.ids, recording, call, failure)
         if deliver is None:
             raise failure
         await deliver.send(failure)
@@ -107,6 +110,10 @@ async def run_request(
     if closing and deliver is not None:
         await deliver.send(closing)
 
+
+#: The provider an unanswered response's ID names: none answered. Not a native provider, so
+#: GET reads such a response from the store, where all there is of it lives.
+UNANSWERED_PROVIDER = "none"
 
 #: How long a cancelled request may still take to record its end (seconds).
 RECORD_GRACE = 10.0
@@ -128,6 +135,33 @@ async def _record_cancelled(
         await _record_end(recording, tracker, status, error)
     if scope.cancelled_caught:
         logger.error("could not record the end of response %s in time", recording.response_id)
+
+
+async def _record_refused(
+    ids: IdCodec, recording: Recording, call: PreparedCall, failure: SluicegateError
+) -> None:
+    """A request no upstream answered ends recorded too (DESIGN §5: nothing is lost), under an
+    ID of its own that the error carries (``x-sluicegate-response-id``) and GET finds. A
+    request the caller got wrong (a 4xx of ours, such as a parameter a bridge cannot take or a
+    key's limit) never became a response: it is refused, not recorded."""
+    if isinstance(failure, ClientError):
+        return
+    response_id = ids.encode(
+        provider=UNANSWERED_PROVIDER,
+        deployment_id="",
+        raw_id=f"resp_{secrets.token_hex(24)}",
+        owner=call.owner,
+    )
+    error = {"code": failure_code(failure), "message": failure.message}
+    response = unanswered_response(
+        call, response_id, recording.created_at, status="failed", error=error
+    )
+    try:
+        await recording.refuse(response_id, error=error, response=response)
+    except SluicegateError:
+        logger.exception("could not record the failure of response %s", response_id)
+        return
+    failure.headers["x-sluicegate-response-id"] = response_id
 
 
 async def _record_end(
