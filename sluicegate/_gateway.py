@@ -971,8 +971,10 @@ async def open_gateway(
             max_keepalive_connections=gs.max_keepalive_connections,
             keepalive_expiry=gs.keepalive_expiry,
         )
+    elif transport is None:
+        transport = httpx.AsyncHTTPTransport(limits=limits)
     async with (
-        httpx.AsyncClient(limits=limits, transport=transport, timeout=None) as client,
+        transport,
         httpx.AsyncClient(transport=media_transport, timeout=None) as media_client,
         # The store outlives the services: background responses record their end on the way
         # out. Its writer runs in a body nursery, so the caller's own errors come out unwrapped.
@@ -998,7 +1000,7 @@ async def open_gateway(
         pipeline = Pipeline(
             router=router,
             connector=Connector(
-                client,
+                transport,
                 cfg.router_settings,
                 rng,
                 MediaFetcher(media_client, gs.media_fetch),

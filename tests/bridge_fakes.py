@@ -28,6 +28,8 @@ from sluicegate.fake._http import (
     response_head,
 )
 
+from .mock_upstream import ClosingStream
+
 __all__ = ["Fault", "FakeProvider", "Reply", "mock_transport", "serve_loopback"]
 
 
@@ -79,7 +81,7 @@ def mock_transport(fake: FakeProvider) -> httpx.MockTransport:
                 await trio.lowlevel.checkpoint()
                 yield piece
 
-        return httpx.Response(reply.status, headers=reply.headers, content=stream())
+        return httpx.Response(reply.status, headers=reply.headers, stream=ClosingStream(stream()))
 
     return httpx.MockTransport(handler)
 

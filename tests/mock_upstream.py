@@ -37,6 +37,20 @@ class MockUpstream:
         return orjson.loads(self.requests[index].content)
 
 
+class ClosingStream(httpx.AsyncByteStream):
+    """A scripted body that the reader's ``response.aclose()`` closes (httpx's own wrapper of
+    an async generator never closes it; a real transport always closes its connection)."""
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks
+
+    async def aclose(self) -> None:
+        await self._chunks.aclose()  # type: ignore[attr-defined]
+
+
 def json_step(
     status: int, body: Any, headers: dict[str, str] | None = None, *, delay: float = 0.0
 ) -> Step:
@@ -73,7 +87,9 @@ def stream_step(
         if first_byte_delay:
             await trio.sleep(first_byte_delay)
         return httpx.Response(
-            200, content=body(), headers={"content-type": "text/event-stream; charset=utf-8"}
+            200,
+            stream=ClosingStream(body()),
+            headers={"content-type": "text/event-stream; charset=utf-8"},
         )
 
     return step

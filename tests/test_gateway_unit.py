@@ -27,6 +27,7 @@ from sluicegate.errors import (
 
 from .conftest import MEMORY_STORE, fixture_bytes
 from .mock_upstream import (
+    ClosingStream,
     MockUpstream,
     error_step,
     json_step,
@@ -492,7 +493,7 @@ async def test_leaving_a_stream_early_cancels_the_upstream_body() -> None:
             closed.set()
 
     async def step(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=body())
+        return httpx.Response(200, stream=ClosingStream(body()))
 
     upstream = MockUpstream([step])
     async with await _gateway(upstream, config()) as gw:

@@ -22,7 +22,7 @@ from sluicegate.errors import InvalidRequestError, NotFoundError, StoreUnavailab
 from sluicegate.store import SQLiteStore
 
 from .conftest import MEMORY_STORE, fixture_bytes
-from .mock_upstream import sse_frames
+from .mock_upstream import ClosingStream, sse_frames
 from .sdk import sdk_event, sdk_response
 
 TEXT_BODY = orjson.loads(fixture_bytes("openai_text.json"))
@@ -87,7 +87,9 @@ class NativeUpstream:
             return _json(200, final)
         frames = sse_frames(TEXT_SSE.replace(RAW_ID.encode(), raw_id.encode()))
         return httpx.Response(
-            200, content=self._paced(frames), headers={"content-type": "text/event-stream"}
+            200,
+            stream=ClosingStream(self._paced(frames)),
+            headers={"content-type": "text/event-stream"},
         )
 
     async def _paced(self, frames: list[bytes]) -> AsyncIterator[bytes]:

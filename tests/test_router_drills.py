@@ -38,7 +38,7 @@ from sluicegate.errors import (
 )
 
 from .conftest import MEMORY_STORE, fixture_bytes
-from .mock_upstream import sse_frames
+from .mock_upstream import ClosingStream, sse_frames
 
 TEXT_BODY = orjson.loads(fixture_bytes("openai_text.json"))
 TEXT_SSE = fixture_bytes("openai_text.sse")
@@ -119,7 +119,9 @@ def _sse(frames: list[bytes], *, fail_after: int | None = None) -> httpx.Respons
             yield frame
 
     return httpx.Response(
-        200, content=body(), headers={"content-type": "text/event-stream; charset=utf-8"}
+        200,
+        stream=ClosingStream(body()),
+        headers={"content-type": "text/event-stream; charset=utf-8"},
     )
 
 
