@@ -14,7 +14,7 @@ import random
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from typing import Any, Literal, Protocol, overload
 
@@ -24,6 +24,7 @@ import orjson
 import trio
 
 from ._live import Follower, LiveRun
+from ._objects import ObjectService, spend_metadata_of
 from ._params import prepare_call
 from ._types import Response, ResponseEvent, ResponseStatus, StreamEvent
 from .actors._connector import Connector
@@ -235,6 +236,8 @@ class Gateway:
     _live: dict[str, LiveRun] = attrs.Factory(dict)
     _in_flight: int = 0
     _total: int = 0
+    #: Files and batches (issue 8).
+    _objects: ObjectService | None = None
 
     @property
     def config(self) -> GatewayConfig:
@@ -451,6 +454,186 @@ class Gateway:
             self._in_flight -= 1
             del self._live[live.response_id]
             live.finish()
+
+    # -- files and batches (issue 8) -------------------------------------------------------
+
+    @property
+    def _files(self) -> ObjectService:
+        assert self._objects is not None, "open the gateway with open_gateway()"
+        return self._objects
+
+    async def create_file(
+        self,
+        *,
+        file: Any,
+        purpose: Any = None,
+        model: str | None = None,
+        expires_after: Any = None,
+        owner: str | None = None,
+        spend_logs_metadata: Any = None,
+        litellm_metadata: Any = None,
+        extra_headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 -- the OpenAI SDK's per-call option
+    ) -> dict[str, Any]:
+        """Upload a file (``POST /v1/files``) to a deployment of ``model`` (the group's OpenAI
+        or Azure deployment; optional when only one deployment keeps files), streamed.
+
+        Args:
+            file: bytes, a path, a binary file, a ``(filename, content[, content_type])`` tuple
+                (content: bytes, a binary file or an async iterable of bytes), or an Upload.
+            purpose: ``batch``, ``assistants``, ``fine-tune``, ``vision``, ``user_data``,
+                ``evals``.
+
+        Returns:
+            The file object, its ``id`` a sluicegate ``file-`` ID.
+        """
+        return await self._files.create_file(
+            file,
+            purpose=purpose,
+            model=model,
+            owner=self._owner_of(owner),
+            expires_after=expires_after,
+            spend_metadata=spend_metadata_of(spend_logs_metadata, litellm_metadata),
+            extra_headers=extra_headers,
+            total_timeout=timeout,
+        )
+
+    async def list_files(
+        self,
+        *,
+        purpose: str | None = None,
+        limit: int = 10000,
+        after: str | None = None,
+        order: str = "desc",
+        owner: str | None = None,
+        admin: bool = False,
+    ) -> dict[str, Any]:
+        """The caller's files (``GET /v1/files``), as last seen, newest first by default."""
+        return await self._files.list_files(
+            owner=self._owner_of(owner),
+            admin=admin,
+            purpose=purpose,
+            limit=limit,
+            after=after,
+            order=order,
+        )
+
+    async def retrieve_file(
+        self,
+        file_id: str,
+        *,
+        owner: str | None = None,
+        admin: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109 -- the OpenAI SDK's per-call option
+    ) -> dict[str, Any]:
+        """A file (``GET /v1/files/{id}``), from the deployment that keeps it."""
+        return await self._files.retrieve_file(
+            file_id, owner=self._owner_of(owner), admin=admin, total_timeout=timeout
+        )
+
+    async def delete_file(
+        self,
+        file_id: str,
+        *,
+        owner: str | None = None,
+        admin: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109 -- the OpenAI SDK's per-call option
+    ) -> dict[str, Any]:
+        """Delete a file (``DELETE /v1/files/{id}``), upstream and here."""
+        return await self._files.delete_file(
+            file_id, owner=self._owner_of(owner), admin=admin, total_timeout=timeout
+        )
+
+    def open_file_content(
+        self, file_id: str, *, owner: str | None = None, admin: bool = False
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """``async with gw.open_file_content(id) as chunks:`` the file's bytes as they arrive
+        (``GET /v1/files/{id}/content``). Reading a batch's output file to its end records
+        the batch's usage and cost."""
+        return self._files.open_file_content(file_id, owner=self._owner_of(owner), admin=admin)
+
+    async def file_content(
+        self, file_id: str, *, owner: str | None = None, admin: bool = False
+    ) -> bytes:
+        """The whole content of a file (see :meth:`open_file_content` to stream it)."""
+        async with self.open_file_content(file_id, owner=owner, admin=admin) as chunks:
+            return b"".join([chunk async for chunk in chunks])
+
+    async def create_batch(
+        self,
+        *,
+        input_file_id: Any = None,
+        endpoint: Any = None,
+        completion_window: Any = "24h",
+        metadata: Any = None,
+        output_expires_after: Any = None,
+        model: str | None = None,
+        owner: str | None = None,
+        admin: bool = False,
+        spend_logs_metadata: Any = None,
+        litellm_metadata: Any = None,
+        extra_headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 -- the OpenAI SDK's per-call option
+    ) -> dict[str, Any]:
+        """Create a batch (``POST /v1/batches``) on the deployment that keeps its input file
+        (``model``, if given, must be a group of that deployment)."""
+        return await self._files.create_batch(
+            input_file_id=input_file_id,
+            endpoint=endpoint,
+            completion_window=completion_window,
+            metadata=metadata,
+            output_expires_after=output_expires_after,
+            model=model,
+            owner=self._owner_of(owner),
+            admin=admin,
+            spend_metadata=spend_metadata_of(spend_logs_metadata, litellm_metadata),
+            extra_headers=extra_headers,
+            total_timeout=timeout,
+        )
+
+    async def retrieve_batch(
+        self,
+        batch_id: str,
+        *,
+        owner: str | None = None,
+        admin: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109 -- the OpenAI SDK's per-call option
+    ) -> dict[str, Any]:
+        """A batch (``GET /v1/batches/{id}``), with its files' sluicegate IDs."""
+        return await self._files.retrieve_batch(
+            batch_id, owner=self._owner_of(owner), admin=admin, total_timeout=timeout
+        )
+
+    async def cancel_batch(
+        self,
+        batch_id: str,
+        *,
+        owner: str | None = None,
+        admin: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109 -- the OpenAI SDK's per-call option
+    ) -> dict[str, Any]:
+        """Cancel a batch (``POST /v1/batches/{id}/cancel``)."""
+        return await self._files.cancel_batch(
+            batch_id, owner=self._owner_of(owner), admin=admin, total_timeout=timeout
+        )
+
+    async def list_batches(
+        self,
+        *,
+        limit: int = 20,
+        after: str | None = None,
+        owner: str | None = None,
+        admin: bool = False,
+    ) -> dict[str, Any]:
+        """The caller's batches (``GET /v1/batches``), newest first; running ones refreshed."""
+        return await self._files.list_batches(
+            owner=self._owner_of(owner), admin=admin, limit=limit, after=after
+        )
+
+    def _owner_of(self, owner: str | None) -> str:
+        if owner is not None and not isinstance(owner, str):
+            raise InvalidRequestError("'owner' must be a string.", param="owner")
+        return self._owner if owner is None else owner
 
     # -- stored responses ----------------------------------------------------------------
 
@@ -1013,6 +1196,18 @@ async def open_gateway(
             services.start_soon(
                 _purge_periodically, store, gs.store.retention, gs.store.purge_interval, wall_clock
             )
+        secret = _id_secret(cfg, env)
+        objects = ObjectService(
+            store,
+            router,
+            pipeline.connector,
+            PriceTable.bundled(),
+            IdCodec.from_secret(secret, prefix="file-"),
+            IdCodec.from_secret(secret, prefix="batch_"),
+            fakes.resolve,
+            wall_clock,
+            gs.max_file_bytes,
+        )
         yield Gateway(
             cfg,
             pipeline,
@@ -1022,6 +1217,7 @@ async def open_gateway(
             Recorder(store, accountant, wall_clock),
             services,
             owner,
+            objects=objects,
         )
 
 

@@ -307,6 +307,8 @@ class GeneralSettings:
     allow_unauthenticated: bool = False
     #: The largest request body the proxy reads (bytes); larger is a 413.
     max_request_body_bytes: int = 16 * 1024 * 1024
+    #: The largest file an upload may send upstream (OpenAI's own limit: 512 MB).
+    max_file_bytes: int = 512 * 1024 * 1024
     #: Seconds of upstream silence after which the proxy sends an SSE comment line, so load
     #: balancers do not cut a stream while a model thinks.
     sse_keepalive_interval: Duration = Duration(15.0)

@@ -31,6 +31,7 @@ from sluicegate.store import (
     Ended,
     ItemDone,
     KeyRow,
+    ObjectRow,
     Record,
     Routed,
     Settled,
@@ -1003,6 +1004,77 @@ class StoreContract:
         async with backend.open() as store:
             assert await store.find_key(FULL_KEY.key_hash) == FULL_KEY
             assert await store.get_key(BARE_KEY.key_id) == attrs.evolve(BARE_KEY, deleted_at=2000.0)
+
+    # -- files and batches (issue 8)
+
+    async def test_objects_round_trip_update_and_list_by_owner(self, store: Store) -> None:
+        rows = [
+            ObjectRow(
+                id=f"file-{i}",
+                kind="file",
+                owner="key-1" if i % 2 == 0 else "key-2",
+                model="g",
+                deployment_id="dep-a",
+                provider="openai",
+                raw_id=f"file-raw{i}",
+                created_at=100.0 + i,
+                data={"id": f"file-{i}", "purpose": "batch" if i < 3 else "vision"},
+                spend_metadata={"team": "t"} if i == 0 else {},
+            )
+            for i in range(5)
+        ]
+        for row in rows:
+            await store.put_object(row)
+        assert await store.get_object("file-0") == rows[0]
+        assert await store.find_object("dep-a", "file-raw3") == rows[3]
+        assert await store.get_object("file-9") is None
+        assert await store.find_object("dep-b", "file-raw3") is None
+        mine = await store.list_objects("file", owner="key-1")
+        assert [r.id for r in mine] == ["file-4", "file-2", "file-0"]  # newest first
+        oldest = await store.list_objects("file", owner="key-1", newest_first=False, limit=2)
+        assert [r.id for r in oldest] == ["file-0", "file-2"]
+        page = await store.list_objects("file", owner="key-1", after="file-4")
+        assert [r.id for r in page] == ["file-2", "file-0"]
+        batch_only = await store.list_objects("file", owner=None, purpose="batch")
+        assert [r.id for r in batch_only] == ["file-2", "file-1", "file-0"]
+        assert await store.list_objects("batch", owner=None) == []
+        # A fresher view replaces data, settled and deleted_at; deleted rows leave the lists.
+        await store.put_object(attrs.evolve(rows[2], data={"id": "file-2", "status": "x"}))
+        await store.put_object(attrs.evolve(rows[4], deleted_at=500.0))
+        got = await store.get_object("file-2")
+        assert got is not None and got.data == {"id": "file-2", "status": "x"}
+        assert [r.id for r in await store.list_objects("file", owner="key-1")] == [
+            "file-2",
+            "file-0",
+        ]
+        gone = await store.get_object("file-4")
+        assert gone is not None and gone.deleted_at == 500.0
+        # Objects are no records of the log.
+        assert store.statistics().records_appended == 0
+
+    async def test_an_object_with_a_taken_upstream_id_is_refused(self, store: Store) -> None:
+        row = ObjectRow(
+            id="batch_a",
+            kind="batch",
+            owner="key-1",
+            model="g",
+            deployment_id="dep-a",
+            provider="azure",
+            raw_id="batch_raw",
+            created_at=1.0,
+            data={},
+        )
+        await store.put_object(row)
+        with pytest.raises(StoreIntegrityError):
+            await store.put_object(attrs.evolve(row, id="batch_b"))
+        with pytest.raises(StoreIntegrityError, match="JSON"):
+            await store.put_object(
+                attrs.evolve(row, id="batch_c", raw_id="r", data={"x": object()})
+            )
+        assert await store.get_object("batch_b") is None
+        settled = attrs.evolve(row, settled=True)
+        await store.put_object(settled)
+        assert await store.get_object("batch_a") == settled
 
     # -- group commit
 

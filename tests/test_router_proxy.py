@@ -12,13 +12,13 @@ from typing import Any
 
 import httpx
 import openai
-import trio
 
 from sluicegate.codecs.ids import IdCodec
 from sluicegate.fake import FakeUpstream, Fault, open_fake_upstream
-from sluicegate.server import build_app, serve
+from sluicegate.server import build_app
 
 from .conftest import MEMORY_STORE
+from .proxy_server import serving
 
 MASTER = "sk-master-0123456789abcdef"
 SECRET = "router-proxy-test"
@@ -50,23 +50,12 @@ def _config(a: FakeUpstream, b: FakeUpstream) -> dict[str, Any]:
 
 @asynccontextmanager
 async def running() -> AsyncIterator[tuple[str, FakeUpstream, FakeUpstream]]:
-    async with open_fake_upstream(tokens=4) as a, open_fake_upstream(tokens=4) as b:
-        app = build_app(_config(a, b))
-        stop = trio.Event()
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(
-                lambda task_status: serve(
-                    app,
-                    host="127.0.0.1",
-                    port=0,
-                    shutdown_trigger=stop.wait,
-                    task_status=task_status,
-                )
-            )
-            try:
-                yield binds[0], a, b
-            finally:
-                stop.set()
+    async with (
+        open_fake_upstream(tokens=4) as a,
+        open_fake_upstream(tokens=4) as b,
+        serving(build_app(_config(a, b))) as url,
+    ):
+        yield url, a, b
 
 
 def _deployment_of(response_id: str) -> str:

@@ -112,12 +112,12 @@ def _leave_lock_file(path: Path, instance: str) -> None:
     Path(f"{path}-instances/{instance}.lock").touch()
 
 
-async def test_new_database_gets_schema_version_3_in_wal_mode(tmp_path: Path) -> None:
+async def test_new_database_gets_the_current_schema_in_wal_mode(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     async with open_sqlite_store(path):
         pass
-    assert SQLITE_SCHEMA_VERSION == 3
-    assert _user_version(path) == 3
+    assert SQLITE_SCHEMA_VERSION == 4
+    assert _user_version(path) == 4
     with _database(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         # The keys table of issue 4: only the secret's hash, unique, is kept.
@@ -158,7 +158,7 @@ async def test_older_database_is_migrated(tmp_path: Path) -> None:
         row = await store.get("resp_m")
         assert row is not None
         assert row.status is ResponseStatus.COMPLETED
-    assert _user_version(path) == 3
+    assert _user_version(path) == SQLITE_SCHEMA_VERSION
 
 
 def _create_version_1(path: Path) -> None:
@@ -205,12 +205,14 @@ def _create_version_1(path: Path) -> None:
         )
 
 
-async def test_version_1_database_migrates_to_3_and_keeps_its_rows(tmp_path: Path) -> None:
+async def test_version_1_database_migrates_to_the_current_schema_and_keeps_its_rows(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "v1.db"
     _create_version_1(path)
     assert _user_version(path) == 1
     async with open_sqlite_store(path) as store:
-        assert _user_version(path) == 3
+        assert _user_version(path) == SQLITE_SCHEMA_VERSION
         row = await store.get("resp_v1")
         assert row is not None
         assert (row.status, row.usage, row.cost, row.completed_at) == (
@@ -291,12 +293,14 @@ def _create_version_2(path: Path) -> None:
         )
 
 
-async def test_version_2_database_migrates_to_3_and_keeps_its_rows(tmp_path: Path) -> None:
+async def test_version_2_database_migrates_to_the_current_schema_and_keeps_its_rows(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "v2.db"
     _create_version_2(path)
     assert _user_version(path) == 2
     async with open_sqlite_store(path) as store:
-        assert _user_version(path) == 3
+        assert _user_version(path) == SQLITE_SCHEMA_VERSION
         row = await store.get("resp_v2")
         assert row is not None
         assert (row.owner, row.status, row.cost, row.previous_id) == (

@@ -176,6 +176,22 @@ class Router:
         """The configured deployment with this ID, or None."""
         return self._by_id.get(deployment_id)
 
+    def deployments(self) -> list[Deployment]:
+        """Every configured deployment."""
+        return list(self._by_id.values())
+
+    def group(self, model: str) -> list[Deployment] | None:
+        """The deployments of a configured model group, or None."""
+        group = self._groups.get(model)
+        return None if group is None else [h.deployment for h in group.health]
+
+    def pick(self, deployments: Sequence[Deployment]) -> Deployment:
+        """One of ``deployments`` by weight, preferring those whose breaker lets them through
+        (files and batches: a deployment chosen for a new object)."""
+        now = self._clock()
+        usable = [d for d in deployments if self.health(d).available(now)] or list(deployments)
+        return self._random.choices(usable, [d.weight for d in usable])[0]
+
     def env_deployment(self, provider: str, model: str = "_") -> Deployment | None:
         """A deployment on the provider's environment credentials (zero-config use)."""
         if provider not in _ADHOC_PROVIDERS:

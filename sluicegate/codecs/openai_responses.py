@@ -17,7 +17,7 @@ Sans-IO: no trio, no httpx.
 from __future__ import annotations
 
 import email.utils
-from collections.abc import Mapping
+from collections.abc import AsyncIterable, Mapping
 from typing import Any, Protocol
 
 import attrs
@@ -40,6 +40,8 @@ __all__ = [
     "ResponsesBodyDecoder",
     "ResponsesStreamDecoder",
     "UpstreamRequest",
+    "api_url",
+    "auth_headers",
     "build_create_request",
     "build_resource_request",
     "parse_error_response",
@@ -56,7 +58,8 @@ class UpstreamRequest:
     url: str
     headers: Mapping[str, str]
     params: Mapping[str, str | list[str]] = attrs.Factory(dict)
-    content: bytes | None = None
+    #: The body; an async iterable is streamed (chunked) and cannot be sent twice.
+    content: bytes | AsyncIterable[bytes] | None = None
 
 
 class Decoder(Protocol):
@@ -65,16 +68,27 @@ class Decoder(Protocol):
 
 
 def _responses_url(deployment: Deployment) -> tuple[str, dict[str, str]]:
+    return api_url(deployment, "responses")
+
+
+def api_url(deployment: Deployment, resource: str) -> tuple[str, dict[str, str]]:
+    """The URL of a collection (``responses``, ``files``, ``batches``) of a deployment, and the
+    query it needs (Azure's ``api-version`` on its older route)."""
     base = deployment.api_base or ""
     if deployment.provider != "azure":
-        return f"{base}/responses", {}
+        return f"{base}/{resource}", {}
     version = deployment.api_version
     if base.endswith("/openai/v1"):
-        return f"{base}/responses", {}
+        return f"{base}/{resource}", {}
     if version and version not in _AZURE_V1_VERSIONS:
         # The older preview route: /openai/responses?api-version=... (responses-api.md §0).
-        return f"{base}/openai/responses", {"api-version": version}
-    return f"{base}/openai/v1/responses", {}
+        return f"{base}/openai/{resource}", {"api-version": version}
+    return f"{base}/openai/v1/{resource}", {}
+
+
+def auth_headers(deployment: Deployment) -> dict[str, str]:
+    """The deployment's credentials and its configured extra headers."""
+    return {**_auth_headers(deployment), **deployment.extra_headers}
 
 
 def _auth_headers(deployment: Deployment) -> dict[str, str]:

@@ -31,8 +31,16 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
+from contextlib import AbstractAsyncContextManager, aclosing
 from functools import partial
 from typing import Any
 from urllib.parse import parse_qs
@@ -45,6 +53,14 @@ from .._gateway import Gateway, ResponseStream
 from .._types import DeltaEvent, OutputItemEvent, Response, ResponseEvent, StreamEvent
 from ..actors._health import BreakerState, DeploymentStatistics
 from ..actors._router import SESSION_HEADER
+from ..codecs.multipart import (
+    MultipartError,
+    MultipartParser,
+    PartData,
+    PartEnd,
+    PartStart,
+    boundary_of,
+)
 from ..codecs.sse import encode_comment, encode_event
 from ..config import GatewayConfig
 from ..errors import (
@@ -321,6 +337,10 @@ class ProxyApp:
             await self._create(ex, gateway, keys, caller)
         elif match is not None:
             await self._resource(ex, gateway, caller, method, match.group(1), match.group(2))
+        elif path in ("/v1/files", "/files", "/v1/batches", "/batches") or (
+            _OBJECT_PATH.fullmatch(path) is not None
+        ):
+            await self._objects(ex, gateway, keys, caller, method, path)
         elif path in ("/v1/models", "/models") and method == "GET":
             ex.route = "/v1/models"
             await ex.json(200, _models(gateway, caller))
@@ -348,6 +368,175 @@ class ProxyApp:
             await ex.json(503, {"status": "unhealthy", "store": exc.message})
             return
         await ex.json(200, {"status": "healthy", "store": "connected"})
+
+    # -- files and batches (issue 8) -------------------------------------------------------
+
+    async def _objects(
+        self,
+        ex: _Exchange,
+        gateway: Gateway,
+        keys: KeyManager,
+        caller: Caller,
+        method: str,
+        path: str,
+    ) -> None:
+        owner, admin = caller.owner, caller.admin
+        query = ex.query()
+        kind = "files" if "/files" in path else "batches"
+        match = _OBJECT_PATH.fullmatch(path)
+        if match is None and kind == "files" and method == "POST":
+            ex.route = "/v1/files"
+            await self._upload(ex, gateway, keys, caller)
+        elif match is None and kind == "files" and method == "GET":
+            ex.route = "/v1/files"
+            page = await gateway.list_files(
+                purpose=_str(query, "purpose"),
+                limit=_int(query, "limit") or 10000,
+                after=_str(query, "after"),
+                order=_str(query, "order") or "desc",
+                owner=owner,
+                admin=admin,
+            )
+            await ex.json(200, page)
+        elif match is None and kind == "batches" and method == "POST":
+            ex.route = "/v1/batches"
+            body = await _json_body(ex, self._limit)
+            model = body.pop("model", None) or _model_hint(ex)
+            admission = await keys.admit(caller, model) if isinstance(model, str) else None
+            try:
+                batch = await gateway.create_batch(
+                    **_batch_params(body),
+                    model=model,
+                    owner=owner,
+                    admin=admin,
+                    spend_logs_metadata=_spend_of(ex),
+                )
+            finally:
+                if admission is not None:
+                    admission.release()
+            await ex.json(200, batch)
+        elif match is None and kind == "batches" and method == "GET":
+            ex.route = "/v1/batches"
+            page = await gateway.list_batches(
+                limit=_int(query, "limit") or 20,
+                after=_str(query, "after"),
+                owner=owner,
+                admin=admin,
+            )
+            await ex.json(200, page)
+        elif match is not None and kind == "files":
+            object_id, action = match.group(2), match.group(3)
+            if action is None and method == "GET":
+                ex.route = "/v1/files/{id}"
+                await ex.json(200, await gateway.retrieve_file(object_id, owner=owner, admin=admin))
+            elif action is None and method == "DELETE":
+                ex.route = "/v1/files/{id}"
+                await ex.json(200, await gateway.delete_file(object_id, owner=owner, admin=admin))
+            elif action == "/content" and method == "GET":
+                ex.route = "/v1/files/{id}/content"
+                async with gateway.open_file_content(object_id, owner=owner, admin=admin) as chunks:
+                    await ex.start(200, [(b"content-type", b"application/octet-stream")])
+                    async for chunk in chunks:
+                        await ex.send(
+                            {"type": "http.response.body", "body": chunk, "more_body": True}
+                        )
+                    await ex.send({"type": "http.response.body", "body": b"", "more_body": False})
+            else:
+                raise _method_not_allowed(method, path)
+        elif match is not None and kind == "batches":
+            object_id, action = match.group(2), match.group(3)
+            if action is None and method == "GET":
+                ex.route = "/v1/batches/{id}"
+                await ex.json(
+                    200, await gateway.retrieve_batch(object_id, owner=owner, admin=admin)
+                )
+            elif action == "/cancel" and method == "POST":
+                ex.route = "/v1/batches/{id}/cancel"
+                await ex.json(200, await gateway.cancel_batch(object_id, owner=owner, admin=admin))
+            else:
+                raise _method_not_allowed(method, path)
+        else:
+            raise _method_not_allowed(method, path)
+
+    async def _upload(
+        self, ex: _Exchange, gateway: Gateway, keys: KeyManager, caller: Caller
+    ) -> None:
+        """``POST /v1/files``: the form's fields are read up to the file part; the file part
+        streams upstream as it arrives (never whole in memory)."""
+        content_type = ex.header(b"content-type") or ""
+        try:
+            parser = MultipartParser(boundary_of(content_type))
+        except MultipartError as exc:
+            raise InvalidRequestError(
+                f"The body must be multipart/form-data with a 'file' part ({exc}).", param="file"
+            ) from None
+        # Closed on every way out: a refused upload leaves its body unread.
+        async with aclosing(_form_events(ex, parser)) as events:
+            await self._upload_form(ex, gateway, keys, caller, events)
+
+    async def _upload_form(
+        self,
+        ex: _Exchange,
+        gateway: Gateway,
+        keys: KeyManager,
+        caller: Caller,
+        events: AsyncIterator[PartStart | PartData | PartEnd],
+    ) -> None:
+        fields: dict[str, str] = {}
+        name: str | None = None
+        value: list[bytes] = []
+        size = 0
+        file_start: PartStart | None = None
+        async for event in events:
+            if isinstance(event, PartStart):
+                if event.filename is not None or event.name == "file":
+                    file_start = event
+                    break
+                name, value, size = event.name, [], 0
+            elif isinstance(event, PartData):
+                size += len(event.data)
+                if size > _MAX_FORM_FIELD:
+                    raise InvalidRequestError(
+                        f"The form field '{name}' is longer than {_MAX_FORM_FIELD} bytes.",
+                        param=name,
+                    )
+                value.append(event.data)
+            elif name is not None:
+                fields[name] = b"".join(value).decode("utf-8", "replace")
+                name = None
+        if file_start is None:
+            raise InvalidRequestError(
+                "Missing required parameter: 'file'.",
+                param="file",
+                code="missing_required_parameter",
+            )
+        model = fields.get("model") or _model_hint(ex)
+        spend = _spend_of(ex)
+        if spend is None and "litellm_metadata" in fields:
+            spend = _form_json(fields["litellm_metadata"], "litellm_metadata").get(
+                "spend_logs_metadata"
+            )
+        expires_after = None
+        if "expires_after[anchor]" in fields or "expires_after[seconds]" in fields:
+            expires_after = {
+                "anchor": fields.get("expires_after[anchor]"),
+                "seconds": fields.get("expires_after[seconds]"),
+            }
+        admission = await keys.admit(caller, model) if model else None
+        try:
+            async with aclosing(_file_data(events)) as data:
+                created = await gateway.create_file(
+                    file=(file_start.filename or "upload", data, file_start.content_type),
+                    purpose=fields.get("purpose"),
+                    model=model,
+                    expires_after=expires_after,
+                    owner=caller.owner,
+                    spend_logs_metadata=spend,
+                )
+        finally:
+            if admission is not None:
+                admission.release()
+        await ex.json(200, created)
 
     # -- POST /v1/responses --------------------------------------------------------------
 
@@ -605,6 +794,85 @@ def _per_deployment(
         ((("deployment", d.id), ("model_group", d.model_name)), read(d))
         for d in gateway.statistics().deployments
     ]
+
+
+_OBJECT_PATH = re.compile(r"/(?:v1/)?(files|batches)/([^/]+)(/content|/cancel)?/?")
+#: The largest non-file field of an upload form.
+_MAX_FORM_FIELD = 64 * 1024
+_BATCH_FIELDS = frozenset(
+    {"input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after"}
+)
+
+
+def _method_not_allowed(method: str, path: str) -> NotFoundError:
+    return NotFoundError(f"Invalid URL ({method} {path})", code="unknown_url")
+
+
+def _model_hint(ex: _Exchange) -> str | None:
+    """The model group named outside the body: ``?model=`` or the ``x-sluicegate-model``
+    header."""
+    return _str(ex.query(), "model") or ex.header(b"x-sluicegate-model")
+
+
+def _spend_of(ex: _Exchange) -> dict[str, Any] | None:
+    header = ex.header(b"x-sluicegate-spend-logs-metadata")
+    return None if header is None else _spend_header(header)
+
+
+def _batch_params(body: dict[str, Any]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for name, value in body.items():
+        if name == "litellm_metadata":
+            params["litellm_metadata"] = value
+        elif name in _BATCH_FIELDS:
+            params[name] = value
+        else:
+            raise InvalidRequestError(
+                f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter"
+            )
+    return params
+
+
+def _form_json(text: str, name: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise InvalidRequestError(f"The form field '{name}' must be a JSON object.", param=name)
+    return value
+
+
+async def _form_events(
+    ex: _Exchange, parser: MultipartParser
+) -> AsyncGenerator[PartStart | PartData | PartEnd, None]:
+    """The multipart events of the request body, read as the client sends it."""
+    while True:
+        message = await ex.receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        try:
+            for event in parser.feed(message.get("body", b"")):
+                yield event
+            if not message.get("more_body"):
+                for event in parser.close():
+                    yield event
+                return
+        except MultipartError as exc:
+            raise InvalidRequestError(f"Malformed multipart body: {exc}", param="file") from None
+
+
+async def _file_data(
+    events: AsyncIterator[PartStart | PartData | PartEnd],
+) -> AsyncGenerator[bytes, None]:
+    """The file part's bytes, then the rest of the form read (and ignored) to its end."""
+    async for event in events:
+        if isinstance(event, PartData):
+            yield event.data
+        elif isinstance(event, PartEnd):
+            break
+    async for _ in events:
+        pass
 
 
 DROPPED_PARAMS_HEADER = b"x-sluicegate-dropped-params"

@@ -12,6 +12,8 @@ from ..errors import StoreIntegrityError as StoreIntegrityError
 from ..errors import StoreUnavailableError as StoreUnavailableError
 from ._interface import RECOVERY_ERROR as RECOVERY_ERROR
 from ._interface import KeyRow as KeyRow
+from ._interface import ObjectKind as ObjectKind
+from ._interface import ObjectRow as ObjectRow
 from ._interface import SpendFilter as SpendFilter
 from ._interface import SpendGroup as SpendGroup
 from ._interface import SpendLog as SpendLog
@@ -37,6 +39,8 @@ __all__ = [
     "Ended",
     "ItemDone",
     "KeyRow",
+    "ObjectKind",
+    "ObjectRow",
     "RECOVERY_ERROR",
     "Record",
     "ResponseRow",

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KeyRow",
+    "ObjectKind",
+    "ObjectRow",
     "RECOVERY_ERROR",
     "SpendFilter",
     "SpendGroup",
@@ -99,6 +101,38 @@ class SpendTotal:
     output_tokens: int
     #: Sum of the known costs (unpriced responses add nothing).
     cost: float
+
+
+@attrs.frozen(kw_only=True)
+class ObjectRow:
+    """A file or batch made through the gateway (issue 8), as the store keeps it: who owns it,
+    which deployment holds it under which raw ID, and the object as last seen upstream."""
+
+    #: The encoded ID (``file-…`` or ``batch_…``).
+    id: str
+    kind: ObjectKind
+    owner: str
+    #: The model group it was made for.
+    model: str
+    deployment_id: str
+    provider: str
+    #: The upstream's own ID.
+    raw_id: str
+    #: Unix seconds.
+    created_at: float
+    #: The object as the caller sees it (our IDs), as last seen upstream.
+    data: dict[str, Any]
+    spend_metadata: dict[str, Any] = attrs.Factory(dict)
+    #: A file: the batch whose output or error file it is (its usage is settled when read).
+    batch_id: str | None = None
+    #: A batch: its usage and cost were recorded (from its output file, once).
+    settled: bool = False
+    #: Unix seconds of the deletion; None while it exists.
+    deleted_at: float | None = None
+
+
+#: The kinds of :class:`ObjectRow`.
+ObjectKind = Literal["file", "batch"]
 
 
 def _models(value: Any) -> tuple[str, ...] | None:
@@ -248,6 +282,39 @@ class Store(Protocol):
     async def delete_key(self, key_id: str, *, at: float) -> bool:
         """Mark the key deleted at ``at`` (unix seconds); its row stays, so its ID and hash are
         never reused. Returns True if it existed and was not deleted yet."""
+        ...
+
+    async def put_object(self, row: ObjectRow) -> None:
+        """Insert a file or batch, or replace the row with the same ID (a fresher view of the
+        same object: ``data``, ``settled``, ``deleted_at``). Written in order with the appends
+        queued before it.
+
+        Raises:
+            StoreIntegrityError: another row holds the same deployment and raw ID, or the row
+                is not JSON-serializable; nothing is written.
+        """
+        ...
+
+    async def get_object(self, object_id: str) -> ObjectRow | None:
+        """The file or batch with this encoded ID (deleted ones too), or None."""
+        ...
+
+    async def find_object(self, deployment_id: str, raw_id: str) -> ObjectRow | None:
+        """The file or batch a deployment knows by ``raw_id`` (deleted ones too), or None."""
+        ...
+
+    async def list_objects(
+        self,
+        kind: ObjectKind,
+        *,
+        owner: str | None,
+        after: str | None = None,
+        limit: int = 20,
+        newest_first: bool = True,
+        purpose: str | None = None,
+    ) -> list[ObjectRow]:
+        """Live (not deleted) objects of a kind, ``owner``'s (None: everyone's), by creation
+        time, starting after the object ``after``; at most ``limit``."""
         ...
 
     def statistics(self) -> StoreStatistics:

@@ -88,6 +88,8 @@ from ..errors import InvalidRequestError, StoreError, StoreIntegrityError, Store
 from ._interface import (
     RECOVERY_ERROR,
     KeyRow,
+    ObjectKind,
+    ObjectRow,
     SpendFilter,
     SpendGroup,
     SpendLog,
@@ -207,6 +209,28 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
         metadata BLOB NOT NULL,
         deleted_at REAL
     )
+    """,
+    # 4: files and batches made through the gateway (issue 8): owner, deployment and raw ID,
+    # the object as last seen; a batch's output file names its batch.
+    """
+    CREATE TABLE objects (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        model TEXT NOT NULL,
+        deployment_id TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        raw_id TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        data BLOB NOT NULL,
+        spend_metadata BLOB NOT NULL,
+        batch_id TEXT,
+        settled INTEGER NOT NULL DEFAULT 0,
+        deleted_at REAL
+    );
+    CREATE UNIQUE INDEX objects_by_upstream ON objects (deployment_id, raw_id);
+    CREATE INDEX objects_by_owner ON objects (kind, owner, created_at);
+    CREATE INDEX objects_by_created ON objects (kind, created_at)
     """,
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
@@ -687,8 +711,27 @@ class _DeleteKeyJob:
         return 64
 
 
+@attrs.define(eq=False)
+class _PutObjectJob:
+    """Insert or replace one file or batch (its JSON encoded in the caller's task)."""
+
+    row: ObjectRow
+    data: bytes
+    spend_metadata: bytes
+    done: trio.Event = attrs.Factory(trio.Event)
+    error: StoreError | None = None
+
+    @property
+    def weight(self) -> int:
+        return 1
+
+    @property
+    def size(self) -> int:
+        return len(self.data) + len(self.spend_metadata) + 256
+
+
 #: What the writer's channel carries.
-_Job: TypeAlias = _Pending | _PurgeJob | _PutKeyJob | _DeleteKeyJob
+_Job: TypeAlias = _Pending | _PurgeJob | _PutKeyJob | _DeleteKeyJob | _PutObjectJob
 
 
 @attrs.define(eq=False)
@@ -901,6 +944,95 @@ def _put_key(db: sqlite3.Connection, job: _PutKeyJob) -> None:
         ) from exc
 
 
+_OBJECT_COLUMNS: Final = (
+    "id, kind, owner, model, deployment_id, provider, raw_id, created_at, data, spend_metadata,"
+    " batch_id, settled, deleted_at"
+)
+
+
+def _put_object(db: sqlite3.Connection, job: _PutObjectJob) -> None:
+    row = job.row
+    try:
+        db.execute(
+            f"INSERT INTO objects ({_OBJECT_COLUMNS}) VALUES ({', '.join('?' * 13)})"
+            " ON CONFLICT (id) DO UPDATE SET data = excluded.data,"
+            " settled = excluded.settled, deleted_at = excluded.deleted_at",
+            (
+                row.id,
+                row.kind,
+                row.owner,
+                row.model,
+                row.deployment_id,
+                row.provider,
+                row.raw_id,
+                row.created_at,
+                job.data,
+                job.spend_metadata,
+                row.batch_id,
+                int(row.settled),
+                row.deleted_at,
+            ),
+        )
+    except sqlite3.IntegrityError as exc:
+        raise StoreIntegrityError(
+            f"{row.kind} {row.id} was refused: deployment {row.deployment_id!r} already has an "
+            "object with its upstream ID"
+        ) from exc
+
+
+def _object_row(row: Sequence[Any]) -> ObjectRow:
+    return ObjectRow(
+        id=row[0],
+        kind=row[1],
+        owner=row[2],
+        model=row[3],
+        deployment_id=row[4],
+        provider=row[5],
+        raw_id=row[6],
+        created_at=row[7],
+        data=orjson.loads(row[8]),
+        spend_metadata=orjson.loads(row[9]),
+        batch_id=row[10],
+        settled=bool(row[11]),
+        deleted_at=row[12],
+    )
+
+
+def _read_object(db: sqlite3.Connection, where: str, values: tuple[str, ...]) -> ObjectRow | None:
+    # ``where`` is one of the callers' literals, never input.
+    row = db.execute(f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE {where}", values).fetchone()
+    return None if row is None else _object_row(row)
+
+
+def _list_objects(
+    db: sqlite3.Connection,
+    kind: str,
+    owner: str | None,
+    after: str | None,
+    limit: int,
+    newest_first: bool,
+    purpose: str | None,
+) -> list[ObjectRow]:
+    sql = f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE kind = ? AND deleted_at IS NULL"
+    args: list[Any] = [kind]
+    if owner is not None:
+        sql += " AND owner = ?"
+        args.append(owner)
+    if purpose is not None:
+        sql += " AND json_extract(CAST(data AS TEXT), '$.purpose') = ?"
+        args.append(purpose)
+    order = "DESC" if newest_first else "ASC"
+    if after is not None:
+        anchor = db.execute("SELECT created_at FROM objects WHERE id = ?", (after,)).fetchone()
+        if anchor is not None:
+            op = "<" if newest_first else ">"
+            sql += f" AND (created_at {op} ? OR (created_at = ? AND id {op} ?))"
+            args += [anchor[0], anchor[0], after]
+    sql += f" ORDER BY created_at {order}, id {order} LIMIT ?"
+    args.append(limit)
+    return [_object_row(r) for r in db.execute(sql, args).fetchall()]
+
+
 def _delete_key(db: sqlite3.Connection, key_id: str, at: float) -> bool:
     cursor = db.execute(
         "UPDATE keys SET deleted_at = ? WHERE key_id = ? AND deleted_at IS NULL", (at, key_id)
@@ -950,6 +1082,8 @@ def _write_batch(writer: _Conn, batch: list[_Job], instance: str, *, wait: bool 
                             _put_key(db, job)
                         case _DeleteKeyJob():
                             job.deleted = _delete_key(db, job.key_id, job.at)
+                        case _PutObjectJob():
+                            _put_object(db, job)
                 except StoreIntegrityError as exc:
                     db.execute("ROLLBACK TO job")
                     job.error = exc
@@ -1683,7 +1817,51 @@ class SQLiteStore:
         await self._run_job(job)
         return job.deleted
 
-    async def _run_job(self, job: _PutKeyJob | _DeleteKeyJob) -> None:
+    async def put_object(self, row: ObjectRow) -> None:
+        """See :meth:`sluicegate.store.Store.put_object`."""
+        data, meta = _dumps(row.data), _dumps(row.spend_metadata)
+        await self._run_job(_PutObjectJob(row=row, data=data, spend_metadata=meta))
+
+    async def get_object(self, object_id: str) -> ObjectRow | None:
+        """See :meth:`sluicegate.store.Store.get_object`."""
+        return await self._read(
+            functools.partial(_read_object, where="id = ?", values=(object_id,))
+        )
+
+    async def find_object(self, deployment_id: str, raw_id: str) -> ObjectRow | None:
+        """See :meth:`sluicegate.store.Store.find_object`."""
+        return await self._read(
+            functools.partial(
+                _read_object,
+                where="deployment_id = ? AND raw_id = ?",
+                values=(deployment_id, raw_id),
+            )
+        )
+
+    async def list_objects(
+        self,
+        kind: ObjectKind,
+        *,
+        owner: str | None,
+        after: str | None = None,
+        limit: int = 20,
+        newest_first: bool = True,
+        purpose: str | None = None,
+    ) -> list[ObjectRow]:
+        """See :meth:`sluicegate.store.Store.list_objects`."""
+        return await self._read(
+            functools.partial(
+                _list_objects,
+                kind=kind,
+                owner=owner,
+                after=after,
+                limit=limit,
+                newest_first=newest_first,
+                purpose=purpose,
+            )
+        )
+
+    async def _run_job(self, job: _PutKeyJob | _DeleteKeyJob | _PutObjectJob) -> None:
         # Through the writer's channel, like purge: ordered with the appends around it, and
         # sharing their group commit instead of taking the write lock itself.
         await self._submit(job)
