@@ -21,6 +21,7 @@ whole in memory, and at most ``max_file_bytes`` of it.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -43,6 +44,7 @@ from .errors import (
     NotFoundError,
     RequestTooLargeError,
     StoreIntegrityError,
+    UpstreamError,
     UpstreamProtocolError,
     UpstreamStatusError,
     UpstreamTimeoutError,
@@ -51,6 +53,8 @@ from .pricing import ModelPrice, PriceTable, TokenUsage, compute_cost
 from .store import Accepted, Ended, ObjectKind, ObjectRow, Routed, Settled, Store
 
 __all__ = ["BATCH_DISCOUNT", "ObjectService", "Upload", "spend_metadata_of"]
+
+logger = logging.getLogger("sluicegate")
 
 FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 BATCH_ENDPOINTS = (
@@ -487,7 +491,13 @@ class ObjectService:
             deployment = self._router.deployment(row.deployment_id)
             if deployment is None:
                 return
-            raw = await self._call(deployment, "GET", f"batches/{row.raw_id}")
+            try:
+                raw = await self._call(deployment, "GET", f"batches/{row.raw_id}")
+            except UpstreamError as exc:
+                # One account's hiccup must not fail the whole list: that batch shows as last
+                # seen (a retrieve says what is wrong).
+                logger.warning("could not refresh batch %s: %s", row.id, exc.message)
+                return
             views[i] = await self._put_batch(row, deployment, raw)
 
         async with trio.open_nursery() as nursery:

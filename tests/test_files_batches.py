@@ -920,6 +920,22 @@ async def test_library_list_batches_refreshes_a_running_batch(fake: FakeFilesUps
         assert row.cost == pytest.approx(expected_batch_cost("openai", 2, fake))
 
 
+async def test_library_list_batches_survives_an_upstream_that_fails_the_refresh(
+    fake: FakeFilesUpstream,
+) -> None:
+    """One account failing the refresh of a running batch shows that batch as last seen; the
+    list still answers."""
+    async with library(fake) as gw:
+        file = await gw.create_file(file=("in.jsonl", responses_input(2)), purpose="batch")
+        batch = await gw.create_batch(input_file_id=file["id"], endpoint="/v1/responses")
+        before = len(fake.requests)
+        for _ in range(5):  # more than the retries of the refresh
+            fake.fail_next(500)
+        [listed] = (await gw.list_batches())["data"]
+        assert listed == batch  # as last seen: validating
+        assert len(fake.requests) > before  # it did ask
+
+
 async def test_library_cancel_batch(fake: FakeFilesUpstream) -> None:
     async with library(fake) as gw:
         file = await gw.create_file(file=("in.jsonl", responses_input(2)), purpose="batch")
