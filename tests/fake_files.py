@@ -46,6 +46,7 @@ from sluicegate.fake._http import (
     MAX_HEAD,
     BadRequest,
     chunk,
+    parse_head,
     response_head,
 )
 
@@ -1027,58 +1028,6 @@ async def serve_files_loopback(
         task_status.started(f"http://127.0.0.1:{port}")
 
 
-@attrs.frozen(kw_only=True)
-class _Head:
-    method: str
-    target: str
-    headers: dict[str, str]
-    chunked: bool
-    content_length: int
-    keep_alive: bool
-    expect_continue: bool
-
-
-def _parse_head(data: bytes) -> _Head:
-    lines = data.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise BadRequest(400, "Malformed request line.")
-    method, target, version = parts
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        if not colon or not name or name != name.strip():
-            raise BadRequest(400, "Malformed header line.")
-        name = name.lower()
-        value = value.strip(" \t")
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    codings = [c.strip().lower() for c in headers.get("transfer-encoding", "").split(",")]
-    chunked = codings == ["chunked"]
-    if codings != [""] and not chunked:
-        raise BadRequest(501, "Unsupported Transfer-Encoding.")
-    length = 0
-    if not chunked:
-        try:
-            length = int(headers.get("content-length", "0"))
-        except ValueError:
-            raise BadRequest(400, "Malformed Content-Length.") from None
-        if length < 0:
-            raise BadRequest(400, "Malformed Content-Length.")
-        if length > MAX_BODY:
-            raise BadRequest(413, "Request body too large.")
-    connection = headers.get("connection", "").lower()
-    keep_alive = "close" not in connection if version != "HTTP/1.0" else "keep-alive" in connection
-    return _Head(
-        method=method,
-        target=target,
-        headers=headers,
-        chunked=chunked,
-        content_length=length,
-        keep_alive=keep_alive,
-        expect_continue=headers.get("expect", "").lower() == "100-continue",
-    )
-
-
 class _Reader:
     """Buffered reads from a stream; None when the peer closes first."""
 
@@ -1144,7 +1093,7 @@ async def _serve_connection(fake: FakeFilesUpstream, stream: trio.SocketStream) 
             head_bytes = await reader.until(b"\r\n\r\n", MAX_HEAD)
             if head_bytes is None:
                 return
-            head = _parse_head(head_bytes)
+            head = parse_head(head_bytes, allow_chunked=True)
             if head.expect_continue:
                 await stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
             if head.chunked:

@@ -50,13 +50,20 @@ class RequestHead:
     content_length: int
     keep_alive: bool
     expect_continue: bool
+    #: The body comes chunk-encoded (only with ``allow_chunked``; ``content_length`` is 0).
+    chunked: bool = False
+
+    @property
+    def target(self) -> str:
+        return f"{self.path}?{self.query}" if self.query else self.path
 
 
-def parse_head(data: bytes) -> RequestHead:
+def parse_head(data: bytes, *, allow_chunked: bool = False) -> RequestHead:
     """Parse a request head (without the blank line that ends it).
 
     Raises:
-        BadRequest: malformed, chunked or oversized.
+        BadRequest: malformed or oversized; chunked unless ``allow_chunked``; a transfer
+            coding other than chunked.
     """
     lines = data.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ")
@@ -72,16 +79,24 @@ def parse_head(data: bytes) -> RequestHead:
         value = value.strip(" \t")
         # Repeated fields fold into one, comma-separated (RFC 9110 §5.3).
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    chunked = False
     if "transfer-encoding" in headers:
-        raise BadRequest(411, "Chunked request bodies are not supported; send Content-Length.")
-    try:
-        length = int(headers.get("content-length", "0"))
-    except ValueError:
-        raise BadRequest(400, "Malformed Content-Length.") from None
-    if length < 0:
-        raise BadRequest(400, "Malformed Content-Length.")
-    if length > MAX_BODY:
-        raise BadRequest(413, "Request body too large.")
+        if not allow_chunked:
+            raise BadRequest(411, "Chunked request bodies are not supported; send Content-Length.")
+        codings = [c.strip().lower() for c in headers["transfer-encoding"].split(",")]
+        if codings != ["chunked"]:
+            raise BadRequest(501, "Unsupported Transfer-Encoding.")
+        chunked = True
+    length = 0
+    if not chunked:
+        try:
+            length = int(headers.get("content-length", "0"))
+        except ValueError:
+            raise BadRequest(400, "Malformed Content-Length.") from None
+        if length < 0:
+            raise BadRequest(400, "Malformed Content-Length.")
+        if length > MAX_BODY:
+            raise BadRequest(413, "Request body too large.")
     connection = headers.get("connection", "").lower()
     # HTTP/1.1 keeps the connection by default, HTTP/1.0 only when asked (RFC 9112 §9.3).
     keep_alive = "close" not in connection if version != "HTTP/1.0" else "keep-alive" in connection
@@ -94,6 +109,7 @@ def parse_head(data: bytes) -> RequestHead:
         content_length=length,
         keep_alive=keep_alive,
         expect_continue=headers.get("expect", "").lower() == "100-continue",
+        chunked=chunked,
     )
 
 
