@@ -20,7 +20,6 @@ from typing import Any, Literal, Protocol, overload
 
 import attrs
 import httpx
-import orjson
 import trio
 
 from ._live import Follower, LiveRun
@@ -53,7 +52,6 @@ from .errors import (
     StoreError,
     UpstreamProtocolError,
     UpstreamStatusError,
-    UpstreamTimeoutError,
 )
 from .fake import FakeUpstream
 from .pricing import PriceTable
@@ -1025,16 +1023,7 @@ class Gateway:
         timeouts = deployment.timeouts
         if total_timeout is not None:
             timeouts = attrs.evolve(timeouts, total=total_timeout)
-        with trio.move_on_after(timeouts.total or float("inf")) as scope:
-            _, body = await self._pipeline.connector.open(
-                request, timeouts, deployment.max_retries, read_body=True
-            )
-        if scope.cancelled_caught or body is None:
-            raise UpstreamTimeoutError(f"the upstream did not answer within {timeouts.total} s")
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamProtocolError(f"upstream sent a malformed JSON body: {exc}") from exc
+        return await self._pipeline.connector.call_json(request, timeouts, deployment.max_retries)
 
 
 def _previous_not_found(previous_id: str) -> InvalidRequestError:

@@ -37,7 +37,7 @@ from .actors._connector import Connector
 from .actors._router import Router
 from .codecs.ids import IdCodec
 from .codecs.multipart import FILE_PART_END, closing, field_part, file_part_head, new_boundary
-from .codecs.openai_responses import UpstreamRequest, api_url, auth_headers
+from .codecs.openai_responses import build_api_request
 from .config import NATIVE_PROVIDERS, Deployment
 from .errors import (
     InvalidRequestError,
@@ -47,7 +47,6 @@ from .errors import (
     UpstreamError,
     UpstreamProtocolError,
     UpstreamStatusError,
-    UpstreamTimeoutError,
 )
 from .pricing import ModelPrice, PriceTable, TokenUsage, compute_cost
 from .store import Accepted, Ended, ObjectKind, ObjectRow, Routed, Settled, Store
@@ -338,8 +337,9 @@ class ObjectService:
         its end settles the batch's usage and cost (module docstring)."""
         row, deployment = await self._owned("file", file_id, owner, admin, "file_id")
         deployment = await self._resolved(deployment)
-        request = self._request(deployment, "GET", f"files/{row.raw_id}/content")
-        request = attrs.evolve(request, headers={**request.headers, "accept": "*/*"})
+        request = build_api_request(
+            deployment, "GET", f"files/{row.raw_id}/content", extra_headers={"accept": "*/*"}
+        )
         response, _ = await self._connector.open(
             request, deployment.timeouts, deployment.max_retries, read_body=False
         )
@@ -652,28 +652,6 @@ class ObjectService:
             return await self._resolve_fake(deployment)
         return deployment
 
-    def _request(
-        self,
-        deployment: Deployment,
-        method: str,
-        path: str,
-        *,
-        content: bytes | AsyncIterable[bytes] | None = None,
-        content_type: str | None = None,
-        extra_headers: Mapping[str, str] | None = None,
-    ) -> UpstreamRequest:
-        collection, _, rest = path.partition("/")
-        url, params = api_url(deployment, collection)
-        if rest:
-            url = f"{url}/{rest}"
-        headers = {"accept": "application/json", **auth_headers(deployment)}
-        if content_type is not None:
-            headers["content-type"] = content_type
-        headers.update(extra_headers or {})
-        return UpstreamRequest(
-            method=method, url=url, headers=headers, params=params, content=content
-        )
-
     async def _call(
         self,
         deployment: Deployment,
@@ -690,7 +668,7 @@ class ObjectService:
         content: bytes | AsyncIterable[bytes] | None = stream_body
         if json is not None:
             content, content_type = orjson.dumps(json), "application/json"
-        request = self._request(
+        request = build_api_request(
             deployment,
             method,
             path,
@@ -703,14 +681,7 @@ class ObjectService:
             timeouts = attrs.evolve(timeouts, total=total_timeout)
         # A streamed upload cannot be sent twice: it is not retried.
         retries = 0 if stream_body is not None else deployment.max_retries
-        with trio.move_on_after(timeouts.total or float("inf")) as scope:
-            _, body = await self._connector.open(request, timeouts, retries, read_body=True)
-        if scope.cancelled_caught or body is None:
-            raise UpstreamTimeoutError(f"the upstream did not answer within {timeouts.total} s")
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamProtocolError(f"upstream sent a malformed JSON body: {exc}") from exc
+        return await self._connector.call_json(request, timeouts, retries)
 
 
 def _raw_id(raw: Any) -> str:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import httpx
+import orjson
 import tenacity
 import trio
 
@@ -315,6 +316,20 @@ class Connector:
             with attempt_state:
                 return await attempt()
         raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
+
+    async def call_json(
+        self, request: UpstreamRequest, timeouts: Timeouts, max_retries: int
+    ) -> Any:
+        """A whole JSON answer of an API call that is no response (a stored response's
+        lookup, a file, a batch), within ``timeouts.total`` for all its attempts."""
+        with trio.move_on_after(timeouts.total or math.inf) as scope:
+            _, body = await self.open(request, timeouts, max_retries, read_body=True)
+        if scope.cancelled_caught or body is None:
+            raise UpstreamTimeoutError(f"the upstream did not answer within {timeouts.total} s")
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamProtocolError(f"upstream sent a malformed JSON body: {exc}") from exc
 
     async def _attempt(
         self,

@@ -41,7 +41,7 @@ __all__ = [
     "ResponsesStreamDecoder",
     "UpstreamRequest",
     "api_url",
-    "auth_headers",
+    "build_api_request",
     "build_create_request",
     "build_resource_request",
     "parse_error_response",
@@ -84,11 +84,6 @@ def api_url(deployment: Deployment, resource: str) -> tuple[str, dict[str, str]]
         # The older preview route: /openai/responses?api-version=... (responses-api.md §0).
         return f"{base}/openai/{resource}", {"api-version": version}
     return f"{base}/openai/v1/{resource}", {}
-
-
-def auth_headers(deployment: Deployment) -> dict[str, str]:
-    """The deployment's credentials and its configured extra headers."""
-    return {**_auth_headers(deployment), **deployment.extra_headers}
 
 
 def _auth_headers(deployment: Deployment) -> dict[str, str]:
@@ -146,16 +141,37 @@ def build_resource_request(
     extra_headers: Mapping[str, str] | None = None,
 ) -> UpstreamRequest:
     """``GET|DELETE …/responses/{id}`` or ``POST …/responses/{id}/cancel``."""
-    url, base_params = _responses_url(deployment)
-    url = f"{url}/{raw_id}" + (f"/{action}" if action else "")
-    headers = {
-        "accept": "application/json",
-        **_auth_headers(deployment),
-        **deployment.extra_headers,
-        **(extra_headers or {}),
-    }
+    path = f"responses/{raw_id}" + (f"/{action}" if action else "")
+    return build_api_request(deployment, method, path, params=params, extra_headers=extra_headers)
+
+
+def build_api_request(
+    deployment: Deployment,
+    method: str,
+    path: str,
+    *,
+    params: Mapping[str, str | list[str]] | None = None,
+    content: bytes | AsyncIterable[bytes] | None = None,
+    content_type: str | None = None,
+    extra_headers: Mapping[str, str] | None = None,
+) -> UpstreamRequest:
+    """A request to ``path`` of the deployment's API (``responses/{id}``, ``files``,
+    ``batches/{id}/cancel``, ...), with its credentials and its route's query."""
+    collection, _, rest = path.partition("/")
+    url, base_params = api_url(deployment, collection)
+    if rest:
+        url = f"{url}/{rest}"
+    headers = {"accept": "application/json", **_auth_headers(deployment)}
+    if content_type is not None:
+        headers["content-type"] = content_type
+    headers.update(deployment.extra_headers)
+    headers.update(extra_headers or {})
     return UpstreamRequest(
-        method=method, url=url, headers=headers, params={**base_params, **(params or {})}
+        method=method,
+        url=url,
+        headers=headers,
+        params={**base_params, **(params or {})},
+        content=content,
     )
 
 
