@@ -239,14 +239,24 @@ class ObjectService:
         if file is None:
             raise _missing("file")
         upload = as_upload(file)
-        fields = [("purpose", str(purpose)), *_expiry_fields(expires_after)]
+        anchor, seconds = _expiry(expires_after, "expires_after")
+        fields = [("purpose", str(purpose))]
+        if anchor is not None:
+            fields += [("expires_after[anchor]", anchor), ("expires_after[seconds]", str(seconds))]
         deployment = self.deployment_for(model)
         boundary = new_boundary()
+        # Encoded before any byte goes upstream: a name or type that cannot be put in a form
+        # is the caller's 400, not a broken upload.
+        try:
+            head = [field_part(boundary, n, v) for n, v in fields]
+            head.append(file_part_head(boundary, "file", upload.filename, upload.content_type))
+        except ValueError as exc:
+            raise _invalid("file", f"a filename and content type fit for a form ({exc})") from None
         raw = await self._call(
             deployment,
             "POST",
             "files",
-            stream_body=self._multipart(boundary, fields, upload),
+            stream_body=self._multipart(boundary, head, upload),
             content_type=f"multipart/form-data; boundary={boundary}",
             extra_headers=extra_headers,
             total_timeout=total_timeout,
@@ -271,11 +281,10 @@ class ObjectService:
         return await self._put_file(row, raw)
 
     async def _multipart(
-        self, boundary: str, fields: list[tuple[str, str]], upload: Upload
+        self, boundary: str, head: list[bytes], upload: Upload
     ) -> AsyncIterator[bytes]:
-        for name, value in fields:
-            yield field_part(boundary, name, value)
-        yield file_part_head(boundary, "file", upload.filename, upload.content_type)
+        for part in head:
+            yield part
         limit = self._max_file_bytes
         content = upload.content
         if isinstance(content, bytes):
@@ -403,6 +412,7 @@ class ObjectService:
             )
         if metadata is not None:
             RESPONSES_PARAMETERS["metadata"]("metadata", metadata)
+        anchor, seconds = _expiry(output_expires_after, "output_expires_after")
         file_row, deployment = await self._owned(
             "file", input_file_id, owner, admin, "input_file_id"
         )
@@ -426,8 +436,8 @@ class ObjectService:
         }
         if metadata is not None:
             body["metadata"] = metadata
-        if output_expires_after is not None:
-            body["output_expires_after"] = output_expires_after
+        if anchor is not None:
+            body["output_expires_after"] = {"anchor": anchor, "seconds": seconds}
         raw = await self._call(
             deployment,
             "POST",
@@ -698,28 +708,30 @@ def _too_large(limit: int) -> RequestTooLargeError:
     )
 
 
-def _expiry_fields(expires_after: Any) -> list[tuple[str, str]]:
-    if expires_after is None:
-        return []
-    if not isinstance(expires_after, Mapping):
-        raise _invalid("expires_after", "an object with 'anchor' and 'seconds'")
-    anchor, seconds = expires_after.get("anchor"), expires_after.get("seconds")
+def _expiry(value: Any, param: str) -> tuple[str | None, int | None]:
+    """An expiration policy (``{"anchor": "created_at", "seconds": N}``) checked as OpenAI
+    takes it (1 hour to 30 days); (None, None) when there is none."""
+    if value is None:
+        return None, None
+    if not isinstance(value, Mapping):
+        raise _invalid(param, "an object with 'anchor' and 'seconds'")
+    anchor, seconds = value.get("anchor"), value.get("seconds")
     if anchor != "created_at":
         raise InvalidRequestError(
-            "Invalid 'expires_after.anchor': only 'created_at' is supported.",
-            param="expires_after.anchor",
+            f"Invalid '{param}.anchor': only 'created_at' is supported.",
+            param=f"{param}.anchor",
             code="invalid_value",
         )
     if isinstance(seconds, str) and seconds.isdigit():
-        seconds = int(seconds)
+        seconds = int(seconds)  # a form field is text
     if isinstance(seconds, bool) or not isinstance(seconds, int) or not 3600 <= seconds <= 2592000:
         raise InvalidRequestError(
-            "Invalid 'expires_after.seconds': expected an integer from 3600 (1 hour) to "
+            f"Invalid '{param}.seconds': expected an integer from 3600 (1 hour) to "
             "2592000 (30 days).",
-            param="expires_after.seconds",
+            param=f"{param}.seconds",
             code="invalid_value",
         )
-    return [("expires_after[anchor]", anchor), ("expires_after[seconds]", str(seconds))]
+    return anchor, seconds
 
 
 def _page(data: list[dict[str, Any]], *, has_more: bool) -> dict[str, Any]:

@@ -936,6 +936,42 @@ async def test_library_list_batches_survives_an_upstream_that_fails_the_refresh(
         assert len(fake.requests) > before  # it did ask
 
 
+async def test_library_refuses_what_cannot_go_upstream_before_sending_it(
+    fake: FakeFilesUpstream,
+) -> None:
+    """A content type that cannot stand in a form header, and an output expiry outside
+    OpenAI's range, are the caller's 400s; the upstream never sees them."""
+    async with library(fake) as gw:
+        with pytest.raises(InvalidRequestError) as info:
+            await gw.create_file(
+                file=("in.jsonl", b"{}\n", "text/plain\r\nx-injected: 1"), purpose="batch"
+            )
+        assert info.value.param == "file"
+        assert fake.requests == []
+        file = await gw.create_file(file=("in.jsonl", responses_input(1)), purpose="batch")
+        sent = len(fake.requests)
+        for policy, param in (
+            ({"anchor": "created_at", "seconds": 10}, "output_expires_after.seconds"),
+            ({"anchor": "last_active_at", "seconds": 7200}, "output_expires_after.anchor"),
+            ("7200", "output_expires_after"),
+        ):
+            with pytest.raises(InvalidRequestError) as info:
+                await gw.create_batch(
+                    input_file_id=file["id"], endpoint="/v1/responses", output_expires_after=policy
+                )
+            assert info.value.param == param
+        assert len(fake.requests) == sent
+        await gw.create_batch(
+            input_file_id=file["id"],
+            endpoint="/v1/responses",
+            output_expires_after={"anchor": "created_at", "seconds": 7200},
+        )
+        assert orjson.loads(fake.requests[-1].body)["output_expires_after"] == {
+            "anchor": "created_at",
+            "seconds": 7200,
+        }
+
+
 async def test_library_cancel_batch(fake: FakeFilesUpstream) -> None:
     async with library(fake) as gw:
         file = await gw.create_file(file=("in.jsonl", responses_input(2)), purpose="batch")
