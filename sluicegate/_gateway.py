@@ -57,7 +57,7 @@ from .fake import FakeUpstream
 from .pricing import PriceTable
 from .runtime._messages import Delivery, PreparedCall
 from .runtime._scopes import open_body_nursery
-from .runtime._supervisor import Pipeline, run_request
+from .runtime._supervisor import Pipeline, record_unanswered, run_request
 from .store import (
     Deleted,
     Ended,
@@ -408,7 +408,13 @@ class Gateway:
         Its ID is minted here, before any upstream answered (the caller gets it at once); the
         upstream is asked for an ordinary streamed response, so a cancel stops it mid-way with
         what it produced so far, and the events can be stored for resume."""
-        deployment = await self._pipeline.router.route(call)
+        try:
+            deployment = await self._pipeline.router.route(call)
+        except SluicegateError as exc:
+            # Refused before it started (every deployment cooling or full): recorded like a
+            # foreground request no upstream answered.
+            await record_unanswered(self._pipeline.ids, self._recorder.start(call), call, exc)
+            raise
         response_id = self._pipeline.ids.encode(
             provider=deployment.provider,
             deployment_id=deployment.id,

@@ -470,13 +470,17 @@ async def test_everything_down_background_responses_are_recorded_failed(
         [log] = await gw.spend_logs()
         assert (log.response_id, log.status) == (queued.id, "failed")
         # Both deployments failed it (allowed_fails 0: one failure cools), so both cool now,
-        # and a new background request is refused before it is accepted.
+        # and a new background request is refused before it starts: recorded failed all the
+        # same, under the ID its error names.
         assert d.hits == Counter({"a.test": 1, "b.test": 1})
         assert all(s.state is BreakerState.OPEN for s in stats(gw).values())
         with pytest.raises(ServiceUnavailableError) as info:
             await gw.responses(model="g", input="hi", background=True)
         assert "Retry-After" in info.value.headers
-        assert len(await gw.spend_logs()) == 1
+        refused = info.value.headers["x-sluicegate-response-id"]
+        logs = {log.response_id: log.status for log in await gw.spend_logs()}
+        assert logs == {queued.id: "failed", refused: "failed"}
+        assert d.hits == Counter({"a.test": 1, "b.test": 1})
 
 
 # -- 4. generic and default fallbacks --------------------------------------------------------
@@ -813,6 +817,10 @@ async def test_rpm_limits_refuse_the_fifth_request_without_limit_wait(
         assert trio.current_time() - start < 1.0  # refused at once
         view = stats(gw)
         assert [view[h].rpm_used for h in ("a.test", "b.test")] == [2, 2]
+        # Not the caller's fault: recorded failed, under the ID the 429 names.
+        refused = info.value.headers["x-sluicegate-response-id"]
+        failed = [log.response_id for log in await gw.spend_logs() if log.status == "failed"]
+        assert failed == [refused]
 
 
 async def test_rpm_limits_wait_for_room_with_limit_wait(

@@ -668,8 +668,8 @@ class RoutePlan:
         raise self._final(error)
 
     def _final(self, error: SluicegateError) -> SluicegateError:
-        if isinstance(error, _Unavailable):  # pragma: no cover -- unwrapped by callers
-            error = error.error
+        """What the caller gets when nothing is left: the last error a provider gave, over
+        the gateway's own (a fallback group cooling, or unable to take the request)."""
         if not isinstance(error, UpstreamError) and self._upstream_error is not None:
             return self._upstream_error
         return error

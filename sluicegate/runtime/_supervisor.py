@@ -41,10 +41,10 @@ from ..actors._router import Router, run_router
 from ..actors._stages import Accountant, run_accountant, run_id_encoder, run_sink, run_transformer
 from ..codecs._lifecycle import StreamTracker, failure_code
 from ..codecs.ids import IdCodec
-from ..errors import ClientError, InternalError, SluicegateError
+from ..errors import ClientError, InternalError, RateLimitError, SluicegateError
 from ._messages import Deliver, Delivery, EventItem, PreparedCall, RawItem, Routed
 
-__all__ = ["Delivery", "Pipeline", "run_request"]
+__all__ = ["Delivery", "Pipeline", "record_unanswered", "run_request"]
 
 logger = logging.getLogger("sluicegate")
 
@@ -99,7 +99,7 @@ async def run_request(
         if recording is not None and recording.open:
             await _record_end(recording, tracker, ResponseStatus.FAILED, failure)
         elif recording is not None and not recording.accepted:
-            await _record_refused(pipeline.ids, recording, call, failure)
+            await record_unanswered(pipeline.ids, recording, call, failure)
         if deliver is None:
             raise failure
         await deliver.send(failure)
@@ -137,14 +137,16 @@ async def _record_cancelled(
         logger.error("could not record the end of response %s in time", recording.response_id)
 
 
-async def _record_refused(
+async def record_unanswered(
     ids: IdCodec, recording: Recording, call: PreparedCall, failure: SluicegateError
 ) -> None:
     """A request no upstream answered ends recorded too (DESIGN §5: nothing is lost), under an
-    ID of its own that the error carries (``x-sluicegate-response-id``) and GET finds. A
-    request the caller got wrong (a 4xx of ours, such as a parameter a bridge cannot take or a
-    key's limit) never became a response: it is refused, not recorded."""
-    if isinstance(failure, ClientError):
+    ID of its own that the error carries (``x-sluicegate-response-id``) and GET finds: every
+    attempt failed, or every deployment was cooling (503) or at its rpm/tpm limit (429). A
+    request the caller got wrong (a 4xx of ours, such as a parameter a bridge cannot take)
+    never became a response: it is refused, not recorded. (A key's own limits are the proxy's,
+    refused before the gateway sees the request.)"""
+    if isinstance(failure, ClientError) and not isinstance(failure, RateLimitError):
         return
     response_id = ids.encode(
         provider=UNANSWERED_PROVIDER,
