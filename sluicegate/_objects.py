@@ -23,7 +23,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+)
 from contextlib import asynccontextmanager
 from typing import Any, BinaryIO
 
@@ -352,16 +359,21 @@ class ObjectService:
         response, _ = await self._connector.open(
             request, deployment.timeouts, deployment.max_retries, read_body=False
         )
+        usage = _BatchUsage() if row.batch_id is not None else None
+        chunks = response.aiter_bytes()
+        relay = self._relay(chunks, usage, row)
         try:
-            usage = _BatchUsage() if row.batch_id is not None else None
-            yield self._relay(response.aiter_bytes(), usage, row)
+            yield relay
         finally:
+            # A reader that stops early leaves nothing to the garbage collector.
             with trio.CancelScope(shield=True):
+                await relay.aclose()
+                await chunks.aclose()  # type: ignore[attr-defined]
                 await response.aclose()
 
     async def _relay(
         self, chunks: AsyncIterator[bytes], usage: _BatchUsage | None, row: ObjectRow
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         async for chunk in chunks:
             if usage is not None:
                 usage.feed(chunk)
