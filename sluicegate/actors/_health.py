@@ -151,7 +151,7 @@ class Health:
     ttfb: float | None = None
     latency: float | None = None
     _failure_times: deque[float] = attrs.Factory(deque)
-    _attempts: SlidingMinute = attrs.Factory(SlidingMinute)
+    #: Requests started in the last minute: the rpm limit's count and the failure rate's base.
     _rpm: SlidingMinute = attrs.Factory(SlidingMinute)
     _tpm: SlidingMinute = attrs.Factory(SlidingMinute)
 
@@ -236,7 +236,6 @@ class Health:
         self.in_flight += 1
         self.requests += 1
         self._rpm.add(now, 1.0)
-        self._attempts.add(now, 1.0)
 
     def answered(self, now: float, *, ttfb: float | None, total: float | None) -> None:
         """The attempt ended well (``total`` None: it was abandoned by its caller)."""
@@ -280,10 +279,11 @@ class Health:
         self._expire_failures(now)
         s = self._settings
         recent = len(self._failure_times)
+        started = self._rpm.total(now)
         if recent > s.allowed_fails or (
             s.failure_rate_threshold is not None
-            and self._attempts.total(now) >= s.failure_rate_min_requests
-            and recent / self._attempts.total(now) >= s.failure_rate_threshold
+            and started >= s.failure_rate_min_requests
+            and recent / started >= s.failure_rate_threshold
         ):
             self._open(now, s.cooldown_time)
 
