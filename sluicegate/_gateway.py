@@ -25,18 +25,20 @@ import trio
 from ._live import Follower, LiveRun
 from ._objects import ObjectService, spend_metadata_of
 from ._params import prepare_call
+from ._replay import resolve_replayed_state
 from ._types import Response, ResponseEvent, ResponseStatus, StreamEvent
 from .actors._connector import Connector
 from .actors._health import DeploymentStatistics
 from .actors._media import MediaFetcher
 from .actors._recorder import Recorder, unanswered_response
 from .actors._router import Router, env_deployment_id
-from .actors._stages import Accountant
+from .actors._stages import Accountant, seal_output
 from .actors._transport import LeanTransport
 from .codecs._lifecycle import StreamTracker
 from .codecs._registry import bridge_codec
 from .codecs.ids import DecodedId, IdCodec
 from .codecs.openai_responses import build_resource_request
+from .codecs.sealed import StateSeal
 from .config import (
     Deployment,
     GatewayConfig,
@@ -351,7 +353,10 @@ class Gateway:
         )
         if call.previous is not None:
             call = await self._continue(call)
-        return call
+        pipeline = self._pipeline
+        return await resolve_replayed_state(
+            call, seal=pipeline.seal, store=self._store, router=pipeline.router
+        )
 
     async def _continue(self, call: PreparedCall) -> PreparedCall:
         """Check ``previous_response_id`` against the store: it must be the caller's, stored,
@@ -731,6 +736,12 @@ class Gateway:
             total_timeout=timeout,
         )
         response = Response.from_dict(body).with_changes(id=response_id)
+        output = body.get("output") if isinstance(body, dict) else None
+        sealed = seal_output(self._pipeline.seal, deployment.id, output)
+        if sealed is not output:
+            # Fetched from the upstream: its opaque state is sealed as on the way out of a
+            # request, so a GET never hands out state that could go to the wrong account.
+            response = response.with_changes(output=sealed)
         if row is not None and row.previous_id is not None:
             # The upstream names the raw ID it was sent; the caller knows ours.
             response = response.with_changes(previous_response_id=row.previous_id)
@@ -1186,6 +1197,7 @@ async def open_gateway(
             ),
             accountant=accountant,
             ids=IdCodec.from_secret(_id_secret(cfg, env)),
+            seal=StateSeal.from_secret(_id_secret(cfg, env)),
         )
         if gs.store.retention is not None:
             services.start_soon(

@@ -1,9 +1,13 @@
-"""Validation of a caller's Responses request (strict: a clear 400 naming the parameter).
+"""Validation of a caller's Responses request: strict on what is ours, transparent on the rest.
 
-Every parameter of responses-api.md §1 is accepted and forwarded to native upstreams unchanged;
-here we check only what is ours to check — names, JSON types, documented ranges, the
-``metadata`` limits — so that bad input never reaches a provider. Anything else a provider may
-take goes through ``extra_body``.
+What the gateway owns is checked, and bad input is a 400 naming the parameter: the JSON types
+and documented ranges of the Responses parameters it knows (:data:`RESPONSES_PARAMETERS`), the
+``metadata`` limits, its own options (``litellm_metadata``, the library's keyword options) and
+the fields that would choose the upstream or its credentials (:data:`FORBIDDEN_BODY_FIELDS`,
+always refused). A top-level field it does not know is the upstream's business: it stays in the
+body and is listed in ``PreparedCall.unknown_params``, so a native upstream receives it
+unchanged (OpenAI adds fields every month, and SDKs merge ``extra_body`` keys into the top
+level), while a bridge refuses it by name or drops it with ``drop_params``.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from .errors import InvalidRequestError
 from .runtime._messages import PreparedCall, UpstreamTiming
 
 __all__ = [
+    "FORBIDDEN_BODY_FIELDS",
     "GATEWAY_PARAMETERS",
     "LIBRARY_OPTIONS",
     "RESPONSES_PARAMETERS",
     "input_items",
+    "forbidden_field",
     "prepare_call",
 ]
 
@@ -231,6 +237,26 @@ LIBRARY_OPTIONS = frozenset(
         "spend_logs_metadata",
         "timing",
         "session",
+        "client_headers",
+    }
+)
+
+#: Fields that would let a caller choose the upstream or its credentials: the gateway's to
+#: decide, never forwarded (400 ``forbidden_parameter``), in the library and the proxy alike.
+FORBIDDEN_BODY_FIELDS = frozenset(
+    {
+        "api_base",
+        "api_key",
+        "base_url",
+        "api_version",
+        "azure_endpoint",
+        "azure_ad_token",
+        "organization",
+        "custom_llm_provider",
+        "litellm_params",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "vertex_credentials",
     }
 )
 
@@ -248,6 +274,7 @@ def prepare_call(
     """
     body: dict[str, Any] = {}
     gateway: dict[str, Any] = {}
+    unknown: list[str] = []
     for name, value in params.items():
         if name in LIBRARY_OPTIONS:
             continue
@@ -256,13 +283,12 @@ def prepare_call(
             gateway[name] = value
             continue
         check = RESPONSES_PARAMETERS.get(name)
-        if check is None:
-            raise InvalidRequestError(
-                f"Unknown parameter: '{name}'. Send provider-specific fields in 'extra_body'.",
-                param=name,
-                code="unknown_parameter",
-            )
-        check(name, value)
+        if check is not None:
+            check(name, value)
+        elif name in FORBIDDEN_BODY_FIELDS:
+            raise forbidden_field(name)
+        else:
+            unknown.append(name)
         body[name] = value
     model = body.get("model")
     if model is None:
@@ -304,13 +330,15 @@ def prepare_call(
         previous=previous,
         previous_response_id=previous_id,
         extra_body=_mapping(params, "extra_body"),
-        extra_headers=_headers(params.get("extra_headers")),
+        extra_headers=_headers(params.get("extra_headers"), "extra_headers"),
         extra_query=_query(params.get("extra_query")),
         timeout=_timeout(params.get("timeout")),
         owner=owner,
         store=store,
         background=background,
         spend_metadata=_spend_metadata(params, gateway),
+        unknown_params=tuple(unknown),
+        client_headers=_headers(params.get("client_headers"), "client_headers"),
         timing=_timing_option(params.get("timing")),
         session=_session_option(params.get("session")),
         input_items=input_items(body.get("input")) if store else [],
@@ -380,15 +408,24 @@ def _mapping(params: Mapping[str, Any], name: str) -> Mapping[str, Any] | None:
     return value
 
 
-def _headers(value: Any) -> dict[str, str]:
+def forbidden_field(name: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"'{name}' cannot be set by a client: the gateway chooses the upstream and its "
+        "credentials.",
+        param=name,
+        code="forbidden_parameter",
+    )
+
+
+def _headers(value: Any, name: str) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise _invalid_type("extra_headers", value, "an object")
+        raise _invalid_type(name, value, "an object")
     out: dict[str, str] = {}
     for key, item in value.items():
         if not isinstance(key, str) or not isinstance(item, str):
-            raise _invalid_type(f"extra_headers.{key}", item, "a string")
+            raise _invalid_type(f"{name}.{key}", item, "a string")
         out[key.lower()] = item
     return out
 

@@ -30,6 +30,7 @@ from sluicegate.store import (
     Deleted,
     Ended,
     ItemDone,
+    ItemOrigin,
     KeyRow,
     ObjectRow,
     Record,
@@ -530,6 +531,43 @@ class StoreContract:
         assert await store.input_items("resp_del") == []
         assert await store.output_items("resp_del") == []
         assert await store.stream_events("resp_del") == []
+
+    async def test_item_origins_name_the_response_owner_and_deployment_of_output_items(
+        self, store: Store
+    ) -> None:
+        """Replayed items pin their request: the store knows which response made each one."""
+        await store.append(lifecycle("resp_a"))
+        other = [
+            accepted("resp_b", owner="key-2"),
+            Routed(response_id="resp_b", deployment_id="dep-2", provider="azure", attempt=1),
+            ItemDone(response_id="resp_b", output_index=0, item={**item(0), "id": "rs_b"}),
+            ended("resp_b"),
+        ]
+        await store.append(other)
+        found = await store.item_origins(["msg_1", "rs_b", "msg_none", "msg_1"])
+        assert set(found) == {"msg_1", "rs_b"}
+        assert found["msg_1"] == ItemOrigin(
+            item_id="msg_1",
+            response_id="resp_a",
+            owner="key-1",
+            deployment_id="dep-1",
+            provider="openai",
+        )
+        assert (found["rs_b"].owner, found["rs_b"].deployment_id) == ("key-2", "dep-2")
+        assert await store.item_origins([]) == {}
+        # Deleted content is no longer found (its items are gone upstream as well).
+        await store.append([Deleted(response_id="resp_b", deleted_at=500.0)])
+        assert await store.item_origins(["rs_b"]) == {}
+
+    async def test_item_origins_look_up_many_ids_at_once(self, store: Store) -> None:
+        records: list[Record] = [accepted("resp_many")]
+        records += [
+            ItemDone(response_id="resp_many", output_index=i, item=item(i)) for i in range(600)
+        ]
+        await store.append([*records, ended("resp_many")])
+        found = await store.item_origins([f"msg_{i}" for i in range(0, 600, 2)])
+        assert len(found) == 300
+        assert {o.response_id for o in found.values()} == {"resp_many"}
 
     async def test_content_arriving_after_deletion_is_not_kept(self, store: Store) -> None:
         await store.append([accepted("resp_dl", background=True)])

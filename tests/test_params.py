@@ -92,9 +92,29 @@ def test_stored_input_items_get_ids_and_keep_the_callers() -> None:
     assert _prepare(input="hi", store=False).input_items == []
 
 
-def test_unknown_parameter_is_named() -> None:
-    err = _error(temprature=1)
-    assert err.param == "temprature" and err.code == "unknown_parameter"
+def test_unknown_parameters_stay_in_the_body_and_are_listed() -> None:
+    """A field newer than this code is the upstream's to judge: kept, and named for bridges."""
+    call = _prepare(client_metadata={"originator": "cli"}, prompt_cache_key="k", custom_param=1)
+    assert call.body["client_metadata"] == {"originator": "cli"}
+    assert call.body["custom_param"] == 1
+    assert call.unknown_params == ("client_metadata", "custom_param")
+
+
+@pytest.mark.parametrize("name", ["api_base", "api_key", "base_url", "custom_llm_provider"])
+def test_fields_that_choose_the_upstream_are_refused(name: str) -> None:
+    err = _error(**{name: "https://elsewhere.example"})
+    assert err.param == name and err.code == "forbidden_parameter"
+
+
+def test_known_fields_are_still_checked_beside_unknown_ones() -> None:
+    err = _error(custom_param=1, temperature="hot")
+    assert err.param == "temperature" and err.code == "invalid_type"
+
+
+def test_client_headers_option_is_checked() -> None:
+    assert _prepare(client_headers={"openai-beta": "x"}).client_headers == {"openai-beta": "x"}
+    err = _error(client_headers={"openai-beta": 1})
+    assert err.param == "client_headers.openai-beta"
 
 
 @pytest.mark.parametrize(

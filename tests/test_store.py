@@ -116,8 +116,8 @@ async def test_new_database_gets_the_current_schema_in_wal_mode(tmp_path: Path) 
     path = tmp_path / "s.db"
     async with open_sqlite_store(path):
         pass
-    assert SQLITE_SCHEMA_VERSION == 4
-    assert _user_version(path) == 4
+    assert SQLITE_SCHEMA_VERSION == 5
+    assert _user_version(path) == 5
     with _database(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         # The keys table of issue 4: only the secret's hash, unique, is kept.
@@ -571,7 +571,9 @@ async def test_conversation_size_is_checked_before_any_content_is_loaded(
         (size,) = db.execute(
             "SELECT sum(length(payload)) FROM events WHERE kind IN ('accepted', 'item_done')"
         ).fetchone()
-        # Same length, not JSON: loading it would fail.
+        # Same length, not JSON: loading it would fail. (The item index reads every item's
+        # JSON, so it would refuse this corruption: it goes first.)
+        db.execute("DROP INDEX events_by_item")
         db.execute(
             "UPDATE events SET payload = zeroblob(length(payload))"
             " WHERE response_id = 'resp_t1' AND kind = 'item_done'"
@@ -691,3 +693,17 @@ async def test_a_commit_blocked_by_another_process_waits_in_a_thread_not_on_the_
             nursery.cancel_scope.cancel()
         assert await store.get("resp_busy") is not None
         assert await store.get("resp_after") is not None
+
+
+async def test_item_lookup_searches_the_item_index(tmp_path: Path) -> None:
+    """Replayed item IDs are looked up on the request path: an index search, never a scan."""
+    path = tmp_path / "s.db"
+    async with open_sqlite_store(path):
+        pass
+    with _database(path) as db:
+        plan = db.execute(
+            "EXPLAIN QUERY PLAN SELECT e.response_id FROM events AS e WHERE e.kind = 'item_done'"
+            " AND json_extract(CAST(e.payload AS TEXT), '$.id') IN (?, ?)",
+            ("a", "b"),
+        ).fetchall()
+    assert any("events_by_item" in str(row[-1]) for row in plan), plan

@@ -72,7 +72,7 @@ from ..errors import (
     UpstreamError,
     UpstreamStatusError,
 )
-from ..runtime._messages import PreparedCall, Routed
+from ..runtime._messages import Pin, PreparedCall, Routed
 from ._health import BreakerState, DeploymentStatistics, Health, counts_against
 
 __all__ = ["RoutePlan", "Router", "RouterStatistics", "backoff", "failure_kind", "run_router"]
@@ -226,9 +226,10 @@ class Router:
         group = self._groups.get(call.model)
         previous = call.previous
         now = self._clock()
+        pins = self.pins(call)
+        if pins:
+            return self._pinned(call, group, now, pins)
         if previous is not None and previous.deployment_id:
-            if not self.stored_conversation(call):
-                return self._pinned(call, group, now)
             preferred = self._health.get(previous.deployment_id)
             if (
                 group is not None
@@ -437,28 +438,69 @@ class Router:
         while len(self._sessions) > MAX_SESSIONS:
             self._sessions.popitem(last=False)
 
-    def _pinned(self, call: PreparedCall, group: _Group | None, now: float) -> Deployment:
-        assert call.previous is not None
-        dep_id = call.previous.deployment_id
+    def pins(self, call: PreparedCall) -> tuple[Pin, ...]:
+        """What pins ``call`` to a deployment: a native ``previous_response_id`` (only its
+        account knows that response) and the replayed state the gateway found in its input."""
+        previous = call.previous
+        if previous is None or not previous.deployment_id or self.stored_conversation(call):
+            return call.pins
+        return (_previous_pin(previous.deployment_id), *call.pins)
+
+    def bridged_only(self, model: str) -> bool:
+        """Whether every deployment that may serve ``model`` is a bridged provider (which
+        reads no native provider state: it continues from the event store instead)."""
+        group = self._groups.get(model)
+        if group is not None:
+            return all(is_bridged(h.deployment.provider) for h in group.health)
+        provider = model.partition("/")[0]
+        return provider in PROVIDERS and is_bridged(provider)
+
+    def _pinned(
+        self, call: PreparedCall, group: _Group | None, now: float, pins: Sequence[Pin]
+    ) -> Deployment:
+        """The one deployment every pin of ``call`` allows; state from two accounts is a 400."""
+        first = self._account(pins[0].deployment_id)
+        for pin in pins[1:]:
+            if self._account(pin.deployment_id) != first:
+                raise InvalidRequestError(
+                    f"'{pins[0].param}' and '{pin.param}' come from two different deployments "
+                    f"({pins[0].deployment_id!r} and {pin.deployment_id!r}); provider state "
+                    "can only be replayed to the account that issued it, so one request "
+                    "cannot carry both.",
+                    param=pin.param,
+                    code="mixed_provider_state",
+                )
+        return self._strict(self._pin_target(call, group, pins[0]), now, pins[0])
+
+    def _account(self, deployment_id: str) -> tuple[object, ...]:
+        """Who can read a deployment's state: its provider account (a removed deployment,
+        or the environment's credentials, is an account of its own)."""
+        d = self.deployment(deployment_id)
+        if d is None:
+            return (deployment_id,)
+        return (d.provider, d.api_base, d.api_key)
+
+    def _pin_target(self, call: PreparedCall, group: _Group | None, pin: Pin) -> Deployment:
+        dep_id = pin.deployment_id
         pinned = self.deployment(dep_id)
-        if pinned is None and dep_id == env_deployment_id(call.previous.provider):
+        provider = _provider_of_env_id(dep_id)
+        if pinned is None and provider is not None:
             # Made on the provider's environment credentials: the same account serves any
             # model of that provider the caller names now.
-            provider, _, name = call.model.partition("/")
-            if group is None and provider == call.previous.provider and name:
+            prefix, _, name = call.model.partition("/")
+            if group is None and prefix == provider and name:
                 return self._adhoc_deployment(call.model)
             raise InvalidRequestError(
-                f"previous_response_id was created on the {call.previous.provider!r} "
-                f"environment credentials; continue with a '{call.previous.provider}/<model>' "
-                "model name.",
-                param="previous_response_id",
+                f"{pin.param} was {pin.verb} on the {provider!r} environment credentials; "
+                f"continue with a '{provider}/<model>' model name.",
+                param=pin.param,
             )
         if pinned is None:
             raise NotFoundError(
-                f"The deployment that created previous_response_id ({dep_id!r}) is no longer "
-                "configured, so that response cannot be continued.",
-                param="previous_response_id",
-                code="previous_response_not_found",
+                f"The deployment that {pin.verb} {pin.param} ({dep_id!r}) is no longer "
+                "configured, so nothing can read it.",
+                param=pin.param,
+                code=pin.gone_code,
             )
         if group is None or any(h.deployment is pinned for h in group.health):
             if group is None and pinned.model_name != call.model and "/" not in call.model:
@@ -467,8 +509,8 @@ class Router:
                     param="model",
                     code="model_not_found",
                 )
-            return self._strict(pinned, now)
-        # Another group: only a deployment on the same account can see the stored response.
+            return pinned
+        # Another group: only a deployment on the same account can read the state.
         for h in group.health:
             d = h.deployment
             if (d.provider, d.api_base, d.api_key) == (
@@ -476,27 +518,27 @@ class Router:
                 pinned.api_base,
                 pinned.api_key,
             ):
-                return self._strict(d, now)
+                return d
         raise InvalidRequestError(
-            f"previous_response_id was created by a deployment of model '{pinned.model_name}', "
+            f"{pin.param} was {pin.verb} by a deployment of model '{pinned.model_name}', "
             f"and no deployment of '{call.model}' shares its account; continue the "
             f"conversation with model '{pinned.model_name}'.",
-            param="previous_response_id",
-            code="previous_response_not_found",
+            param=pin.param,
+            code=pin.gone_code,
         )
 
-    def _strict(self, d: Deployment, now: float) -> Deployment:
+    def _strict(self, d: Deployment, now: float, pin: Pin) -> Deployment:
         """A pinned deployment, or why it cannot take the request now: only its account
-        knows the previous response, so nothing else may answer for it."""
-        h = self._health[d.id]
+        can read the state, so nothing else may answer for it."""
+        h = self.health(d)
         if not h.available(now):
             raise _Unavailable(
                 _retry_later(
                     ServiceUnavailableError,
-                    f"The deployment that created previous_response_id ({d.id!r}) is cooling "
+                    f"The deployment that {pin.verb} {pin.param} ({d.id!r}) is cooling "
                     "down after failures, and only it can continue that response.",
                     max(0.0, h.open_until - now),
-                    param="previous_response_id",
+                    param=pin.param,
                 ),
                 None,
             )
@@ -505,7 +547,7 @@ class Router:
             raise _Unavailable(
                 _retry_later(
                     RateLimitError,
-                    f"The deployment that created previous_response_id ({d.id!r}) is at its "
+                    f"The deployment that {pin.verb} {pin.param} ({d.id!r}) is at its "
                     "rpm/tpm limit, and only it can continue that response.",
                     wait,
                     code="rate_limit_exceeded",
@@ -624,8 +666,7 @@ class RoutePlan:
     async def _retry(self, failed: Deployment, error: SluicegateError) -> Routed | None:
         router, call = self._router, self._call
         settings = router._settings
-        pinned = call.previous is not None and not router.stored_conversation(call)
-        if not pinned:
+        if not router.pins(call):
             try:
                 deployment = router.choose(self._group_call(), exclude=frozenset(self._failed))
             except _Unavailable:
@@ -775,6 +816,21 @@ _ADHOC_PROVIDERS = (
     | frozenset(MESSAGE_PROVIDERS)
     | frozenset(p for p, (base, _) in CHAT_PROVIDERS.items() if base and base.startswith("https:"))
 )
+
+
+def _previous_pin(deployment_id: str) -> Pin:
+    return Pin(
+        deployment_id=deployment_id,
+        param="previous_response_id",
+        verb="created",
+        gone_code="previous_response_not_found",
+    )
+
+
+def _provider_of_env_id(deployment_id: str) -> str | None:
+    """The provider whose environment credentials ``deployment_id`` names, else None."""
+    provider = deployment_id.removeprefix(env_deployment_id(""))
+    return provider if provider != deployment_id and provider in PROVIDERS else None
 
 
 def env_deployment_id(provider: str) -> str:

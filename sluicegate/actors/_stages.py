@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from .._types import ResponseEvent, StreamEvent, Usage
+from .._types import OutputItemEvent, ResponseEvent, StreamEvent, Usage
 from ..codecs._lifecycle import StreamTracker
 from ..codecs.ids import IdCodec
 from ..codecs.openai_responses import Decoder
-from ..config import Deployment
+from ..codecs.sealed import StateSeal
+from ..config import Deployment, is_bridged
 from ..errors import SluicegateError, UpstreamProtocolError
 from ..pricing import ModelPrice, PriceTable, TokenUsage, compute_cost
 from ..runtime._messages import (
@@ -42,6 +43,8 @@ __all__ = [
     "run_id_encoder",
     "run_sink",
     "run_transformer",
+    "seal_item",
+    "seal_output",
 ]
 
 
@@ -225,27 +228,79 @@ async def run_accountant(
 
 async def run_id_encoder(
     ids: IdCodec,
+    seal: StateSeal,
     *,
     inbox: trio.MemoryReceiveChannel[EventItem],
     outbox: trio.MemorySendChannel[EventItem],
 ) -> None:
     """Every event carrying a ``response`` gets the same encoded ID (DESIGN §4). The batch in
-    which the upstream first names its response carries that raw ID on (``upstream_id``)."""
+    which the upstream first names its response carries that raw ID on (``upstream_id``).
+
+    A native upstream's opaque state (an output item's ``encrypted_content``) is sealed for the
+    deployment that issued it (``codecs/sealed.py``), in item events and in the Response's
+    ``output`` alike, so the caller never holds state it could replay to the wrong account.
+    Bridged providers' state is already the gateway's own envelope."""
     with inbox, outbox:
         encoded: dict[str, str] = {}
         async for item in inbox:
             if isinstance(item, Batch):
                 events = item.events
                 first: str | None = None
+                deployment = item.routed.deployment
+                sealing = not is_bridged(deployment.provider)
                 for i, event in enumerate(events):
                     if type(event) is ResponseEvent:
                         raw_id = event.response_data["id"]
                         if raw_id not in encoded:
                             first = raw_id
-                        events[i] = _encode(ids, item.routed, event, encoded)
+                        event = _encode(ids, item.routed, event, encoded)
+                        if sealing:
+                            event = seal_response_event(seal, deployment.id, event)
+                        events[i] = event
+                    elif sealing and type(event) is OutputItemEvent:
+                        events[i] = seal_item_event(seal, deployment.id, event)
                 if first is not None:
                     item = attrs.evolve(item, upstream_id=first)
             await outbox.send(item)
+
+
+def seal_item(seal: StateSeal, deployment_id: str, item: Any) -> Any:
+    """``item`` with its ``encrypted_content`` sealed for ``deployment_id`` (the same object
+    when it carries none)."""
+    if not isinstance(item, dict):
+        return item
+    state = item.get("encrypted_content")
+    if not isinstance(state, str) or not state:
+        return item
+    return {**item, "encrypted_content": seal.seal(deployment_id, state)}
+
+
+def seal_output(seal: StateSeal, deployment_id: str, output: Any) -> Any:
+    """A Response's ``output`` list with every item's state sealed (the same list if none)."""
+    if not isinstance(output, list):
+        return output
+    sealed = [seal_item(seal, deployment_id, item) for item in output]
+    if all(a is b for a, b in zip(sealed, output, strict=True)):
+        return output
+    return sealed
+
+
+def seal_item_event(seal: StateSeal, deployment_id: str, event: OutputItemEvent) -> StreamEvent:
+    item = event.data.get("item")
+    sealed = seal_item(seal, deployment_id, item)
+    if sealed is item:
+        return event
+    return OutputItemEvent(
+        type=event.type, sequence_number=event.sequence_number, data={**event.data, "item": sealed}
+    )
+
+
+def seal_response_event(seal: StateSeal, deployment_id: str, event: ResponseEvent) -> ResponseEvent:
+    output = event.response_data.get("output")
+    sealed = seal_output(seal, deployment_id, output)
+    if sealed is output:
+        return event
+    return event.with_response_fields(output=sealed)
 
 
 def _encode(

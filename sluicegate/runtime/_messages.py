@@ -34,6 +34,7 @@ __all__ = [
     "Delivery",
     "EventItem",
     "Failure",
+    "Pin",
     "PreparedCall",
     "RawItem",
     "Routed",
@@ -59,6 +60,21 @@ class UpstreamTiming:
         if self.started is None or self.ended is None:
             return 0.0
         return self.ended - self.started
+
+
+@attrs.frozen(kw_only=True)
+class Pin:
+    """State in a request that only one deployment's account can use (sealed reasoning, an
+    item it stored): the request must go to that deployment, or to one on the same account.
+    Strict: if it cannot take the request now, the caller is told so, naming ``param``."""
+
+    deployment_id: str
+    #: Where the state is in the request (``previous_response_id``, ``input[3].id``, ...).
+    param: str
+    #: How the deployment came by it, for messages ("created", "issued", "stored").
+    verb: str = "issued"
+    #: The error code when the deployment is gone (nothing else can read the state).
+    gone_code: str = "invalid_encrypted_content"
 
 
 @attrs.frozen(kw_only=True)
@@ -102,6 +118,14 @@ class PreparedCall:
     #: The caller's session (``session=``, the ``x-sluicegate-session`` header): with
     #: ``router_settings.session_affinity``, it stays on one deployment.
     session: str | None = None
+    #: Top-level body fields the gateway does not know (still in ``body``): a native upstream
+    #: receives them unchanged; a bridge refuses them, or drops them with ``drop_params``.
+    unknown_params: tuple[str, ...] = ()
+    #: Client headers from the proxy's allowlist (``OpenAI-Beta``, ...), lower-cased: sent to
+    #: native upstreams only (a bridged provider has its own headers).
+    client_headers: Mapping[str, str] = attrs.Factory(dict)
+    #: Replayed state that pins the request to its deployment (see :class:`Pin`).
+    pins: tuple[Pin, ...] = ()
 
 
 @attrs.frozen(kw_only=True)

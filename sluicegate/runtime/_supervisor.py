@@ -41,6 +41,7 @@ from ..actors._router import Router, run_router
 from ..actors._stages import Accountant, run_accountant, run_id_encoder, run_sink, run_transformer
 from ..codecs._lifecycle import StreamTracker, failure_code
 from ..codecs.ids import IdCodec
+from ..codecs.sealed import StateSeal
 from ..errors import ClientError, InternalError, RateLimitError, SluicegateError
 from ._messages import Deliver, Delivery, EventItem, PreparedCall, RawItem, Routed
 
@@ -61,6 +62,8 @@ class Pipeline:
     connector: Connector
     accountant: Accountant
     ids: IdCodec
+    #: Seals native provider state (``encrypted_content``) for its deployment.
+    seal: StateSeal
 
 
 async def run_request(
@@ -229,7 +232,13 @@ async def _run_actors(
             partial(run_accountant, pipeline.accountant, inbox=decoded_recv, outbox=priced_send)
         )
         nursery.start_soon(
-            partial(run_id_encoder, pipeline.ids, inbox=priced_recv, outbox=encoded_send)
+            partial(
+                run_id_encoder,
+                pipeline.ids,
+                pipeline.seal,
+                inbox=priced_recv,
+                outbox=encoded_send,
+            )
         )
         with call_send:
             await call_send.send(call)

@@ -24,6 +24,7 @@ from ._records import Accepted as Accepted
 from ._records import Deleted as Deleted
 from ._records import Ended as Ended
 from ._records import ItemDone as ItemDone
+from ._records import ItemOrigin as ItemOrigin
 from ._records import Record as Record
 from ._records import ResponseRow as ResponseRow
 from ._records import Routed as Routed
@@ -38,6 +39,7 @@ __all__ = [
     "Deleted",
     "Ended",
     "ItemDone",
+    "ItemOrigin",
     "KeyRow",
     "ObjectKind",
     "ObjectRow",

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import attrs
 
 if TYPE_CHECKING:
-    from ._records import Record, ResponseRow
+    from ._records import ItemOrigin, Record, ResponseRow
 
 __all__ = [
     "KeyRow",
@@ -200,6 +200,11 @@ class Store(Protocol):
 
     async def output_items(self, response_id: str) -> list[dict[str, Any]]:
         """The ``ItemDone`` items in ``output_index`` order; empty if deleted or unknown."""
+        ...
+
+    async def item_origins(self, item_ids: Sequence[str]) -> dict[str, ItemOrigin]:
+        """The stored responses whose output items have these IDs (by item ID); items of
+        deleted or purged responses, and unknown IDs, are absent."""
         ...
 
     async def stream_events(

@@ -165,3 +165,14 @@ class ResponseRow:
     estimated: bool = False
     #: The content was removed by the retention period (the accounting stays).
     purged: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class ItemOrigin:
+    """Which stored response an output item belongs to, and where that response was made."""
+
+    item_id: str
+    response_id: str
+    owner: str
+    deployment_id: str | None
+    provider: str | None

@@ -101,6 +101,7 @@ from ._records import (
     Deleted,
     Ended,
     ItemDone,
+    ItemOrigin,
     Record,
     ResponseRow,
     Routed,
@@ -231,6 +232,13 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE UNIQUE INDEX objects_by_upstream ON objects (deployment_id, raw_id);
     CREATE INDEX objects_by_owner ON objects (kind, owner, created_at);
     CREATE INDEX objects_by_created ON objects (kind, created_at)
+    """,
+    # 5: output items by their ID, so replayed items and item references find the response
+    # (and deployment) that made them. An index on the items' own JSON, not a table: nothing
+    # more to write or keep in step, and content removal (a NULL payload) drops the entry.
+    """
+    CREATE INDEX events_by_item ON events (json_extract(CAST(payload AS TEXT), '$.id'))
+        WHERE kind = 'item_done'
     """,
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
@@ -1158,6 +1166,39 @@ def _read_payloads(db: sqlite3.Connection, sql: str, params: tuple[Any, ...]) ->
     return [orjson.loads(blob) for (blob,) in db.execute(sql, params) if blob is not None]
 
 
+#: Item IDs per lookup statement (SQLite's bound-parameter limit is far above this).
+_ITEM_LOOKUP_BATCH: Final = 256
+
+
+def _read_item_origins(db: sqlite3.Connection, item_ids: list[str]) -> dict[str, ItemOrigin]:
+    # The expression and the literal kind match the index ``events_by_item`` exactly, so
+    # each ID is one index search.
+    found: dict[str, ItemOrigin] = {}
+    for start in range(0, len(item_ids), _ITEM_LOOKUP_BATCH):
+        batch = item_ids[start : start + _ITEM_LOOKUP_BATCH]
+        marks = ", ".join("?" * len(batch))
+        rows = db.execute(
+            "SELECT json_extract(CAST(e.payload AS TEXT), '$.id'), r.id, r.owner,"
+            " r.deployment_id, r.provider FROM events AS e JOIN responses AS r"
+            " ON r.id = e.response_id WHERE e.kind = 'item_done'"
+            f" AND json_extract(CAST(e.payload AS TEXT), '$.id') IN ({marks})"
+            " AND r.deleted = 0 AND r.purged = 0",
+            batch,
+        )
+        for item_id, response_id, owner, deployment_id, provider in rows:
+            found.setdefault(
+                item_id,
+                ItemOrigin(
+                    item_id=item_id,
+                    response_id=response_id,
+                    owner=owner,
+                    deployment_id=deployment_id,
+                    provider=provider,
+                ),
+            )
+    return found
+
+
 def _read_all(db: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> list[Any]:
     return db.execute(sql, params).fetchall()
 
@@ -1676,6 +1717,14 @@ class SQLiteStore:
                 params=(response_id, _ITEM_DONE),
             )
         )
+
+    async def item_origins(self, item_ids: Sequence[str]) -> dict[str, ItemOrigin]:
+        """See :meth:`sluicegate.store.Store.item_origins`."""
+        unique = list(dict.fromkeys(i for i in item_ids if isinstance(i, str)))
+        if not unique:
+            await trio.lowlevel.checkpoint()
+            return {}
+        return await self._read(functools.partial(_read_item_origins, item_ids=unique))
 
     async def stream_events(
         self, response_id: str, *, after: int = -1, limit: int = 1000
