@@ -51,7 +51,14 @@ from ._proxy import (
     summarize_proxy,
 )
 from ._report import check_targets, summarize, text_table, write_results
-from ._routing import measure_routing, routing_checks, routing_table
+from ._routing import (
+    cache_checks,
+    cache_table,
+    measure_cache_affinity,
+    measure_routing,
+    routing_checks,
+    routing_table,
+)
 from ._store import measure_recording, recording_table
 from ._targets import POOL_KEEPALIVE_EXPIRY, POOL_SIZE
 from ._upstream import BenchmarkError, pin_current_process, plan_cpus, run_fake_upstream
@@ -72,6 +79,9 @@ _SMOKE_REPEATS: Final = 1
 #: Router picks timed per strategy (benchmarks/_routing.py).
 _SMOKE_PICKS = 2_000
 _FULL_PICKS = 20_000
+#: Requests of the prompt-cache affinity simulation (benchmarks/_routing.py).
+_SMOKE_CACHE_REQUESTS = 4_000
+_FULL_CACHE_REQUESTS = 40_000
 #: Simulated responses recorded per concurrency (benchmarks/_store.py).
 _FULL_RECORDINGS: Final = 2000
 _SMOKE_RECORDINGS: Final = 20
@@ -423,7 +433,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             routing = measure_routing(
                 _SMOKE_PICKS if settings.smoke else _FULL_PICKS, 1 if settings.smoke else 3
             )
-            progress.step("router: the cost of one pick, per strategy")
+            cache_runs = measure_cache_affinity(
+                _SMOKE_CACHE_REQUESTS if settings.smoke else _FULL_CACHE_REQUESTS
+            )
+            progress.step("router: the cost of one pick, per strategy; prompt-cache hits")
     except BenchmarkError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
@@ -468,7 +481,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print("the router's pick (100 deployments in one group, live state; no I/O):")
     print(routing_table(routing))
-    for check in routing_checks(routing):
+    print()
+    print(
+        "prompt_cache_key affinity: provider prompt-cache hit rate, 4 deployments, 400 keys, "
+        "150 cached prefixes per deployment (simulated, no I/O):"
+    )
+    print(cache_table(cache_runs))
+    for check in [*routing_checks(routing), *cache_checks(cache_runs)]:
         print(f"  {check.verdict}  {check.name}: {check.detail}")
 
     meta: dict[str, Any] = {
@@ -489,6 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "elapsed_s": round(elapsed, 2),
         "recording": [attrs.asdict(r) for r in recording],
         "routing": [attrs.asdict(r) for r in routing],
+        "prompt_cache_affinity": [attrs.asdict(r) for r in cache_runs],
         "proxy": proxy_json(proxy_summaries),
         "proxy_first_event": first_event_json(first_events),
         "memory": memory_json(memory_results),
@@ -518,6 +538,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         md.write(recording_table(recording, markdown=True) + "\n")
         md.write("\n## The router's pick (100 deployments)\n\n")
         md.write(routing_table(routing, markdown=True) + "\n")
+        md.write("\n## Prompt-cache affinity (simulated hit rate)\n\n")
+        md.write(cache_table(cache_runs, markdown=True) + "\n")
     proxy_series = [
         {
             "target": f"{s.case.target} (wrk)",

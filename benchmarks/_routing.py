@@ -1,16 +1,27 @@
-"""The router's pick: what choosing a deployment costs (issue 7 asks for at most 20 µs with 100
-deployments in a group).
+"""The router's pick: what choosing a deployment costs (at most 20 µs with 100 deployments in
+a group), and how often ``prompt_cache_key`` affinity lands a request where its prompt is cached.
 
 For each strategy, a group of 100 deployments with live state (latency averages, tokens used
 in the minute, requests in flight, a few cooling down, rpm/tpm limits on some) answers
 ``Router.choose`` in a tight loop; the figure is CPU microseconds per pick (median of the
 repeats, with the spread). No I/O: the pick is synchronous by design, so this is all of it.
+The same is timed for requests that carry one of 1,000 ``prompt_cache_key`` values.
+
+Cache hits (:func:`measure_cache_affinity`): a group of 4 equal deployments takes 40,000
+requests, each with one of 400 ``prompt_cache_key`` values drawn uniformly (seeded). Each
+deployment stands for a provider account whose prompt cache holds its 150 most recently used
+prefixes (LRU; a provider keeps a prefix for minutes, so under steady load it holds a bounded
+set). A request hits when its key is in the chosen deployment's cache. The first deployment
+cools down (a 429 with Retry-After) for the middle third of the run. The figure is the hit
+rate, with ``prompt_cache_affinity`` off (the strategy alone) and on, over the whole run and
+over the third with one deployment out.
 """
 
 from __future__ import annotations
 
 import random
 import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import attrs
@@ -35,7 +46,17 @@ if TYPE_CHECKING:
 
     from sluicegate.config import Deployment
 
-__all__ = ["PICK_TARGET_US", "RoutingRun", "measure_routing", "routing_checks", "routing_table"]
+__all__ = [
+    "PICK_TARGET_US",
+    "CacheRun",
+    "RoutingRun",
+    "cache_checks",
+    "cache_table",
+    "measure_cache_affinity",
+    "measure_routing",
+    "routing_checks",
+    "routing_table",
+]
 
 #: The issue's budget for one pick, in microseconds.
 PICK_TARGET_US = 20.0
@@ -102,26 +123,42 @@ def _router(strategy: str, clock: _Clock) -> Router:
     return router
 
 
-def _measure_one(strategy: str, picks: int) -> float:
+#: Distinct ``prompt_cache_key`` values in the timed picks that carry one.
+TIMED_CACHE_KEYS = 1000
+
+
+def _measure_one(strategy: str, picks: int, *, cache_keys: bool = False) -> float:
     clock = _Clock()
     router = _router(strategy, clock)
-    call = PreparedCall(model="bench", body={"model": "bench", "input": "x"}, stream=True)
+    keys = [f"key-{i}" for i in range(TIMED_CACHE_KEYS)] if cache_keys else [None]
+    calls = [
+        PreparedCall(
+            model="bench",
+            body={"model": "bench", "input": "x", **({"prompt_cache_key": k} if k else {})},
+            stream=True,
+        )
+        for k in keys
+    ]
     choose = router.choose
-    for _ in range(min(picks, 1000)):  # warm-up
-        choose(call)
+    n = len(calls)
+    for i in range(max(min(picks, 1000), n)):  # warm-up (every key's order computed once)
+        choose(calls[i % n])
     start = time.process_time()
-    for _ in range(picks):
-        choose(call)
+    for i in range(picks):
+        choose(calls[i % n])
     return (time.process_time() - start) / picks * 1e6
 
 
 def measure_routing(picks: int, repeats: int) -> list[RoutingRun]:
     runs = []
-    for strategy in STRATEGIES:
-        samples = sorted(_measure_one(strategy, picks) for _ in range(repeats))
+    cases = [(s, False) for s in STRATEGIES] + [("simple-shuffle", True)]
+    for strategy, cache_keys in cases:
+        samples = sorted(
+            _measure_one(strategy, picks, cache_keys=cache_keys) for _ in range(repeats)
+        )
         runs.append(
             RoutingRun(
-                strategy=strategy,
+                strategy=f"{strategy} + prompt_cache_key" if cache_keys else strategy,
                 deployments=DEPLOYMENTS,
                 picks=picks,
                 us_per_pick=samples[len(samples) // 2],
@@ -129,6 +166,144 @@ def measure_routing(picks: int, repeats: int) -> list[RoutingRun]:
             )
         )
     return runs
+
+
+# -- prompt-cache affinity: hit rate -----------------------------------------------------------
+
+CACHE_DEPLOYMENTS = 4
+CACHE_KEYS = 400
+CACHE_CAPACITY = 150
+#: The hit rate affinity must reach over the whole run (the target the checks report).
+CACHE_HIT_TARGET = 0.9
+
+
+@attrs.frozen(kw_only=True)
+class CacheRun:
+    affinity: bool
+    requests: int
+    hit_rate: float
+    #: The hit rate while one deployment was cooling down.
+    hit_rate_one_out: float
+    #: The share of requests the cooled deployment served in each third of the run.
+    first_share: tuple[float, float, float]
+
+
+@attrs.define
+class _Tick:
+    """A clock the run moves by hand: one millisecond a request."""
+
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _cache_run(affinity: bool, requests: int, seed: int) -> CacheRun:
+    clock = _Tick()
+    settings = RouterSettings(prompt_cache_affinity=affinity)
+    deployments = [
+        build_deployment(
+            ModelEntry(
+                model_name="bench",
+                litellm_params=LiteLLMParams(
+                    model="openai/gpt-5.4", api_base=f"https://c{i}.bench.invalid/v1"
+                ),
+                model_info=ModelInfo(id=f"c{i}"),
+            ),
+            settings,
+            environ={},
+        )
+        for i in range(CACHE_DEPLOYMENTS)
+    ]
+    router = Router.from_deployments(
+        deployments,
+        settings,
+        rng=random.Random(seed),
+        resolve_fake=_no_fake,
+        environ={},
+        clock=clock,
+    )
+    caches: dict[str, OrderedDict[str, None]] = {d.id: OrderedDict() for d in deployments}
+    draw = random.Random(seed + 1)
+    calls = [
+        PreparedCall(
+            model="bench",
+            body={"model": "bench", "input": "x", "prompt_cache_key": f"tenant-{k}"},
+            stream=True,
+        )
+        for k in range(CACHE_KEYS)
+    ]
+    out_from, out_to = requests // 3, 2 * requests // 3
+    hits = hits_out = 0
+    first = [0, 0, 0]
+    for i in range(requests):
+        clock.now = 1000.0 + i / 1000
+        if i == out_from:
+            # Out until ``out_to``: a 429 whose Retry-After lasts that long; then the
+            # breaker's half-open probe brings it back (the first pick after, answered).
+            health = router.health(deployments[0])
+            health.started(clock())
+            wait = (out_to - out_from) / 1000
+            health.failed(clock(), UpstreamStatusError("x", status_code=429, retry_after=wait))
+        call = calls[draw.randrange(CACHE_KEYS)]
+        chosen = router.choose(call)
+        health = router.health(chosen)
+        health.started(clock())
+        health.answered(clock(), ttfb=0.1, total=0.2)
+        if chosen.id == deployments[0].id:
+            first[0 if i < out_from else 1 if i < out_to else 2] += 1
+        cache = caches[chosen.id]
+        key = call.body["prompt_cache_key"]
+        if key in cache:
+            hits += 1
+            hits_out += out_from <= i < out_to
+            cache.move_to_end(key)
+        else:
+            cache[key] = None
+            if len(cache) > CACHE_CAPACITY:
+                cache.popitem(last=False)
+    return CacheRun(
+        affinity=affinity,
+        requests=requests,
+        hit_rate=hits / requests,
+        hit_rate_one_out=hits_out / (out_to - out_from),
+        first_share=(
+            first[0] / out_from,
+            first[1] / (out_to - out_from),
+            first[2] / (requests - out_to),
+        ),
+    )
+
+
+def measure_cache_affinity(requests: int, seed: int = 20261207) -> list[CacheRun]:
+    """The prompt-cache hit rate without and with affinity (module docstring)."""
+    return [_cache_run(affinity, requests, seed) for affinity in (False, True)]
+
+
+def cache_checks(runs: Sequence[CacheRun]) -> list[Check]:
+    return [
+        Check(
+            name=f"prompt-cache hit rate with prompt_cache_affinity >= {CACHE_HIT_TARGET:.0%}",
+            passed=r.hit_rate >= CACHE_HIT_TARGET,
+            detail=f"{r.hit_rate:.1%} ({r.hit_rate_one_out:.1%} with one deployment out)",
+        )
+        for r in runs
+        if r.affinity
+    ]
+
+
+def cache_table(runs: Sequence[CacheRun], *, markdown: bool = False) -> str:
+    header = ["prompt_cache_affinity", "requests", "hit rate", "hit rate, one deployment out"]
+    rows = [
+        [
+            "on" if r.affinity else "off",
+            str(r.requests),
+            f"{r.hit_rate:.1%}",
+            f"{r.hit_rate_one_out:.1%}",
+        ]
+        for r in runs
+    ]
+    return _render(header, rows, left=1, markdown=markdown)
 
 
 def routing_checks(runs: Sequence[RoutingRun]) -> list[Check]:

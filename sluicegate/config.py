@@ -240,6 +240,9 @@ class RouterSettings:
     session_affinity: bool = False
     #: How long a session's deployment is remembered after its last request.
     session_ttl: Duration = Duration(3600.0)
+    #: Send a ``prompt_cache_key`` to the same deployment while it is usable (rendezvous
+    #: hashing over the group), so the provider's prompt cache keeps hitting.
+    prompt_cache_affinity: bool = True
     #: Total seconds for one request, all attempts included (the OpenAI SDK's default).
     timeout: float | None = 600.0
     stream_timeout: float | None = None

@@ -588,6 +588,33 @@ async def test_zero_config_conversations_continue_on_the_environment_account() -
     assert upstream.body(1)["model"] == "gpt-5.4-mini"
 
 
+async def test_zero_config_bare_model_names_reach_their_provider_as_in_litellm() -> None:
+    """``gpt-4.1`` or ``o3`` with no configuration is OpenAI's; a bare name the price table
+    lists under another provider is that provider's; a configured gateway never guesses."""
+    upstream = MockUpstream(default=json_step(200, TEXT_BODY))
+    env = {"OPENAI_API_KEY": "sk-env", "OPENAI_BASE_URL": "https://env.test/v1"}
+    zero = {"general_settings": {"store": MEMORY_STORE}}
+    async with sluicegate.open_gateway(zero, transport=upstream.transport(), environ=env) as gw:
+        first = await gw.responses(model="gpt-4.1", input="hi")
+        await gw.responses(model="o3", input="more", previous_response_id=first.id)
+        await gw.responses(model="computer-use-preview", input="hi")
+        router = gw._pipeline.router
+        assert router.adhoc_provider("claude-sonnet-4-5") == "anthropic"
+        assert router.adhoc_provider("claude-sonnet-4-5-20250929") == "anthropic"
+        assert router.adhoc_provider("some-future-model") == "openai"
+    assert [r.url.host for r in upstream.requests] == ["env.test"] * 3
+    assert [upstream.body(i)["model"] for i in range(3)] == [
+        "gpt-4.1",
+        "o3",
+        "computer-use-preview",
+    ]
+    assert upstream.body(1)["previous_response_id"] == RAW_ID
+    async with await _gateway(upstream, config()) as gw:
+        with pytest.raises(NotFoundError) as info:
+            await gw.responses(model="gpt-4.1", input="hi")
+        assert info.value.code == "model_not_found"
+
+
 async def test_out_of_order_event_mid_read_delivers_what_came_before() -> None:
     """Regression: a protocol violation inside one read must not swallow the events before it."""
     frames = sse_frames(TEXT_SSE)

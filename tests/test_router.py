@@ -437,6 +437,64 @@ def test_sessions_are_ignored_unless_configured() -> None:
     assert len(picks_of(r, call(session="s1"), 40)) > 1
 
 
+def test_a_prompt_cache_key_stays_on_one_deployment_whatever_the_strategy() -> None:
+    """Soft, stateless prompt-cache affinity (rendezvous hashing), on by default."""
+    ds = [deployment(n) for n in "abcd"]
+    for strategy in ("simple-shuffle", "least-busy", "latency-based", "usage-based"):
+        r = router(ds, routing_strategy=strategy)
+        for key in ("k1", "k2", "k3"):
+            assert len(picks_of(r, call(body={"prompt_cache_key": key}), 20)) == 1
+        # Keys spread over the group, and a second router (another instance) agrees.
+        other = router(ds, seed=99, routing_strategy=strategy)
+        homes = {r.choose(call(body={"prompt_cache_key": f"k{i}"})).id for i in range(200)}
+        assert homes == set("abcd")
+        for i in range(50):
+            key_call = call(body={"prompt_cache_key": f"k{i}"})
+            assert r.choose(key_call).id == other.choose(key_call).id
+
+
+def test_prompt_cache_keys_share_the_group_by_weight() -> None:
+    r = router([deployment("a", weight=1), deployment("b", weight=3)])
+    homes = Counter(r.choose(call(body={"prompt_cache_key": f"k{i}"})).id for i in range(4000))
+    assert 0.20 < homes["a"] / 4000 < 0.30
+
+
+def test_a_cache_key_moves_while_its_deployment_cools_and_comes_back() -> None:
+    clock = Clock()
+    ds = [deployment(n) for n in "abcd"]
+    r = router(ds, clock, allowed_fails=0, cooldown_time=10)
+    key_call = call(body={"prompt_cache_key": "k"})
+    home = r.choose(key_call).id
+    health = {d.id: r.health(d) for d in ds}
+    health[home].started(clock.now)
+    health[home].failed(clock.now, server_error())
+    moved = picks_of(r, key_call, 20)
+    assert len(moved) == 1 and home not in moved
+    # A retry of one request never goes back to what failed it.
+    (second,) = moved
+    assert r.choose(key_call, exclude=frozenset({second})).id not in {home, second}
+    clock.now += 11  # half-open: the probe goes home, and its success closes it
+    assert r.choose(key_call).id == home
+    health[home].answered(clock.now, ttfb=0.1, total=0.2)
+    assert picks_of(r, key_call, 20) == {home}
+
+
+def test_removing_a_deployment_moves_only_the_keys_it_held() -> None:
+    ds = [deployment(n) for n in "abcde"]
+    full = router(ds)
+    less = router([d for d in ds if d.id != "e"])
+    for i in range(300):
+        key_call = call(body={"prompt_cache_key": f"k{i}"})
+        before = full.choose(key_call).id
+        if before != "e":
+            assert less.choose(key_call).id == before
+
+
+def test_prompt_cache_affinity_can_be_turned_off() -> None:
+    r = router([deployment(n) for n in "abcd"], prompt_cache_affinity=False)
+    assert len(picks_of(r, call(body={"prompt_cache_key": "k"}), 40)) > 1
+
+
 # -- failure kinds -------------------------------------------------------------------------
 
 

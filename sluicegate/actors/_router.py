@@ -13,7 +13,10 @@ Choosing, in order:
    deployment is cooling down the error says so, nothing silently goes elsewhere). A
    conversation the event store holds prefers the deployment that made it but may move within
    the group (soft). With ``session_affinity``, a session stays on the deployment it first
-   got while that one is healthy (prompt-cache locality).
+   got while that one is healthy (prompt-cache locality). Without it, a ``prompt_cache_key``
+   goes to the first usable deployment in that key's rendezvous order (soft, stateless, on by
+   default: ``prompt_cache_affinity``), so provider prompt caches keep hitting under load
+   balancing.
 2. A configured group: the strategy over the deployments whose circuit breaker lets them
    through and whose rpm/tpm have room (``_health.py``): weighted random (``simple-shuffle``),
    fewest requests in flight (``least-busy``), the lower-scored of two random picks over
@@ -38,6 +41,7 @@ to ``limit_wait`` for rpm/tpm room; otherwise a 429 (limits) or 503 (cooling) wi
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import random
@@ -72,16 +76,28 @@ from ..errors import (
     UpstreamError,
     UpstreamStatusError,
 )
+from ..pricing import PriceTable
 from ..runtime._messages import Pin, PreparedCall, Routed
 from ._health import BreakerState, DeploymentStatistics, Health, counts_against
 
-__all__ = ["RoutePlan", "Router", "RouterStatistics", "backoff", "failure_kind", "run_router"]
+__all__ = [
+    "RoutePlan",
+    "Router",
+    "RouterStatistics",
+    "backoff",
+    "failure_kind",
+    "rendezvous_order",
+    "run_router",
+]
 
 #: Resolves a fake deployment to a running built-in fake upstream (an api_base).
 FakeResolver = Callable[[Deployment], Awaitable[Deployment]]
 
 #: Sessions remembered at most (the oldest are forgotten first).
 MAX_SESSIONS = 100_000
+
+#: ``prompt_cache_key`` orders remembered at most (the least recently used are forgotten).
+MAX_CACHE_KEYS = 100_000
 
 #: Usage-based routing compares every deployment of a group up to this size, and two random
 #: ones above it (reading a deployment's rpm/tpm windows costs too much to read a hundred).
@@ -134,6 +150,9 @@ class Router:
     _adhoc: dict[str, Deployment] = attrs.Factory(dict)
     #: (group, session) -> (deployment ID, when the entry expires).
     _sessions: OrderedDict[tuple[str, str], tuple[str, float]] = attrs.Factory(OrderedDict)
+    #: (group, prompt_cache_key) -> the group in rendezvous order for that key (most recently
+    #: used last; at most MAX_CACHE_KEYS are kept, and any is recomputed the same way).
+    _cache_orders: OrderedDict[tuple[str, str], tuple[Health, ...]] = attrs.Factory(OrderedDict)
 
     @classmethod
     def from_deployments(
@@ -246,6 +265,12 @@ class Router:
             kept = self._session_deployment(group, session, now, exclude)
             if kept is not None:
                 return kept.deployment
+        elif self._settings.prompt_cache_affinity and len(group.health) > 1:
+            key = call.body.get("prompt_cache_key")
+            if isinstance(key, str) and key:
+                cached = self._cache_deployment(group, key, now, exclude)
+                if cached is not None:
+                    return cached.deployment
         health = self._pick(group, call.stream, exclude, now)
         if health is None:
             raise self._unavailable(group, exclude, now)
@@ -431,6 +456,26 @@ class Router:
         self._remember(group, session, h, now)
         return self._claim(h)
 
+    def _cache_deployment(
+        self, group: _Group, key: str, now: float, exclude: frozenset[str]
+    ) -> Health | None:
+        """The deployment a ``prompt_cache_key`` belongs to: the first usable one in the key's
+        rendezvous order (highest random weight), so the same key keeps reaching the same
+        provider cache while that deployment is healthy, falls to the next one while it is not,
+        and comes back after, with no state to share between instances."""
+        slot = (group.name, key)
+        order = self._cache_orders.get(slot)
+        if order is None:
+            order = self._cache_orders[slot] = rendezvous_order(group.health, key)
+            if len(self._cache_orders) > MAX_CACHE_KEYS:
+                self._cache_orders.popitem(last=False)
+        else:
+            self._cache_orders.move_to_end(slot)
+        for h in order:
+            if h.deployment.id not in exclude and self._usable(h, now):
+                return self._claim(h)
+        return None
+
     def _remember(self, group: _Group, session: str, h: Health, now: float) -> None:
         key = (group.name, session)
         self._sessions[key] = (h.deployment.id, now + self._settings.session_ttl)
@@ -487,8 +532,7 @@ class Router:
         if pinned is None and provider is not None:
             # Made on the provider's environment credentials: the same account serves any
             # model of that provider the caller names now.
-            prefix, _, name = call.model.partition("/")
-            if group is None and prefix == provider and name:
+            if group is None and self.adhoc_provider(call.model) == provider:
                 return self._adhoc_deployment(call.model)
             raise InvalidRequestError(
                 f"{pin.param} was {pin.verb} on the {provider!r} environment credentials; "
@@ -557,18 +601,30 @@ class Router:
         self._claim(h)
         return d
 
+    def adhoc_provider(self, model: str) -> str | None:
+        """The provider an unconfigured model name reaches on environment credentials:
+        ``provider/model``; with no ``model_list`` at all (zero-config use), also a bare name,
+        the provider whose models the bundled price table lists it among, else OpenAI (as
+        LiteLLM resolves ``gpt-4.1`` or ``o3``). None: no such model."""
+        provider, _, name = model.partition("/")
+        if name:
+            return provider if provider in _ADHOC_PROVIDERS else None
+        if self._groups or not model:
+            return None  # a configured gateway serves its groups, never a guess
+        return bare_model_provider(model)
+
     def _adhoc_deployment(self, model: str) -> Deployment:
         cached = self._adhoc.get(model)
         if cached is not None:
             return cached
-        provider, _, name = model.partition("/")
-        if not name or provider not in _ADHOC_PROVIDERS:
+        provider = self.adhoc_provider(model)
+        if provider is None:
             raise NotFoundError(
                 f"The model '{model}' does not exist.", param="model", code="model_not_found"
             )
         entry = ModelEntry(
             model_name=model,
-            litellm_params=LiteLLMParams(model=model),
+            litellm_params=LiteLLMParams(model=model if "/" in model else f"{provider}/{model}"),
             model_info=ModelInfo(id=env_deployment_id(provider)),
         )
         deployment = build_deployment(entry, self._settings, environ=self._environ)
@@ -585,6 +641,22 @@ class Router:
         if deployment.provider == "fake" and deployment.api_base is None:
             return await self._resolve_fake(deployment)
         return deployment
+
+
+def rendezvous_order(members: Sequence[Health], key: str) -> tuple[Health, ...]:
+    """``members`` in weighted rendezvous order for ``key``: each deployment scores
+    ``weight / -ln(u)`` with ``u`` a uniform hash of (key, deployment ID), highest first. A
+    deployment leaving or joining moves only the keys it wins; weights share keys in
+    proportion."""
+
+    def score(h: Health) -> float:
+        digest = hashlib.blake2b(
+            f"{h.deployment.id}\0{key}".encode(), digest_size=8, person=b"sg-cache"
+        ).digest()
+        u = (int.from_bytes(digest, "big") + 0.5) / 2.0**64
+        return h.deployment.weight / -math.log(u)
+
+    return tuple(sorted(members, key=score, reverse=True))
 
 
 def _usage_key(h: Health, now: float) -> tuple[float, float]:
@@ -831,6 +903,20 @@ def _provider_of_env_id(deployment_id: str) -> str | None:
     """The provider whose environment credentials ``deployment_id`` names, else None."""
     provider = deployment_id.removeprefix(env_deployment_id(""))
     return provider if provider != deployment_id and provider in PROVIDERS else None
+
+
+#: Providers whose model names the bundled price table may claim for a bare name.
+_BARE_NAME_PROVIDERS = ("openai", "anthropic", "gemini")
+
+
+def bare_model_provider(model: str) -> str:
+    """The provider of a bare model name (no ``provider/`` prefix): the first whose priced
+    models include it, else ``openai`` (the Responses API's own)."""
+    table = PriceTable.bundled()
+    for provider in _BARE_NAME_PROVIDERS:
+        if table.lookup(provider, model) is not None:
+            return provider
+    return "openai"
 
 
 def env_deployment_id(provider: str) -> str:
