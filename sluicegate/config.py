@@ -46,9 +46,11 @@ from .errors import ConfigError
 from .pricing import ModelPrice
 
 __all__ = [
+    "DEFAULT_FORWARD_CLIENT_HEADERS",
     "Deployment",
     "GatewayConfig",
     "GeneralSettings",
+    "HeaderNames",
     "LiteLLMParams",
     "MediaFetchSettings",
     "ModelEntry",
@@ -59,6 +61,7 @@ __all__ = [
     "Timeouts",
     "build_deployment",
     "derive_deployment_id",
+    "forward_refusal",
     "is_bridged",
     "load_config",
     "make_config_converter",
@@ -290,6 +293,77 @@ class MediaFetchSettings:
     allow_private_addresses: bool = False
 
 
+#: Header names, lower-cased at load (``general_settings.forward_client_headers``).
+HeaderNames = NewType("HeaderNames", tuple[str, ...])
+
+#: What the proxy forwards from a client to a native upstream unless configured otherwise:
+#: the Responses API's beta opt-ins, the client's own request ID (OpenAI logs it beside
+#: ``x-request-id``) and the key that makes a retried POST idempotent.
+DEFAULT_FORWARD_CLIENT_HEADERS: tuple[str, ...] = (
+    "openai-beta",
+    "x-client-request-id",
+    "idempotency-key",
+)
+
+#: Client headers never forwarded, whatever ``forward_client_headers`` says, and why.
+_NEVER_FORWARDED: Mapping[str, str] = {
+    # The deployment's credentials and account are the gateway's (the client's key is a key of
+    # the gateway, not of the provider); the organization and project choose who is billed.
+    **dict.fromkeys(
+        (
+            "authorization",
+            "api-key",
+            "x-api-key",
+            "x-goog-api-key",
+            "cookie",
+            "proxy-authorization",
+            "openai-organization",
+            "openai-project",
+        ),
+        "a credential or account header: the deployment's own are sent",
+    ),
+    # Hop-by-hop (RFC 9110 §7.6.1) and framing headers: the gateway's HTTP client writes its own
+    # for the body it sends, which is not the body it received.
+    **dict.fromkeys(
+        (
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "host",
+            "expect",
+            "content-length",
+            "content-encoding",
+            "content-type",
+            "accept",
+            "accept-encoding",
+        ),
+        "a hop-by-hop or framing header: the gateway writes its own",
+    ),
+    # The headers that would choose the upstream: the proxy refuses them outright (its
+    # FORBIDDEN_HEADERS; a test keeps the two lists together).
+    **dict.fromkeys(
+        ("api-base", "x-api-base", "base-url", "x-base-url", "x-upstream-url", "api-version"),
+        "a routing header: the gateway chooses the upstream",
+    ),
+}
+_OWN_HEADER_PREFIXES = ("x-sluicegate-", "x-litellm-")
+#: RFC 9110 §5.1: a field name is a token.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
+
+
+def forward_refusal(name: str) -> str | None:
+    """Why a client header (lower-cased name) is never forwarded upstream; None if it may be."""
+    if not _HEADER_NAME.fullmatch(name):
+        return "not a header name"
+    if name.startswith(_OWN_HEADER_PREFIXES):
+        return "the gateway's own header (sluicegate's or LiteLLM's), read by the proxy"
+    return _NEVER_FORWARDED.get(name)
+
+
 @attrs.frozen(kw_only=True)
 class GeneralSettings:
     #: Keys the HMAC of response IDs. Unset: a random per-process key (IDs die with the process).
@@ -322,6 +396,11 @@ class GeneralSettings:
     drop_params: bool = False
     #: Fetching ``https`` images and PDFs for providers that take no URLs (Gemini).
     media_fetch: MediaFetchSettings = attrs.Factory(lambda: MediaFetchSettings())
+    #: Client headers the proxy passes on to native upstreams (OpenAI, Azure, Responses
+    #: servers; bridged providers never get them), by name. Credentials, hop-by-hop and
+    #: framing headers, routing headers and the gateway's own are refused at load
+    #: (:func:`forward_refusal`).
+    forward_client_headers: HeaderNames = HeaderNames(DEFAULT_FORWARD_CLIENT_HEADERS)
 
 
 @attrs.frozen(kw_only=True)
@@ -372,6 +451,7 @@ def make_config_converter() -> cattrs.Converter:
     conv = make_converter(forbid_extra_keys=True)
     conv.register_structure_hook(Secret, _structure_secret)
     conv.register_structure_hook(Duration, _duration)
+    conv.register_structure_hook(HeaderNames, _header_names)
 
     def structure_model_info(value: Any, _: type) -> ModelInfo:
         if not isinstance(value, Mapping):
@@ -392,6 +472,13 @@ def _structure_secret(value: Any, _: type) -> Secret:
     if not isinstance(value, str):
         raise TypeError("expected a string")
     return Secret(value)
+
+
+def _header_names(value: Any, _: type) -> HeaderNames:
+    # A bare string would otherwise be taken as a list of one-letter names.
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise TypeError("expected a list of header names")
+    return HeaderNames(tuple(v.strip().lower() for v in value))
 
 
 def _strict_scalar(kind: type) -> Any:
@@ -471,6 +558,13 @@ def _check(config: GatewayConfig) -> None:
         )
     if config.general_settings.max_request_body_bytes < 1024:
         raise ConfigError("must be at least 1024", path="general_settings.max_request_body_bytes")
+    for i, name in enumerate(config.general_settings.forward_client_headers):
+        refusal = forward_refusal(name)
+        if refusal is not None:
+            raise ConfigError(
+                f"{name!r} cannot be forwarded: {refusal}",
+                path=f"general_settings.forward_client_headers[{i}]",
+            )
     store = config.general_settings.store
     for name in ("max_conversation_turns", "max_conversation_bytes"):
         if getattr(store, name) < 1:

@@ -15,6 +15,8 @@ translated into these at exactly one boundary each, with ``raise Ours(...) from 
     │   ├── PermissionDeniedError        403  the key may not use this model / endpoint
     │   ├── NotFoundError                404  unknown or forged response ID, unknown model
     │   ├── RequestTooLargeError         413  the request body is over the limit
+    │   ├── UnsupportedMediaTypeError    415  a body the gateway cannot read (an unknown
+    │   │                                     Content-Encoding)
     │   └── RateLimitError               429  a key's rpm / tpm / parallel limit or budget, or
     │                                         every deployment of a group at its rpm / tpm
     ├── ServiceUnavailableError          503  every deployment of a group cooling down
@@ -50,6 +52,7 @@ __all__ = [
     "StoreError",
     "StoreIntegrityError",
     "StoreUnavailableError",
+    "UnsupportedMediaTypeError",
     "UpstreamConnectionError",
     "UpstreamError",
     "UpstreamProtocolError",
@@ -143,6 +146,14 @@ class PermissionDeniedError(ClientError):
 class RequestTooLargeError(ClientError):
     status_code = 413
     default_code = "request_too_large"
+
+
+class UnsupportedMediaTypeError(ClientError):
+    """The body is in a form the gateway cannot read, such as a ``Content-Encoding`` it does
+    not know; ``param`` names the header."""
+
+    status_code = 415
+    default_code = "unsupported_media_type"
 
 
 class RateLimitError(ClientError):

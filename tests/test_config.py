@@ -103,6 +103,10 @@ def test_yaml_file_loads_with_secrets_resolved(tmp_path: Path) -> None:
         ),
         ({"router_settings": {"num_retries": 1.5}}, "router_settings.num_retries"),
         ({"general_settings": {"http_transport": "curl"}}, "general_settings.http_transport"),
+        (
+            {"general_settings": {"forward_client_headers": "openai-beta"}},
+            "general_settings.forward_client_headers",
+        ),
         ({"surprise": 1}, None),
     ],
 )
@@ -113,6 +117,60 @@ def test_bad_config_names_the_path(config: dict[str, object], path: str | None) 
         assert info.value.path is not None and info.value.path.startswith(path), info.value
     else:
         assert "surprise" in info.value.message
+
+
+def test_forward_client_headers_default_and_lower_cased() -> None:
+    default = load_config(None, environ={}).general_settings.forward_client_headers
+    assert default == ("openai-beta", "x-client-request-id", "idempotency-key")
+    given = {"general_settings": {"forward_client_headers": ["OpenAI-Beta", " X-Stainless-Lang "]}}
+    loaded = load_config(given, environ={}).general_settings.forward_client_headers
+    assert loaded == ("openai-beta", "x-stainless-lang")
+    empty = {"general_settings": {"forward_client_headers": []}}
+    assert load_config(empty, environ={}).general_settings.forward_client_headers == ()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        # credentials and the account billed
+        "Authorization",
+        "api-key",
+        "x-api-key",
+        "x-goog-api-key",
+        "cookie",
+        "proxy-authorization",
+        "openai-organization",
+        "openai-project",
+        # hop-by-hop and framing
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "content-encoding",
+        "content-type",
+        "accept-encoding",
+        # the gateway's own, and LiteLLM's
+        "x-sluicegate-model",
+        "X-SluiceGate-Session",
+        "x-litellm-spend-logs-metadata",
+        # routing headers the proxy refuses outright
+        "x-api-base",
+        "api-version",
+        # not a header name
+        "bad name",
+        "",
+    ],
+)
+def test_forward_client_headers_refuses_what_must_never_go_upstream(name: str) -> None:
+    config = {"general_settings": {"forward_client_headers": ["openai-beta", name]}}
+    with pytest.raises(ConfigError) as info:
+        load_config(config, environ={})
+    assert info.value.path == "general_settings.forward_client_headers[1]"
+    assert "cannot be forwarded" in info.value.message
 
 
 def test_duplicate_deployment_ids_are_rejected() -> None:

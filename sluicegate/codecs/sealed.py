@@ -107,6 +107,8 @@ def _unb64(text: str) -> bytes | None:
     if "+" in text or "/" in text:
         return None
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
         return None
+    # Canonical only: base64's unused low bits would let a changed seal open unchanged.
+    return data if _b64(data) == text else None

@@ -41,7 +41,7 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import AbstractAsyncContextManager, aclosing
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -50,9 +50,11 @@ import orjson
 import trio
 
 from .._gateway import Gateway, ResponseStream
+from .._params import FORBIDDEN_BODY_FIELDS, forbidden_field
 from .._types import DeltaEvent, OutputItemEvent, Response, ResponseEvent, StreamEvent
 from ..actors._health import BreakerState, DeploymentStatistics
 from ..actors._router import SESSION_HEADER
+from ..codecs.content_encoding import ContentDecoder, parse_content_encoding
 from ..codecs.multipart import (
     MultipartError,
     MultipartParser,
@@ -62,7 +64,7 @@ from ..codecs.multipart import (
     boundary_of,
 )
 from ..codecs.sse import encode_comment, encode_event
-from ..config import GatewayConfig
+from ..config import GatewayConfig, forward_refusal
 from ..errors import (
     ConfigError,
     InternalError,
@@ -70,6 +72,7 @@ from ..errors import (
     NotFoundError,
     RequestTooLargeError,
     SluicegateError,
+    UnsupportedMediaTypeError,
 )
 from ..runtime._messages import UpstreamTiming
 from ..runtime._scopes import open_body_nursery
@@ -85,32 +88,16 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-#: Body fields that would let a client choose the upstream or its credentials (refused: 400).
-FORBIDDEN_BODY_FIELDS = frozenset(
-    {
-        "api_base",
-        "api_key",
-        "base_url",
-        "api_version",
-        "azure_endpoint",
-        "azure_ad_token",
-        "organization",
-        "custom_llm_provider",
-        "litellm_params",
-        "aws_access_key_id",
-        "aws_secret_access_key",
-        "vertex_credentials",
-    }
-)
 #: Headers that would do the same.
 FORBIDDEN_HEADERS = frozenset(
     {b"api-base", b"x-api-base", b"base-url", b"x-base-url", b"x-upstream-url", b"api-version"}
 )
 #: Library options that are not the HTTP client's to set: the owner is its key; timing, the
-#: proxy's; the session, a header's. (``extra_*`` are how an SDK builds the body; they never
-#: arrive as fields.)
+#: proxy's; the session and forwarded headers, headers'. An ``extra_body`` object in the JSON
+#: is taken as the library's ``extra_body`` (merged last into the provider's body, bridges
+#: included); an SDK's own ``extra_body`` keys arrive at the top level and pass through.
 PROXY_REFUSED_OPTIONS = frozenset(
-    {"owner", "timing", "session", "extra_body", "extra_headers", "extra_query", "timeout"}
+    {"owner", "timing", "session", "client_headers", "extra_headers", "extra_query", "timeout"}
 )
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
@@ -462,7 +449,11 @@ class ProxyApp:
         self, ex: _Exchange, gateway: Gateway, keys: KeyManager, caller: Caller
     ) -> None:
         """``POST /v1/files``: the form's fields are read up to the file part; the file part
-        streams upstream as it arrives (never whole in memory)."""
+        streams upstream as it arrives (never whole in memory). A form sent with a
+        ``Content-Encoding`` is refused (415), not inflated: the file streams up to
+        ``max_file_bytes``, and the JSON bodies' decoder returns a chunk's whole inflation at
+        once, which only their far smaller limit keeps bounded."""
+        _refuse_encoded_upload(ex)
         content_type = ex.header(b"content-type") or ""
         try:
             parser = MultipartParser(boundary_of(content_type))
@@ -546,12 +537,7 @@ class ProxyApp:
         body = await _json_body(ex, self._limit)
         for name in body:
             if name in FORBIDDEN_BODY_FIELDS:
-                raise InvalidRequestError(
-                    f"'{name}' cannot be set by a client: the gateway chooses the upstream and "
-                    "its credentials.",
-                    param=name,
-                    code="forbidden_parameter",
-                )
+                raise forbidden_field(name)
             if name in PROXY_REFUSED_OPTIONS:
                 raise InvalidRequestError(
                     f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter"
@@ -564,9 +550,12 @@ class ProxyApp:
                 code="missing_required_parameter",
             )
         params: dict[str, Any] = {**body, "owner": caller.owner, "timing": ex.timing}
-        spend_header = ex.header(b"x-sluicegate-spend-logs-metadata")
-        if spend_header is not None:
-            params["spend_logs_metadata"] = _spend_header(spend_header)
+        spend = _spend_of(ex)
+        if spend is not None:
+            params["spend_logs_metadata"] = spend
+        forwarded = _client_headers(ex, self._config.general_settings.forward_client_headers)
+        if forwarded:
+            params["client_headers"] = forwarded
         session = ex.header(SESSION_HEADER.encode())
         if session:
             params["session"] = session
@@ -808,15 +797,55 @@ def _method_not_allowed(method: str, path: str) -> NotFoundError:
     return NotFoundError(f"Invalid URL ({method} {path})", code="unknown_url")
 
 
+#: Our spend metadata header, then LiteLLM's name for it (so its users' clients work
+#: unchanged): when a client sends both, ours wins. The same goes for the model headers.
+_SPEND_HEADERS = (b"x-sluicegate-spend-logs-metadata", b"x-litellm-spend-logs-metadata")
+
+
 def _model_hint(ex: _Exchange) -> str | None:
-    """The model group named outside the body: ``?model=`` or the ``x-sluicegate-model``
-    header."""
-    return _str(ex.query(), "model") or ex.header(b"x-sluicegate-model")
+    """The model group named outside the body: ``?model=``, else the ``x-sluicegate-model``
+    header, else LiteLLM's ``x-litellm-model``."""
+    return (
+        _str(ex.query(), "model")
+        or ex.header(b"x-sluicegate-model")
+        or ex.header(b"x-litellm-model")
+    )
 
 
 def _spend_of(ex: _Exchange) -> dict[str, Any] | None:
-    header = ex.header(b"x-sluicegate-spend-logs-metadata")
-    return None if header is None else _spend_header(header)
+    """The ``x-sluicegate-spend-logs-metadata`` header (else LiteLLM's
+    ``x-litellm-spend-logs-metadata``) as an object; None when neither is sent."""
+    for name in _SPEND_HEADERS:
+        header = ex.header(name)
+        if header is not None:
+            return _spend_header(header, name.decode())
+    return None
+
+
+def _client_headers(ex: _Exchange, names: tuple[str, ...]) -> dict[str, str]:
+    """The request's headers that ``forward_client_headers`` lets through to a native upstream
+    (repeated ones joined with ``", "``, RFC 9110 §5.3)."""
+    allowed = _forwardable(names)
+    forwarded: dict[str, str] = {}
+    for key, value in ex.scope.get("headers", ()):
+        if key not in allowed:
+            continue
+        name: str = key.decode("latin-1")
+        if not value.isascii():
+            raise InvalidRequestError(
+                f"The header '{name}' must be ASCII to be forwarded upstream.", param=name
+            )
+        text: str = value.decode("ascii")
+        forwarded[name] = f"{forwarded[name]}, {text}" if name in forwarded else text
+    return forwarded
+
+
+@lru_cache(maxsize=8)
+def _forwardable(names: tuple[str, ...]) -> frozenset[bytes]:
+    # load_config refuses what may never be forwarded; a GatewayConfig built in code skips
+    # it, so the refusal is applied here again.
+    lowered = (n.lower() for n in names)
+    return frozenset(n.encode("latin-1") for n in lowered if forward_refusal(n) is None)
 
 
 def _batch_params(body: dict[str, Any]) -> dict[str, Any]:
@@ -904,6 +933,10 @@ def _refuse_upstream_headers(ex: _Exchange) -> None:
 
 
 async def _json_body(ex: _Exchange, limit: int) -> dict[str, Any]:
+    """The request's JSON object, read to its end and decoded from its ``Content-Encoding``
+    as it arrives: the body on the wire and the decoded one are each held to ``limit``."""
+    codings = parse_content_encoding(ex.header(b"content-encoding"))
+    decoder = ContentDecoder(codings, limit=limit) if codings else None
     declared = ex.header(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
@@ -917,9 +950,11 @@ async def _json_body(ex: _Exchange, limit: int) -> dict[str, Any]:
         size += len(chunk)
         if size > limit:
             raise _too_large(limit)
-        parts.append(chunk)
+        parts.append(chunk if decoder is None else decoder.feed(chunk))
         if not message.get("more_body"):
             break
+    if decoder is not None:
+        parts.append(decoder.close())
     try:
         body = orjson.loads(b"".join(parts))
     except orjson.JSONDecodeError as exc:
@@ -933,25 +968,32 @@ async def _json_body(ex: _Exchange, limit: int) -> dict[str, Any]:
     return body
 
 
+def _refuse_encoded_upload(ex: _Exchange) -> None:
+    codings = parse_content_encoding(ex.header(b"content-encoding"))
+    if codings:
+        raise UnsupportedMediaTypeError(
+            f"File uploads cannot be sent with Content-Encoding {', '.join(codings)}: send the "
+            "form uncompressed.",
+            param="content-encoding",
+            code="unsupported_content_encoding",
+        )
+
+
 def _too_large(limit: int) -> RequestTooLargeError:
     return RequestTooLargeError(
         f"The request body is larger than {limit} bytes (general_settings.max_request_body_bytes)."
     )
 
 
-def _spend_header(value: str) -> dict[str, Any]:
+def _spend_header(value: str, name: str) -> dict[str, Any]:
     try:
         parsed = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequestError(
-            "The header 'x-sluicegate-spend-logs-metadata' must be a JSON object.",
-            param="x-sluicegate-spend-logs-metadata",
+            f"The header '{name}' must be a JSON object.", param=name
         ) from exc
     if not isinstance(parsed, dict):
-        raise InvalidRequestError(
-            "The header 'x-sluicegate-spend-logs-metadata' must be a JSON object.",
-            param="x-sluicegate-spend-logs-metadata",
-        )
+        raise InvalidRequestError(f"The header '{name}' must be a JSON object.", param=name)
     return parsed
 
 
