@@ -269,6 +269,25 @@ async def test_parameters_extra_body_headers_and_query_reach_the_upstream() -> N
     assert str(request.url).startswith("https://upstream.test/v1/responses")
 
 
+async def test_fields_items_parts_and_tools_newer_than_this_code_reach_a_native_upstream() -> None:
+    """Forward compatibility: what the gateway does not know is the upstream's to judge."""
+    upstream = MockUpstream([json_step(200, TEXT_BODY)])
+    newer = {
+        "client_metadata": {"originator": "agent-cli", "session": "s-1"},
+        "prompt_cache_retention": "24h",
+        "context_management": [{"type": "compaction", "compact_threshold": 200000}],
+        "tools": [{"type": "namespace", "name": "fs", "tools": [{"type": "function"}]}],
+        "input": [
+            {"type": "future_item", "payload": {"x": 1}},
+            {"role": "user", "content": [{"type": "input_hologram", "data": "..."}]},
+        ],
+        "custom_param": 7,
+    }
+    async with await _gateway(upstream, config()) as gw:
+        await gw.responses(model="g", **newer)
+    assert upstream.body() == {"model": "gpt-5.4", **newer}
+
+
 async def test_invalid_parameters_never_reach_the_upstream() -> None:
     upstream = MockUpstream()
     async with await _gateway(upstream, config()) as gw:
