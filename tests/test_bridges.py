@@ -1,10 +1,11 @@
 """The bridged providers' one conformance suite (issue 6): every bridge — Chat Completions,
 Anthropic Messages, Gemini — passes the same scenarios through the whole gateway, against fake
 providers that speak the real wire formats and check what they are sent as the real ones do
-(``tests/fake_*.py``): text, several tool calls, reasoning with signatures round-tripped over two
-turns (by ``previous_response_id`` and by replayed items), structured output, the length
-cut-off, a mid-stream error, usage and cost, faults, what cannot be bridged, and the lifecycle
-(GET, DELETE, input items, background and cancel).
+(``tests/fake_*.py``): text, several tool calls, custom (freeform) tool calls and their outputs,
+reasoning with signatures round-tripped over two turns (by ``previous_response_id`` and by
+replayed items), structured output, the length cut-off, a mid-stream error, usage and cost,
+faults, what cannot be bridged (unknown fields included), and the lifecycle (GET, DELETE, input
+items, background and cancel).
 
 Unit level: ``httpx.MockTransport`` under ``autojump_clock``; one test per provider also runs the
 proxy on loopback with the official ``openai`` SDK as the client.
@@ -12,6 +13,7 @@ proxy on loopback with the official ``openai`` SDK as the client.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -303,6 +305,103 @@ async def test_forced_tool_choice_reaches_the_provider(
     assert "get_time" in orjson.dumps(fake.requests[0]).decode()
 
 
+# -- custom (freeform) tools ----------------------------------------------------------------------
+
+PATCH_TOOL = {
+    "type": "custom",
+    "name": "apply_patch",
+    "description": "Edit files with a patch.",
+    "format": {"type": "grammar", "syntax": "lark", "definition": "start: /[\\s\\S]+/"},
+}
+PATCH = (
+    '*** Begin Patch\n*** Add File: hello.txt\n+h\u00e9llo "world" \\o/ \U0001f600\n*** End Patch'
+)
+#: The fakes call ``apply_patch`` with ``{"input": PATCH}``, and a function beside it.
+PATCH_CALL = "call: apply_patch " + json.dumps({"input": PATCH}) + '; get_time {"tz": "UTC"}'
+CUSTOM_TOOLS = [PATCH_TOOL, TOOLS[1]]
+
+
+def custom_calls(response: sluicegate.Response) -> list[dict[str, Any]]:
+    return [item for item in response.output if item["type"] == "custom_tool_call"]
+
+
+def patch_outputs(response: sluicegate.Response) -> list[dict[str, Any]]:
+    [patch] = custom_calls(response)
+    [time] = calls(response)
+    return [
+        {"type": "custom_tool_call_output", "call_id": patch["call_id"], "output": "applied"},
+        {"type": "function_call_output", "call_id": time["call_id"], "output": "noon"},
+    ]
+
+
+async def test_a_custom_tool_turn_and_its_follow_up(
+    bridge: Bridge, autojump_clock: trio.abc.Clock
+) -> None:
+    """A custom tool reaches the provider as a function of one string; its call streams back
+    as a ``custom_tool_call`` (the decoded input, not JSON) beside a function call, and both
+    outputs go back through ``previous_response_id``."""
+    fake = bridge.make()
+    async with gateway(bridge, fake) as gw:
+        events = await collect(gw, model="m", input=PATCH_CALL, tools=CUSTOM_TOOLS, stream=True)
+        check_sequence(events)
+        first = sluicegate.Response.from_dict(events[-1].to_dict()["response"])
+        sdk_response(first.to_dict())
+        [patch] = custom_calls(first)
+        assert (patch["name"], patch["input"], patch["status"]) == (
+            "apply_patch",
+            PATCH,
+            "completed",
+        )
+        assert patch["id"].startswith("ctc_")
+        [time] = calls(first)
+        assert orjson.loads(time["arguments"]) == {"tz": "UTC"}
+        wire = [e.to_dict() for e in events]
+        deltas = [e["delta"] for e in wire if e["type"] == "response.custom_tool_call_input.delta"]
+        assert "".join(deltas) == PATCH
+        [done] = [e for e in wire if e["type"] == "response.custom_tool_call_input.done"]
+        assert done["input"] == PATCH
+        usage = first.usage
+        assert usage is not None and usage.cost is not None and usage.cost > 0
+        second = await gw.responses(
+            model="m",
+            previous_response_id=first.id,
+            input=[*patch_outputs(first), user("say: patched")],
+            tools=CUSTOM_TOOLS,
+        )
+        sdk_response(second.to_dict())
+    assert texts(second) == "patched"
+    sent = orjson.dumps(fake.requests[-1]).decode()
+    # The call went back as the provider's function call with its input, then its output.
+    assert "apply_patch" in sent and "Add File: hello.txt" in sent
+    assert "applied" in sent and "noon" in sent
+
+
+async def test_a_replayed_custom_tool_call_and_a_forced_custom_tool(
+    bridge: Bridge, autojump_clock: trio.abc.Clock
+) -> None:
+    """A client that keeps the conversation itself replays the ``custom_tool_call`` item; and
+    ``tool_choice`` forces a custom tool as the provider's forced function."""
+    fake = bridge.make()
+    async with gateway(bridge, fake) as gw:
+        first = await gw.responses(
+            model="m",
+            input=PATCH_CALL,
+            tools=CUSTOM_TOOLS,
+            tool_choice={"type": "custom", "name": "apply_patch"},
+            store=False,
+        )
+        assert [c["input"] for c in custom_calls(first)] == [PATCH]
+        second = await gw.responses(
+            model="m",
+            store=False,
+            input=[user(PATCH_CALL), *first.output, *patch_outputs(first), user("say: again")],
+            tools=CUSTOM_TOOLS,
+        )
+    assert texts(second) == "again"
+    assert "apply_patch" in orjson.dumps(fake.requests[0]).decode()
+    assert "Add File: hello.txt" in orjson.dumps(fake.requests[-1]).decode()
+
+
 # -- reasoning with signatures, over two turns ----------------------------------------------------
 
 THINK_CALL = 'think: check the weather first | call: get_weather {"city": "Oslo"}'
@@ -484,6 +583,10 @@ async def test_unbridgeable_features_are_refused_before_any_call(
         with pytest.raises(InvalidRequestError) as info:
             await gw.responses(model="m", input="say: x", truncation="auto")
         assert info.value.param == "truncation"
+        # A field the gateway does not know: a native upstream would get it, a bridge cannot.
+        with pytest.raises(InvalidRequestError) as info:
+            await gw.responses(model="m", input="say: x", client_metadata={"originator": "cli"})
+        assert (info.value.param, info.value.code) == ("client_metadata", "unsupported_parameter")
     assert fake.requests == []
 
 
@@ -493,11 +596,15 @@ async def test_drop_params_drops_and_says_which(
     fake = bridge.make()
     async with gateway(bridge, fake, drop_params=True) as gw:
         response = await gw.responses(
-            model="m", input="say: fine", tools=[*TOOLS, {"type": "web_search"}]
+            model="m",
+            input="say: fine",
+            tools=[*TOOLS, {"type": "web_search"}],
+            client_metadata={"originator": "cli"},
         )
     assert texts(response) == "fine"
-    assert response.to_dict()["sluicegate"] == {"dropped_params": ["tools[2]"]}
-    assert "web_search" not in orjson.dumps(fake.requests[0]).decode()
+    assert response.to_dict()["sluicegate"] == {"dropped_params": ["client_metadata", "tools[2]"]}
+    sent = orjson.dumps(fake.requests[0]).decode()
+    assert "web_search" not in sent and "client_metadata" not in sent and "originator" not in sent
 
 
 async def test_input_paths_count_from_the_callers_input_not_the_stored_history(
@@ -512,7 +619,7 @@ async def test_input_paths_count_from_the_callers_input_not_the_stored_history(
                 previous_response_id=first.id,
                 input=[
                     user("say: two"),
-                    {"type": "custom_tool_call", "call_id": "c1", "name": "x", "input": "y"},
+                    {"type": "local_shell_call", "call_id": "c1", "action": {}},
                 ],
             )
     assert info.value.param == "input[1]"
@@ -749,6 +856,19 @@ async def test_the_openai_sdk_through_the_proxy_on_loopback(bridge: Bridge) -> N
                 tools=[{"type": "web_search"}],
             )
             assert raw.headers["x-sluicegate-dropped-params"] == "tools[0]"
+            custom_tools: Any = CUSTOM_TOOLS
+            deltas: list[str] = []
+            output: list[Any] = []
+            async with await client.responses.create(
+                model="m", input=PATCH_CALL, tools=custom_tools, stream=True
+            ) as stream:
+                async for event in stream:
+                    if event.type == "response.custom_tool_call_input.delta":
+                        deltas.append(event.delta)
+                    elif event.type == "response.completed":
+                        output = event.response.output
+            [patch] = [item for item in output if item.type == "custom_tool_call"]
+            assert patch.input == "".join(deltas) == PATCH
         finally:
             await client.close()
             stop.set()

@@ -43,6 +43,7 @@ from .bridge_fakes import Fault, mock_transport
 from .conformance import chunkings, decode_all
 from .conftest import fixture_bytes
 from .fake_anthropic import FakeAnthropic
+from .sdk import sdk_event, sdk_response
 
 MODEL = "claude-sonnet-4-5"
 
@@ -114,7 +115,7 @@ def _context(*, summaries: bool = True, body: dict[str, Any] | None = None) -> B
     )
 
 
-_MINTED = re.compile(r"\b(msg|rs|fc)_[0-9a-f]{48}\b")
+_MINTED = re.compile(r"\b(msg|rs|fc|ctc)_[0-9a-f]{48}\b")
 
 
 def _normal(event: StreamEvent) -> dict[str, Any]:
@@ -745,7 +746,7 @@ def test_extra_body_headers_and_query_are_merged_last() -> None:
 # mapping.md §10: everything Anthropic cannot take, refused naming it, dropped when asked.
 _REFUSED = [
     ({"tools": [{"type": "web_search"}]}, "tools[0]"),
-    ({"tools": [_WEATHER, {"type": "custom", "name": "c"}]}, "tools[1]"),
+    ({"tools": [_WEATHER, {"type": "mcp", "server_label": "docs"}]}, "tools[1]"),
     ({"tool_choice": {"type": "file_search"}}, "tool_choice"),
     ({"prompt": {"id": "pmpt_1"}}, "prompt"),
     ({"truncation": "auto"}, "truncation"),
@@ -782,7 +783,8 @@ def test_what_anthropic_lacks_is_dropped_and_listed_under_drop_params(
     ("item", "param"),
     [
         ({"type": "item_reference", "id": "msg_1"}, "input"),
-        ({"type": "custom_tool_call", "call_id": "c", "name": "n", "input": "x"}, "input[1]"),
+        ({"type": "local_shell_call", "call_id": "c", "action": {}}, "input[1]"),
+        ({"type": "brand_new_item"}, "input[1]"),
         ({"type": "web_search_call", "id": "ws_1", "status": "completed"}, "input[1]"),
     ],
 )
@@ -1328,6 +1330,180 @@ def test_body_with_pause_turn_or_an_error_or_no_message_is_refused() -> None:
     decoder.feed(b"[]")
     with pytest.raises(UpstreamProtocolError, match="not a Message"):
         decoder.close()
+
+
+# --- custom tools -------------------------------------------------------------------------------
+
+_PATCH = (
+    "*** Begin Patch\n*** Update File: app.py\n@@ def greet():\n"
+    '-    print("hi")\n+    print("h\u00e9llo \U0001f600\\t")\n*** End Patch\n'
+)
+_PATCH_TOOL: dict[str, Any] = {
+    "type": "custom",
+    "name": "apply_patch",
+    "description": "Edit files with a patch.",
+    "format": {
+        "type": "grammar",
+        "syntax": "regex",
+        "definition": "\\*\\*\\* Begin Patch[\\s\\S]*",
+    },
+}
+
+
+def test_custom_tools_become_tools_of_one_string_argument() -> None:
+    body = {
+        "tools": [_PATCH_TOOL, _WEATHER],
+        "tool_choice": {"type": "custom", "name": "apply_patch"},
+    }
+    payload = _payload(body)
+    patch = payload["tools"][0]
+    described = patch["input_schema"]["properties"]["input"].pop("description")
+    assert patch == {
+        "name": "apply_patch",
+        "description": "Edit files with a patch.",
+        "input_schema": {
+            "type": "object",
+            "properties": {"input": {"type": "string"}},
+            "required": ["input"],
+            "additionalProperties": False,
+        },
+    }
+    assert "regular expression" in described
+    assert described.endswith("\n\\*\\*\\* Begin Patch[\\s\\S]*")
+    assert payload["tool_choice"] == {"type": "tool", "name": "apply_patch"}
+    allowed = {
+        "type": "allowed_tools",
+        "mode": "auto",
+        "tools": [{"type": "custom", "name": "apply_patch"}],
+    }
+    payload = _payload({**body, "tool_choice": allowed, "parallel_tool_calls": False})
+    assert [t["name"] for t in payload["tools"]] == ["apply_patch"]
+    assert payload["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
+
+
+def test_custom_tool_calls_and_outputs_go_back_as_tool_use_and_tool_result() -> None:
+    items = [
+        _user("Patch it; and the weather?"),
+        {
+            "type": "custom_tool_call",
+            "id": "ctc_1",
+            "status": "completed",
+            "call_id": "toolu_p",
+            "name": "apply_patch",
+            "input": _PATCH,
+        },
+        {
+            "type": "function_call",
+            "call_id": "toolu_w",
+            "name": "get_weather",
+            "arguments": '{"city":"Paris"}',
+        },
+        {
+            "type": "custom_tool_call_output",
+            "call_id": "toolu_p",
+            "output": [{"type": "input_text", "text": "Done."}],
+        },
+        {"type": "function_call_output", "call_id": "toolu_w", "output": "18C"},
+    ]
+    messages = _payload({"tools": [_PATCH_TOOL, _WEATHER]}, items)["messages"]
+    assert messages[1:] == [
+        {
+            "role": "assistant",
+            "content": [
+                {
+                    "type": "tool_use",
+                    "id": "toolu_p",
+                    "name": "apply_patch",
+                    "input": {"input": _PATCH},
+                },
+                {
+                    "type": "tool_use",
+                    "id": "toolu_w",
+                    "name": "get_weather",
+                    "input": {"city": "Paris"},
+                },
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "toolu_p",
+                    "content": [{"type": "text", "text": "Done."}],
+                },
+                {"type": "tool_result", "tool_use_id": "toolu_w", "content": "18C"},
+            ],
+        },
+    ]
+
+
+def _custom_context() -> BridgeContext:
+    """The context the codec makes for a request with the custom tool."""
+    return _build({"tools": [_PATCH_TOOL, _WEATHER]}).context
+
+
+def _ctc(call_id: str, name: str, text: str) -> dict[str, Any]:
+    return {
+        "id": "ctc_*",
+        "type": "custom_tool_call",
+        "status": "completed",
+        "call_id": call_id,
+        "name": name,
+        "input": text,
+    }
+
+
+def test_a_custom_tool_call_streams_its_decoded_input_however_split() -> None:
+    context = _custom_context()
+    data = fixture_bytes("anthropic_custom_tool.sse")
+    events = _split_invariant(lambda: CODEC.stream_decoder(context), data)
+    assert [e["type"] for e in events] == [
+        *_START,
+        *_TEXT_EVENTS[:3],
+        *_TEXT_EVENTS[4:],
+        "response.output_item.added",
+        *["response.custom_tool_call_input.delta"] * 4,
+        "response.custom_tool_call_input.done",
+        "response.output_item.done",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    for event in events:
+        sdk_event(event)
+    deltas = [e["delta"] for e in events if e["type"] == "response.custom_tool_call_input.delta"]
+    assert "".join(deltas) == _PATCH
+    response = _fold(_stream("anthropic_custom_tool.sse", context))
+    sdk_response(response)
+    assert response["output"] == [
+        _message("Patching now."),
+        _ctc("toolu_01Pa", "apply_patch", _PATCH),
+        _call("toolu_01We", "get_weather", '{"city": "Paris"}'),
+    ]
+    assert response["usage"] == _usage(410, 61)
+
+
+def test_a_custom_tool_call_body_folds_into_the_same_response_as_its_stream() -> None:
+    context = _custom_context()
+    events = _split_invariant(
+        lambda: CODEC.body_decoder(context), fixture_bytes("anthropic_custom_tool.json")
+    )
+    assert events[0]["type"] == "response.created"
+    from_body = _comparable(_fold(_body("anthropic_custom_tool.json", context)))
+    assert from_body == _comparable(_fold(_stream("anthropic_custom_tool.sse", context)))
+    assert from_body["output"][1] == _ctc("toolu_01Pa", "apply_patch", _PATCH)
+
+
+def test_unknown_top_level_fields_are_refused_by_name_or_dropped_and_never_sent() -> None:
+    body = {"client_metadata": {"originator": "cli"}, "fancy_option": 3}
+    error = _refused(body, unknown_params=tuple(body))
+    assert (error.param, error.code) == ("client_metadata", "unsupported_parameter")
+    built = _build(body, drop=True, unknown_params=tuple(body))
+    assert built.context.dropped == ("client_metadata", "fancy_option")
+    assert set(orjson.loads(built.request.content or b"")) == {"model", "max_tokens", "messages"}
 
 
 # --- errors -----------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from .bridge_fakes import Fault, Reply
 from .conformance import assert_split_invariant, chunkings
 from .conftest import fixture_bytes
 from .fake_chat import FakeChat
+from .sdk import sdk_event, sdk_response
 
 CREATED_AT = 1741570000
 API_BASE = "http://chat.test/v1"
@@ -360,8 +361,8 @@ def test_images_in_a_tool_output_are_refused_naming_the_item_or_dropped() -> Non
 
 def test_items_chat_cannot_carry_are_refused() -> None:
     assert refused(input=[{"type": "item_reference", "id": "msg_1"}]).param == "input"
-    custom = {"type": "custom_tool_call", "call_id": "c", "name": "n", "input": "x"}
-    assert refused(input=[{"role": "user", "content": "x"}, custom]).param == "input[1]"
+    shell = {"type": "local_shell_call", "call_id": "c", "status": "completed", "action": {}}
+    assert refused(input=[{"role": "user", "content": "x"}, shell]).param == "input[1]"
     assert refused(input=[{"role": "critic", "content": "x"}]).param == "input[0].role"
     bad_call = {"type": "function_call", "name": "f", "arguments": "{}"}
     assert refused(input=[bad_call]).param == "input[0]"
@@ -582,7 +583,7 @@ def test_openai_only_fields() -> None:
 def test_what_no_bridge_has_is_refused_naming_it_or_dropped_and_listed() -> None:
     cases: list[tuple[dict[str, Any], str]] = [
         ({"tools": [*TOOLS, {"type": "web_search"}]}, "tools[2]"),
-        ({"tools": [{"type": "custom", "name": "c"}]}, "tools[0]"),
+        ({"tools": [{"type": "mcp", "server_label": "docs"}]}, "tools[0]"),
         ({"truncation": "auto"}, "truncation"),
         ({"include": ["file_search_call.results"]}, "include[0]"),
         ({"prompt": {"id": "pmpt_1"}}, "prompt"),
@@ -597,6 +598,45 @@ def test_what_no_bridge_has_is_refused_naming_it_or_dropped_and_listed() -> None
     )
     assert built.context.dropped == ("truncation", "tools[0]", "text.verbosity")
     assert "tools" not in sent(built) and "verbosity" not in sent(built)
+
+
+def test_unknown_top_level_fields_are_refused_by_name_or_dropped_and_never_sent() -> None:
+    body = {"client_metadata": {"originator": "cli"}, "fancy_option": True, "nulled": None}
+
+    def with_unknown(drop: bool) -> BuiltRequest:
+        request = BridgeInput(
+            body=body,
+            items=conversation_items([], "hi"),
+            drop_params=drop,
+            unknown_params=tuple(body),
+        )
+        return CODEC.build_request(deployment(), request, stream=False, created_at=CREATED_AT)
+
+    with pytest.raises(InvalidRequestError) as info:
+        with_unknown(False)
+    assert (info.value.param, info.value.code) == ("client_metadata", "unsupported_parameter")
+    assert "Unknown parameter 'client_metadata'" in info.value.message
+    built = with_unknown(True)
+    # A null asks for nothing: neither refused nor listed.
+    assert built.context.dropped == ("client_metadata", "fancy_option")
+    assert set(sent(built)) == {"model", "messages"}
+
+
+def test_unknown_input_items_and_parts_are_refused_naming_their_path_or_dropped() -> None:
+    items = [
+        {"role": "user", "content": [{"type": "input_text", "text": "a"}, {"type": "input_x"}]},
+        {"type": "brand_new_item", "id": "bn_1"},
+        call("c1"),
+        output("c1", [{"type": "input_text", "text": "ok"}, {"type": "output_x"}]),
+    ]
+    assert refused(input=items).param == "input[0].content[1]"
+    assert refused(input=items[1:]).param == "input[0]"
+    assert refused(input=items[2:]).param == "input[1].output[1]"
+    built = build(items, drop=True)
+    assert built.context.dropped == ("input[0].content[1]", "input[1]", "input[3].output[1]")
+    assert sent(built)["messages"][-1] == {"role": "tool", "tool_call_id": "c1", "content": "ok"}
+    error = refused(input=[call("c1"), output("c1", {"text": "not a list"})])
+    assert (error.param, error.code) == ("input[1].output", "invalid_type")
 
 
 # -- the request: transport ------------------------------------------------------------------------
@@ -676,7 +716,7 @@ def test_model_info_overrides_the_table_and_is_checked() -> None:
 
 # -- the answer: streams ---------------------------------------------------------------------------
 
-_MINTED = re.compile(r"^(msg|fc|rs|call)_[0-9a-f]{48}$")
+_MINTED = re.compile(r"^(msg|fc|ctc|rs|call)_[0-9a-f]{48}$")
 
 
 def anonymous(event: Any) -> Any:
@@ -1237,6 +1277,264 @@ def test_an_error_body_and_a_body_without_choices() -> None:
     decoder.feed(b'{"id":"x","object":"chat.completion"}')
     with pytest.raises(UpstreamProtocolError, match="without 'choices'"):
         decoder.close()
+
+
+# -- custom tools ----------------------------------------------------------------------------------
+
+PATCH = (
+    "*** Begin Patch\n*** Update File: app.py\n@@ def greet():\n"
+    '-    print("hi")\n+    print("h\u00e9llo \U0001f600\\t")\n*** End Patch\n'
+)
+PATCH_TOOL: dict[str, Any] = {
+    "type": "custom",
+    "name": "apply_patch",
+    "description": "Edit files with a patch.",
+    "format": {"type": "grammar", "syntax": "lark", "definition": "start: /[\\s\\S]+/"},
+}
+CUSTOM_TOOLS: list[dict[str, Any]] = [PATCH_TOOL, TOOLS[0]]
+
+
+def input_schema(built: BuiltRequest, index: int = 0) -> tuple[dict[str, Any], str]:
+    """The function a custom tool became (without its input's description), and that
+    description."""
+    function: dict[str, Any] = sent(built)["tools"][index]["function"]
+    described = function["parameters"]["properties"]["input"].pop("description")
+    return function, described
+
+
+def test_custom_tools_become_functions_of_one_string_argument() -> None:
+    built = build(tools=CUSTOM_TOOLS, tool_choice={"type": "custom", "name": "apply_patch"})
+    function, described = input_schema(built)
+    assert function == {
+        "name": "apply_patch",
+        "description": "Edit files with a patch.",
+        "parameters": {
+            "type": "object",
+            "properties": {"input": {"type": "string"}},
+            "required": ["input"],
+            "additionalProperties": False,
+        },
+    }
+    assert "Lark grammar" in described and described.endswith("\nstart: /[\\s\\S]+/")
+    payload = sent(built)
+    assert payload["tools"][0]["type"] == "function"
+    assert payload["tools"][1] == CHAT_TOOLS[0]
+    assert payload["tool_choice"] == {"type": "function", "function": {"name": "apply_patch"}}
+    assert built.context.custom_tools == {"apply_patch"}
+
+
+@pytest.mark.parametrize(
+    ("fmt", "says"),
+    [
+        (None, "free-form text"),
+        ({"type": "text"}, "free-form text"),
+        ({"type": "grammar", "syntax": "regex", "definition": "^\\d+$"}, "regular expression"),
+    ],
+)
+def test_custom_tool_formats_are_described_to_the_model(fmt: Any, says: str) -> None:
+    tool = {"type": "custom", "name": "calc"} | ({"format": fmt} if fmt is not None else {})
+    function, described = input_schema(build(tools=[tool]))
+    assert says in described
+    assert "description" not in function  # the tool had none
+    if fmt is not None and fmt["type"] == "grammar":
+        assert described.endswith("\n^\\d+$")
+
+
+def test_allowed_tools_may_list_custom_tools() -> None:
+    choice = {
+        "type": "allowed_tools",
+        "mode": "required",
+        "tools": [{"type": "custom", "name": "apply_patch"}],
+    }
+    compat = sent(build(tools=CUSTOM_TOOLS, tool_choice=choice))
+    assert [t["function"]["name"] for t in compat["tools"]] == ["apply_patch"]
+    assert compat["tool_choice"] == "required"
+    openai = sent(
+        build(tools=CUSTOM_TOOLS, tool_choice=choice, provider="openai_chat", model="gpt-4.1")
+    )
+    assert openai["tool_choice"]["allowed_tools"]["tools"] == [
+        {"type": "function", "function": {"name": "apply_patch"}}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "code"),
+    [
+        # A choice names a tool of its own type.
+        ({"tool_choice": {"type": "custom", "name": "get_weather"}}, "tool_choice.name", None),
+        ({"tool_choice": {"type": "function", "name": "apply_patch"}}, "tool_choice.name", None),
+        (
+            {
+                "tool_choice": {
+                    "type": "allowed_tools",
+                    "mode": "auto",
+                    "tools": [{"type": "function", "name": "apply_patch"}],
+                }
+            },
+            "tool_choice.tools[0].name",
+            None,
+        ),
+        (
+            {"tools": [PATCH_TOOL, {**TOOLS[0], "name": "apply_patch"}]},
+            "tools[1].name",
+            "invalid_value",
+        ),
+        ({"tools": [{"type": "custom"}]}, "tools[0].name", "missing_required_parameter"),
+        (
+            {"tools": [{**PATCH_TOOL, "format": {"type": "xml"}}]},
+            "tools[0].format.type",
+            "invalid_value",
+        ),
+        (
+            {"tools": [{**PATCH_TOOL, "format": {"type": "grammar", "syntax": "lark"}}]},
+            "tools[0].format.definition",
+            "missing_required_parameter",
+        ),
+        (
+            {
+                "tools": [
+                    {
+                        **PATCH_TOOL,
+                        "format": {"type": "grammar", "syntax": "ebnf", "definition": "x"},
+                    }
+                ]
+            },
+            "tools[0].format.syntax",
+            "invalid_value",
+        ),
+    ],
+)
+def test_bad_custom_tools_and_choices_are_invalid(
+    body: dict[str, Any], param: str, code: str | None
+) -> None:
+    error = refused(**({"tools": CUSTOM_TOOLS} | body))
+    assert (error.status_code, error.param, error.code) == (400, param, code)
+
+
+def test_custom_tool_calls_and_outputs_go_back_as_the_function_calls_they_were() -> None:
+    items = [
+        {"role": "user", "content": "patch it, and the weather?"},
+        {
+            "type": "custom_tool_call",
+            "id": "ctc_1",
+            "status": "completed",
+            "call_id": "call_p1",
+            "name": "apply_patch",
+            "input": PATCH,
+        },
+        call("call_w1"),
+        {"type": "custom_tool_call_output", "call_id": "call_p1", "output": "Done."},
+        output("call_w1", [{"type": "input_text", "text": "18C"}]),
+    ]
+    messages = sent(build(items, tools=CUSTOM_TOOLS))["messages"]
+    [patch, weather] = messages[1]["tool_calls"]
+    assert patch["id"] == "call_p1" and patch["function"]["name"] == "apply_patch"
+    assert orjson.loads(patch["function"]["arguments"]) == {"input": PATCH}
+    assert weather["id"] == "call_w1"
+    assert messages[2:] == [
+        {"role": "tool", "tool_call_id": "call_p1", "content": "Done."},
+        {"role": "tool", "tool_call_id": "call_w1", "content": "18C"},
+    ]
+    assert refused(input=[{**items[1], "input": None}]).param == "input[0].input"
+
+
+CUSTOM_CALL_DELTAS = 6
+
+
+def custom_context() -> BridgeContext:
+    """The context the codec makes for a request with the custom tool."""
+    return build(tools=CUSTOM_TOOLS).context
+
+
+def check_with_sdk(events: Sequence[Any]) -> dict[str, Any]:
+    for event in events:
+        sdk_event(event.to_dict())
+    response = folded(events)
+    sdk_response(response)
+    return response
+
+
+def test_a_custom_tool_call_streams_its_decoded_input_beside_a_function_call() -> None:
+    events = decode_stream(fixture_bytes("chat_custom_tool.sse"), custom_context())
+    assert types(events) == [
+        "created",
+        "in_progress",
+        *MESSAGE,
+        "output_text.delta",
+        "output_text.delta",
+        *CLOSE_MESSAGE,
+        "output_item.added",
+        *["custom_tool_call_input.delta"] * CUSTOM_CALL_DELTAS,
+        "custom_tool_call_input.done",
+        "output_item.done",
+        *FUNCTION_CALL,
+        "function_call_arguments.delta",
+        "function_call_arguments.delta",
+        *CLOSE_CALL,
+        "completed",
+    ]
+    wire = [e.to_dict() for e in events]
+    added = wire[9]["item"]
+    assert added["type"] == "custom_tool_call" and added["input"] == ""
+    deltas = [e["delta"] for e in wire if e["type"] == "response.custom_tool_call_input.delta"]
+    assert "".join(deltas) == PATCH
+    assert all(isinstance(d, str) and d for d in deltas)  # decoded text, never JSON
+    [done] = [e for e in wire if e["type"] == "response.custom_tool_call_input.done"]
+    assert (done["input"], done["item_id"], done["output_index"]) == (PATCH, added["id"], 1)
+    response = check_with_sdk(events)
+    _, patch, weather = response["output"]
+    assert patch["id"].startswith("ctc_")
+    assert {k: v for k, v in patch.items() if k != "id"} == {
+        "type": "custom_tool_call",
+        "status": "completed",
+        "call_id": "call_p1",
+        "name": "apply_patch",
+        "input": PATCH,
+    }
+    assert (weather["type"], weather["arguments"]) == ("function_call", '{"city":"Paris"}')
+    assert response["usage"] == usage(140, 52)
+
+
+def test_a_custom_tool_call_body_folds_to_the_same_response_as_its_stream() -> None:
+    ctx = custom_context()
+    data = fixture_bytes("chat_custom_tool.json")
+    assert_split_invariant(lambda: CODEC.body_decoder(ctx), data, normalize=anonymous)
+    decoder = CODEC.body_decoder(ctx)
+    from_body = check_with_sdk(decoder.feed(data) + decoder.close())
+    from_stream = folded(decode_stream(fixture_bytes("chat_custom_tool.sse"), ctx))
+    assert without_ids(from_body) == without_ids(from_stream)
+
+
+def test_custom_tool_arguments_not_of_the_functions_shape_are_the_input_as_they_came() -> None:
+    # The model ignored the schema: its argument text is the input, sent at the end.
+    start = {"index": 0, "id": "call_x", "type": "function"}
+    data = (
+        chunk({"tool_calls": [{**start, "function": {"name": "apply_patch", "arguments": ""}}]})
+        + chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"patch": '}}]})
+        + chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"x"}'}}]})
+        + chunk({}, "tool_calls")
+        + DONE
+    )
+    events = decode_stream(data, custom_context())
+    deltas = [e.to_dict()["delta"] for e in events if e.type.endswith("input.delta")]
+    assert deltas == ['{"patch": "x"}']
+    [item] = check_with_sdk(events)["output"]
+    assert item["input"] == '{"patch": "x"}'
+
+
+def test_a_custom_tool_call_cut_off_keeps_the_input_decoded_so_far() -> None:
+    start = {"index": 0, "id": "call_x", "type": "function"}
+    data = (
+        chunk({"tool_calls": [{**start, "function": {"name": "apply_patch", "arguments": ""}}]})
+        + chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"input": "ab\\u00'}}]})
+        + chunk({}, "length")
+        + DONE
+    )
+    events = decode_stream(data, custom_context())
+    response = check_with_sdk(events)
+    assert response["status"] == "incomplete"
+    [item] = response["output"]
+    assert (item["type"], item["input"], item["status"]) == ("custom_tool_call", "ab", "incomplete")
 
 
 # -- errors ----------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from .bridge_fakes import Fault
 from .conformance import assert_split_invariant, chunkings
 from .conftest import fixture_bytes
 from .fake_gemini import FakeGemini
+from .sdk import sdk_event, sdk_response
 
 GEMINI_3 = "gemini-3-pro-preview"
 TOOLS: list[dict[str, Any]] = [
@@ -588,7 +589,7 @@ def test_generation_controls_and_their_ranges() -> None:
         ),
         (
             {},
-            [user("x"), {"type": "custom_tool_call", "call_id": "c", "name": "n", "input": ""}],
+            [user("x"), {"type": "local_shell_call", "call_id": "c", "action": {}}],
             "input[1]",
         ),
     ],
@@ -758,7 +759,7 @@ def test_a_text_signature_without_its_text_is_left_out() -> None:
 
 # -- the answer: stream fixtures ----------------------------------------------------------------
 
-_MINTED = re.compile(r"\b(msg|rs|fc|call)_[0-9a-f]{48}\b")
+_MINTED = re.compile(r"\b(msg|rs|fc|ctc|call)_[0-9a-f]{48}\b")
 
 
 def _scrub(value: Any, model: str) -> Any:
@@ -1145,6 +1146,181 @@ def test_a_body_without_a_finish_reason_is_a_protocol_error() -> None:
     body = b'{"candidates": [{"content": {"role": "model", "parts": [{"text": "hi"}]}}]}'
     with pytest.raises(UpstreamProtocolError, match="no stop reason"):
         decode(body, context(), body=True)
+
+
+# -- custom tools ---------------------------------------------------------------------------------
+
+PATCH = (
+    "*** Begin Patch\n*** Update File: app.py\n@@ def greet():\n"
+    '-    print("hi")\n+    print("h\u00e9llo \U0001f600\\t")\n*** End Patch\n'
+)
+PATCH_TOOL: dict[str, Any] = {
+    "type": "custom",
+    "name": "apply_patch",
+    "description": "Edit files with a patch.",
+}
+CUSTOM_TOOLS = [PATCH_TOOL, TOOLS[0]]
+
+
+def test_custom_tools_become_declarations_of_one_string_argument() -> None:
+    body = {"tools": CUSTOM_TOOLS, "tool_choice": {"type": "custom", "name": "apply_patch"}}
+    sent_body = payload(body)
+    patch = sent_body["tools"][0]["functionDeclarations"][0]
+    described = patch["parametersJsonSchema"]["properties"]["input"].pop("description")
+    assert patch == {
+        "name": "apply_patch",
+        "description": "Edit files with a patch.",
+        "parametersJsonSchema": {
+            "type": "object",
+            "properties": {"input": {"type": "string"}},
+            "required": ["input"],
+            "additionalProperties": False,
+        },
+    }
+    assert "free-form text" in described
+    assert sent_body["toolConfig"] == {
+        "functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["apply_patch"]}
+    }
+    allowed = {
+        "type": "allowed_tools",
+        "mode": "auto",
+        "tools": [
+            {"type": "custom", "name": "apply_patch"},
+            {"type": "function", "name": "get_weather"},
+        ],
+    }
+    assert payload({**body, "tool_choice": allowed})["toolConfig"] == {
+        "functionCallingConfig": {
+            "mode": "VALIDATED",
+            "allowedFunctionNames": ["apply_patch", "get_weather"],
+        }
+    }
+
+
+def custom_context() -> BridgeContext:
+    """The context the codec makes for a request with the custom tool."""
+    return context(GEMINI_3, {"tools": CUSTOM_TOOLS})
+
+
+def ctc(call_id: str, name: str, text: str) -> dict[str, Any]:
+    return {
+        "id": "ctc_*",
+        "type": "custom_tool_call",
+        "status": "completed",
+        "call_id": call_id,
+        "name": name,
+        "input": text,
+    }
+
+
+CUSTOM_STATE = [{"part": "function_call", "call_id": "p0q8z1", "signature": "CtIBAdHtim+Pa7c4=="}]
+
+
+def test_a_custom_tool_call_arrives_whole_as_one_input_delta_however_split() -> None:
+    ctx = custom_context()
+    data = fixture_bytes("gemini_custom_tool.sse")
+    events = assert_split_invariant(
+        lambda: GeminiStreamDecoder(ctx), data, normalize=_stable(GEMINI_3)
+    )
+    assert [e["type"] for e in events] == [
+        *START,
+        *MESSAGE_EVENTS,
+        *STATE_EVENTS,
+        "response.output_item.added",
+        "response.custom_tool_call_input.delta",
+        "response.custom_tool_call_input.done",
+        "response.output_item.done",
+        *CALL_EVENTS,
+        "response.completed",
+    ]
+    wire = decode(data, ctx)
+    for event in wire:
+        sdk_event(event.to_dict())
+    [delta] = [e.to_dict()["delta"] for e in wire if e.type.endswith("input.delta")]
+    assert delta == PATCH
+    response = fold(wire)
+    sdk_response(response)
+    assert _scrub(response, GEMINI_3)["output"] == [
+        message("Patching now."),
+        reasoning_item(None, CUSTOM_STATE),
+        ctc("p0q8z1", "apply_patch", PATCH),
+        function_call("w3e5r7", "get_weather", '{"city":"Paris"}'),
+    ]
+    assert response["usage"] == usage(150, 88, reasoning=30)
+    from_body = fold(decode(fixture_bytes("gemini_custom_tool.json"), ctx, body=True))
+    assert _scrub(from_body, GEMINI_3) == _scrub(response, GEMINI_3)
+
+
+def test_a_custom_tool_call_and_its_signature_come_back_on_the_next_turn() -> None:
+    output_items = fold(decode(fixture_bytes("gemini_custom_tool.sse"), custom_context()))["output"]
+    items = [
+        user("patch it"),
+        *output_items,
+        {"type": "custom_tool_call_output", "call_id": "p0q8z1", "output": "Done."},
+        output("w3e5r7", "18C"),
+        user("next"),
+    ]
+    contents = payload({"tools": CUSTOM_TOOLS}, items)["contents"]
+    assert contents[1:] == [
+        {
+            "role": "model",
+            "parts": [
+                {"text": "Patching now."},
+                {
+                    "functionCall": {
+                        "name": "apply_patch",
+                        "args": {"input": PATCH},
+                        "id": "p0q8z1",
+                    },
+                    "thoughtSignature": "CtIBAdHtim+Pa7c4==",
+                },
+                {
+                    "functionCall": {
+                        "name": "get_weather",
+                        "args": {"city": "Paris"},
+                        "id": "w3e5r7",
+                    }
+                },
+            ],
+        },
+        {
+            "role": "user",
+            "parts": [
+                {
+                    "functionResponse": {
+                        "name": "apply_patch",
+                        "response": {"output": "Done."},
+                        "id": "p0q8z1",
+                    }
+                },
+                {
+                    "functionResponse": {
+                        "name": "get_weather",
+                        "response": {"output": "18C"},
+                        "id": "w3e5r7",
+                    }
+                },
+                {"text": "next"},
+            ],
+        },
+    ]
+
+
+def test_unknown_top_level_fields_are_refused_by_name_or_dropped_and_never_sent() -> None:
+    body = {"client_metadata": {"originator": "cli"}, "fancy_option": 3}
+
+    def with_unknown(drop: bool) -> BuiltRequest:
+        request = BridgeInput(
+            body=body, items=[user("hi")], drop_params=drop, unknown_params=tuple(body)
+        )
+        return CODEC.build_request(deployment(), request, stream=False, created_at=7)
+
+    with pytest.raises(InvalidRequestError) as info:
+        with_unknown(False)
+    assert (info.value.param, info.value.code) == ("client_metadata", "unsupported_parameter")
+    built = with_unknown(True)
+    assert built.context.dropped == ("client_metadata", "fancy_option")
+    assert sent(built) == {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
 
 
 # -- round trips: the next turn gets the state back exactly ----------------------------------------

@@ -123,6 +123,52 @@ def test_fail_mid_function_call_closes_arguments() -> None:
         sdk_event(event.to_dict())
 
 
+def _custom_call_cut_mid_input() -> list[Any]:
+    created = _events("openai_text.sse")[0]
+    item = {
+        "type": "custom_tool_call",
+        "id": "ctc_1",
+        "call_id": "call_1",
+        "name": "apply_patch",
+        "input": "",
+        "status": "in_progress",
+    }
+    wire = [
+        {"type": "response.output_item.added", "output_index": 0, "item": item},
+        {
+            "type": "response.custom_tool_call_input.delta",
+            "item_id": "ctc_1",
+            "output_index": 0,
+            "delta": "*** Begin",
+        },
+        {
+            "type": "response.custom_tool_call_input.delta",
+            "item_id": "ctc_1",
+            "output_index": 0,
+            "delta": " Patch",
+        },
+    ]
+    return [created, *(event_from_wire({**e, "sequence_number": -1}) for e in wire)]
+
+
+def test_fail_mid_custom_tool_call_closes_its_input() -> None:
+    """Regression: a custom tool call cut mid-input closed with an empty input and no done."""
+    tracker = StreamTracker()
+    tracker.observe_all(_custom_call_cut_mid_input())
+    partial = tracker.partial()
+    assert partial is not None and partial.output[0]["input"] == "*** Begin Patch"
+    closing = tracker.fail(UpstreamStatusError("boom", status_code=500))
+    assert [e.type for e in closing] == [
+        "response.custom_tool_call_input.done",
+        "response.output_item.done",
+        "response.failed",
+    ]
+    assert closing[0].to_dict()["input"] == "*** Begin Patch"
+    assert closing[1].to_dict()["item"]["input"] == "*** Begin Patch"
+    for event in closing:
+        sdk_event(event.to_dict())
+
+
 def test_fail_after_terminal_adds_nothing() -> None:
     tracker = StreamTracker()
     tracker.observe_all(_events("openai_text.sse"))

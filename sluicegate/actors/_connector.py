@@ -199,7 +199,7 @@ class Connector:
             stream=call.stream,
             previous_raw_id=previous_raw_id,
             extra_body=call.extra_body,
-            extra_headers=call.extra_headers,
+            extra_headers={**call.client_headers, **call.extra_headers},
             extra_query=call.extra_query,
         )
 
@@ -214,6 +214,7 @@ class Connector:
             body={k: v for k, v in call.body.items() if k != "input"},
             items=items,
             drop_params=deployment.drop_params,
+            unknown_params=call.unknown_params,
             extra_body=call.extra_body,
             extra_headers=call.extra_headers,
             extra_query=call.extra_query,

@@ -18,6 +18,12 @@ A provider error *after* events were emitted is raised by the decoder (after the
 it are returned), so the pipeline's tracker closes what is open and ends the response with one
 typed ``response.failed`` (the same path as any mid-stream failure).
 
+Custom (freeform) tools reach a provider as functions of one string argument
+(:func:`custom_tool_function`). The emitter turns the calls of those functions back into
+``custom_tool_call`` items, decoding the input while the arguments stream (:mod:`._freeform`),
+and :func:`function_items` gives a provider the custom tool calls and outputs of the
+conversation as the function calls and outputs they were to it.
+
 Reasoning state that a provider needs back on the next turn (Anthropic thinking signatures and
 redacted thinking, Gemini ``thoughtSignature``) travels in a ``reasoning`` item's
 ``encrypted_content`` as our own versioned envelope (:func:`seal_reasoning`), mapping.md §5.
@@ -45,11 +51,13 @@ from ..errors import (
     UpstreamProtocolError,
     UpstreamStatusError,
 )
+from ._freeform import CUSTOM_INPUT_KEY, FreeformInput
 from .openai_responses import Decoder, UpstreamRequest
 from .sse import ServerSentEvent, SSEDecoder
 
 __all__ = [
     "HOSTED_TOOL_TYPES",
+    "TOOL_CHOICE_TYPES",
     "BridgeBodyDecoder",
     "BridgeCodec",
     "BridgeDecoder",
@@ -61,7 +69,9 @@ __all__ = [
     "ToolChoice",
     "context_for",
     "conversation_items",
+    "custom_tool_function",
     "data_url_parts",
+    "function_items",
     "instruction_texts",
     "invalid",
     "loads_provider_json",
@@ -91,6 +101,9 @@ class BridgeInput:
     items: list[dict[str, Any]]
     #: ``drop_params``: drop what the provider cannot take instead of refusing it.
     drop_params: bool = False
+    #: Top-level fields of ``body`` the gateway does not know: refused (400
+    #: ``unsupported_parameter`` naming each) or, with ``drop_params``, dropped and listed.
+    unknown_params: tuple[str, ...] = ()
     extra_body: Mapping[str, Any] | None = None
     extra_headers: Mapping[str, str] = attrs.Factory(dict)
     extra_query: Mapping[str, str] = attrs.Factory(dict)
@@ -110,6 +123,9 @@ class BridgeContext:
     summaries: bool = False
     #: Parameters dropped under ``drop_params`` (shown on the Response, mapping.md §10).
     dropped: tuple[str, ...] = ()
+    #: The names of the request's custom tools: the provider's calls of these functions are
+    #: ``custom_tool_call`` items (:func:`custom_tool_function`).
+    custom_tools: frozenset[str] = frozenset()
     #: The raw response ID (the ID encoder wraps it in the ``resp_`` ID the caller sees).
     response_id: str = attrs.Factory(lambda: mint_id("resp"))
     created_at: int = 0
@@ -155,7 +171,10 @@ HOSTED_TOOL_TYPES: Final = frozenset(
 )
 
 #: Responses parameters that no bridged provider has (mapping.md §10), each with the values
-#: that are harmless (accepted and not sent). Anything else is refused or dropped.
+#: that are harmless (accepted and not sent). Anything else is refused or dropped. Parameters
+#: harmless whatever their value are not listed: ``max_tool_calls`` limits hosted tools, which no
+#: bridge has; ``prompt_cache_key``, a cache hint, each codec sends where its provider has a
+#: field and leaves out elsewhere (its docstring says why no answer changes).
 _NEVER_BRIDGED: Final[Mapping[str, tuple[Any, ...]]] = {
     "prompt": (None,),
     "conversation": (None,),
@@ -171,6 +190,9 @@ _BRIDGEABLE_INCLUDES: Final = frozenset(
     {"reasoning.encrypted_content", "message.output_text.logprobs"}
 )
 
+#: ``tool_choice`` object types a bridge can honour (the others name hosted tools).
+TOOL_CHOICE_TYPES: Final = frozenset({"function", "custom", "allowed_tools"})
+
 
 @attrs.define(eq=False)
 class RequestPlan:
@@ -181,6 +203,8 @@ class RequestPlan:
     model: str
     drop_params: bool
     dropped: list[str] = attrs.Factory(list)
+    #: The names of the custom tools :meth:`check_common` turned into functions.
+    custom_tools: set[str] = attrs.Factory(set)
 
     def unsupported(self, param: str, what: str | None = None) -> None:
         """``param`` (a JSON path) cannot go to this provider: raise, or record the drop."""
@@ -203,9 +227,26 @@ class RequestPlan:
             code="unsupported_value",
         )
 
-    def check_common(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """The checks every bridge shares; returns the function tools to map (``tools``
-        entries of other bridgeable types do not exist)."""
+    def check_common(
+        self, body: Mapping[str, Any], unknown_params: Iterable[str] = ()
+    ) -> list[dict[str, Any]]:
+        """The checks every bridge shares; returns the function tools to map, custom tools
+        among them as the functions they become (:func:`custom_tool_function`).
+
+        ``unknown_params`` (``BridgeInput.unknown_params``) are top-level fields the gateway
+        does not know. What they ask of a model no bridge can tell, so each one is refused by
+        name, or dropped and listed under ``drop_params``, as a known parameter the provider
+        lacks; a null asks for nothing and passes. Codecs read the body field by field, so a
+        dropped one never reaches the provider.
+
+        Raises:
+            InvalidRequestError: what the provider cannot take (``unsupported_parameter``,
+                unless dropped), a tool without a name, two tools of one name, a bad custom
+                tool ``format``.
+        """
+        for name in unknown_params:
+            if body.get(name) is not None:
+                self.unsupported(name, f"Unknown parameter '{name}'")
         for name, harmless in _NEVER_BRIDGED.items():
             if body.get(name) not in harmless:
                 self.unsupported(name)
@@ -214,36 +255,51 @@ class RequestPlan:
             if value not in _BRIDGEABLE_INCLUDES:
                 self.unsupported(f"include[{i}]", f"'include' value {value!r}")
         functions: list[dict[str, Any]] = []
+        named: dict[str, int] = {}
         for i, tool in enumerate(body.get("tools") or []):
             kind = tool.get("type") if isinstance(tool, dict) else None
-            if kind == "function":
-                if not isinstance(tool.get("name"), str) or not tool["name"]:
-                    raise InvalidRequestError(
-                        f"Missing required parameter: 'tools[{i}].name'.",
-                        param=f"tools[{i}].name",
-                        code="missing_required_parameter",
-                    )
-                functions.append(tool)
-            else:
+            if kind not in ("function", "custom"):
                 self.unsupported(f"tools[{i}]", f"'tools[{i}]' of type {kind!r}")
+                continue
+            name = tool.get("name")
+            if not isinstance(name, str) or not name:
+                raise InvalidRequestError(
+                    f"Missing required parameter: 'tools[{i}].name'.",
+                    param=f"tools[{i}].name",
+                    code="missing_required_parameter",
+                )
+            if name in named:
+                # A call names its tool only: two of one name could not be told apart.
+                raise invalid(
+                    f"tools[{i}].name",
+                    f"'tools[{i}].name' {name!r} is also the name of 'tools[{named[name]}]'; "
+                    "tool names must be unique.",
+                )
+            named[name] = i
+            if kind == "custom":
+                functions.append(custom_tool_function(tool, f"tools[{i}]"))
+                self.custom_tools.add(name)
+            else:
+                functions.append(tool)
         choice = body.get("tool_choice")
-        if isinstance(choice, dict) and choice.get("type") not in ("function", "allowed_tools"):
+        if isinstance(choice, dict) and choice.get("type") not in TOOL_CHOICE_TYPES:
             self.unsupported("tool_choice", f"'tool_choice' of type {choice.get('type')!r}")
         return functions
 
     def tool_choice(self, body: Mapping[str, Any], functions: list[dict[str, Any]]) -> ToolChoice:
-        """``tool_choice`` in one shape for every provider (mapping.md §2)."""
+        """``tool_choice`` in one shape for every provider (mapping.md §2); a custom tool is
+        chosen as the function it becomes."""
         choice = body.get("tool_choice")
-        names = [t["name"] for t in functions]
         if choice is None or choice in ("auto", "none", "required"):
             return ToolChoice(mode=choice or "auto", names=None)
         if not isinstance(choice, dict):  # pragma: no cover -- _params checked the type
             raise InvalidRequestError("Invalid 'tool_choice'.", param="tool_choice")
-        if choice.get("type") == "function":
+        if choice.get("type") in ("function", "custom"):
             name = choice.get("name")
-            if name not in names:
+            if not self._is_tool(choice.get("type"), name, functions):
                 raise InvalidRequestError(
-                    f"'tool_choice' names function {name!r}, which is not in 'tools'.",
+                    f"'tool_choice' names {choice.get('type')} tool {name!r}, which is not in "
+                    "'tools'.",
                     param="tool_choice.name",
                 )
             return ToolChoice(mode="function", names=[str(name)])
@@ -255,18 +311,27 @@ class RequestPlan:
                 )
             allowed: list[str] = []
             for i, tool in enumerate(choice.get("tools") or []):
-                if not isinstance(tool, dict) or tool.get("type") != "function":
+                kind = tool.get("type") if isinstance(tool, dict) else None
+                if kind not in ("function", "custom"):
                     self.unsupported(f"tool_choice.tools[{i}]")
                     continue
-                if tool.get("name") not in names:
+                if not self._is_tool(kind, tool.get("name"), functions):
                     raise InvalidRequestError(
-                        f"'tool_choice.tools[{i}]' names {tool.get('name')!r}, not in 'tools'.",
+                        f"'tool_choice.tools[{i}]' names {kind} tool {tool.get('name')!r}, not "
+                        "in 'tools'.",
                         param=f"tool_choice.tools[{i}].name",
                     )
                 allowed.append(tool["name"])
             return ToolChoice(mode=mode, names=allowed)
         # Any other type: check_common has refused it, or dropped it (and said so) already.
         return ToolChoice(mode="auto", names=None)
+
+    def _is_tool(self, kind: Any, name: Any, functions: list[dict[str, Any]]) -> bool:
+        """Whether ``name`` is a tool of ``kind`` (``function`` or ``custom``) in the request."""
+        if not isinstance(name, str) or not any(tool["name"] == name for tool in functions):
+            return False
+        custom: bool = kind == "custom"
+        return (name in self.custom_tools) == custom
 
 
 @attrs.frozen(kw_only=True)
@@ -276,6 +341,59 @@ class ToolChoice:
 
     mode: str
     names: list[str] | None
+
+
+#: What a custom tool's ``input`` must be, by ``format`` (a provider cannot enforce a grammar:
+#: the model is shown it and asked to follow it).
+_LARK: Final = "text valid in this Lark grammar"
+_REGEX: Final = "text that matches this regular expression in full"
+
+
+def custom_tool_function(tool: Mapping[str, Any], path: str) -> dict[str, Any]:
+    """The function tool a custom (freeform) tool becomes for a bridged provider: one string
+    argument, ``input``, whose description says what the text must be (for a grammar format,
+    the syntax and the definition). Its calls come back as ``custom_tool_call`` items.
+
+    Raises:
+        InvalidRequestError: a ``format`` that is neither ``text`` nor a ``lark``/``regex``
+            grammar with a ``definition`` (naming the field under ``path``).
+    """
+    fmt = tool.get("format")
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    whole = "the whole input, exactly as the tool receives it"
+    if fmt is None or kind == "text":
+        what = f"The tool's input: free-form text ({whole})."
+    elif kind == "grammar":
+        assert isinstance(fmt, dict)
+        syntax = fmt.get("syntax")
+        definition = required_string(fmt, "definition", f"{path}.format")
+        if syntax not in ("lark", "regex"):
+            raise invalid(
+                f"{path}.format.syntax",
+                f"Invalid value for '{path}.format.syntax': {syntax!r}. Supported values are: "
+                "'lark' and 'regex'.",
+            )
+        rule = _LARK if syntax == "lark" else _REGEX
+        what = f"The tool's input: {rule} ({whole}):\n{definition}"
+    else:
+        raise invalid(
+            f"{path}.format.type",
+            f"Invalid value for '{path}.format.type': {kind!r}. Supported values are: 'text' "
+            "and 'grammar'.",
+        )
+    function: dict[str, Any] = {
+        "type": "function",
+        "name": tool["name"],
+        "parameters": {
+            "type": "object",
+            "properties": {CUSTOM_INPUT_KEY: {"type": "string", "description": what}},
+            "required": [CUSTOM_INPUT_KEY],
+            "additionalProperties": False,
+        },
+    }
+    if isinstance(tool.get("description"), str) and tool["description"]:
+        function["description"] = tool["description"]
+    return function
 
 
 # --- the conversation -----------------------------------------------------------------------
@@ -321,6 +439,30 @@ def _normal_item(item: Mapping[str, Any]) -> dict[str, Any]:
             param="input",
         )
     return {**item, "type": "message"}
+
+
+def function_items(items: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation as a bridged provider sees it: a ``custom_tool_call`` is the call of
+    the function its tool became (arguments ``{"input": ...}``, :func:`custom_tool_function`)
+    and a ``custom_tool_call_output`` that function's output, so each codec maps them as it
+    maps function calls. Paths are ``input[i]``, as the codecs number the conversation.
+
+    Raises:
+        InvalidRequestError: a ``custom_tool_call`` whose ``input`` is not a string.
+    """
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(items):
+        kind = item.get("type")
+        if kind == "custom_tool_call":
+            text = required_string(item, "input", f"input[{i}]")
+            call = {k: item[k] for k in ("call_id", "name") if k in item}
+            arguments = orjson.dumps({CUSTOM_INPUT_KEY: text}).decode()
+            out.append({"type": "function_call", **call, "arguments": arguments})
+        elif kind == "custom_tool_call_output":
+            out.append({**item, "type": "function_call_output"})
+        else:
+            out.append(dict(item))
+    return out
 
 
 def data_url_parts(url: str) -> tuple[str, str] | None:
@@ -436,9 +578,11 @@ class _Open:
 
     index: int
     item: dict[str, Any]
-    #: Text pieces of the open content part (message) or summary part (reasoning), or
-    #: argument pieces (function call).
+    #: Text pieces of the open content part (message) or summary part (reasoning), argument
+    #: pieces (function call), or the input streamed so far (custom tool call).
     pieces: list[str] = attrs.Factory(list)
+    #: A custom tool call's input, decoded from the arguments of its function.
+    freeform: FreeformInput | None = None
     #: The open ``output_text`` part's token logprobs.
     logprobs: list[Any] = attrs.Factory(list)
     #: The open content part's type (``output_text``/``refusal``), or whether a summary part
@@ -621,31 +765,43 @@ class ResponseEmitter:
     # -- function calls --
 
     def function_call(self, call_id: str, name: str) -> None:
-        """Open a function call item; :meth:`arguments` streams its arguments."""
+        """Open a function call item; :meth:`arguments` streams its arguments. The function of
+        a custom tool (``BridgeContext.custom_tools``) opens a ``custom_tool_call`` instead,
+        whose input is decoded from the arguments as they stream."""
         self.close_item()
-        self._ensure("function_call", call_id=call_id, name=name)
+        kind = "custom_tool_call" if name in self._context.custom_tools else "function_call"
+        self._ensure(kind, call_id=call_id, name=name)
 
     def arguments(self, delta: str) -> None:
         item = self._open
-        if item is None or item.item["type"] != "function_call":
+        if item is None or item.item["type"] not in ("function_call", "custom_tool_call"):
             raise ValueError("arguments outside a function call")  # a codec bug
         if not delta:
             return
-        item.pieces.append(delta)
-        self._emit(
-            {
-                "type": "response.function_call_arguments.delta",
-                "item_id": item.item["id"],
-                "output_index": item.index,
-                "delta": delta,
-            }
-        )
+        if item.freeform is not None:
+            # A custom tool's input streams as the decoded string, not as its JSON.
+            self._call_delta(item, "custom_tool_call_input", item.freeform.feed(delta))
+        else:
+            self._call_delta(item, "function_call_arguments", delta)
 
     def whole_function_call(self, call_id: str, name: str, arguments: str) -> None:
         """A call the provider sent whole: the same events, one arguments delta."""
         self.function_call(call_id, name)
         self.arguments(arguments)
         self.close_item()
+
+    def _call_delta(self, item: _Open, kind: str, delta: str) -> None:
+        if not delta:
+            return  # a chunk that ended inside an escape, or outside the string
+        item.pieces.append(delta)
+        self._emit(
+            {
+                "type": f"response.{kind}.delta",
+                "item_id": item.item["id"],
+                "output_index": item.index,
+                "delta": delta,
+            }
+        )
 
     @property
     def open_kind(self) -> str | None:
@@ -669,6 +825,15 @@ class ResponseEmitter:
             }
         elif kind == "reasoning":
             item = {"id": mint_id("rs"), "type": "reasoning", "summary": []}
+        elif kind == "custom_tool_call":
+            item = {
+                "id": mint_id("ctc"),
+                "type": "custom_tool_call",
+                "status": "in_progress",
+                "call_id": fields["call_id"],
+                "name": fields["name"],
+                "input": "",
+            }
         else:
             item = {
                 "id": mint_id("fc"),
@@ -678,7 +843,8 @@ class ResponseEmitter:
                 "call_id": fields["call_id"],
                 "name": fields["name"],
             }
-        self._open = _Open(index=len(self._output), item=item)
+        freeform = FreeformInput() if kind == "custom_tool_call" else None
+        self._open = _Open(index=len(self._output), item=item, freeform=freeform)
         added = dict(item)
         for key in ("content", "summary"):
             if key in added:
@@ -700,6 +866,23 @@ class ResponseEmitter:
             wire["status"] = status
         elif kind == "reasoning":
             self.end_summary_part()
+        elif item.freeform is not None:
+            text = item.freeform.close()
+            streamed = "".join(item.pieces)
+            # What streamed is a prefix of the input (FreeformInput); the rest goes now (all
+            # of it when the arguments were not the expected shape and nothing streamed).
+            if text.startswith(streamed):
+                self._call_delta(item, "custom_tool_call_input", text[len(streamed) :])
+            wire["input"] = text
+            wire["status"] = status
+            self._emit(
+                {
+                    "type": "response.custom_tool_call_input.done",
+                    "item_id": wire["id"],
+                    "output_index": item.index,
+                    "input": text,
+                }
+            )
         else:
             arguments = "".join(item.pieces) or "{}"
             wire["arguments"] = arguments
@@ -781,6 +964,7 @@ def context_for(
         body=body,
         summaries=summaries,
         dropped=tuple(plan.dropped),
+        custom_tools=frozenset(plan.custom_tools),
         created_at=created_at,
     )
 

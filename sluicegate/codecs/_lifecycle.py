@@ -20,7 +20,7 @@ Sans-IO: no trio, no httpx.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
@@ -105,6 +105,18 @@ def failure_code(error: SluicegateError) -> str:
     if error.status_code == 429:
         return "rate_limit_exceeded"
     return "server_error"
+
+
+#: Deltas of a call's payload, kept so that a response cut mid-call closes the call with what
+#: arrived: a function call's arguments, a custom tool call's input.
+_CALL_DELTAS: Final = frozenset(
+    {"response.function_call_arguments.delta", "response.custom_tool_call_input.delta"}
+)
+#: A call item's type -> the event that ends its payload, and the item field that holds it.
+_CALL_DONE: Final = {
+    "function_call": ("response.function_call_arguments.done", "arguments"),
+    "custom_tool_call": ("response.custom_tool_call_input.done", "input"),
+}
 
 
 @attrs.define(eq=False)
@@ -230,7 +242,7 @@ class StreamTracker:
             )
             if part is not None:
                 part.pieces.append(data.get("delta") or "")
-        elif etype == "response.function_call_arguments.delta":
+        elif etype in _CALL_DELTAS:
             self._arguments.setdefault(data.get("output_index", -1), []).append(
                 data.get("delta") or ""
             )
@@ -283,16 +295,18 @@ class StreamTracker:
                     p.part for (oi, _), p in sorted(self._open_parts.items()) if oi == output_index
                 ]
                 closed["content"] = [*(item.get("content") or []), *parts]
-            elif item.get("type") == "function_call":
-                arguments = "".join(self._arguments.get(output_index, []))
-                closed["arguments"] = arguments
+            elif item.get("type") in _CALL_DONE:
+                done_type, field = _CALL_DONE[item["type"]]
+                text = "".join(self._arguments.get(output_index, []))
+                closed[field] = text
+                named = {"name": item.get("name")} if field == "arguments" else {}
                 events.append(
                     self._make(
-                        "response.function_call_arguments.done",
+                        done_type,
                         item_id=str(item.get("id", "")),
                         output_index=output_index,
-                        arguments=arguments,
-                        name=item.get("name"),
+                        **{field: text},
+                        **named,
                     )
                 )
             events.append(
@@ -342,8 +356,8 @@ class StreamTracker:
                     p.with_text() for (oi, _), p in sorted(self._open_parts.items()) if oi == index
                 ]
                 current["content"] = [*(item.get("content") or []), *parts]
-            elif item.get("type") == "function_call":
-                current["arguments"] = "".join(self._arguments.get(index, []))
+            elif item.get("type") in _CALL_DONE:
+                current[_CALL_DONE[item["type"]][1]] = "".join(self._arguments.get(index, []))
             items[index] = current
         return self._snapshot.response.with_changes(output=[items[i] for i in sorted(items)])
 

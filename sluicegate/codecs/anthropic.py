@@ -20,6 +20,12 @@ seals that block exactly (mapping.md §5), ``tool_use`` blocks are function call
 reason and usage end the response (mapping.md §6, §7). A non-streaming Message is replayed as
 the events a stream of it would have carried, so both paths share one translation.
 
+Custom tools are tools of one string argument, their ``tool_use`` blocks ``custom_tool_call``
+items, and fields the gateway does not know are refused or dropped by name: the shared checks
+of :mod:`._bridge`. ``prompt_cache_key`` has no Anthropic field (prompt caching matches the
+prefix up to a ``cache_control`` breakpoint; there is no key to give), so the hint is left out
+without a word: no answer changes.
+
 Sans-IO: no trio, no httpx.
 """
 
@@ -37,6 +43,7 @@ from ..errors import (
     UpstreamStatusError,
 )
 from ._bridge import (
+    TOOL_CHOICE_TYPES,
     BridgeBodyDecoder,
     BridgeContext,
     BridgeDecoder,
@@ -47,6 +54,7 @@ from ._bridge import (
     ToolChoice,
     context_for,
     data_url_parts,
+    function_items,
     instruction_texts,
     invalid,
     loads_provider_json,
@@ -202,14 +210,14 @@ class AnthropicCodec:
         plan = RequestPlan(
             provider=deployment.provider, model=deployment.model, drop_params=request.drop_params
         )
-        functions = plan.check_common(body)
+        functions = plan.check_common(body, request.unknown_params)
         mapper = _RequestMapper(
             plan=plan,
             rules=rules_for(deployment),
             provider=deployment.provider,
             model=deployment.model,
         )
-        payload = mapper.payload(body, request.items, functions)
+        payload = mapper.payload(body, function_items(request.items), functions)
         if stream:
             payload["stream"] = True
         if request.extra_body:
@@ -414,7 +422,7 @@ class _RequestMapper:
         self, body: Mapping[str, Any], functions: list[dict[str, Any]], *, thinking_on: bool
     ) -> dict[str, Any]:
         raw = body.get("tool_choice")
-        if isinstance(raw, dict) and raw.get("type") not in ("function", "allowed_tools"):
+        if isinstance(raw, dict) and raw.get("type") not in TOOL_CHOICE_TYPES:
             # check_common refused it, or dropped (and listed) it once already: the default.
             choice = ToolChoice(mode="auto", names=None)
         else:

@@ -24,6 +24,13 @@ Theory of operation.
 Chat has no reasoning state to replay: reasoning text (the non-standard ``reasoning_content``
 / ``reasoning`` fields) becomes a reasoning item without ``encrypted_content``.
 
+Custom tools are function tools of one string argument, their calls ``custom_tool_call`` items,
+and fields the gateway does not know are refused or dropped by name: the shared checks of
+:mod:`._bridge`. ``prompt_cache_key`` goes to OpenAI's own endpoint, which has the field; other
+servers have none, and it is left out without a word: it only steers OpenAI's cache routing,
+servers that cache prompts (vLLM's prefix cache, DeepSeek's disk cache) match by prefix, and no
+answer changes.
+
 Sans-IO: no trio, no httpx.
 """
 
@@ -51,6 +58,7 @@ from ._bridge import (
     context_for,
     conversation_items,
     data_url_parts,
+    function_items,
     loads_provider_json,
     mint_id,
     responses_usage,
@@ -343,17 +351,28 @@ class _Messages:
         content: str | list[dict[str, str]]
         if isinstance(output, str):
             content = output
-        else:
-            parts = output if isinstance(output, list) else []
-            texts = [
-                str(p.get("text") or "")
-                for p in parts
-                if isinstance(p, dict) and p.get("type") in ("input_text", "output_text")
-            ]
-            if len(texts) < len(parts):
+        elif isinstance(output, list):
+            texts: list[str] = []
+            media = False
+            for j, part in enumerate(output):
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind in ("input_text", "output_text"):
+                    texts.append(str(part.get("text") or ""))
+                elif kind in ("input_image", "input_file"):
+                    media = True
+                else:
+                    where = f"{path}.output[{j}]"
+                    self._plan.unsupported(where, f"'{where}' of type {kind!r}")
+            if media:
                 # A tool message carries text only (mapping.md §2); dropping keeps the text.
                 self._plan.unsupported(path, f"'{path}' (images or files in a tool output)")
             content = _text_content(texts) if texts else ""
+        else:
+            raise InvalidRequestError(
+                f"Invalid type for '{path}.output': expected a string or an array of parts.",
+                param=f"{path}.output",
+                code="invalid_type",
+            )
         self._append({"role": "tool", "tool_call_id": call_id, "content": content})
 
 
@@ -898,10 +917,11 @@ class ChatCompletionsCodec:
         plan = RequestPlan(
             provider=deployment.provider, model=deployment.model, drop_params=request.drop_params
         )
-        functions = plan.check_common(body)
+        functions = plan.check_common(body, request.unknown_params)
+        items = function_items(request.items)
         payload: dict[str, Any] = {
             "model": deployment.model,
-            "messages": _build_messages(plan, rules, body.get("instructions"), request.items),
+            "messages": _build_messages(plan, rules, body.get("instructions"), items),
         }
         payload.update(_tools(plan, rules, body, functions))
         payload.update(_controls(plan, rules, body))

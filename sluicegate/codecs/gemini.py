@@ -45,6 +45,13 @@ text (when ``reasoning.summary`` asked for it), text parts a message, each ``fun
 whole function call; ``finishReason`` and the last ``usageMetadata`` end the response
 (mapping.md §6, §7). A non-streaming answer is one chunk through the same translation.
 
+Custom tools are declarations of one string argument, their ``functionCall`` parts
+``custom_tool_call`` items (signatures kept as for any call), and fields the gateway does not
+know are refused or dropped by name: the shared checks of :mod:`._bridge`.
+``prompt_cache_key`` has no Gemini field (implicit caching matches prefixes; explicit caching
+names a ``cachedContent``, which a key cannot stand for), so the hint is left out without a
+word: no answer changes.
+
 Sans-IO: no trio, no httpx.
 """
 
@@ -62,6 +69,7 @@ import orjson
 
 from ..errors import UpstreamProtocolError, UpstreamStatusError
 from ._bridge import (
+    TOOL_CHOICE_TYPES,
     BridgeBodyDecoder,
     BridgeContext,
     BridgeDecoder,
@@ -71,6 +79,7 @@ from ._bridge import (
     ResponseEmitter,
     context_for,
     data_url_parts,
+    function_items,
     instruction_texts,
     invalid,
     loads_provider_json,
@@ -290,12 +299,12 @@ class GeminiCodec:
         plan = RequestPlan(
             provider=deployment.provider, model=deployment.model, drop_params=request.drop_params
         )
-        functions = plan.check_common(body)
+        functions = plan.check_common(body, request.unknown_params)
         rules = rules_for(deployment)
         mapper = _RequestMapper(
             plan=plan, rules=rules, provider=deployment.provider, model=deployment.model
         )
-        payload = mapper.payload(body, request.items, functions)
+        payload = mapper.payload(body, function_items(request.items), functions)
         if request.extra_body:
             payload = mapper.merge_extra_body(payload, request.extra_body)
         method = "streamGenerateContent" if stream else "generateContent"
@@ -529,7 +538,7 @@ class _RequestMapper:
 
     def _tools(self, body: Mapping[str, Any], functions: list[dict[str, Any]]) -> dict[str, Any]:
         given = body.get("tool_choice")
-        if isinstance(given, dict) and given.get("type") not in ("function", "allowed_tools"):
+        if isinstance(given, dict) and given.get("type") not in TOOL_CHOICE_TYPES:
             # check_common refused it, or dropped it (and listed the drop once already):
             # RequestPlan.tool_choice would list it a second time.
             body, given = {**body, "tool_choice": None}, None
