@@ -16,10 +16,11 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
-from typing import Any, Literal, Protocol, overload
+from typing import Any, Final, Literal, Protocol, overload
 
 import attrs
 import httpx
+import sniffio
 import trio
 
 from ._live import Follower, LiveRun
@@ -1255,12 +1256,39 @@ async def aresponses(
             "Streaming needs a gateway: `async with open_gateway() as gw, gw.stream(...)`.",
             param="stream",
         )
-    async with open_gateway(config) as gw:
+    # With no configuration a one-shot call keeps its record in memory: it leaves no file in
+    # the caller's working directory (and a one-shot response has nobody to look it up later).
+    async with open_gateway(_ONE_SHOT if config is None else config) as gw:
         return await gw.responses(**params)
+
+
+#: The configuration of a one-shot call given none.
+_ONE_SHOT: Final[Mapping[str, Any]] = {"general_settings": {"store": {"path": ":memory:"}}}
 
 
 def responses(
     *, config: GatewayConfig | Mapping[str, Any] | str | None = None, **params: Any
 ) -> Response:
-    """Synchronous :func:`aresponses`: runs its own trio loop for the call."""
+    """Synchronous :func:`aresponses`: runs its own trio loop for the call.
+
+    Raises:
+        RuntimeError: called inside a running event loop, which it would block; the message
+            says what to call there instead.
+    """
+    _refuse_inside_an_event_loop()
     return trio.run(partial(aresponses, config=config, **params))
+
+
+def _refuse_inside_an_event_loop() -> None:
+    try:
+        library = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return
+    if library == "trio":
+        hint = "`await sluicegate.aresponses(...)`"
+    else:
+        hint = f"`await asyncio.to_thread(sluicegate.responses, ...)` (running under {library})"
+    raise RuntimeError(
+        "sluicegate.responses() blocks until the response is done, and this thread is running "
+        f"an event loop it would freeze; use {hint} instead."
+    )

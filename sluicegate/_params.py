@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
+import orjson
 
 from .codecs.ids import IdCodec
 from .errors import InvalidRequestError
@@ -290,6 +291,7 @@ def prepare_call(
         else:
             unknown.append(name)
         body[name] = value
+    _check_json(body)
     model = body.get("model")
     if model is None:
         raise InvalidRequestError(
@@ -368,7 +370,76 @@ def _spend_metadata(params: Mapping[str, Any], gateway: Mapping[str, Any]) -> di
         return {}
     if not isinstance(value, Mapping):
         raise _invalid_type(name, value, "an object")
+    if len(value) > SPEND_METADATA_MAX_PAIRS:
+        raise InvalidRequestError(
+            f"Invalid '{name}': {len(value)} properties; at most {SPEND_METADATA_MAX_PAIRS} "
+            "are kept in the spend logs.",
+            param=name,
+            code="object_above_max_properties",
+        )
+    encoded = _json_within(name, value, SPEND_METADATA_MAX_DEPTH)
+    if len(encoded) > SPEND_METADATA_MAX_BYTES:
+        raise InvalidRequestError(
+            f"Invalid '{name}': {len(encoded)} bytes of JSON; at most "
+            f"{SPEND_METADATA_MAX_BYTES} are kept in the spend logs.",
+            param=name,
+            code="invalid_value",
+        )
     return dict(value)
+
+
+#: Spend metadata is kept with every response and each top-level pair is an indexed row of
+#: the spend logs: it is bounded like OpenAI's ``metadata``, with room for structured values.
+SPEND_METADATA_MAX_PAIRS = 64
+SPEND_METADATA_MAX_DEPTH = 8
+SPEND_METADATA_MAX_BYTES = 16384
+
+#: How deep any request field may nest. Far beyond any real schema or input, and far inside
+#: the 255 levels JSON encoders (ours, the store's) refuse: a request that passes the door can
+#: always be sent upstream and recorded.
+MAX_JSON_DEPTH = 64
+#: orjson refuses to encode past this depth.
+_ENCODER_DEPTH = 254
+
+
+def _json_within(name: str, value: Any, depth: int) -> bytes:
+    """``value`` as JSON, checked to be JSON (string keys, 64-bit integers, no other types) and
+    to nest at most ``depth`` levels; else a 400 naming ``name``.
+
+    The depth check is the C encoder's own: ``value`` is encoded inside enough single-element
+    lists to leave it exactly ``depth`` levels, so one encode checks both (a Python walk over a
+    large input would cost far more)."""
+    wrapped = value
+    for _ in range(_ENCODER_DEPTH - depth):
+        wrapped = [wrapped]
+    try:
+        encoded = orjson.dumps(wrapped)
+    except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
+        if "recursion" in str(exc).lower():
+            raise InvalidRequestError(
+                f"Invalid '{name}': nested more than {depth} levels deep.",
+                param=name,
+                code="invalid_value",
+            ) from None
+        raise InvalidRequestError(
+            f"Invalid '{name}': not JSON ({exc}).", param=name, code="invalid_type"
+        ) from None
+    inner = _ENCODER_DEPTH - depth
+    return encoded[inner:-inner] if inner else encoded
+
+
+def _check_json(body: Mapping[str, Any]) -> None:
+    """Every field of the body is JSON within :data:`MAX_JSON_DEPTH` (a 400 naming the first
+    that is not): what passes can be encoded for the upstream and for the store."""
+    for name, value in body.items():
+        if isinstance(value, dict | list):
+            _json_within(name, value, MAX_JSON_DEPTH)
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 1 << 63:
+            raise InvalidRequestError(
+                f"Invalid '{name}': the integer is out of range.", param=name, code="invalid_value"
+            )
+        elif not isinstance(value, str | int | float | bool | None):
+            raise _invalid_type(name, value, "JSON")
 
 
 def input_items(value: Any) -> list[dict[str, Any]]:

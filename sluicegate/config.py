@@ -384,6 +384,12 @@ class GeneralSettings:
     allow_unauthenticated: bool = False
     #: The largest request body the proxy reads (bytes); larger is a 413.
     max_request_body_bytes: int = 16 * 1024 * 1024
+    #: Seconds a client has to send a JSON request body (a 408 after), and the longest pause
+    #: between two pieces of a file upload: a stalled or trickling sender holds nothing longer.
+    request_body_timeout: Duration = Duration(60.0)
+    #: Request bodies read at once; one more is a 503 with Retry-After (slow senders cannot
+    #: pile up without bound).
+    max_concurrent_body_reads: int = 512
     #: The largest file an upload may send upstream (OpenAI's own limit: 512 MB).
     max_file_bytes: int = 512 * 1024 * 1024
     #: Seconds of upstream silence after which the proxy sends an SSE comment line, so load
@@ -558,6 +564,10 @@ def _check(config: GatewayConfig) -> None:
         )
     if config.general_settings.max_request_body_bytes < 1024:
         raise ConfigError("must be at least 1024", path="general_settings.max_request_body_bytes")
+    if config.general_settings.max_concurrent_body_reads < 1:
+        raise ConfigError("must be at least 1", path="general_settings.max_concurrent_body_reads")
+    if not config.general_settings.request_body_timeout > 0:
+        raise ConfigError("must be positive", path="general_settings.request_body_timeout")
     for i, name in enumerate(config.general_settings.forward_client_headers):
         refusal = forward_refusal(name)
         if refusal is not None:

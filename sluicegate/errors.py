@@ -14,6 +14,7 @@ translated into these at exactly one boundary each, with ``raise Ours(...) from 
     │   ├── AuthenticationError          401  missing, unknown, expired or deleted API key
     │   ├── PermissionDeniedError        403  the key may not use this model / endpoint
     │   ├── NotFoundError                404  unknown or forged response ID, unknown model
+    │   ├── RequestTimeoutError          408  the client took too long to send its body
     │   ├── RequestTooLargeError         413  the request body is over the limit
     │   ├── UnsupportedMediaTypeError    415  a body the gateway cannot read (an unknown
     │   │                                     Content-Encoding)
@@ -46,6 +47,7 @@ __all__ = [
     "NotFoundError",
     "PermissionDeniedError",
     "RateLimitError",
+    "RequestTimeoutError",
     "RequestTooLargeError",
     "ServiceUnavailableError",
     "SluicegateError",
@@ -141,6 +143,13 @@ class PermissionDeniedError(ClientError):
     status_code = 403
     type = "permission_error"
     default_code = "permission_denied"
+
+
+class RequestTimeoutError(ClientError):
+    """The client did not send its whole request body in time (a slow or stalled sender)."""
+
+    status_code = 408
+    default_code = "request_timeout"
 
 
 class RequestTooLargeError(ClientError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,37 @@ async def test_unknown_provider_prefix_is_model_not_found() -> None:
     assert info.value.code == "model_not_found"
 
 
-def test_sync_responses_runs_its_own_loop() -> None:
+def test_sync_responses_runs_its_own_loop_and_leaves_no_file_behind() -> None:
+    """Regression: a zero-config one-shot call created sluicegate.db in the working directory."""
     response = sluicegate.responses(model="fake/sync", input="hello")
     assert response.status == sluicegate.ResponseStatus.COMPLETED
+    assert _working_directory() == []
+
+
+def _working_directory() -> list[Path]:
+    """What the test's own working directory (a fresh temporary one) holds."""
+    return list(Path().iterdir())
+
+
+async def test_one_shot_calls_leave_the_working_directory_clean() -> None:
+    await sluicegate.aresponses(model="fake/anything", input="hi")
+    assert _working_directory() == []
+
+
+async def test_sync_responses_inside_trio_says_what_to_await_instead() -> None:
+    """Regression: inside a running loop the synchronous call failed with trio's own message
+    (or, under asyncio, silently blocked the loop)."""
+    with pytest.raises(RuntimeError, match=r"await sluicegate\.aresponses"):
+        sluicegate.responses(model="fake/sync", input="hello")
+
+
+def test_sync_responses_inside_asyncio_says_what_to_use_instead() -> None:
+    async def inside() -> None:
+        sluicegate.responses(model="fake/sync", input="hello")
+
+    with pytest.raises(RuntimeError, match=r"asyncio\.to_thread") as info:
+        asyncio.run(inside())
+    assert "asyncio" in str(info.value)
 
 
 def test_quickstart_command(capsys: pytest.CaptureFixture[str]) -> None:

@@ -195,3 +195,56 @@ def test_library_options_are_not_body_fields() -> None:
     assert _prepare(timeout=12).timeout == 12.0
     assert _error(timeout=-1).param == "timeout"
     assert _error(extra_headers={"x": 1}).param == "extra_headers.x"
+
+
+def _nested(depth: int) -> Any:
+    value: Any = {"type": "string"}
+    for _ in range(depth - 1):
+        value = {"type": "object", "properties": {"x": value}}
+    return value
+
+
+@pytest.mark.parametrize("depth", [256, 300, 1023])
+def test_deep_json_in_a_field_is_a_400_naming_it_not_a_500(depth: int) -> None:
+    """Regression: the parser took 1,024 levels and the encoder refused past 255 (a 500)."""
+    err = _error(tools=[{"type": "function", "name": "f", "parameters": _nested(depth)}])
+    assert err.param == "tools" and "nested more than 64 levels" in err.message
+
+
+def test_json_depth_limit_is_exact() -> None:
+    ok: Any = "leaf"
+    for _ in range(64):
+        ok = [ok]
+    _prepare(custom_param=ok)
+    assert _error(custom_param=[ok]).param == "custom_param"
+
+
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [({1: "int key"}, "invalid_type"), ([2**70], "invalid_type"), ({1, 2}, "invalid_type")],
+)
+def test_values_that_are_not_json_are_refused_at_the_door(value: Any, code: str) -> None:
+    err = _error(custom_param=value)
+    assert err.param == "custom_param" and err.code == code
+    assert _error(custom_param=2**64).code == "invalid_value"
+
+
+def test_spend_metadata_is_bounded_before_any_upstream_call() -> None:
+    """Regression: 300-deep spend metadata failed the record after the upstream answered, so
+    nothing was recorded or billed; 3,000 pairs became 3,000 spend-tag rows."""
+    deep: Any = "x"
+    for _ in range(300):
+        deep = {"k": deep}
+    for options in (
+        {"spend_logs_metadata": deep},
+        {"litellm_metadata": {"spend_logs_metadata": deep}},
+    ):
+        err = _error(**options)
+        assert err.param is not None and err.param.endswith("spend_logs_metadata")
+        assert "levels deep" in err.message
+    many = {f"k{i}": i for i in range(3000)}
+    assert _error(spend_logs_metadata=many).code == "object_above_max_properties"
+    large = {"blob": "x" * 20000}
+    assert "bytes of JSON" in _error(spend_logs_metadata=large).message
+    fine = {"team": "search", "tags": ["a", "b"], "cost_center": {"id": 7}}
+    assert _prepare(spend_logs_metadata=fine).spend_metadata == fine

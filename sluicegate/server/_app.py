@@ -70,7 +70,9 @@ from ..errors import (
     InternalError,
     InvalidRequestError,
     NotFoundError,
+    RequestTimeoutError,
     RequestTooLargeError,
+    ServiceUnavailableError,
     SluicegateError,
     UnsupportedMediaTypeError,
 )
@@ -127,6 +129,9 @@ class _Exchange:
     status: int = 0
     timing: UpstreamTiming = attrs.Factory(UpstreamTiming)
     headers_sent: bool = False
+    #: The client's fault found while its body streamed upstream (it stalled): what the
+    #: client is told, not the upstream error its broken body caused.
+    body_error: SluicegateError | None = None
 
     def header(self, name: bytes) -> str | None:
         for key, value in self.scope.get("headers", ()):
@@ -187,6 +192,17 @@ class ProxyApp:
     _keys: KeyManager | None = None
     metrics: Metrics = attrs.Factory(Metrics)
     _in_flight: int = 0
+    #: Bodies being read now (``max_concurrent_body_reads``).
+    _body_readers: trio.CapacityLimiter = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        readers = self._config.general_settings.max_concurrent_body_reads
+        self._body_readers = trio.CapacityLimiter(readers)
+
+    @property
+    def _body(self) -> _BodyLimits:
+        gs = self._config.general_settings
+        return _BodyLimits(gs.max_request_body_bytes, gs.request_body_timeout, self._body_readers)
 
     @property
     def config(self) -> GatewayConfig:
@@ -333,20 +349,16 @@ class ProxyApp:
             await ex.json(200, _models(gateway, caller))
         elif path == "/key/generate" and method == "POST":
             ex.route = path
-            await ex.json(200, await keys.generate(caller, await _json_body(ex, self._limit)))
+            await ex.json(200, await keys.generate(caller, await _json_body(ex, self._body)))
         elif path == "/key/info" and method == "GET":
             ex.route = path
             key = _str(ex.query(), "key")
             await ex.json(200, await keys.info(caller, key))
         elif path == "/key/delete" and method == "POST":
             ex.route = path
-            await ex.json(200, await keys.delete(caller, await _json_body(ex, self._limit)))
+            await ex.json(200, await keys.delete(caller, await _json_body(ex, self._body)))
         else:
             raise NotFoundError(f"Invalid URL ({method} {path})", code="unknown_url")
-
-    @property
-    def _limit(self) -> int:
-        return self._config.general_settings.max_request_body_bytes
 
     async def _readiness(self, ex: _Exchange, gateway: Gateway) -> None:
         try:
@@ -387,7 +399,7 @@ class ProxyApp:
             await ex.json(200, page)
         elif match is None and kind == "batches" and method == "POST":
             ex.route = "/v1/batches"
-            body = await _json_body(ex, self._limit)
+            body = await _json_body(ex, self._body)
             model = body.pop("model", None) or _model_hint(ex)
             admission = await keys.admit(caller, model) if isinstance(model, str) else None
             try:
@@ -462,7 +474,8 @@ class ProxyApp:
                 f"The body must be multipart/form-data with a 'file' part ({exc}).", param="file"
             ) from None
         # Closed on every way out: a refused upload leaves its body unread.
-        async with aclosing(_form_events(ex, parser)) as events:
+        pause = self._config.general_settings.request_body_timeout
+        async with aclosing(_form_events(ex, parser, pause)) as events:
             await self._upload_form(ex, gateway, keys, caller, events)
 
     async def _upload_form(
@@ -524,6 +537,10 @@ class ProxyApp:
                     owner=caller.owner,
                     spend_logs_metadata=spend,
                 )
+        except SluicegateError:
+            if ex.body_error is not None:
+                raise ex.body_error from None
+            raise
         finally:
             if admission is not None:
                 admission.release()
@@ -534,7 +551,7 @@ class ProxyApp:
     async def _create(
         self, ex: _Exchange, gateway: Gateway, keys: KeyManager, caller: Caller
     ) -> None:
-        body = await _json_body(ex, self._limit)
+        body = await _json_body(ex, self._body)
         for name in body:
             if name in FORBIDDEN_BODY_FIELDS:
                 raise forbidden_field(name)
@@ -873,11 +890,18 @@ def _form_json(text: str, name: str) -> dict[str, Any]:
 
 
 async def _form_events(
-    ex: _Exchange, parser: MultipartParser
+    ex: _Exchange, parser: MultipartParser, pause: float
 ) -> AsyncGenerator[PartStart | PartData | PartEnd, None]:
-    """The multipart events of the request body, read as the client sends it."""
+    """The multipart events of the request body, read as the client sends it; a pause longer
+    than ``pause`` seconds between two pieces is a 408 (an upload may take long, but not
+    stall)."""
     while True:
-        message = await ex.receive()
+        message: Message | None = None
+        with trio.move_on_after(pause):
+            message = await ex.receive()
+        if message is None:
+            ex.body_error = _too_slow(pause)
+            raise ex.body_error
         if message["type"] == "http.disconnect":
             raise _ClientGone
         try:
@@ -932,9 +956,22 @@ def _refuse_upstream_headers(ex: _Exchange) -> None:
             )
 
 
-async def _json_body(ex: _Exchange, limit: int) -> dict[str, Any]:
+@attrs.frozen
+class _BodyLimits:
+    """What a request body may cost: bytes, seconds to arrive, and readers at once."""
+
+    size: int
+    seconds: float
+    readers: trio.CapacityLimiter
+
+
+async def _json_body(ex: _Exchange, limits: _BodyLimits) -> dict[str, Any]:
     """The request's JSON object, read to its end and decoded from its ``Content-Encoding``
-    as it arrives: the body on the wire and the decoded one are each held to ``limit``."""
+    as it arrives: the body on the wire and the decoded one are each held to ``limits.size``,
+    the whole body must arrive within ``limits.seconds`` (a 408: a client that trickles its
+    body holds nothing longer), and at most ``limits.readers`` bodies are read at once (a
+    503 beyond)."""
+    limit = limits.size
     codings = parse_content_encoding(ex.header(b"content-encoding"))
     decoder = ContentDecoder(codings, limit=limit) if codings else None
     declared = ex.header(b"content-length")
@@ -942,17 +979,30 @@ async def _json_body(ex: _Exchange, limit: int) -> dict[str, Any]:
         raise _too_large(limit)
     parts: list[bytes] = []
     size = 0
-    while True:
-        message = await ex.receive()
-        if message["type"] == "http.disconnect":
-            raise _ClientGone
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        parts.append(chunk if decoder is None else decoder.feed(chunk))
-        if not message.get("more_body"):
-            break
+    try:
+        limits.readers.acquire_nowait()
+    except trio.WouldBlock:
+        raise ServiceUnavailableError(
+            "Too many requests are sending their bodies at once; try again shortly.",
+            headers={"Retry-After": "1"},
+        ) from None
+    try:
+        with trio.move_on_after(limits.seconds) as deadline:
+            while True:
+                message = await ex.receive()
+                if message["type"] == "http.disconnect":
+                    raise _ClientGone
+                chunk: bytes = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                parts.append(chunk if decoder is None else decoder.feed(chunk))
+                if not message.get("more_body"):
+                    break
+    finally:
+        limits.readers.release()
+    if deadline.cancelled_caught:
+        raise _too_slow(limits.seconds)
     if decoder is not None:
         parts.append(decoder.close())
     try:
@@ -977,6 +1027,13 @@ def _refuse_encoded_upload(ex: _Exchange) -> None:
             param="content-encoding",
             code="unsupported_content_encoding",
         )
+
+
+def _too_slow(seconds: float) -> RequestTimeoutError:
+    return RequestTimeoutError(
+        f"The request body did not arrive within {seconds:g} s "
+        "(general_settings.request_body_timeout)."
+    )
 
 
 def _too_large(limit: int) -> RequestTooLargeError:
