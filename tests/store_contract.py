@@ -569,6 +569,43 @@ class StoreContract:
         assert len(found) == 300
         assert {o.response_id for o in found.values()} == {"resp_many"}
 
+    async def test_content_too_deep_to_store_is_replaced_and_the_response_still_recorded(
+        self, store: Store
+    ) -> None:
+        """A provider may send JSON nested deeper than the encoder goes: the response is still
+        recorded and billed, with a stand-in for just the part that cannot be stored."""
+        deep: Any = "x"
+        for _ in range(300):
+            deep = {"k": deep}
+        odd = {**item(0), "deep": deep}
+        await store.append(
+            [
+                accepted("resp_deep"),
+                ItemDone(response_id="resp_deep", output_index=0, item=odd),
+                StreamEventRecorded(
+                    response_id="resp_deep", sequence_number=0, event={"type": "x", "v": deep}
+                ),
+                Settled(response_id="resp_deep", usage=USAGE, cost=0.25),
+                Ended(
+                    response_id="resp_deep",
+                    status="completed",
+                    error=None,
+                    response={"id": "resp_deep", "status": "completed", "output": [odd]},
+                    completed_at=200.0,
+                ),
+            ]
+        )
+        row = await store.get("resp_deep")
+        assert row is not None and (row.status, row.cost) == (ResponseStatus.COMPLETED, 0.25)
+        (stored,) = await store.output_items("resp_deep")
+        assert stored["id"] == "msg_0" and stored["content"] == odd["content"]
+        assert "sluicegate_unrecorded" in stored["deep"]
+        final = await store.final_response("resp_deep")
+        assert final is not None and final["output"][0]["id"] == "msg_0"
+        assert "sluicegate_unrecorded" in final["output"][0]["deep"]
+        (event,) = await store.stream_events("resp_deep")
+        assert event["type"] == "x" and "sluicegate_unrecorded" in event["v"]["k"]
+
     async def test_content_arriving_after_deletion_is_not_kept(self, store: Store) -> None:
         await store.append([accepted("resp_dl", background=True)])
         await store.append([Deleted(response_id="resp_dl", deleted_at=1.0)])

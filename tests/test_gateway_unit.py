@@ -4,6 +4,7 @@ parameters, IDs and cost. Timing is exact under autojump_clock."""
 from __future__ import annotations
 
 import base64
+import json
 import random
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,8 +16,9 @@ import trio
 import trio.lowlevel
 
 import sluicegate
-from sluicegate import ResponseEvent
+from sluicegate import ResponseEvent, ResponseStatus
 from sluicegate.codecs.ids import IdCodec
+from sluicegate.store import SpendFilter
 from sluicegate.errors import (
     InvalidRequestError,
     NotFoundError,
@@ -632,6 +634,31 @@ async def test_zero_config_bare_model_names_reach_their_provider_as_in_litellm()
         with pytest.raises(NotFoundError) as info:
             await gw.responses(model="gpt-4.1", input="hi")
         assert info.value.code == "model_not_found"
+
+
+async def test_an_answer_too_deep_to_store_is_still_recorded_and_billed() -> None:
+    """Regression: content nested deeper than the encoder goes failed the record after the
+    upstream answered: the response ended failed with no usage, so its spend was lost."""
+    answer = orjson.loads(fixture_bytes("openai_text.json"))
+    deep: Any = "x"
+    for _ in range(300):
+        deep = {"k": deep}
+    answer["output"][0]["deep"] = deep
+    raw = json.dumps(answer).encode()  # orjson itself refuses to write it
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=raw, headers={"content-type": "application/json"})
+
+    async with sluicegate.open_gateway(
+        config(), transport=httpx.MockTransport(handler), environ={}
+    ) as gw:
+        response = await gw.responses(model="g", input="hi")
+        assert response.status is ResponseStatus.COMPLETED
+        assert response.output[0]["deep"] == deep  # the caller gets it all
+        (row,) = await gw.store.spend_logs(SpendFilter())
+        assert row.status == "completed" and row.cost and row.input_tokens
+        stored = await gw.get_response(response.id)
+        assert stored.status is ResponseStatus.COMPLETED
 
 
 async def test_out_of_order_event_mid_read_delivers_what_came_before() -> None:

@@ -595,9 +595,11 @@ def _encode(record: Record) -> _Encoded:
             return _Encoded(record, _ROUTED, record.attempt, _dumps(payload), changes)
         case ItemDone():
             # The payload is the item itself; ``ordinal`` keeps the output index.
-            return _Encoded(record, _ITEM_DONE, record.output_index, _dumps(record.item), {})
+            content = _dumps_content(record.item, levels=1)
+            return _Encoded(record, _ITEM_DONE, record.output_index, content, {})
         case StreamEventRecorded():
-            return _Encoded(record, _STREAM_EVENT, record.sequence_number, _dumps(record.event), {})
+            content = _dumps_content(record.event, levels=2)
+            return _Encoded(record, _STREAM_EVENT, record.sequence_number, content, {})
         case Settled():
             payload = {"usage": record.usage, "cost": record.cost, "estimated": record.estimated}
             changes = {
@@ -627,12 +629,52 @@ def _ended_payload(record: Ended, *, with_response: bool) -> bytes:
         {
             "status": record.status.value,
             "error": record.error,
-            "response": record.response if with_response else None,
+            "response": _storable(record.response, 3) if with_response else None,
             "completed_at": record.completed_at,
             "ttft": record.ttft,
             "duration": record.duration,
         }
     )
+
+
+#: What stands in for upstream content the JSON encoder cannot hold.
+UNRECORDED: Final = "sluicegate_unrecorded"
+
+
+def _dumps_content(value: Any, *, levels: int) -> bytes:
+    """Upstream content (an item, an event): a response the upstream answered is recorded and
+    billed even when part of its content cannot be stored (nested deeper than the encoder
+    goes, which a provider's JSON can be): that part is replaced by a stand-in that says so.
+    Anything else that is not JSON is refused as every other record is."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        if not _too_deep(exc):
+            raise StoreIntegrityError(f"a record is not JSON-serializable: {exc}") from exc
+        return _dumps(_storable(value, levels))
+
+
+def _too_deep(exc: orjson.JSONEncodeError) -> bool:
+    # Anything else (a Python object that is not JSON) is a bug of ours, not provider content.
+    return "recursion" in str(exc).lower()
+
+
+def _storable(value: Any, levels: int) -> Any:
+    """``value`` with every part the encoder refuses replaced by ``{UNRECORDED: reason}``,
+    keeping everything else (identities, types, statuses, usage) as it was. ``levels``: how
+    far down only what fails is replaced (an item's fields: 1; an event's item's fields: 2; a
+    response's output items' fields: 3); below, the whole failing value is."""
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        if not _too_deep(exc):
+            raise StoreIntegrityError(f"a record is not JSON-serializable: {exc}") from exc
+        if levels > 0 and isinstance(value, dict):
+            return {k: _storable(v, levels - 1) for k, v in value.items()}
+        if levels > 0 and isinstance(value, list):
+            return [_storable(v, levels - 1) for v in value]
+        return {UNRECORDED: f"not storable as JSON ({exc})"}
+    return value
 
 
 # --- writing (in the writer's worker thread, or inline) --------------------------------------
