@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
+import pydantic
 import pytest
 import trio
 import trio.testing
 
 import sluicegate.fake
 from sluicegate.fake import FakeUpstream, Fault, open_fake_upstream
+from sluicegate.fake import _answers as answers
+from sluicegate.fake._schema import minimal_instance
+
+from .sdk import sdk_event, sdk_response
 
 # The deterministic answer's first words (the fake cycles a fixed list).
 THREE_WORDS = "Sluicegate fake upstream"
@@ -210,7 +216,7 @@ async def test_non_stream_shape_and_usage(client: httpx.AsyncClient) -> None:
     # 3 (instructions) + 3 (string content) + 4 (input_text); the image counts nothing.
     assert answer["usage"] == {
         "input_tokens": 10,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": 3,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": 13,
@@ -771,3 +777,492 @@ async def test_command_line_prints_listening_line() -> None:
                 answer = (await client.post("/responses", json={"model": "m"})).json()
             assert answer["output"][0]["content"][0]["text"] == "Sluicegate fake"
             process.terminate()
+
+
+# -- tools, reasoning and structured output ------------------------------------------------------
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Weather for a city",
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string"},
+            "units": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            "days": {"type": "integer", "minimum": 1},
+            "note": {"type": ["string", "null"]},
+        },
+        "required": ["city", "units", "days"],
+        "additionalProperties": False,
+    },
+    "strict": False,
+}
+SHELL = {"type": "custom", "name": "shell", "description": "Runs a command"}
+ENCRYPTED = ["reasoning.encrypted_content"]
+
+
+def checked_events(text: str) -> list[dict[str, Any]]:
+    """The stream's events, each parsed by the SDK's own types, with gapless numbers."""
+    events = parse_events(text)
+    for event in events:
+        sdk_event(event)
+    assert [event["sequence_number"] for event in events] == list(range(len(events)))
+    sdk_response(events[-1]["response"])
+    return events
+
+
+def tool_output(call: dict[str, Any], output: str) -> dict[str, Any]:
+    return {"type": "function_call_output", "call_id": call["call_id"], "output": output}
+
+
+async def test_a_plain_request_to_a_reasoning_model_keeps_the_pre_built_answer(
+    client: httpx.AsyncClient,
+) -> None:
+    """Regression: benchmarks and the suite's plain requests name gpt-5 models; without tools,
+    include, format or reasoning they get the one canned message, byte for byte as before."""
+    text = await stream_text(client, {"model": "gpt-5.4", "input": "hi"})
+    final = parse_events(text)[-1]["response"]
+    assert [item["type"] for item in final["output"]] == ["message"]
+    generic = answers.sse_script(final, plain=False)
+    fast = answers.sse_script(final, plain=True)
+    assert generic.frames == fast.frames
+    assert generic.delta_indices == fast.delta_indices
+    assert b"".join(fast.frames).decode() == text
+
+
+async def test_function_call_stream_is_sequence_b(client: httpx.AsyncClient) -> None:
+    events = checked_events(
+        await stream_text(client, {"model": "gpt-4o", "input": "Weather?", "tools": [WEATHER]})
+    )
+    types = [event["type"] for event in events]
+    deltas = types.count("response.function_call_arguments.delta")
+    assert deltas > 1
+    assert types == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        *["response.function_call_arguments.delta"] * deltas,
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    final = events[-1]["response"]
+    [call] = final["output"]
+    assert re.fullmatch(r"fc_[0-9a-f]{48,}", call["id"])
+    assert re.fullmatch(r"call_[0-9a-f]{48,}", call["call_id"])
+    assert (call["type"], call["name"], call["status"]) == (
+        "function_call",
+        "get_weather",
+        "completed",
+    )
+    # A minimal valid instance of the parameters: required properties only, at their bounds.
+    assert json.loads(call["arguments"]) == {"city": "fake", "units": "celsius", "days": 1}
+    assert events[2]["item"] == call | {"status": "in_progress", "arguments": ""}
+    assert "".join(e["delta"] for e in events if "delta" in e) == call["arguments"]
+    assert events[-3] == {
+        "type": "response.function_call_arguments.done",
+        "sequence_number": len(events) - 3,
+        "item_id": call["id"],
+        "output_index": 0,
+        "arguments": call["arguments"],
+        "name": "get_weather",
+    }
+    assert final["usage"]["output_tokens"] == deltas
+    assert final["usage"]["output_tokens_details"] == {"reasoning_tokens": 0}
+
+
+async def test_function_call_frames_byte_for_byte(client: httpx.AsyncClient) -> None:
+    """Compact JSON, ``type`` and ``sequence_number`` first, one JSON token per delta."""
+    tool = {
+        "type": "function",
+        "name": "lookup",
+        "parameters": {
+            "type": "object",
+            "properties": {"q": {"type": "string"}},
+            "required": ["q"],
+        },
+    }
+    text = await stream_text(client, {"model": "m", "tools": [tool]})
+    call_id = parse_events(text)[-1]["response"]["output"][0]["id"]
+    frames = text.split("\n\n")
+
+    def delta(number: int, piece: str) -> str:
+        return (
+            "event: response.function_call_arguments.delta\n"
+            f'data: {{"type":"response.function_call_arguments.delta","sequence_number":{number},'
+            f'"item_id":"{call_id}","output_index":0,"delta":{json.dumps(piece)}}}'
+        )
+
+    assert frames[3:8] == [
+        delta(3, "{"),
+        delta(4, '"q"'),
+        delta(5, ":"),
+        delta(6, '"fake"'),
+        delta(7, "}"),
+    ]
+    assert frames[8] == (
+        "event: response.function_call_arguments.done\n"
+        'data: {"type":"response.function_call_arguments.done","sequence_number":8,'
+        f'"item_id":"{call_id}","output_index":0,"arguments":"{{\\"q\\":\\"fake\\"}}",'
+        '"name":"lookup"}'
+    )
+
+
+async def test_token_delay_paces_summary_and_argument_deltas(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    body = {"model": "m", "reasoning": {"summary": "auto"}, "tools": [WEATHER], "stream": True}
+    async with (
+        open_fake_upstream(token_delay=0.5) as upstream,
+        httpx.AsyncClient(base_url=upstream.base_url, timeout=None) as client,
+    ):
+        arrivals: list[tuple[str, float]] = []
+        start = trio.current_time()
+        async with client.stream("POST", "/responses", json=body) as r:
+            async for line in r.aiter_lines():
+                if line.startswith("event: "):
+                    arrivals.append((line.removeprefix("event: "), trio.current_time() - start))
+    paced = [(name, t) for name, t in arrivals if name.endswith(".delta")]
+    assert {name for name, _ in paced} == {
+        "response.reasoning_summary_text.delta",
+        "response.function_call_arguments.delta",
+    }
+    assert [t for _, t in paced] == [0.5 * (i + 1) for i in range(len(paced))]
+    assert arrivals[-1] == ("response.completed", 0.5 * len(paced))
+
+
+async def test_stream_and_non_stream_agree_on_rich_answers(client: httpx.AsyncClient) -> None:
+    body = {
+        "model": "o3",
+        "input": "Weather?",
+        "tools": [WEATHER],
+        "reasoning": {"effort": "low", "summary": "auto"},
+        "instructions": "Use the tool.",
+    }
+    streamed = checked_events(await stream_text(client, body))[-1]["response"]
+    plain = (await client.post("/responses", json=body)).json()
+    sdk_response(plain)
+    for response in (streamed, plain):
+        assert response["output"][1]["call_id"].startswith("call_")
+        response["output"][1]["call_id"] = None
+    assert without_ids(streamed) == without_ids(plain)
+
+
+async def test_tool_choice_picks_the_tool_or_none(client: httpx.AsyncClient) -> None:
+    other = WEATHER | {"name": "get_time", "parameters": None}
+
+    async def answer(**extra: Any) -> list[dict[str, Any]]:
+        body = {"model": "m", "input": "hi", "tools": [WEATHER, other, SHELL], **extra}
+        response = (await client.post("/responses", json=body)).json()
+        sdk_response(response)
+        output: list[dict[str, Any]] = response["output"]
+        return output
+
+    assert (await answer())[0]["name"] == "get_weather"
+    assert (await answer(tool_choice="required"))[0]["name"] == "get_weather"
+    forced = await answer(tool_choice={"type": "function", "name": "get_time"})
+    assert (forced[0]["name"], forced[0]["arguments"]) == ("get_time", "{}")
+    [custom] = await answer(tool_choice={"type": "custom", "name": "shell"})
+    assert custom["type"] == "custom_tool_call" and custom["name"] == "shell"
+    allowed = {
+        "type": "allowed_tools",
+        "mode": "auto",
+        "tools": [{"type": "custom", "name": "shell"}],
+    }
+    assert (await answer(tool_choice=allowed))[0]["type"] == "custom_tool_call"
+    assert (await answer(tool_choice="none"))[0]["type"] == "message"
+    hosted = {"type": "web_search_preview"}
+    assert (await answer(tool_choice=hosted))[0]["type"] == "message"
+
+
+async def test_custom_tool_call_stream_is_sequence_i(client: httpx.AsyncClient) -> None:
+    events = checked_events(await stream_text(client, {"model": "m", "tools": [SHELL]}))
+    types = [event["type"] for event in events]
+    assert types == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        *["response.custom_tool_call_input.delta"] * 3,
+        "response.custom_tool_call_input.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    [call] = events[-1]["response"]["output"]
+    assert call["input"] == "".join(e["delta"] for e in events if "delta" in e) == THREE_WORDS
+    assert events[-3]["input"] == THREE_WORDS
+
+
+async def test_after_a_tool_output_the_answer_quotes_it(client: httpx.AsyncClient) -> None:
+    first = (await client.post("/responses", json={"model": "m", "tools": [WEATHER]})).json()
+    [call] = first["output"]
+    body = {
+        "model": "m",
+        "tools": [WEATHER],
+        "input": [{"role": "user", "content": "Weather?"}, call, tool_output(call, "sunny, 21C")],
+    }
+    events = checked_events(await stream_text(client, body))
+    [message] = events[-1]["response"]["output"]
+    assert message["content"][0]["text"] == "The tool returned: sunny, 21C"
+    deltas = [e["delta"] for e in events if e["type"] == "response.output_text.delta"]
+    assert deltas == ["The", " tool", " returned:", " sunny,", " 21C"]
+    # Through previous_response_id only the output is sent, and it is the last item too.
+    chained = await client.post(
+        "/responses",
+        json={
+            "model": "m",
+            "tools": [WEATHER],
+            "previous_response_id": first["id"],
+            "input": [
+                {
+                    "type": "custom_tool_call_output",
+                    "call_id": call["call_id"],
+                    "output": [{"type": "input_text", "text": "42"}],
+                }
+            ],
+        },
+    )
+    assert chained.json()["output"][0]["content"][0]["text"] == "The tool returned: 42"
+
+
+async def test_reasoning_model_streams_its_summary_first(client: httpx.AsyncClient) -> None:
+    body = {"model": "m", "input": "hi", "reasoning": {"effort": "low", "summary": "auto"}}
+    events = checked_events(await stream_text(client, body))
+    types = [event["type"] for event in events]
+    summary_deltas = types.count("response.reasoning_summary_text.delta")
+    assert types == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.reasoning_summary_part.added",
+        *["response.reasoning_summary_text.delta"] * summary_deltas,
+        "response.reasoning_summary_text.done",
+        "response.reasoning_summary_part.done",
+        "response.output_item.done",
+        *SEQUENCE_A_HEAD[2:],
+        *["response.output_text.delta"] * 3,
+        *SEQUENCE_A_TAIL,
+        "response.completed",
+    ]
+    final = events[-1]["response"]
+    reasoning, message = final["output"]
+    assert re.fullmatch(r"rs_[0-9a-f]{48,}", reasoning["id"])
+    assert "encrypted_content" not in reasoning  # not included
+    [summary] = reasoning["summary"]
+    summary_text = "".join(
+        e["delta"] for e in events if e["type"] == "response.reasoning_summary_text.delta"
+    )
+    assert summary["text"] == summary_text == events[3 + summary_deltas + 1]["text"]
+    assert events[2]["item"] == reasoning | {"summary": []}
+    assert message["content"][0]["text"] == THREE_WORDS
+    assert all(e["output_index"] == 1 for e in events if e.get("item_id") == message["id"])
+    reasoning_tokens = len(summary_text.split())
+    assert final["usage"]["output_tokens_details"] == {"reasoning_tokens": reasoning_tokens}
+    assert final["usage"]["output_tokens"] == 3 + reasoning_tokens
+
+
+@pytest.mark.parametrize(
+    ("model", "reasoning", "reasons"),
+    [
+        ("o3-mini", None, True),
+        ("o4-mini", None, True),
+        ("gpt-5", None, True),
+        ("gpt-5.4-mini", None, True),
+        ("gpt-4o", None, False),
+        ("omni", None, False),
+        ("gpt-4o", {"effort": "low"}, True),
+        ("gpt-5.4", {"effort": "none"}, False),
+    ],
+)
+async def test_which_requests_reason(
+    client: httpx.AsyncClient, model: str, reasoning: Any, reasons: bool
+) -> None:
+    body: dict[str, Any] = {"model": model, "input": "hi", "include": ENCRYPTED}
+    if reasoning is not None:
+        body["reasoning"] = reasoning
+    output = (await client.post("/responses", json=body)).json()["output"]
+    assert [item["type"] for item in output] == (["reasoning"] if reasons else []) + ["message"]
+    if reasons:
+        assert output[0]["summary"] == []
+        assert output[0]["encrypted_content"].startswith("gAAAA")
+
+
+async def test_encrypted_content_is_bound_to_the_account() -> None:
+    """An account is a fake instance plus the API key it was called with: state replayed to
+    another key, or another instance with the same key, is refused as OpenAI refuses it."""
+    body = {"model": "gpt-5.4", "input": "hi", "tools": [WEATHER], "include": ENCRYPTED}
+    async with (
+        open_fake_upstream(tokens=3) as one,
+        open_fake_upstream(tokens=3) as two,
+        httpx.AsyncClient(base_url=one.base_url, timeout=None) as first,
+        httpx.AsyncClient(base_url=two.base_url, timeout=None) as second,
+    ):
+        alice = {"authorization": "Bearer sk-alice"}
+        made = (await first.post("/responses", json=body | {"store": False}, headers=alice)).json()
+        reasoning, call = made["output"]
+        replay = body | {
+            "store": False,
+            "input": [{"role": "user", "content": "hi"}, reasoning, call, tool_output(call, "x")],
+        }
+        same = await first.post("/responses", json=replay, headers=alice)
+        assert same.status_code == 200
+        assert same.json()["output"][-1]["type"] == "message"
+        token = reasoning["encrypted_content"]
+        refused = {
+            "error": {
+                "message": (
+                    f"The encrypted content {token[:4]}...{token[-4:]} could not be verified."
+                ),
+                "type": "invalid_request_error",
+                "param": "input",
+                "code": "invalid_encrypted_content",
+            }
+        }
+        for client, headers in (
+            (first, {"authorization": "Bearer sk-bob"}),
+            (first, {"api-key": "sk-bob"}),
+            (first, {}),
+            (second, alice),
+        ):
+            other = await client.post("/responses", json=replay, headers=headers)
+            assert (other.status_code, other.json()) == (400, refused)
+        # The Azure header names the same account as the bearer token.
+        azure = await first.post("/responses", json=replay, headers={"api-key": "sk-alice"})
+        assert azure.status_code == 200
+        tampered = replay | {
+            "input": [{**reasoning, "encrypted_content": token[:-6] + "AAAA=="}, call]
+        }
+        forged = await first.post("/responses", json=tampered, headers=alice)
+        assert forged.json()["error"]["code"] == "invalid_encrypted_content"
+
+
+async def test_reasoning_replayed_by_id_must_be_stored_by_the_account(
+    client: httpx.AsyncClient,
+) -> None:
+    body = {"model": "o3", "input": "hi", "tools": [WEATHER]}
+
+    async def replay(made: dict[str, Any], **headers: str) -> httpx.Response:
+        reasoning, call = made["output"]
+        return await client.post(
+            "/responses",
+            json=body | {"input": [reasoning, call, tool_output(call, "x")]},
+            headers=headers,
+        )
+
+    stored = (await client.post("/responses", json=body)).json()
+    assert (await replay(stored)).status_code == 200
+    unstored = (await client.post("/responses", json=body | {"store": False})).json()
+    for answer in (await replay(unstored), await replay(stored, authorization="Bearer other")):
+        assert answer.status_code == 404
+        error = answer.json()["error"]
+        assert error["message"].startswith("Item with id 'rs_")
+        assert (
+            "not found. Items are not persisted when `store` is set to false." in error["message"]
+        )
+        assert (error["type"], error["param"], error["code"]) == (
+            "invalid_request_error",
+            "input",
+            None,
+        )
+    nameless = await client.post(
+        "/responses", json=body | {"input": [{"type": "reasoning", "summary": []}]}
+    )
+    assert nameless.status_code == 400
+    assert nameless.json()["error"]["param"] == "input[0].id"
+
+
+async def test_json_schema_output_is_a_valid_instance(client: httpx.AsyncClient) -> None:
+    class Color(enum.Enum):
+        RED = "red"
+        BLUE = "blue"
+
+    class Address(pydantic.BaseModel):
+        street: str
+        zip_code: Annotated[str, pydantic.Field(min_length=5, max_length=5)]
+
+    class Person(pydantic.BaseModel):
+        name: str
+        age: Annotated[int, pydantic.Field(ge=18)]
+        score: float
+        active: bool
+        color: Color
+        tags: list[str]
+        home: Address
+        work: Address | None
+        friends: Annotated[list[Address], pydantic.Field(min_length=2)]
+        nickname: str = "none"
+
+    schema = Person.model_json_schema()
+    assert "$defs" in schema  # the nested models are references
+    fmt = {"type": "json_schema", "name": "person", "schema": schema, "strict": False}
+    events = checked_events(await stream_text(client, {"model": "m", "text": {"format": fmt}}))
+    final = events[-1]["response"]
+    text = final["output"][0]["content"][0]["text"]
+    person = Person.model_validate_json(text)
+    assert person.age == 18 and person.color is Color.RED and len(person.friends) == 2
+    assert json.loads(text) == json.loads(person.model_dump_json(exclude={"nickname"}))
+    deltas = [e["delta"] for e in events if e["type"] == "response.output_text.delta"]
+    assert "".join(deltas) == text and len(deltas) == final["usage"]["output_tokens"] > 10
+    json_object = {"model": "m", "text": {"format": {"type": "json_object"}}}
+    assert (await client.post("/responses", json=json_object)).json()["output"][0]["content"][0][
+        "text"
+    ] == "{}"
+
+
+async def test_rich_answers_are_cut_by_max_output_tokens(client: httpx.AsyncClient) -> None:
+    body = {"model": "o3", "input": "hi", "include": ENCRYPTED, "max_output_tokens": 2}
+    events = checked_events(await stream_text(client, body))
+    final = events[-1]["response"]
+    assert events[-1]["type"] == "response.incomplete"
+    assert final["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert final["output"][1]["status"] == "incomplete"
+    assert final["output"][1]["content"][0]["text"] == "Sluicegate fake"
+
+
+@pytest.mark.parametrize(
+    ("schema", "instance"),
+    [
+        ({"type": "object", "properties": {"a": {"type": "string"}}}, {}),
+        ({"type": ["null", "integer"], "exclusiveMinimum": 0}, 1),
+        ({"type": "integer", "maximum": -3}, -3),
+        ({"type": "number", "minimum": 0.5}, 0.5),
+        ({"type": "integer", "minimum": 7, "multipleOf": 5}, 10),
+        ({"const": "x", "type": "string"}, "x"),
+        ({"enum": [3, 4]}, 3),
+        ({"type": "string", "format": "date-time"}, "1970-01-01T00:00:00Z"),
+        ({"type": "string", "maxLength": 2}, "fa"),
+        ({"type": "string", "minLength": 6}, "fakexx"),
+        ({"type": "boolean"}, False),
+        ({"type": "array", "prefixItems": [{"type": "integer"}], "minItems": 2}, [0, None]),
+        ({"anyOf": [{"type": "integer"}, {"type": "null"}]}, 0),
+        (
+            {
+                "allOf": [
+                    {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
+                    {"type": "object", "properties": {"b": {"type": "string"}}, "required": ["b"]},
+                ]
+            },
+            {"a": 0, "b": "fake"},
+        ),
+        ({"$ref": "#/definitions/n", "definitions": {"n": {"type": "number"}}}, 0),
+        ({"$ref": "#/$defs/missing"}, None),
+        ({}, None),
+        (True, None),
+    ],
+)
+def test_minimal_instance(schema: Any, instance: Any) -> None:
+    assert minimal_instance(schema) == instance
+
+
+def test_minimal_instance_of_a_recursive_schema_ends() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"child": {"$ref": "#"}, "children": {"items": {"$ref": "#"}}},
+        "required": ["child", "children"],
+    }
+    value = minimal_instance(schema)
+    depth = 0
+    while isinstance(value, dict):
+        assert value["children"] in ([], None)  # None only where the depth ran out
+        value, depth = value["child"], depth + 1
+    assert value is None and depth > 5

@@ -8,6 +8,11 @@ allows, because benchmarks run the gateway against this server and must not meas
 Scripted faults (``_faults``) are consumed one per ``POST /responses``, after authentication and
 routing but before the body is looked at, so a scripted status wins even over a malformed body.
 
+Reasoning state is checked like a real account checks it (``_accounts``): a replayed reasoning
+item's ``encrypted_content`` must have been sealed for the account calling now (this instance
+and this API key), else 400 ``invalid_encrypted_content``; one replayed by ID alone must be one
+the account stored, else 404, as OpenAI answers both.
+
 A client that goes away is normal, never an error: the connection task swallows
 ``trio.BrokenResourceError`` and counts the connection closed. While it waits on purpose (pacing
 deltas, stalling) it also reads the socket, so a hang-up is noticed at once rather than at the
@@ -30,24 +35,29 @@ import attrs
 import orjson
 import trio
 
+from ._accounts import Account, unverified_message
 from ._answers import (
     MALFORMED_FRAME,
     as_cancelled,
     as_queued,
     build_response,
+    build_rich_response,
     error_envelope,
+    is_plain,
     sse_script,
 )
 from ._faults import Fault, FaultKind
 from ._http import LAST_CHUNK, MAX_HEAD, BadRequest, RequestHead, chunk, parse_head, response_head
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable
+    from collections.abc import AsyncIterator, Iterable, Mapping
 
 __all__ = ["FakeStatistics", "FakeUpstream", "RecordedRequest", "open_fake_upstream"]
 
 #: How many finished answers GET / DELETE / cancel / ``previous_response_id`` can still find.
 STORED_RESPONSES: Final = 10_000
+#: How many stored reasoning items a replay by ID can still find.
+STORED_REASONING: Final = 10_000
 
 _RECEIVE_SIZE: Final = 65536
 _ROUTE: Final = re.compile(r"/v1/responses(?:/([^/]+)(/cancel)?)?/?")
@@ -129,7 +139,8 @@ class FakeUpstream:
             space.
         token_delay: seconds to ``trio.sleep`` before each delta when streaming; 0 never sleeps.
         api_key: when set, requests need ``Authorization: Bearer <key>`` or ``api-key: <key>``,
-            else they get 401 ``invalid_api_key``.
+            else they get 401 ``invalid_api_key``. Set or not, the key a request presents names
+            its account: reasoning state one key was given is refused under another.
         record_requests: keep every request for :attr:`requests`; long benchmark runs turn this
             off so memory stays flat.
     """
@@ -146,6 +157,11 @@ class FakeUpstream:
     # Ids are this instance's random nonce plus a counter: unique without a syscall per id.
     _nonce: str = attrs.field(init=False, factory=lambda: secrets.token_hex(16))
     _counter: itertools.count[int] = attrs.field(init=False, factory=itertools.count)
+    # Accounts are this secret plus the caller's API key (``_accounts``).
+    _secret: bytes = attrs.field(init=False, factory=lambda: secrets.token_bytes(32), repr=False)
+    _accounts: dict[str, Account] = attrs.field(init=False, factory=dict, repr=False)
+    # Reasoning item id -> the key of the account that stored it (store not false).
+    _reasoning: OrderedDict[str, bytes] = attrs.field(init=False, factory=OrderedDict, repr=False)
     _connections_opened: int = attrs.field(init=False, default=0)
     _connections_closed: int = attrs.field(init=False, default=0)
     _request_count: int = attrs.field(init=False, default=0)
@@ -265,6 +281,50 @@ class FakeUpstream:
         while len(self._stored) > STORED_RESPONSES:
             self._stored.popitem(last=False)
 
+    def _account(self, headers: Mapping[str, str]) -> Account:
+        authorization = headers.get("authorization", "")
+        scheme, _, token = authorization.partition(" ")
+        key = token if scheme.lower() == "bearer" else headers.get("api-key", "")
+        account = self._accounts.get(key)
+        if account is None:
+            # Keys are few (one per deployment), so the cache stays small.
+            account = self._accounts[key] = Account.of(self._secret, key)
+        return account
+
+    def _store_reasoning(self, account: Account, output: list[dict[str, Any]]) -> None:
+        for item in output:
+            if item["type"] == "reasoning":
+                self._reasoning[item["id"]] = account.key
+        while len(self._reasoning) > STORED_REASONING:
+            self._reasoning.popitem(last=False)
+
+    def _replay_error(
+        self, account: Account, items: list[Any]
+    ) -> tuple[int, str, str | None, str | None] | None:
+        """Why the reasoning items in ``items`` cannot be replayed by ``account``, as (status,
+        message, param, code); None when they can."""
+        for index, item in enumerate(items):
+            if not isinstance(item, dict) or item.get("type") != "reasoning":
+                continue
+            token = item.get("encrypted_content")
+            if isinstance(token, str) and token:
+                if not account.issued(token):
+                    return 400, unverified_message(token), "input", "invalid_encrypted_content"
+                continue
+            item_id = item.get("id")
+            if not isinstance(item_id, str):
+                param = f"input[{index}].id"
+                message = f"Missing required parameter: '{param}'."
+                return 400, message, param, "missing_required_parameter"
+            if self._reasoning.get(item_id) != account.key:
+                message = (
+                    f"Item with id '{item_id}' not found. Items are not persisted when `store` "
+                    "is set to false. Try again with `store` set to true, or remove this item "
+                    "from your input."
+                )
+                return 404, message, "input", None
+        return None
+
 
 def _not_found(response_id: str) -> bytes:
     return error_envelope(
@@ -376,7 +436,7 @@ class _Connection:
             response_id, cancel = route.group(1), route.group(2)
             if response_id is None:
                 if method == "POST":
-                    return await self._create(body)
+                    return await self._create(head, body)
             elif cancel:
                 if method == "POST":
                     return await self._cancel(response_id)
@@ -419,7 +479,7 @@ class _Connection:
         envelope = error_envelope(message, type="invalid_request_error", param=param, code=code)
         return await self._send_json(400, envelope)
 
-    async def _create(self, body: bytes) -> _Next:
+    async def _create(self, head: RequestHead, body: bytes) -> _Next:
         upstream = self.upstream
         fault = upstream._next_fault()
         kind = fault.kind if fault is not None else None
@@ -455,17 +515,41 @@ class _Connection:
             return await self._invalid(
                 "Background mode requires store to be true.", param="store", code=None
             )
+        items = request.get("input")
+        account = upstream._account(head.headers)
+        if isinstance(items, list):
+            refused = upstream._replay_error(account, items)
+            if refused is not None:
+                status, message, param, code = refused
+                envelope = error_envelope(
+                    message, type="invalid_request_error", param=param, code=code
+                )
+                return await self._send_json(status, envelope)
         now = int(time.time())
-        final = build_response(
-            request,
-            response_id=upstream._new_id("resp"),
-            message_id=upstream._new_id("msg"),
-            created_at=now,
-            completed_at=now,
-            tokens=upstream.tokens,
-        )
+        plain = is_plain(request)
+        if plain:
+            final = build_response(
+                request,
+                response_id=upstream._new_id("resp"),
+                message_id=upstream._new_id("msg"),
+                created_at=now,
+                completed_at=now,
+                tokens=upstream.tokens,
+            )
+        else:
+            final = build_rich_response(
+                request,
+                response_id=upstream._new_id("resp"),
+                created_at=now,
+                completed_at=now,
+                tokens=upstream.tokens,
+                new_id=upstream._new_id,
+                seal=account.seal,
+            )
         stream = request.get("stream") is True
         if request.get("store") is not False:
+            if not plain:
+                upstream._store_reasoning(account, final["output"])
             # A stalled background job never progresses: it stays queued until cancelled.
             stalled = background and not stream and kind is FaultKind.STALL
             current = as_queued(final) if stalled else final
@@ -473,7 +557,7 @@ class _Connection:
             if stalled:
                 fault = None
         if stream:
-            return await self._stream(final, fault)
+            return await self._stream(final, fault, plain=plain)
         payload = orjson.dumps(as_queued(final) if background else final)
         return await self._answer_json(payload, fault)
 
@@ -505,8 +589,9 @@ class _Connection:
             case _:
                 return await self._send_json(200, payload)
 
-    async def _stream(self, final: dict[str, Any], fault: Fault | None) -> _Next:
-        script = sse_script(final, extra_events=fault.events if fault is not None else ())
+    async def _stream(self, final: dict[str, Any], fault: Fault | None, *, plain: bool) -> _Next:
+        extra_events = fault.events if fault is not None else ()
+        script = sse_script(final, extra_events=extra_events, plain=plain)
         # (frame, sleep token_delay before it) in sending order.
         plan = [(frame, i in script.delta_indices) for i, frame in enumerate(script.frames)]
         kind = fault.kind if fault is not None else None
