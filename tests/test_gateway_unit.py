@@ -18,7 +18,6 @@ import trio.lowlevel
 import sluicegate
 from sluicegate import ResponseEvent, ResponseStatus
 from sluicegate.codecs.ids import IdCodec
-from sluicegate.store import SpendFilter
 from sluicegate.errors import (
     InvalidRequestError,
     NotFoundError,
@@ -26,6 +25,7 @@ from sluicegate.errors import (
     UpstreamStatusError,
     UpstreamTimeoutError,
 )
+from sluicegate.store import SpendFilter
 
 from .conftest import MEMORY_STORE, fixture_bytes
 from .mock_upstream import (
