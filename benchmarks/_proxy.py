@@ -222,7 +222,8 @@ def open_proxy_server(
     long_upstream_url: str | None = None,
     max_connections: int = POOL_SIZE,
 ) -> Iterator[ProxyServerProcess]:
-    """Run ``python -m sluicegate serve`` (one worker, pinned to ``cpu``) on a free loopback port
+    """Run ``python -m sluicegate serve`` (one worker, pinned to ``cpu``) on a loopback port it
+    binds itself (port 0: no other process can take the port between its choice and its use)
     with a temporary config and store, yield it once ``GET /health/readiness`` answers 200, and
     stop it on the way out (SIGTERM, then SIGKILL after 10 s), whatever happened in between.
 
@@ -249,7 +250,6 @@ def open_proxy_server(
             ),
             encoding="utf-8",
         )
-        port = _free_port()
         argv = [
             sys.executable,
             "-m",
@@ -260,10 +260,10 @@ def open_proxy_server(
             "--host",
             "127.0.0.1",
             "--port",
-            str(port),
+            "0",
         ]
         with run_server(
-            argv, cpu=cpu, port=port, log_path=root / "proxy.log", tokens=tokens
+            argv, cpu=cpu, port=None, log_path=root / "proxy.log", tokens=tokens
         ) as server:
             yield server
 
@@ -273,13 +273,15 @@ def run_server(
     argv: list[str],
     *,
     cpu: int | None,
-    port: int,
+    port: int | None,
     log_path: Path,
     tokens: int | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Iterator[ProxyServerProcess]:
-    """Start a server process (pinned to ``cpu``) that listens on ``port``, yield it once its
-    ``/health/readiness`` answers 200, and stop it on the way out (our proxy; LiteLLM's)."""
+    """Start a server process (pinned to ``cpu``) that listens on ``port`` (None: on the port
+    it names in its log, hypercorn's ``Running on http://...`` line, written once it listens),
+    yield it once its ``/health/readiness`` answers 200, and stop it on the way out (our
+    proxy; LiteLLM's)."""
     argv, preexec = _pinned(argv, cpu)
     # Output to a file, not a pipe: nobody reads it during the run, and a full pipe would
     # stall the server.
@@ -296,7 +298,7 @@ def run_server(
         # taskset execs the interpreter, and one worker serves in-process: the pid is the
         # server's own.
         server = ProxyServerProcess(
-            url=f"http://127.0.0.1:{port}",
+            url=f"http://127.0.0.1:{port}" if port is not None else _wait_bound(process, log_path),
             pid=process.pid,
             tokens=tokens,
             process=process,
@@ -324,6 +326,33 @@ def _pinned(argv: list[str], cpu: int | None) -> tuple[list[str], Callable[[], N
     if taskset is not None:
         return [taskset, "-c", str(cpu), *argv], None
     return argv, partial(os.sched_setaffinity, 0, {cpu})
+
+
+#: What hypercorn logs once a socket is bound and listening (with the port it was given).
+_RUNNING_ON: Final = re.compile(rb"Running on (http://\S+) ")
+
+
+def _wait_bound(process: subprocess.Popen[bytes], log_path: Path) -> str:
+    """The URL a server started on port 0 listens on, from its own log line (read as it is
+    written: the log is a file, polled)."""
+    deadline = time.monotonic() + _READY_TIMEOUT
+    while True:
+        exited = process.poll()
+        try:
+            match = _RUNNING_ON.search(log_path.read_bytes())
+        except OSError:
+            match = None
+        if match is not None:
+            return match.group(1).decode()
+        if exited is not None or time.monotonic() > deadline:
+            what = (
+                f"exited (status {exited}) before listening"
+                if exited is not None
+                else f"was not listening within {_READY_TIMEOUT:.0f} s"
+            )
+            tail = log_path.read_bytes()[-3000:].decode("utf-8", "replace") or "(no output)"
+            raise BenchmarkError(f"the proxy {what}; its output ends:\n{tail}")
+        time.sleep(0.02)  # polling the log file; a server starts in about a second
 
 
 def _wait_ready(server: ProxyServerProcess) -> None:

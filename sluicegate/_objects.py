@@ -38,7 +38,7 @@ import attrs
 import orjson
 import trio
 
-from ._params import RESPONSES_PARAMETERS
+from ._params import RESPONSES_PARAMETERS, checked_int
 from ._types import ResponseStatus
 from .actors._connector import Connector
 from .actors._router import Router
@@ -656,8 +656,9 @@ class ObjectService:
         order: str,
         purpose: str | None,
     ) -> list[ObjectRow]:
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10000:
-            raise _invalid("limit", "an integer from 1 to 10000")
+        limit = checked_int("limit", limit, low=1, high=10000)
+        if after is not None and not isinstance(after, str):
+            raise _invalid("after", "an object ID (a string)")
         if order not in ("asc", "desc"):
             raise _invalid("order", "'asc' or 'desc'")
         return await self._store.list_objects(

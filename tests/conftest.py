@@ -4,10 +4,19 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from sluicegate.fake import FakeUpstream, open_fake_upstream
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+# Property tests judge what the code does, never how fast a loaded machine runs it: no
+# per-example deadline and no "too slow" health check, for every test of the suite (a test's
+# own @settings starts from this profile). Hypothesis's examples stay random.
+settings.register_profile(
+    "sluicegate", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile("sluicegate")
 
 
 def fixture_bytes(name: str) -> bytes:

@@ -12,8 +12,10 @@ import socket
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
+from benchmarks import _proxy as bench_proxy
 from benchmarks._proxy import (
     DIRECT,
     PROXY,
@@ -26,6 +28,7 @@ from benchmarks._proxy import (
     first_event_table,
     measure_first_event,
     measure_proxy,
+    open_proxy_server,
     parse_wrk_output,
     proxy_json,
     proxy_table,
@@ -396,6 +399,29 @@ def test_summary_pairs_each_proxy_case_with_its_own_direct_case() -> None:
     assert documents[1]["cpu_ms_per_request"] == pytest.approx(2.4)
     assert documents[0]["cpu_ms_per_request"] is None
     json.dumps(documents)  # JSON-ready as is
+
+
+def test_the_proxy_binds_its_own_port_so_nobody_can_take_it_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression: the port was found by binding and closing a socket, then handed to the
+    server; on a busy machine another process could take it in between, and the benchmark
+    failed. Here that port is taken on purpose: the server no longer uses a port chosen for
+    it, but the one it bound, which it names in its log."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setattr(bench_proxy, "_free_port", lambda: port)
+        with (
+            run_fake_upstream(tokens=4, cpu=None) as upstream,
+            open_proxy_server(upstream_url=upstream.base_url, cpu=None) as server,
+        ):
+            assert server.url.startswith("http://127.0.0.1:")
+            assert not server.url.endswith(f":{port}")
+            with httpx.Client(trust_env=False) as client:
+                ready = client.get(f"{server.url}/health/readiness")
+            assert ready.status_code == 200
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sluicegate.codecs._bridge import (
@@ -1146,6 +1146,14 @@ def test_arguments_survive_any_fragmentation_and_interleaving(
     assert [(i["call_id"], i["name"], i["arguments"]) for i in output] == [
         (f"call_{i}", f"f{i}", text) for i, text in enumerate(encoded)
     ]
+
+
+def test_property_tests_judge_behaviour_not_speed() -> None:
+    """Regression: on a loaded 2-core machine the test above failed on hypothesis's 200 ms
+    per-example deadline. The suite's profile (tests/conftest.py) sets none, and no "too slow"
+    health check, for every property test."""
+    assert settings.default.deadline is None
+    assert HealthCheck.too_slow in settings.default.suppress_health_check
 
 
 def test_a_call_that_never_got_a_name_is_a_protocol_error() -> None:

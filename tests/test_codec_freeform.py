@@ -48,7 +48,7 @@ _ENCODINGS = [
 ]
 
 
-@settings(deadline=None, max_examples=300)
+@settings(max_examples=300)
 @given(
     text=st.text(),
     encoding=st.sampled_from(range(len(_ENCODINGS))),
@@ -62,7 +62,7 @@ def test_any_string_split_anywhere_decodes_exactly(
     _check(arguments, text, cuts)
 
 
-@settings(deadline=None, max_examples=100)
+@settings(max_examples=100)
 @given(text=st.text(alphabet=st.characters(codec="utf-8")), data=st.data())
 def test_astral_and_escaped_text_one_character_at_a_time(text: str, data: st.DataObject) -> None:
     arguments = json.dumps({"input": text + '\U0001f600\n"\\/'})

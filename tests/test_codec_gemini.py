@@ -1523,7 +1523,7 @@ _JSON = st.recursive(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(
     args=st.dictionaries(st.text(max_size=8), _JSON, max_size=4),
     signature=st.text(

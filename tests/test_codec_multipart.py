@@ -824,7 +824,7 @@ def split(body: bytes, cuts: list[int]) -> list[bytes]:
     return [body[a:b] for a, b in itertools.pairwise(points)]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(form=form_bodies(), cuts=st.lists(st.integers(0, 10**6), max_size=12))
 def test_round_trip_any_chunking(form: tuple[str, bytes, list[Part]], cuts: list[int]) -> None:
     boundary, body, parts = form
@@ -871,7 +871,7 @@ def outcome(chunks: Sequence[bytes], boundary: str) -> object:
         return str(exc)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=500)
 @given(rough=rough_bodies(), cuts=st.lists(st.integers(0, 10**6), max_size=8))
 def test_chunking_never_changes_the_outcome(rough: tuple[str, bytes], cuts: list[int]) -> None:
     """Events or error, whatever the body: the same for any split of it."""

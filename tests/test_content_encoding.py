@@ -135,7 +135,7 @@ def test_a_body_of_more_members_than_allowed_is_refused_before_it_costs_time() -
         decode("zstd", [frames])
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150)
 @given(
     data=st.binary(max_size=3000),
     codings=st.lists(

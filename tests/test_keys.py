@@ -588,6 +588,95 @@ async def test_generate_validation_errors_name_the_field(
     assert f"'{param}'" in error.message
 
 
+#: Every numeric field of /key/generate past its range, in JSON or as a library caller can
+#: pass it: overflowing, infinite, NaN, negative, a bool.
+_OUT_OF_RANGE = [
+    *[("duration", v) for v in ("999999999999d", 1e300, 1e20, "inf", "nan", -1, 10**400)],
+    *[("duration", v) for v in (float("inf"), float("nan"), True, "365001d")],
+    *[
+        (name, v)
+        for name in ("rpm_limit", "tpm_limit", "max_parallel_requests")
+        for v in (2**64 - 1, 2**53, 10**400, -1, True, 1e300, float("nan"))
+    ],
+    *[("max_budget", v) for v in (1e300, float("inf"), float("nan"), -1, True, 2**53 + 1)],
+    ("max_budget", 10**400),
+]
+
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    _OUT_OF_RANGE,
+    ids=[
+        f"{p}={v!r}" if len(repr(v)) < 30 else f"{p}=<{len(repr(v))} digits>"
+        for p, v in _OUT_OF_RANGE
+    ],
+)
+async def test_generate_refuses_absurd_numbers_with_a_400_and_stores_nothing(
+    tmp_path: Path, param: str, value: object
+) -> None:
+    """Regression: ``duration: "999999999999d"`` (or 1e300) stored the key and then failed to
+    describe it (a 500 after an orphan key whose secret nobody saw); an integer past 64 bits
+    broke the store's writer."""
+    path = tmp_path / "keys.db"
+    async with open_sqlite_store(path, threads=False) as store:
+        with pytest.raises(InvalidRequestError) as caught:
+            await manager(store).generate(ADMIN, {param: value})
+    error = caught.value
+    assert (error.status_code, error.param) == (400, param)
+    assert f"'{param}'" in error.message
+    assert len(error.message) < 300  # a huge number is described, not printed
+    rows, _ = _stored(path)
+    assert rows == []
+
+
+async def test_generate_takes_numbers_up_to_the_bounds(keys: KeyManager) -> None:
+    top = 2**53 - 1
+    created = await keys.generate(
+        ADMIN,
+        {
+            "rpm_limit": top,
+            "tpm_limit": top,
+            "max_parallel_requests": top,
+            "max_budget": top,
+            "duration": "365000d",
+        },
+    )
+    assert [created[k] for k in ("rpm_limit", "tpm_limit", "max_parallel_requests")] == [top] * 3
+    assert created["max_budget"] == float(top)
+    assert created["expires"] == datetime.fromtimestamp(NOW + 365000 * 86400, UTC).isoformat()
+    assert (await keys.info(ADMIN, created["key_id"]))["expires"] == created["expires"]
+
+
+@pytest.mark.parametrize(
+    ("expires_at", "expires"),
+    [
+        (8.64e16, "9999-12-31T23:59:59.999999+00:00"),
+        (1e300, "9999-12-31T23:59:59.999999+00:00"),
+        (float("inf"), "9999-12-31T23:59:59.999999+00:00"),
+        (-1e300, "0001-01-01T00:00:00+00:00"),
+        (float("-inf"), "0001-01-01T00:00:00+00:00"),
+        (float("nan"), None),  # SQLite keeps NaN as NULL
+    ],
+)
+async def test_key_info_never_fails_on_a_stored_row_with_absurd_times(
+    keys: KeyManager, store: SQLiteStore, expires_at: float, expires: str | None
+) -> None:
+    """Regression: /key/info on a row whose expiry is past what a date holds (as
+    ``duration: "999999999999d"`` used to store) was a 500."""
+    row = KeyRow(
+        key_id="key-00000000000000ab",
+        key_hash=hash_key(SECRET_PREFIX + "absurd"),
+        max_budget=float("inf"),
+        expires_at=expires_at,
+        created_at=1e300,
+    )
+    await store.put_key(row)
+    info = await keys.info(ADMIN, row.key_id)
+    assert info["expires"] == expires
+    assert info["created_at"] == "9999-12-31T23:59:59.999999+00:00"
+    orjson.dumps(info)  # what the proxy sends
+
+
 async def test_only_the_admin_may_generate_or_delete_keys(keys: KeyManager) -> None:
     secret, caller = await mint(keys)
     with pytest.raises(PermissionDeniedError) as caught:

@@ -91,6 +91,78 @@ async def test_private_loopback_and_link_local_addresses_are_refused(
     assert seen == []  # nothing was fetched
 
 
+#: (address, whether it may be fetched): both sides of each boundary of the rule in the
+#: module docstring of actors/_media.py. 93.184.216.34 is public; 169.254.169.254 and
+#: 100.100.100.200 are cloud metadata addresses.
+_ADDRESS_RULE = [
+    # Carrier-grade NAT, 100.64.0.0/10: not global, though not "private" to ipaddress either.
+    ("100.63.255.255", True),
+    ("100.64.0.0", False),
+    ("100.100.100.200", False),
+    ("100.127.255.255", False),
+    ("100.128.0.0", True),
+    # IPv4 multicast, which Python 3.11 calls global; reserved 240.0.0.0/4 after it.
+    ("223.255.255.255", True),
+    ("224.0.0.0", False),
+    ("239.255.255.255", False),
+    ("240.0.0.0", False),
+    # 6to4, 2002::/16: judged by the IPv4 address in bits 16-48.
+    ("2002:5db8:d822::1", True),
+    ("2002:a9fe:a9fe::1", False),
+    ("2002:643f:ffff::1", True),
+    ("2002:6440::1", False),
+    ("2002:c0a8:101::1", False),
+    ("2003::a9fe:a9fe", True),  # past 6to4: nothing is embedded
+    # NAT64, 64:ff9b::/96: judged by its last 32 bits; just outside it, and local-use NAT64
+    # (64:ff9b:1::/48), nothing is globally routable.
+    ("64:ff9b::5db8:d822", True),
+    ("64:ff9b::a9fe:a9fe", False),
+    ("64:ff9b::643f:ffff", True),
+    ("64:ff9b::6440:0", False),
+    ("64:ff9a:ffff:ffff:ffff:ffff:5db8:d822", False),
+    ("64:ff9b::1:5db8:d822", False),
+    ("64:ff9b:1::5db8:d822", False),
+    # Teredo, 2001::/32, inside 2001::/23 (IETF protocol assignments): not globally routable,
+    # whatever it embeds; just past 2001::/23, global unicast.
+    ("2001:0:4136:e378:8000:63bf:a247:2bdd", False),
+    ("2001:0:4136:e378:8000:63bf:5601:5601", False),
+    ("2001:1ff:ffff:ffff:ffff:ffff:ffff:ffff", False),
+    ("2001:200::1", True),
+    # IPv4-mapped, -compatible and -translated: not globally routable as IPv6 addresses.
+    ("::ffff:93.184.216.34", False),
+    ("::ffff:169.254.169.254", False),
+    ("::93.184.216.34", False),
+    ("::ffff:0:93.184.216.34", False),
+    # Global unicast, 2000::/3, and what Python 3.11 calls global outside it.
+    ("1fff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", False),
+    ("2000::1", True),
+    ("2606:4700::1111", True),
+    ("4000::1", False),
+    ("fec0::1", False),
+    ("ff0e::1", False),
+]
+
+
+@pytest.mark.parametrize(("address", "public"), _ADDRESS_RULE, ids=[a for a, _ in _ADDRESS_RULE])
+async def test_only_globally_routable_addresses_are_fetched_judged_with_any_embedded_ipv4(
+    address: str, public: bool
+) -> None:
+    """Regression: carrier-grade NAT and IPv6 addresses embedding a private IPv4 address
+    (6to4, NAT64, Teredo, IPv4-mapped/-compatible) were fetched as public."""
+    seen: list[httpx.Request] = []
+    fetcher = _fetcher(_png_transport(seen), {"media.example": [address]})
+    item = _image_item("https://media.example/x.png")
+    if public:
+        [fetched] = await fetcher.inline([item], offset=0)
+        assert fetched["content"][1]["image_url"].startswith("data:image/png;base64,")
+        assert [r.url.host for r in seen] == [address]
+    else:
+        with pytest.raises(InvalidRequestError, match="private") as info:
+            await fetcher.inline([item], offset=0)
+        assert info.value.param == "input[0].content[1].image_url"
+        assert seen == []
+
+
 async def test_plain_http_and_other_schemes_are_refused_by_default() -> None:
     fetcher = _fetcher(_png_transport([]), {"img.example": ["93.184.216.34"]})
     for url in ("http://img.example/a.png", "ftp://img.example/a.png", "file:///etc/passwd"):

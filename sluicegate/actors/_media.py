@@ -6,6 +6,20 @@ connection goes to a checked address (with the original host name for TLS and ``
 DNS answer cannot change between the check and the connection. Redirects are followed by hand,
 each hop checked the same way. Size and time are bounded (``general_settings.media_fetch``).
 
+Which addresses are public (:func:`_public`): those globally routable, and no others.
+
+- IPv4: ``ipaddress``'s ``is_global`` (which, unlike ``is_private``, excludes the carrier-grade
+  NAT range ``100.64.0.0/10``, where a cloud metadata service may live), except multicast,
+  which Python 3.11 calls global.
+- IPv6: ``is_global`` and in global unicast space (``2000::/3``) or the well-known NAT64 prefix
+  ``64:ff9b::/96``. Python 3.11 also calls multicast, site-local (``fec0::/10``) and reserved
+  addresses global; the unicast ranges leave those out. The IPv4-mapped (``::ffff:0:0/96``),
+  IPv4-compatible (``::/96``) and IPv4-translated (``::ffff:0:0:0/96``) forms, local-use NAT64
+  (``64:ff9b:1::/48``) and Teredo (``2001::/32``) are not globally routable, so never public.
+- An IPv6 address that embeds an IPv4 address (any of the forms above, and 6to4,
+  ``2002::/16``) is public only if the embedded address is too: what such an address reaches
+  is often the IPv4 host (through a NAT64 or 6to4 relay, or the host's own dual stack).
+
 Failures are the caller's: a 400 naming the part whose URL could not be used.
 """
 
@@ -39,18 +53,39 @@ async def _resolve(host: str, port: int) -> list[str]:
     return sorted({str(info[4][0]) for info in infos})
 
 
+_IPV6_UNICAST: Final = ipaddress.IPv6Network("2000::/3")
+_NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")
+#: Where the last 32 bits are an IPv4 address: NAT64, IPv4-compatible, IPv4-translated (the
+#: IPv4-mapped form has ``ipv4_mapped``).
+_IPV4_IN_LAST_32_BITS: Final = (
+    _NAT64,
+    ipaddress.IPv6Network("::/96"),
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),
+)
+
+
 def _public(address: str) -> bool:
+    """Whether ``address`` is globally routable (the module docstring's rule)."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return not (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-    )
+    if isinstance(ip, ipaddress.IPv4Address):
+        return _routable_ipv4(ip)
+    routable = ip.is_global and (ip in _IPV6_UNICAST or ip in _NAT64)
+    return routable and all(_routable_ipv4(v4) for v4 in _embedded_ipv4(ip))
+
+
+def _routable_ipv4(ip: ipaddress.IPv4Address) -> bool:
+    return ip.is_global and not ip.is_multicast
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses inside ``ip``: Teredo's server and client, 6to4's, or the last 32
+    bits of the IPv4-mapped, -compatible and -translated forms and of NAT64."""
+    found = [v4 for v4 in (ip.ipv4_mapped, ip.sixtofour) if v4 is not None]
+    if ip.teredo is not None:
+        found += ip.teredo
+    if any(ip in net for net in _IPV4_IN_LAST_32_BITS):
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF))
+    return found
 
 
 @attrs.define(eq=False)

@@ -43,6 +43,7 @@ import attrs
 import orjson
 import trio
 
+from .._params import MAX_SAFE_INTEGER, checked_int
 from ..config import DURATION_EXPECTED, parse_duration
 from ..errors import (
     AuthenticationError,
@@ -369,9 +370,10 @@ class KeyManager:
     async def generate(self, caller: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
         """Mint a virtual key (admin only). ``body`` is LiteLLM's ``/key/generate`` body:
         ``key_alias``, ``models`` (empty or absent: every model), ``rpm_limit``, ``tpm_limit``,
-        ``max_parallel_requests``, ``max_budget`` (USD), ``duration`` (seconds or ``"30d"``,
-        ``"12h"``, ``"15m"``, ``"90s"``; absent: never expires), ``metadata``; every field may
-        be null.
+        ``max_parallel_requests`` (integers from 1 to ``MAX_SAFE_INTEGER``), ``max_budget`` (USD,
+        from 0 to ``MAX_SAFE_INTEGER``), ``duration`` (seconds or ``"30d"``, ``"12h"``,
+        ``"15m"``, ``"90s"``, at most 1000 years; absent: never expires), ``metadata``; every
+        field may be null.
 
         Returns:
             LiteLLM's shape: ``key`` (the secret; shown this once), ``key_id``, ``key_alias``,
@@ -410,8 +412,10 @@ class KeyManager:
             created_at=created_at,
             metadata=metadata or {},
         )
+        # Described before it is stored: nothing stored can then fail to be answered.
+        created = {"key": secret, **_describe(row)}
         await self._store.put_key(row)
-        return {"key": secret, **_describe(row)}
+        return created
 
     async def info(self, caller: Caller, key: str | None) -> dict[str, Any]:
         """A key's settings and spend, without its secret. A virtual key may read its own
@@ -539,8 +543,20 @@ def _key_not_found(key: str | None) -> NotFoundError:
     return NotFoundError("No API key found for the given key.", param="key")
 
 
+#: What a date can hold, for times :func:`_iso` cannot write.
+_EARLIEST: Final = datetime.min.replace(tzinfo=UTC).isoformat()
+_LATEST: Final = datetime.max.replace(tzinfo=UTC).isoformat()
+
+
 def _iso(at: float | None) -> str | None:
-    return None if at is None else datetime.fromtimestamp(at, UTC).isoformat()
+    # Defensive: a row that :meth:`KeyManager.generate` did not check (an older version's,
+    # another tool's) may hold any number; answering it must not fail.
+    if at is None or math.isnan(at):
+        return None
+    try:
+        return datetime.fromtimestamp(at, UTC).isoformat()
+    except (OverflowError, OSError, ValueError):
+        return _LATEST if at > 0 else _EARLIEST
 
 
 def _describe(row: KeyRow) -> dict[str, Any]:
@@ -595,8 +611,11 @@ def _invalid_type(name: str, value: Any, expected: str) -> InvalidRequestError:
 
 
 def _invalid_value(name: str, expected: str, value: Any) -> InvalidRequestError:
+    # A huge int is described by its size: repr() refuses integers past 4300 digits.
+    huge = isinstance(value, int) and not -(10**30) < value < 10**30
+    shown = f"an integer of {value.bit_length()} bits" if huge else repr(value)
     return InvalidRequestError(
-        f"Invalid '{name}': expected {expected}, but got {value!r} instead.",
+        f"Invalid '{name}': expected {expected}, but got {shown} instead.",
         param=name,
         code="invalid_value",
     )
@@ -633,14 +652,8 @@ def _optional_strings(body: Mapping[str, Any], name: str) -> list[str] | None:
 
 def _optional_int(body: Mapping[str, Any], name: str) -> int | None:
     value = body.get(name)
-    if value is None:
-        return None
-    # bool is an int in Python, but not in JSON.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _invalid_type(name, value, "an integer")
-    if value < 1:
-        raise _invalid_value(name, "an integer >= 1", value)
-    return value
+    # The store's rule for integers (bool is an int in Python, but not in JSON).
+    return None if value is None else checked_int(name, value, low=1)
 
 
 def _optional_number(body: Mapping[str, Any], name: str) -> float | None:
@@ -649,9 +662,14 @@ def _optional_number(body: Mapping[str, Any], name: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _invalid_type(name, value, "a number")
-    if not (math.isfinite(value) and value >= 0):
-        raise _invalid_value(name, "a number >= 0", value)
+    # Compared as given (float() of a huge int overflows); NaN fails every comparison.
+    if not 0 <= value <= MAX_SAFE_INTEGER:
+        raise _invalid_value(name, f"a number from 0 to {MAX_SAFE_INTEGER}", value)
     return float(value)
+
+
+#: The longest ``duration`` of a key: its expiry stays far inside what a date holds (9999).
+_MAX_DURATION: Final = 1000 * 365 * 86400.0
 
 
 def _optional_duration(body: Mapping[str, Any], name: str) -> float | None:
@@ -659,11 +677,14 @@ def _optional_duration(body: Mapping[str, Any], name: str) -> float | None:
     if value is None:
         return None
     try:
-        return parse_duration(value)
+        seconds = parse_duration(value)
     except TypeError:
         raise _invalid_type(name, value, DURATION_EXPECTED) from None
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an int too large for a float
         raise _invalid_value(name, DURATION_EXPECTED, value) from None
+    if seconds > _MAX_DURATION:
+        raise _invalid_value(name, "a duration of at most 1000 years ('365000d')", value)
+    return seconds
 
 
 def _optional_object(body: Mapping[str, Any], name: str) -> dict[str, Any] | None:
