@@ -8,6 +8,7 @@ upstreams). Each request then runs its own nursery of actors (``runtime/_supervi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -25,16 +26,17 @@ import trio
 
 from ._live import Follower, LiveRun
 from ._objects import ObjectService, spend_metadata_of
-from ._params import prepare_call
+from ._params import checked_int, on_end_option, prepare_call
 from ._replay import resolve_replayed_state
 from ._types import Response, ResponseEvent, ResponseStatus, StreamEvent
 from .actors._connector import Connector
 from .actors._health import DeploymentStatistics
 from .actors._media import MediaFetcher
-from .actors._recorder import Recorder, unanswered_response
+from .actors._recorder import Recorder, Recording, unanswered_response
 from .actors._router import Router, env_deployment_id
 from .actors._stages import Accountant, seal_output
 from .actors._transport import LeanTransport
+from .codecs._bridge import conversation_items
 from .codecs._lifecycle import StreamTracker
 from .codecs._registry import bridge_codec
 from .codecs.ids import DecodedId, IdCodec
@@ -53,6 +55,7 @@ from .errors import (
     NotFoundError,
     SluicegateError,
     StoreError,
+    StoreIntegrityError,
     UpstreamProtocolError,
     UpstreamStatusError,
 )
@@ -129,6 +132,7 @@ class ResponseStream:
     _batch: list[StreamEvent] = attrs.Factory(list)
     _index: int = 0
     _terminal: ResponseEvent | None = None
+    _closing: list[StreamEvent] = attrs.Factory(list)
 
     def __aiter__(self) -> ResponseStream:
         return self
@@ -171,6 +175,14 @@ class ResponseStream:
         return ready
 
     @property
+    def closing(self) -> list[StreamEvent]:
+        """After the stream was interrupted (:meth:`Gateway.open_stream`): the events not read
+        yet that end it, in order — those already on their way, then its open items closed and
+        one ``response.failed``, as recorded (unless its own terminal event, recorded first,
+        was among those on their way). Else empty."""
+        return self._closing
+
+    @property
     def final_response(self) -> Response | None:
         """The final Response, once the terminal event has been read; else None."""
         if self._tracker is not None and self._tracker.terminal is not None:
@@ -197,6 +209,36 @@ class ResponseStream:
         self._batch = []
         self._index = 0
         await trio.lowlevel.checkpoint()
+
+
+@attrs.define(eq=False)
+class _Handoff:
+    """The pipeline's end of an interruptible stream's channel: it keeps the batch whose
+    hand-over a cancellation cut (a memory channel's ``send`` that raises ``Cancelled`` has
+    delivered nothing), so the stream's end can still deliver it, in order."""
+
+    _send: trio.MemorySendChannel[Delivery]
+    cut: list[StreamEvent] = attrs.Factory(list)
+
+    async def send(self, value: Delivery, /) -> None:
+        try:
+            await self._send.send(value)
+        except trio.Cancelled:
+            if not isinstance(value, SluicegateError):
+                self.cut = value
+            raise
+
+
+def _drain(recv: trio.MemoryReceiveChannel[Delivery]) -> list[StreamEvent]:
+    """The events waiting in a channel, now."""
+    events: list[StreamEvent] = []
+    while True:
+        try:
+            value = recv.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            return events
+        if not isinstance(value, SluicegateError):
+            events += value
 
 
 @attrs.define(eq=False)
@@ -239,6 +281,11 @@ class Gateway:
     _total: int = 0
     #: Files and batches (issue 8).
     _objects: ObjectService | None = None
+    #: Deployments of the built-in fake served in this process (``fake/`` with no api_base):
+    #: what they made is known to this process's fake only, so the store answers for it.
+    _in_process_fakes: frozenset[str] = frozenset()
+    #: Whether the task that notices runs ended by other processes is running.
+    _watching: bool = False
 
     @property
     def config(self) -> GatewayConfig:
@@ -283,7 +330,10 @@ class Gateway:
             params: Responses API parameters (``model``, ``input``, ``instructions``, ...), and
                 ``extra_body``, ``extra_headers``, ``extra_query``, ``timeout`` as in the
                 OpenAI SDK; ``owner`` (who the response belongs to; default: ``user``, else
-                the gateway's owner) and ``spend_logs_metadata`` (JSON for the spend logs).
+                the gateway's owner) and ``spend_logs_metadata`` (JSON for the spend logs);
+                ``on_end``, for a background response: called with no arguments, once, when
+                it has ended, however it ended (never if this call failed before starting it;
+                unused without ``background``).
 
         Returns:
             The Response; its ``id`` is a sluicegate ``resp_`` ID. With ``background=True``,
@@ -292,9 +342,10 @@ class Gateway:
         Raises:
             SluicegateError: a bad request (400/404) or an upstream failure (its status).
         """
+        on_end = on_end_option(params.get("on_end"))
         call = await self._prepare(params, stream=False)
         if call.background:
-            _, queued = await self._start_background(call)
+            _, queued = await self._start_background(call, on_end)
             return queued
         tracker = StreamTracker()
         self._in_flight += 1
@@ -305,18 +356,39 @@ class Gateway:
             self._in_flight -= 1
         return tracker.fold()
 
-    @asynccontextmanager
-    async def stream(self, **params: Any) -> AsyncIterator[ResponseStream]:
+    def stream(self, **params: Any) -> AbstractAsyncContextManager[ResponseStream]:
         """Create a streamed response: ``async with gw.stream(...) as events:``.
 
         Entering waits for the first event, so a request that fails before any event raises
         here (as an HTTP error would). Leaving the block early cancels the upstream request,
         except for a background response (``background=True``), which runs on: resume it with
-        ``get_response(id, stream=True, starting_after=n)``.
+        ``get_response(id, stream=True, starting_after=n)``. ``on_end`` is as in
+        :meth:`responses`.
         """
+        return self.open_stream(params)
+
+    @asynccontextmanager
+    async def open_stream(
+        self,
+        params: Mapping[str, Any],
+        *,
+        interrupted: Callable[[], SluicegateError | None] | None = None,
+    ) -> AsyncIterator[ResponseStream]:
+        """:meth:`stream` for a server, which tells a caller that left from a stream it cuts.
+
+        Args:
+            params: as for :meth:`stream`.
+            interrupted: asked when the stream is cancelled from outside. None: its caller
+                left, and it is recorded ``cancelled``. An error: the server is stopping under
+                a caller that is still there; the response ends as a failure after delivery
+                does — open items closed, one ``response.failed`` with this error — recorded
+                ``failed``, and :attr:`ResponseStream.closing` holds the events left to send
+                (the cancellation then goes on out of the block).
+        """
+        on_end = on_end_option(params.get("on_end"))
         call = await self._prepare(params, stream=True)
         if call.background:
-            live, _ = await self._start_background(call)
+            live, _ = await self._start_background(call, on_end)
             follower = ResponseStream(Follower(live.response_id, live, self._store), None)
             failure = await follower._prime()
             if failure is not None:
@@ -326,6 +398,9 @@ class Gateway:
         send, recv = trio.open_memory_channel[Delivery](1)
         tracker = StreamTracker()
         events = ResponseStream(recv, tracker)
+        recording = self._recorder.start(call)
+        recording.interrupted = interrupted
+        handoff = None if interrupted is None else _Handoff(send)
         self._in_flight += 1
         self._total += 1
         try:
@@ -333,20 +408,33 @@ class Gateway:
             # request first (recorded cancelled), rather than breaking the channel under a sink
             # that is handing over the next batch.
             with recv:
-                async with open_body_nursery() as nursery:
-                    nursery.start_soon(self._run_streaming, call, tracker, send)
-                    failure = await events._prime()
-                    if failure is not None:
-                        raise failure
-                    yield events
+                try:
+                    async with open_body_nursery() as nursery:
+                        nursery.start_soon(
+                            self._run_streaming, call, tracker, send, handoff, recording
+                        )
+                        failure = await events._prime()
+                        if failure is not None:
+                            raise failure
+                        yield events
+                finally:
+                    if recording.interruption is not None:  # what was on its way goes first
+                        cut = [] if handoff is None else handoff.cut
+                        events._closing = [*_drain(recv), *cut, *recording.closing]
         finally:
             self._in_flight -= 1
 
     async def _run_streaming(
-        self, call: PreparedCall, tracker: StreamTracker, send: trio.MemorySendChannel[Delivery]
+        self,
+        call: PreparedCall,
+        tracker: StreamTracker,
+        send: trio.MemorySendChannel[Delivery],
+        handoff: _Handoff | None,
+        recording: Recording,
     ) -> None:
         with send:
-            await run_request(self._pipeline, call, tracker, send, self._recorder.start(call))
+            deliver = send if handoff is None else handoff
+            await run_request(self._pipeline, call, tracker, deliver, recording)
 
     async def _prepare(self, params: Mapping[str, Any], *, stream: bool) -> PreparedCall:
         call = prepare_call(
@@ -396,6 +484,8 @@ class Gateway:
                 previous, raw_id=row.upstream_id, deployment_id=row.deployment_id
             )
         call = attrs.evolve(call, previous=previous)
+        if self._made_in_process(previous, row):
+            return await self._continue_in_process(call, previous_id)
         if self._pipeline.router.stored_conversation(call):
             # A bridged provider keeps no conversation: the store's chain is the context
             # (DESIGN §5), read now, bounded by the store settings.
@@ -408,8 +498,43 @@ class Gateway:
             call = attrs.evolve(call, history=history)
         return call
 
-    async def _start_background(self, call: PreparedCall) -> tuple[LiveRun, Response]:
-        """Record a background response as queued and start it in the service nursery.
+    async def _continue_in_process(self, call: PreparedCall, previous_id: str) -> PreparedCall:
+        """Continue a response an in-process fake made. That fake knew it in its own process
+        only (another worker's, or this one's before a restart, does not), so the chain comes
+        from the store and goes as input, as a conversation a bridged provider began goes to
+        a native upstream: without the stored items' IDs and reasoning (state only the fake
+        that issued it could read). The caller's own input follows unchanged."""
+        settings = self._config.general_settings.store
+        history = await self._store.conversation(
+            previous_id,
+            max_turns=settings.max_conversation_turns,
+            max_bytes=settings.max_conversation_bytes,
+        )
+        items: list[Any] = [
+            {k: v for k, v in item.items() if k != "id"}
+            for item in conversation_items(history, None)
+            if item.get("type") != "reasoning"
+        ]
+        given = call.body.get("input")
+        if isinstance(given, str):
+            items.append({"role": "user", "content": given})
+        elif given is not None:
+            items += given
+        return attrs.evolve(call, previous=None, body={**call.body, "input": items})
+
+    def _made_in_process(self, decoded: DecodedId, row: ResponseRow | None) -> bool:
+        """Whether an in-process fake deployment made this response (its last attempt)."""
+        provider = decoded.provider if row is None or row.provider is None else row.provider
+        deployment_id = decoded.deployment_id
+        if row is not None and row.deployment_id is not None:
+            deployment_id = row.deployment_id
+        return provider == "fake" and deployment_id in self._in_process_fakes
+
+    async def _start_background(
+        self, call: PreparedCall, on_end: Callable[[], object] | None = None
+    ) -> tuple[LiveRun, Response]:
+        """Record a background response as queued and start it in the service nursery (which
+        calls ``on_end`` when it has ended).
 
         Its ID is minted here, before any upstream answered (the caller gets it at once); the
         upstream is asked for an ordinary streamed response, so a cancel stops it mid-way with
@@ -445,13 +570,18 @@ class Gateway:
         live = LiveRun(response_id=response_id, tracker=StreamTracker(), recording=recording)
         self._live[response_id] = live
         self._total += 1
-        await self._services.start(self._run_background, live, call)
+        if not self._watching and self._config.general_settings.store.path != ":memory:":
+            # A file may be shared with other processes (an in-memory store never is).
+            self._watching = True
+            self._services.start_soon(self._watch_ended_elsewhere)
+        await self._services.start(self._run_background, live, call, on_end)
         return live, queued
 
     async def _run_background(
         self,
         live: LiveRun,
         call: PreparedCall,
+        on_end: Callable[[], object] | None,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -464,6 +594,12 @@ class Gateway:
             self._in_flight -= 1
             del self._live[live.response_id]
             live.finish()
+            if on_end is not None:
+                try:
+                    on_end()
+                except Exception:
+                    # The caller's callback: its failure is logged, and never ends the gateway.
+                    logger.exception("the on_end callback of %s failed", live.response_id)
 
     # -- files and batches (issue 8) -------------------------------------------------------
 
@@ -692,8 +828,10 @@ class Gateway:
     ) -> Response | ResponseStream:
         """Retrieve a response (``GET /v1/responses/{id}``).
 
-        A background response comes from the store (while it runs, as far as it got); any
-        other from the upstream that made it, once the store has confirmed it is the caller's.
+        From the store when the store decides: a background response (while it runs, as far
+        as it got), one a bridged provider or the in-process fake made, and one the store
+        holds as failed or cancelled (its status is its spend row's); any other from the
+        upstream that made it, once the store has confirmed it is the caller's.
 
         Args:
             stream: replay a background response created with ``stream=True``: the events
@@ -702,9 +840,13 @@ class Gateway:
 
         Raises:
             NotFoundError: not one of ours, not the caller's, deleted, or not stored.
-            InvalidRequestError: ``stream`` for a response that was not a streamed background one.
+            InvalidRequestError: ``stream`` for a response that was not a streamed background one;
+                a ``starting_after`` that is not a sequence number (an integer from 0 to
+                ``MAX_SAFE_INTEGER``).
             UpstreamError: the upstream's answer.
         """
+        if starting_after is not None:
+            starting_after = checked_int("starting_after", starting_after)
         decoded, row = await self._owned(response_id, owner, admin)
         if stream:
             if row is None or not row.background or not await self._replayable(response_id):
@@ -713,14 +855,9 @@ class Gateway:
                     param="stream",
                 )
             after = -1 if starting_after is None else starting_after
-            if isinstance(after, bool) or not isinstance(after, int) or after < -1:
-                raise InvalidRequestError(
-                    "'starting_after' must be a sequence number (an integer >= 0).",
-                    param="starting_after",
-                )
             source = Follower(response_id, self._live.get(response_id), self._store, after)
             return ResponseStream(source, None)
-        if row is not None and (row.background or is_bridged(decoded.provider)):
+        if row is not None and self._answered_by_store(decoded, row):
             return await self._stored_response(row)
         if is_bridged(decoded.provider):
             raise NotFoundError(f"No response found with id '{response_id}'.")
@@ -768,8 +905,9 @@ class Gateway:
         live = self._live.get(response_id)
         if live is not None:
             await self._cancel_live(live)
-        if not is_bridged(decoded.provider):
-            # A bridged provider kept nothing: the store is all there is to delete.
+        if not (is_bridged(decoded.provider) or self._made_in_process(decoded, row)):
+            # A bridged provider kept nothing, an in-process fake nothing that lasts: the store
+            # is all there is to delete.
             deployment, raw_id = self._upstream_of(decoded, row, response_id)
             try:
                 await self._resource_call(
@@ -800,7 +938,8 @@ class Gateway:
     ) -> Response:
         """Cancel a background response (``POST /v1/responses/{id}/cancel``): its run stops,
         it ends ``cancelled`` with the usage so far billed. Cancelling one that has ended
-        returns it unchanged.
+        returns it unchanged. One running in another process on the same store is ended in the
+        store first (every reader sees it at once); that process then stops it.
 
         Raises:
             InvalidRequestError: not a background response.
@@ -827,19 +966,23 @@ class Gateway:
         if live is not None:
             await self._cancel_live(live)
         elif not row.status.is_terminal:
-            # Running in a process that has the store open too: end it here; that process
-            # finds it ended when it next records.
-            await self._store.append(
-                [
-                    Ended(
-                        response_id=response_id,
-                        status=ResponseStatus.CANCELLED,
-                        error=None,
-                        response=None,
-                        completed_at=self._recorder.wall_clock(),
-                    )
-                ]
-            )
+            # Running in another process that has the store open too (or in none: it died).
+            # The cancel is recorded here, before it is acknowledged, so every reader in every
+            # process sees it from now on; the process running it notices within
+            # ENDED_ELSEWHERE_POLL, stops its upstream request and bills the usage so far.
+            # If it ended meanwhile, the end is refused: it is returned as it ended.
+            with contextlib.suppress(StoreIntegrityError):
+                await self._store.append(
+                    [
+                        Ended(
+                            response_id=response_id,
+                            status=ResponseStatus.CANCELLED,
+                            error=None,
+                            response=None,
+                            completed_at=self._recorder.wall_clock(),
+                        )
+                    ]
+                )
         fresh = await self._store.get(response_id)
         assert fresh is not None
         return await self._stored_response(fresh)
@@ -868,12 +1011,7 @@ class Gateway:
             InvalidRequestError: a bad ``limit``, ``order``, or an ``after``/``before`` that is
                 not one of the items.
         """
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100:
-            raise InvalidRequestError(
-                f"Invalid 'limit': expected an integer between 1 and 100, but got {limit!r}.",
-                param="limit",
-                code="invalid_value",
-            )
+        limit = checked_int("limit", limit, low=1, high=100)
         if order not in ("asc", "desc"):
             raise InvalidRequestError(
                 f"Invalid value for 'order': {order!r}. Supported values are: 'asc', 'desc'.",
@@ -959,10 +1097,55 @@ class Gateway:
             return live.recording.replay
         return bool(await self._store.stream_events(response_id, limit=1))
 
+    def _answered_by_store(self, decoded: DecodedId, row: ResponseRow) -> bool:
+        """Whether GET answers from the store rather than the upstream: a background response
+        (the gateway ran it), one a bridged provider or an in-process fake made (the upstream
+        keeps nothing that lasts), and one the store holds as failed or cancelled — the
+        gateway ended it (mid-stream, at a shutdown, its caller left, crash recovery), and its
+        status must be the one its spend row shows, whatever the upstream did with it since."""
+        return (
+            row.background
+            or is_bridged(decoded.provider)
+            or row.status in _ENDED_BY_THE_GATEWAY
+            or self._made_in_process(decoded, row)
+        )
+
+    async def _watch_ended_elsewhere(self) -> None:
+        """While background responses run here: notice those another process sharing the
+        store ended (``cancel_response`` there records the end before it answers) or deleted,
+        and stop them: the upstream request is cancelled and the usage so far billed, without
+        a second end. One read for all of them every ``ENDED_ELSEWHERE_POLL`` seconds."""
+        try:
+            while self._live:
+                await trio.sleep(ENDED_ELSEWHERE_POLL)
+                running = [rid for rid, live in self._live.items() if live.recording.open]
+                if not running:
+                    continue
+                try:
+                    rows = await self._store.get_many(running)
+                except StoreError:
+                    logger.warning("could not poll the store for cancelled responses; retrying")
+                    continue
+                for rid, row in rows.items():
+                    live = self._live.get(rid)
+                    if live is None or not live.recording.open:
+                        continue
+                    if row.status.is_terminal:
+                        live.recording.ended_elsewhere = True
+                    elif row.deleted:
+                        live.recording.cancel_requested = True
+                    else:
+                        continue
+                    live.scope.cancel()
+        finally:
+            self._watching = False
+
     async def _stored_response(self, row: ResponseRow) -> Response:
-        """A background response from the store (or, while it runs here, as far as it got)."""
+        """A response from the store (or, while it runs here, as far as it got). Once the
+        store holds its end, that end is the answer, even while a run here has yet to notice
+        that another process ended it."""
         live = self._live.get(row.id)
-        if live is not None:
+        if live is not None and not row.status.is_terminal:
             partial = live.tracker.partial()
             if partial is not None:
                 return partial
@@ -1042,6 +1225,13 @@ class Gateway:
         if total_timeout is not None:
             timeouts = attrs.evolve(timeouts, total=total_timeout)
         return await self._pipeline.connector.call_json(request, timeouts, deployment.max_retries)
+
+
+#: How often a gateway running background responses looks for those another process ended.
+ENDED_ELSEWHERE_POLL = 1.0
+
+#: Statuses the store decides for a response: GET answers them from the store.
+_ENDED_BY_THE_GATEWAY = frozenset({ResponseStatus.FAILED, ResponseStatus.CANCELLED})
 
 
 def _previous_not_found(previous_id: str) -> InvalidRequestError:
@@ -1173,6 +1363,10 @@ async def open_gateway(
         open_body_nursery() as services,
     ):
         fakes = _FakeProviders(services)
+        in_process_fakes = frozenset(
+            {env_deployment_id("fake")}
+            | {d.id for d in deployments if d.provider == "fake" and d.api_base is None}
+        )
         deployments = [
             await fakes.resolve(d) if d.provider == "fake" and d.api_base is None else d
             for d in deployments
@@ -1226,6 +1420,7 @@ async def open_gateway(
             services,
             owner,
             objects=objects,
+            in_process_fakes=in_process_fakes,
         )
 
 

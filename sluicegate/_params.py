@@ -27,9 +27,12 @@ __all__ = [
     "FORBIDDEN_BODY_FIELDS",
     "GATEWAY_PARAMETERS",
     "LIBRARY_OPTIONS",
+    "MAX_SAFE_INTEGER",
     "RESPONSES_PARAMETERS",
+    "checked_int",
     "input_items",
     "forbidden_field",
+    "on_end_option",
     "prepare_call",
 ]
 
@@ -53,6 +56,16 @@ def _type_name(value: Any) -> str:
         if isinstance(value, kind):
             return name
     return f"a {type(value).__name__}"
+
+
+def _shown(value: Any) -> str:
+    """A caller's value in a message: short, and never an error of its own (``repr`` of an
+    integer of thousands of digits raises)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return "an integer too long to show"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _invalid_type(name: str, value: Any, expected: str) -> InvalidRequestError:
@@ -88,11 +101,11 @@ def _number(low: float, high: float | None, *, integer: bool = False) -> Check:
             raise _invalid_type(name, value, expected)
         if integer and not isinstance(value, int):
             raise _invalid_type(name, value, expected)
-        number = float(value)
-        if number < low or (high is not None and number > high):
+        # Compared as given: float() of a huge int overflows.
+        if value < low or (high is not None and value > high):
             bound = f"between {low} and {high}" if high is not None else f">= {low}"
             raise InvalidRequestError(
-                f"Invalid '{name}': expected a value {bound}, but got {value} instead.",
+                f"Invalid '{name}': expected a value {bound}, but got {_shown(value)} instead.",
                 param=name,
                 code="invalid_value",
             )
@@ -107,7 +120,7 @@ def _one_of(*values: str, also: tuple[type, ...] = ()) -> Check:
         if value not in values:
             shown = ", ".join(repr(v) for v in values)
             raise InvalidRequestError(
-                f"Invalid value for '{name}': {value!r}. Supported values are: {shown}.",
+                f"Invalid value for '{name}': {_shown(value)}. Supported values are: {shown}.",
                 param=name,
                 code="invalid_value",
             )
@@ -239,6 +252,7 @@ LIBRARY_OPTIONS = frozenset(
         "timing",
         "session",
         "client_headers",
+        "on_end",
     }
 )
 
@@ -520,3 +534,41 @@ def _timeout(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise _invalid_type("timeout", value, "a positive number of seconds")
     return float(value)
+
+
+def on_end_option(value: Any) -> Callable[[], object] | None:
+    """The library option ``on_end``: a callable taking no arguments, or None."""
+    if value is None:
+        return None
+    if not callable(value):
+        raise _invalid_type("on_end", value, "a callable")
+    on_end: Callable[[], object] = value
+    return on_end
+
+
+#: The largest integer argument that reaches the store: the largest integer every JSON client
+#: reads back exactly (JavaScript's ``Number.MAX_SAFE_INTEGER``), far inside the store's
+#: signed 64-bit integers.
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+def checked_int(name: str, value: Any, *, low: int = 0, high: int = MAX_SAFE_INTEGER) -> int:
+    """``value``, if it is an integer (a bool is not) from ``low`` to ``high``: the one rule for
+    the integer arguments that reach the store, passed by a library caller or parsed by the
+    proxy from a query string.
+
+    Raises:
+        InvalidRequestError: naming ``name``; code ``invalid_type`` for what is not an integer,
+            ``invalid_value`` for one out of range.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _invalid_type(name, value, "an integer")
+    if not low <= value <= high:
+        # A huge one is described by its size: str() refuses integers past 4300 digits.
+        shown = str(value) if abs(value) < 10**30 else f"an integer of {value.bit_length()} bits"
+        raise InvalidRequestError(
+            f"Invalid '{name}': expected an integer from {low} to {high}, but got {shown} instead.",
+            param=name,
+            code="invalid_value",
+        )
+    return value

@@ -410,6 +410,53 @@ class StoreContract:
         assert await store.input_items("resp_nope") == []
         assert await store.output_items("resp_nope") == []
         assert await store.stream_events("resp_nope") == []
+        assert await store.get_many(["resp_nope"]) == {}
+        assert await store.get_many([]) == {}
+
+    async def test_get_many_reads_the_rows_of_several_responses_at_once(self, store: Store) -> None:
+        await store.append([*lifecycle("resp_m1"), accepted("resp_m2", background=True)])
+        rows = await store.get_many(["resp_m2", "resp_unknown", "resp_m1", "resp_m2"])
+        assert rows == {
+            "resp_m1": await store.get("resp_m1"),
+            "resp_m2": await store.get("resp_m2"),
+        }
+        assert rows["resp_m1"].status is ResponseStatus.COMPLETED
+        assert rows["resp_m2"].status is ResponseStatus.QUEUED
+
+    async def test_usage_settled_after_another_processes_end_is_billed(self, store: Store) -> None:
+        """A background response cancelled through another process is ended there (status,
+        no usage); the process that ran it settles its usage afterwards: the spend row shows
+        both, and the end is not replaced."""
+        await store.append([accepted("resp_x", background=True)])
+        await store.append(
+            [
+                Ended(
+                    response_id="resp_x",
+                    status="cancelled",
+                    error=None,
+                    response=None,
+                    completed_at=150.0,
+                )
+            ]
+        )
+        await store.append(
+            [
+                ItemDone(response_id="resp_x", output_index=0, item=item(0)),
+                Settled(response_id="resp_x", usage=USAGE, cost=0.25, estimated=True),
+            ]
+        )
+        row = await store.get("resp_x")
+        assert row is not None
+        assert (row.status, row.completed_at, row.usage, row.cost, row.estimated) == (
+            ResponseStatus.CANCELLED,
+            150.0,
+            USAGE,
+            0.25,
+            True,
+        )
+        assert await store.output_items("resp_x") == [item(0)]
+        [log] = await store.spend_logs(SpendFilter(owner="key-1"))
+        assert (log.status, log.output_tokens) == ("cancelled", 5)
 
     async def test_background_response_is_queued_until_routed(self, store: Store) -> None:
         await store.append([accepted("resp_bg", background=True)])
@@ -1061,6 +1108,17 @@ class StoreContract:
         full = await store.get_key(FULL_KEY.key_id)
         assert full is not None
         assert full.deleted_at == 7.0
+
+    async def test_a_value_the_database_cannot_hold_fails_that_write_alone(
+        self, store: Store
+    ) -> None:
+        """Regression: an rpm past 64 bits killed the writer: every later write was a 503."""
+        with pytest.raises(StoreIntegrityError, match="cannot hold"):
+            await store.put_key(attrs.evolve(BARE_KEY, key_id="key-00000000000000f1", rpm=2**64))
+        await store.append(lifecycle("resp_after"))
+        row = await store.get("resp_after")
+        assert row is not None and row.status is ResponseStatus.COMPLETED
+        assert await store.get_key("key-00000000000000f1") is None
 
     async def test_unserializable_key_metadata_fails_in_the_caller(self, store: Store) -> None:
         with pytest.raises(StoreIntegrityError, match="JSON"):

@@ -248,3 +248,11 @@ def test_spend_metadata_is_bounded_before_any_upstream_call() -> None:
     assert "bytes of JSON" in _error(spend_logs_metadata=large).message
     fine = {"team": "search", "tags": ["a", "b"], "cost_center": {"id": 7}}
     assert _prepare(spend_logs_metadata=fine).spend_metadata == fine
+
+
+@pytest.mark.parametrize("value", [10**400, 10**5000, -(10**400)], ids=["e400", "e5000", "-e400"])
+def test_integers_of_any_size_are_400s_not_500s(value: int) -> None:
+    """Regression: float() of a huge int overflowed (a 500) before any check could refuse it."""
+    err = _error(max_output_tokens=value)
+    assert err.param == "max_output_tokens" and len(err.message) < 300
+    assert _error(service_tier=value).param == "service_tier"

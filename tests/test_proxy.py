@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import attrs
@@ -236,6 +237,49 @@ async def test_key_limits_surface_as_sdk_errors(proxy: Proxy) -> None:
     assert refused.status_code == 403
 
 
+async def test_a_background_response_holds_its_keys_parallel_slot_until_it_ends() -> None:
+    """Regression: ``max_parallel_requests`` did not count background responses (10 ran with
+    a limit of 2): the slot was given back when the 200 ``queued`` went out."""
+    async with running(tokens=400, token_delay=0.01) as proxy:  # 4 s a response
+        key = (await proxy.new_key(max_parallel_requests=2))["key"]
+        client = proxy.client(key)
+        polled = await client.responses.create(model="gpt-test", input="a", background=True)
+        # Streamed, and left after its first event: it runs on, and so does its hold.
+        stream = await client.responses.create(
+            model="gpt-test", input="b", background=True, stream=True
+        )
+        async for event in stream:
+            streamed_id = event.response.id
+            break
+        await stream.close()
+        for background in (True, False):
+            with pytest.raises(openai.RateLimitError) as limited:
+                await client.responses.create(model="gpt-test", input="c", background=background)
+            assert "2 parallel requests" in limited.value.message
+        # Cancelled, it has ended: its slot is free at once.
+        assert (await client.responses.cancel(polled.id)).status == "cancelled"
+        third = await client.responses.create(model="gpt-test", input="c", background=True)
+        with pytest.raises(openai.RateLimitError):
+            await client.responses.create(model="gpt-test", input="d", background=True)
+        for response_id in (streamed_id, third.id):
+            await client.responses.cancel(response_id)
+
+
+async def test_a_background_response_gives_its_slot_back_however_it_ends(proxy: Proxy) -> None:
+    """A background response that ends by itself, or fails before it starts, holds nothing."""
+    key = (await proxy.new_key(max_parallel_requests=1))["key"]
+    client = proxy.client(key)
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.create(model="no-such-model", input="x", background=True)
+    # The stream ends once the response has: its slot is free by then.
+    for _ in range(2):
+        stream = await client.responses.create(
+            model="gpt-test", input="x", background=True, stream=True
+        )
+        assert [e.type async for e in stream][-1] == "response.completed"
+    assert (await client.responses.create(model="gpt-test", input="x")).status == "completed"
+
+
 # -- the wire ------------------------------------------------------------------------------------
 
 
@@ -288,6 +332,35 @@ async def test_a_client_that_hangs_up_cancels_and_records_its_response() -> None
             while not (logs := await gateway.spend_logs()) or logs[0].status == "in_progress":  # noqa: ASYNC110
                 await trio.sleep(0.02)
         assert logs[0].status == "cancelled" and logs[0].estimated
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "create"])
+async def test_a_client_that_hangs_up_before_the_first_byte_is_recorded_cancelled(
+    stream: bool,
+) -> None:
+    """Regression: a client that hung up before the upstream's first byte left no row at all.
+    It is recorded ``cancelled`` (nothing was generated, nothing is owed)."""
+    async with running() as proxy:
+        proxy.fake.script(Fault.stall(after_events=0))  # not even the response headers
+        gateway = proxy.app.gateway
+        assert gateway is not None
+        async with proxy.http() as http, trio.open_nursery() as nursery:
+            body = {"model": "gpt-test", "input": "hi", "stream": stream}
+            nursery.start_soon(partial(http.post, "/v1/responses", json=body))
+            with trio.fail_after(10):
+                while not proxy.fake.requests:  # noqa: ASYNC110
+                    await trio.sleep(0.01)  # the request reached the upstream (another task)
+            nursery.cancel_scope.cancel()  # the client hangs up
+        with trio.fail_after(10):
+            while not (logs := await gateway.spend_logs()):  # noqa: ASYNC110
+                await trio.sleep(0.01)  # recorded by the server's request task
+        [log] = logs
+        assert (log.status, log.input_tokens, log.output_tokens, log.cost) == (
+            "cancelled",
+            0,
+            0,
+            0.0,
+        )
 
 
 async def test_bad_requests_get_openai_envelopes(proxy: Proxy) -> None:
@@ -379,17 +452,43 @@ async def test_graceful_shutdown_lets_in_flight_streams_finish() -> None:
 
 
 async def test_graceful_shutdown_ends_what_outlives_the_deadline_recorded(tmp_path: Any) -> None:
+    """Regression: a stream still running at the graceful deadline was cut (a chunked body
+    with no terminal event) and recorded ``cancelled``. Now the client gets the rest of what
+    was on its way, its open items closed and one ``response.failed`` saying the gateway shut
+    down, gapless and parsed by the SDK; the store records the same end."""
     path = str(tmp_path / "proxy.db")
     async with running(
         tokens=500, token_delay=0.02, graceful_shutdown_timeout=0.2, store={"path": path}
     ) as proxy:
         text = await _first_delta_then(proxy, proxy.stop.set)
-    assert "event: response.completed" not in text
+    events = [
+        orjson.loads(line[len("data: ") :])
+        for line in text.split("\n")
+        if line.startswith("data: ")
+    ]
+    for event in events:
+        sdk_event(event)
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert [e["type"] for e in events].count("response.failed") == 1
+    last = events[-1]
+    assert last["type"] == "response.failed"
+    error = {
+        "code": "server_error",
+        "message": "The gateway shut down before this response finished.",
+    }
+    assert last["response"]["error"] == error
+    [message] = last["response"]["output"]
+    assert message["status"] == "incomplete" and message["content"][0]["text"]
+    assert text.endswith("\n\n")
     from sluicegate.store import open_sqlite_store
 
     async with open_sqlite_store(path) as store:
         [log] = await store.spend_logs(_everything())
-    assert log.status == "cancelled" and log.estimated
+        row = await store.get(log.response_id)
+        final = await store.final_response(log.response_id)
+    assert log.status == "failed" and log.estimated
+    assert row is not None and row.error == error
+    assert final is not None and final["output"] == last["response"]["output"]
 
 
 def _everything() -> Any:

@@ -5,7 +5,7 @@ under ``autojump_clock`` with the inline in-memory store."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,8 +18,9 @@ import trio.testing
 
 import sluicegate
 from sluicegate import ResponseStatus
+from sluicegate.codecs.ids import IdCodec
 from sluicegate.errors import InvalidRequestError, NotFoundError, StoreUnavailableError
-from sluicegate.store import SQLiteStore
+from sluicegate.store import RECOVERY_ERROR, Accepted, Routed, SQLiteStore, open_sqlite_store
 
 from .conftest import MEMORY_STORE, fixture_bytes
 from .mock_upstream import ClosingStream, sse_frames
@@ -503,6 +504,50 @@ async def test_cancel_of_a_finished_background_response_returns_it_unchanged(
         assert (await gw.cancel_response(queued.id)).to_dict() == done.to_dict()
 
 
+async def test_on_end_is_called_once_when_a_background_response_has_ended(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The library side of the proxy's hold on a key's parallel slot: ``on_end`` runs when the
+    background response ends (completed, cancelled), never at the 200 ``queued``."""
+    ended: list[str] = []
+
+    def note(name: str) -> Callable[[], None]:
+        return lambda: ended.append(name)
+
+    async with gateway(NativeUpstream(delay=1.0)) as gw:
+        await gw.responses(model="g", input="hi", background=True, on_end=note("polled"))
+        cancelled = await gw.responses(
+            model="g", input="hi", background=True, on_end=note("cancelled")
+        )
+        async with gw.stream(model="g", input="hi", background=True, on_end=note("streamed")):
+            pass  # left at once: it runs on
+        await trio.sleep(3)
+        assert ended == []
+        await gw.cancel_response(cancelled.id)
+        assert ended == ["cancelled"]
+        await trio.sleep(30)
+        assert sorted(ended) == ["cancelled", "polled", "streamed"]
+        # Not for a call refused before it started, nor for one that is not background.
+        with pytest.raises(InvalidRequestError):
+            await gw.responses(
+                model="g", input="hi", background=True, store=False, on_end=note("never")
+            )
+        await gw.responses(model="g", input="hi", on_end=note("foreground"))
+        with pytest.raises(InvalidRequestError) as info:
+            await gw.responses(model="g", input="hi", background=True, on_end="yes")
+        assert info.value.param == "on_end"
+        assert sorted(ended) == ["cancelled", "polled", "streamed"]
+
+        # A callback that fails is logged; the gateway runs on.
+        def fail() -> None:
+            raise RuntimeError("the caller's bug")
+
+        await gw.responses(model="g", input="hi", background=True, on_end=fail)
+        await trio.sleep(30)
+        assert "the on_end callback of resp_" in caplog.text
+        assert (await gw.responses(model="g", input="hi")).status is ResponseStatus.COMPLETED
+
+
 async def test_background_stream_resumes_after_a_disconnect(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -734,3 +779,265 @@ async def test_leaving_a_stream_while_the_pipeline_waits_to_deliver_is_a_clean_c
         [log] = await gw.spend_logs()
     assert log.status == "cancelled"
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+# -- ends nobody saw coming: early hang-ups, shutdowns, other processes, crashes ----------------
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["create", "stream"])
+async def test_a_caller_that_leaves_before_the_first_byte_is_recorded_cancelled(
+    autojump_clock: trio.testing.MockClock, streamed: bool
+) -> None:
+    """Regression: a request cancelled before its upstream answered left no row at all. It
+    ends recorded ``cancelled``, under an ID of its own (no upstream named one), with nothing
+    owed; GET finds it."""
+    upstream = NativeUpstream(first_byte_delay=30.0)
+    async with gateway(upstream) as gw:
+        with trio.move_on_after(1):
+            if streamed:
+                async with gw.stream(model="g", input="hello"):
+                    pass
+            else:
+                await gw.responses(model="g", input="hello")
+        [log] = await gw.spend_logs()
+        assert (log.status, log.model, log.input_tokens, log.output_tokens, log.cost) == (
+            "cancelled",
+            "g",
+            0,
+            0,
+            0.0,
+        )
+        got = await gw.get_response(log.response_id)
+        assert (got.status, got.output, got.error) == (ResponseStatus.CANCELLED, [], None)
+        sdk_response(got.to_dict())
+
+
+async def test_an_interrupted_stream_ends_failed_with_every_event_after_the_last_read(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A server that stops under a stream whose caller is still there (``interrupted`` says
+    why): the response is recorded ``failed`` with that error, and ``closing`` holds every
+    event after the last one read — the batch in the channel, the one whose hand-over the
+    cancellation cut, then the open items closed and one ``response.failed`` — gapless."""
+    stop = sluicegate.ServiceUnavailableError("The gateway shut down before this response.")
+    upstream = NativeUpstream()  # no pacing: batches queue up behind the caller
+    async with gateway(upstream) as gw:
+        read: list[Any] = []
+        with trio.CancelScope() as outside:
+            async with gw.open_stream(
+                {"model": "g", "input": "hi"}, interrupted=lambda: stop
+            ) as events:
+                async for event in events:
+                    read.append(event)
+                    if event.type == "response.output_text.delta":
+                        await trio.testing.wait_all_tasks_blocked()  # the sink is blocked on send
+                        outside.cancel()
+                        await trio.sleep(1)
+        rest = [*events.ready_nowait(), *events.closing]
+        numbers = [e.sequence_number for e in read + rest]
+        assert numbers == list(range(len(numbers)))
+        for event in read + rest:
+            sdk_event(event.to_dict())
+        assert [e.type for e in read + rest].count("response.failed") == 1
+        failed = rest[-1]
+        assert failed.type == "response.failed"
+        error = {"code": "server_error", "message": stop.message}
+        assert failed.response.error == error
+        # The closing text is every delta that was sent, read or not.
+        deltas = "".join(e.delta for e in read + rest if e.type == "response.output_text.delta")
+        [message] = failed.response.output
+        assert message["status"] == "incomplete"
+        assert message["content"][0]["text"] == deltas and deltas
+        [log] = await gw.spend_logs()
+        assert (log.response_id, log.status, log.estimated) == (failed.response.id, "failed", True)
+        stored = await gw.get_response(log.response_id)
+        assert (stored.status, stored.error, stored.output) == (
+            ResponseStatus.FAILED,
+            error,
+            failed.response.output,
+        )
+
+
+async def test_a_stream_whose_caller_leaves_is_not_interrupted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``interrupted`` answering None (the caller left) is an ordinary cancel: recorded
+    ``cancelled``, nothing to send."""
+    upstream = NativeUpstream(delay=1.0)
+    async with gateway(upstream) as gw:
+        with trio.CancelScope() as outside:
+            async with gw.open_stream(
+                {"model": "g", "input": "hi"}, interrupted=lambda: None
+            ) as events:
+                async for event in events:
+                    if event.type == "response.output_text.delta":
+                        outside.cancel()
+        assert events.closing == []
+        [log] = await gw.spend_logs()
+        assert log.status == "cancelled"
+
+
+async def test_get_answers_the_stores_status_for_a_response_the_gateway_ended(
+    tmp_path: Any,
+) -> None:
+    """Regression: a foreground stream cut by a crash was ``failed`` in the spend row (crash
+    recovery ends it) but ``completed`` on GET, which read the upstream that had finished it.
+    A response the store holds as failed or cancelled is answered from the store: GET and the
+    spend row show one status."""
+    path = str(tmp_path / "crash.db")
+    upstream = NativeUpstream(delay=0.01)
+    raw_id = "resp_" + "a" * 48
+    upstream.made[raw_id] = {**TEXT_BODY, "id": raw_id}  # the upstream finished it
+    rid = IdCodec.from_secret("t").encode(provider="openai", deployment_id="dep-a", raw_id=raw_id)
+    # What a process killed mid-stream leaves: accepted and routed, never ended, and no live
+    # lock (a killed process's lock is free, a closed store's is gone).
+    async with open_sqlite_store(path) as store:
+        await store.append(
+            [
+                Accepted(
+                    response_id=rid,
+                    owner="",
+                    model="g",
+                    params={},
+                    input_items=[],
+                    background=False,
+                    store=True,
+                    metadata={},
+                    created_at=1_700_000_000.0,
+                ),
+                Routed(
+                    response_id=rid,
+                    deployment_id="dep-a",
+                    provider="openai",
+                    attempt=0,
+                    upstream_id=raw_id,
+                ),
+            ]
+        )
+    async with gateway(upstream, path=path) as gw:
+        got = await gw.get_response(rid)
+        assert (got.status, got.error) == (ResponseStatus.FAILED, RECOVERY_ERROR)
+        sdk_response(got.to_dict())
+        # A caller that left: cancelled in the spend row and on GET, though the upstream
+        # kept the whole response.
+        async with gw.stream(model="g", input="hi") as events:
+            async for event in events:
+                if event.type == "response.output_text.delta":
+                    left = event
+                    break
+        assert (await gw.get_response(rid)).status is ResponseStatus.FAILED
+        logs = {log.response_id: log.status for log in await gw.spend_logs()}
+        cancelled_id = next(r for r, status in logs.items() if status == "cancelled")
+        cancelled = await gw.get_response(cancelled_id)
+        assert cancelled.status is ResponseStatus.CANCELLED
+        assert cancelled.output_text.startswith(left.delta)  # type: ignore[attr-defined]
+        assert logs == {rid: "failed", cancelled_id: "cancelled"}
+        assert upstream.calls("GET") == []
+
+
+async def test_a_cancel_through_another_process_is_what_every_reader_sees_at_once(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a background response cancelled through another worker answered
+    ``cancelled``, then GET through the worker running it said ``in_progress`` until that
+    worker noticed. The cancel is recorded before it is acknowledged, every reader answers
+    the recorded end, and the running worker stops its upstream request soon after, billing
+    the usage so far."""
+    monkeypatch.setattr(sluicegate._gateway, "ENDED_ELSEWHERE_POLL", 0.1)
+    path = str(tmp_path / "shared.db")
+    upstream = NativeUpstream(delay=0.2)  # 14 frames: 2.8 s unless stopped
+    async with (
+        gateway(upstream, path=path) as running,
+        gateway(upstream, path=path) as other,
+    ):
+        job = await running.responses(model="g", input="hi", background=True)
+        with trio.fail_after(10):
+            while not (await running.get_response(job.id)).output_text:  # noqa: ASYNC110
+                await trio.sleep(0.02)  # polling its progress, as a client does
+        cancelled = await other.cancel_response(job.id)
+        assert cancelled.status is ResponseStatus.CANCELLED
+        for gw in (running, other):
+            assert (await gw.get_response(job.id)).status is ResponseStatus.CANCELLED
+        with trio.fail_after(3):
+            while running.statistics().background_running:  # noqa: ASYNC110
+                await trio.sleep(0.02)  # the other gateway's poll is its own business
+        row = await other.store.get(job.id)
+        assert row is not None and row.status is ResponseStatus.CANCELLED
+        assert row.estimated and row.usage is not None and row.usage["output_tokens"] > 0
+        assert (await running.get_response(job.id)).status is ResponseStatus.CANCELLED
+
+
+async def test_a_run_that_finishes_after_another_process_cancelled_it_keeps_the_cancel(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The other side of that race: the run ends before it notices the cancel. Its own end
+    is refused (the acknowledged cancel stands), its usage is billed, its followers see no
+    terminal event, and nothing is logged as an error."""
+    monkeypatch.setattr(sluicegate._gateway, "ENDED_ELSEWHERE_POLL", 1000.0)  # never looks
+    path = str(tmp_path / "shared.db")
+    upstream = NativeUpstream(delay=0.02)
+    async with (
+        gateway(upstream, path=path) as running,
+        gateway(upstream, path=path) as other,
+        running.stream(model="g", input="hi", background=True) as follower,
+    ):
+        first = [await anext(aiter(follower))]
+        rid = first[0].response.id  # type: ignore[attr-defined]
+        assert (await other.cancel_response(rid)).status is ResponseStatus.CANCELLED
+        rest = [event async for event in follower]
+        types = [e.type for e in first + rest]
+        assert "response.output_text.delta" in types
+        assert not {"response.completed", "response.failed"} & set(types)
+        with trio.fail_after(5):
+            while running.statistics().background_running:  # noqa: ASYNC110
+                await trio.sleep(0.02)
+        row = await other.store.get(rid)
+        assert row is not None and row.status is ResponseStatus.CANCELLED
+        assert row.usage is not None and not row.estimated
+        assert row.usage["output_tokens"] == TEXT_BODY["usage"]["output_tokens"]
+        assert (await running.get_response(rid)).status is ResponseStatus.CANCELLED
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def _fake_config(path: str) -> dict[str, Any]:
+    return {
+        "model_list": [
+            {
+                "model_name": "demo",
+                "litellm_params": {"model": "fake/demo", "fake_tokens": 6},
+                "model_info": {"id": "fake-demo-1"},
+            }
+        ],
+        "general_settings": {"response_id_secret": "t", "store": {"path": path}},
+    }
+
+
+async def test_responses_of_the_in_process_fake_are_served_by_every_gateway_on_the_store(
+    tmp_path: Any,
+) -> None:
+    """Regression: the built-in fake runs in each gateway's process (each worker, each start),
+    and knows only what it made there; GET through another gateway went to its own fake: a
+    404. What an in-process fake made is answered from the store (GET, input items, DELETE),
+    and ``previous_response_id`` continues it from the stored conversation."""
+    config = _fake_config(str(tmp_path / "shared.db"))
+    async with (
+        sluicegate.open_gateway(config, environ={}) as one,
+        sluicegate.open_gateway(config, environ={}) as two,
+    ):
+        made = await one.responses(model="demo", input="hello")
+        assert made.status is ResponseStatus.COMPLETED and made.output_text
+        got = await two.get_response(made.id)
+        assert got.to_dict() == made.to_dict()
+        [item] = (await two.list_input_items(made.id))["data"]
+        assert item["content"] == [{"type": "input_text", "text": "hello"}]
+        follow = await two.responses(model="demo", input="and then?", previous_response_id=made.id)
+        assert follow.status is ResponseStatus.COMPLETED
+        assert follow.data["previous_response_id"] == made.id
+        async with one.stream(model="demo", input="more", previous_response_id=follow.id) as events:
+            third = await events.get_final_response()
+        assert third.status is ResponseStatus.COMPLETED
+        chain = (await one.list_input_items(third.id, order="asc"))["data"]
+        assert [i.get("role") for i in chain] == ["user", "assistant", "user", "assistant", "user"]
+        assert (await two.delete_response(made.id))["deleted"] is True
+        with pytest.raises(NotFoundError):
+            await one.get_response(made.id)

@@ -13,9 +13,17 @@ checked (renumbered as the caller sees them), so what is stored is what was deli
   before the sink delivers the event: a follow-up sent the moment the stream ends finds it.
 
 A response that ends otherwise — failed after events were delivered, cancelled by its caller or
-by ``cancel_response`` — is ended by the supervisor through :meth:`Recording.end`, with usage
-estimated from what was delivered when the upstream never reported it. Every response that was
-accepted ends in exactly one recorded ``Ended``.
+by ``cancel_response``, cut by a server shutting down — is ended by the supervisor through
+:meth:`Recording.end`, with usage estimated from what was delivered when the upstream never
+reported it. A request cancelled before any upstream answered is accepted and ended in one append
+(:meth:`Recording.refuse`). Every response that was accepted ends in exactly one recorded
+``Ended``.
+
+A background response may be ended by *another* process sharing the store (``cancel_response``
+there appends its ``Ended`` first, so the answer and the store agree). The process running it
+then finds its own end refused, or notices the ended row first; either way that end stands, and
+this recording adds what it knows of the usage (``Settled``) without a second ``Ended``
+(:attr:`Recording.ended_elsewhere`).
 
 ``store: false`` records the accounting only: no parameters, input, items or final Response.
 """
@@ -30,6 +38,7 @@ import attrs
 import trio
 
 from .._types import DeltaEvent, OutputItemEvent, Response, ResponseEvent, ResponseStatus
+from ..errors import StoreIntegrityError, StoreUnavailableError
 from ..runtime._messages import Settlement
 from ..store import Accepted, Ended, ItemDone, Record, Routed, Settled, StreamEventRecorded
 
@@ -37,6 +46,7 @@ if TYPE_CHECKING:
     from .._types import StreamEvent
     from ..codecs._lifecycle import StreamTracker
     from ..config import Deployment
+    from ..errors import SluicegateError
     from ..runtime._messages import Batch, PreparedCall
     from ..store import Store
     from ._stages import Accountant
@@ -100,6 +110,17 @@ class Recording:
     initial: Response | None = None
     #: ``cancel_response`` asked for the end (not a shutdown).
     cancel_requested: bool = False
+    #: A foreground response cancelled from outside asks this how it ends: None, its caller
+    #: left (``cancelled``); an error, the server is stopping under a caller that is still
+    #: there (``failed`` with that error). Unset: the caller left.
+    interrupted: Callable[[], SluicegateError | None] | None = None
+    #: What ``interrupted`` answered, once it was asked.
+    interruption: SluicegateError | None = None
+    #: When interrupted: the events that close it (open items, one ``response.failed``), as
+    #: recorded, for its owner to deliver (none if its own terminal was recorded first).
+    closing: list[StreamEvent] = attrs.Factory(list)
+    #: Another process ended it first (see the module docstring).
+    ended_elsewhere: bool = False
 
     @property
     def replay(self) -> bool:
@@ -191,18 +212,22 @@ class Recording:
         return self._recorder.accountant.estimate(input_chars, output_chars, price)
 
     async def refuse(
-        self, response_id: str, *, error: dict[str, Any], response: Response | None
+        self,
+        response_id: str,
+        *,
+        error: dict[str, Any] | None,
+        response: Response | None,
+        status: ResponseStatus = ResponseStatus.FAILED,
     ) -> None:
-        """Record a request that failed before any upstream named a response (every attempt
-        failed, or no deployment could take it): accepted and ended ``failed`` in one append,
-        with no usage and nothing owed (nothing was generated), so the spend logs show it."""
+        """Record a request that ended before any upstream named a response (every attempt
+        failed, no deployment could take it, or it was cancelled first): accepted and ended
+        (``failed``, or ``status``) in one append, with no usage and nothing owed (nothing was
+        generated), so the spend logs show it."""
         assert not self.accepted
         self.response_id = response_id
         self._pending.insert(0, self._recorder.accepted(self._call, response_id, self.created_at))
         self.accepted = True
-        await self.end(
-            ResponseStatus.FAILED, error=error, response=response, settlement=_NOTHING_OWED
-        )
+        await self.end(status, error=error, response=response, settlement=_NOTHING_OWED)
 
     async def end(
         self,
@@ -241,8 +266,47 @@ class Recording:
                 duration=trio.current_time() - self._started,
             )
         )
+        store = self._recorder.store
+        try:
+            # Shielded: once an end is on its way to the store, a cancellation (the caller
+            # left, a shutdown) waits for its verdict, so the end that was recorded is known
+            # and can still be delivered.
+            with trio.CancelScope(shield=True) as commit:
+                commit.deadline = trio.current_time() + END_COMMIT_GRACE
+                await store.append(records)
+            if commit.cancelled_caught:
+                raise StoreUnavailableError(f"the end of response {rid} was not committed in time")
+        except StoreIntegrityError:
+            row = await store.get(rid)
+            if row is None or not row.status.is_terminal:
+                raise
+            # Ended by another process first: its end stands (it was acknowledged), what this
+            # one knows is kept and billed. Still raised: this end was not recorded.
+            self.ended_elsewhere = True
+            await store.append(records[:-1])
+            raise
+
+    async def settle(self, settlement: Settlement) -> None:
+        """For a response another process ended (:attr:`ended_elsewhere`): append what is
+        pending and the usage, without an ``Ended`` of its own."""
+        rid = self.response_id
+        assert rid is not None and not self.ended
+        self.ended = True
+        records = self._pending
+        self._pending = []
+        records.append(
+            Settled(
+                response_id=rid,
+                usage=settlement.usage,
+                cost=settlement.cost,
+                estimated=settlement.estimated,
+            )
+        )
         await self._recorder.store.append(records)
 
+
+#: The longest an end waits for its commit, whatever cancels its request (seconds).
+END_COMMIT_GRACE = 10.0
 
 #: What a request no upstream answered cost: no usage was reported, and nothing is owed.
 _NOTHING_OWED = Settlement(None, 0.0)

@@ -17,9 +17,18 @@ supervisor decides what the caller gets (DESIGN §2):
   ``response.failed``, so every response ends in exactly one terminal event.
 
 Cancellation from outside (the caller left, ``cancel_response``, shutdown) is never swallowed:
-it cancels the nursery, which closes the upstream connection.
+it cancels the nursery, which closes the upstream connection. What it means for the record:
 
-Whatever the end, a response the recorder accepted ends in exactly one recorded ``Ended``
+- a foreground response: ``cancelled`` (its caller left), unless its owner says the server is
+  stopping under a caller that is still there (``Recording.interrupted``): then it ends as a
+  failure after delivery does — open items closed, one ``response.failed`` — recorded
+  ``failed``, and those closing events are left on the recording for the owner to send;
+- a background response: ``cancelled`` when ``cancel_response`` asked, else ``failed`` (the
+  gateway shut down under it); when another process ended it first (a cancel there), that end
+  stands and only the usage is added;
+- a request no upstream answered yet ends recorded too, under an ID of its own, as above.
+
+Whatever the end, every request that reached the pipeline ends in exactly one recorded ``Ended``
 (DESIGN §5): the sink records a terminal event before delivering it; a failure is recorded here
 before its closing events are delivered; a cancellation is recorded here, shielded (for a
 bounded time), before the cancellation goes on.
@@ -90,9 +99,13 @@ async def run_request(
             logger.error("request failed on an internal error", exc_info=group)
             failure = InternalError("The gateway failed while handling this request.")
     except BaseException:  # cancelled: the caller left, cancel_response, or shutdown
-        if recording is not None and recording.open:
-            await _record_cancelled(recording, tracker, call)
+        if recording is not None:
+            await _record_cancelled(pipeline.ids, recording, tracker, call)
         raise
+    if recording is not None and recording.ended_elsewhere:
+        # Its terminal could not be recorded: another process had ended it (a cancel there).
+        # That end stands; the run stops here, as a cancelled one does, with nothing more sent.
+        return
     if failure is None:
         if recording is not None and recording.open:  # pragma: no cover -- a bug if it happens
             failure = InternalError("The response ended without a terminal event.")
@@ -125,19 +138,43 @@ _SHUTDOWN_ERROR = InternalError("The gateway shut down before this response fini
 
 
 async def _record_cancelled(
-    recording: Recording, tracker: StreamTracker, call: PreparedCall
+    ids: IdCodec, recording: Recording, tracker: StreamTracker, call: PreparedCall
 ) -> None:
-    # A background response ends as cancelled only when cancel_response asked; otherwise the
-    # gateway is shutting down under it, which is a failure the client must be able to see.
-    if call.background and not recording.cancel_requested:
-        status, error = ResponseStatus.FAILED, _SHUTDOWN_ERROR
-    else:
-        status, error = ResponseStatus.CANCELLED, None
+    error: SluicegateError | None = None
+    if call.background:
+        # Ends as cancelled only when cancel_response asked (here, or in another process that
+        # ended it); otherwise the gateway is shutting down under it, which is a failure the
+        # client must be able to see.
+        if not (recording.cancel_requested or recording.ended_elsewhere):
+            error = _SHUTDOWN_ERROR
+    elif recording.interrupted is not None:
+        error = recording.interruption = recording.interrupted()
+        if error is not None:
+            # Ends as a failure after delivery does (nothing, if its terminal is recorded).
+            recording.closing = tracker.fail(error)
+    if recording.ended:
+        return
+    status = ResponseStatus.CANCELLED if error is None else ResponseStatus.FAILED
     with trio.CancelScope(shield=True) as scope:
         scope.deadline = trio.current_time() + RECORD_GRACE
-        await _record_end(recording, tracker, status, error)
+        if recording.ended_elsewhere:
+            await _settle_ended_elsewhere(recording, tracker)
+        elif recording.open:
+            await _record_end(recording, tracker, status, error)
+        else:
+            await _record_unanswered(ids, recording, call, status, error)
     if scope.cancelled_caught:
         logger.error("could not record the end of response %s in time", recording.response_id)
+
+
+async def _settle_ended_elsewhere(recording: Recording, tracker: StreamTracker) -> None:
+    """Another process ended the response (a cancel there) and this one stopped running it:
+    the usage so far is billed, estimated from what was delivered."""
+    settlement = recording.estimate(_output_chars(tracker.partial() or recording.initial))
+    try:
+        await recording.settle(settlement)
+    except SluicegateError:
+        logger.exception("could not record the usage of response %s", recording.response_id)
 
 
 async def record_unanswered(
@@ -151,22 +188,39 @@ async def record_unanswered(
     refused before the gateway sees the request.)"""
     if isinstance(failure, ClientError) and not isinstance(failure, RateLimitError):
         return
+    response_id = await _record_unanswered(ids, recording, call, ResponseStatus.FAILED, failure)
+    if response_id is not None:
+        failure.headers["x-sluicegate-response-id"] = response_id
+
+
+async def _record_unanswered(
+    ids: IdCodec,
+    recording: Recording,
+    call: PreparedCall,
+    status: ResponseStatus,
+    error: SluicegateError | None,
+) -> str | None:
+    """Record a request no upstream answered as ``status``, under an ID of its own (None if
+    that failed): a failure (every attempt failed, nothing could take it), or a cancellation
+    before the first byte (its caller left, or the server stopped)."""
     response_id = ids.encode(
         provider=UNANSWERED_PROVIDER,
         deployment_id="",
         raw_id=f"resp_{secrets.token_hex(24)}",
         owner=call.owner,
     )
-    error = {"code": failure_code(failure), "message": failure.message}
+    error_body = None
+    if error is not None:
+        error_body = {"code": failure_code(error), "message": error.message}
     response = unanswered_response(
-        call, response_id, recording.created_at, status="failed", error=error
+        call, response_id, recording.created_at, status=status.value, error=error_body
     )
     try:
-        await recording.refuse(response_id, error=error, response=response)
+        await recording.refuse(response_id, error=error_body, response=response, status=status)
     except SluicegateError:
-        logger.exception("could not record the failure of response %s", response_id)
-        return
-    failure.headers["x-sluicegate-response-id"] = response_id
+        logger.exception("could not record the end of response %s", response_id)
+        return None
+    return response_id
 
 
 async def _record_end(
@@ -191,7 +245,8 @@ async def _record_end(
     try:
         await recording.end(status, error=error_body, response=response, settlement=settlement)
     except SluicegateError:
-        logger.exception("could not record the end of response %s", recording.response_id)
+        if not recording.ended_elsewhere:  # else its end stands, and the usage was added
+            logger.exception("could not record the end of response %s", recording.response_id)
 
 
 def _output_chars(response: Response | None) -> int:

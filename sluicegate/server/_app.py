@@ -21,6 +21,8 @@ Every HTTP request:
    ``data:`` lines, no ``[DONE]``), with a comment line after every
    ``sse_keepalive_interval`` of upstream silence. A client that hangs up cancels its request
    (the pipeline records it cancelled, with its partial usage); a background response runs on.
+   A stream the graceful deadline cuts while its client is still there ends as a failure
+   mid-stream does (one ``response.failed``: the gateway shut down), recorded the same.
 
 Errors are the OpenAI envelope with the error's status (``SluicegateError.to_dict()``);
 anything else is logged and answered as a 500 that says nothing of it.
@@ -42,7 +44,7 @@ from collections.abc import (
 )
 from contextlib import AbstractAsyncContextManager, aclosing
 from functools import lru_cache, partial
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 import attrs
@@ -50,7 +52,7 @@ import orjson
 import trio
 
 from .._gateway import Gateway, ResponseStream
-from .._params import FORBIDDEN_BODY_FIELDS, forbidden_field
+from .._params import FORBIDDEN_BODY_FIELDS, MAX_SAFE_INTEGER, checked_int, forbidden_field
 from .._types import DeltaEvent, OutputItemEvent, Response, ResponseEvent, StreamEvent
 from ..actors._health import BreakerState, DeploymentStatistics
 from ..actors._router import SESSION_HEADER
@@ -94,12 +96,22 @@ Send = Callable[[Message], Awaitable[None]]
 FORBIDDEN_HEADERS = frozenset(
     {b"api-base", b"x-api-base", b"base-url", b"x-base-url", b"x-upstream-url", b"api-version"}
 )
-#: Library options that are not the HTTP client's to set: the owner is its key; timing, the
-#: proxy's; the session and forwarded headers, headers'. An ``extra_body`` object in the JSON
-#: is taken as the library's ``extra_body`` (merged last into the provider's body, bridges
-#: included); an SDK's own ``extra_body`` keys arrive at the top level and pass through.
+#: Library options that are not the HTTP client's to set: the owner is its key; timing and
+#: ``on_end``, the proxy's; the session and forwarded headers, headers'. An ``extra_body``
+#: object in the JSON is taken as the library's ``extra_body`` (merged last into the
+#: provider's body, bridges included); an SDK's own ``extra_body`` keys arrive at the top
+#: level and pass through.
 PROXY_REFUSED_OPTIONS = frozenset(
-    {"owner", "timing", "session", "client_headers", "extra_headers", "extra_query", "timeout"}
+    {
+        "owner",
+        "timing",
+        "on_end",
+        "session",
+        "client_headers",
+        "extra_headers",
+        "extra_query",
+        "timeout",
+    }
 )
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
@@ -132,6 +144,10 @@ class _Exchange:
     #: The client's fault found while its body streamed upstream (it stalled): what the
     #: client is told, not the upstream error its broken body caused.
     body_error: SluicegateError | None = None
+    #: SSE frames being written; a write that a cancellation cut sent nothing (hypercorn's
+    #: send raises before it writes, or writes shielded), so these go first when a
+    #: stream is ended at a shutdown.
+    unsent: bytes = b""
 
     def header(self, name: bytes) -> str | None:
         for key, value in self.scope.get("headers", ()):
@@ -390,7 +406,7 @@ class ProxyApp:
             ex.route = "/v1/files"
             page = await gateway.list_files(
                 purpose=_str(query, "purpose"),
-                limit=_int(query, "limit") or 10000,
+                limit=_int(query, "limit", 10000, low=1, high=10000),
                 after=_str(query, "after"),
                 order=_str(query, "order") or "desc",
                 owner=owner,
@@ -417,7 +433,7 @@ class ProxyApp:
         elif match is None and kind == "batches" and method == "GET":
             ex.route = "/v1/batches"
             page = await gateway.list_batches(
-                limit=_int(query, "limit") or 20,
+                limit=_int(query, "limit", 20, low=1, high=10000),
                 after=_str(query, "after"),
                 owner=owner,
                 admin=admin,
@@ -577,35 +593,55 @@ class ProxyApp:
         if session:
             params["session"] = session
         admission = await keys.admit(caller, model)
+        # A background response holds its key's parallel slot until it ends, not until its
+        # answer is sent: once started, the gateway releases the slot (``on_end``).
+        handed_over = False
+        if body.get("background"):
+            params["on_end"] = admission.release
         try:
             if body.get("stream") is True and not body.get("background"):
                 await self._stream(ex, gateway, params, admission)
             elif body.get("stream") is True:
                 # Background + stream: the response runs on whatever the client does.
                 async with gateway.stream(**params) as events:
+                    handed_over = True
                     await self._sse(ex, events, model, admission)
             else:
                 response = await _until_disconnect(
                     ex, gateway.responses(**params), cancel=not body.get("background")
                 )
+                handed_over = bool(body.get("background"))
                 self._account(model, response, admission)
                 wire = response.to_dict()
                 await ex.json(200, wire, _dropped_header_of(wire))
         finally:
-            admission.release()
+            # Not started (or, streamed, failed before its first event: ended already, and a
+            # second release does nothing).
+            if not handed_over:
+                admission.release()
 
     async def _stream(
         self, ex: _Exchange, gateway: Gateway, params: dict[str, Any], admission: Admission
     ) -> None:
         finished = False
+        events: ResponseStream | None = None
         with trio.CancelScope() as scope:
-            async with open_body_nursery() as nursery:
-                # A client that hangs up cancels the response (the pipeline records it
-                # cancelled, its partial usage billed); hypercorn says so by ``http.disconnect``.
-                nursery.start_soon(_watch_disconnect, ex, scope)
-                async with gateway.stream(**params) as events:
-                    await self._sse(ex, events, str(params["model"]), admission)
-                finished = True
+            try:
+                async with open_body_nursery() as nursery:
+                    # A client that hangs up cancels the response (the pipeline records it
+                    # cancelled, its partial usage billed); hypercorn says so by
+                    # ``http.disconnect``. Cancelled from outside instead, while the client is
+                    # still there, is the server's graceful deadline passing: the response
+                    # ends failed, and the client is told so before the connection closes.
+                    nursery.start_soon(_watch_disconnect, ex, scope)
+                    interrupted = partial(_shutdown_unless_cancelled, scope)
+                    async with gateway.open_stream(params, interrupted=interrupted) as events:
+                        await self._sse(ex, events, str(params["model"]), admission)
+                    finished = True
+            except* trio.Cancelled:  # bare, or grouped by the nurseries it came through
+                if not scope.cancel_called:
+                    await _end_interrupted(ex, events)
+                raise
         if not finished:
             raise _ClientGone
 
@@ -653,7 +689,9 @@ class ProxyApp:
                     "sluicegate_time_to_first_token_seconds", (("model", model),), first_output
                 )
             frames = b"".join(encode_event(orjson.dumps(e.to_dict()), event=e.type) for e in batch)
+            ex.unsent = frames
             await ex.send({"type": "http.response.body", "body": frames, "more_body": True})
+            ex.unsent = b""
         await ex.send({"type": "http.response.body", "body": b"", "more_body": False})
         final = events.final_response
         if final is not None and admission is not None:
@@ -690,7 +728,7 @@ class ProxyApp:
         if action is None and method == "GET":
             ex.route = "/v1/responses/{id}"
             if _flag(query, "stream"):
-                after = _int(query, "starting_after")
+                after = _int(query, "starting_after", None)
                 stream = await gateway.get_response(
                     response_id, stream=True, starting_after=after, owner=owner, admin=admin
                 )
@@ -716,7 +754,7 @@ class ProxyApp:
                 response_id,
                 after=_str(query, "after"),
                 before=_str(query, "before"),
-                limit=_int(query, "limit") or 20,
+                limit=_int(query, "limit", 20, low=1, high=100),
                 order=_str(query, "order") or "desc",
                 owner=owner,
                 admin=admin,
@@ -1054,6 +1092,40 @@ def _spend_header(value: str, name: str) -> dict[str, Any]:
     return parsed
 
 
+#: The longest a stream ended at a shutdown may take to send its end (seconds).
+INTERRUPTED_WRITE_GRACE = 5.0
+
+
+def _shutdown_error() -> SluicegateError:
+    return ServiceUnavailableError("The gateway shut down before this response finished.")
+
+
+def _shutdown_unless_cancelled(scope: trio.CancelScope) -> SluicegateError | None:
+    """How a stream cancelled from outside ends (``Gateway.open_stream``'s ``interrupted``):
+    the client hung up (its disconnect cancelled ``scope``), or the server is shutting down."""
+    return None if scope.cancel_called else _shutdown_error()
+
+
+async def _end_interrupted(ex: _Exchange, events: ResponseStream | None) -> None:
+    """A stream cut by the server's graceful deadline (hypercorn cancels what is still
+    running) while its client is still there: the client gets what was on its way and the
+    typed end the store recorded (open items closed, ``response.failed``: the gateway shut
+    down) before the connection closes; a client that got no headers yet, a 503 saying so.
+    Shielded, for at most ``INTERRUPTED_WRITE_GRACE`` seconds."""
+    with trio.CancelScope(shield=True) as cleanup:
+        cleanup.deadline = trio.current_time() + INTERRUPTED_WRITE_GRACE
+        if not ex.headers_sent:
+            await ex.error(_shutdown_error())
+            return
+        batch = [] if events is None else [*events.ready_nowait(), *events.closing]
+        frames = ex.unsent + b"".join(
+            encode_event(orjson.dumps(e.to_dict()), event=e.type) for e in batch
+        )
+        ex.unsent = b""
+        await ex.send({"type": "http.response.body", "body": frames, "more_body": True})
+        await ex.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 async def _watch_disconnect(ex: _Exchange, scope: trio.CancelScope) -> None:
     while True:
         message = await ex.receive()
@@ -1097,15 +1169,41 @@ def _str(query: Mapping[str, list[str]], name: str) -> str | None:
     return values[-1] if values else None
 
 
-def _int(query: Mapping[str, list[str]], name: str) -> int | None:
-    value = _str(query, name)
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError as exc:
+_Default = TypeVar("_Default", int, None)
+
+#: A query integer: decimal digits, perhaps negative (``int()`` would also take ``+1``,
+#: `` 1 ``, ``1_000`` and other scripts' digits).
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def _int(
+    query: Mapping[str, list[str]],
+    name: str,
+    default: _Default,
+    *,
+    low: int = 0,
+    high: int = MAX_SAFE_INTEGER,
+) -> int | _Default:
+    """The query parameter ``name`` by the library's rule for integers (``checked_int``: from
+    ``low`` to ``high``), or ``default`` when it is absent.
+
+    Raises:
+        InvalidRequestError: naming ``name``: not an integer, or out of range.
+    """
+    text = _str(query, name)
+    if text is None:
+        return default
+    if _INTEGER.fullmatch(text) is None:
+        shown = text if len(text) <= 40 else text[:40] + "..."
         raise InvalidRequestError(
-            f"Invalid '{name}': expected an integer, but got {value!r} instead.",
+            f"Invalid '{name}': expected an integer, but got {shown!r} instead.",
             param=name,
             code="invalid_type",
-        ) from exc
+        )
+    try:
+        value = int(text)
+    except ValueError:
+        # More digits than int() converts (4300): out of range like any number that long.
+        digits = len(text.removeprefix("-"))
+        value = -(10**digits) if text.startswith("-") else 10**digits
+    return checked_int(name, value, low=low, high=high)

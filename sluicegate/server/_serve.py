@@ -4,11 +4,20 @@ One worker runs in this process (``serve``); several (``--workers N``) are hyper
 processes, each importing :mod:`sluicegate.server._asgi` with the config path in
 ``SLUICEGATE_CONFIG``. Every worker opens the gateway and the store in its ASGI lifespan; they
 share the SQLite file (its instance locks keep their recoveries apart, see the store).
+
+Workers of one server share one secret for response IDs and sealed provider state, or a
+response made by one worker would be a 404 on the next: the configured
+``response_id_secret`` (or ``SLUICEGATE_RESPONSE_ID_SECRET``); without one, :func:`run`
+generates a secret before it starts the workers and hands it to them in that variable. Such a
+secret lives as long as the server: a warning says so at start, since a restart invalidates
+every ID issued before it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import secrets
 import signal
 from collections.abc import Mapping
 from functools import partial
@@ -23,6 +32,11 @@ from ..config import GatewayConfig, load_config
 from ._app import ProxyApp
 
 __all__ = ["DEFAULT_PORT", "build_app", "hypercorn_config", "run", "serve"]
+
+logger = logging.getLogger("sluicegate")
+
+#: The variable the gateway reads its secret from when the config names none.
+SECRET_VARIABLE = "SLUICEGATE_RESPONSE_ID_SECRET"
 
 #: LiteLLM's proxy port, so clients that know it need no change.
 DEFAULT_PORT = 4000
@@ -87,8 +101,20 @@ async def _signalled() -> None:
 
 
 def run(config_path: str, *, host: str, port: int, workers: int) -> None:
-    """The CLI's entry: validate the config, then serve with one or ``workers`` processes."""
+    """The CLI's entry: validate the config, then serve with one or ``workers`` processes
+    (sharing one secret; see the module docstring)."""
     app = build_app(config_path)
+    if app.config.general_settings.response_id_secret is None and not os.environ.get(
+        SECRET_VARIABLE
+    ):
+        logger.warning(
+            "sluicegate: no general_settings.response_id_secret (nor %s) is set; a random one "
+            "is used, so the response IDs this server issues stop working when it restarts. "
+            "Set a secret to keep them.",
+            SECRET_VARIABLE,
+        )
+        # One secret for every worker: each would otherwise make its own.
+        os.environ[SECRET_VARIABLE] = secrets.token_urlsafe(32)
     if workers <= 1:
         trio.run(partial(serve, app, host=host, port=port))
         return

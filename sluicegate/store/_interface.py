@@ -190,6 +190,11 @@ class Store(Protocol):
         """The projection row, or None if the response is unknown."""
         ...
 
+    async def get_many(self, response_ids: Sequence[str]) -> dict[str, ResponseRow]:
+        """The projection rows of several responses at once, by ID (unknown ones absent):
+        what a gateway polls to notice its running responses ended by another process."""
+        ...
+
     async def final_response(self, response_id: str) -> dict[str, Any] | None:
         """The ``Ended.response``; None if not ended, ended without one, deleted, or unknown."""
         ...

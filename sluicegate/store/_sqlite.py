@@ -1141,6 +1141,12 @@ def _write_batch(writer: _Conn, batch: list[_Job], instance: str, *, wait: bool 
                     db.execute("ROLLBACK TO job")
                     job.error = _translate(exc)
                     job.error.__cause__ = exc
+                except (OverflowError, ValueError, TypeError, sqlite3.InterfaceError) as exc:
+                    # A value the database cannot bind (an integer past 64 bits): that job's
+                    # fault alone; the writer and everyone else's appends go on.
+                    db.execute("ROLLBACK TO job")
+                    job.error = StoreIntegrityError(f"a value the database cannot hold: {exc}")
+                    job.error.__cause__ = exc
                 db.execute("RELEASE job")
             db.execute("COMMIT")
         except BaseException:
@@ -1169,15 +1175,31 @@ def _loads_or_none(blob: bytes | None) -> Any:
     return None if blob is None else orjson.loads(blob)
 
 
+_ROW_COLUMNS: Final = (
+    "id, owner, status, model, deployment_id, provider, background, store, metadata,"
+    " created_at, completed_at, usage, cost, error, deleted, previous_id, upstream_id,"
+    " spend_metadata, ttft, duration, estimated, purged"
+)
+
+
 def _read_row(db: sqlite3.Connection, response_id: str) -> ResponseRow | None:
     row = db.execute(
-        "SELECT id, owner, status, model, deployment_id, provider, background, store, metadata,"
-        " created_at, completed_at, usage, cost, error, deleted, previous_id, upstream_id,"
-        " spend_metadata, ttft, duration, estimated, purged FROM responses WHERE id = ?",
-        (response_id,),
+        f"SELECT {_ROW_COLUMNS} FROM responses WHERE id = ?", (response_id,)
     ).fetchone()
-    if row is None:
-        return None
+    return None if row is None else _response_row(row)
+
+
+def _read_rows(db: sqlite3.Connection, response_ids: str) -> list[ResponseRow]:
+    """The rows of the responses named by ``response_ids`` (a JSON array): one primary-key
+    search each."""
+    rows = db.execute(
+        f"SELECT {_ROW_COLUMNS} FROM responses WHERE id IN (SELECT value FROM json_each(?))",
+        (response_ids,),
+    )
+    return [_response_row(row) for row in rows]
+
+
+def _response_row(row: Sequence[Any]) -> ResponseRow:
     return ResponseRow(
         id=row[0],
         owner=row[1],
@@ -1720,6 +1742,17 @@ class SQLiteStore:
     async def get(self, response_id: str) -> ResponseRow | None:
         """See :meth:`sluicegate.store.Store.get`."""
         return await self._read(functools.partial(_read_row, response_id=response_id))
+
+    async def get_many(self, response_ids: Sequence[str]) -> dict[str, ResponseRow]:
+        """See :meth:`sluicegate.store.Store.get_many`."""
+        unique = list(dict.fromkeys(response_ids))
+        if not unique:
+            await trio.lowlevel.checkpoint()
+            return {}
+        rows = await self._read(
+            functools.partial(_read_rows, response_ids=orjson.dumps(unique).decode())
+        )
+        return {row.id: row for row in rows}
 
     async def final_response(self, response_id: str) -> dict[str, Any] | None:
         """See :meth:`sluicegate.store.Store.final_response`."""

@@ -1,0 +1,223 @@
+"""``sluicegate serve`` as real processes: several workers behind one port, and restarts.
+
+What one worker made, the others answer for: response IDs (one secret for all the workers of a
+server), the built-in fake's responses (answered from the shared store), and cancels (recorded
+before they are acknowledged). A restart finds what it made before, and a response cut by a
+crash reads as the store ended it. Each server runs with ``--port 0`` and is found at the
+address its log names, then awaited by polling its readiness; every process is ended (and
+waited for) within a bound.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import orjson
+import trio
+
+from sluicegate.fake import open_fake_upstream
+from sluicegate.store import RECOVERY_ERROR
+
+MASTER = "sk-master-workers-0123456789"
+AUTH = {"authorization": f"Bearer {MASTER}"}
+_BOUND = re.compile(rb"Running on (http://\S+)")
+
+
+@attrs.define(eq=False)
+class Server:
+    process: trio.Process
+    url: str
+    log: Path
+
+    def client(self) -> httpx.AsyncClient:
+        """A client on one connection: it stays with the worker that accepted it."""
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        return httpx.AsyncClient(base_url=self.url, headers=AUTH, limits=limits, timeout=30)
+
+
+@asynccontextmanager
+async def serving(config: Path, *, workers: int, name: str) -> AsyncIterator[Server]:
+    """Run ``sluicegate serve`` until the block ends (SIGTERM, then SIGKILL past a bound);
+    yields once every worker listens and the server answers its readiness probe."""
+    log = config.parent / f"{name}.log"
+    command = [sys.executable, "-m", "sluicegate", "serve", "--config", str(config)]
+    command += ["--port", "0", "--workers", str(workers)]
+    with log.open("wb") as output:
+        process = await trio.lowlevel.open_process(command, stdout=output, stderr=output)
+    try:
+        with trio.fail_after(30):
+            while len(bound := _BOUND.findall(log.read_bytes())) < workers:
+                assert process.poll() is None, log.read_text()
+                await trio.sleep(0.05)  # another process is starting: its log says when
+            url = bound[0].decode()
+            async with httpx.AsyncClient(base_url=url) as http:
+                while (await http.get("/health/readiness")).status_code != 200:  # noqa: ASYNC110
+                    await trio.sleep(0.05)  # the workers' stores open in their own time
+        yield Server(process, url, log)
+    finally:
+        with trio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+                with trio.move_on_after(20):
+                    await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+
+def _select(db: Path, response_id: str) -> dict[str, Any] | None:
+    """A response's row as the shared store holds it (read-only, beside the servers)."""
+    connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        connection.row_factory = sqlite3.Row
+        found = connection.execute("SELECT * FROM responses WHERE id = ?", (response_id,))
+        row = found.fetchone()
+    finally:
+        connection.close()
+    return None if row is None else dict(row)
+
+
+def _exists(db: Path, response_id: str) -> bool:
+    return _select(db, response_id) is not None
+
+
+def _row(db: Path, response_id: str) -> dict[str, Any]:
+    row = _select(db, response_id)
+    assert row is not None, response_id
+    return row
+
+
+async def _create(http: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
+    answer = await http.post("/v1/responses", json=body)
+    assert answer.status_code == 200, answer.text
+    made: dict[str, Any] = answer.json()
+    return made
+
+
+@asynccontextmanager
+async def _on_two_workers(
+    server: Server, db: Path
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient, dict[str, Any]]]:
+    """Two clients whose connections two different workers accepted (told apart by the store
+    instance that recorded a response made through each), and the first one's response."""
+    async with server.client() as first:
+        made = await _create(first, model="demo", input="hello")
+        instance = _row(db, made["id"])["instance"]
+        for _ in range(60):  # which worker accepts a connection is the kernel's choice
+            async with server.client() as second:
+                other = await _create(second, model="demo", input="hi")
+                if _row(db, other["id"])["instance"] != instance:
+                    yield first, second, made
+                    return
+        raise AssertionError("every connection went to one worker")
+
+
+async def test_two_workers_answer_for_each_others_responses(tmp_path: Path) -> None:
+    """Regression: with no ``response_id_secret``, each worker minted IDs with its own random
+    secret (GET through the other worker: a 404), the built-in fake's responses were asked of
+    the other worker's own fake (a 404 too), and a cancel through the other worker read
+    ``in_progress`` again until the worker running it noticed."""
+    db = tmp_path / "shared.db"
+    config = tmp_path / "demo.yaml"
+    config.write_text(
+        "model_list:\n"
+        "  - model_name: demo\n"
+        "    litellm_params: {model: fake/demo, fake_tokens: 5}\n"
+        "    model_info: {id: fake-demo-1}\n"
+        "  - model_name: slow\n"
+        "    litellm_params: {model: fake/slow, fake_tokens: 3000, fake_token_delay: 0.01}\n"
+        "general_settings:\n"
+        f"  master_key: {MASTER}\n"
+        f"  store: {{path: {db}}}\n"
+    )
+    async with serving(config, workers=2, name="two") as server:
+        assert b"no general_settings.response_id_secret" in server.log.read_bytes()
+        async with _on_two_workers(server, db) as (one, two, made):
+            got = await two.get(f"/v1/responses/{made['id']}")
+            assert got.status_code == 200, got.text
+            assert got.json()["output"] == made["output"]
+            items = await two.get(f"/v1/responses/{made['id']}/input_items")
+            assert [i["content"][0]["text"] for i in items.json()["data"]] == ["hello"]
+            follow = await _create(two, model="demo", input="more", previous_response_id=made["id"])
+            assert (follow["status"], follow["previous_response_id"]) == ("completed", made["id"])
+
+            job = await _create(one, model="slow", input="long", background=True)
+            cancelled = await two.post(f"/v1/responses/{job['id']}/cancel")
+            assert cancelled.json()["status"] == "cancelled", cancelled.text
+            for http in (one, two):  # at once, through either worker
+                assert (await http.get(f"/v1/responses/{job['id']}")).json()["status"] == (
+                    "cancelled"
+                )
+            with trio.fail_after(10):
+                while _row(db, job["id"])["usage"] is None:  # noqa: ASYNC110
+                    await trio.sleep(0.05)  # the worker running it stops it and bills it
+            assert _row(db, job["id"])["status"] == "cancelled"
+
+            assert (await two.delete(f"/v1/responses/{made['id']}")).status_code == 200
+            assert (await one.get(f"/v1/responses/{made['id']}")).status_code == 404
+    assert server.process.returncode == 0
+
+
+async def test_a_restarted_server_finds_what_it_made_and_what_a_crash_cut(
+    tmp_path: Path,
+) -> None:
+    """Regression: after a restart, the built-in fake's responses were a 404 (its new process
+    knew none of them), and a stream cut by ``kill -9`` was ``failed`` in the spend row but
+    ``completed`` on GET (read from the upstream, which had finished it)."""
+    db = tmp_path / "restart.db"
+    async with open_fake_upstream(tokens=2000, token_delay=0.01) as upstream:
+        config = tmp_path / "restart.yaml"
+        config.write_text(
+            "model_list:\n"
+            "  - model_name: demo\n"
+            "    litellm_params: {model: fake/demo, fake_tokens: 5}\n"
+            "  - model_name: native\n"
+            "    litellm_params:\n"
+            "      model: openai/gpt-5.4\n"
+            f"      api_base: {upstream.base_url}\n"
+            "      api_key: sk-upstream\n"
+            "general_settings:\n"
+            f"  master_key: {MASTER}\n"
+            "  response_id_secret: kept-across-restarts\n"
+            f"  store: {{path: {db}}}\n"
+        )
+        async with serving(config, workers=1, name="first") as first, first.client() as http:
+            assert b"response_id_secret" not in first.log.read_bytes()
+            made = await _create(http, model="demo", input="hello")
+            body = {"model": "native", "input": "a long answer", "stream": True}
+            async with (
+                http.stream("POST", "/v1/responses", json=body) as answer,
+                aclosing(answer.aiter_lines()) as lines,  # held open: no hang-up before the kill
+            ):
+                cut_id = ""
+                async for line in lines:
+                    event = orjson.loads(line[len("data: ") :]) if line.startswith("data:") else {}
+                    if event.get("type") == "response.created":
+                        cut_id = event["response"]["id"]
+                    elif event.get("type") == "response.output_text.delta":
+                        break
+                with trio.fail_after(10):
+                    while not _exists(db, cut_id):  # noqa: ASYNC110
+                        await trio.sleep(0.02)  # its acceptance is committed (within 50 ms)
+                first.process.kill()  # kill -9, mid-stream
+                await first.process.wait()
+        async with serving(config, workers=1, name="second") as second, second.client() as http:
+            got = await http.get(f"/v1/responses/{made['id']}")
+            assert got.status_code == 200, got.text
+            assert got.json()["output"] == made["output"]
+            follow = await _create(
+                http, model="demo", input="more", previous_response_id=made["id"]
+            )
+            assert follow["status"] == "completed"
+            crashed = (await http.get(f"/v1/responses/{cut_id}")).json()
+            assert (crashed["status"], crashed["error"]) == ("failed", RECOVERY_ERROR)
+            assert _row(db, cut_id)["status"] == "failed"
