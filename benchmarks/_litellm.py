@@ -12,24 +12,17 @@ turns them into the suite's runs.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
 from ._runner import Case, CaseRun, percentile, process_memory
 from ._upstream import BenchmarkError
-
-if TYPE_CHECKING:
-    from ._proxy import ProxyServerProcess
 
 __all__ = ["LiteLLMRun", "litellm_available", "measure_litellm"]
 
@@ -71,44 +64,6 @@ class LiteLLMRun:
             rss_bytes=self.rss_bytes,
             peak_rss_bytes=self.peak_rss_bytes,
         )
-
-
-@contextlib.contextmanager
-def open_litellm_proxy(upstream_url: str, *, cpu: int | None) -> Iterator[ProxyServerProcess]:
-    """LiteLLM's proxy (``litellm --config``, one uvicorn worker, pinned to ``cpu``) with the
-    same model group as ours on the same upstream and the same master key, so one wrk script
-    drives both."""
-    from ._proxy import MASTER_KEY, _free_port, run_server
-    from ._targets import bench_model
-
-    executable = Path(sys.executable).with_name("litellm")
-    if not executable.exists():
-        raise RuntimeError(f"LiteLLM's proxy command is not installed: {executable}")
-    with tempfile.TemporaryDirectory(prefix="sluicegate-bench-litellm-") as scratch:
-        root = Path(scratch)
-        config = root / "litellm.yaml"
-        config.write_text(
-            json.dumps(
-                {
-                    "model_list": [bench_model(upstream_url)],
-                    "general_settings": {"master_key": MASTER_KEY},
-                }
-            )
-        )
-        port = _free_port()
-        argv = [
-            str(executable),
-            "--config",
-            str(config),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
-        # The bundled price map: the benchmark machine reaches nothing but the fake upstream.
-        env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
-        with run_server(argv, cpu=cpu, port=port, log_path=root / "litellm.log", env=env) as server:
-            yield server
 
 
 def litellm_available() -> bool:

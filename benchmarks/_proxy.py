@@ -109,6 +109,7 @@ __all__ = [
     "first_event_table",
     "measure_first_event",
     "measure_proxy",
+    "open_litellm_proxy",
     "open_proxy_server",
     "parse_wrk_output",
     "proxy_json",
@@ -265,6 +266,41 @@ def open_proxy_server(
         with run_server(
             argv, cpu=cpu, port=None, log_path=root / "proxy.log", tokens=tokens
         ) as server:
+            yield server
+
+
+@contextlib.contextmanager
+def open_litellm_proxy(upstream_url: str, *, cpu: int | None) -> Iterator[ProxyServerProcess]:
+    """LiteLLM's proxy (``litellm --config``, one uvicorn worker, pinned to ``cpu``) with the
+    same model group as ours on the same upstream and the same master key, so one wrk script
+    drives both."""
+    executable = Path(sys.executable).with_name("litellm")
+    if not executable.exists():
+        raise RuntimeError(f"LiteLLM's proxy command is not installed: {executable}")
+    with tempfile.TemporaryDirectory(prefix="sluicegate-bench-litellm-") as scratch:
+        root = Path(scratch)
+        config = root / "litellm.yaml"
+        config.write_text(
+            json.dumps(
+                {
+                    "model_list": [bench_model(upstream_url)],
+                    "general_settings": {"master_key": MASTER_KEY},
+                }
+            )
+        )
+        port = _free_port()
+        argv = [
+            str(executable),
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        # The bundled price map: the benchmark machine reaches nothing but the fake upstream.
+        env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+        with run_server(argv, cpu=cpu, port=port, log_path=root / "litellm.log", env=env) as server:
             yield server
 
 
@@ -773,8 +809,6 @@ def measure_proxy(
             DIRECT: (f"{upstream_url}/responses", UPSTREAM_MODEL, API_KEY),
         }
         if litellm:
-            from ._litellm import open_litellm_proxy
-
             other = stack.enter_context(open_litellm_proxy(upstream_url, cpu=plan.measure))
             servers[LITELLM_PROXY] = other
             targets[LITELLM_PROXY] = (other.responses_url, GATEWAY_MODEL, MASTER_KEY)

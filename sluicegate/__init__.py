@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from ._gateway import BreakerState as BreakerState
+from ._gateway import DeploymentStatistics as DeploymentStatistics
 from ._gateway import Gateway as Gateway
 from ._gateway import GatewayStatistics as GatewayStatistics
 from ._gateway import ResponseStream as ResponseStream
@@ -25,8 +27,6 @@ from ._types import ResponseStatus as ResponseStatus
 from ._types import StreamEvent as StreamEvent
 from ._types import UnknownEvent as UnknownEvent
 from ._types import Usage as Usage
-from .actors._health import BreakerState as BreakerState
-from .actors._health import DeploymentStatistics as DeploymentStatistics
 from .config import GatewayConfig as GatewayConfig
 from .config import load_config as load_config
 from .errors import ConfigError as ConfigError

@@ -17,7 +17,7 @@ import trio
 
 from ._gateway import open_gateway
 from ._types import DeltaEvent, Response, ResponseStatus
-from .errors import SluicegateError
+from .errors import ConfigError, SluicegateError
 
 __all__ = ["DEFAULT_CONFIG", "main"]
 
@@ -79,14 +79,41 @@ def _status(response: Response) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sluicegate", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    quick = commands.add_parser("quickstart", help="run a demo against the built-in fake provider")
+    """Run the ``sluicegate`` command; returns the exit status.
+
+    A rejected configuration is one line on stderr naming the setting
+    (``sluicegate: general_settings.max_request_body_bytes: must be at least 1024``), status 1.
+    """
+    # The help is plain text for a terminal: the module docstring is markup for the API reference.
+    parser = argparse.ArgumentParser(
+        prog="sluicegate",
+        description="A gateway for the OpenAI Responses API, on trio.",
+        epilog="Run 'sluicegate COMMAND --help' for the options of a command.",
+    )
+    commands = parser.add_subparsers(
+        title="commands", dest="command", required=True, metavar="COMMAND"
+    )
+    quick = commands.add_parser(
+        "quickstart",
+        help="run a demo against the built-in fake provider (no API key needed)",
+        description=(
+            "Run the gateway on its embedded configuration (the built-in fake provider, so no "
+            "API key is needed) and show a streamed answer, a follow-up turn through "
+            "previous_response_id, a retrieval by ID, a background response polled to its "
+            "end, and what the event store (sluicegate.db in the working directory) recorded."
+        ),
+    )
     quick.add_argument("--config", help="a YAML config (default: the embedded fake-provider one)")
-    quick.add_argument("--model", default="demo", help="the model group to call")
+    quick.add_argument("--model", default="demo", help="the model group to call (default: demo)")
     quick.add_argument("--input", default="Say hello to the sluice gate.", help="the prompt")
     serve = commands.add_parser(
-        "serve", help="run the HTTP proxy (OpenAI-compatible: point an SDK's base_url at it)"
+        "serve",
+        help="run the HTTP proxy (OpenAI-compatible: point an SDK's base_url at it)",
+        description=(
+            "Run the HTTP proxy. It speaks the OpenAI API: point an SDK's base_url at "
+            "http://HOST:PORT/v1. SIGINT or SIGTERM stops it gracefully: requests in flight get "
+            "general_settings.graceful_shutdown_timeout seconds to finish."
+        ),
     )
     serve.add_argument("--config", required=True, help="the YAML config (see examples/demo.yaml)")
     serve.add_argument("--host", default="127.0.0.1", help="the address to listen on")
@@ -100,6 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             run(args.config, host=args.host, port=args.port, workers=args.workers)
         else:
             trio.run(_quickstart, args.config or DEFAULT_CONFIG, args.model, args.input)
+    except ConfigError as exc:  # its message names the setting; an HTTP status means nothing here
+        print(f"sluicegate: {exc.message}", file=sys.stderr)
+        return 1
     except SluicegateError as exc:
         print(f"sluicegate: {exc.status_code} {exc.message}", file=sys.stderr)
         return 1

@@ -21,10 +21,11 @@
         path: sluicegate.db                # ":memory:" for a private, temporary store
         retention: 30d                     # content purged after; spend rows stay
 
-Every ``os.environ/NAME`` string is replaced by that variable at load. Unknown keys, wrong types
-and missing variables are a :class:`~sluicegate.errors.ConfigError` that names the path of the
-bad value (``model_list[0].litellm_params.weight``). Secrets are held in :class:`Secret`, whose
-repr never shows the value.
+Every ``os.environ/NAME`` string is replaced by that variable at load. Unknown keys, wrong types,
+values out of range (attrs validators on the fields) and missing variables are a
+:class:`~sluicegate.errors.ConfigError` that names the path of the bad value
+(``model_list[0].litellm_params.weight: must be positive``). Secrets are held in
+:class:`Secret`, whose repr never shows the value.
 """
 
 from __future__ import annotations
@@ -33,15 +34,19 @@ import hashlib
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, NewType
+from typing import Any, Literal, NewType, NoReturn, get_args, get_origin
 
 import attrs
 import cattrs
 import yaml
+from cattrs.errors import AttributeValidationNote
 from cattrs.preconf.orjson import make_converter
+from cattrs.v import format_exception
 
+from .codecs._registry import CHAT_PROVIDERS, MESSAGE_PROVIDERS, PROVIDERS
+from .codecs._registry import is_bridged as is_bridged
 from .errors import ConfigError
 from .pricing import ModelPrice
 
@@ -63,47 +68,13 @@ __all__ = [
     "derive_deployment_id",
     "forward_refusal",
     "is_bridged",
+    "is_in_process_fake",
     "load_config",
     "make_config_converter",
     "parse_duration",
 ]
 
 ENV_PREFIX = "os.environ/"
-#: Providers whose upstream speaks the Responses API natively (issue 2).
-NATIVE_PROVIDERS = frozenset({"openai", "azure", "fake"})
-#: OpenAI-compatible Chat Completions servers (issue 6), LiteLLM's prefixes where it has one:
-#: provider -> (default api_base or None when it must be configured, API key variable or None).
-CHAT_PROVIDERS: Mapping[str, tuple[str | None, str | None]] = {
-    "chat": (None, None),
-    "openai_chat": ("https://api.openai.com/v1", "OPENAI_API_KEY"),
-    "hosted_vllm": (None, "HOSTED_VLLM_API_KEY"),
-    "ollama_chat": ("http://127.0.0.1:11434/v1", None),
-    "groq": ("https://api.groq.com/openai/v1", "GROQ_API_KEY"),
-    "deepseek": ("https://api.deepseek.com/v1", "DEEPSEEK_API_KEY"),
-    "together_ai": ("https://api.together.xyz/v1", "TOGETHERAI_API_KEY"),
-    "fireworks_ai": ("https://api.fireworks.ai/inference/v1", "FIREWORKS_AI_API_KEY"),
-    "openrouter": ("https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
-    "mistral": ("https://api.mistral.ai/v1", "MISTRAL_API_KEY"),
-    "xai": ("https://api.x.ai/v1", "XAI_API_KEY"),
-}
-#: Bridged providers with their own wire format: (default api_base, API key variable, the
-#: variable that overrides the api_base).
-MESSAGE_PROVIDERS: Mapping[str, tuple[str, str, str]] = {
-    "anthropic": ("https://api.anthropic.com", "ANTHROPIC_API_KEY", "ANTHROPIC_API_BASE"),
-    "gemini": (
-        "https://generativelanguage.googleapis.com",
-        "GEMINI_API_KEY",
-        "GEMINI_API_BASE",
-    ),
-}
-#: Every provider a ``model_list`` entry may name.
-PROVIDERS = NATIVE_PROVIDERS | frozenset(CHAT_PROVIDERS) | frozenset(MESSAGE_PROVIDERS)
-
-
-def is_bridged(provider: str) -> bool:
-    """Whether the gateway translates this provider's wire format (mapping.md): the
-    conversation of such a response lives in the event store, not at the provider."""
-    return provider not in NATIVE_PROVIDERS
 
 
 @attrs.frozen(repr=False)
@@ -121,16 +92,55 @@ class Secret:
     __str__ = __repr__
 
 
+class _Rejected(ValueError):
+    """A configured value our checks refuse. The message is the configuration error's;
+    :func:`load_config` puts the value's path in front of it."""
+
+
+def _reject(attribute: attrs.Attribute[Any], message: str) -> NoReturn:
+    error = _Rejected(message)
+    # Filed the way cattrs files an error raised while structuring an attribute, so that
+    # ``cattrs.transform_error`` names the whole path of the setting.
+    name = attribute.name
+    error.add_note(AttributeValidationNote(f"Validating attribute {name}", name, attribute.type))
+    raise error
+
+
+def _at_least(minimum: int) -> Callable[[Any, attrs.Attribute[Any], float | None], None]:
+    """A field validator: None, or at least ``minimum``."""
+
+    def check(_: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
+        if value is not None and value < minimum:
+            _reject(attribute, f"must be at least {minimum}")
+
+    return check
+
+
+def _positive(_: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and not value > 0:
+        _reject(attribute, "must be positive")
+
+
+def _not_negative(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value >= 0:
+        _reject(attribute, "must not be negative")
+
+
+def _fraction(_: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and not 0 < value <= 1:
+        _reject(attribute, "must be a fraction in (0, 1]")
+
+
 @attrs.frozen(kw_only=True)
 class LiteLLMParams:
     model: str
     api_base: str | None = None
     api_key: Secret | None = None
     api_version: str | None = None
-    weight: float = 1.0
+    weight: float = attrs.field(default=1.0, validator=_positive)
     # Per-deployment limits per minute, enforced by the router.
-    rpm: int | None = None
-    tpm: int | None = None
+    rpm: int | None = attrs.field(default=None, validator=_at_least(1))
+    tpm: int | None = attrs.field(default=None, validator=_at_least(1))
     max_retries: int | None = None
     timeout: float | None = None
     stream_timeout: float | None = None
@@ -196,11 +206,25 @@ def parse_duration(value: Any) -> float:
 
 
 def _duration(value: Any, _: type = Duration) -> Duration:
-    return Duration(parse_duration(value))
+    try:
+        return Duration(parse_duration(value))
+    except (TypeError, ValueError) as exc:
+        raise _Rejected(str(exc)) from None
 
 
 #: The routing strategies (issue 7), by the names LiteLLM's configs use and their short forms.
-ROUTING_STRATEGIES = {
+RoutingStrategy = Literal[
+    "simple-shuffle",
+    "least-busy",
+    "latency-based",
+    "latency-based-routing",
+    "usage-based",
+    "usage-based-routing",
+    "usage-based-routing-v2",
+]
+#: What each of them is called inside: the names in :data:`RoutingStrategy` (a test keeps the
+#: two together).
+ROUTING_STRATEGIES: Mapping[str, str] = {
     "simple-shuffle": "simple-shuffle",
     "least-busy": "least-busy",
     "latency-based": "latency-based",
@@ -214,20 +238,20 @@ ROUTING_STRATEGIES = {
 @attrs.frozen(kw_only=True)
 class RouterSettings:
     #: How a deployment is chosen within a group (:data:`ROUTING_STRATEGIES`).
-    routing_strategy: str = "simple-shuffle"
+    routing_strategy: RoutingStrategy = "simple-shuffle"
     #: Retries of a request within its model group (each fallback group gets as many); a
     #: deployment's ``litellm_params.max_retries`` overrides it after that deployment failed.
-    num_retries: int = 2
+    num_retries: int = attrs.field(default=2, validator=_not_negative)
     #: Failures within a minute a deployment may have before it cools down (more opens it).
-    allowed_fails: int = 3
+    allowed_fails: int = attrs.field(default=3, validator=_not_negative)
     #: Seconds a cooled deployment stays out of every pick before one probe request may try it.
-    cooldown_time: float = 5.0
+    cooldown_time: float = attrs.field(default=5.0, validator=_positive)
     #: Also cool a deployment when this fraction of its requests in the last minute failed
     #: (with at least ``failure_rate_min_requests`` of them); None: counts only.
-    failure_rate_threshold: float | None = None
-    failure_rate_min_requests: int = 10
+    failure_rate_threshold: float | None = attrs.field(default=None, validator=_fraction)
+    failure_rate_min_requests: int = attrs.field(default=10, validator=_at_least(1))
     #: The least time (seconds) before any retry, also one on another deployment.
-    retry_after: float = 0.0
+    retry_after: float = attrs.field(default=0.0, validator=_not_negative)
     #: ``[{"group": ["fallback group", ...]}, ...]``: where a request goes after its group's
     #: retries failed; context-window and content-policy errors have chains of their own.
     fallbacks: list[dict[str, list[str]]] = attrs.Factory(list)
@@ -236,7 +260,7 @@ class RouterSettings:
     #: Fallback groups for any group that has no entry in ``fallbacks``.
     default_fallbacks: list[str] = attrs.Factory(list)
     #: The longest (seconds) a request waits for rpm/tpm room before a 429 comes back.
-    limit_wait: float = 1.0
+    limit_wait: float = attrs.field(default=1.0, validator=_not_negative)
     #: Keep a session on one deployment (prompt-cache locality): the session is the
     #: ``x-sluicegate-session`` header (library: ``session=``), else ``prompt_cache_key``,
     #: else ``user``.
@@ -273,9 +297,9 @@ class StoreSettings:
     #: How often the retention purge runs (seconds or a duration).
     purge_interval: Duration = Duration(3600.0)
     #: ``previous_response_id`` chains longer than this are refused (400), never read unbounded.
-    max_conversation_turns: int = 100
+    max_conversation_turns: int = attrs.field(default=100, validator=_at_least(1))
     #: ... and larger than this many bytes of stored items.
-    max_conversation_bytes: int = 32 * 1024 * 1024
+    max_conversation_bytes: int = attrs.field(default=32 * 1024 * 1024, validator=_at_least(1))
 
 
 @attrs.frozen(kw_only=True)
@@ -375,7 +399,7 @@ class GeneralSettings:
     keepalive_expiry: float = 30.0
     #: ``lean``: sluicegate's HTTP/1.1 transport (flat CPU per request at any concurrency);
     #: ``httpx``: httpx's own (for HTTP/2, or anything the lean one does not speak).
-    http_transport: str = "lean"
+    http_transport: Literal["lean", "httpx"] = "lean"
     store: StoreSettings = attrs.Factory(StoreSettings)
     #: The proxy's admin key (``sluicegate serve``): every route, every response, key admin.
     #: Unset: the proxy refuses to start unless ``allow_unauthenticated`` is true.
@@ -383,13 +407,13 @@ class GeneralSettings:
     #: Serve without any key (local development only): every caller is the admin.
     allow_unauthenticated: bool = False
     #: The largest request body the proxy reads (bytes); larger is a 413.
-    max_request_body_bytes: int = 16 * 1024 * 1024
+    max_request_body_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_at_least(1024))
     #: Seconds a client has to send a JSON request body (a 408 after), and the longest pause
     #: between two pieces of a file upload: a stalled or trickling sender holds nothing longer.
     request_body_timeout: Duration = Duration(60.0)
     #: Request bodies read at once; one more is a 503 with Retry-After (slow senders cannot
     #: pile up without bound).
-    max_concurrent_body_reads: int = 512
+    max_concurrent_body_reads: int = attrs.field(default=512, validator=_at_least(1))
     #: The largest file an upload may send upstream (OpenAI's own limit: 512 MB).
     max_file_bytes: int = 512 * 1024 * 1024
     #: Seconds of upstream silence after which the proxy sends an SSE comment line, so load
@@ -451,6 +475,13 @@ class Deployment:
     #: Requests and tokens per minute this deployment may take (None: unlimited).
     rpm: int | None = None
     tpm: int | None = None
+
+
+def is_in_process_fake(deployment: Deployment) -> bool:
+    """Whether the built-in fake serves this deployment inside the gateway (``fake/…`` with no
+    ``api_base``): its upstream is started on demand, and what it made is known to this
+    process alone."""
+    return deployment.provider == "fake" and deployment.api_base is None
 
 
 def make_config_converter() -> cattrs.Converter:
@@ -530,12 +561,33 @@ def load_config(
     try:
         config = _CONVERTER.structure(resolved, GatewayConfig)
     except cattrs.BaseValidationError as exc:
-        messages = cattrs.transform_error(exc, path="")
-        first = messages[0] if messages else str(exc)
-        where = first.partition(" @ ")[2].removeprefix("$").lstrip(".")
-        raise ConfigError("; ".join(messages), path=where or None) from exc
+        raise _config_error(exc) from exc
     _check(config)
     return config
+
+
+def _config_error(exc: cattrs.BaseValidationError) -> ConfigError:
+    """One error for everything cattrs and the field validators found, under the path of the
+    first problem; each further one names its own path."""
+    problems: list[tuple[str, str]] = []
+    for message in cattrs.transform_error(exc, path="", format_exception=_describe):
+        description, _, where = message.rpartition(" @ ")
+        problems.append((where.lstrip("."), description))
+    if not problems:
+        return ConfigError(str(exc))
+    (path, first), rest = problems[0], problems[1:]
+    text = "; ".join([first, *(f"{where}: {what}" if where else what for where, what in rest)])
+    return ConfigError(text, path=path or None)
+
+
+def _describe(exc: BaseException, kind: Any) -> str:
+    """What is wrong with a value: our checks' own words, the choices of a ``Literal``, or
+    cattrs' description."""
+    if isinstance(exc, _Rejected):
+        return str(exc)
+    if get_origin(kind) is Literal:
+        return f"must be one of {', '.join(map(str, get_args(kind)))}"
+    return format_exception(exc, kind)
 
 
 def _resolve_env(value: Any, path: str, env: Mapping[str, str]) -> Any:
@@ -553,21 +605,8 @@ def _resolve_env(value: Any, path: str, env: Mapping[str, str]) -> Any:
     return value
 
 
-HTTP_TRANSPORTS = ("lean", "httpx")
-
-
 def _check(config: GatewayConfig) -> None:
-    if config.general_settings.http_transport not in HTTP_TRANSPORTS:
-        raise ConfigError(
-            f"must be one of {', '.join(HTTP_TRANSPORTS)}",
-            path="general_settings.http_transport",
-        )
-    if config.general_settings.max_request_body_bytes < 1024:
-        raise ConfigError("must be at least 1024", path="general_settings.max_request_body_bytes")
-    if config.general_settings.max_concurrent_body_reads < 1:
-        raise ConfigError("must be at least 1", path="general_settings.max_concurrent_body_reads")
-    if not config.general_settings.request_body_timeout > 0:
-        raise ConfigError("must be positive", path="general_settings.request_body_timeout")
+    """What no single field's validator can see: values checked against lists or each other."""
     for i, name in enumerate(config.general_settings.forward_client_headers):
         refusal = forward_refusal(name)
         if refusal is not None:
@@ -575,10 +614,6 @@ def _check(config: GatewayConfig) -> None:
                 f"{name!r} cannot be forwarded: {refusal}",
                 path=f"general_settings.forward_client_headers[{i}]",
             )
-    store = config.general_settings.store
-    for name in ("max_conversation_turns", "max_conversation_bytes"):
-        if getattr(store, name) < 1:
-            raise ConfigError("must be at least 1", path=f"general_settings.store.{name}")
     seen: dict[str, str] = {}
     for i, entry in enumerate(config.model_list):
         base = f"model_list[{i}]"
@@ -600,14 +635,8 @@ def _check(config: GatewayConfig) -> None:
                 f"{provider} deployments need an api_base (the server's /v1 URL)",
                 path=f"{base}.litellm_params",
             )
-        if entry.litellm_params.weight <= 0:
-            raise ConfigError("must be positive", path=f"{base}.litellm_params.weight")
         if provider == "azure" and not entry.litellm_params.api_base:
             raise ConfigError("azure deployments need an api_base", path=f"{base}.litellm_params")
-        for limit in ("rpm", "tpm"):
-            value = getattr(entry.litellm_params, limit)
-            if value is not None and value < 1:
-                raise ConfigError("must be at least 1", path=f"{base}.litellm_params.{limit}")
         dep_id = deployment_id_of(entry)
         if dep_id in seen:
             raise ConfigError(
@@ -620,20 +649,6 @@ def _check(config: GatewayConfig) -> None:
 
 def _check_router(r: RouterSettings, groups: set[str]) -> None:
     base = "router_settings"
-    if r.routing_strategy not in ROUTING_STRATEGIES:
-        raise ConfigError(
-            f"must be one of {', '.join(ROUTING_STRATEGIES)}", path=f"{base}.routing_strategy"
-        )
-    for name in ("num_retries", "allowed_fails", "retry_after", "limit_wait"):
-        if getattr(r, name) < 0:
-            raise ConfigError("must not be negative", path=f"{base}.{name}")
-    if r.cooldown_time <= 0:
-        raise ConfigError("must be positive", path=f"{base}.cooldown_time")
-    rate = r.failure_rate_threshold
-    if rate is not None and not 0 < rate <= 1:
-        raise ConfigError("must be a fraction in (0, 1]", path=f"{base}.failure_rate_threshold")
-    if r.failure_rate_min_requests < 1:
-        raise ConfigError("must be at least 1", path=f"{base}.failure_rate_min_requests")
 
     def known(group: str, path: str) -> None:
         if group not in groups:

@@ -17,9 +17,11 @@ from hypothesis import strategies as st
 
 from sluicegate._types import StreamEvent
 from sluicegate.codecs._bridge import (
-    BridgeContext,
     BridgeInput,
     BuiltRequest,
+)
+from sluicegate.codecs._emitter import (
+    BridgeContext,
     seal_reasoning,
 )
 from sluicegate.codecs._lifecycle import StreamTracker

@@ -16,10 +16,12 @@ from hypothesis import strategies as st
 
 from sluicegate.codecs._bridge import (
     BridgeCodec,
-    BridgeContext,
     BridgeInput,
     BuiltRequest,
     conversation_items,
+)
+from sluicegate.codecs._emitter import (
+    BridgeContext,
     seal_reasoning,
 )
 from sluicegate.codecs._lifecycle import StreamTracker

@@ -15,9 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sluicegate.codecs._bridge import (
-    BridgeContext,
     BridgeInput,
     BuiltRequest,
+)
+from sluicegate.codecs._emitter import (
+    BridgeContext,
     open_reasoning,
     seal_reasoning,
 )

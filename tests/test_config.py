@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, get_args
 
 import pytest
 
-from sluicegate.config import build_deployment, derive_deployment_id, load_config
+from sluicegate.config import (
+    ROUTING_STRATEGIES,
+    GeneralSettings,
+    RouterSettings,
+    RoutingStrategy,
+    build_deployment,
+    derive_deployment_id,
+    load_config,
+)
 from sluicegate.errors import ConfigError
 
 YAML = """
@@ -198,3 +207,107 @@ def test_derived_deployment_id_ignores_secrets() -> None:
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "nope.yaml")
+
+
+def _entry(**params: Any) -> dict[str, Any]:
+    return {"model_list": [{"model_name": "a", "litellm_params": {"model": "openai/x", **params}}]}
+
+
+@pytest.mark.parametrize(
+    ("config", "error"),
+    [
+        (
+            {"general_settings": {"http_transport": "curl"}},
+            "general_settings.http_transport: must be one of lean, httpx",
+        ),
+        (
+            {"general_settings": {"http_transport": 2}},
+            "general_settings.http_transport: must be one of lean, httpx",
+        ),
+        (
+            {"general_settings": {"max_request_body_bytes": 1023}},
+            "general_settings.max_request_body_bytes: must be at least 1024",
+        ),
+        (
+            {"general_settings": {"max_concurrent_body_reads": 0}},
+            "general_settings.max_concurrent_body_reads: must be at least 1",
+        ),
+        (
+            {"general_settings": {"request_body_timeout": 0}},
+            "general_settings.request_body_timeout: must be a positive duration",
+        ),
+        (
+            {"general_settings": {"store": {"max_conversation_turns": 0}}},
+            "general_settings.store.max_conversation_turns: must be at least 1",
+        ),
+        (
+            {"general_settings": {"store": {"max_conversation_bytes": -5}}},
+            "general_settings.store.max_conversation_bytes: must be at least 1",
+        ),
+        (_entry(weight=0), "model_list[0].litellm_params.weight: must be positive"),
+        (_entry(weight=float("nan")), "model_list[0].litellm_params.weight: must be positive"),
+        (_entry(rpm=0), "model_list[0].litellm_params.rpm: must be at least 1"),
+        (_entry(tpm=-1), "model_list[0].litellm_params.tpm: must be at least 1"),
+        (
+            {"router_settings": {"routing_strategy": "round-robin"}},
+            "router_settings.routing_strategy: must be one of " + ", ".join(ROUTING_STRATEGIES),
+        ),
+        *(
+            ({"router_settings": {name: -1}}, f"router_settings.{name}: must not be negative")
+            for name in ("num_retries", "allowed_fails", "retry_after", "limit_wait")
+        ),
+        (
+            {"router_settings": {"cooldown_time": 0}},
+            "router_settings.cooldown_time: must be positive",
+        ),
+        *(
+            (
+                {"router_settings": {"failure_rate_threshold": rate}},
+                "router_settings.failure_rate_threshold: must be a fraction in (0, 1]",
+            )
+            for rate in (0, 1.5)
+        ),
+        (
+            {"router_settings": {"failure_rate_min_requests": 0}},
+            "router_settings.failure_rate_min_requests: must be at least 1",
+        ),
+        (
+            {"general_settings": {"include_cost_in_streaming_usage": "yes"}},
+            "general_settings.include_cost_in_streaming_usage: invalid value for type, "
+            "expected bool",
+        ),
+    ],
+)
+def test_a_value_out_of_range_is_named_with_its_path(config: dict[str, Any], error: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(config, environ={})
+    assert info.value.message == error
+    assert info.value.path == error.partition(": ")[0]
+
+
+def test_every_problem_is_named_under_the_first_ones_path() -> None:
+    config = {
+        **_entry(weight="heavy"),
+        "router_settings": {"num_retries": -1},
+        "general_settings": {"max_request_body_bytes": 1},
+    }
+    with pytest.raises(ConfigError) as info:
+        load_config(config, environ={})
+    assert info.value.path == "model_list[0].litellm_params.weight"
+    assert info.value.message == (
+        "model_list[0].litellm_params.weight: invalid value for type, expected float; "
+        "router_settings.num_retries: must not be negative; "
+        "general_settings.max_request_body_bytes: must be at least 1024"
+    )
+
+
+def test_the_bounds_hold_for_settings_made_in_code_too() -> None:
+    with pytest.raises(ValueError, match="must be positive"):
+        RouterSettings(cooldown_time=0)
+    with pytest.raises(ValueError, match="must be at least 1024"):
+        GeneralSettings(max_request_body_bytes=10)
+    assert RouterSettings(allowed_fails=0, failure_rate_threshold=1).allowed_fails == 0
+
+
+def test_the_routing_strategy_type_names_every_strategy() -> None:
+    assert get_args(RoutingStrategy) == tuple(ROUTING_STRATEGIES)

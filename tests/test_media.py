@@ -9,9 +9,9 @@ import httpx
 import pytest
 import trio
 
-from sluicegate.actors._media import MediaFetcher
 from sluicegate.config import MediaFetchSettings
 from sluicegate.errors import InvalidRequestError
+from sluicegate.net._media import MediaFetcher
 
 from .bridge_fakes import Reply, serve_loopback
 

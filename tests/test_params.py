@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sluicegate._params import RESPONSES_PARAMETERS, prepare_call
+from sluicegate._gateway._params import RESPONSES_PARAMETERS, prepare_call
 from sluicegate.codecs.ids import IdCodec
 from sluicegate.errors import InvalidRequestError, NotFoundError
 

@@ -11,7 +11,7 @@ import pytest
 
 from sluicegate.config import DEFAULT_FORWARD_CLIENT_HEADERS, forward_refusal
 from sluicegate.server import build_app
-from sluicegate.server._app import FORBIDDEN_HEADERS
+from sluicegate.server._exchange import FORBIDDEN_HEADERS
 
 from . import test_files_batches as files
 from .bridge_fakes import mock_transport

@@ -943,7 +943,7 @@ async def test_a_cancel_through_another_process_is_what_every_reader_sees_at_onc
     worker noticed. The cancel is recorded before it is acknowledged, every reader answers
     the recorded end, and the running worker stops its upstream request soon after, billing
     the usage so far."""
-    monkeypatch.setattr(sluicegate._gateway, "ENDED_ELSEWHERE_POLL", 0.1)
+    monkeypatch.setattr(sluicegate._gateway._background, "ENDED_ELSEWHERE_POLL", 0.1)
     path = str(tmp_path / "shared.db")
     upstream = NativeUpstream(delay=0.2)  # 14 frames: 2.8 s unless stopped
     async with (
@@ -973,7 +973,9 @@ async def test_a_run_that_finishes_after_another_process_cancelled_it_keeps_the_
     """The other side of that race: the run ends before it notices the cancel. Its own end
     is refused (the acknowledged cancel stands), its usage is billed, its followers see no
     terminal event, and nothing is logged as an error."""
-    monkeypatch.setattr(sluicegate._gateway, "ENDED_ELSEWHERE_POLL", 1000.0)  # never looks
+    monkeypatch.setattr(
+        sluicegate._gateway._background, "ENDED_ELSEWHERE_POLL", 1000.0
+    )  # never looks
     path = str(tmp_path / "shared.db")
     upstream = NativeUpstream(delay=0.02)
     async with (

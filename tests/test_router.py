@@ -12,7 +12,8 @@ import attrs
 import pytest
 
 from sluicegate.actors._health import BreakerState, Health, SlidingMinute
-from sluicegate.actors._router import Router, _Unavailable, failure_kind
+from sluicegate.actors._router import Router, failure_kind
+from sluicegate.actors._router import Unavailable as _Unavailable
 from sluicegate.codecs.ids import DecodedId
 from sluicegate.config import (
     Deployment,

@@ -15,8 +15,8 @@ import trio
 import trio.testing
 
 import sluicegate
-from sluicegate.actors._transport import LeanTransport, TransportStatistics
 from sluicegate.fake import open_fake_upstream
+from sluicegate.net._transport import LeanTransport, TransportStatistics
 
 
 class Peer:
@@ -598,3 +598,42 @@ async def test_gateway_over_lean_transport() -> None:
             async with gw.stream(model="g", input="hi") as events:
                 received = [e async for e in events]
             assert received[-1].type == "response.completed"
+
+
+async def test_httpx_option_takes_the_environments_proxy_except_for_no_proxy_hosts(
+    nursery: trio.Nursery,
+) -> None:
+    """``http_transport: httpx`` is the proxy option: HTTP_PROXY carries a request to an
+    upstream that NO_PROXY does not name, and NO_PROXY's hosts are reached directly."""
+    seen: list[bytes] = []
+
+    async def forward_proxy(peer: Peer, index: int) -> None:
+        while (request := await peer.read_request()) is not None:
+            seen.append(request.partition(b"\r\n")[0])
+            body = orjson.dumps({"error": {"message": "answered by the proxy", "type": "x"}})
+            await peer.send(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+            )
+
+    proxy = await serve(nursery, forward_proxy)
+
+    def entry(name: str, api_base: str) -> dict[str, object]:
+        params = {"model": "openai/gpt-5.4", "api_base": api_base, "api_key": "sk-test"}
+        return {"model_name": name, "litellm_params": params}
+
+    async with open_fake_upstream(tokens=3) as fake:
+        config = {
+            "model_list": [
+                entry("proxied", "http://upstream.sluicegate.test/v1"),
+                entry("direct", fake.base_url),
+            ],
+            "general_settings": {"http_transport": "httpx", "store": {"path": ":memory:"}},
+        }
+        environ = {"HTTP_PROXY": proxy.url, "no_proxy": "localhost, .internal.test,127.0.0.1"}
+        async with sluicegate.open_gateway(config, environ=environ) as gw:
+            with pytest.raises(sluicegate.SluicegateError, match="answered by the proxy"):
+                await gw.responses(model="proxied", input="hi")
+            response = await gw.responses(model="direct", input="hi")
+            assert response.status == sluicegate.ResponseStatus.COMPLETED
+    assert seen == [b"POST http://upstream.sluicegate.test/v1/responses HTTP/1.1"]

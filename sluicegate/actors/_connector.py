@@ -4,11 +4,13 @@ It sends each routed attempt through the gateway's one pooled httpx transport an
 body as it arrives. Retries happen only while the connector has emitted nothing for the request
 (so nothing can have reached the caller), and the router decides them: after a failed attempt
 the connector asks the request's route plan for the next (another deployment, the same one
-after a back-off or its ``Retry-After``, a fallback group) and sends it (``_router.py``). It
+after a back-off or its ``Retry-After``, a fallback group) and sends it (``_plan.py``). It
 reports every attempt's outcome to the deployment's health (load, latency, circuit breaker).
 Lookups of stored responses (GET, DELETE, cancel upstream) have one deployment only and retry
-it with tenacity. Deadlines are cancel scopes at the call site: first byte (response headers),
-idle gap between chunks, total per attempt, and the caller's ``timeout`` over all attempts.
+it with tenacity, under the router's policy (``may_retry`` and ``backoff``; why the main path
+does without tenacity: ``_plan.py``). Deadlines are cancel scopes at the call site: first
+byte (response headers), idle gap between chunks, total per attempt, and the caller's
+``timeout`` over all attempts.
 The connect deadline is the transport's (httpx raises ConnectTimeout).
 
 httpx exceptions are translated into ours here, at this one boundary.
@@ -31,7 +33,7 @@ import tenacity
 import trio
 
 from ..codecs._bridge import BridgeCodec, BridgeInput, BuiltRequest, conversation_items
-from ..codecs._registry import bridge_codec
+from ..codecs._registry import bridge_codec, is_bridged
 from ..codecs.openai_responses import (
     Decoder,
     ResponsesBodyDecoder,
@@ -40,7 +42,7 @@ from ..codecs.openai_responses import (
     build_create_request,
     parse_error_response,
 )
-from ..config import Deployment, RouterSettings, Timeouts, is_bridged
+from ..config import Deployment, RouterSettings, Timeouts
 from ..errors import (
     InvalidRequestError,
     SluicegateError,
@@ -50,9 +52,9 @@ from ..errors import (
     UpstreamStatusError,
     UpstreamTimeoutError,
 )
+from ..net._media import MediaFetcher
 from ..runtime._messages import Failure, PreparedCall, RawItem, Routed, UpstreamOpened
-from ._media import MediaFetcher
-from ._router import backoff
+from ._router import backoff, may_retry
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -106,7 +108,7 @@ class Connector:
         """Serve a routed request: send each attempt and relay its answer into ``outbox``.
         An attempt that fails before anything went downstream goes back to the route plan,
         which decides the next attempt (another deployment, the same one after a back-off, a
-        fallback group) or gives up with the error the caller gets (``_router.py``)."""
+        fallback group) or gives up with the error the caller gets (``_plan.py``)."""
         timeout = routed.call.timeout
         with _deadline(timeout) as overall:
             while True:
@@ -144,7 +146,7 @@ class Connector:
         timeouts = deployment.stream_timeouts if call.stream else deployment.timeouts
         # With a route plan, retries are the router's (another deployment may serve them).
         max_retries = 0 if plan is not None else deployment.max_retries
-        health = plan.router.health(deployment) if plan is not None else None
+        health = plan.health(deployment) if plan is not None else None
         now = trio.current_time
         started = now()
         if health is not None:
@@ -382,9 +384,7 @@ class Connector:
             raise
 
     def _should_retry(self, exc: BaseException) -> bool:
-        if not isinstance(exc, UpstreamError) or not exc.retryable:
-            return False
-        return exc.retry_after is None or exc.retry_after <= self._settings.max_retry_after
+        return may_retry(self._settings, exc)
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None

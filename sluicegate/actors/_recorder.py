@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from ..errors import SluicegateError
     from ..runtime._messages import Batch, PreparedCall
     from ..store import Store
-    from ._stages import Accountant
+    from ._accountant import Accountant
 
 __all__ = ["Recorder", "Recording", "unanswered_response"]
 

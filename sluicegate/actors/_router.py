@@ -1,7 +1,7 @@
 """The router: which deployment serves each attempt of a request (DESIGN §2, issue 7).
 
-The router decides; the connector acts. The router actor turns a request into a
-:class:`RoutePlan` and its first :class:`Routed` attempt. When an attempt fails before anything
+The router decides; the connector acts. The router actor (``_plan.py``) turns a request into a
+``RoutePlan`` and its first :class:`Routed` attempt. When an attempt fails before anything
 reached the caller, the connector asks the plan for the next one: it answers with another
 attempt (and how long to wait first) or gives up by raising the error the caller gets. After
 the first event no one asks: a failure ends the response with ``response.failed``.
@@ -24,19 +24,9 @@ Choosing, in order:
    the most rpm/tpm headroom (``usage-based``).
 3. ``provider/model`` with no configured group: that provider with its environment credentials.
 
-After a failure (:meth:`RoutePlan.next`):
-
-- the provider refused the request itself (400-class): no retry; a context-window error goes
-  to ``context_window_fallbacks``, a content-policy error to ``content_policy_fallbacks``;
-- otherwise, while the failed deployment's ``max_retries`` allows: another deployment of the
-  group, not one that failed this request (after ``retry_after``); if none is left, the same
-  one after a back-off or its ``Retry-After`` when the error is retryable;
-- then the ``fallbacks`` groups in order, each with retries of its own;
-- then the error.
-
-Nothing is available at all (every deployment cooling, or over its limits): a request waits up
-to ``limit_wait`` for rpm/tpm room; otherwise a 429 (limits) or 503 (cooling) with
-``Retry-After`` comes back, after trying the fallbacks.
+After a failure, the request's :class:`~._plan.RoutePlan` decides the next attempt
+(``_plan.py``), asking this module's :func:`failure_kind`, :func:`may_retry` and
+:func:`backoff`.
 """
 
 from __future__ import annotations
@@ -52,11 +42,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 import attrs
 import trio
 
-from ..config import (
+from ..codecs._registry import (
     CHAT_PROVIDERS,
     MESSAGE_PROVIDERS,
     NATIVE_PROVIDERS,
     PROVIDERS,
+    is_bridged,
+)
+from ..config import (
     ROUTING_STRATEGIES,
     Deployment,
     LiteLLMParams,
@@ -64,10 +57,9 @@ from ..config import (
     ModelInfo,
     RouterSettings,
     build_deployment,
-    is_bridged,
+    is_in_process_fake,
 )
 from ..errors import (
-    ClientError,
     InvalidRequestError,
     NotFoundError,
     RateLimitError,
@@ -77,17 +69,16 @@ from ..errors import (
     UpstreamStatusError,
 )
 from ..pricing import PriceTable
-from ..runtime._messages import Pin, PreparedCall, Routed
+from ..runtime._messages import Pin, PreparedCall
 from ._health import BreakerState, DeploymentStatistics, Health, counts_against
 
 __all__ = [
-    "RoutePlan",
     "Router",
     "RouterStatistics",
     "backoff",
     "failure_kind",
+    "may_retry",
     "rendezvous_order",
-    "run_router",
 ]
 
 #: Resolves a fake deployment to a running built-in fake upstream (an api_base).
@@ -127,7 +118,7 @@ class RouterStatistics:
     sessions: int
 
 
-class _Unavailable(Exception):
+class Unavailable(Exception):
     """No deployment of a group may take the request now; ``error`` says why to the caller,
     ``wait`` is when one will have rpm/tpm room (None: they are cooling)."""
 
@@ -226,21 +217,13 @@ class Router:
             sessions=len(self._sessions),
         )
 
-    def plan(self, call: PreparedCall) -> RoutePlan:
-        return RoutePlan(self, call)
-
-    async def route(self, call: PreparedCall) -> Deployment:
-        """The deployment for a request's first attempt (a background response's ID names it
-        before it runs)."""
-        return (await self.plan(call).first()).deployment
-
     def choose(self, call: PreparedCall, *, exclude: frozenset[str] = frozenset()) -> Deployment:
         """The routing decision for ``call.model`` (sync, no I/O), skipping ``exclude``.
 
         Raises:
             NotFoundError: no such model; the pinned deployment is gone.
             InvalidRequestError: the pinned response cannot continue in this group.
-            _Unavailable: nothing in the group may take it now.
+            Unavailable: nothing in the group may take it now.
         """
         group = self._groups.get(call.model)
         previous = call.previous
@@ -255,7 +238,7 @@ class Router:
                 and preferred is not None
                 and preferred in group.health
                 and preferred.deployment.id not in exclude
-                and self._usable(preferred, now)
+                and self.usable(preferred, now)
             ):
                 return preferred.deployment
         if group is None:
@@ -317,12 +300,21 @@ class Router:
     def now(self) -> float:
         return self._clock()
 
+    @property
+    def settings(self) -> RouterSettings:
+        return self._settings
+
+    @property
+    def rng(self) -> random.Random:
+        """The random source of its choices and of the retries' jitter."""
+        return self._random
+
     def used_tokens(self, deployment: Deployment, tokens: int) -> None:
         self.health(deployment).used_tokens(self._clock(), tokens)
 
     # -- the strategies ------------------------------------------------------------------
 
-    def _usable(self, h: Health, now: float) -> bool:
+    def usable(self, h: Health, now: float) -> bool:
         if not h.available(now):
             return False
         d = h.deployment
@@ -338,22 +330,22 @@ class Router:
             if not exclude:
                 # The common case in O(1): a weighted draw that is usable as it is.
                 h = rng.choices(members, cum_weights=group.cum_weights)[0]
-                if self._usable(h, now):
-                    return self._claim(h)
+                if self.usable(h, now):
+                    return self.claim(h)
             usable = self._candidates(group, exclude, now)
             if not usable:
                 return None
-            return self._claim(rng.choices(usable, [h.deployment.weight for h in usable])[0])
+            return self.claim(rng.choices(usable, [h.deployment.weight for h in usable])[0])
         if strategy == "latency-based":
             if not exclude and len(members) > 2:
                 a, b = rng.sample(members, 2)
-                if self._usable(a, now) and self._usable(b, now):
-                    return self._claim(_better(a, b, stream))
+                if self.usable(a, now) and self.usable(b, now):
+                    return self.claim(_better(a, b, stream))
             usable = self._candidates(group, exclude, now)
             if len(usable) < 2:
-                return self._claim(usable[0]) if usable else None
+                return self.claim(usable[0]) if usable else None
             a, b = rng.sample(usable, 2)
-            return self._claim(_better(a, b, stream))
+            return self.claim(_better(a, b, stream))
         if strategy == "least-busy":
             # One pass from a random place (ties go to a random one). A deployment busier
             # than the best so far is skipped before its availability is even looked at,
@@ -368,9 +360,9 @@ class Router:
                     continue
                 if exclude and h.deployment.id in exclude:
                     continue
-                if self._usable(h, now):
+                if self.usable(h, now):
                     best, least = h, h.in_flight
-            return self._claim(best) if best is not None else None
+            return self.claim(best) if best is not None else None
         # usage-based: the most headroom under the limits; without limits, the fewest tokens.
         # Exact over a small group; over a large one the better of two random picks (the
         # power of two choices), so a pick stays O(1) however many deployments there are.
@@ -378,8 +370,8 @@ class Router:
         if len(members) > EXACT_USAGE_SCAN:
             if not exclude:
                 a, b = rng.sample(members, 2)
-                if self._usable(a, now) and self._usable(b, now):
-                    return self._claim(min((a, b), key=lambda h: _usage_key(h, now)))
+                if self.usable(a, now) and self.usable(b, now):
+                    return self.claim(min((a, b), key=lambda h: _usage_key(h, now)))
             usable = self._candidates(group, exclude, now)
             if len(usable) > 2:
                 usable = rng.sample(usable, 2)
@@ -387,22 +379,22 @@ class Router:
             return None
         start = rng.randrange(len(usable))
         rotated = usable[start:] + usable[:start]
-        return self._claim(min(rotated, key=lambda h: _usage_key(h, now)))
+        return self.claim(min(rotated, key=lambda h: _usage_key(h, now)))
 
     def _candidates(self, group: _Group, exclude: frozenset[str], now: float) -> list[Health]:
-        return [h for h in group.health if h.deployment.id not in exclude and self._usable(h, now)]
+        return [h for h in group.health if h.deployment.id not in exclude and self.usable(h, now)]
 
-    def _claim(self, h: Health) -> Health:
+    def claim(self, h: Health) -> Health:
         h.claim(self._clock())
         return h
 
-    def _unavailable(self, group: _Group, exclude: frozenset[str], now: float) -> _Unavailable:
+    def _unavailable(self, group: _Group, exclude: frozenset[str], now: float) -> Unavailable:
         """Why nothing in ``group`` may take a request now, for the caller."""
         open_members = [h for h in group.health if h.deployment.id not in exclude]
         waits = [h.limited_for(now) for h in open_members if h.available(now)]
         if waits:
             wait = min(waits)
-            return _Unavailable(
+            return Unavailable(
                 _retry_later(
                     RateLimitError,
                     f"Every deployment of model '{group.name}' is at its rpm/tpm limit.",
@@ -413,7 +405,7 @@ class Router:
             )
         if not open_members:
             # Every deployment failed this request already.
-            return _Unavailable(
+            return Unavailable(
                 _retry_later(
                     ServiceUnavailableError,
                     f"Every deployment of model '{group.name}' failed this request.",
@@ -422,7 +414,7 @@ class Router:
                 None,
             )
         cooling = [h.open_until - now for h in open_members]
-        return _Unavailable(
+        return Unavailable(
             _retry_later(
                 ServiceUnavailableError,
                 f"Every deployment of model '{group.name}' is cooling down after failures.",
@@ -451,10 +443,10 @@ class Router:
         if entry is None or entry[1] <= now:
             return None
         h = self._health.get(entry[0])
-        if h is None or h.deployment.id in exclude or not self._usable(h, now):
+        if h is None or h.deployment.id in exclude or not self.usable(h, now):
             return None  # soft: a new pick below replaces it
         self._remember(group, session, h, now)
-        return self._claim(h)
+        return self.claim(h)
 
     def _cache_deployment(
         self, group: _Group, key: str, now: float, exclude: frozenset[str]
@@ -472,8 +464,8 @@ class Router:
         else:
             self._cache_orders.move_to_end(slot)
         for h in order:
-            if h.deployment.id not in exclude and self._usable(h, now):
-                return self._claim(h)
+            if h.deployment.id not in exclude and self.usable(h, now):
+                return self.claim(h)
         return None
 
     def _remember(self, group: _Group, session: str, h: Health, now: float) -> None:
@@ -576,7 +568,7 @@ class Router:
         can read the state, so nothing else may answer for it."""
         h = self.health(d)
         if not h.available(now):
-            raise _Unavailable(
+            raise Unavailable(
                 _retry_later(
                     ServiceUnavailableError,
                     f"The deployment that {pin.verb} {pin.param} ({d.id!r}) is cooling "
@@ -588,7 +580,7 @@ class Router:
             )
         wait = h.limited_for(now) if (d.rpm is not None or d.tpm is not None) else 0.0
         if wait > 0:
-            raise _Unavailable(
+            raise Unavailable(
                 _retry_later(
                     RateLimitError,
                     f"The deployment that {pin.verb} {pin.param} ({d.id!r}) is at its "
@@ -598,7 +590,7 @@ class Router:
                 ),
                 wait,
             )
-        self._claim(h)
+        self.claim(h)
         return d
 
     def adhoc_provider(self, model: str) -> str | None:
@@ -637,8 +629,8 @@ class Router:
         self._adhoc[model] = deployment
         return deployment
 
-    async def _resolved(self, deployment: Deployment) -> Deployment:
-        if deployment.provider == "fake" and deployment.api_base is None:
+    async def resolved(self, deployment: Deployment) -> Deployment:
+        if is_in_process_fake(deployment):
             return await self._resolve_fake(deployment)
         return deployment
 
@@ -667,167 +659,30 @@ def _better(a: Health, b: Health, stream: bool) -> Health:
     return b if b.score(stream=stream) < a.score(stream=stream) else a
 
 
-@attrs.define(eq=False)
-class RoutePlan:
-    """One request's attempts: the router's decisions, asked for by the connector."""
-
-    _router: Router
-    _call: PreparedCall
-    #: The group being tried now, and the fallback groups still to try.
-    _group: str = attrs.field(init=False)
-    _queue: list[str] = attrs.Factory(list)
-    #: The failure kinds whose fallback chain has been entered (each at most once).
-    _chains: set[str] = attrs.Factory(set)
-    _attempt: int = 0
-    _retries: int = 0
-    _failed: set[str] = attrs.Factory(set)
-    _last: Routed | None = None
-    #: The last error an upstream gave this request: what the caller gets if nothing works.
-    _upstream_error: SluicegateError | None = None
-
-    def __attrs_post_init__(self) -> None:
-        self._group = self._call.model
-
-    @property
-    def router(self) -> Router:
-        return self._router
-
-    async def first(self) -> Routed:
-        """The first attempt (waiting briefly for rpm/tpm room when that is all it takes).
-
-        Raises:
-            SluicegateError: nothing can serve the request (after the fallbacks).
-        """
-        call = self._call
-        if call.deployment is not None:  # chosen in advance: a background response's ID
-            return self._routed(call, await self._router._resolved(call.deployment))
-        try:
-            return await self._in_group(call.model)
-        except _Unavailable as unavailable:
-            self._queue = self._router.fallbacks(call.model, "fallbacks")
-            self._chains.add("fallbacks")
-            return await self._fall_back(unavailable.error)
-
-    async def next(self, error: SluicegateError) -> Routed:
-        """The attempt after ``error`` ended the last one, before anything reached the caller.
-
-        Raises:
-            SluicegateError: no attempt is left; the error the caller gets.
-        """
-        last = self._last
-        assert last is not None, "next() before first()"
-        if isinstance(error, UpstreamError):
-            self._upstream_error = error
-        kind = failure_kind(error)
-        if kind in ("context_window_fallbacks", "content_policy_fallbacks"):
-            return await self._chain(kind, error)
-        if kind is None:
-            if self._group != self._call.model:
-                # A fallback group cannot take what the first one could: the next one may.
-                return await self._fall_back(error)
-            raise error
-        failed = last.deployment
-        self._failed.add(failed.id)
-        if self._retries < failed.max_retries:
-            self._retries += 1
-            routed = await self._retry(failed, error)
-            if routed is not None:
-                return routed
-        return await self._chain("fallbacks", error)
-
-    async def _retry(self, failed: Deployment, error: SluicegateError) -> Routed | None:
-        router, call = self._router, self._call
-        settings = router._settings
-        if not router.pins(call):
-            try:
-                deployment = router.choose(self._group_call(), exclude=frozenset(self._failed))
-            except _Unavailable:
-                pass
-            else:
-                if settings.retry_after > 0:
-                    await trio.sleep(settings.retry_after)
-                return self._routed(self._group_call(), await router._resolved(deployment))
-        # Nothing else in the group: the same deployment again, when waiting may help.
-        if not isinstance(error, UpstreamError) or not error.retryable:
-            return None
-        retry_after = error.retry_after
-        if retry_after is not None and retry_after > settings.max_retry_after:
-            return None  # longer than we may hold the caller: the error is theirs to handle
-        delay = max(settings.retry_after, backoff(settings, self._retries, error, router._random))
-        await trio.sleep(delay)
-        health = router.health(failed)
-        if not router._usable(health, router.now()):
-            return None
-        router._claim(health)
-        return self._routed(self._group_call(), failed)
-
-    async def _chain(self, kind: str, error: SluicegateError) -> Routed:
-        """Go on to the next fallback group. A context-window or content-policy failure starts
-        its own chain (once); spent retries start the first group's ``fallbacks`` only when
-        no chain has begun, and otherwise continue the chain under way."""
-        if kind not in self._chains and (kind != "fallbacks" or not self._chains):
-            self._chains.add(kind)
-            self._queue = self._router.fallbacks(self._call.model, kind)
-        return await self._fall_back(error)
-
-    async def _fall_back(self, error: SluicegateError) -> Routed:
-        while self._queue:
-            self._group = self._queue.pop(0)
-            self._retries = 0
-            try:
-                return await self._in_group(self._group)
-            except (_Unavailable, ClientError):
-                continue  # this one cannot take it now; the next may
-        raise self._final(error)
-
-    def _final(self, error: SluicegateError) -> SluicegateError:
-        """What the caller gets when nothing is left: the last error a provider gave, over
-        the gateway's own (a fallback group cooling, or unable to take the request)."""
-        if not isinstance(error, UpstreamError) and self._upstream_error is not None:
-            return self._upstream_error
-        return error
-
-    async def _in_group(self, group: str) -> Routed:
-        """A deployment of ``group``, waiting up to ``limit_wait`` for rpm/tpm room."""
-        router = self._router
-        call = self._group_call(group)
-        deadline = router.now() + router._settings.limit_wait
-        while True:
-            try:
-                deployment = router.choose(call, exclude=frozenset(self._failed))
-            except _Unavailable as unavailable:
-                wait = unavailable.wait
-                if wait is None or router.now() + wait > deadline:
-                    raise
-                await trio.sleep(wait)
-                continue
-            return self._routed(call, await router._resolved(deployment))
-
-    def _group_call(self, group: str | None = None) -> PreparedCall:
-        group = group or self._group
-        if group == self._call.model:
-            return self._call
-        return attrs.evolve(self._call, model=group)
-
-    def _routed(self, call: PreparedCall, deployment: Deployment) -> Routed:
-        routed = Routed(call=call, deployment=deployment, attempt=self._attempt, plan=self)
-        self._attempt += 1
-        self._last = routed
-        return routed
+def may_retry(settings: RouterSettings, error: BaseException) -> bool:
+    """Whether trying the same upstream again after ``error`` may help: a retryable upstream
+    error whose ``Retry-After``, if it gave one, is within ``max_retry_after`` (a longer one is
+    the caller's to handle). The router's retries and the connector's lookups both ask."""
+    if not isinstance(error, UpstreamError) or not error.retryable:
+        return False
+    return error.retry_after is None or error.retry_after <= settings.max_retry_after
 
 
 def backoff(
     settings: RouterSettings, failed_attempts: int, error: BaseException | None, rng: random.Random
 ) -> float:
     """Seconds to wait after ``failed_attempts`` failed attempts, the last with ``error``: its
-    ``Retry-After`` when it gave one, else exponential back-off with jitter."""
+    ``Retry-After`` when it gave one, else exponential back-off with jitter; never less than
+    ``retry_after``. The one back-off of the router's retries and the connector's lookups."""
     retry_after = getattr(error, "retry_after", None)
     if isinstance(error, UpstreamError) and retry_after is not None:
-        return float(retry_after)
-    exponential: float = settings.retry_backoff_initial * 2 ** (failed_attempts - 1)
-    return min(settings.retry_backoff_max, exponential) + rng.uniform(
-        0.0, settings.retry_backoff_jitter
-    )
+        delay = float(retry_after)
+    else:
+        exponential: float = settings.retry_backoff_initial * 2 ** (failed_attempts - 1)
+        delay = min(settings.retry_backoff_max, exponential) + rng.uniform(
+            0.0, settings.retry_backoff_jitter
+        )
+    return max(settings.retry_after, delay)
 
 
 _CONTEXT_WINDOW = re.compile(
@@ -922,14 +777,3 @@ def bare_model_provider(model: str) -> str:
 def env_deployment_id(provider: str) -> str:
     """The deployment ID of zero-config calls: one account per provider, the environment's."""
     return f"env:{provider}"
-
-
-async def run_router(
-    router: Router,
-    *,
-    inbox: trio.MemoryReceiveChannel[PreparedCall],
-    outbox: trio.MemorySendChannel[Routed],
-) -> None:
-    with inbox, outbox:
-        async for call in inbox:
-            await outbox.send(await router.plan(call).first())

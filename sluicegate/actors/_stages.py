@@ -1,5 +1,6 @@
-"""The event stages between the connector and the caller: transformer, accountant, ID encoder,
-sink. Each is one actor of the shape in STYLE.md; end of stream flows down by channel closure.
+"""The event stages between the connector and the caller: transformer, ID encoder, sink (the
+accountant, between the first two, is ``_accountant.py``). Each is one actor of the shape in
+STYLE.md; end of stream flows down by channel closure.
 
 Items are batches (every event decoded from one network read) preceded by the ``Routed`` of the
 attempt they belong to, so each stage knows the deployment without a side channel.
@@ -12,14 +13,13 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from .._types import OutputItemEvent, ResponseEvent, StreamEvent, Usage
+from .._types import OutputItemEvent, ResponseEvent, StreamEvent
 from ..codecs._lifecycle import StreamTracker
+from ..codecs._registry import is_bridged
 from ..codecs.ids import IdCodec
 from ..codecs.openai_responses import Decoder
 from ..codecs.sealed import StateSeal
-from ..config import Deployment, is_bridged
 from ..errors import SluicegateError, UpstreamProtocolError
-from ..pricing import ModelPrice, PriceTable, TokenUsage, compute_cost
 from ..runtime._messages import (
     Batch,
     Deliver,
@@ -27,19 +27,13 @@ from ..runtime._messages import (
     Failure,
     RawItem,
     Routed,
-    Settlement,
     UpstreamOpened,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from ._recorder import Recording
 
 __all__ = [
-    "Accountant",
-    "AccountantStatistics",
-    "run_accountant",
     "run_id_encoder",
     "run_sink",
     "run_transformer",
@@ -80,150 +74,6 @@ async def run_transformer(
                     await outbox.send(Batch(routed, events))
         except SluicegateError as exc:  # malformed or cut-off upstream data
             await outbox.send(Failure(exc))
-
-
-@attrs.frozen(kw_only=True)
-class AccountantStatistics:
-    responses_settled: int
-    input_tokens: int
-    output_tokens: int
-    cost: float
-    unpriced: int
-
-
-@attrs.define(eq=False)
-class Accountant:
-    """Prices usage; shared by every request of a gateway (its totals are the gateway's)."""
-
-    _prices: PriceTable
-    _include_cost: bool
-    #: Told the tokens each response used, by deployment (the router's tpm windows).
-    _on_usage: Callable[[Deployment, int], None] | None = None
-    _settled: int = 0
-    _input: int = 0
-    _output: int = 0
-    _cost: float = 0.0
-    _unpriced: int = 0
-
-    def price_for(self, deployment: Deployment) -> ModelPrice | None:
-        return deployment.price or self._prices.lookup(deployment.provider, deployment.model)
-
-    def settle(
-        self, event: ResponseEvent, price: ModelPrice | None
-    ) -> tuple[ResponseEvent, Settlement]:
-        """Account the terminal event's usage, normalise its shape, attach ``usage.cost`` when
-        configured; the event and what it cost."""
-        raw = event.response_data.get("usage")
-        if not isinstance(raw, dict):
-            return event, Settlement(None, None)
-        usage = Usage.from_dict(raw)
-        cost = self._account(usage, price)
-        normal = _normalized_usage(raw, usage)
-        settlement = Settlement(dict(normal), cost)
-        if self._include_cost:
-            normal["cost"] = cost
-        if normal == raw:
-            return event, settlement
-        return event.with_response_fields(usage=normal), settlement
-
-    def report(self, deployment: Deployment, settlement: Settlement) -> None:
-        usage = settlement.usage
-        if self._on_usage is not None and usage is not None:
-            tokens = usage.get("total_tokens")
-            if not isinstance(tokens, int):
-                tokens = int(usage.get("input_tokens") or 0) + int(usage.get("output_tokens") or 0)
-            self._on_usage(deployment, tokens)
-
-    def estimate(self, input_chars: int, output_chars: int, price: ModelPrice | None) -> Settlement:
-        """Usage for a response cut before the upstream reported any (cancelled, failed
-        mid-stream): about four characters a token, the common estimate for English text
-        without a tokenizer. The spend row marks it as estimated."""
-        usage = Usage.from_dict(
-            {
-                "input_tokens": -(-input_chars // _CHARS_PER_TOKEN),
-                "output_tokens": -(-output_chars // _CHARS_PER_TOKEN),
-            }
-        )
-        cost = self._account(usage, price)
-        return Settlement(_normalized_usage({}, usage), cost, estimated=True)
-
-    def _account(self, usage: Usage, price: ModelPrice | None) -> float | None:
-        cost = None
-        if price is not None:
-            cost = compute_cost(
-                price,
-                TokenUsage(
-                    input_tokens=usage.input_tokens,
-                    cached_tokens=usage.input_tokens_details.cached_tokens,
-                    cache_write_tokens=usage.input_tokens_details.cache_write_tokens,
-                    output_tokens=usage.output_tokens,
-                    reasoning_tokens=usage.output_tokens_details.reasoning_tokens,
-                ),
-            )
-            self._cost += cost
-        else:
-            self._unpriced += 1
-        self._settled += 1
-        self._input += usage.input_tokens
-        self._output += usage.output_tokens
-        return cost
-
-    def statistics(self) -> AccountantStatistics:
-        return AccountantStatistics(
-            responses_settled=self._settled,
-            input_tokens=self._input,
-            output_tokens=self._output,
-            cost=self._cost,
-            unpriced=self._unpriced,
-        )
-
-
-_CHARS_PER_TOKEN = 4
-
-
-def _normalized_usage(raw: dict[str, Any], usage: Usage) -> dict[str, Any]:
-    """Every detail field present (0 when the upstream did not say), unknown ones kept.
-
-    Older servers omit ``cache_write_tokens`` and sometimes whole detail objects; current SDK
-    types require them (responses-api.md §8, usage).
-    """
-    return {
-        **raw,
-        "input_tokens": usage.input_tokens,
-        "input_tokens_details": {
-            **(raw.get("input_tokens_details") or {}),
-            "cached_tokens": usage.input_tokens_details.cached_tokens,
-            "cache_write_tokens": usage.input_tokens_details.cache_write_tokens,
-        },
-        "output_tokens": usage.output_tokens,
-        "output_tokens_details": {
-            **(raw.get("output_tokens_details") or {}),
-            "reasoning_tokens": usage.output_tokens_details.reasoning_tokens,
-        },
-        "total_tokens": usage.total_tokens or usage.input_tokens + usage.output_tokens,
-    }
-
-
-async def run_accountant(
-    accountant: Accountant,
-    *,
-    inbox: trio.MemoryReceiveChannel[EventItem],
-    outbox: trio.MemorySendChannel[EventItem],
-) -> None:
-    with inbox, outbox:
-        async for item in inbox:
-            if isinstance(item, Batch):
-                # A terminal event is always the last of its stream, hence of its batch.
-                events = item.events
-                last = events[-1]
-                if type(last) is ResponseEvent and last.is_terminal:
-                    deployment = item.routed.deployment
-                    events[-1], settlement = accountant.settle(
-                        last, accountant.price_for(deployment)
-                    )
-                    accountant.report(deployment, settlement)
-                    item = attrs.evolve(item, settlement=settlement)
-            await outbox.send(item)
 
 
 async def run_id_encoder(

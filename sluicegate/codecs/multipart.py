@@ -47,6 +47,28 @@ percent-encoded, so that our own parser, and any RFC 7230 one, reads them back e
 in names and filenames become ``%0D`` and ``%0A`` as a browser writes them; a filename that
 cannot be carried exactly by the quoted form (non-ASCII, CR, LF) gets a ``filename*`` parameter
 too, after the raw UTF-8 ``filename`` that receivers without RFC 5987 read.
+
+Why our own parser and not the ``multipart`` package's ``PushMultipartParser`` (2.0.1, pure
+Python, sans-IO too), measured on an 8 MiB ``POST /v1/files`` body as httpx writes it, fed in
+64 and 16 KiB chunks, 150 runs interleaved, median ms (2-core machine under load)::
+
+                                      JSONL file       random bytes
+                                      64 KiB  16 KiB   64 KiB  16 KiB
+    ours (PartData events)             1.71    2.39     1.41    1.79
+    PushMultipartParser (raw bytes)    1.60    2.04     1.37    1.38
+    PushMultipartParser behind our     1.64    2.37     1.36    1.77
+      feed() -> PartStart/PartData/PartEnd
+
+Its lead over ours is the cost of our event objects: behind our interface it is 0.02 to 0.07 ms
+faster per 8 MiB (about 4 % at most), under 10 ms a gigabyte. And it parses a different language: of
+the 151 tests in ``tests/test_codec_multipart.py``, 66 fail behind that adapter, 16 only on an
+error's wording, the rest on what it accepts or how it reads it. It raises on a near miss
+(``--boundaryX`` in a file's data), on transport padding, on bare-LF header lines and on a near miss
+in the preamble; it accepts a part with two Content-Disposition headers or a repeated ``name``
+(where we and the upstream could read different fields), ignores ``filename*``, cuts a Windows path
+filename down to its last part, has no limit on a header section as a whole, and can report a
+malformed body differently depending on where the chunks were cut. Matching our rules around it
+would cost more code than it saves, so the parser stays ours.
 """
 
 from __future__ import annotations

@@ -31,8 +31,8 @@ from .._types import (
     StreamEvent,
     event_from_wire,
 )
-from ..config import Deployment
 from ..errors import UpstreamProtocolError, UpstreamStatusError
+from ._endpoint import Endpoint
 from .sse import ServerSentEvent, SSEDecoder
 
 __all__ = [
@@ -67,11 +67,11 @@ class Decoder(Protocol):
     def close(self) -> list[StreamEvent]: ...
 
 
-def _responses_url(deployment: Deployment) -> tuple[str, dict[str, str]]:
+def _responses_url(deployment: Endpoint) -> tuple[str, dict[str, str]]:
     return api_url(deployment, "responses")
 
 
-def api_url(deployment: Deployment, resource: str) -> tuple[str, dict[str, str]]:
+def api_url(deployment: Endpoint, resource: str) -> tuple[str, dict[str, str]]:
     """The URL of a collection (``responses``, ``files``, ``batches``) of a deployment, and the
     query it needs (Azure's ``api-version`` on its older route)."""
     base = deployment.api_base or ""
@@ -86,7 +86,7 @@ def api_url(deployment: Deployment, resource: str) -> tuple[str, dict[str, str]]
     return f"{base}/openai/v1/{resource}", {}
 
 
-def _auth_headers(deployment: Deployment) -> dict[str, str]:
+def _auth_headers(deployment: Endpoint) -> dict[str, str]:
     if deployment.api_key is None:
         return {}
     if deployment.provider == "azure":
@@ -95,7 +95,7 @@ def _auth_headers(deployment: Deployment) -> dict[str, str]:
 
 
 def build_create_request(
-    deployment: Deployment,
+    deployment: Endpoint,
     body: Mapping[str, Any],
     *,
     stream: bool,
@@ -132,7 +132,7 @@ def build_create_request(
 
 
 def build_resource_request(
-    deployment: Deployment,
+    deployment: Endpoint,
     method: str,
     raw_id: str,
     *,
@@ -146,7 +146,7 @@ def build_resource_request(
 
 
 def build_api_request(
-    deployment: Deployment,
+    deployment: Endpoint,
     method: str,
     path: str,
     *,

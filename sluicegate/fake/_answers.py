@@ -32,7 +32,7 @@ from typing import Any, Final
 import attrs
 import orjson
 
-from ..codecs._bridge import response_echo
+from ..codecs._emitter import response_echo
 from ._schema import minimal_instance
 
 __all__ = [

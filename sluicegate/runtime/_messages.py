@@ -15,7 +15,7 @@ before it: a channel that closes without one ended cleanly.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import attrs
 
@@ -25,16 +25,15 @@ from ..codecs.openai_responses import Decoder
 from ..config import Deployment
 from ..errors import SluicegateError
 
-if TYPE_CHECKING:
-    from ..actors._router import RoutePlan
-
 __all__ = [
+    "AttemptHealth",
     "Batch",
     "Deliver",
     "Delivery",
     "EventItem",
     "Failure",
     "Pin",
+    "Plan",
     "PreparedCall",
     "RawItem",
     "Routed",
@@ -137,7 +136,28 @@ class Routed:
     attempt: int = 0
     #: The request's route plan: the connector reports each attempt's outcome to it and asks
     #: it for the next attempt after a failure (None: this attempt is the only one).
-    plan: RoutePlan | None = None
+    plan: Plan | None = None
+
+
+class Plan(Protocol):
+    """A request's route plan as the connector uses it (the router's ``RoutePlan``)."""
+
+    def health(self, deployment: Deployment) -> AttemptHealth:
+        """The health that an attempt at ``deployment`` is reported to."""
+        ...
+
+    async def next(self, error: SluicegateError) -> Routed:
+        """The attempt after ``error`` ended the last one (raises it when none is left)."""
+        ...
+
+
+class AttemptHealth(Protocol):
+    """A deployment's health as the connector reports an attempt to it (the router's
+    ``Health``): when it started, and how it ended."""
+
+    def started(self, now: float) -> None: ...
+    def answered(self, now: float, *, ttfb: float | None, total: float | None) -> None: ...
+    def failed(self, now: float, error: SluicegateError) -> None: ...
 
 
 @attrs.frozen(kw_only=True)

@@ -3,6 +3,8 @@
 Theory of operation. :class:`ProxyApp` is a plain ASGI callable (no framework: a dozen routes,
 and streaming, disconnects and backpressure need the raw ``send``/``receive`` anyway; Starlette
 measured 8.8 µs per request of routing and request objects against 1.2 µs for this dispatch).
+Its routes are one table (``_ROUTES``, at the end): method and path to a handler, each with the
+route label its metrics carry.
 Its gateway lives as long as the ASGI lifespan: opened at ``lifespan.startup``, closed at
 ``lifespan.shutdown`` (which hypercorn sends after in-flight requests have finished or been
 cancelled at the graceful deadline), so every request sees an open gateway and store.
@@ -31,32 +33,24 @@ anything else is logged and answered as a 500 that says nothing of it.
 from __future__ import annotations
 
 import logging
-import re
-import secrets
-from collections.abc import (
-    AsyncGenerator,
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Mapping,
-    MutableMapping,
-    Sequence,
-)
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, aclosing
-from functools import lru_cache, partial
-from typing import Any, TypeVar
-from urllib.parse import parse_qs
+from functools import partial
+from typing import Any, TypeAlias
 
 import attrs
 import orjson
 import trio
 
-from .._gateway import Gateway, ResponseStream
-from .._params import FORBIDDEN_BODY_FIELDS, MAX_SAFE_INTEGER, checked_int, forbidden_field
+from .._gateway import (
+    FORBIDDEN_BODY_FIELDS,
+    SESSION_HEADER,
+    Gateway,
+    ResponseStream,
+    forbidden_field,
+    open_body_nursery,
+)
 from .._types import DeltaEvent, OutputItemEvent, Response, ResponseEvent, StreamEvent
-from ..actors._health import BreakerState, DeploymentStatistics
-from ..actors._router import SESSION_HEADER
-from ..codecs.content_encoding import ContentDecoder, parse_content_encoding
 from ..codecs.multipart import (
     MultipartError,
     MultipartParser,
@@ -66,36 +60,47 @@ from ..codecs.multipart import (
     boundary_of,
 )
 from ..codecs.sse import encode_comment, encode_event
-from ..config import GatewayConfig, forward_refusal
+from ..config import GatewayConfig
 from ..errors import (
     ConfigError,
     InternalError,
     InvalidRequestError,
     NotFoundError,
-    RequestTimeoutError,
-    RequestTooLargeError,
     ServiceUnavailableError,
     SluicegateError,
-    UnsupportedMediaTypeError,
 )
-from ..runtime._messages import UpstreamTiming
-from ..runtime._scopes import open_body_nursery
+from ._exchange import (
+    BodyLimits,
+    ClientGone,
+    Exchange,
+    Receive,
+    Scope,
+    Send,
+    client_headers,
+    file_data,
+    form_events,
+    form_fields,
+    json_body,
+    model_hint,
+    query_flag,
+    query_int,
+    query_str,
+    refuse_encoded_upload,
+    refuse_upstream_headers,
+    request_id_of,
+    spend_of,
+    until_disconnect,
+    watch_disconnect,
+)
+from ._gauges import gauge_gateway
 from ._keys import Admission, Caller, KeyManager
 from ._metrics import Labels, Metrics
+from ._routes import ANY_METHOD, Route, RouteTable
 
 __all__ = ["FORBIDDEN_BODY_FIELDS", "ProxyApp"]
 
 logger = logging.getLogger("sluicegate")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
-#: Headers that would do the same.
-FORBIDDEN_HEADERS = frozenset(
-    {b"api-base", b"x-api-base", b"base-url", b"x-base-url", b"x-upstream-url", b"api-version"}
-)
 #: Library options that are not the HTTP client's to set: the owner is its key; timing and
 #: ``on_end``, the proxy's; the session and forwarded headers, headers'. An ``extra_body``
 #: object in the JSON is taken as the library's ``extra_body`` (merged last into the
@@ -114,9 +119,6 @@ PROXY_REFUSED_OPTIONS = frozenset(
     }
 )
 
-_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
-_RESPONSE_PATH = re.compile(r"/v1/responses/([^/]+)(/cancel|/input_items)?/?")
-_JSON = [(b"content-type", b"application/json")]
 _SSE = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -124,73 +126,30 @@ _SSE = [
 ]
 
 
-class _ClientGone(Exception):
-    """The client hung up before its answer: there is nobody to send it to."""
+@attrs.frozen
+class _Request:
+    """A routed request: its path's parameters, and (as its route's access allows) the gateway,
+    the key manager and the authenticated caller."""
 
+    params: tuple[str, ...] = ()
+    _gateway: Gateway | None = None
+    _keys: KeyManager | None = None
+    _caller: Caller | None = None
 
-@attrs.define(eq=False)
-class _Exchange:
-    """One HTTP request while the proxy answers it."""
+    @property
+    def gateway(self) -> Gateway:
+        assert self._gateway is not None, "a route served without the gateway"
+        return self._gateway
 
-    scope: Scope
-    receive: Receive
-    send: Send
-    request_id: bytes
-    started: float
-    route: str = "other"
-    status: int = 0
-    timing: UpstreamTiming = attrs.Factory(UpstreamTiming)
-    headers_sent: bool = False
-    #: The client's fault found while its body streamed upstream (it stalled): what the
-    #: client is told, not the upstream error its broken body caused.
-    body_error: SluicegateError | None = None
-    #: SSE frames being written; a write that a cancellation cut sent nothing (hypercorn's
-    #: send raises before it writes, or writes shielded), so these go first when a
-    #: stream is ended at a shutdown.
-    unsent: bytes = b""
+    @property
+    def keys(self) -> KeyManager:
+        assert self._keys is not None, "a route served without the key manager"
+        return self._keys
 
-    def header(self, name: bytes) -> str | None:
-        for key, value in self.scope.get("headers", ()):
-            if key == name:
-                text: str = value.decode("latin-1")
-                return text
-        return None
-
-    def query(self) -> dict[str, list[str]]:
-        raw: bytes = self.scope.get("query_string", b"")
-        return parse_qs(raw.decode("latin-1"), keep_blank_values=True)
-
-    def overhead_ms(self) -> bytes:
-        total = trio.current_time() - self.started
-        return f"{max(0.0, total - self.timing.elapsed) * 1000:.3f}".encode()
-
-    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        self.status = status
-        self.headers_sent = True
-        await self.send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    *headers,
-                    (b"x-request-id", self.request_id),
-                    (b"x-sluicegate-overhead-ms", self.overhead_ms()),
-                ],
-            }
-        )
-
-    async def json(
-        self, status: int, body: Any, headers: Sequence[tuple[bytes, bytes]] = ()
-    ) -> None:
-        payload = orjson.dumps(body)
-        await self.start(
-            status, [*_JSON, (b"content-length", str(len(payload)).encode()), *headers]
-        )
-        await self.send({"type": "http.response.body", "body": payload})
-
-    async def error(self, exc: SluicegateError) -> None:
-        headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
-        await self.json(exc.status_code, exc.to_dict(), headers)
+    @property
+    def caller(self) -> Caller:
+        assert self._caller is not None, "a route served without a key"
+        return self._caller
 
 
 @attrs.define(eq=False)
@@ -216,9 +175,9 @@ class ProxyApp:
         self._body_readers = trio.CapacityLimiter(readers)
 
     @property
-    def _body(self) -> _BodyLimits:
+    def _body(self) -> BodyLimits:
         gs = self._config.general_settings
-        return _BodyLimits(gs.max_request_body_bytes, gs.request_body_timeout, self._body_readers)
+        return BodyLimits(gs.max_request_body_bytes, gs.request_body_timeout, self._body_readers)
 
     @property
     def config(self) -> GatewayConfig:
@@ -281,34 +240,17 @@ class ProxyApp:
             spend=spend,
         )
         self._gateway = gateway
-        self.metrics.gauge(
-            "sluicegate_requests_in_flight",
-            "Requests being answered now (background responses included).",
-            lambda: [((), float(self._in_flight + gateway.statistics().background_running))],
-        )
-        self.metrics.gauge(
-            "sluicegate_upstream_errors",
-            "Upstream attempts that failed (statuses, resets, timeouts) since start.",
-            lambda: [((), float(gateway.statistics().upstream_errors))],
-        )
-        self.metrics.gauge(
-            "sluicegate_deployment_cooldowns",
-            "Deployments cooling down now (circuit breaker open or half-open).",
-            lambda: [((), float(gateway.statistics().deployments_cooling))],
-        )
-        for name, help_text, read in _DEPLOYMENT_GAUGES:
-            self.metrics.gauge(name, help_text, partial(_per_deployment, gateway, read))
+        gauge_gateway(self.metrics, gateway, lambda: self._in_flight)
 
     # -- HTTP ----------------------------------------------------------------------------
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        given = next((v for k, v in scope.get("headers", ()) if k == b"x-request-id"), None)
-        request_id = given if given and _REQUEST_ID.fullmatch(given) else _new_request_id()
-        ex = _Exchange(scope, receive, send, request_id, trio.current_time())
+        request_id = request_id_of(scope)
+        ex = Exchange(scope, receive, send, request_id, trio.current_time())
         self._in_flight += 1
         try:
             await self._dispatch(ex)
-        except _ClientGone:
+        except ClientGone:
             ex.status = 499  # nginx's "client closed request", for the metrics only
         except SluicegateError as exc:
             if not ex.headers_sent:
@@ -329,245 +271,70 @@ class ProxyApp:
                 trio.current_time() - ex.started,
             )
 
-    async def _dispatch(self, ex: _Exchange) -> None:
+    async def _dispatch(self, ex: Exchange) -> None:
+        """Find the request's route and call its handler once its caller may: a route open to
+        all ``"always"``; an ``"open"`` one once the gateway serves (else a 503); any other
+        once the caller is authenticated (a request for no route too: then a 404)."""
         method: str = ex.scope["method"]
         path: str = ex.scope["path"]
-        gateway, keys = self._gateway, self._keys
-        if path in ("/health/liveliness", "/health/liveness"):
-            ex.route = "/health/liveliness"
-            await ex.json(200, {"status": "healthy"})
+        found = _ROUTES.find(method, path)
+        route, params = found if found is not None else (None, ())
+        if route is not None and route.access == "always":
+            ex.route = route.label
+            await route.handler(self, ex, _Request(params))
             return
+        gateway, keys = self._gateway, self._keys
         if gateway is None or keys is None:
             raise _unavailable()
-        if path == "/health/readiness":
-            ex.route = path
-            await self._readiness(ex, gateway)
+        if route is not None and route.access == "open":
+            ex.route = route.label
+            await route.handler(self, ex, _Request(params, gateway, keys))
             return
-        if path == "/metrics":
-            ex.route = path
-            await ex.start(200, [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")])
-            await ex.send({"type": "http.response.body", "body": self.metrics.render()})
-            return
-        _refuse_upstream_headers(ex)
+        refuse_upstream_headers(ex)
         caller = await keys.authenticate(ex.header(b"authorization"), ex.header(b"api-key"))
-        match = _RESPONSE_PATH.fullmatch(path)
-        if path in ("/v1/responses", "/responses") and method == "POST":
-            ex.route = "/v1/responses"
-            await self._create(ex, gateway, keys, caller)
-        elif match is not None:
-            await self._resource(ex, gateway, caller, method, match.group(1), match.group(2))
-        elif path in ("/v1/files", "/files", "/v1/batches", "/batches") or (
-            _OBJECT_PATH.fullmatch(path) is not None
-        ):
-            await self._objects(ex, gateway, keys, caller, method, path)
-        elif path in ("/v1/models", "/models") and method == "GET":
-            ex.route = "/v1/models"
-            await ex.json(200, _models(gateway, caller))
-        elif path == "/key/generate" and method == "POST":
-            ex.route = path
-            await ex.json(200, await keys.generate(caller, await _json_body(ex, self._body)))
-        elif path == "/key/info" and method == "GET":
-            ex.route = path
-            key = _str(ex.query(), "key")
-            await ex.json(200, await keys.info(caller, key))
-        elif path == "/key/delete" and method == "POST":
-            ex.route = path
-            await ex.json(200, await keys.delete(caller, await _json_body(ex, self._body)))
-        else:
+        if route is None:
             raise NotFoundError(f"Invalid URL ({method} {path})", code="unknown_url")
+        ex.route = route.label
+        await route.handler(self, ex, _Request(params, gateway, keys, caller))
 
-    async def _readiness(self, ex: _Exchange, gateway: Gateway) -> None:
+    # -- health, metrics, models and keys --------------------------------------------------
+
+    async def _liveness(self, ex: Exchange, req: _Request) -> None:
+        await ex.json(200, {"status": "healthy"})
+
+    async def _readiness(self, ex: Exchange, req: _Request) -> None:
         try:
-            await gateway.store.get("resp_readiness_probe")
+            await req.gateway.store.get("resp_readiness_probe")
         except SluicegateError as exc:
             await ex.json(503, {"status": "unhealthy", "store": exc.message})
             return
         await ex.json(200, {"status": "healthy", "store": "connected"})
 
-    # -- files and batches (issue 8) -------------------------------------------------------
+    async def _metrics(self, ex: Exchange, req: _Request) -> None:
+        await ex.start(200, [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")])
+        await ex.send({"type": "http.response.body", "body": self.metrics.render()})
 
-    async def _objects(
-        self,
-        ex: _Exchange,
-        gateway: Gateway,
-        keys: KeyManager,
-        caller: Caller,
-        method: str,
-        path: str,
-    ) -> None:
-        owner, admin = caller.owner, caller.admin
-        query = ex.query()
-        kind = "files" if "/files" in path else "batches"
-        match = _OBJECT_PATH.fullmatch(path)
-        if match is None and kind == "files" and method == "POST":
-            ex.route = "/v1/files"
-            await self._upload(ex, gateway, keys, caller)
-        elif match is None and kind == "files" and method == "GET":
-            ex.route = "/v1/files"
-            page = await gateway.list_files(
-                purpose=_str(query, "purpose"),
-                limit=_int(query, "limit", 10000, low=1, high=10000),
-                after=_str(query, "after"),
-                order=_str(query, "order") or "desc",
-                owner=owner,
-                admin=admin,
-            )
-            await ex.json(200, page)
-        elif match is None and kind == "batches" and method == "POST":
-            ex.route = "/v1/batches"
-            body = await _json_body(ex, self._body)
-            model = body.pop("model", None) or _model_hint(ex)
-            admission = await keys.admit(caller, model) if isinstance(model, str) else None
-            try:
-                batch = await gateway.create_batch(
-                    **_batch_params(body),
-                    model=model,
-                    owner=owner,
-                    admin=admin,
-                    spend_logs_metadata=_spend_of(ex),
-                )
-            finally:
-                if admission is not None:
-                    admission.release()
-            await ex.json(200, batch)
-        elif match is None and kind == "batches" and method == "GET":
-            ex.route = "/v1/batches"
-            page = await gateway.list_batches(
-                limit=_int(query, "limit", 20, low=1, high=10000),
-                after=_str(query, "after"),
-                owner=owner,
-                admin=admin,
-            )
-            await ex.json(200, page)
-        elif match is not None and kind == "files":
-            object_id, action = match.group(2), match.group(3)
-            if action is None and method == "GET":
-                ex.route = "/v1/files/{id}"
-                await ex.json(200, await gateway.retrieve_file(object_id, owner=owner, admin=admin))
-            elif action is None and method == "DELETE":
-                ex.route = "/v1/files/{id}"
-                await ex.json(200, await gateway.delete_file(object_id, owner=owner, admin=admin))
-            elif action == "/content" and method == "GET":
-                ex.route = "/v1/files/{id}/content"
-                async with gateway.open_file_content(object_id, owner=owner, admin=admin) as chunks:
-                    await ex.start(200, [(b"content-type", b"application/octet-stream")])
-                    async for chunk in chunks:
-                        await ex.send(
-                            {"type": "http.response.body", "body": chunk, "more_body": True}
-                        )
-                    await ex.send({"type": "http.response.body", "body": b"", "more_body": False})
-            else:
-                raise _method_not_allowed(method, path)
-        elif match is not None and kind == "batches":
-            object_id, action = match.group(2), match.group(3)
-            if action is None and method == "GET":
-                ex.route = "/v1/batches/{id}"
-                await ex.json(
-                    200, await gateway.retrieve_batch(object_id, owner=owner, admin=admin)
-                )
-            elif action == "/cancel" and method == "POST":
-                ex.route = "/v1/batches/{id}/cancel"
-                await ex.json(200, await gateway.cancel_batch(object_id, owner=owner, admin=admin))
-            else:
-                raise _method_not_allowed(method, path)
-        else:
-            raise _method_not_allowed(method, path)
+    async def _models(self, ex: Exchange, req: _Request) -> None:
+        caller = req.caller
+        allowed = None if caller.admin or caller.key is None else caller.key.models
+        names = [n for n in req.gateway.model_names if allowed is None or n in allowed]
+        data = [{"id": n, "object": "model", "created": 0, "owned_by": "sluicegate"} for n in names]
+        await ex.json(200, {"object": "list", "data": data})
 
-    async def _upload(
-        self, ex: _Exchange, gateway: Gateway, keys: KeyManager, caller: Caller
-    ) -> None:
-        """``POST /v1/files``: the form's fields are read up to the file part; the file part
-        streams upstream as it arrives (never whole in memory). A form sent with a
-        ``Content-Encoding`` is refused (415), not inflated: the file streams up to
-        ``max_file_bytes``, and the JSON bodies' decoder returns a chunk's whole inflation at
-        once, which only their far smaller limit keeps bounded."""
-        _refuse_encoded_upload(ex)
-        content_type = ex.header(b"content-type") or ""
-        try:
-            parser = MultipartParser(boundary_of(content_type))
-        except MultipartError as exc:
-            raise InvalidRequestError(
-                f"The body must be multipart/form-data with a 'file' part ({exc}).", param="file"
-            ) from None
-        # Closed on every way out: a refused upload leaves its body unread.
-        pause = self._config.general_settings.request_body_timeout
-        async with aclosing(_form_events(ex, parser, pause)) as events:
-            await self._upload_form(ex, gateway, keys, caller, events)
+    async def _generate_key(self, ex: Exchange, req: _Request) -> None:
+        await ex.json(200, await req.keys.generate(req.caller, await json_body(ex, self._body)))
 
-    async def _upload_form(
-        self,
-        ex: _Exchange,
-        gateway: Gateway,
-        keys: KeyManager,
-        caller: Caller,
-        events: AsyncIterator[PartStart | PartData | PartEnd],
-    ) -> None:
-        fields: dict[str, str] = {}
-        name: str | None = None
-        value: list[bytes] = []
-        size = 0
-        file_start: PartStart | None = None
-        async for event in events:
-            if isinstance(event, PartStart):
-                if event.filename is not None or event.name == "file":
-                    file_start = event
-                    break
-                name, value, size = event.name, [], 0
-            elif isinstance(event, PartData):
-                size += len(event.data)
-                if size > _MAX_FORM_FIELD:
-                    raise InvalidRequestError(
-                        f"The form field '{name}' is longer than {_MAX_FORM_FIELD} bytes.",
-                        param=name,
-                    )
-                value.append(event.data)
-            elif name is not None:
-                fields[name] = b"".join(value).decode("utf-8", "replace")
-                name = None
-        if file_start is None:
-            raise InvalidRequestError(
-                "Missing required parameter: 'file'.",
-                param="file",
-                code="missing_required_parameter",
-            )
-        model = fields.get("model") or _model_hint(ex)
-        spend = _spend_of(ex)
-        if spend is None and "litellm_metadata" in fields:
-            spend = _form_json(fields["litellm_metadata"], "litellm_metadata").get(
-                "spend_logs_metadata"
-            )
-        expires_after = None
-        if "expires_after[anchor]" in fields or "expires_after[seconds]" in fields:
-            expires_after = {
-                "anchor": fields.get("expires_after[anchor]"),
-                "seconds": fields.get("expires_after[seconds]"),
-            }
-        admission = await keys.admit(caller, model) if model else None
-        try:
-            async with aclosing(_file_data(events)) as data:
-                created = await gateway.create_file(
-                    file=(file_start.filename or "upload", data, file_start.content_type),
-                    purpose=fields.get("purpose"),
-                    model=model,
-                    expires_after=expires_after,
-                    owner=caller.owner,
-                    spend_logs_metadata=spend,
-                )
-        except SluicegateError:
-            if ex.body_error is not None:
-                raise ex.body_error from None
-            raise
-        finally:
-            if admission is not None:
-                admission.release()
-        await ex.json(200, created)
+    async def _key_info(self, ex: Exchange, req: _Request) -> None:
+        await ex.json(200, await req.keys.info(req.caller, query_str(ex.query(), "key")))
+
+    async def _delete_key(self, ex: Exchange, req: _Request) -> None:
+        await ex.json(200, await req.keys.delete(req.caller, await json_body(ex, self._body)))
 
     # -- POST /v1/responses --------------------------------------------------------------
 
-    async def _create(
-        self, ex: _Exchange, gateway: Gateway, keys: KeyManager, caller: Caller
-    ) -> None:
-        body = await _json_body(ex, self._body)
+    async def _create(self, ex: Exchange, req: _Request) -> None:
+        gateway, keys, caller = req.gateway, req.keys, req.caller
+        body = await json_body(ex, self._body)
         for name in body:
             if name in FORBIDDEN_BODY_FIELDS:
                 raise forbidden_field(name)
@@ -583,10 +350,10 @@ class ProxyApp:
                 code="missing_required_parameter",
             )
         params: dict[str, Any] = {**body, "owner": caller.owner, "timing": ex.timing}
-        spend = _spend_of(ex)
+        spend = spend_of(ex)
         if spend is not None:
             params["spend_logs_metadata"] = spend
-        forwarded = _client_headers(ex, self._config.general_settings.forward_client_headers)
+        forwarded = client_headers(ex, self._config.general_settings.forward_client_headers)
         if forwarded:
             params["client_headers"] = forwarded
         session = ex.header(SESSION_HEADER.encode())
@@ -607,7 +374,7 @@ class ProxyApp:
                     handed_over = True
                     await self._sse(ex, events, model, admission)
             else:
-                response = await _until_disconnect(
+                response = await until_disconnect(
                     ex, gateway.responses(**params), cancel=not body.get("background")
                 )
                 handed_over = bool(body.get("background"))
@@ -621,7 +388,7 @@ class ProxyApp:
                 admission.release()
 
     async def _stream(
-        self, ex: _Exchange, gateway: Gateway, params: dict[str, Any], admission: Admission
+        self, ex: Exchange, gateway: Gateway, params: dict[str, Any], admission: Admission
     ) -> None:
         finished = False
         events: ResponseStream | None = None
@@ -633,7 +400,7 @@ class ProxyApp:
                     # ``http.disconnect``. Cancelled from outside instead, while the client is
                     # still there, is the server's graceful deadline passing: the response
                     # ends failed, and the client is told so before the connection closes.
-                    nursery.start_soon(_watch_disconnect, ex, scope)
+                    nursery.start_soon(watch_disconnect, ex, scope)
                     interrupted = partial(_shutdown_unless_cancelled, scope)
                     async with gateway.open_stream(params, interrupted=interrupted) as events:
                         await self._sse(ex, events, str(params["model"]), admission)
@@ -643,11 +410,11 @@ class ProxyApp:
                     await _end_interrupted(ex, events)
                 raise
         if not finished:
-            raise _ClientGone
+            raise ClientGone
 
     async def _sse(
         self,
-        ex: _Exchange,
+        ex: Exchange,
         events: ResponseStream,
         model: str,
         admission: Admission | None,
@@ -714,57 +481,183 @@ class ProxyApp:
 
     # -- /v1/responses/{id}[/cancel|/input_items] ---------------------------------------
 
-    async def _resource(
-        self,
-        ex: _Exchange,
-        gateway: Gateway,
-        caller: Caller,
-        method: str,
-        response_id: str,
-        action: str | None,
-    ) -> None:
-        owner, admin = caller.owner, caller.admin
+    async def _get_response(self, ex: Exchange, req: _Request) -> None:
+        (response_id,) = req.params
+        owner, admin = req.caller.owner, req.caller.admin
         query = ex.query()
-        if action is None and method == "GET":
-            ex.route = "/v1/responses/{id}"
-            if _flag(query, "stream"):
-                after = _int(query, "starting_after", None)
-                stream = await gateway.get_response(
-                    response_id, stream=True, starting_after=after, owner=owner, admin=admin
+        if query_flag(query, "stream"):
+            after = query_int(query, "starting_after", None)
+            stream = await req.gateway.get_response(
+                response_id, stream=True, starting_after=after, owner=owner, admin=admin
+            )
+            await self._sse(ex, stream, "", None)
+            return
+        include = query.get("include[]") or query.get("include")
+        response = await req.gateway.get_response(
+            response_id, include=include, owner=owner, admin=admin
+        )
+        await ex.json(200, response.to_dict())
+
+    async def _delete_response(self, ex: Exchange, req: _Request) -> None:
+        (response_id,) = req.params
+        owner, admin = req.caller.owner, req.caller.admin
+        await ex.json(200, await req.gateway.delete_response(response_id, owner=owner, admin=admin))
+
+    async def _cancel_response(self, ex: Exchange, req: _Request) -> None:
+        (response_id,) = req.params
+        owner, admin = req.caller.owner, req.caller.admin
+        response = await req.gateway.cancel_response(response_id, owner=owner, admin=admin)
+        await ex.json(200, response.to_dict())
+
+    async def _input_items(self, ex: Exchange, req: _Request) -> None:
+        (response_id,) = req.params
+        query = ex.query()
+        page = await req.gateway.list_input_items(
+            response_id,
+            after=query_str(query, "after"),
+            before=query_str(query, "before"),
+            limit=query_int(query, "limit", 20, low=1, high=100),
+            order=query_str(query, "order") or "desc",
+            owner=req.caller.owner,
+            admin=req.caller.admin,
+        )
+        await ex.json(200, page)
+
+    # -- files and batches ---------------------------------------------------------------
+
+    async def _list_files(self, ex: Exchange, req: _Request) -> None:
+        query = ex.query()
+        page = await req.gateway.list_files(
+            purpose=query_str(query, "purpose"),
+            limit=query_int(query, "limit", 10000, low=1, high=10000),
+            after=query_str(query, "after"),
+            order=query_str(query, "order") or "desc",
+            owner=req.caller.owner,
+            admin=req.caller.admin,
+        )
+        await ex.json(200, page)
+
+    async def _retrieve_file(self, ex: Exchange, req: _Request) -> None:
+        (file_id,) = req.params
+        owner, admin = req.caller.owner, req.caller.admin
+        await ex.json(200, await req.gateway.retrieve_file(file_id, owner=owner, admin=admin))
+
+    async def _delete_file(self, ex: Exchange, req: _Request) -> None:
+        (file_id,) = req.params
+        owner, admin = req.caller.owner, req.caller.admin
+        await ex.json(200, await req.gateway.delete_file(file_id, owner=owner, admin=admin))
+
+    async def _file_content(self, ex: Exchange, req: _Request) -> None:
+        (file_id,) = req.params
+        owner, admin = req.caller.owner, req.caller.admin
+        async with req.gateway.open_file_content(file_id, owner=owner, admin=admin) as chunks:
+            await ex.start(200, [(b"content-type", b"application/octet-stream")])
+            async for chunk in chunks:
+                await ex.send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await ex.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _create_batch(self, ex: Exchange, req: _Request) -> None:
+        caller = req.caller
+        body = await json_body(ex, self._body)
+        model = body.pop("model", None) or model_hint(ex)
+        admission = await req.keys.admit(caller, model) if isinstance(model, str) else None
+        try:
+            batch = await req.gateway.create_batch(
+                **_batch_params(body),
+                model=model,
+                owner=caller.owner,
+                admin=caller.admin,
+                spend_logs_metadata=spend_of(ex),
+            )
+        finally:
+            if admission is not None:
+                admission.release()
+        await ex.json(200, batch)
+
+    async def _list_batches(self, ex: Exchange, req: _Request) -> None:
+        query = ex.query()
+        page = await req.gateway.list_batches(
+            limit=query_int(query, "limit", 20, low=1, high=10000),
+            after=query_str(query, "after"),
+            owner=req.caller.owner,
+            admin=req.caller.admin,
+        )
+        await ex.json(200, page)
+
+    async def _retrieve_batch(self, ex: Exchange, req: _Request) -> None:
+        (batch_id,) = req.params
+        owner, admin = req.caller.owner, req.caller.admin
+        await ex.json(200, await req.gateway.retrieve_batch(batch_id, owner=owner, admin=admin))
+
+    async def _cancel_batch(self, ex: Exchange, req: _Request) -> None:
+        (batch_id,) = req.params
+        owner, admin = req.caller.owner, req.caller.admin
+        await ex.json(200, await req.gateway.cancel_batch(batch_id, owner=owner, admin=admin))
+
+    async def _upload(self, ex: Exchange, req: _Request) -> None:
+        """``POST /v1/files``: the form's fields are read up to the file part; the file part
+        streams upstream as it arrives (never whole in memory). A form sent with a
+        ``Content-Encoding`` is refused (415), not inflated: the file streams up to
+        ``max_file_bytes``, and the JSON bodies' decoder returns a chunk's whole inflation at
+        once, which only their far smaller limit keeps bounded."""
+        refuse_encoded_upload(ex)
+        content_type = ex.header(b"content-type") or ""
+        try:
+            parser = MultipartParser(boundary_of(content_type))
+        except MultipartError as exc:
+            raise InvalidRequestError(
+                f"The body must be multipart/form-data with a 'file' part ({exc}).", param="file"
+            ) from None
+        # Closed on every way out: a refused upload leaves its body unread.
+        pause = self._config.general_settings.request_body_timeout
+        async with aclosing(form_events(ex, parser, pause)) as events:
+            await self._upload_form(ex, req, events)
+
+    async def _upload_form(
+        self, ex: Exchange, req: _Request, events: AsyncIterator[PartStart | PartData | PartEnd]
+    ) -> None:
+        gateway, keys, caller = req.gateway, req.keys, req.caller
+        fields, file_start = await form_fields(events)
+        model = fields.get("model") or model_hint(ex)
+        spend = spend_of(ex)
+        if spend is None and "litellm_metadata" in fields:
+            spend = _form_json(fields["litellm_metadata"], "litellm_metadata").get(
+                "spend_logs_metadata"
+            )
+        expires_after = None
+        if "expires_after[anchor]" in fields or "expires_after[seconds]" in fields:
+            expires_after = {
+                "anchor": fields.get("expires_after[anchor]"),
+                "seconds": fields.get("expires_after[seconds]"),
+            }
+        admission = await keys.admit(caller, model) if model else None
+        try:
+            async with aclosing(file_data(events)) as data:
+                created = await gateway.create_file(
+                    file=(file_start.filename or "upload", data, file_start.content_type),
+                    purpose=fields.get("purpose"),
+                    model=model,
+                    expires_after=expires_after,
+                    owner=caller.owner,
+                    spend_logs_metadata=spend,
                 )
-                await self._sse(ex, stream, "", None)
-                return
-            include = query.get("include[]") or query.get("include")
-            response = await gateway.get_response(
-                response_id, include=include, owner=owner, admin=admin
-            )
-            await ex.json(200, response.to_dict())
-        elif action is None and method == "DELETE":
-            ex.route = "/v1/responses/{id}"
-            await ex.json(200, await gateway.delete_response(response_id, owner=owner, admin=admin))
-        elif action == "/cancel" and method == "POST":
-            ex.route = "/v1/responses/{id}/cancel"
-            await ex.json(
-                200,
-                (await gateway.cancel_response(response_id, owner=owner, admin=admin)).to_dict(),
-            )
-        elif action == "/input_items" and method == "GET":
-            ex.route = "/v1/responses/{id}/input_items"
-            page = await gateway.list_input_items(
-                response_id,
-                after=_str(query, "after"),
-                before=_str(query, "before"),
-                limit=_int(query, "limit", 20, low=1, high=100),
-                order=_str(query, "order") or "desc",
-                owner=owner,
-                admin=admin,
-            )
-            await ex.json(200, page)
-        else:
-            raise NotFoundError(f"Invalid URL ({method} {ex.scope['path']})", code="unknown_url")
+        except SluicegateError:
+            if ex.body_error is not None:
+                raise ex.body_error from None
+            raise
+        finally:
+            if admission is not None:
+                admission.release()
+        await ex.json(200, created)
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _unavailable() -> SluicegateError:
+    return SluicegateError(
+        "The server is starting or shutting down.", status_code=503, code="unavailable"
+    )
 
 
 def _error_event(exc: SluicegateError) -> dict[str, Any]:
@@ -778,129 +671,9 @@ def _error_event(exc: SluicegateError) -> dict[str, Any]:
     }
 
 
-def _new_request_id() -> bytes:
-    return f"req_{secrets.token_hex(16)}".encode()
-
-
-def _unavailable() -> SluicegateError:
-    return SluicegateError(
-        "The server is starting or shutting down.", status_code=503, code="unavailable"
-    )
-
-
-#: Lists the request parameters a bridged provider could not take and ``drop_params`` dropped.
-_BREAKER_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
-
-#: Per-deployment gauges from the router's statistics: (name, help, value of a snapshot).
-_DEPLOYMENT_GAUGES: tuple[tuple[str, str, Callable[[DeploymentStatistics], float]], ...] = (
-    (
-        "sluicegate_deployment_state",
-        "Circuit breaker of each deployment: 0 closed, 1 half-open, 2 open.",
-        lambda d: float(_BREAKER_VALUES[d.state]),
-    ),
-    (
-        "sluicegate_deployment_cooldown_remaining_seconds",
-        "Seconds until an open deployment lets a probe request through.",
-        lambda d: d.cooldown_remaining,
-    ),
-    (
-        "sluicegate_deployment_in_flight",
-        "Upstream requests in flight, by deployment.",
-        lambda d: float(d.in_flight),
-    ),
-    (
-        "sluicegate_deployment_failures",
-        "Failed upstream attempts since start, by deployment.",
-        lambda d: float(d.failures),
-    ),
-    (
-        "sluicegate_deployment_latency_seconds",
-        "Averaged total time of the deployment's answers (0 before the first).",
-        lambda d: d.latency or 0.0,
-    ),
-    (
-        "sluicegate_deployment_rpm_used",
-        "Requests sent to the deployment in the last minute.",
-        lambda d: float(d.rpm_used),
-    ),
-    (
-        "sluicegate_deployment_tpm_used",
-        "Tokens used by the deployment in the last minute.",
-        lambda d: float(d.tpm_used),
-    ),
-)
-
-
-def _per_deployment(
-    gateway: Gateway, read: Callable[[DeploymentStatistics], float]
-) -> list[tuple[Labels, float]]:
-    return [
-        ((("deployment", d.id), ("model_group", d.model_name)), read(d))
-        for d in gateway.statistics().deployments
-    ]
-
-
-_OBJECT_PATH = re.compile(r"/(?:v1/)?(files|batches)/([^/]+)(/content|/cancel)?/?")
-#: The largest non-file field of an upload form.
-_MAX_FORM_FIELD = 64 * 1024
 _BATCH_FIELDS = frozenset(
     {"input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after"}
 )
-
-
-def _method_not_allowed(method: str, path: str) -> NotFoundError:
-    return NotFoundError(f"Invalid URL ({method} {path})", code="unknown_url")
-
-
-#: Our spend metadata header, then LiteLLM's name for it (so its users' clients work
-#: unchanged): when a client sends both, ours wins. The same goes for the model headers.
-_SPEND_HEADERS = (b"x-sluicegate-spend-logs-metadata", b"x-litellm-spend-logs-metadata")
-
-
-def _model_hint(ex: _Exchange) -> str | None:
-    """The model group named outside the body: ``?model=``, else the ``x-sluicegate-model``
-    header, else LiteLLM's ``x-litellm-model``."""
-    return (
-        _str(ex.query(), "model")
-        or ex.header(b"x-sluicegate-model")
-        or ex.header(b"x-litellm-model")
-    )
-
-
-def _spend_of(ex: _Exchange) -> dict[str, Any] | None:
-    """The ``x-sluicegate-spend-logs-metadata`` header (else LiteLLM's
-    ``x-litellm-spend-logs-metadata``) as an object; None when neither is sent."""
-    for name in _SPEND_HEADERS:
-        header = ex.header(name)
-        if header is not None:
-            return _spend_header(header, name.decode())
-    return None
-
-
-def _client_headers(ex: _Exchange, names: tuple[str, ...]) -> dict[str, str]:
-    """The request's headers that ``forward_client_headers`` lets through to a native upstream
-    (repeated ones joined with ``", "``, RFC 9110 §5.3)."""
-    allowed = _forwardable(names)
-    forwarded: dict[str, str] = {}
-    for key, value in ex.scope.get("headers", ()):
-        if key not in allowed:
-            continue
-        name: str = key.decode("latin-1")
-        if not value.isascii():
-            raise InvalidRequestError(
-                f"The header '{name}' must be ASCII to be forwarded upstream.", param=name
-            )
-        text: str = value.decode("ascii")
-        forwarded[name] = f"{forwarded[name]}, {text}" if name in forwarded else text
-    return forwarded
-
-
-@lru_cache(maxsize=8)
-def _forwardable(names: tuple[str, ...]) -> frozenset[bytes]:
-    # load_config refuses what may never be forwarded; a GatewayConfig built in code skips
-    # it, so the refusal is applied here again.
-    lowered = (n.lower() for n in names)
-    return frozenset(n.encode("latin-1") for n in lowered if forward_refusal(n) is None)
 
 
 def _batch_params(body: dict[str, Any]) -> dict[str, Any]:
@@ -927,45 +700,7 @@ def _form_json(text: str, name: str) -> dict[str, Any]:
     return value
 
 
-async def _form_events(
-    ex: _Exchange, parser: MultipartParser, pause: float
-) -> AsyncGenerator[PartStart | PartData | PartEnd, None]:
-    """The multipart events of the request body, read as the client sends it; a pause longer
-    than ``pause`` seconds between two pieces is a 408 (an upload may take long, but not
-    stall)."""
-    while True:
-        message: Message | None = None
-        with trio.move_on_after(pause):
-            message = await ex.receive()
-        if message is None:
-            ex.body_error = _too_slow(pause)
-            raise ex.body_error
-        if message["type"] == "http.disconnect":
-            raise _ClientGone
-        try:
-            for event in parser.feed(message.get("body", b"")):
-                yield event
-            if not message.get("more_body"):
-                for event in parser.close():
-                    yield event
-                return
-        except MultipartError as exc:
-            raise InvalidRequestError(f"Malformed multipart body: {exc}", param="file") from None
-
-
-async def _file_data(
-    events: AsyncIterator[PartStart | PartData | PartEnd],
-) -> AsyncGenerator[bytes, None]:
-    """The file part's bytes, then the rest of the form read (and ignored) to its end."""
-    async for event in events:
-        if isinstance(event, PartData):
-            yield event.data
-        elif isinstance(event, PartEnd):
-            break
-    async for _ in events:
-        pass
-
-
+#: Lists the request parameters a bridged provider could not take and ``drop_params`` dropped.
 DROPPED_PARAMS_HEADER = b"x-sluicegate-dropped-params"
 
 
@@ -983,115 +718,6 @@ def _dropped_header(event: StreamEvent | None) -> list[tuple[bytes, bytes]]:
     return _dropped_header_of(event.response_data)
 
 
-def _refuse_upstream_headers(ex: _Exchange) -> None:
-    for key, _ in ex.scope.get("headers", ()):
-        if key in FORBIDDEN_HEADERS:
-            name = key.decode("latin-1")
-            raise InvalidRequestError(
-                f"The header '{name}' cannot be set by a client: the gateway chooses the upstream.",
-                param=name,
-                code="forbidden_parameter",
-            )
-
-
-@attrs.frozen
-class _BodyLimits:
-    """What a request body may cost: bytes, seconds to arrive, and readers at once."""
-
-    size: int
-    seconds: float
-    readers: trio.CapacityLimiter
-
-
-async def _json_body(ex: _Exchange, limits: _BodyLimits) -> dict[str, Any]:
-    """The request's JSON object, read to its end and decoded from its ``Content-Encoding``
-    as it arrives: the body on the wire and the decoded one are each held to ``limits.size``,
-    the whole body must arrive within ``limits.seconds`` (a 408: a client that trickles its
-    body holds nothing longer), and at most ``limits.readers`` bodies are read at once (a
-    503 beyond)."""
-    limit = limits.size
-    codings = parse_content_encoding(ex.header(b"content-encoding"))
-    decoder = ContentDecoder(codings, limit=limit) if codings else None
-    declared = ex.header(b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    parts: list[bytes] = []
-    size = 0
-    try:
-        limits.readers.acquire_nowait()
-    except trio.WouldBlock:
-        raise ServiceUnavailableError(
-            "Too many requests are sending their bodies at once; try again shortly.",
-            headers={"Retry-After": "1"},
-        ) from None
-    try:
-        with trio.move_on_after(limits.seconds) as deadline:
-            while True:
-                message = await ex.receive()
-                if message["type"] == "http.disconnect":
-                    raise _ClientGone
-                chunk: bytes = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(limit)
-                parts.append(chunk if decoder is None else decoder.feed(chunk))
-                if not message.get("more_body"):
-                    break
-    finally:
-        limits.readers.release()
-    if deadline.cancelled_caught:
-        raise _too_slow(limits.seconds)
-    if decoder is not None:
-        parts.append(decoder.close())
-    try:
-        body = orjson.loads(b"".join(parts))
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequestError(
-            "We could not parse the JSON body of your request. (HINT: This likely means you "
-            "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)",
-            code="invalid_json",
-        ) from exc
-    if not isinstance(body, dict):
-        raise InvalidRequestError("The request body must be a JSON object.", code="invalid_type")
-    return body
-
-
-def _refuse_encoded_upload(ex: _Exchange) -> None:
-    codings = parse_content_encoding(ex.header(b"content-encoding"))
-    if codings:
-        raise UnsupportedMediaTypeError(
-            f"File uploads cannot be sent with Content-Encoding {', '.join(codings)}: send the "
-            "form uncompressed.",
-            param="content-encoding",
-            code="unsupported_content_encoding",
-        )
-
-
-def _too_slow(seconds: float) -> RequestTimeoutError:
-    return RequestTimeoutError(
-        f"The request body did not arrive within {seconds:g} s "
-        "(general_settings.request_body_timeout)."
-    )
-
-
-def _too_large(limit: int) -> RequestTooLargeError:
-    return RequestTooLargeError(
-        f"The request body is larger than {limit} bytes (general_settings.max_request_body_bytes)."
-    )
-
-
-def _spend_header(value: str, name: str) -> dict[str, Any]:
-    try:
-        parsed = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequestError(
-            f"The header '{name}' must be a JSON object.", param=name
-        ) from exc
-    if not isinstance(parsed, dict):
-        raise InvalidRequestError(f"The header '{name}' must be a JSON object.", param=name)
-    return parsed
-
-
 #: The longest a stream ended at a shutdown may take to send its end (seconds).
 INTERRUPTED_WRITE_GRACE = 5.0
 
@@ -1106,7 +732,7 @@ def _shutdown_unless_cancelled(scope: trio.CancelScope) -> SluicegateError | Non
     return None if scope.cancel_called else _shutdown_error()
 
 
-async def _end_interrupted(ex: _Exchange, events: ResponseStream | None) -> None:
+async def _end_interrupted(ex: Exchange, events: ResponseStream | None) -> None:
     """A stream cut by the server's graceful deadline (hypercorn cancels what is still
     running) while its client is still there: the client gets what was on its way and the
     typed end the store recorded (open items closed, ``response.failed``: the gateway shut
@@ -1126,84 +752,38 @@ async def _end_interrupted(ex: _Exchange, events: ResponseStream | None) -> None
         await ex.send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _watch_disconnect(ex: _Exchange, scope: trio.CancelScope) -> None:
-    while True:
-        message = await ex.receive()
-        if message["type"] == "http.disconnect":
-            scope.cancel()
-            return
+_Handler: TypeAlias = Callable[[ProxyApp, Exchange, _Request], Awaitable[None]]
 
-
-async def _until_disconnect(ex: _Exchange, work: Awaitable[Response], *, cancel: bool) -> Response:
-    """Await ``work``; a client that hangs up first cancels it (unless ``cancel`` is False: a
-    background creation returns at once anyway)."""
-    result: Response | None = None
-    with trio.CancelScope() as scope:
-        async with open_body_nursery() as nursery:
-            if cancel:
-                nursery.start_soon(_watch_disconnect, ex, scope)
-            result = await work
-    if result is None:
-        raise _ClientGone
-    return result
-
-
-def _models(gateway: Gateway, caller: Caller) -> dict[str, Any]:
-    allowed = None if caller.admin or caller.key is None else caller.key.models
-    names = [n for n in gateway.model_names if allowed is None or n in allowed]
-    return {
-        "object": "list",
-        "data": [
-            {"id": n, "object": "model", "created": 0, "owned_by": "sluicegate"} for n in names
-        ],
-    }
-
-
-def _flag(query: Mapping[str, list[str]], name: str) -> bool:
-    value = (query.get(name) or ["false"])[-1].lower()
-    return value in ("true", "1")
-
-
-def _str(query: Mapping[str, list[str]], name: str) -> str | None:
-    values = query.get(name)
-    return values[-1] if values else None
-
-
-_Default = TypeVar("_Default", int, None)
-
-#: A query integer: decimal digits, perhaps negative (``int()`` would also take ``+1``,
-#: `` 1 ``, ``1_000`` and other scripts' digits).
-_INTEGER = re.compile(r"-?[0-9]+")
-
-
-def _int(
-    query: Mapping[str, list[str]],
-    name: str,
-    default: _Default,
-    *,
-    low: int = 0,
-    high: int = MAX_SAFE_INTEGER,
-) -> int | _Default:
-    """The query parameter ``name`` by the library's rule for integers (``checked_int``: from
-    ``low`` to ``high``), or ``default`` when it is absent.
-
-    Raises:
-        InvalidRequestError: naming ``name``: not an integer, or out of range.
-    """
-    text = _str(query, name)
-    if text is None:
-        return default
-    if _INTEGER.fullmatch(text) is None:
-        shown = text if len(text) <= 40 else text[:40] + "..."
-        raise InvalidRequestError(
-            f"Invalid '{name}': expected an integer, but got {shown!r} instead.",
-            param=name,
-            code="invalid_type",
-        )
-    try:
-        value = int(text)
-    except ValueError:
-        # More digits than int() converts (4300): out of range like any number that long.
-        digits = len(text.removeprefix("-"))
-        value = -(10**digits) if text.startswith("-") else 10**digits
-    return checked_int(name, value, low=low, high=high)
+#: Every route of the proxy. The first path of each is its label in the metrics. A path the
+#: table does not have, or a method its routes do not take, is a 404 (``unknown_url``), once
+#: the caller is authenticated.
+_ROUTES: RouteTable[_Handler] = RouteTable(
+    [
+        Route(
+            ANY_METHOD,
+            ("/health/liveliness", "/health/liveness"),
+            ProxyApp._liveness,
+            access="always",
+        ),
+        Route(ANY_METHOD, ("/health/readiness",), ProxyApp._readiness, access="open"),
+        Route(ANY_METHOD, ("/metrics",), ProxyApp._metrics, access="open"),
+        Route("POST", ("/v1/responses", "/responses"), ProxyApp._create),
+        Route("GET", ("/v1/responses/{id}",), ProxyApp._get_response),
+        Route("DELETE", ("/v1/responses/{id}",), ProxyApp._delete_response),
+        Route("POST", ("/v1/responses/{id}/cancel",), ProxyApp._cancel_response),
+        Route("GET", ("/v1/responses/{id}/input_items",), ProxyApp._input_items),
+        Route("POST", ("/v1/files", "/files"), ProxyApp._upload),
+        Route("GET", ("/v1/files", "/files"), ProxyApp._list_files),
+        Route("GET", ("/v1/files/{id}", "/files/{id}"), ProxyApp._retrieve_file),
+        Route("DELETE", ("/v1/files/{id}", "/files/{id}"), ProxyApp._delete_file),
+        Route("GET", ("/v1/files/{id}/content", "/files/{id}/content"), ProxyApp._file_content),
+        Route("POST", ("/v1/batches", "/batches"), ProxyApp._create_batch),
+        Route("GET", ("/v1/batches", "/batches"), ProxyApp._list_batches),
+        Route("GET", ("/v1/batches/{id}", "/batches/{id}"), ProxyApp._retrieve_batch),
+        Route("POST", ("/v1/batches/{id}/cancel", "/batches/{id}/cancel"), ProxyApp._cancel_batch),
+        Route("GET", ("/v1/models", "/models"), ProxyApp._models),
+        Route("POST", ("/key/generate",), ProxyApp._generate_key),
+        Route("GET", ("/key/info",), ProxyApp._key_info),
+        Route("POST", ("/key/delete",), ProxyApp._delete_key),
+    ]
+)

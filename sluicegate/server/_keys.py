@@ -43,7 +43,7 @@ import attrs
 import orjson
 import trio
 
-from .._params import MAX_SAFE_INTEGER, checked_int
+from .._gateway import MAX_SAFE_INTEGER, checked_int
 from ..config import DURATION_EXPECTED, parse_duration
 from ..errors import (
     AuthenticationError,
@@ -574,7 +574,7 @@ def _describe(row: KeyRow) -> dict[str, Any]:
     }
 
 
-# --- strict validation of the admin bodies (messages as in sluicegate._params)
+# --- strict validation of the admin bodies (messages as in sluicegate._gateway._params)
 
 _GENERATE_FIELDS: Final = frozenset(
     {

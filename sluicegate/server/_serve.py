@@ -19,6 +19,7 @@ import logging
 import os
 import secrets
 import signal
+import tempfile
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
@@ -30,6 +31,7 @@ from hypercorn.config import Config as HypercornConfig
 from .._gateway import open_gateway
 from ..config import GatewayConfig, load_config
 from ._app import ProxyApp
+from ._metrics import MULTIPROCESS_VARIABLE
 
 __all__ = ["DEFAULT_PORT", "build_app", "hypercorn_config", "run", "serve"]
 
@@ -125,4 +127,15 @@ def run(config_path: str, *, host: str, port: int, workers: int) -> None:
     hconfig.application_path = "sluicegate.server._asgi:app"
     hconfig.worker_class = "trio"
     hconfig.workers = workers
-    hypercorn_run(hconfig)
+    # The workers' counts meet in files (prometheus_client's multiprocess mode, see _metrics):
+    # a fresh directory for each server, so that no count of an earlier one is summed in.
+    previous = os.environ.get(MULTIPROCESS_VARIABLE)
+    with tempfile.TemporaryDirectory(prefix="sluicegate-metrics-") as directory:
+        os.environ[MULTIPROCESS_VARIABLE] = directory
+        try:
+            hypercorn_run(hconfig)
+        finally:
+            if previous is None:
+                del os.environ[MULTIPROCESS_VARIABLE]
+            else:
+                os.environ[MULTIPROCESS_VARIABLE] = previous

@@ -15,7 +15,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sluicegate._params import RESPONSES_PARAMETERS
+from sluicegate._gateway._params import RESPONSES_PARAMETERS
 from sluicegate.store import SpendFilter
 
 from ..test_proxy import running

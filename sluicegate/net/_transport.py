@@ -53,6 +53,9 @@ _MAX_HEAD: Final = 65536
 _COALESCE_BODY: Final = 65536
 _NO_BODY_STATUS: Final = frozenset({204, 304})
 _HEX_DIGITS: Final = b"0123456789abcdefABCDEF"
+#: More Content-Length digits than any body has; also keeps ``int()`` within Python's limit on
+#: the digits it converts (a 5000-digit value raised ValueError instead of our error).
+_MAX_LENGTH_DIGITS: Final = 19
 
 
 @attrs.frozen(kw_only=True)
@@ -459,6 +462,8 @@ async def _read_head(
                 )
             data = data + more if data else more
             continue
+        if end > _MAX_HEAD:  # it arrived whole, in one read or with the read that ended it
+            raise httpx.RemoteProtocolError("the response head is too large", request=request)
         parsed = _parse_head(data[:end], request)
         data = data[end + 4 :]
         if 100 <= parsed[0] < 200:
@@ -477,9 +482,22 @@ def _parse_head(
     head: bytes, request: httpx.Request
 ) -> tuple[int, bytes, list[tuple[bytes, bytes]], int, int, bool]:
     lines = head.split(b"\r\n")
+    # A CR or LF that ends no line, or a NUL, anywhere in the head: RFC 9110 §5.5 has a recipient
+    # reject such a field value (or blank the characters out); taken as they are, a bare LF
+    # would hide a header inside another one's value.
+    breaks = len(lines) - 1
+    if head.count(b"\n") != breaks or head.count(b"\r") != breaks or b"\0" in head:
+        raise httpx.RemoteProtocolError(
+            "the response head contains a bare CR or LF, or a NUL", request=request
+        )
     version, _, rest = lines[0].partition(b" ")
     code, _, reason = rest.partition(b" ")
-    if not version.startswith(b"HTTP/1.") or len(code) != 3 or not code.isdigit():
+    if (
+        not version.startswith(b"HTTP/1.")
+        or len(code) != 3
+        or not code.isdigit()
+        or code < b"100"  # no status (RFC 9110 §15), yet below 400: it would pass as a success
+    ):
         raise httpx.RemoteProtocolError(f"bad status line {lines[0][:100]!r}", request=request)
     status = int(code)
     keep_alive = version == b"HTTP/1.1"
@@ -496,14 +514,21 @@ def _parse_head(
         if len(name) in (10, 14, 17):
             lname = name.lower()
             if lname == b"content-length":
-                if not value.isdigit() or (length >= 0 and int(value) != length):
+                if (
+                    not value.isdigit()
+                    or len(value) > _MAX_LENGTH_DIGITS
+                    or (length >= 0 and int(value) != length)
+                ):
                     raise httpx.RemoteProtocolError(
                         f"bad Content-Length {value[:100]!r}", request=request
                     )
                 length = int(value)
             elif lname == b"transfer-encoding":
                 has_transfer_encoding = True
-                framing = _CHUNKED if value.lower().endswith(b"chunked") else _UNTIL_CLOSE
+                # Chunked only when it is the final coding (RFC 9112 §6.3): the last list
+                # element, not any value ending in those letters ("xchunked").
+                final = value.rpartition(b",")[2].strip(b" \t").lower()
+                framing = _CHUNKED if final == b"chunked" else _UNTIL_CLOSE
             elif lname == b"connection":
                 tokens = value.lower()
                 if b"close" in tokens:

@@ -1,4 +1,4 @@
-"""Files and batches through the gateway (issue 8), routed by their IDs like responses.
+"""Files and batches through the gateway, routed by their IDs like responses.
 
 Creating one names a model group (``model``), which picks an OpenAI or Azure deployment of the
 group; afterwards the ID carries the way: ``file-`` and ``batch_`` IDs are encoded like
@@ -22,7 +22,6 @@ whole in memory, and at most ``max_file_bytes`` of it.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -32,21 +31,21 @@ from collections.abc import (
     Mapping,
 )
 from contextlib import asynccontextmanager
-from typing import Any, BinaryIO
+from typing import Any
 
 import attrs
 import orjson
 import trio
 
-from ._params import RESPONSES_PARAMETERS, checked_int
-from ._types import ResponseStatus
-from .actors._connector import Connector
-from .actors._router import Router
-from .codecs.ids import IdCodec
-from .codecs.multipart import FILE_PART_END, closing, field_part, file_part_head, new_boundary
-from .codecs.openai_responses import build_api_request
-from .config import NATIVE_PROVIDERS, Deployment
-from .errors import (
+from .._types import ResponseStatus
+from ..actors._connector import Connector
+from ..actors._router import Router
+from ..codecs._registry import NATIVE_PROVIDERS
+from ..codecs.ids import IdCodec
+from ..codecs.multipart import FILE_PART_END, closing, field_part, file_part_head, new_boundary
+from ..codecs.openai_responses import build_api_request
+from ..config import Deployment, is_in_process_fake
+from ..errors import (
     InvalidRequestError,
     NotFoundError,
     RequestTooLargeError,
@@ -55,10 +54,12 @@ from .errors import (
     UpstreamProtocolError,
     UpstreamStatusError,
 )
-from .pricing import ModelPrice, PriceTable, TokenUsage, compute_cost
-from .store import Accepted, Ended, ObjectKind, ObjectRow, Routed, Settled, Store
+from ..pricing import ModelPrice, PriceTable, TokenUsage, compute_cost
+from ..store import Accepted, Ended, ObjectKind, ObjectRow, Routed, Settled, Store
+from ._params import RESPONSES_PARAMETERS, checked_int
+from ._uploads import Upload, as_upload, invalid
 
-__all__ = ["BATCH_DISCOUNT", "ObjectService", "Upload", "spend_metadata_of"]
+__all__ = ["BATCH_DISCOUNT", "ObjectService"]
 
 logger = logging.getLogger("sluicegate")
 
@@ -76,79 +77,6 @@ BATCH_DISCOUNT = 0.5
 _BATCH_FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 #: Files a provider account keeps: the providers that serve the Files and Batches APIs.
 _FILE_PROVIDERS = NATIVE_PROVIDERS - {"fake"}
-_CHUNK = 64 * 1024
-
-
-@attrs.frozen
-class Upload:
-    """A file to upload: its name, its bytes (an async iterable is streamed), its type."""
-
-    filename: str
-    content: bytes | AsyncIterable[bytes]
-    content_type: str | None = None
-
-
-def as_upload(file: Any) -> Upload:
-    """The SDK's forms of ``file``: bytes, a path, an open binary file, a ``(filename,
-    content[, content_type])`` tuple, or an :class:`Upload`."""
-    if isinstance(file, Upload):
-        return file
-    if isinstance(file, bytes | bytearray | memoryview):
-        return Upload("upload", bytes(file))
-    if isinstance(file, str | os.PathLike):
-        path = os.fspath(file)
-        return Upload(os.path.basename(path), _read_path(path))
-    if isinstance(file, tuple) and len(file) in (2, 3):
-        name, content = file[0], file[1]
-        if not isinstance(name, str):
-            raise _invalid("file", "a filename (str) first in the (filename, content) tuple")
-        kind = file[2] if len(file) == 3 else None
-        return Upload(name, _content(content), kind)
-    if hasattr(file, "read"):
-        name = os.path.basename(str(getattr(file, "name", "upload")))
-        return Upload(name, _read_file(file))
-    raise _invalid("file", "bytes, a path, a binary file or a (filename, content) tuple")
-
-
-def _content(content: Any) -> bytes | AsyncIterable[bytes]:
-    if isinstance(content, bytes | bytearray | memoryview):
-        return bytes(content)
-    if isinstance(content, AsyncIterable):
-        return content
-    if hasattr(content, "read"):
-        return _read_file(content)
-    raise _invalid("file", "bytes, an async iterable of bytes or a binary file as content")
-
-
-async def _read_path(path: str) -> AsyncIterator[bytes]:
-    async with await trio.open_file(path, "rb") as f:
-        while chunk := await f.read(_CHUNK):
-            yield chunk
-
-
-async def _read_file(file: BinaryIO) -> AsyncIterator[bytes]:
-    while chunk := await trio.to_thread.run_sync(file.read, _CHUNK):
-        yield chunk
-
-
-def spend_metadata_of(spend_logs_metadata: Any, litellm_metadata: Any) -> dict[str, Any]:
-    """The caller's spend metadata: the argument, else LiteLLM's ``litellm_metadata`` field."""
-    name = "spend_logs_metadata"
-    value = spend_logs_metadata
-    if value is None and litellm_metadata is not None:
-        if not isinstance(litellm_metadata, Mapping):
-            raise _invalid("litellm_metadata", "an object")
-        value = litellm_metadata.get("spend_logs_metadata")
-        name = "litellm_metadata.spend_logs_metadata"
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise _invalid(name, "a JSON object")
-    return dict(value)
-
-
-def _invalid(param: str, expected: str) -> InvalidRequestError:
-    return InvalidRequestError(f"Invalid '{param}': expected {expected}.", param=param)
 
 
 def _missing(param: str) -> InvalidRequestError:
@@ -186,7 +114,7 @@ class ObjectService:
                 code="missing_required_parameter",
             )
         if not isinstance(model, str):
-            raise _invalid("model", "a string")
+            raise invalid("model", "a string")
         group = self._router.group(model)
         if group is None:
             raise NotFoundError(
@@ -207,7 +135,7 @@ class ObjectService:
         codec = self._files if kind == "file" else self._batches
         noun = "File" if kind == "file" else "Batch"
         if not isinstance(object_id, str):
-            raise _invalid(param, f"a {kind} ID")
+            raise invalid(param, f"a {kind} ID")
         codec.decode(object_id, param=param)  # forged or altered: a 404 before anything else
         row = await self._store.get_object(object_id)
         if row is None or row.deleted_at is not None or (not admin and row.owner != owner):
@@ -258,7 +186,7 @@ class ObjectService:
             head = [field_part(boundary, n, v) for n, v in fields]
             head.append(file_part_head(boundary, "file", upload.filename, upload.content_type))
         except ValueError as exc:
-            raise _invalid("file", f"a filename and content type fit for a form ({exc})") from None
+            raise invalid("file", f"a filename and content type fit for a form ({exc})") from None
         raw = await self._call(
             deployment,
             "POST",
@@ -658,9 +586,9 @@ class ObjectService:
     ) -> list[ObjectRow]:
         limit = checked_int("limit", limit, low=1, high=10000)
         if after is not None and not isinstance(after, str):
-            raise _invalid("after", "an object ID (a string)")
+            raise invalid("after", "an object ID (a string)")
         if order not in ("asc", "desc"):
-            raise _invalid("order", "'asc' or 'desc'")
+            raise invalid("order", "'asc' or 'desc'")
         return await self._store.list_objects(
             kind,
             owner=None if admin else owner,
@@ -671,7 +599,7 @@ class ObjectService:
         )
 
     async def _resolved(self, deployment: Deployment) -> Deployment:
-        if deployment.provider == "fake" and deployment.api_base is None:
+        if is_in_process_fake(deployment):
             return await self._resolve_fake(deployment)
         return deployment
 
@@ -727,7 +655,7 @@ def _expiry(value: Any, param: str) -> tuple[str | None, int | None]:
     if value is None:
         return None, None
     if not isinstance(value, Mapping):
-        raise _invalid(param, "an object with 'anchor' and 'seconds'")
+        raise invalid(param, "an object with 'anchor' and 'seconds'")
     anchor, seconds = value.get("anchor"), value.get("seconds")
     if anchor != "created_at":
         raise InvalidRequestError(

@@ -44,17 +44,19 @@ import attrs
 import trio
 
 from .._types import Response, ResponseStatus
+from ..actors._accountant import Accountant, run_accountant
 from ..actors._connector import Connector, run_connector
+from ..actors._plan import run_router
 from ..actors._recorder import Recording, unanswered_response
-from ..actors._router import Router, run_router
-from ..actors._stages import Accountant, run_accountant, run_id_encoder, run_sink, run_transformer
+from ..actors._router import Router
+from ..actors._stages import run_id_encoder, run_sink, run_transformer
 from ..codecs._lifecycle import StreamTracker, failure_code
 from ..codecs.ids import IdCodec
 from ..codecs.sealed import StateSeal
 from ..errors import ClientError, InternalError, RateLimitError, SluicegateError
-from ._messages import Deliver, Delivery, EventItem, PreparedCall, RawItem, Routed
+from ..runtime._messages import Deliver, EventItem, PreparedCall, RawItem, Routed
 
-__all__ = ["Delivery", "Pipeline", "record_unanswered", "run_request"]
+__all__ = ["Pipeline", "record_unanswered", "run_request"]
 
 logger = logging.getLogger("sluicegate")
 

@@ -28,12 +28,12 @@ from typing import Any
 
 import attrs
 
-from .actors._router import Router
-from .codecs.sealed import ForgedState, StateSeal
-from .config import is_bridged
-from .errors import InvalidRequestError, NotFoundError
-from .runtime._messages import Pin, PreparedCall
-from .store import ItemOrigin, Store
+from ..actors._router import Router
+from ..codecs._registry import is_bridged
+from ..codecs.sealed import ForgedState, StateSeal
+from ..errors import InvalidRequestError, NotFoundError
+from ..runtime._messages import Pin, PreparedCall
+from ..store import ItemOrigin, Store
 
 __all__ = ["resolve_replayed_state"]
 

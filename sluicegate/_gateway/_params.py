@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 import orjson
 
-from .codecs.ids import IdCodec
-from .errors import InvalidRequestError
-from .runtime._messages import PreparedCall, UpstreamTiming
+from ..codecs.ids import IdCodec
+from ..errors import InvalidRequestError
+from ..runtime._messages import PreparedCall, UpstreamTiming
 
 __all__ = [
     "FORBIDDEN_BODY_FIELDS",

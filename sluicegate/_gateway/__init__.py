@@ -1,0 +1,46 @@
+"""The gateway: the library's face, and all that the layers above it may use.
+
+Layers import downward only (``tests/test_layering.py``)::
+
+    server, the CLI  ->  _gateway  ->  actors  ->  net, runtime  ->  config, store, fake
+        ->  codecs  ->  errors, _types, pricing
+
+What lives above the gateway (the package's public API, the HTTP server, the CLI) imports it
+from here, never from its modules nor from the layers below it.
+"""
+
+from __future__ import annotations
+
+from ..actors._health import BreakerState as BreakerState
+from ..actors._health import DeploymentStatistics as DeploymentStatistics
+from ..actors._router import SESSION_HEADER as SESSION_HEADER
+from ..runtime._messages import UpstreamTiming as UpstreamTiming
+from ..runtime._scopes import open_body_nursery as open_body_nursery
+from ._facade import Gateway as Gateway
+from ._facade import GatewayStatistics as GatewayStatistics
+from ._open import aresponses as aresponses
+from ._open import open_gateway as open_gateway
+from ._open import responses as responses
+from ._params import FORBIDDEN_BODY_FIELDS as FORBIDDEN_BODY_FIELDS
+from ._params import MAX_SAFE_INTEGER as MAX_SAFE_INTEGER
+from ._params import checked_int as checked_int
+from ._params import forbidden_field as forbidden_field
+from ._streams import ResponseStream as ResponseStream
+
+__all__ = [
+    "BreakerState",
+    "DeploymentStatistics",
+    "FORBIDDEN_BODY_FIELDS",
+    "Gateway",
+    "GatewayStatistics",
+    "MAX_SAFE_INTEGER",
+    "ResponseStream",
+    "SESSION_HEADER",
+    "UpstreamTiming",
+    "aresponses",
+    "checked_int",
+    "forbidden_field",
+    "open_body_nursery",
+    "open_gateway",
+    "responses",
+]

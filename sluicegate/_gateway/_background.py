@@ -1,0 +1,270 @@
+"""Background responses while they run, and the streams that follow them.
+
+Theory of operation: a background response (``background: true``) runs in the gateway's service
+nursery, detached from whoever created it (DESIGN §2). :class:`BackgroundRuns` starts it: its ID
+is minted and its acceptance recorded before any upstream answered (the caller gets the ID at
+once, and a GET sent the moment it returns finds it); its upstream is asked for an ordinary
+streamed response, so a cancel stops it mid-way with what it produced so far.
+
+Its deliveries go to a :class:`LiveRun` instead of a caller's channel: the run keeps every event
+delivered so far (memory bounded by the response itself, which the store holds too) and wakes
+its followers on each batch. Nothing waits for a follower: a slow or absent one never slows the
+run.
+
+A :class:`Follower` is what ``stream(background=True)`` and ``get_response(id, stream=True,
+starting_after=N)`` read: the events after sequence number N, first those already there, then
+live ones as they come, to the end. A run in this process is followed from memory; one that has
+ended (or ran in a process since gone) is replayed from the store's recorded events. Events are
+numbered gaplessly from 0, so the events after N are ``events[N + 1:]``.
+
+A store file may be shared with other processes: while runs go on here, one task notices those
+another process ended (a cancel there) or deleted, and stops them (``ENDED_ELSEWHERE_POLL``).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from .._types import Response, event_from_wire
+from ..actors._plan import route
+from ..actors._recorder import Recorder, Recording, unanswered_response
+from ..codecs._lifecycle import StreamTracker
+from ..errors import SluicegateError, StoreError
+from ._pipeline import Pipeline, record_unanswered, run_request
+
+if TYPE_CHECKING:
+    from .._types import StreamEvent
+    from ..runtime._messages import Delivery, PreparedCall
+    from ..store import Store
+
+__all__ = ["ENDED_ELSEWHERE_POLL", "BackgroundRuns", "Follower", "LiveRun"]
+
+logger = logging.getLogger("sluicegate")
+
+#: Events read from the store per query when replaying.
+REPLAY_PAGE = 500
+
+#: How often a gateway running background responses looks for those another process ended.
+ENDED_ELSEWHERE_POLL = 1.0
+
+
+@attrs.define(eq=False)
+class LiveRun:
+    """A background response running in this process (see the module docstring)."""
+
+    response_id: str
+    tracker: StreamTracker
+    recording: Recording
+    scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    events: list[StreamEvent] = attrs.Factory(list)
+    #: The error that ended it before any event.
+    error: SluicegateError | None = None
+    finished: trio.Event = attrs.Factory(trio.Event)
+    _changed: trio.Event = attrs.Factory(trio.Event)
+
+    async def send(self, value: Delivery, /) -> None:
+        """The run's deliveries (the ``Deliver`` protocol): kept, and followers woken."""
+        if isinstance(value, SluicegateError):
+            self.error = value
+        elif self.recording.replay:  # only a streamed background response can be followed
+            self.events.extend(value)
+        self._wake()
+        await trio.lowlevel.checkpoint()
+
+    def finish(self) -> None:
+        self.finished.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_changed(self) -> None:
+        await self._changed.wait()
+
+
+@attrs.define(eq=False)
+class Follower:
+    """Reads a background response's events after ``after``: ``receive()`` returns the next
+    batch and raises ``trio.EndOfChannel`` at the end (the shape :class:`ResponseStream` reads).
+    """
+
+    _response_id: str
+    _live: LiveRun | None
+    _store: Store
+    _after: int = -1
+
+    async def receive(self) -> Delivery:
+        live = self._live
+        if live is None:
+            batch = await self._store.stream_events(
+                self._response_id, after=self._after, limit=REPLAY_PAGE
+            )
+            if not batch:
+                raise trio.EndOfChannel
+            events = [event_from_wire(data) for data in batch]
+            self._after = events[-1].sequence_number
+            return events
+        while True:
+            fresh = live.events[self._after + 1 :]
+            if fresh:
+                self._after = fresh[-1].sequence_number
+                return fresh
+            if live.finished.is_set():
+                if live.error is not None and self._after < 0:
+                    return live.error
+                raise trio.EndOfChannel
+            await live.wait_changed()
+
+
+@attrs.define(eq=False)
+class BackgroundRuns:
+    """The background responses of one gateway: started in its service nursery, looked up by
+    ID while they run, cancelled (see the module docstring)."""
+
+    _pipeline: Pipeline
+    _store: Store
+    _recorder: Recorder
+    _services: trio.Nursery
+    #: The store may be shared with other processes (a file; an in-memory store never is).
+    _shared_store: bool
+    #: Background responses running in this process, by ID.
+    _live: dict[str, LiveRun] = attrs.Factory(dict)
+    #: Runs started, and those running now (counted from when their task starts).
+    started: int = 0
+    in_flight: int = 0
+    #: Whether the task that notices runs ended by other processes is running.
+    _watching: bool = False
+
+    @property
+    def running(self) -> int:
+        """Background responses running in this process now."""
+        return len(self._live)
+
+    def get(self, response_id: str) -> LiveRun | None:
+        """The run of a background response, while it runs in this process."""
+        return self._live.get(response_id)
+
+    def follow(self, response_id: str, after: int = -1) -> Follower:
+        """A reader of a background response's events after sequence number ``after``."""
+        return Follower(response_id, self._live.get(response_id), self._store, after)
+
+    async def replayable(self, response_id: str) -> bool:
+        """Whether its events were stored for resume (a streamed background response)."""
+        live = self._live.get(response_id)
+        if live is not None:
+            return live.recording.replay
+        return bool(await self._store.stream_events(response_id, limit=1))
+
+    async def start(
+        self, call: PreparedCall, on_end: Callable[[], object] | None = None
+    ) -> tuple[LiveRun, Response]:
+        """Record a background response as queued and start it in the service nursery (which
+        calls ``on_end`` when it has ended); its run, and the response as queued.
+
+        Its ID is minted here, before any upstream answered (the caller gets it at once); the
+        upstream is asked for an ordinary streamed response, so a cancel stops it mid-way with
+        what it produced so far, and the events can be stored for resume."""
+        pipeline = self._pipeline
+        try:
+            deployment = await route(pipeline.router, call)
+        except SluicegateError as exc:
+            # Refused before it started (every deployment cooling or full): recorded like a
+            # foreground request no upstream answered.
+            await record_unanswered(pipeline.ids, self._recorder.start(call), call, exc)
+            raise
+        response_id = pipeline.ids.encode(
+            provider=deployment.provider,
+            deployment_id=deployment.id,
+            raw_id=f"resp_{secrets.token_hex(24)}",
+            owner=call.owner,
+        )
+        call = attrs.evolve(
+            call,
+            body={k: v for k, v in call.body.items() if k != "background"},
+            stream=True,
+            replay=call.stream,
+            response_id=response_id,
+            deployment=deployment,
+        )
+        recording = self._recorder.start(call)
+        queued = unanswered_response(call, response_id, recording.created_at, status="queued")
+        recording.response_id = response_id
+        recording.initial = queued
+        # Awaited: a GET sent the moment this returns must find the response.
+        await self._store.append([self._recorder.accepted(call, response_id, recording.created_at)])
+        recording.accepted = True
+        live = LiveRun(response_id=response_id, tracker=StreamTracker(), recording=recording)
+        self._live[response_id] = live
+        self.started += 1
+        if not self._watching and self._shared_store:
+            self._watching = True
+            self._services.start_soon(self._watch_ended_elsewhere)
+        await self._services.start(self._run, live, call, on_end)
+        return live, queued
+
+    async def cancel(self, live: LiveRun) -> None:
+        """Stop a run (``cancel_response``): it ends ``cancelled``; returns once it has."""
+        live.recording.cancel_requested = True
+        live.scope.cancel()
+        await live.finished.wait()
+
+    async def _run(
+        self,
+        live: LiveRun,
+        call: PreparedCall,
+        on_end: Callable[[], object] | None,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self.in_flight += 1
+        try:
+            with live.scope:
+                task_status.started()
+                await run_request(self._pipeline, call, live.tracker, live, live.recording)
+        finally:
+            self.in_flight -= 1
+            del self._live[live.response_id]
+            live.finish()
+            if on_end is not None:
+                try:
+                    on_end()
+                except Exception:
+                    # The caller's callback: its failure is logged, and never ends the gateway.
+                    logger.exception("the on_end callback of %s failed", live.response_id)
+
+    async def _watch_ended_elsewhere(self) -> None:
+        """While background responses run here: notice those another process sharing the
+        store ended (``cancel_response`` there records the end before it answers) or deleted,
+        and stop them: the upstream request is cancelled and the usage so far billed, without
+        a second end. One read for all of them every ``ENDED_ELSEWHERE_POLL`` seconds."""
+        try:
+            while self._live:
+                await trio.sleep(ENDED_ELSEWHERE_POLL)
+                running = [rid for rid, live in self._live.items() if live.recording.open]
+                if not running:
+                    continue
+                try:
+                    rows = await self._store.get_many(running)
+                except StoreError:
+                    logger.warning("could not poll the store for cancelled responses; retrying")
+                    continue
+                for rid, row in rows.items():
+                    live = self._live.get(rid)
+                    if live is None or not live.recording.open:
+                        continue
+                    if row.status.is_terminal:
+                        live.recording.ended_elsewhere = True
+                    elif row.deleted:
+                        live.recording.cancel_requested = True
+                    else:
+                        continue
+                    live.scope.cancel()
+        finally:
+            self._watching = False

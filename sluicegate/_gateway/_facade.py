@@ -1,0 +1,399 @@
+"""The library face: the :class:`Gateway` that :func:`~sluicegate.open_gateway` yields. Each call
+is prepared here and handed to the part that owns it: the request pipeline (``_streams.py``),
+background runs (``_background.py``), stored responses (``_stored.py``), files and batches
+(``_object_calls.py``). ``_open.py`` wires them together."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+import attrs
+
+from .._types import Response
+from ..codecs._lifecycle import StreamTracker
+from ..errors import InvalidRequestError, SluicegateError
+from ..store import SpendFilter, SpendGroup, SpendLog, SpendTotal, Store
+from ._background import Follower
+from ._continuation import continue_previous
+from ._object_calls import ObjectCalls
+from ._params import on_end_option, prepare_call
+from ._pipeline import Pipeline, run_request
+from ._replay import resolve_replayed_state
+from ._streams import ResponseStream, follow, open_response_stream
+
+if TYPE_CHECKING:
+    from ..actors._health import DeploymentStatistics
+    from ..actors._recorder import Recorder
+    from ..config import GatewayConfig
+    from ..runtime._messages import PreparedCall
+    from ._background import BackgroundRuns
+    from ._fakes import FakeProviders
+    from ._objects import ObjectService
+    from ._stored import StoredResponses
+
+__all__ = ["Gateway", "GatewayStatistics"]
+
+
+@attrs.frozen(kw_only=True)
+class GatewayStatistics:
+    requests_in_flight: int
+    requests_total: int
+    #: Background responses running in this gateway.
+    background_running: int
+    upstream_requests_in_flight: int
+    upstream_attempts: int
+    upstream_retries: int
+    upstream_errors: int
+    chunks_read: int
+    input_tokens: int
+    output_tokens: int
+    cost: float
+    #: Each deployment as the router sees it: breaker state, load, latency, rpm/tpm use.
+    deployments: tuple[DeploymentStatistics, ...] = ()
+    #: Deployments cooling down (breaker open or half-open) now.
+    deployments_cooling: int = 0
+
+
+@attrs.define(eq=False)
+class Gateway(ObjectCalls):
+    """Routes Responses API calls; get one from :func:`open_gateway`.
+
+    Its files and batches calls (``create_file``, ``create_batch``, ...) are
+    :class:`~sluicegate._gateway._object_calls.ObjectCalls`'.
+    """
+
+    _config: GatewayConfig
+    _pipeline: Pipeline
+    _store: Store
+    _recorder: Recorder
+    _fakes: FakeProviders
+    _background: BackgroundRuns
+    _stored: StoredResponses
+    #: Files and batches.
+    _objects: ObjectService
+    #: The owner of requests and lookups that name none (library use; the proxy passes keys).
+    _owner: str = ""
+    #: Foreground requests (background runs count their own).
+    _in_flight: int = 0
+    _total: int = 0
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self._config
+
+    @property
+    def store(self) -> Store:
+        """The event store every response is recorded in."""
+        return self._store
+
+    @property
+    def model_names(self) -> list[str]:
+        """The configured model groups."""
+        return self._pipeline.router.model_names
+
+    def statistics(self) -> GatewayStatistics:
+        c = self._pipeline.connector.statistics()
+        a = self._pipeline.accountant.statistics()
+        r = self._pipeline.router.statistics()
+        background = self._background
+        return GatewayStatistics(
+            requests_in_flight=self._in_flight + background.in_flight,
+            requests_total=self._total + background.started,
+            background_running=background.running,
+            upstream_requests_in_flight=c.requests_in_flight,
+            upstream_attempts=c.attempts,
+            upstream_retries=c.retries,
+            upstream_errors=c.upstream_errors,
+            chunks_read=c.chunks_read,
+            input_tokens=a.input_tokens,
+            output_tokens=a.output_tokens,
+            cost=a.cost,
+            deployments=r.deployments,
+            deployments_cooling=r.cooling,
+        )
+
+    # -- creating responses --------------------------------------------------------------
+
+    async def responses(self, **params: Any) -> Response:
+        """Create a response and wait for it (``POST /v1/responses``, not streamed).
+
+        Args:
+            params: Responses API parameters (``model``, ``input``, ``instructions``, ...), and
+                ``extra_body``, ``extra_headers``, ``extra_query``, ``timeout`` as in the
+                OpenAI SDK; ``owner`` (who the response belongs to; default: ``user``, else
+                the gateway's owner) and ``spend_logs_metadata`` (JSON for the spend logs);
+                ``on_end``, for a background response: called with no arguments, once, when
+                it has ended, however it ended (never if this call failed before starting it;
+                unused without ``background``).
+
+        Returns:
+            The Response; its ``id`` is a sluicegate ``resp_`` ID. With ``background=True``,
+            at once, in status ``queued``: poll :meth:`get_response`.
+
+        Raises:
+            SluicegateError: a bad request (400/404) or an upstream failure (its status).
+        """
+        on_end = on_end_option(params.get("on_end"))
+        call = await self._prepare(params, stream=False)
+        if call.background:
+            _, queued = await self._background.start(call, on_end)
+            return queued
+        tracker = StreamTracker()
+        self._in_flight += 1
+        self._total += 1
+        try:
+            await run_request(self._pipeline, call, tracker, None, self._recorder.start(call))
+        finally:
+            self._in_flight -= 1
+        return tracker.fold()
+
+    def stream(self, **params: Any) -> AbstractAsyncContextManager[ResponseStream]:
+        """Create a streamed response: ``async with gw.stream(...) as events:``.
+
+        Entering waits for the first event, so a request that fails before any event raises
+        here (as an HTTP error would). Leaving the block early cancels the upstream request,
+        except for a background response (``background=True``), which runs on: resume it with
+        ``get_response(id, stream=True, starting_after=n)``. ``on_end`` is as in
+        :meth:`responses`.
+        """
+        return self.open_stream(params)
+
+    @asynccontextmanager
+    async def open_stream(
+        self,
+        params: Mapping[str, Any],
+        *,
+        interrupted: Callable[[], SluicegateError | None] | None = None,
+    ) -> AsyncIterator[ResponseStream]:
+        """:meth:`stream` for a server, which tells a caller that left from a stream it cuts.
+
+        Args:
+            params: as for :meth:`stream`.
+            interrupted: asked when the stream is cancelled from outside. None: its caller
+                left, and it is recorded ``cancelled``. An error: the server is stopping under
+                a caller that is still there; the response ends as a failure after delivery
+                does — open items closed, one ``response.failed`` with this error — recorded
+                ``failed``, and :attr:`ResponseStream.closing` holds the events left to send
+                (the cancellation then goes on out of the block).
+        """
+        on_end = on_end_option(params.get("on_end"))
+        call = await self._prepare(params, stream=True)
+        if call.background:
+            live, _ = await self._background.start(call, on_end)
+            yield await follow(Follower(live.response_id, live, self._store))
+            return
+        recording = self._recorder.start(call)
+        self._in_flight += 1
+        self._total += 1
+        try:
+            async with open_response_stream(self._pipeline, call, recording, interrupted) as events:
+                yield events
+        finally:
+            self._in_flight -= 1
+
+    async def _prepare(self, params: Mapping[str, Any], *, stream: bool) -> PreparedCall:
+        pipeline = self._pipeline
+        call = prepare_call(params, stream=stream, ids=pipeline.ids, default_owner=self._owner)
+        if call.previous is not None:
+            call = await continue_previous(
+                call,
+                store=self._store,
+                router=pipeline.router,
+                settings=self._config.general_settings.store,
+                fakes=self._fakes,
+            )
+        return await resolve_replayed_state(
+            call, seal=pipeline.seal, store=self._store, router=pipeline.router
+        )
+
+    # -- stored responses ----------------------------------------------------------------
+
+    @overload
+    async def get_response(
+        self,
+        response_id: str,
+        *,
+        stream: Literal[False] = False,
+        starting_after: int | None = None,
+        include: list[str] | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_query: Mapping[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+        owner: str | None = None,
+        admin: bool = False,
+    ) -> Response: ...
+
+    @overload
+    async def get_response(
+        self,
+        response_id: str,
+        *,
+        stream: Literal[True],
+        starting_after: int | None = None,
+        include: list[str] | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_query: Mapping[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+        owner: str | None = None,
+        admin: bool = False,
+    ) -> ResponseStream: ...
+
+    async def get_response(
+        self,
+        response_id: str,
+        *,
+        stream: bool = False,
+        starting_after: int | None = None,
+        include: list[str] | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_query: Mapping[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 -- the OpenAI SDK's per-call option
+        owner: str | None = None,
+        admin: bool = False,
+    ) -> Response | ResponseStream:
+        """Retrieve a response (``GET /v1/responses/{id}``).
+
+        From the store when the store decides: a background response (while it runs, as far
+        as it got), one a bridged provider or the in-process fake made, and one the store
+        holds as failed or cancelled (its status is its spend row's); any other from the
+        upstream that made it, once the store has confirmed it is the caller's.
+
+        Args:
+            stream: replay a background response created with ``stream=True``: the events
+                after ``starting_after`` (a sequence number), then live ones to the end.
+            owner: who asks (default: the gateway's owner); admin: may reach any response.
+
+        Raises:
+            NotFoundError: not one of ours, not the caller's, deleted, or not stored.
+            InvalidRequestError: ``stream`` for a response that was not a streamed background one;
+                a ``starting_after`` that is not a sequence number (an integer from 0 to
+                ``MAX_SAFE_INTEGER``).
+            UpstreamError: the upstream's answer.
+        """
+        return await self._stored.get(
+            response_id,
+            stream=stream,
+            starting_after=starting_after,
+            include=include,
+            extra_headers=extra_headers,
+            extra_query=extra_query,
+            timeout=timeout,
+            owner=owner,
+            admin=admin,
+        )
+
+    async def delete_response(
+        self,
+        response_id: str,
+        *,
+        extra_headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 -- the OpenAI SDK's per-call option
+        owner: str | None = None,
+        admin: bool = False,
+    ) -> dict[str, Any]:
+        """Delete a response (``DELETE /v1/responses/{id}``): upstream too, then a tombstone in
+        the store (its content removed, its accounting kept). A running background response is
+        cancelled first. Later lookups are a 404.
+
+        Returns:
+            ``{"id": ..., "object": "response", "deleted": True}``.
+        """
+        return await self._stored.delete(
+            response_id, extra_headers=extra_headers, timeout=timeout, owner=owner, admin=admin
+        )
+
+    async def cancel_response(
+        self,
+        response_id: str,
+        *,
+        extra_headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 -- the OpenAI SDK's per-call option
+        owner: str | None = None,
+        admin: bool = False,
+    ) -> Response:
+        """Cancel a background response (``POST /v1/responses/{id}/cancel``): its run stops,
+        it ends ``cancelled`` with the usage so far billed. Cancelling one that has ended
+        returns it unchanged. One running in another process on the same store is ended in the
+        store first (every reader sees it at once); that process then stops it.
+
+        Raises:
+            InvalidRequestError: not a background response.
+            NotFoundError: not one of ours, not the caller's, or deleted.
+        """
+        return await self._stored.cancel(
+            response_id, extra_headers=extra_headers, timeout=timeout, owner=owner, admin=admin
+        )
+
+    async def list_input_items(
+        self,
+        response_id: str,
+        *,
+        after: str | None = None,
+        before: str | None = None,
+        limit: int = 20,
+        order: str = "desc",
+        owner: str | None = None,
+        admin: bool = False,
+    ) -> dict[str, Any]:
+        """The items that formed a response's input (``GET /v1/responses/{id}/input_items``),
+        including those its ``previous_response_id`` chain pulled in, as the spec's list:
+        ``{"object": "list", "data", "first_id", "last_id", "has_more"}``.
+
+        Args:
+            after / before: an item ID: list the items after (before) it, in ``order``.
+            limit: 1 to 100. order: ``"desc"`` (newest first, the default) or ``"asc"``.
+
+        Raises:
+            NotFoundError: unknown, not the caller's, deleted, or not stored.
+            InvalidRequestError: a bad ``limit``, ``order``, or an ``after``/``before`` that is
+                not one of the items.
+        """
+        return await self._stored.input_items(
+            response_id,
+            after=after,
+            before=before,
+            limit=limit,
+            order=order,
+            owner=owner,
+            admin=admin,
+        )
+
+    async def spend_logs(
+        self,
+        *,
+        owner: str | None = None,
+        model: str | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        limit: int = 100,
+        newest_first: bool = True,
+    ) -> list[SpendLog]:
+        """Spend rows, one per response, filtered (every given filter must match): ``owner``,
+        ``model`` group, creation time in [``start``, ``end``) (unix seconds), and
+        ``spend_logs_metadata`` pairs."""
+        where = SpendFilter(owner=owner, model=model, start=start, end=end, metadata=metadata)
+        return await self._store.spend_logs(where, limit=limit, newest_first=newest_first)
+
+    async def spend_totals(
+        self,
+        *,
+        group_by: SpendGroup,
+        owner: str | None = None,
+        model: str | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> list[SpendTotal]:
+        """Requests, tokens and cost per ``owner``, ``model`` or ``day`` (UTC), over the rows
+        the same filters as :meth:`spend_logs` select."""
+        if group_by not in ("owner", "model", "day"):
+            raise InvalidRequestError(
+                f"Invalid value for 'group_by': {group_by!r}. Supported values are: 'owner', "
+                "'model', 'day'.",
+                param="group_by",
+            )
+        where = SpendFilter(owner=owner, model=model, start=start, end=end, metadata=metadata)
+        return await self._store.spend_totals(where, group_by=group_by)

@@ -1,0 +1,327 @@
+"""Opening a gateway: the configuration resolved into the services every request shares.
+
+One gateway owns what every request shares: the pooled transport (sized for high concurrency;
+never a client per request), the router, the connector's retry policy, the price table and the
+ID codecs, the event store, plus a service nursery for gateway-wide tasks (background
+responses, the built-in fake upstreams, the retention purge). Each request then runs its own
+nursery of actors (``_pipeline.py``). :func:`aresponses` and :func:`responses` open one for a
+single call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any, Final
+
+import httpx
+import sniffio
+import trio
+
+from .._types import Response
+from ..actors._accountant import Accountant
+from ..actors._connector import Connector
+from ..actors._recorder import Recorder
+from ..actors._router import Router, env_deployment_id
+from ..codecs._registry import bridge_codec
+from ..codecs.ids import IdCodec
+from ..codecs.sealed import StateSeal
+from ..config import (
+    GatewayConfig,
+    build_deployment,
+    is_in_process_fake,
+    load_config,
+)
+from ..errors import ConfigError, InvalidRequestError, StoreError
+from ..net._media import MediaFetcher
+from ..net._transport import LeanTransport
+from ..pricing import PriceTable
+from ..runtime._scopes import open_body_nursery
+from ..store import Store, open_sqlite_store
+from ._background import BackgroundRuns
+from ._facade import Gateway
+from ._fakes import FakeProviders
+from ._objects import ObjectService
+from ._pipeline import Pipeline
+from ._stored import StoredResponses
+
+__all__ = ["aresponses", "open_gateway", "responses"]
+
+logger = logging.getLogger("sluicegate")
+
+#: Used when neither the config nor SLUICEGATE_RESPONSE_ID_SECRET names a secret: IDs stay valid
+#: for this process only (every gateway in it shares the key, so module-level calls chain).
+_PROCESS_SECRET = secrets.token_bytes(32)
+
+
+@asynccontextmanager
+async def open_gateway(
+    config: GatewayConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    rng: random.Random | None = None,
+    environ: Mapping[str, str] | None = None,
+    owner: str = "",
+    wall_clock: Callable[[], float] = time.time,
+) -> AsyncIterator[Gateway]:
+    """Open a gateway: ``async with sluicegate.open_gateway(config) as gw:``.
+
+    The gateway opens its event store (``general_settings.store``; by default the SQLite file
+    ``sluicegate.db`` in the working directory) and records every response in it. Leaving the
+    block cancels running background responses (recorded as failed) and closes the store.
+
+    Args:
+        config: a dict or a YAML path in LiteLLM's shape (``model_list``, ``router_settings``,
+            ``general_settings``), a loaded :class:`GatewayConfig`, or None for zero-config use
+            (``provider/model`` names with the provider's environment credentials).
+        transport: an httpx transport to use instead of the network (tests: MockTransport).
+        rng: the random source for routing and retry jitter (tests: a seeded one).
+        environ: the environment for ``os.environ/`` references and provider credentials.
+        owner: who requests and lookups that name no ``owner`` belong to.
+        wall_clock: unix time for stored timestamps (tests: a fixed clock).
+
+    Raises:
+        ConfigError: the configuration is invalid; the message names the path.
+        StoreError: the store cannot be opened.
+    """
+    env = os.environ if environ is None else environ
+    cfg = load_config(config, environ=env)
+    gs = cfg.general_settings
+    drop = cfg.general_settings.drop_params
+    deployments = [
+        build_deployment(e, cfg.router_settings, environ=env, drop_params=drop)
+        for e in cfg.model_list
+    ]
+    for i, deployment in enumerate(deployments):
+        codec = bridge_codec(deployment.provider)
+        if codec is not None:
+            try:
+                codec.check_deployment(deployment)
+            except ConfigError as exc:
+                inner = exc.path or "model_info"
+                message = exc.message.removeprefix(f"{inner}: ")
+                raise ConfigError(message, path=f"model_list[{i}].{inner}") from exc
+    rng = rng or random.Random()
+    limits = httpx.Limits(
+        max_connections=gs.max_connections,
+        max_keepalive_connections=gs.max_keepalive_connections,
+        keepalive_expiry=gs.keepalive_expiry,
+    )
+    # Fetching caller-named media goes through httpx's own transport (it takes the TLS server
+    # name the fetcher pins, net/_media.py), or the caller's transport in tests.
+    media_transport = transport
+    if transport is None and gs.http_transport == "lean":
+        # httpx's pool scans every connection per request (a poll() each): CPU per request
+        # grows with concurrency. The lean transport checks only the connection it reuses.
+        transport = LeanTransport(
+            max_connections=gs.max_connections,
+            max_keepalive_connections=gs.max_keepalive_connections,
+            keepalive_expiry=gs.keepalive_expiry,
+        )
+    elif transport is None:
+        transport = _httpx_transport(limits, env)
+    async with (
+        transport,
+        httpx.AsyncClient(transport=media_transport, timeout=None) as media_client,
+        # The store outlives the services: background responses record their end on the way
+        # out. Its writer runs in a body nursery, so the caller's own errors come out unwrapped.
+        open_body_nursery() as store_services,
+        open_sqlite_store(gs.store.path, nursery=store_services) as store,
+        open_body_nursery() as services,
+    ):
+        fakes = FakeProviders(
+            services,
+            frozenset(
+                {env_deployment_id("fake")} | {d.id for d in deployments if is_in_process_fake(d)}
+            ),
+        )
+        deployments = [await fakes.resolve(d) if is_in_process_fake(d) else d for d in deployments]
+        router = Router.from_deployments(
+            deployments,
+            cfg.router_settings,
+            rng=rng,
+            resolve_fake=fakes.resolve,
+            environ=environ,
+        )
+        accountant = Accountant(
+            PriceTable.bundled(), gs.include_cost_in_streaming_usage, router.used_tokens
+        )
+        secret = _id_secret(cfg, env)
+        pipeline = Pipeline(
+            router=router,
+            connector=Connector(
+                transport,
+                cfg.router_settings,
+                rng,
+                MediaFetcher(media_client, gs.media_fetch),
+                wall_clock,
+            ),
+            accountant=accountant,
+            ids=IdCodec.from_secret(secret),
+            seal=StateSeal.from_secret(secret),
+        )
+        if gs.store.retention is not None:
+            services.start_soon(
+                _purge_periodically, store, gs.store.retention, gs.store.purge_interval, wall_clock
+            )
+        objects = ObjectService(
+            store,
+            router,
+            pipeline.connector,
+            PriceTable.bundled(),
+            IdCodec.from_secret(secret, prefix="file-"),
+            IdCodec.from_secret(secret, prefix="batch_"),
+            fakes.resolve,
+            wall_clock,
+            gs.max_file_bytes,
+        )
+        recorder = Recorder(store, accountant, wall_clock)
+        # A file may be shared with other processes (an in-memory store never is).
+        background = BackgroundRuns(
+            pipeline, store, recorder, services, shared_store=gs.store.path != ":memory:"
+        )
+        stored = StoredResponses(pipeline, store, recorder, background, fakes, gs.store, owner)
+        yield Gateway(
+            cfg,
+            pipeline,
+            store,
+            recorder,
+            fakes,
+            background,
+            stored,
+            objects,
+            owner,
+        )
+
+
+def _httpx_transport(limits: httpx.Limits, environ: Mapping[str, str]) -> httpx.AsyncBaseTransport:
+    """httpx's own transport (``http_transport: httpx``): HTTP/2 wherever a server offers it
+    (ALPN), and the proxies ``environ`` names, as httpx's clients read them: ``HTTPS_PROXY``,
+    ``HTTP_PROXY`` or ``ALL_PROXY`` (lower case first), except for the hosts and domains in
+    ``NO_PROXY`` (``*``: every one). The connector calls the transport without a client, so
+    nothing else would read them."""
+
+    def setting(name: str) -> str:
+        return environ.get(name) or environ.get(name.upper()) or ""
+
+    direct = httpx.AsyncHTTPTransport(limits=limits, http2=True)
+    no_proxy = [name.strip().lstrip(".").lower() for name in setting("no_proxy").split(",")]
+    if "*" in no_proxy:
+        return direct
+    proxies = {
+        scheme: httpx.AsyncHTTPTransport(
+            limits=limits, http2=True, proxy=url if "://" in url else f"http://{url}"
+        )
+        for scheme in ("http", "https")
+        if (url := setting(f"{scheme}_proxy") or setting("all_proxy"))
+    }
+    if not proxies:
+        return direct
+    return _ProxiedTransport(direct, proxies, tuple(name for name in no_proxy if name))
+
+
+class _ProxiedTransport(httpx.AsyncBaseTransport):
+    """Sends each request through its scheme's proxy, or direct when there is none or
+    ``NO_PROXY`` names its host or a domain the host is in."""
+
+    def __init__(
+        self,
+        direct: httpx.AsyncBaseTransport,
+        proxies: Mapping[str, httpx.AsyncBaseTransport],
+        no_proxy: tuple[str, ...],
+    ) -> None:
+        self._direct = direct
+        self._proxies = proxies
+        self._no_proxy = no_proxy
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        proxy = self._proxies.get(request.url.scheme)
+        host = request.url.host.lower()
+        if proxy is None or any(
+            host == name or host.endswith("." + name) for name in self._no_proxy
+        ):
+            return await self._direct.handle_async_request(request)
+        return await proxy.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        for transport in (self._direct, *self._proxies.values()):
+            await transport.aclose()
+
+
+def _id_secret(config: GatewayConfig, environ: Mapping[str, str]) -> bytes:
+    secret = config.general_settings.response_id_secret
+    if secret is not None:
+        return secret.reveal().encode()
+    from_env = environ.get("SLUICEGATE_RESPONSE_ID_SECRET")
+    return from_env.encode() if from_env else _PROCESS_SECRET
+
+
+async def _purge_periodically(
+    store: Store, retention: float, interval: float, wall_clock: Callable[[], float]
+) -> None:
+    """Retention: remove content older than ``retention`` every ``interval`` seconds."""
+    while True:
+        try:
+            purged = await store.purge(before=wall_clock() - retention)
+        except StoreError:
+            logger.exception("the retention purge failed; trying again next interval")
+        else:
+            if purged:
+                logger.info("retention: purged the content of %d responses", purged)
+        await trio.sleep(interval)
+
+
+async def aresponses(
+    *, config: GatewayConfig | Mapping[str, Any] | str | None = None, **params: Any
+) -> Response:
+    """One call, zero setup (trio): ``await sluicegate.aresponses(model="openai/gpt-4o", ...)``.
+
+    Opens a gateway for the call; for many calls, open one with :func:`open_gateway`.
+    """
+    if params.get("stream"):
+        raise InvalidRequestError(
+            "Streaming needs a gateway: `async with open_gateway() as gw, gw.stream(...)`.",
+            param="stream",
+        )
+    # With no configuration a one-shot call keeps its record in memory: it leaves no file in
+    # the caller's working directory (and a one-shot response has nobody to look it up later).
+    async with open_gateway(_ONE_SHOT if config is None else config) as gw:
+        return await gw.responses(**params)
+
+
+#: The configuration of a one-shot call given none.
+_ONE_SHOT: Final[Mapping[str, Any]] = {"general_settings": {"store": {"path": ":memory:"}}}
+
+
+def responses(
+    *, config: GatewayConfig | Mapping[str, Any] | str | None = None, **params: Any
+) -> Response:
+    """Synchronous :func:`aresponses`: runs its own trio loop for the call.
+
+    Raises:
+        RuntimeError: called inside a running event loop, which it would block; the message
+            says what to call there instead.
+    """
+    _refuse_inside_an_event_loop()
+    return trio.run(partial(aresponses, config=config, **params))
+
+
+def _refuse_inside_an_event_loop() -> None:
+    try:
+        library = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return
+    if library == "trio":
+        hint = "`await sluicegate.aresponses(...)`"
+    else:
+        hint = f"`await asyncio.to_thread(sluicegate.responses, ...)` (running under {library})"
+    raise RuntimeError(
+        "sluicegate.responses() blocks until the response is done, and this thread is running "
+        f"an event loop it would freeze; use {hint} instead."
+    )

@@ -1,0 +1,1 @@
+"""net: the HTTP transport and the media fetcher, the I/O beneath the actors"""
