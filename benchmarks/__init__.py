@@ -1,4 +1,4 @@
-"""sluicegate's benchmark suite (DESIGN §8): ``python -m benchmarks`` from the repo root.
+"""sluicegate's benchmark suite (docs/design.md §8): ``python -m benchmarks`` from the repo root.
 
 What is measured
 ----------------

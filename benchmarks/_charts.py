@@ -1,4 +1,4 @@
-"""PNG charts of a benchmark run (issue 5): latency, throughput and memory.
+"""PNG charts of a benchmark run: latency, throughput and memory.
 
 matplotlib is optional (``pip install -e '.[bench]'``): :func:`write_charts` notes its absence
 in one line and writes nothing, so the suite runs the same without it. The figures are drawn on

@@ -1,6 +1,6 @@
 """Memory: what an open stream costs the proxy, and whether a slow consumer makes memory grow.
 
-Three measurements (issue 5), all of resident set size (``VmRSS`` in ``/proc/<pid>/status``):
+Three measurements, all of resident set size (``VmRSS`` in ``/proc/<pid>/status``):
 
 - **Idle** (:func:`proxy_idle_rss`): the proxy server's RSS after one request of each kind (a
   create, and a stream read to its first delta then dropped), so code loaded and caches filled

@@ -122,7 +122,7 @@ def summarize(runs: Sequence[CaseRun]) -> list[Summary]:
 
 
 def check_targets(summaries: Sequence[Summary]) -> list[Check]:
-    """The performance targets of DESIGN §8 / issue 2, judged on the medians."""
+    """The performance targets of docs/design.md §8, judged on the medians."""
     checks = []
     ours = [s for s in summaries if s.case.target == SLUICEGATE]
     for s in ours:

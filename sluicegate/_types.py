@@ -1,6 +1,6 @@
 """Public data types: the Response object, its usage, and the canonical stream events.
 
-The canonical events are the Responses API streaming events (responses-streaming.md), one
+The canonical events are the Responses API streaming events (the Responses streaming reference), one
 vocabulary for every provider. Each event keeps its wire payload (``data``) as the source of
 truth, so unknown event types and unknown fields reach the caller exactly as they came; the
 typed attributes of each family read from it. Families are chosen by what the pipeline does with

@@ -212,7 +212,7 @@ def _duration(value: Any, _: type = Duration) -> Duration:
         raise _Rejected(str(exc)) from None
 
 
-#: The routing strategies (issue 7), by the names LiteLLM's configs use and their short forms.
+#: The routing strategies, by the names LiteLLM's configs use and their short forms.
 RoutingStrategy = Literal[
     "simple-shuffle",
     "least-busy",
@@ -287,7 +287,7 @@ class RouterSettings:
 
 @attrs.frozen(kw_only=True)
 class StoreSettings:
-    """The event store (DESIGN §5): the system of record of every response."""
+    """The event store (docs/design.md §5): the system of record of every response."""
 
     #: The SQLite database file (relative to the working directory), or ``":memory:"`` for a
     #: private store that lives as long as the gateway (tests).
@@ -393,7 +393,7 @@ class GeneralSettings:
     #: Keys the HMAC of response IDs. Unset: a random per-process key (IDs die with the process).
     response_id_secret: Secret | None = None
     include_cost_in_streaming_usage: bool = False
-    #: Upstream connection pool: at least the expected concurrency (DESIGN §8).
+    #: Upstream connection pool: at least the expected concurrency (docs/design.md §8).
     max_connections: int = 1000
     max_keepalive_connections: int = 1000
     keepalive_expiry: float = 30.0
@@ -470,7 +470,7 @@ class Deployment:
     #: ``model_info`` beyond ``id``: per-model facts a bridge reads (its rules table's
     #: overrides, e.g. ``max_output_tokens``, ``reasoning``).
     model_info: Mapping[str, Any] = attrs.Factory(dict)
-    #: Drop what the provider cannot take instead of refusing it (mapping.md §10).
+    #: Drop what the provider cannot take instead of refusing it (docs/bridges.md §10).
     drop_params: bool = False
     #: Requests and tokens per minute this deployment may take (None: unlimited).
     rpm: int | None = None

@@ -1,8 +1,8 @@
 """The one error hierarchy of sluicegate.
 
 Every error knows the HTTP status it maps to and the OpenAI error envelope it renders as
-(``{"error": {"message", "type", "param", "code"}}``, responses-api.md §10), so the library and
-the proxy report the same failure the same way. Foreign exceptions (httpx, cattrs, sqlite) are
+(``{"error": {"message", "type", "param", "code"}}``, the Responses API reference), so the library
+and the proxy report the same failure the same way. Foreign exceptions (httpx, cattrs, sqlite) are
 translated into these at exactly one boundary each, with ``raise Ours(...) from exc``.
 
 ::
@@ -281,7 +281,7 @@ class InternalError(SluicegateError):
     default_code = "internal_error"
 
 
-#: Statuses worth another attempt (issue 2): request timeout, conflict, rate limit; 5xx too.
+#: Statuses worth another attempt: request timeout, conflict, rate limit; 5xx too.
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
 
 

@@ -1,5 +1,5 @@
-"""A deterministic fake of the Anthropic Messages API (anthropic-messages.md), answering real
-wire bytes: SSE events shaped as §6 when the body says ``"stream": true``, a Message (§5)
+"""A deterministic fake of the Anthropic Messages API (Anthropic's Messages reference), answering
+real wire bytes: SSE events shaped as §6 when the body says ``"stream": true``, a Message (§5)
 otherwise, and Anthropic's error body (§7) for what the real API refuses.
 
 What it answers is driven by the last user text of the request (tests/bridge_fakes.py serves
@@ -44,7 +44,7 @@ _ERROR_TYPES: Final = {
     504: "timeout_error",
     529: "overloaded_error",
 }
-#: Top-level request fields the API knows (anthropic-messages.md §2); others are a 400.
+#: Top-level request fields the API knows (Anthropic's Messages reference); others are a 400.
 _KNOWN_FIELDS: Final = frozenset(
     {
         "model",
@@ -178,7 +178,7 @@ class FakeAnthropic:
             stall=stall,
         )
 
-    # -- validation (the rules of anthropic-messages.md §2-§4 that matter to the bridge) --
+    # -- validation (the rules of Anthropic's Messages reference-§4 that matter to the bridge) --
 
     def _validate(self, request: dict[str, Any]) -> None:
         for key in request:
@@ -279,8 +279,8 @@ class FakeAnthropic:
                 )
 
     def _check_tool_loop(self, messages: list[dict[str, Any]]) -> None:
-        # anthropic-messages.md §3: in the current tool loop, the assistant turn must come back
-        # with its thinking first (signatures were checked in _check_turn).
+        # Anthropic's Messages reference: in the current tool loop, the assistant turn must come
+        # back with its thinking first (signatures were checked in _check_turn).
         results = [b for b in messages[-1]["content"] if b.get("type") == "tool_result"]
         previous = messages[-2]
         if not results or previous["role"] != "assistant":

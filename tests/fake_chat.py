@@ -1,7 +1,7 @@
-"""A deterministic fake of an OpenAI-compatible Chat Completions server (chat-completions.md),
-answering real wire bytes: ``data:`` chunks ending with ``data: [DONE]`` (§4) when the body says
-``"stream": true``, a chat completion (§3) otherwise, and OpenAI's error envelope (§5) for what
-a strict server refuses.
+"""A deterministic fake of an OpenAI-compatible Chat Completions server (the Chat Completions
+reference), answering real wire bytes: ``data:`` chunks ending with ``data: [DONE]`` (§4) when the
+body says ``"stream": true``, a chat completion (§3) otherwise, and OpenAI's error envelope (§5) for
+what a strict server refuses.
 
 What it answers is driven by the last user text of the request (tests/bridge_fakes.py serves
 it over ``httpx.MockTransport`` or a loopback socket):
@@ -38,7 +38,7 @@ from .bridge_fakes import Fault, Reply
 
 __all__ = ["FakeChat"]
 
-#: Top-level fields a compatible server knows (chat-completions.md §1).
+#: Top-level fields a compatible server knows (the Chat Completions reference).
 _COMPATIBLE_FIELDS: Final = frozenset(
     {
         "model",
@@ -203,7 +203,7 @@ class FakeChat:
             stall=stall,
         )
 
-    # -- validation (what a strict server refuses; chat-completions.md §1, §2, §6) --
+    # -- validation (what a strict server refuses; the Chat Completions reference, §2, §6) --
 
     def _validate(self, request: dict[str, Any]) -> None:
         known = _OPENAI_FIELDS if self.openai else _COMPATIBLE_FIELDS

@@ -1,4 +1,4 @@
-"""A deterministic fake of the Gemini API's generateContent (gemini-generate-content.md),
+"""A deterministic fake of the Gemini API's generateContent (Gemini's generateContent reference),
 answering real wire bytes: ``data: <GenerateContentResponse>`` SSE frames (CRLF, no end marker)
 on ``:streamGenerateContent?alt=sse``, one GenerateContentResponse on ``:generateContent``, and
 google.rpc error bodies (§7) for what the real API refuses.
@@ -42,7 +42,7 @@ from .bridge_fakes import Fault, Reply
 
 __all__ = ["PLACEHOLDER_SIGNATURES", "FakeGemini"]
 
-#: The dummy signatures Google documents (gemini-generate-content.md §5).
+#: The dummy signatures Google documents (Gemini's generateContent reference).
 PLACEHOLDER_SIGNATURES: Final = frozenset(
     {"skip_thought_signature_validator", "context_engineering_is_the_way_to_go"}
 )
@@ -268,7 +268,8 @@ class FakeGemini:
             stall=stall,
         )
 
-    # -- validation (the rules of gemini-generate-content.md §2-§5 that matter to the bridge) --
+    # -- validation (the rules of Gemini's generateContent reference-§5 that matter to the bridge)
+    # --
 
     def _validate(self, model: str, request: dict[str, Any]) -> None:
         for key in request:

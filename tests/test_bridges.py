@@ -1,4 +1,4 @@
-"""The bridged providers' one conformance suite (issue 6): every bridge — Chat Completions,
+"""The bridged providers' one conformance suite: every bridge — Chat Completions,
 Anthropic Messages, Gemini — passes the same scenarios through the whole gateway, against fake
 providers that speak the real wire formats and check what they are sent as the real ones do
 (``tests/fake_*.py``): text, several tool calls, custom (freeform) tool calls and their outputs,
@@ -126,7 +126,8 @@ async def collect(gw: sluicegate.Gateway, **params: Any) -> list[sluicegate.Stre
 
 
 def check_sequence(events: list[sluicegate.StreamEvent]) -> None:
-    """responses-streaming.md §4: the rules every stream keeps, checked with the SDK's types."""
+    """the Responses streaming reference: the rules every stream keeps, checked with the SDK's
+    types."""
     kinds = [e.type for e in events]
     assert kinds[:2] == ["response.created", "response.in_progress"]
     terminal = [

@@ -582,7 +582,7 @@ def test_malformed_tool_traffic_is_refused_naming_it(item: dict[str, Any], param
         ("high", None, 24576),
         ("xhigh", None, 32768),
         ("max", 40000, 32768),
-        ("high", 4000, 3999),  # budget < max_tokens (anthropic-messages.md §4)
+        ("high", 4000, 3999),  # budget < max_tokens (Anthropic's Messages reference)
     ],
 )
 def test_effort_becomes_a_thinking_budget(
@@ -745,7 +745,7 @@ def test_extra_body_headers_and_query_are_merged_last() -> None:
     assert built.request.params == {"beta": "true"}
 
 
-# mapping.md §10: everything Anthropic cannot take, refused naming it, dropped when asked.
+# docs/bridges.md §10: everything Anthropic cannot take, refused naming it, dropped when asked.
 _REFUSED = [
     ({"tools": [{"type": "web_search"}]}, "tools[0]"),
     ({"tools": [_WEATHER, {"type": "mcp", "server_label": "docs"}]}, "tools[1]"),

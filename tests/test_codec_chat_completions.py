@@ -563,7 +563,7 @@ def test_openai_only_fields() -> None:
         "safety_identifier": "u-hash",
         "user": "u1",
     }
-    assert "metadata" not in openai and "store" not in openai  # the gateway's (mapping.md §3)
+    assert "metadata" not in openai and "store" not in openai  # the gateway's (docs/bridges.md §3)
     assert refused(text={"verbosity": "low"}).param == "text.verbosity"
     assert refused(service_tier="flex").param == "service_tier"
     compat = sent(
@@ -1044,7 +1044,7 @@ def test_done_ends_the_answer_even_without_a_finish_reason() -> None:
 
 
 def test_compatible_servers_quirks_in_tool_call_fragments() -> None:
-    """chat-completions.md §4: no index, id and name repeated on every fragment, parsed
+    """the Chat Completions reference: no index, id and name repeated on every fragment, parsed
     arguments, the name in a later fragment, and finish_reason "stop" despite calls."""
     data = b"".join(
         [
@@ -1570,7 +1570,7 @@ VLLM_OVERFLOW = orjson.dumps(
 )
 FASTAPI_422 = orjson.dumps({"detail": [{"loc": ["body", "x"], "msg": "Extra inputs"}]})
 
-#: status, body -> our status, code, retryable, message (mapping.md §8, the Chat column)
+#: status, body -> our status, code, retryable, message (docs/bridges.md §8, the Chat column)
 ERROR_ROWS: list[tuple[int, bytes, int, str | None, bool, str]] = [
     (
         400,

@@ -1,4 +1,4 @@
-"""The public API is what __all__ says, and codecs stay sans-IO (STYLE.md)."""
+"""The public API is what __all__ says, and codecs stay sans-IO (docs/design.md §3.1)."""
 
 from __future__ import annotations
 

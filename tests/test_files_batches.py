@@ -1,4 +1,4 @@
-"""Files and batches through the gateway (issue 8).
+"""Files and batches through the gateway.
 
 Through the proxy, the official ``openai`` SDK is the client; two deployments on two fake
 provider accounts (``tests/fake_files.py`` on loopback) are the upstreams: ``gpt-a`` an OpenAI

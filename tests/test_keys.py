@@ -1,4 +1,4 @@
-"""Virtual API keys (issue 4): authentication, admission limits, and key administration."""
+"""Virtual API keys: authentication, admission limits, and key administration."""
 
 from __future__ import annotations
 

@@ -224,8 +224,8 @@ def test_cost_with_cached_input() -> None:
 
 
 def test_cost_with_cache_reads_and_writes() -> None:
-    # Anthropic-shaped: input_tokens counts uncached + cache reads + cache writes (mapping.md §7).
-    # 2000 * $3/M + 6000 * $0.30/M + 2000 * $3.75/M + 1000 * $15/M
+    # Anthropic-shaped: input_tokens counts uncached + cache reads + cache writes (docs/bridges.md
+    # §7). 2000 * $3/M + 6000 * $0.30/M + 2000 * $3.75/M + 1000 * $15/M
     # = 0.006 + 0.0018 + 0.0075 + 0.015
     usage = TokenUsage(
         input_tokens=10_000, cached_tokens=6_000, cache_write_tokens=2_000, output_tokens=1_000

@@ -1,4 +1,4 @@
-"""The proxy (issue 4) on a real loopback server, driven by the official ``openai`` SDK: if the
+"""The proxy on a real loopback server, driven by the official ``openai`` SDK: if the
 SDK cannot parse what we send, it is wrong. The upstream is the built-in fake on loopback;
 the store is in memory. Real clock (hypercorn keeps its own timers), short intervals."""
 

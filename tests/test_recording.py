@@ -1,4 +1,4 @@
-"""The event store as the gateway's system of record (issue 3): every response recorded; get,
+"""The event store as the gateway's system of record: every response recorded; get,
 delete, cancel and input items through it; ownership; ``store: false``; background responses,
 cancel and stream resume; spend logs. Upstream: a native Responses server over MockTransport,
 under ``autojump_clock`` with the inline in-memory store."""

@@ -1,4 +1,4 @@
-"""The store under stress and after a crash (issue 3): a burst of concurrent responses recorded
+"""The store under stress and after a crash: a burst of concurrent responses recorded
 with nothing lost; a gateway process killed mid-stream leaves nothing in progress forever.
 These use a SQLite file with worker threads, so they run on the real clock."""
 

@@ -1,4 +1,4 @@
-"""The router's decisions, unit by unit (issue 7): strategies, the circuit breaker, Retry-After,
+"""The router's decisions, unit by unit: strategies, the circuit breaker, Retry-After,
 rpm/tpm windows, affinity, failure kinds and the configuration that drives them. A seeded
 random source and a hand-driven clock make every choice reproducible."""
 

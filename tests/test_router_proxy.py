@@ -1,4 +1,4 @@
-"""The router through the proxy (issue 7), with the official ``openai`` SDK: a session header
+"""The router through the proxy, with the official ``openai`` SDK: a session header
 keeps a conversation on one deployment, a 429 with ``Retry-After`` cools its deployment while
 the other serves, and ``/metrics`` shows each deployment's breaker. Two built-in fakes on
 loopback are the two deployments of one group."""

@@ -84,7 +84,8 @@ def test_helper_detects_wrong_expectation() -> None:
         assert_decodes(b"data: a\n\n", [])
 
 
-# --- a recorded-shape OpenAI Responses stream (responses-streaming.md §3 A) -----------------
+# --- a recorded-shape OpenAI Responses stream (the Responses streaming reference A)
+# -----------------
 
 RESPONSES_STREAM = (
     b"event: response.created\n"

@@ -1,8 +1,8 @@
 """Background responses while they run, and the streams that follow them.
 
 Theory of operation: a background response (``background: true``) runs in the gateway's service
-nursery, detached from whoever created it (DESIGN §2). :class:`BackgroundRuns` starts it: its ID
-is minted and its acceptance recorded before any upstream answered (the caller gets the ID at
+nursery, detached from whoever created it (docs/design.md §2). :class:`BackgroundRuns` starts it:
+its ID is minted and its acceptance recorded before any upstream answered (the caller gets the ID at
 once, and a GET sent the moment it returns finds it); its upstream is asked for an ordinary
 streamed response, so a cancel stops it mid-way with what it produced so far.
 

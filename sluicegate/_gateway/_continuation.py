@@ -79,7 +79,7 @@ async def continue_previous(
         return await _continue_in_process(call, previous_id, store, settings)
     if router.stored_conversation(call):
         # A bridged provider keeps no conversation: the store's chain is the context
-        # (DESIGN §5), read now, bounded by the store settings.
+        # (docs/design.md §5), read now, bounded by the store settings.
         history = await read_conversation(store, previous_id, settings)
         call = attrs.evolve(call, history=history)
     return call

@@ -2,10 +2,10 @@
 
 Creating one names a model group (``model``), which picks an OpenAI or Azure deployment of the
 group; afterwards the ID carries the way: ``file-`` and ``batch_`` IDs are encoded like
-``resp_`` IDs (DESIGN §4: authenticated, with the provider, the deployment ID, the upstream's
-raw ID and the owner), so every later call reaches the deployment that holds the object without
-a lookup, and a forged ID is a plain 404. The store keeps one row per object (``objects``): its
-owner (a key sees only its own), the model group, the spend metadata, and the object as last
+``resp_`` IDs (docs/design.md §4: authenticated, with the provider, the deployment ID, the
+upstream's raw ID and the owner), so every later call reaches the deployment that holds the object
+without a lookup, and a forged ID is a plain 404. The store keeps one row per object (``objects``):
+its owner (a key sees only its own), the model group, the spend metadata, and the object as last
 seen upstream, which is what the list calls return.
 
 A batch runs where its input file is: created from an encoded file ID it goes to that file's

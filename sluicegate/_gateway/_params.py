@@ -165,7 +165,7 @@ def _short_string(limit: int) -> Check:
     return check
 
 
-#: OpenAI's documented metadata limits (responses-api.md §1).
+#: OpenAI's documented metadata limits (the Responses API reference).
 METADATA_MAX_PAIRS = 16
 METADATA_MAX_KEY = 64
 METADATA_MAX_VALUE = 512
@@ -204,7 +204,7 @@ def _metadata(name: str, value: Any) -> None:
 
 _SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority", "fast", "ultrafast")
 
-#: Every request parameter of the Responses API and its check (responses-api.md §1).
+#: Every request parameter of the Responses API and its check (the Responses API reference).
 RESPONSES_PARAMETERS: Mapping[str, Check] = {
     "model": _is(str, nullable=False),
     "input": _input,

@@ -8,7 +8,7 @@ An upstream failure (a status, a reset, a deadline, malformed data) does not can
 where it happens: it travels down as a ``Failure`` item behind the data read before it, so
 nothing already read is lost, and the sink raises it into the nursery once everything before it
 is delivered. Any other exception (a bug) cancels the siblings at once. Either way the
-supervisor decides what the caller gets (DESIGN §2):
+supervisor decides what the caller gets (docs/design.md §2):
 
 - nothing was delivered yet: the error itself (a streaming caller receives it as data on its
   channel and raises it; a non-streaming caller gets it raised), so the HTTP face can still
@@ -29,8 +29,8 @@ it cancels the nursery, which closes the upstream connection. What it means for 
 - a request no upstream answered yet ends recorded too, under an ID of its own, as above.
 
 Whatever the end, every request that reached the pipeline ends in exactly one recorded ``Ended``
-(DESIGN §5): the sink records a terminal event before delivering it; a failure is recorded here
-before its closing events are delivered; a cancellation is recorded here, shielded (for a
+(docs/design.md §5): the sink records a terminal event before delivering it; a failure is recorded
+here before its closing events are delivered; a cancellation is recorded here, shielded (for a
 bounded time), before the cancellation goes on.
 """
 
@@ -60,7 +60,7 @@ __all__ = ["Pipeline", "record_unanswered", "run_request"]
 
 logger = logging.getLogger("sluicegate")
 
-#: Channel buffers. Small on purpose: a slow caller must slow the upstream (DESIGN §2).
+#: Channel buffers. Small on purpose: a slow caller must slow the upstream (docs/design.md §2).
 RAW_BUFFER = 2
 EVENT_BUFFER = 2
 
@@ -182,8 +182,8 @@ async def _settle_ended_elsewhere(recording: Recording, tracker: StreamTracker) 
 async def record_unanswered(
     ids: IdCodec, recording: Recording, call: PreparedCall, failure: SluicegateError
 ) -> None:
-    """A request no upstream answered ends recorded too (DESIGN §5: nothing is lost), under an
-    ID of its own that the error carries (``x-sluicegate-response-id``) and GET finds: every
+    """A request no upstream answered ends recorded too (docs/design.md §5: nothing is lost), under
+    an ID of its own that the error carries (``x-sluicegate-response-id``) and GET finds: every
     attempt failed, or every deployment was cooling (503) or at its rpm/tpm limit (429). A
     request the caller got wrong (a 4xx of ours, such as a parameter a bridge cannot take)
     never became a response: it is refused, not recorded. (A key's own limits are the proxy's,

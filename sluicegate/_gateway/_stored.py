@@ -359,7 +359,7 @@ def _page(
     limit: int,
     newest_first: bool,
 ) -> dict[str, Any]:
-    """One page of a list (responses-api.md §9, input_items)."""
+    """One page of a list (the Responses API reference, input_items)."""
     ordered = items[::-1] if newest_first else items
     start, stop = 0, len(ordered)
     for cursor, name in ((after, "after"), (before, "before")):

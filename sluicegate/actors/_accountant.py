@@ -125,7 +125,7 @@ def _normalized_usage(raw: dict[str, Any], usage: Usage) -> dict[str, Any]:
     """Every detail field present (0 when the upstream did not say), unknown ones kept.
 
     Older servers omit ``cache_write_tokens`` and sometimes whole detail objects; current SDK
-    types require them (responses-api.md §8, usage).
+    types require them (the Responses API reference, usage).
     """
     return {
         **raw,

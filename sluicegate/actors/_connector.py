@@ -82,7 +82,7 @@ class Connector:
     """Shared by every request of a gateway: the client, the retry policy, the counters."""
 
     #: The gateway's one pooled transport (sluicegate's lean HTTP/1.1 one, httpx's, or a
-    #: test's MockTransport), behind httpx's transport interface (DESIGN §8).
+    #: test's MockTransport), behind httpx's transport interface (docs/design.md §8).
     _transport: httpx.AsyncBaseTransport
     _settings: RouterSettings
     _random: random.Random = attrs.Factory(random.Random)

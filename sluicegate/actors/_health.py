@@ -4,7 +4,7 @@ Theory of operation. Each deployment has one :class:`Health`, fed by the connect
 started; it answered, with its time to first byte and its total time; it failed, and how) and
 by the accountant (the tokens a response used). The router reads it to choose.
 
-The circuit breaker is a three-state machine (DESIGN §2, issue 7)::
+The circuit breaker is a three-state machine (docs/design.md §2)::
 
     CLOSED ──(more than allowed_fails failures within a minute,
     │          or the failure rate past failure_rate_threshold;

@@ -1,4 +1,4 @@
-"""The recorder: what every request writes to the event store (DESIGN §5).
+"""The recorder: what every request writes to the event store (docs/design.md §5).
 
 Theory of operation. The recorder works in the sink's task, on the events the tracker has
 checked (renumbered as the caller sees them), so what is stored is what was delivered:
@@ -336,7 +336,7 @@ def unanswered_response(
     error: dict[str, Any] | None = None,
 ) -> Response:
     """A response no upstream answered yet (a background one, ``queued``) or ever (``failed``
-    before any event): responses-api.md §9's shape, no output, the request's configuration
+    before any event): the Responses API reference's shape, no output, the request's configuration
     echoed back."""
     body = call.body
     return Response.from_dict(

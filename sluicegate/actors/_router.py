@@ -1,4 +1,4 @@
-"""The router: which deployment serves each attempt of a request (DESIGN §2, issue 7).
+"""The router: which deployment serves each attempt of a request (docs/design.md §2).
 
 The router decides; the connector acts. The router actor (``_plan.py``) turns a request into a
 ``RoutePlan`` and its first :class:`Routed` attempt. When an attempt fails before anything

@@ -1,6 +1,6 @@
 """The event stages between the connector and the caller: transformer, ID encoder, sink (the
-accountant, between the first two, is ``_accountant.py``). Each is one actor of the shape in
-STYLE.md; end of stream flows down by channel closure.
+accountant, between the first two, is ``_accountant.py``). Each is one actor of the shape
+docs/design.md §2.2 describes; end of stream flows down by channel closure.
 
 Items are batches (every event decoded from one network read) preceded by the ``Routed`` of the
 attempt they belong to, so each stage knows the deployment without a side channel.
@@ -83,8 +83,8 @@ async def run_id_encoder(
     inbox: trio.MemoryReceiveChannel[EventItem],
     outbox: trio.MemorySendChannel[EventItem],
 ) -> None:
-    """Every event carrying a ``response`` gets the same encoded ID (DESIGN §4). The batch in
-    which the upstream first names its response carries that raw ID on (``upstream_id``).
+    """Every event carrying a ``response`` gets the same encoded ID (docs/design.md §4). The batch
+    in which the upstream first names its response carries that raw ID on (``upstream_id``).
 
     A native upstream's opaque state (an output item's ``encrypted_content``) is sealed for the
     deployment that issued it (``codecs/sealed.py``), in item events and in the Response's
@@ -185,8 +185,8 @@ async def run_sink(
     recorder), then hands the batch to a streaming caller; a non-streaming caller folds the
     tracker at the end. A Failure is raised here, after everything before it was delivered.
 
-    The terminal event is delivered only once the response is durably recorded (DESIGN §5: an
-    immediate follow-up must find it). If recording it fails, it is withdrawn and the error
+    The terminal event is delivered only once the response is durably recorded (docs/design.md §5:
+    an immediate follow-up must find it). If recording it fails, it is withdrawn and the error
     raised, so the supervisor ends the response as failed instead.
 
     It runs in the supervisor's own task, so the caller's channel (``outbox``) is not closed

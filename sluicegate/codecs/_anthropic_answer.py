@@ -1,10 +1,10 @@
 """The Anthropic bridge's answer: Messages stream events as canonical events, and its errors.
 
 The decoders turn Anthropic's stream events into the canonical Responses events through a
-:class:`~._emitter.ResponseEmitter` (mapping.md §9): text blocks feed a message item, every
+:class:`~._emitter.ResponseEmitter` (docs/bridges.md §9): text blocks feed a message item, every
 ``thinking``/``redacted_thinking`` block is one reasoning item whose ``encrypted_content``
-seals that block exactly (mapping.md §5), ``tool_use`` blocks are function calls, and the stop
-reason and usage end the response (mapping.md §6, §7). A non-streaming Message is replayed as
+seals that block exactly (docs/bridges.md §5), ``tool_use`` blocks are function calls, and the stop
+reason and usage end the response (docs/bridges.md §6, §7). A non-streaming Message is replayed as
 the events a stream of it would have carried, so both paths share one translation.
 
 Sans-IO: no trio, no httpx.
@@ -38,7 +38,7 @@ __all__ = ["AnthropicBodyDecoder", "AnthropicStreamDecoder", "upstream_error"]
 
 # --- errors ------------------------------------------------------------------------------------
 
-#: Anthropic's HTTP status -> (ours, our error code) (mapping.md §8).
+#: Anthropic's HTTP status -> (ours, our error code) (docs/bridges.md §8).
 _ERROR_STATUSES: Final[Mapping[int, tuple[int, str | None]]] = {
     400: (400, None),
     # The deployment's key, not the caller's: the gateway's fault, and another deployment
@@ -55,8 +55,8 @@ _ERROR_STATUSES: Final[Mapping[int, tuple[int, str | None]]] = {
     504: (504, "server_error"),
     529: (503, "server_error"),
 }
-#: ``error.type`` -> Anthropic's HTTP status, for errors inside a stream (anthropic-messages.md
-#: §7), which arrive without a status of their own.
+#: ``error.type`` -> Anthropic's HTTP status, for errors inside a stream (Anthropic's Messages
+#: reference §7), which arrive without a status of their own.
 _STATUS_OF_ERROR_TYPE: Final = {
     "invalid_request_error": 400,
     "authentication_error": 401,
@@ -106,7 +106,7 @@ def _stream_error(error: Any) -> UpstreamStatusError:
 
 # --- the answer --------------------------------------------------------------------------------
 
-#: ``stop_reason`` -> the ``incomplete_details.reason`` (None: completed) (mapping.md §6).
+#: ``stop_reason`` -> the ``incomplete_details.reason`` (None: completed) (docs/bridges.md §6).
 #: Any other (``pause_turn``, which only server tools cause, or one added later) fails.
 _STOP_REASONS: Final[Mapping[str, str | None]] = {
     "end_turn": None,
@@ -119,14 +119,14 @@ _STOP_REASONS: Final[Mapping[str, str | None]] = {
 
 
 def _count(usage: Mapping[str, Any], key: str) -> int:
-    # Cache fields may be absent or null (anthropic-messages.md §5): 0.
+    # Cache fields may be absent or null (Anthropic's Messages reference): 0.
     value = usage.get(key)
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 @attrs.define(eq=False)
 class _Translator:
-    """Anthropic stream events -> calls on the emitter (mapping.md §9)."""
+    """Anthropic stream events -> calls on the emitter (docs/bridges.md §9)."""
 
     _context: BridgeContext
     _emitter: ResponseEmitter
@@ -172,12 +172,12 @@ class _Translator:
             self._emitter.text(str(block.get("text") or ""))
         elif kind == "thinking":
             # One reasoning item per thinking block (each block's stop closes its item),
-            # placed before what follows it (mapping.md §5).
+            # placed before what follows it (docs/bridges.md §5).
             self._emitter.reasoning()
             self._thinking, self._signature = [], []
             self._thinking_text(str(block.get("thinking") or ""))
         elif kind == "redacted_thinking":
-            # Complete at the start, no deltas (anthropic-messages.md §6): state only.
+            # Complete at the start, no deltas (Anthropic's Messages reference): state only.
             self._emitter.reasoning_item(self._seal(dict(block)))
         elif kind == "tool_use":
             call_id, name = block.get("id"), block.get("name")
@@ -251,7 +251,7 @@ class _Translator:
         cache_write = _count(u, "cache_creation_input_tokens")
         cached = _count(u, "cache_read_input_tokens")
         usage = responses_usage(
-            # mapping.md §7: Anthropic's input_tokens leaves out the cached parts.
+            # docs/bridges.md §7: Anthropic's input_tokens leaves out the cached parts.
             input_tokens=_count(u, "input_tokens") + cache_write + cached,
             output_tokens=_count(u, "output_tokens"),
             cached_tokens=cached,
@@ -272,7 +272,7 @@ def _object(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
 
 @attrs.define(eq=False)
 class AnthropicStreamDecoder(BridgeDecoder):
-    """Anthropic's SSE stream (anthropic-messages.md §6) -> canonical events."""
+    """Anthropic's SSE stream (Anthropic's Messages reference) -> canonical events."""
 
     _translator: _Translator = attrs.field(init=False)
 
@@ -286,7 +286,7 @@ class AnthropicStreamDecoder(BridgeDecoder):
 
 @attrs.define(eq=False)
 class AnthropicBodyDecoder(BridgeBodyDecoder):
-    """A non-streaming Message (anthropic-messages.md §5) -> the events its stream would have
+    """A non-streaming Message (Anthropic's Messages reference) -> the events its stream would have
     carried (it is replayed as those stream events through the same translation)."""
 
     def translate(self, body: Any, emitter: ResponseEmitter) -> None:
@@ -300,7 +300,7 @@ class AnthropicBodyDecoder(BridgeBodyDecoder):
 
 
 def _message_events(message: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
-    """The stream events of a whole Message (anthropic-messages.md §6)."""
+    """The stream events of a whole Message (Anthropic's Messages reference)."""
     yield {"type": "message_start", "message": {"usage": message.get("usage")}}
     content = message.get("content")
     for index, block in enumerate(content if isinstance(content, list) else ()):

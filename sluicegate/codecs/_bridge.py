@@ -1,5 +1,5 @@
-"""What every bridged provider codec shares on the way to the provider (mapping.md): the request
-plan, the conversation as Responses items, and the codec contract.
+"""What every bridged provider codec shares on the way to the provider (docs/bridges.md): the
+request plan, the conversation as Responses items, and the codec contract.
 
 Theory of operation. A bridge codec (``chat_completions``, ``anthropic``, ``gemini``) is three
 sans-IO pieces:
@@ -88,7 +88,7 @@ class BuiltRequest:
     context: BridgeContext
 
 
-#: Tools only OpenAI's own Responses API runs (mapping.md §10): never bridged.
+#: Tools only OpenAI's own Responses API runs (docs/bridges.md §10): never bridged.
 HOSTED_TOOL_TYPES: Final = frozenset(
     {
         "web_search",
@@ -110,7 +110,7 @@ HOSTED_TOOL_TYPES: Final = frozenset(
     }
 )
 
-#: Responses parameters that no bridged provider has (mapping.md §10), each with the values
+#: Responses parameters that no bridged provider has (docs/bridges.md §10), each with the values
 #: that are harmless (accepted and not sent). Anything else is refused or dropped. Parameters
 #: harmless whatever their value are not listed: ``max_tool_calls`` limits hosted tools, which no
 #: bridge has; ``prompt_cache_key``, a cache hint, each codec sends where its provider has a
@@ -227,7 +227,7 @@ class RequestPlan:
         return functions
 
     def tool_choice(self, body: Mapping[str, Any], functions: list[dict[str, Any]]) -> ToolChoice:
-        """``tool_choice`` in one shape for every provider (mapping.md §2); a custom tool is
+        """``tool_choice`` in one shape for every provider (docs/bridges.md §2); a custom tool is
         chosen as the function it becomes."""
         choice = body.get("tool_choice")
         if choice is None or choice in ("auto", "none", "required"):
@@ -468,7 +468,7 @@ class BridgeCodec(Protocol):
     def parse_error(
         self, status: int, headers: Mapping[str, str], body: bytes, *, now: float
     ) -> UpstreamStatusError:
-        """The provider's error response as ours (mapping.md §8)."""
+        """The provider's error response as ours (docs/bridges.md §8)."""
         ...
 
 

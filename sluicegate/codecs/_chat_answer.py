@@ -3,10 +3,10 @@ compatible servers.
 
 - :class:`ChatStreamDecoder` and :class:`ChatBodyDecoder` drive one :class:`_Translator`,
   which turns chunks (or the one non-streamed message, read as a single delta) into calls on
-  the :class:`~._emitter.ResponseEmitter` (mapping.md §9).
+  the :class:`~._emitter.ResponseEmitter` (docs/bridges.md §9).
 - :func:`chat_error` maps error statuses and the error shapes compatible servers send (the
   OpenAI envelope, ``{"detail": ...}``, a flat ``{"message": ...}``, plain text) to ours
-  (mapping.md §8); an error inside a stream is read the same way.
+  (docs/bridges.md §8); an error inside a stream is read the same way.
 
 Sans-IO: no trio, no httpx.
 """
@@ -39,7 +39,7 @@ __all__ = ["ChatBodyDecoder", "ChatStreamDecoder", "chat_error"]
 
 # --- the answer -------------------------------------------------------------------------------
 
-#: ``finish_reason`` -> ``incomplete_details.reason`` (mapping.md §6); absent: completed.
+#: ``finish_reason`` -> ``incomplete_details.reason`` (docs/bridges.md §6); absent: completed.
 _INCOMPLETE: Final = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
@@ -53,7 +53,8 @@ class _CallState(enum.Enum):
 
 @attrs.define(eq=False)
 class _Call:
-    #: The provider's ID; minted when the call is emitted without one (chat-completions.md §4).
+    #: The provider's ID; minted when the call is emitted without one (the Chat Completions
+    #: reference).
     call_id: str | None = None
     name: str = ""
     pieces: list[str] = attrs.Factory(list)
@@ -74,7 +75,7 @@ def _count(obj: Any, key: str) -> int:
 
 
 def _usage(usage: Mapping[str, Any]) -> dict[str, Any]:
-    """Chat usage in Responses terms (mapping.md §7); missing fields count 0."""
+    """Chat usage in Responses terms (docs/bridges.md §7); missing fields count 0."""
     prompt = usage.get("prompt_tokens_details")
     completion = usage.get("completion_tokens_details")
     total = usage.get("total_tokens")
@@ -91,10 +92,10 @@ def _usage(usage: Mapping[str, Any]) -> dict[str, Any]:
 
 @attrs.define(eq=False)
 class _Translator:
-    """Chat chunks → emitter calls (mapping.md §9), for the stream and the body alike.
+    """Chat chunks → emitter calls (docs/bridges.md §9), for the stream and the body alike.
 
     Tool calls stream while they arrive one after another: a fragment of a new ``index``
-    closes the open call once its arguments are complete JSON (chat-completions.md §4: calls
+    closes the open call once its arguments are complete JSON (the Chat Completions reference: calls
     interleave only by ``index``). If they are not, calls interleave, and the rest is buffered
     and emitted whole, in index order, at the finish."""
 
@@ -120,7 +121,7 @@ class _Translator:
             self._created = created
         if isinstance(chunk.get("usage"), dict):
             # Usually a last chunk of its own; some servers send it on every chunk (keep the
-            # last) or on the finish chunk (chat-completions.md §4).
+            # last) or on the finish chunk (the Chat Completions reference).
             self._usage = chunk["usage"]
         for choice in chunk.get("choices") or ():
             if not isinstance(choice, dict) or choice.get("index") not in (0, None):
@@ -138,7 +139,7 @@ class _Translator:
 
     def _delta(self, delta: Mapping[str, Any], logprobs: Any) -> None:
         # Non-standard reasoning text: DeepSeek and vLLM say reasoning_content, OpenRouter and
-        # Ollama say reasoning (chat-completions.md §6).
+        # Ollama say reasoning (the Chat Completions reference).
         reasoning = delta.get("reasoning_content") or delta.get("reasoning")
         if isinstance(reasoning, str) and reasoning:
             self._leave_call()
@@ -196,7 +197,7 @@ class _Translator:
             self._advance(index, call)
 
     def _index_of(self, call_id: Any) -> int:
-        # No index (chat-completions.md §4): a new id is the next call, else the latest one.
+        # No index (the Chat Completions reference): a new id is the next call, else the latest one.
         if isinstance(call_id, str) and call_id:
             for index, call in self._calls.items():
                 if call.call_id == call_id:
@@ -320,7 +321,7 @@ def _provider_error(
     headers: Mapping[str, str] | None = None,
 ) -> UpstreamStatusError:
     """The provider's error (``status``, its message, code and type) as the gateway reports it
-    (mapping.md §8); ``origin`` says where it came from (``HTTP 429``, ``mid-stream``)."""
+    (docs/bridges.md §8); ``origin`` says where it came from (``HTTP 429``, ``mid-stream``)."""
     hints = {code, kind}
     overflow = "context_length_exceeded" in hints or bool(_CONTEXT_OVERFLOW.search(message))
     what = "the provider answered"
@@ -387,7 +388,7 @@ def _other_error_shape(body: bytes) -> tuple[str, str | None, str | None] | None
 
 
 def _stream_error(error: Any) -> UpstreamStatusError:
-    """An error chunk in the stream (chat-completions.md §4) as ours."""
+    """An error chunk in the stream (the Chat Completions reference) as ours."""
     if not isinstance(error, dict):
         return _provider_error(500, str(error), code=None, kind=None, origin="mid-stream")
     message = error.get("message")
@@ -414,7 +415,7 @@ def _stream_error(error: Any) -> UpstreamStatusError:
 def chat_error(
     status: int, headers: Mapping[str, str], body: bytes, *, now: float
 ) -> UpstreamStatusError:
-    """A compatible server's error response as ours (mapping.md §8)."""
+    """A compatible server's error response as ours (docs/bridges.md §8)."""
     # The OpenAI envelope and Retry-After are read as for native upstreams.
     base = parse_error_response(status, headers, body, now=now)
     shape = _other_error_shape(body) if body else ("", None, None)

@@ -1,10 +1,10 @@
-"""The answer's side of every bridged provider codec (mapping.md): the emitter of the canonical
+"""The answer's side of every bridged provider codec (docs/bridges.md): the emitter of the canonical
 event stream, the decoders that drive it, and the reasoning-state envelope.
 
 Theory of operation. A bridge's stream decoder and body decoder (:class:`BridgeDecoder`,
 :class:`BridgeBodyDecoder`: ``feed(bytes) -> events``, ``close() -> events``) translate the
 provider's answer into calls on a :class:`ResponseEmitter`, which produces the Responses event
-sequence of responses-streaming.md §3/§4: ``response.created`` and ``in_progress`` first, items
+sequence of the Responses streaming reference: ``response.created`` and ``in_progress`` first, items
 opened lazily and strictly one after another, every ``added`` closed by its ``done`` with the
 full value, exactly one terminal event. The calls of a request's custom tools come back as
 ``custom_tool_call`` items, their input decoded while the arguments stream (:mod:`._freeform`).
@@ -15,7 +15,7 @@ typed ``response.failed`` (the same path as any mid-stream failure).
 
 Reasoning state that a provider needs back on the next turn (Anthropic thinking signatures and
 redacted thinking, Gemini ``thoughtSignature``) travels in a ``reasoning`` item's
-``encrypted_content`` as our own versioned envelope (:func:`seal_reasoning`), mapping.md §5.
+``encrypted_content`` as our own versioned envelope (:func:`seal_reasoning`), docs/bridges.md §5.
 
 Sans-IO: no trio, no httpx.
 """
@@ -65,7 +65,7 @@ class BridgeContext:
     body: Mapping[str, Any]
     #: Whether reasoning summaries were asked for (``reasoning.summary`` set).
     summaries: bool = False
-    #: Parameters dropped under ``drop_params`` (shown on the Response, mapping.md §10).
+    #: Parameters dropped under ``drop_params`` (shown on the Response, docs/bridges.md §10).
     dropped: tuple[str, ...] = ()
     #: The names of the request's custom tools: the provider's calls of these functions are
     #: ``custom_tool_call`` items (:func:`custom_tool_function`).
@@ -101,7 +101,7 @@ def seal_reasoning(provider: str, model: str, state: Mapping[str, Any]) -> str:
 def open_reasoning(token: Any, provider: str, model: str) -> dict[str, Any] | None:
     """The state sealed for this provider and model, else None: an envelope from another
     provider or model (or from OpenAI itself) cannot be replayed here and is dropped
-    (mapping.md §5)."""
+    (docs/bridges.md §5)."""
     if not isinstance(token, str) or not token.startswith(_ENVELOPE_PREFIX):
         return None
     data = token[len(_ENVELOPE_PREFIX) :]
@@ -119,7 +119,8 @@ def open_reasoning(token: Any, provider: str, model: str) -> dict[str, Any] | No
 
 
 def _given(body: Mapping[str, Any], key: str, default: Any) -> Any:
-    # Most optional request fields accept an explicit null meaning "unset" (responses-api.md §0).
+    # Most optional request fields accept an explicit null meaning "unset" (the Responses API
+    # reference).
     value = body.get(key)
     return default if value is None else value
 
@@ -144,7 +145,7 @@ def _merged(body: Mapping[str, Any], key: str, defaults: dict[str, Any]) -> Any:
 def response_echo(
     body: Mapping[str, Any], *, response_id: str, model: str, created_at: int
 ) -> dict[str, Any]:
-    """A Response object (responses-api.md §8) in progress for the request ``body``: no
+    """A Response object (the Responses API reference) in progress for the request ``body``: no
     output, no usage, the configuration echoed with OpenAI's defaults for absent fields."""
     service_tier = body.get("service_tier")
     metadata = body.get("metadata")
@@ -546,7 +547,7 @@ def responses_usage(
     reasoning_tokens: int = 0,
     total_tokens: int | None = None,
 ) -> dict[str, Any]:
-    """A Responses ``usage`` object (mapping.md §7)."""
+    """A Responses ``usage`` object (docs/bridges.md §7)."""
     return {
         "input_tokens": input_tokens,
         "input_tokens_details": {

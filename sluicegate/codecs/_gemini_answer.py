@@ -1,10 +1,10 @@
 """The Gemini bridge's answer: generateContent chunks as canonical events, and Gemini's errors.
 
 The decoders turn Gemini's chunks into the canonical Responses events through a
-:class:`~._emitter.ResponseEmitter` (mapping.md §9): thought parts become reasoning summary
+:class:`~._emitter.ResponseEmitter` (docs/bridges.md §9): thought parts become reasoning summary
 text (when ``reasoning.summary`` asked for it), text parts a message, each ``functionCall`` a
 whole function call; ``finishReason`` and the last ``usageMetadata`` end the response
-(mapping.md §6, §7). A non-streaming answer is one chunk through the same translation. Every
+(docs/bridges.md §6, §7). A non-streaming answer is one chunk through the same translation. Every
 ``thoughtSignature`` is kept in a reasoning item, sealed, for the request side
 (``gemini.py``) to restore next turn.
 
@@ -77,7 +77,7 @@ def _details(error: Mapping[str, Any], kind: str) -> list[Mapping[str, Any]]:
 def upstream_error(
     status: int, error: Mapping[str, Any], *, retry_after: float | None
 ) -> UpstreamStatusError:
-    """A google.rpc error (gemini-generate-content.md §7) as ours (mapping.md §8)."""
+    """A google.rpc error (Gemini's generateContent reference) as ours (docs/bridges.md §8)."""
     message = str(error.get("message") or error.get("status") or "Gemini reported an error")
     reasons = {d.get("reason") for d in _details(error, "ErrorInfo")}
     if retry_after is None:
@@ -131,7 +131,7 @@ def _stream_error(error: Any) -> UpstreamStatusError:
 
 # --- the answer --------------------------------------------------------------------------------
 
-#: ``finishReason`` -> the ``incomplete_details.reason`` (None: completed) (mapping.md §6).
+#: ``finishReason`` -> the ``incomplete_details.reason`` (None: completed) (docs/bridges.md §6).
 #: Any other (MALFORMED_FUNCTION_CALL, OTHER, one added later…) fails the response.
 _FINISH_REASONS: Final[Mapping[str, str | None]] = {
     "STOP": None,
@@ -148,14 +148,14 @@ _FINISH_REASONS: Final[Mapping[str, str | None]] = {
 
 
 def _count(usage: Mapping[str, Any], key: str) -> int:
-    # Any usage field may be absent when zero (gemini-generate-content.md §3).
+    # Any usage field may be absent when zero (Gemini's generateContent reference).
     value = usage.get(key)
     return value if is_int(value) else 0
 
 
 @attrs.define(eq=False)
 class _Translator:
-    """Gemini chunks -> calls on the emitter (mapping.md §9; module docstring)."""
+    """Gemini chunks -> calls on the emitter (docs/bridges.md §9; module docstring)."""
 
     _context: BridgeContext
     _emitter: ResponseEmitter
@@ -181,7 +181,7 @@ class _Translator:
             feedback = data.get("promptFeedback")
             reason = feedback.get("blockReason") if isinstance(feedback, dict) else None
             if reason is not None:
-                # mapping.md §6: a blocked prompt; a 400 when nothing was streamed yet.
+                # docs/bridges.md §6: a blocked prompt; a 400 when nothing was streamed yet.
                 raise UpstreamStatusError(
                     f"Gemini: the prompt was blocked ({reason})",
                     status_code=400,
@@ -240,11 +240,11 @@ class _Translator:
         self._place_text_signature()
         call_id = call.get("id")
         if not isinstance(call_id, str) or not call_id:
-            call_id = mint_id("call")  # mapping.md §6: older models send no id
+            call_id = mint_id("call")  # docs/bridges.md §6: older models send no id
         args = call.get("args")
         if signature is not None:
             self._sign({"part": "function_call", "call_id": call_id, "signature": signature})
-        # Calls arrive whole (§6): one arguments delta; mapping.md §6: a compact JSON string.
+        # Calls arrive whole (§6): one arguments delta; docs/bridges.md §6: a compact JSON string.
         self._emitter.whole_function_call(call_id, call["name"], orjson.dumps(args or {}).decode())
         self._signed, self._run = [], []
 
@@ -291,7 +291,7 @@ class _Translator:
 
 @attrs.define(eq=False)
 class GeminiStreamDecoder(BridgeDecoder):
-    """Gemini's ``alt=sse`` stream (gemini-generate-content.md §6) -> canonical events. The
+    """Gemini's ``alt=sse`` stream (Gemini's generateContent reference) -> canonical events. The
     stream has no end marker: it closing before a ``finishReason`` fails the response."""
 
     _translator: _Translator = attrs.field(init=False)

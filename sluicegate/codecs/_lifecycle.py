@@ -1,9 +1,9 @@
 """The lifecycle of one response stream, as data.
 
 Theory of operation: every response, whatever its provider, is delivered as the canonical
-Responses event sequence (responses-streaming.md §4): ``response.created`` first, items opened
-and closed one after another, exactly one terminal event last. :class:`StreamTracker` watches the
-events in the order the caller receives them and
+Responses event sequence (the Responses streaming reference): ``response.created`` first, items
+opened and closed one after another, exactly one terminal event last. :class:`StreamTracker` watches
+the events in the order the caller receives them and
 
 - checks the status transitions against :data:`ALLOWED_TRANSITIONS` (an upstream that breaks
   the order is a protocol error, not something to pass on);
@@ -63,7 +63,7 @@ _STATUS_OF_EVENT: dict[str, ResponseStatus | None] = {
 
 _STATUS_BY_VALUE: dict[Any, ResponseStatus] = {s.value: s for s in ResponseStatus}
 
-#: The Response ``error.code`` enum (responses-api.md §8), open-ended upstream.
+#: The Response ``error.code`` enum (the Responses API reference), open-ended upstream.
 RESPONSE_ERROR_CODES = frozenset(
     {
         "server_error",
@@ -344,7 +344,7 @@ class StreamTracker:
     def partial(self) -> Response | None:
         """The response as far as it got, for one that ends without its terminal event
         (cancelled): the last live snapshot with the items done so far and the open ones as
-        delivered (``status: in_progress``, responses-api.md §9). None before
+        delivered (``status: in_progress``, the Responses API reference). None before
         ``response.created``."""
         if self._snapshot is None:
             return None

@@ -56,7 +56,7 @@ PROVIDERS = NATIVE_PROVIDERS | frozenset(CHAT_PROVIDERS) | frozenset(MESSAGE_PRO
 
 
 def is_bridged(provider: str) -> bool:
-    """Whether the gateway translates this provider's wire format (mapping.md): the
+    """Whether the gateway translates this provider's wire format (docs/bridges.md): the
     conversation of such a response lives in the event store, not at the provider."""
     return provider not in NATIVE_PROVIDERS
 

@@ -1,4 +1,5 @@
-"""The Anthropic Messages bridge (anthropic-messages.md; mapping.md, the Anthropic column).
+"""The Anthropic Messages bridge (Anthropic's Messages reference; docs/bridges.md, the Anthropic
+column).
 
 Theory of operation. :meth:`AnthropicCodec.build_request` turns a Responses request into
 ``POST {api_base}/v1/messages``:
@@ -78,7 +79,7 @@ __all__ = [
 ]
 
 DEFAULT_API_BASE: Final = "https://api.anthropic.com"
-#: The only current API version (anthropic-messages.md §1).
+#: The only current API version (Anthropic's Messages reference).
 ANTHROPIC_VERSION: Final = "2023-06-01"
 
 # --- what each model takes ---------------------------------------------------------------------
@@ -93,12 +94,12 @@ class ModelRules:
 
     #: ``max_tokens`` when the request has no ``max_output_tokens`` (Anthropic requires one).
     max_output_tokens: int
-    #: How ``reasoning.effort`` maps (mapping.md §4): ``budget`` (``thinking.budget_tokens``),
+    #: How ``reasoning.effort`` maps (docs/bridges.md §4): ``budget`` (``thinking.budget_tokens``),
     #: ``adaptive`` (``thinking.type: adaptive`` + ``output_config.effort``) or ``none``.
     reasoning: str
     #: ``output_config.format`` (JSON schema output) and ``strict`` tools.
     structured_outputs: bool
-    #: Rejects ``temperature`` and ``top_p`` together (anthropic-messages.md §2).
+    #: Rejects ``temperature`` and ``top_p`` together (Anthropic's Messages reference).
     exclusive_sampling: bool
 
 
@@ -149,7 +150,7 @@ def rules_for(deployment: Endpoint) -> ModelRules:
     return with_overrides(rules, deployment.model_info, _OVERRIDE_CHECKS)
 
 
-#: ``reasoning.effort`` -> ``thinking.budget_tokens`` of ``budget`` models (mapping.md §4).
+#: ``reasoning.effort`` -> ``thinking.budget_tokens`` of ``budget`` models (docs/bridges.md §4).
 _BUDGET_TOKENS: Final = {
     "minimal": 1024,
     "low": 2048,
@@ -158,7 +159,7 @@ _BUDGET_TOKENS: Final = {
     "xhigh": 32768,
     "max": 32768,
 }
-#: ``reasoning.effort`` -> ``output_config.effort`` of ``adaptive`` models (mapping.md §4).
+#: ``reasoning.effort`` -> ``output_config.effort`` of ``adaptive`` models (docs/bridges.md §4).
 _ADAPTIVE_EFFORT: Final = {
     "minimal": "low",
     "low": "low",
@@ -167,12 +168,12 @@ _ADAPTIVE_EFFORT: Final = {
     "xhigh": "xhigh",
     "max": "max",
 }
-#: The smallest thinking budget Anthropic takes (anthropic-messages.md §4).
+#: The smallest thinking budget Anthropic takes (Anthropic's Messages reference).
 _MIN_BUDGET: Final = 1024
 _SUMMARIES: Final = (None, "auto", "concise", "detailed")
-#: Base64 image media types Anthropic takes (anthropic-messages.md §3).
+#: Base64 image media types Anthropic takes (Anthropic's Messages reference).
 _IMAGE_TYPES: Final = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
-#: Responses ``service_tier`` -> Anthropic's (mapping.md §3).
+#: Responses ``service_tier`` -> Anthropic's (docs/bridges.md §3).
 _SERVICE_TIERS: Final = {"auto": "auto", "default": "standard_only"}
 
 # --- the request -------------------------------------------------------------------------------
@@ -241,8 +242,8 @@ class AnthropicCodec:
     def parse_error(
         self, status: int, headers: Mapping[str, str], body: bytes, *, now: float
     ) -> UpstreamStatusError:
-        """Anthropic's error status and body as ours (mapping.md §8; keyed on the status,
-        as anthropic-messages.md §7 advises)."""
+        """Anthropic's error status and body as ours (docs/bridges.md §8; keyed on the status,
+        as Anthropic's Messages reference advises)."""
         try:
             parsed = orjson.loads(body) if body else None
         except orjson.JSONDecodeError:
@@ -296,7 +297,7 @@ class _RequestMapper:
             payload["output_config"] = output_config
         payload.update(self._sampling(body, thinking_on=thinking_on))
         self._check_logprobs(body)
-        # mapping.md §3: the end-user id is Anthropic's metadata.user_id (its only key).
+        # docs/bridges.md §3: the end-user id is Anthropic's metadata.user_id (its only key).
         user = body.get("safety_identifier") or body.get("user")
         if user:
             payload["metadata"] = {"user_id": user}
@@ -313,7 +314,7 @@ class _RequestMapper:
     def _reasoning(
         self, body: Mapping[str, Any], max_tokens: int, *, given: bool
     ) -> tuple[dict[str, Any] | None, str | None]:
-        """``thinking`` and ``output_config.effort`` for ``reasoning`` (mapping.md §4)."""
+        """``thinking`` and ``output_config.effort`` for ``reasoning`` (docs/bridges.md §4)."""
         reasoning = body.get("reasoning") or {}
         for key, value in reasoning.items():
             if key not in ("effort", "summary") and value is not None:
@@ -336,11 +337,11 @@ class _RequestMapper:
         if effort == "none":
             return {"type": "disabled"}, None
         # Without a summary asked for, the thinking text is not needed: "omitted" still returns
-        # the signatures to replay (anthropic-messages.md §4, mapping.md §3).
+        # the signatures to replay (Anthropic's Messages reference, docs/bridges.md §3).
         display = {} if summary is not None else {"display": "omitted"}
         if kind == "adaptive":
             return {"type": "adaptive", **display}, _ADAPTIVE_EFFORT[effort]
-        # anthropic-messages.md §4: 1024 <= budget_tokens < max_tokens.
+        # Anthropic's Messages reference: 1024 <= budget_tokens < max_tokens.
         budget = min(_BUDGET_TOKENS[effort], max_tokens - 1)
         if budget < _MIN_BUDGET:
             self.plan.unsupported_value(
@@ -358,7 +359,7 @@ class _RequestMapper:
                 "temperature", f"'temperature' must be between 0 and 1, got {temperature}"
             )
         if thinking_on:
-            # anthropic-messages.md §4: with thinking on, temperature keeps its default (1,
+            # Anthropic's Messages reference: with thinking on, temperature keeps its default (1,
             # which therefore costs nothing to leave out) and top_p stays within 0.95-1.
             if temperature is not None and temperature != 1:
                 self.plan.unsupported("temperature", "'temperature' with reasoning on")
@@ -367,7 +368,7 @@ class _RequestMapper:
                 self.plan.unsupported("top_p", "'top_p' below 0.95 with reasoning on")
                 top_p = None
         if self.rules.exclusive_sampling and temperature is not None and top_p is not None:
-            # anthropic-messages.md §2: one or the other. A default value (1) chooses nothing.
+            # Anthropic's Messages reference: one or the other. A default value (1) chooses nothing.
             if top_p == 1:
                 top_p = None
             elif temperature == 1:
@@ -399,7 +400,7 @@ class _RequestMapper:
         return {"type": "json_schema", "schema": schema}
 
     def _check_logprobs(self, body: Mapping[str, Any]) -> None:
-        # mapping.md §10: Anthropic returns no logprobs.
+        # docs/bridges.md §10: Anthropic returns no logprobs.
         if body.get("top_logprobs"):
             self.plan.unsupported("top_logprobs")
         for i, value in enumerate(body.get("include") or []):
@@ -418,7 +419,8 @@ class _RequestMapper:
         else:
             choice = self.plan.tool_choice(body, functions)
         if thinking_on and choice.mode in ("required", "function"):
-            # anthropic-messages.md §4: with thinking on only auto/none (mapping.md §2: reject).
+            # Anthropic's Messages reference: with thinking on only auto/none (docs/bridges.md §2:
+            # reject).
             self.plan.unsupported_value(
                 "tool_choice", "forcing a tool call cannot be combined with reasoning"
             )
@@ -426,7 +428,7 @@ class _RequestMapper:
             wire: dict[str, Any] = {"type": "tool", "name": (choice.names or [""])[0]}
         else:
             wire = {"type": {"auto": "auto", "none": "none", "required": "any"}[choice.mode]}
-            if choice.names is not None:  # allowed_tools: send only those (mapping.md §2)
+            if choice.names is not None:  # allowed_tools: send only those (docs/bridges.md §2)
                 functions = [f for f in functions if f["name"] in choice.names]
         if not functions:
             return {}
@@ -457,7 +459,7 @@ class _RequestMapper:
         system = instruction_texts(self.plan, body.get("instructions"))
         turns: list[dict[str, Any]] = []
         #: Thinking blocks restored from reasoning items, waiting for the assistant item they
-        #: preceded (mapping.md §5): they go into that assistant turn, in their place.
+        #: preceded (docs/bridges.md §5): they go into that assistant turn, in their place.
         thinking: list[dict[str, Any]] = []
         for i, item in enumerate(items):
             path = f"input[{i}]"
@@ -583,7 +585,7 @@ class _RequestMapper:
                 f"{path}.arguments", f"'{path}.arguments' is not valid JSON: {exc}."
             ) from exc
         if not isinstance(parsed, dict):
-            # A tool_use input is a JSON object (anthropic-messages.md §3).
+            # A tool_use input is a JSON object (Anthropic's Messages reference).
             raise invalid(f"{path}.arguments", f"'{path}.arguments' must be a JSON object.")
         return {"type": "tool_use", "id": call_id, "name": name, "input": parsed}
 
@@ -614,7 +616,7 @@ class _RequestMapper:
 
     def _thinking_blocks(self, item: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The blocks a reasoning item of ours sealed for this model; none for any other
-        reasoning item (another provider's or model's cannot be replayed: mapping.md §5)."""
+        reasoning item (another provider's or model's cannot be replayed: docs/bridges.md §5)."""
         state = open_reasoning(item.get("encrypted_content"), self.provider, self.model)
         blocks = state.get("blocks") if state is not None else None
         if not isinstance(blocks, list):
@@ -633,7 +635,7 @@ def _append(turns: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]
         turns.append({"role": role, "content": content})
     for block in blocks:
         if block["type"] == "tool_result":
-            # anthropic-messages.md §3: the tool results open their user turn.
+            # Anthropic's Messages reference: the tool results open their user turn.
             at = next((k for k, b in enumerate(content) if b["type"] != "tool_result"), None)
             content.insert(len(content) if at is None else at, block)
         else:

@@ -1,16 +1,16 @@
 """Bridge to OpenAI-compatible Chat Completions servers (vLLM, Ollama, Groq, OpenAI's own chat
 endpoint, ...): a Responses request becomes ``POST {api_base}/chat/completions``, and the chat
-chunks come back as the canonical Responses events (mapping.md, the Chat column).
+chunks come back as the canonical Responses events (docs/bridges.md, the Chat column).
 
 Theory of operation.
 
 - :func:`rules_for` looks up what the upstream accepts in :data:`CHAT_RULES`, ONE table keyed
   by provider and model prefix (the longest matching prefix wins), then applies the
   deployment's ``model_info`` overrides. Compatible servers implement a subset of OpenAI's
-  fields and strict ones answer 400/422 to anything else (chat-completions.md §6), so the
+  fields and strict ones answer 400/422 to anything else (the Chat Completions reference), so the
   request carries only what the table says the target takes; the rest is refused before any
-  upstream call (or dropped under ``drop_params``, mapping.md §10).
-- :class:`ChatCompletionsCodec.build_request` maps the conversation (mapping.md §1-§3):
+  upstream call (or dropped under ``drop_params``, docs/bridges.md §10).
+- :class:`ChatCompletionsCodec.build_request` maps the conversation (docs/bridges.md §1-§3):
   instructions first, messages in order, ``function_call`` items merged into assistant
   ``tool_calls``, ``function_call_output`` items as ``tool`` messages; reasoning items are
   dropped (Chat takes no reasoning input).
@@ -75,7 +75,7 @@ class ChatRules:
     """What one upstream (a provider, or some of its models) accepts. A deployment's
     ``model_info`` may set any of these fields by name."""
 
-    #: The role of ``instructions`` (mapping.md §1: ``developer`` for OpenAI reasoning models).
+    #: The role of ``instructions`` (docs/bridges.md §1: ``developer`` for OpenAI reasoning models).
     instructions_role: str = "system"
     #: Where ``max_output_tokens`` goes: ``max_tokens`` (most servers) or
     #: ``max_completion_tokens`` (OpenAI; required by its reasoning models).
@@ -93,8 +93,8 @@ class ChatRules:
     #: ``stream_options.include_usage`` is taken; servers that do not take it send the usage on
     #: their last chunk anyway.
     stream_options: bool = True
-    #: OpenAI's own fields (chat-completions.md §1-§2): the ``developer`` role, file parts and
-    #: ``file_id``, ``allowed_tools``, ``verbosity``, ``prompt_cache_key``,
+    #: OpenAI's own fields (the Chat Completions reference-§2): the ``developer`` role, file parts
+    #: and ``file_id``, ``allowed_tools``, ``verbosity``, ``prompt_cache_key``,
     #: ``safety_identifier``, ``service_tier`` tiers, the ``refusal`` of replayed messages.
     openai_fields: bool = False
 
@@ -178,7 +178,7 @@ def _text_content(texts: list[str]) -> str | list[dict[str, str]]:
 
 @attrs.define(eq=False)
 class _Messages:
-    """The conversation as Chat messages (mapping.md §1-§2)."""
+    """The conversation as Chat messages (docs/bridges.md §1-§2)."""
 
     _plan: RequestPlan
     _rules: ChatRules
@@ -196,7 +196,7 @@ class _Messages:
         elif kind == "function_call_output":
             self._function_call_output(item, path)
         elif kind == "reasoning":
-            pass  # Chat takes no reasoning input (mapping.md §2); not an error
+            pass  # Chat takes no reasoning input (docs/bridges.md §2); not an error
         elif kind == "item_reference":
             self._plan.unsupported("input", f"'{path}' (an item_reference)")
         else:
@@ -276,7 +276,7 @@ class _Messages:
         image = {"url": url}
         detail = part.get("detail")
         if detail is not None:
-            # Chat knows no "original"; "high" is its closest (mapping.md §1).
+            # Chat knows no "original"; "high" is its closest (docs/bridges.md §1).
             image["detail"] = "high" if detail == "original" else detail
         return {"type": "image_url", "image_url": image}
 
@@ -288,7 +288,7 @@ class _Messages:
             return None
         data = part.get("file_data")
         if not isinstance(data, str) or not data:
-            # Chat has no file URLs (mapping.md §1); the file itself must be sent.
+            # Chat has no file URLs (docs/bridges.md §1); the file itself must be sent.
             self._plan.unsupported(f"{where}.file_url", f"'{where}.file_url' (file URLs)")
             return None
         filename = part.get("filename")
@@ -322,7 +322,7 @@ class _Messages:
             "function": {"name": name, "arguments": arguments},
         }
         # Consecutive calls, and the assistant text right before them, are one assistant
-        # message (mapping.md §2).
+        # message (docs/bridges.md §2).
         message = self._assistant
         if message is None:
             message = {"role": "assistant"}
@@ -354,7 +354,7 @@ class _Messages:
                     where = f"{path}.output[{j}]"
                     self._plan.unsupported(where, f"'{where}' of type {kind!r}")
             if media:
-                # A tool message carries text only (mapping.md §2); dropping keeps the text.
+                # A tool message carries text only (docs/bridges.md §2); dropping keeps the text.
                 self._plan.unsupported(path, f"'{path}' (images or files in a tool output)")
             content = _text_content(texts) if texts else ""
         else:
@@ -380,7 +380,7 @@ def _tools(
     body: Mapping[str, Any],
     functions: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """``tools``, ``tool_choice`` and ``parallel_tool_calls`` (mapping.md §2)."""
+    """``tools``, ``tool_choice`` and ``parallel_tool_calls`` (docs/bridges.md §2)."""
     choice = plan.tool_choice(body, functions)
     tools = functions
     chat_choice: Any = None
@@ -415,7 +415,7 @@ _LOGPROBS_INCLUDE: Final = "message.output_text.logprobs"
 
 
 def _controls(plan: RequestPlan, rules: ChatRules, body: Mapping[str, Any]) -> dict[str, Any]:
-    """Generation controls and the request's other fields (mapping.md §3)."""
+    """Generation controls and the request's other fields (docs/bridges.md §3)."""
     out: dict[str, Any] = {}
     if body.get("max_output_tokens") is not None:
         out[rules.max_tokens_field] = body["max_output_tokens"]
@@ -455,8 +455,8 @@ def _controls(plan: RequestPlan, rules: ChatRules, body: Mapping[str, Any]) -> d
             out["service_tier"] = tier
         elif tier not in ("auto", "default"):  # what a server without tiers does anyway
             plan.unsupported("service_tier", f"'service_tier' {tier!r}")
-    # metadata and store are the gateway's (mapping.md §3); an unsent prompt_cache_key or
-    # safety_identifier is harmless (mapping.md §10: accepted, forwarded where a field exists).
+    # metadata and store are the gateway's (docs/bridges.md §3); an unsent prompt_cache_key or
+    # safety_identifier is harmless (docs/bridges.md §10: accepted, forwarded where a field exists).
     if rules.openai_fields:
         for name in ("user", "safety_identifier", "prompt_cache_key"):
             if body.get(name) is not None:
@@ -481,7 +481,7 @@ def _response_format(plan: RequestPlan, rules: ChatRules, fmt: Any) -> dict[str,
     if not rules.json_schema:
         plan.unsupported("text.format", "'text.format' of type 'json_schema'")
         return {}
-    # Chat nests what Responses keeps flat (responses-api.md §5).
+    # Chat nests what Responses keeps flat (the Responses API reference).
     schema = {
         key: fmt[key]
         for key in ("name", "schema", "strict", "description")
@@ -544,7 +544,7 @@ class ChatCompletionsCodec:
         if stream:
             payload["stream"] = True
             if rules.stream_options:
-                payload["stream_options"] = {"include_usage": True}  # mapping.md §3
+                payload["stream_options"] = {"include_usage": True}  # docs/bridges.md §3
         if request.extra_body:
             payload.update(request.extra_body)  # last: the caller's keys win
         headers = {
@@ -577,7 +577,7 @@ class ChatCompletionsCodec:
     def parse_error(
         self, status: int, headers: Mapping[str, str], body: bytes, *, now: float
     ) -> UpstreamStatusError:
-        """The upstream's error response as ours (mapping.md §8)."""
+        """The upstream's error response as ours (docs/bridges.md §8)."""
         return chat_error(status, headers, body, now=now)
 
 

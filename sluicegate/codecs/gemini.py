@@ -1,4 +1,5 @@
-"""The Gemini generateContent bridge (gemini-generate-content.md; mapping.md, the Gemini column).
+"""The Gemini generateContent bridge (Gemini's generateContent reference; docs/bridges.md, the
+Gemini column).
 
 Theory of operation. :meth:`GeminiCodec.build_request` turns a Responses request into
 ``POST {api_base}/v1beta/models/{model}:generateContent`` (``:streamGenerateContent?alt=sse``
@@ -15,7 +16,7 @@ when streaming):
   parameter) or, with ``drop_params``, dropped and listed. What a model can do is one table,
   :data:`MODEL_RULES`, whose values a deployment's ``model_info`` overrides.
 
-Thought signatures (gemini-generate-content.md §5, mapping.md §5). Gemini puts an opaque
+Thought signatures (Gemini's generateContent reference, docs/bridges.md §5). Gemini puts an opaque
 ``thoughtSignature`` on some part of its answer (a ``functionCall``, the last text part, an
 empty text part, a thought) and wants it back on that very part. The decoders keep each one in
 a reasoning item whose ``encrypted_content`` seals ``{"parts": [signed part, ...]}``, each
@@ -34,7 +35,7 @@ refuses a step whose first ``functionCall`` has no signature, a call without one
 another provider or model, or hand-built) gets Google's documented placeholder
 (:data:`PLACEHOLDER_SIGNATURE`).
 
-Call IDs (mapping.md §6): ``functionCall.id`` when Gemini sends one (Gemini 3 always does),
+Call IDs (docs/bridges.md §6): ``functionCall.id`` when Gemini sends one (Gemini 3 always does),
 echoed on the call and its ``functionResponse`` next turn; otherwise the gateway mints
 ``call_`` + 48 hex digits, recognises that form next turn and sends no ``id`` (some endpoints
 refuse one they did not issue).
@@ -107,7 +108,7 @@ __all__ = [
 
 DEFAULT_API_BASE: Final = "https://generativelanguage.googleapis.com"
 #: The value Google documents for a ``functionCall`` whose real signature is unknown
-#: (gemini-generate-content.md §5): Gemini 3 then skips the signature check.
+#: (Gemini's generateContent reference): Gemini 3 then skips the signature check.
 PLACEHOLDER_SIGNATURE: Final = "skip_thought_signature_validator"
 
 # --- what each model takes ---------------------------------------------------------------------
@@ -115,7 +116,7 @@ PLACEHOLDER_SIGNATURE: Final = "skip_thought_signature_validator"
 _REASONING_KINDS: Final = ("level", "budget", "none")
 _EFFORTS: Final = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 
-#: ``reasoning.effort`` -> ``thinkingLevel`` / ``thinkingBudget`` (mapping.md §4). Gemini 3 Pro
+#: ``reasoning.effort`` -> ``thinkingLevel`` / ``thinkingBudget`` (docs/bridges.md §4). Gemini 3 Pro
 #: takes LOW/HIGH only and cannot stop thinking; 2.5 Pro cannot go below 128 tokens; 2.5 Flash
 #: (and Flash-Lite: 0 or 512-24576) stops at 0 and tops out at 24576.
 _PRO_LEVELS: Final[Mapping[str, str | int]] = {
@@ -167,7 +168,7 @@ class ModelRules:
     """What one Gemini model takes. A deployment's ``model_info`` keys of the same names
     override these values (e.g. ``reasoning: level`` for a model newer than the table)."""
 
-    #: How ``reasoning.effort`` maps (mapping.md §4): ``level`` (``thinkingLevel``, Gemini 3),
+    #: How ``reasoning.effort`` maps (docs/bridges.md §4): ``level`` (``thinkingLevel``, Gemini 3),
     #: ``budget`` (``thinkingBudget``, Gemini 2.5) or ``none`` (no thinking: no
     #: ``thinkingConfig`` at all, which such models refuse).
     reasoning: str
@@ -176,7 +177,7 @@ class ModelRules:
     #: Takes ``presencePenalty``/``frequencyPenalty`` (Gemini 3 refuses them).
     penalties: bool
     #: Refuses a step whose first ``functionCall`` has no ``thoughtSignature`` (Gemini 3,
-    #: gemini-generate-content.md §5): such calls get :data:`PLACEHOLDER_SIGNATURE`.
+    #: Gemini's generateContent reference): such calls get :data:`PLACEHOLDER_SIGNATURE`.
     signed_calls: bool
     #: Takes images and files inside a ``functionResponse`` (``parts``, Gemini 3).
     function_response_media: bool
@@ -251,7 +252,7 @@ _GENERATION_ALIASES: Final = {
     "frequency_penalty": "frequencyPenalty",
 }
 _PENALTIES: Final = {"presencePenalty": "presence_penalty", "frequencyPenalty": "frequency_penalty"}
-#: ``generationConfig.stopSequences`` takes at most this many (gemini-generate-content.md §2).
+#: ``generationConfig.stopSequences`` takes at most this many (Gemini's generateContent reference).
 _MAX_STOP_SEQUENCES: Final = 5
 #: The ``call_id`` form :func:`~._bridge.mint_id` gives: a call Gemini sent without an ``id``.
 _MINTED_CALL_ID: Final = re.compile(r"call_[0-9a-f]{48}")
@@ -264,8 +265,8 @@ _ENVELOPE_PREFIX: Final = "sg1."
 class GeminiCodec:
     """The :class:`~._bridge.BridgeCodec` of Gemini generateContent (module docstring)."""
 
-    #: Gemini takes no arbitrary URLs (gemini-generate-content.md §2, ``fileData``): the gateway
-    #: fetches https images and files and hands them over as ``data:`` URLs.
+    #: Gemini takes no arbitrary URLs (Gemini's generateContent reference, ``fileData``): the
+    #: gateway fetches https images and files and hands them over as ``data:`` URLs.
     inline_remote_media: bool = True
 
     def check_deployment(self, deployment: Endpoint) -> None:
@@ -296,7 +297,7 @@ class GeminiCodec:
         if request.extra_body:
             payload = mapper.merge_extra_body(payload, request.extra_body)
         method = "streamGenerateContent" if stream else "generateContent"
-        # gemini-generate-content.md §1: without alt=sse the stream is one big JSON array.
+        # Gemini's generateContent reference: without alt=sse the stream is one big JSON array.
         params: dict[str, str | list[str]] = {"alt": "sse"} if stream else {}
         params.update(request.extra_query)
         headers = {
@@ -332,7 +333,7 @@ class GeminiCodec:
     def parse_error(
         self, status: int, headers: Mapping[str, str], body: bytes, *, now: float
     ) -> UpstreamStatusError:
-        """Gemini's google.rpc error status and body as ours (mapping.md §8)."""
+        """Gemini's google.rpc error status and body as ours (docs/bridges.md §8)."""
         try:
             parsed = orjson.loads(body) if body else None
         except orjson.JSONDecodeError:
@@ -352,7 +353,7 @@ CODEC: Final[BridgeCodec] = GeminiCodec()
 
 def _no_parameters(schema: Any) -> bool:
     """Whether a function's schema says it takes no arguments: Gemini wants no schema then
-    (gemini-generate-content.md §2, "Empty-parameter functions: omit both")."""
+    (Gemini's generateContent reference, "Empty-parameter functions: omit both")."""
     if schema is None or schema == {}:
         return True
     return (
@@ -396,9 +397,9 @@ def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any
 
 
 def _append(contents: list[dict[str, Any]], role: str, parts: list[dict[str, Any]]) -> None:
-    """Add parts to the conversation, merging consecutive contents of one role (mapping.md
+    """Add parts to the conversation, merging consecutive contents of one role (docs/bridges.md
     §1: "merging is safer"; one user content then holds all the function responses of a step,
-    as gemini-generate-content.md §4 asks)."""
+    as Gemini's generateContent reference asks)."""
     if not parts:
         return
     if contents and contents[-1]["role"] == role:
@@ -478,7 +479,7 @@ class _RequestMapper:
         return out
 
     def _thinking(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """``thinkingConfig`` for ``reasoning`` (mapping.md §3, §4)."""
+        """``thinkingConfig`` for ``reasoning`` (docs/bridges.md §3, §4)."""
         reasoning = body.get("reasoning") or {}
         for key, value in reasoning.items():
             if key not in ("effort", "summary") and value is not None:
@@ -506,7 +507,7 @@ class _RequestMapper:
                 self.plan.unsupported_value(
                     "reasoning.effort", f"'reasoning.effort' {effort!r} has no thinking setting"
                 )
-            # Never both (mapping.md §4: Gemini answers 400).
+            # Never both (docs/bridges.md §4: Gemini answers 400).
             key = "thinkingLevel" if self.rules.reasoning == "level" else "thinkingBudget"
             config[key] = value
         if summary is not None:
@@ -538,7 +539,7 @@ class _RequestMapper:
                 )
             return {}
         if body.get("parallel_tool_calls") is False and choice.mode != "none":
-            # mapping.md §10: Gemini has no way to ask for at most one call.
+            # docs/bridges.md §10: Gemini has no way to ask for at most one call.
             self.plan.unsupported("parallel_tool_calls", "'parallel_tool_calls': false")
         out: dict[str, Any] = {
             "tools": [{"functionDeclarations": [self._declaration(f) for f in functions]}]
@@ -557,7 +558,7 @@ class _RequestMapper:
                 )
             config = {"mode": "NONE"}
         else:
-            # mapping.md §2: allowed_tools auto -> VALIDATED (text or calls, calls restricted
+            # docs/bridges.md §2: allowed_tools auto -> VALIDATED (text or calls, calls restricted
             # to the names; AUTO takes no allowedFunctionNames), required -> ANY.
             mode = "ANY" if choice.mode == "required" else "VALIDATED"
             config = {"mode": mode, "allowedFunctionNames": choice.names}
@@ -703,7 +704,7 @@ class _RequestMapper:
         if part.get("image_url") is None and part.get("file_id") is not None:
             self.plan.unsupported(path, f"'{path}' by 'file_id'")
             return None
-        # ``detail`` has no equivalent worth mapping (mapping.md §1: dropping it is fine).
+        # ``detail`` has no equivalent worth mapping (docs/bridges.md §1: dropping it is fine).
         return _inline(required_string(part, "image_url", path), f"{path}.image_url")
 
     def _file(self, part: Mapping[str, Any], path: str) -> dict[str, Any] | None:
@@ -740,7 +741,7 @@ class _RequestMapper:
                 f"{path}.arguments", f"'{path}.arguments' is not valid JSON: {exc}."
             ) from exc
         if not isinstance(args, dict):
-            # functionCall.args is a JSON object (gemini-generate-content.md §2).
+            # functionCall.args is a JSON object (Gemini's generateContent reference).
             raise invalid(f"{path}.arguments", f"'{path}.arguments' must be a JSON object.")
         call: dict[str, Any] = {"name": required_string(item, "name", path), "args": args}
         if not _minted(call_id):
@@ -801,7 +802,7 @@ class _RequestMapper:
         call_signatures: dict[str, str],
     ) -> None:
         """Put back the signed parts a reasoning item of ours sealed for this model (module
-        docstring); any other reasoning item is dropped (mapping.md §5)."""
+        docstring); any other reasoning item is dropped (docs/bridges.md §5)."""
         token = item.get("encrypted_content")
         state = open_reasoning(token, self.provider, self.model)
         if state is None:

@@ -1,4 +1,4 @@
-"""The ``resp_`` ID codec (DESIGN §4).
+"""The ``resp_`` ID codec (docs/design.md §4).
 
 An encoded ID is ``resp_`` + URL-safe base64 (no padding) of::
 

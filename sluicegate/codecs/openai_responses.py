@@ -1,6 +1,6 @@
 """Codec for upstreams that speak the Responses API natively: OpenAI, Azure OpenAI, the fake.
 
-Near passthrough (DESIGN §3): the request body goes upstream as the caller gave it, with the
+Near passthrough (docs/design.md §3): the request body goes upstream as the caller gave it, with the
 deployment's model name, the raw ``previous_response_id`` and ``extra_body`` merged last; the
 upstream's events come back as canonical events with every unknown type and field intact.
 
@@ -81,7 +81,7 @@ def api_url(deployment: Endpoint, resource: str) -> tuple[str, dict[str, str]]:
     if base.endswith("/openai/v1"):
         return f"{base}/{resource}", {}
     if version and version not in _AZURE_V1_VERSIONS:
-        # The older preview route: /openai/responses?api-version=... (responses-api.md §0).
+        # The older preview route: /openai/responses?api-version=... (the Responses API reference).
         return f"{base}/openai/{resource}", {"api-version": version}
     return f"{base}/openai/v1/{resource}", {}
 
@@ -115,7 +115,7 @@ def build_create_request(
         payload.pop("stream", None)
         payload.pop("stream_options", None)
     if extra_body:
-        payload.update(extra_body)  # after our own mapping: its keys win (issue 2)
+        payload.update(extra_body)  # after our own mapping: its keys win
     url, params = _responses_url(deployment)
     headers = {
         "content-type": "application/json",

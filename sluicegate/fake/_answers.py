@@ -2,8 +2,8 @@
 
 Pure functions of the request body and a few ids; nothing here touches sockets or trio, so the
 server module only decides *when* bytes go out, never *what* they are. The shapes follow
-responses-api.md §8/§10 and the sequences of responses-streaming.md §3 byte for byte: compact
-JSON, one ``event:`` line and one ``data:`` line per frame, ``type`` and ``sequence_number``
+the Responses API reference and the sequences of the Responses streaming reference byte for byte:
+compact JSON, one ``event:`` line and one ``data:`` line per frame, ``type`` and ``sequence_number``
 first.
 
 Two paths. A *plain* request (:func:`is_plain`: no tools, no ``include``, no ``text.format``
@@ -155,7 +155,7 @@ def build_response(
     completed_at: int,
     tokens: int,
 ) -> dict[str, Any]:
-    """The final Response object (responses-api.md §8) answering the request ``body``.
+    """The final Response object (the Responses API reference) answering the request ``body``.
 
     Produces ``tokens`` words, or ``max_output_tokens`` of them with status ``incomplete`` when
     that is smaller. The echoed configuration carries OpenAI's defaults for absent fields.
@@ -344,7 +344,7 @@ def _summary(body: Mapping[str, Any]) -> bool:
     reasoning = body.get("reasoning")
     if not isinstance(reasoning, Mapping):
         return False
-    # ``generate_summary`` is the deprecated name of ``summary`` (responses-api.md §6).
+    # ``generate_summary`` is the deprecated name of ``summary`` (the Responses API reference).
     return reasoning.get("summary") is not None or reasoning.get("generate_summary") is not None
 
 
@@ -434,7 +434,7 @@ def _unfinished(final: Mapping[str, Any], status: str) -> dict[str, Any]:
 
 
 def as_queued(final: Mapping[str, Any]) -> dict[str, Any]:
-    """``final`` as a background create call returns it at once (responses-api.md §9)."""
+    """``final`` as a background create call returns it at once (the Responses API reference)."""
     return _unfinished(final, "queued")
 
 
@@ -469,7 +469,7 @@ def sse_script(
     extra_events: Sequence[Mapping[str, Any]] = (),
     plain: bool = False,
 ) -> SseScript:
-    """The stream of ``final`` (responses-streaming.md §3: sequence A for a message, B for a
+    """The stream of ``final`` (the Responses streaming reference: sequence A for a message, B for a
     function call, C for a reasoning item), with ``extra_events`` inserted right after
     ``response.in_progress`` and every sequence number renumbered gaplessly.
 
@@ -631,5 +631,5 @@ def _custom_tool_call_events(item: dict[str, Any], index: int, add: _Add, add_de
 def error_envelope(
     message: str, *, type: str, param: str | None = None, code: str | None = None
 ) -> bytes:
-    """The encoded OpenAI error envelope (responses-api.md §10)."""
+    """The encoded OpenAI error envelope (the Responses API reference)."""
     return orjson.dumps({"error": {"message": message, "type": type, "param": param, "code": code}})

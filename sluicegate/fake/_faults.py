@@ -30,7 +30,7 @@ class FaultKind(enum.Enum):
     EXTRA_EVENTS = "extra_events"
 
 
-# (message, type, code) per status, worded as OpenAI words them (responses-api.md §10).
+# (message, type, code) per status, worded as OpenAI words them (the Responses API reference).
 _DEFAULT_ERRORS: Final[Mapping[int, tuple[str, str, str | None]]] = {
     400: ("Invalid request.", "invalid_request_error", None),
     401: ("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),

@@ -122,7 +122,7 @@ class _Stored:
 
 def _normalize_path(path: str) -> str:
     # Azure serves the same API under /openai/v1/..., and its older preview form under
-    # /openai/... (responses-api.md §0); both mean the same thing here.
+    # /openai/... (the Responses API reference); both mean the same thing here.
     if path.startswith("/openai/v1/"):
         return path[len("/openai") :]
     if path.startswith("/openai/"):
@@ -470,7 +470,7 @@ class _Connection:
                 "Cannot cancel a synchronous response.", type="invalid_request_error"
             )
             return await self._send_json(400, envelope)
-        # Cancelling a finished background response is idempotent (responses-api.md §9).
+        # Cancelling a finished background response is idempotent (the Responses API reference).
         if stored.response["status"] in ("queued", "in_progress"):
             stored.response = as_cancelled(stored.final)
         return await self._send_json(200, orjson.dumps(stored.response))

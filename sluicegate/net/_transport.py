@@ -1,4 +1,4 @@
-"""A lean HTTP/1.1 transport for trio behind httpx's transport interface (DESIGN §8).
+"""A lean HTTP/1.1 transport for trio behind httpx's transport interface (docs/design.md §8).
 
 Why: httpcore's pool scans every connection per request and polls each idle one for
 readability (a syscall each), and waiters rescan after being handed a busy connection

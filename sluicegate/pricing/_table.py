@@ -5,10 +5,10 @@ Prices are USD per token, keyed ``provider/model``. The bundled table lives next
 checked (``checked``), because provider prices change and a number without provenance cannot be
 audited.
 
-Usage follows Responses API semantics (mapping.md §7): ``input_tokens`` counts every prompt token,
-including the ones read from a cache and the ones written to it; ``output_tokens`` counts every
-generated token, including reasoning. The codecs normalise each provider's usage into that shape, so
-one formula prices them all.
+Usage follows Responses API semantics (docs/bridges.md §7): ``input_tokens`` counts every prompt
+token, including the ones read from a cache and the ones written to it; ``output_tokens`` counts
+every generated token, including reasoning. The codecs normalise each provider's usage into that
+shape, so one formula prices them all.
 """
 
 from __future__ import annotations

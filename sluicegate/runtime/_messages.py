@@ -1,4 +1,4 @@
-"""What the actors of one request pass each other (DESIGN §2).
+"""What the actors of one request pass each other (docs/design.md §2).
 
 ::
 

@@ -1,4 +1,5 @@
-"""The HTTP face (DESIGN §6): ``sluicegate serve``, an ASGI app on hypercorn's trio worker that
+"""The HTTP face (docs/design.md §6): ``sluicegate serve``, an ASGI app on hypercorn's trio worker
+that
 the official OpenAI SDKs talk to unchanged."""
 
 from __future__ import annotations

@@ -661,7 +661,7 @@ def _unavailable() -> SluicegateError:
 
 
 def _error_event(exc: SluicegateError) -> dict[str, Any]:
-    """The streaming ``error`` event (responses-streaming.md): code, message, param."""
+    """The streaming ``error`` event (the Responses streaming reference): code, message, param."""
     return {
         "type": "error",
         "code": exc.code,

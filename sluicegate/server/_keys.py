@@ -1,4 +1,4 @@
-"""Virtual API keys: who a request is, and whether its key may make it (DESIGN §6; issue 4,
+"""Virtual API keys: who a request is, and whether its key may make it (docs/design.md §6,
 "Keys and ownership").
 
 Theory of operation:
@@ -83,7 +83,8 @@ _CACHE_MAX: Final = 10_000
 #: What a ``key_id`` looks like (what :meth:`KeyManager.generate` mints).
 _KEY_ID: Final = re.compile(r"key-[0-9a-f]{16}")
 
-# OpenAI's wording (responses-api.md §10), without the key: OpenAI echoes part of it, we never do.
+# OpenAI's wording (the Responses API reference), without the key: OpenAI echoes part of it, we
+# never do.
 _MISSING: Final = (
     "You didn't provide an API key. You need to provide your API key in an Authorization header "
     "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or in an api-key header."
