@@ -270,7 +270,8 @@ class RouterSettings:
     #: Send a ``prompt_cache_key`` to the same deployment while it is usable (rendezvous
     #: hashing over the group), so the provider's prompt cache keeps hitting.
     prompt_cache_affinity: bool = True
-    #: Total seconds for one request, all attempts included (the OpenAI SDK's default).
+    #: Total seconds for one attempt of a request (the OpenAI SDK's default); a caller's own
+    #: ``timeout`` bounds all its attempts together.
     timeout: float | None = 600.0
     stream_timeout: float | None = None
     connect_timeout: float | None = 10.0

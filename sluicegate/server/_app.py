@@ -723,7 +723,9 @@ INTERRUPTED_WRITE_GRACE = 5.0
 
 
 def _shutdown_error() -> SluicegateError:
-    return ServiceUnavailableError("The gateway shut down before this response finished.")
+    return ServiceUnavailableError(
+        "The gateway shut down before this response finished.", code="server_shutting_down"
+    )
 
 
 def _shutdown_unless_cancelled(scope: trio.CancelScope) -> SluicegateError | None:

@@ -187,6 +187,7 @@ async def json_body(ex: Exchange, limits: BodyLimits) -> dict[str, Any]:
     except trio.WouldBlock:
         raise ServiceUnavailableError(
             "Too many requests are sending their bodies at once; try again shortly.",
+            code="too_many_body_reads",
             headers={"Retry-After": "1"},
         ) from None
     try:
