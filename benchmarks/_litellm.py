@@ -102,7 +102,7 @@ async def _drive(url: str, concurrency: int, requests: int, stream: bool) -> dic
     import time
 
     # Only the child imports it, and only with the compare extra installed.
-    import litellm  # type: ignore[import-not-found,unused-ignore]
+    import litellm
 
     litellm.suppress_debug_info = True
     latencies: list[float] = []

@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 import attrs
 
@@ -33,6 +33,7 @@ from sluicegate.config import (
     ModelEntry,
     ModelInfo,
     RouterSettings,
+    RoutingStrategy,
     build_deployment,
 )
 from sluicegate.errors import UpstreamStatusError
@@ -61,8 +62,10 @@ __all__ = [
 #: The issue's budget for one pick, in microseconds.
 PICK_TARGET_US = 20.0
 DEPLOYMENTS = 100
-#: The strategies, by their canonical names.
-STRATEGIES = tuple(dict.fromkeys(ROUTING_STRATEGIES.values()))
+#: The strategies, by their canonical names (those that name themselves).
+STRATEGIES: tuple[RoutingStrategy, ...] = tuple(
+    s for s in get_args(RoutingStrategy) if ROUTING_STRATEGIES[s] == s
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -89,7 +92,7 @@ async def _no_fake(d: Deployment) -> Deployment:  # pragma: no cover -- no fake 
     return d
 
 
-def _router(strategy: str, clock: _Clock) -> Router:
+def _router(strategy: RoutingStrategy, clock: _Clock) -> Router:
     settings = RouterSettings(routing_strategy=strategy, cooldown_time=1e9)
     rng = random.Random(20261202)
     deployments = []
@@ -127,7 +130,7 @@ def _router(strategy: str, clock: _Clock) -> Router:
 TIMED_CACHE_KEYS = 1000
 
 
-def _measure_one(strategy: str, picks: int, *, cache_keys: bool = False) -> float:
+def _measure_one(strategy: RoutingStrategy, picks: int, *, cache_keys: bool = False) -> float:
     clock = _Clock()
     router = _router(strategy, clock)
     keys = [f"key-{i}" for i in range(TIMED_CACHE_KEYS)] if cache_keys else [None]
@@ -151,7 +154,8 @@ def _measure_one(strategy: str, picks: int, *, cache_keys: bool = False) -> floa
 
 def measure_routing(picks: int, repeats: int) -> list[RoutingRun]:
     runs = []
-    cases = [(s, False) for s in STRATEGIES] + [("simple-shuffle", True)]
+    cases: list[tuple[RoutingStrategy, bool]] = [(s, False) for s in STRATEGIES]
+    cases.append(("simple-shuffle", True))
     for strategy, cache_keys in cases:
         samples = sorted(
             _measure_one(strategy, picks, cache_keys=cache_keys) for _ in range(repeats)

@@ -13,7 +13,7 @@ Faults (:class:`Fault`) are queued on the fake and consumed one per request.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 import httpx
@@ -30,7 +30,10 @@ from sluicegate.fake._http import (
 
 from .mock_upstream import ClosingStream
 
-__all__ = ["Fault", "FakeProvider", "Reply", "mock_transport", "serve_loopback"]
+if TYPE_CHECKING:
+    from sluicegate.codecs.openai_responses import UpstreamRequest
+
+__all__ = ["Fault", "FakeProvider", "Reply", "body_of", "mock_transport", "serve_loopback"]
 
 
 @attrs.frozen(kw_only=True)
@@ -61,6 +64,13 @@ class Reply:
 
 class FakeProvider(Protocol):
     def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Reply: ...
+
+
+def body_of(request: UpstreamRequest) -> bytes:
+    """The body of a request a bridge's codec built, as a fake's ``handle`` takes it: a codec
+    builds the whole body (bytes), never a stream."""
+    assert isinstance(request.content, bytes), request.content
+    return request.content
 
 
 def mock_transport(fake: FakeProvider) -> httpx.MockTransport:

@@ -778,9 +778,11 @@ class StoreContract:
     async def test_enqueue_of_an_unserializable_record_fails_in_the_caller(
         self, store: Store
     ) -> None:
+        # Not JSON on purpose: an int key.
+        not_json: dict[Any, Any] = {1: 2}
         with pytest.raises(StoreIntegrityError, match="JSON"):
             await store.enqueue(
-                [accepted("resp_ej"), ItemDone(response_id="resp_ej", output_index=0, item={1: 2})]
+                [accepted("resp_ej"), ItemDone(response_id="resp_ej", output_index=0, item=not_json)]
             )
         await store.append([accepted("resp_other")])
         assert await store.get("resp_ej") is None

@@ -476,8 +476,8 @@ def test_first_event_table_gives_what_the_proxy_adds_per_concurrency() -> None:
     ]
     low, high = first_event_rows(results)
     assert (low.concurrency, high.concurrency) == (1, 16)
-    assert (low.added_p50_ms, low.added_p99_ms) == (pytest.approx(4.0), pytest.approx(8.0))
-    assert (high.added_p50_ms, high.added_p99_ms) == (pytest.approx(34.75), pytest.approx(87.5))
+    assert (low.added_p50_ms, low.added_p99_ms) == pytest.approx((4.0, 8.0))
+    assert (high.added_p50_ms, high.added_p99_ms) == pytest.approx((34.75, 87.5))
 
     header, rule, *rows = first_event_table(results).splitlines()
     assert header.split("  ")[0] == "conc"

@@ -41,7 +41,7 @@ from sluicegate.errors import (
     UpstreamStatusError,
 )
 
-from .bridge_fakes import Fault, mock_transport
+from .bridge_fakes import Fault, body_of, mock_transport
 from .conformance import chunkings, decode_all
 from .conftest import fixture_bytes
 from .fake_anthropic import FakeAnthropic
@@ -92,9 +92,7 @@ def _build(
 def _payload(
     body: dict[str, Any] | None = None, items: list[dict[str, Any]] | None = None, **kw: Any
 ) -> dict[str, Any]:
-    content = _build(body, items, **kw).request.content
-    assert content is not None
-    payload: dict[str, Any] = orjson.loads(content)
+    payload: dict[str, Any] = orjson.loads(body_of(_build(body, items, **kw).request))
     return payload
 
 
@@ -187,7 +185,7 @@ def test_request_goes_to_v1_messages_with_anthropic_headers() -> None:
     assert request.headers["anthropic-version"] == "2023-06-01"
     assert request.headers["content-type"] == "application/json"
     assert "authorization" not in request.headers
-    assert orjson.loads(request.content or b"") == {
+    assert orjson.loads(body_of(request)) == {
         "model": MODEL,
         "max_tokens": 300,
         "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
@@ -200,7 +198,7 @@ def test_request_goes_to_v1_messages_with_anthropic_headers() -> None:
 def test_no_stream_field_and_default_api_base_without_streaming() -> None:
     built = _build(deployment=_deployment(api_base=None))
     assert built.request.url == "https://api.anthropic.com/v1/messages"
-    assert "stream" not in orjson.loads(built.request.content or b"")
+    assert "stream" not in orjson.loads(body_of(built.request))
 
 
 @pytest.mark.parametrize(
@@ -372,7 +370,7 @@ def test_file_id_parts_are_dropped_under_drop_params() -> None:
     content = [{"type": "input_text", "text": "See"}, {"type": "input_image", "file_id": "f"}]
     built = _build(items=[{"type": "message", "role": "user", "content": content}], drop=True)
     assert built.context.dropped == ("input[0].content[1]",)
-    assert orjson.loads(built.request.content or b"")["messages"][0]["content"] == [
+    assert orjson.loads(body_of(built.request))["messages"][0]["content"] == [
         {"type": "text", "text": "See"}
     ]
 
@@ -596,7 +594,7 @@ def test_effort_becomes_a_thinking_budget(
 
 def test_summaries_asked_for_keep_the_thinking_text() -> None:
     built = _build({"reasoning": {"effort": "low", "summary": "auto"}})
-    assert orjson.loads(built.request.content or b"")["thinking"] == {
+    assert orjson.loads(body_of(built.request))["thinking"] == {
         "type": "enabled",
         "budget_tokens": 2048,
     }
@@ -638,7 +636,7 @@ def test_effort_on_a_model_without_reasoning_is_refused_or_dropped() -> None:
     assert (error.param, error.code) == ("reasoning.effort", "unsupported_parameter")
     built = _build(body, model="claude-3-5-haiku", drop=True)
     assert built.context.dropped == ("reasoning.effort",)
-    assert "thinking" not in orjson.loads(built.request.content or b"")
+    assert "thinking" not in orjson.loads(body_of(built.request))
     assert "thinking" not in _payload({"reasoning": {"effort": "none"}}, model="claude-3-5-haiku")
 
 
@@ -670,7 +668,7 @@ def test_thinking_leaves_temperature_out() -> None:
     assert _refused(body).param == "temperature"
     built = _build(body, drop=True)
     assert built.context.dropped == ("temperature",)
-    assert "temperature" not in orjson.loads(built.request.content or b"")
+    assert "temperature" not in orjson.loads(body_of(built.request))
     body = {"reasoning": {"effort": "low"}, "top_p": 0.5}
     assert _refused(body).param == "top_p"
     assert _payload({"reasoning": {"effort": "low"}, "top_p": 0.97})["top_p"] == 0.97
@@ -737,7 +735,7 @@ def test_extra_body_headers_and_query_are_merged_last() -> None:
         extra_query={"beta": "true"},
         deployment=_deployment(extra_headers={"x-team": "blue"}),
     )
-    payload = orjson.loads(built.request.content or b"")
+    payload = orjson.loads(body_of(built.request))
     assert (payload["max_tokens"], payload["top_k"]) == (7, 5)
     assert built.request.headers["anthropic-beta"] == "files-api-2025-04-14"
     assert built.request.headers["x-api-key"] == "sk-caller"
@@ -777,7 +775,7 @@ def test_what_anthropic_lacks_is_dropped_and_listed_under_drop_params(
 ) -> None:
     built = _build(body, drop=True)
     assert built.context.dropped == (param,)
-    payload = orjson.loads(built.request.content or b"")
+    payload = orjson.loads(body_of(built.request))
     assert set(payload) <= {"model", "max_tokens", "messages", "tools", "tool_choice"}
 
 
@@ -820,7 +818,7 @@ def test_reasoning_items_restore_their_blocks_exactly_in_place() -> None:
         {"type": "function_call_output", "call_id": "toolu_1", "output": "done"},
     ]
     built = _build({"reasoning": {"effort": "low"}}, items)
-    assistant = orjson.loads(built.request.content or b"")["messages"][1]
+    assistant = orjson.loads(body_of(built.request))["messages"][1]
     assert assistant["content"] == [
         _THINKING,
         _REDACTED,
@@ -828,7 +826,7 @@ def test_reasoning_items_restore_their_blocks_exactly_in_place() -> None:
         {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}},
     ]
     # Byte for byte: the blocks are in the request exactly as Anthropic sent them.
-    assert orjson.dumps(_THINKING) in (built.request.content or b"")
+    assert orjson.dumps(_THINKING) in body_of(built.request)
 
 
 def test_reasoning_items_not_ours_for_this_model_are_dropped() -> None:
@@ -1505,7 +1503,7 @@ def test_unknown_top_level_fields_are_refused_by_name_or_dropped_and_never_sent(
     assert (error.param, error.code) == ("client_metadata", "unsupported_parameter")
     built = _build(body, drop=True, unknown_params=tuple(body))
     assert built.context.dropped == ("client_metadata", "fancy_option")
-    assert set(orjson.loads(built.request.content or b"")) == {"model", "max_tokens", "messages"}
+    assert set(orjson.loads(body_of(built.request))) == {"model", "max_tokens", "messages"}
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -1619,7 +1617,7 @@ def _ask(
         request.method,
         request.url.removeprefix("http://fake"),
         dict(request.headers),
-        request.content or b"",
+        body_of(request),
     )
     if reply.status != 200:
         raise CODEC.parse_error(reply.status, reply.headers, b"".join(reply.chunks), now=0.0)
@@ -1715,7 +1713,7 @@ def test_fake_fails_mid_stream_with_overloaded() -> None:
     fake = FakeAnthropic()
     built = _build({}, [_user("fail: half an")], stream=True)
     request = built.request
-    reply = fake.handle("POST", "/v1/messages", dict(request.headers), request.content or b"")
+    reply = fake.handle("POST", "/v1/messages", dict(request.headers), body_of(request))
     assert reply.status == 200
     events, error = _decode_until_error(lambda: CODEC.stream_decoder(built.context), reply.chunks)
     assert "response.output_text.delta" in [e["type"] for e in events]
@@ -1724,7 +1722,7 @@ def test_fake_fails_mid_stream_with_overloaded() -> None:
         "POST",
         "/v1/messages",
         dict(request.headers),
-        orjson.dumps({**orjson.loads(request.content or b""), "stream": False}),
+        orjson.dumps({**orjson.loads(body_of(request)), "stream": False}),
     )
     assert reply.status == 529
 
@@ -1774,7 +1772,7 @@ def test_fake_faults() -> None:
     built = _build({}, [_user("say: one two three")], stream=True)
     request = built.request
     replies = [
-        fake.handle("POST", "/v1/messages", dict(request.headers), request.content or b"")
+        fake.handle("POST", "/v1/messages", dict(request.headers), body_of(request))
         for _ in range(4)
     ]
     limited = CODEC.parse_error(429, replies[0].headers, b"".join(replies[0].chunks), now=0.0)

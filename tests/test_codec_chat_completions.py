@@ -41,7 +41,7 @@ from sluicegate.errors import (
     UpstreamStatusError,
 )
 
-from .bridge_fakes import Fault, Reply
+from .bridge_fakes import Fault, Reply, body_of
 from .conformance import assert_split_invariant, chunkings
 from .conftest import fixture_bytes
 from .fake_chat import FakeChat
@@ -90,7 +90,7 @@ def build(
 
 
 def sent(built: BuiltRequest) -> dict[str, Any]:
-    payload: dict[str, Any] = orjson.loads(built.request.content or b"")
+    payload: dict[str, Any] = orjson.loads(body_of(built.request))
     return payload
 
 
@@ -387,7 +387,7 @@ def test_replayed_arguments_reach_the_provider_unchanged(arguments: str) -> None
 
 # -- the request: tools ----------------------------------------------------------------------------
 
-TOOLS = [
+TOOLS: list[dict[str, Any]] = [
     {
         "type": "function",
         "name": "get_weather",
@@ -1154,8 +1154,10 @@ def test_property_tests_judge_behaviour_not_speed() -> None:
     """Regression: on a loaded 2-core machine the test above failed on hypothesis's 200 ms
     per-example deadline. The suite's profile (tests/conftest.py) sets none, and no "too slow"
     health check, for every property test."""
-    assert settings.default.deadline is None
-    assert HealthCheck.too_slow in settings.default.suppress_health_check
+    profile = settings.default
+    assert profile is not None
+    assert profile.deadline is None
+    assert HealthCheck.too_slow in profile.suppress_health_check
 
 
 def test_a_call_that_never_got_a_name_is_a_protocol_error() -> None:
@@ -1714,7 +1716,7 @@ def exchange(
     built = build(input, provider=provider, model=model, stream=stream, **body)
     upstream = built.request
     path = urlsplit(upstream.url).path
-    reply = fake.handle("POST", path, dict(upstream.headers), upstream.content or b"")
+    reply = fake.handle("POST", path, dict(upstream.headers), body_of(upstream))
     if reply.status != 200:
         raise CODEC.parse_error(reply.status, reply.headers, b"".join(reply.chunks), now=0.0)
     make: Callable[[], Any] = (
@@ -1843,7 +1845,7 @@ def test_fake_faults_are_carried_by_the_reply() -> None:
     assert (info.value.status_code, info.value.retry_after) == (429, 1.0)
     built = build("say: a b c d e", stream=True)
     reply: Reply = fake.handle(
-        "POST", "/v1/chat/completions", dict(built.request.headers), built.request.content or b""
+        "POST", "/v1/chat/completions", dict(built.request.headers), body_of(built.request)
     )
     assert (reply.reset_after, reply.stall) == (3, 2.0)
     with pytest.raises(SluicegateError, match="malformed"):

@@ -40,7 +40,7 @@ from sluicegate.errors import (
     UpstreamStatusError,
 )
 
-from .bridge_fakes import Fault
+from .bridge_fakes import Fault, body_of
 from .conformance import assert_split_invariant, chunkings
 from .conftest import fixture_bytes
 from .fake_gemini import FakeGemini
@@ -121,7 +121,7 @@ def build(
 
 
 def sent(built: BuiltRequest) -> dict[str, Any]:
-    payload: dict[str, Any] = orjson.loads(built.request.content or b"")
+    payload: dict[str, Any] = orjson.loads(body_of(built.request))
     return payload
 
 
@@ -168,7 +168,7 @@ def test_the_stream_goes_to_stream_generate_content_with_alt_sse() -> None:
 
 
 def test_the_body_is_compact_json() -> None:
-    content = build().request.content or b""
+    content = body_of(build().request)
     assert b": " not in content and b", " not in content
     assert orjson.loads(content) == {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
 
@@ -378,7 +378,7 @@ def test_parallel_tool_calls_false_has_no_equivalent() -> None:
     assert (error.param, error.code) == ("parallel_tool_calls", "unsupported_parameter")
     built = build({"tools": TOOLS, "parallel_tool_calls": False}, drop_params=True)
     assert built.context.dropped == ("parallel_tool_calls",)
-    assert "parallel" not in (built.request.content or b"").decode()
+    assert "parallel" not in body_of(built.request).decode()
     # Nothing to restrict: accepted as is.
     build({"tools": TOOLS, "tool_choice": "none", "parallel_tool_calls": False})
     build({"parallel_tool_calls": False})
@@ -660,10 +660,7 @@ def test_penalties_are_refused_where_the_model_refuses_them(
     error = refused(extra_body=extra)
     assert (error.param, error.code) == (param, "unsupported_parameter")
     built = build(extra_body=extra, drop_params=True)
-    assert (
-        built.context.dropped == (param,)
-        and "enalty" not in (built.request.content or b"").decode()
-    )
+    assert built.context.dropped == (param,) and "enalty" not in body_of(built.request).decode()
     older = payload(extra_body=extra, model="gemini-2.5-pro")["generationConfig"]
     assert older.get("presencePenalty", older.get("frequencyPenalty")) == 0.5
 
@@ -1687,7 +1684,7 @@ def exchange(
     path = request.url.removeprefix("https://gem.test") + (
         f"?{urlencode(request.params)}" if request.params else ""
     )
-    reply = fake.handle("POST", path, dict(request.headers), request.content or b"")
+    reply = fake.handle("POST", path, dict(request.headers), body_of(request))
     if reply.status != 200:
         raise CODEC.parse_error(reply.status, reply.headers, b"".join(reply.chunks), now=0.0)
     decoder = CODEC.stream_decoder(built.context) if stream else CODEC.body_decoder(built.context)
@@ -1834,7 +1831,7 @@ def test_the_fake_streams_words_and_serves_its_faults() -> None:
         "POST",
         "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
         {"x-goog-api-key": "k"},
-        built.request.content or b"",
+        body_of(built.request),
     )
     assert (reply.reset_after, reply.stall, len(reply.chunks)) == (2, 1.5, 6)
 

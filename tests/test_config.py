@@ -134,7 +134,7 @@ def test_forward_client_headers_default_and_lower_cased() -> None:
     given = {"general_settings": {"forward_client_headers": ["OpenAI-Beta", " X-Stainless-Lang "]}}
     loaded = load_config(given, environ={}).general_settings.forward_client_headers
     assert loaded == ("openai-beta", "x-stainless-lang")
-    empty = {"general_settings": {"forward_client_headers": []}}
+    empty: dict[str, Any] = {"general_settings": {"forward_client_headers": []}}
     assert load_config(empty, environ={}).general_settings.forward_client_headers == ()
 
 

@@ -12,6 +12,7 @@ import pytest
 import trio
 import trio.testing
 
+from sluicegate import ResponseEvent
 from sluicegate.errors import InvalidRequestError
 
 from .test_proxy import Proxy, running
@@ -43,6 +44,7 @@ async def test_library_starting_after_is_a_sequence_number_within_the_bound(
     async with gateway(NativeUpstream()) as gw:
         async with gw.stream(model="g", input="hi", background=True) as events:
             seen = [e async for e in events]
+        assert isinstance(seen[0], ResponseEvent)
         rid = seen[0].response.id
         with pytest.raises(InvalidRequestError) as caught:
             await gw.get_response(rid, stream=True, starting_after=value)

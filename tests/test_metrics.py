@@ -11,9 +11,10 @@ from __future__ import annotations
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
+from typing import cast
 
 import httpx
 import trio
@@ -32,8 +33,10 @@ def families(text: str) -> dict[str, tuple[str, list[Sample]]]:
     return {f.name: (f.type, f.samples) for f in text_string_to_metric_families(text)}
 
 
-def value(text: str, sample_name: str, *, missing: float | None = None, **labels: str) -> float:
-    """A sample's value; ``missing`` if the text has no such sample (else that fails)."""
+def value(text: str, sample_name: str, missing: float | None = None, /, **labels: str) -> float:
+    """A sample's value; ``missing`` if the text has no such sample (else that fails).
+
+    ``missing`` is positional-only, so a label (``**labels``) can never be taken for it."""
     for _, samples in families(text).values():
         for sample in samples:
             if sample.name == sample_name and sample.labels == labels:
@@ -195,7 +198,8 @@ async def test_a_scrape_sums_every_workers_requests(tmp_path: Path) -> None:
         async with (
             _connection(url) as busy,
             busy.stream("POST", "/v1/responses", json=body, headers=headers) as answer,
-            aclosing(answer.aiter_lines()) as lines,
+            # httpx annotates aiter_lines() as an AsyncIterator; it is an async generator (aclose).
+            aclosing(cast(AsyncGenerator[str, None], answer.aiter_lines())) as lines,
         ):
             async for line in lines:
                 if "response.output_text.delta" in line:
@@ -205,7 +209,7 @@ async def test_a_scrape_sums_every_workers_requests(tmp_path: Path) -> None:
                 async with _connection(url) as http:
                     # Scraped first: the probes of earlier connections are all finished.
                     text = (await http.get("/metrics")).text
-                    done = value(text, "sluicegate_requests_total", missing=0, **live)
+                    done = value(text, "sluicegate_requests_total", 0, **live)
                     assert done == sum(probes.values())
                     # This scrape, and the stream if this worker runs it.
                     in_flight = value(text, "sluicegate_requests_in_flight")

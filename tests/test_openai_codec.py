@@ -170,7 +170,8 @@ def test_create_request_maps_model_previous_id_and_merges_extra_body_last() -> N
         extra_headers={"x-trace": "t"},
         extra_query={"q": "1"},
     )
-    body = orjson.loads(req.content or b"")
+    assert isinstance(req.content, bytes)
+    body = orjson.loads(req.content)
     assert body == {
         "model": "gpt-5.4",
         "input": "hi",

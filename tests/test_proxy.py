@@ -16,6 +16,7 @@ import openai
 import orjson
 import pytest
 import trio
+from openai.types.responses import ResponseCreatedEvent
 
 from sluicegate.fake import FakeUpstream, Fault, open_fake_upstream
 from sluicegate.server import ProxyApp, build_app, serve
@@ -177,7 +178,9 @@ async def test_sdk_stream_resume_of_a_background_response() -> None:
             if len(seen) == 4:
                 break
         await stream.close()
-        rid = seen[0].response.id
+        created = seen[0]
+        assert isinstance(created, ResponseCreatedEvent)
+        rid = created.response.id
         resumed = await client.responses.retrieve(rid, stream=True, starting_after=3)
         rest = [event async for event in resumed]
         numbers = [e.sequence_number for e in seen + rest]
@@ -249,6 +252,7 @@ async def test_a_background_response_holds_its_keys_parallel_slot_until_it_ends(
             model="gpt-test", input="b", background=True, stream=True
         )
         async for event in stream:
+            assert isinstance(event, ResponseCreatedEvent)
             streamed_id = event.response.id
             break
         await stream.close()

@@ -37,10 +37,10 @@ async def test_deep_json_and_deep_spend_metadata_are_400s_and_nothing_is_sent_or
     budget spend without a record."""
     async with running() as proxy:
         key = (await proxy.new_key(max_budget=0.01))["key"]
-        deep_spend = "x"
+        deep_spend: object = "x"
         for _ in range(300):
-            deep_spend = {"k": deep_spend}  # type: ignore[assignment]
-        bodies = [
+            deep_spend = {"k": deep_spend}
+        bodies: list[dict[str, Any]] = [
             {"tools": [{"type": "function", "name": "f", "parameters": _nested(300)}]},
             {"litellm_metadata": {"spend_logs_metadata": deep_spend}},
             {"litellm_metadata": {"spend_logs_metadata": {f"k{i}": i for i in range(3000)}}},

@@ -85,7 +85,7 @@ async def test_an_agent_calls_its_function_tool_and_answers_streamed(stack: Stac
             model=OpenAIResponsesModel("solo", client),
         )
         result = Runner.run_streamed(agent, "What is the weather in Paris?")
-        kinds = [event.type async for event in result.stream_events()]
+        kinds: list[str] = [event.type async for event in result.stream_events()]
         return result.final_output, kinds
 
     final_output, kinds = await in_asyncio(stack, scenario)

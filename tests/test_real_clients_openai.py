@@ -13,11 +13,12 @@ from typing import Any, Literal
 import openai
 import pydantic
 import pytest
+from openai.types.responses import FunctionToolParam, ResponseCreatedEvent, ResponseIncludable
 
 from .real_clients import MASTER, Stack, account_of, running_stack
 from .sdk import sdk_response
 
-WEATHER_TOOL: dict[str, Any] = {
+WEATHER_TOOL: FunctionToolParam = {
     "type": "function",
     "name": "get_weather",
     "description": "The weather in a city.",
@@ -32,7 +33,7 @@ WEATHER_TOOL: dict[str, Any] = {
     },
     "strict": True,
 }
-ENCRYPTED = ["reasoning.encrypted_content"]
+ENCRYPTED: list[ResponseIncludable] = ["reasoning.encrypted_content"]
 
 
 class Location(pydantic.BaseModel):
@@ -139,8 +140,10 @@ async def test_a_background_stream_resumes_after_a_sequence_number() -> None:
             if len(seen) == 5:
                 break
         await stream.close()
-        response_id = seen[0].response.id
-        assert seen[0].response.background is True
+        created = seen[0]
+        assert isinstance(created, ResponseCreatedEvent)
+        response_id = created.response.id
+        assert created.response.background is True
         resumed = await client.responses.retrieve(response_id, stream=True, starting_after=4)
         rest = [event async for event in resumed]
         events = seen + rest

@@ -220,10 +220,11 @@ async def test_a_stream_cut_mid_way_is_recorded_failed_with_estimated_usage(
             last = None
             async for event in events:
                 last = event
-        assert last is not None and last.type == "response.failed"
-        rid = last.response.id  # type: ignore[attr-defined]
+        assert isinstance(last, sluicegate.ResponseEvent) and last.type == "response.failed"
+        rid = last.response.id
         row = await gw.store.get(rid)
         assert row is not None and row.status is ResponseStatus.FAILED
+        assert row.error is not None
         assert row.error == {"code": "server_error", "message": row.error["message"]}
         assert row.estimated is True
         assert row.usage is not None and row.usage["input_tokens"] == 1  # "hi": 2 chars
@@ -740,7 +741,7 @@ async def test_others_cannot_cancel_or_list_but_an_admin_can(
         job = await gw.responses(model="g", input="hi", background=True, owner="alice")
         for call in (gw.cancel_response, gw.get_response, gw.list_input_items):
             with pytest.raises(NotFoundError):
-                await call(job.id, owner="bob")  # type: ignore[operator]
+                await call(job.id, owner="bob")
         cancelled = await gw.cancel_response(job.id, admin=True)
         assert cancelled.status is ResponseStatus.CANCELLED
         assert (await gw.list_input_items(job.id, owner="alice"))["data"]
@@ -840,7 +841,7 @@ async def test_an_interrupted_stream_ends_failed_with_every_event_after_the_last
             sdk_event(event.to_dict())
         assert [e.type for e in read + rest].count("response.failed") == 1
         failed = rest[-1]
-        assert failed.type == "response.failed"
+        assert isinstance(failed, sluicegate.ResponseEvent) and failed.type == "response.failed"
         error = {"code": "server_error", "message": stop.message}
         assert failed.response.error == error
         # The closing text is every delta that was sent, read or not.
@@ -984,7 +985,8 @@ async def test_a_run_that_finishes_after_another_process_cancelled_it_keeps_the_
         running.stream(model="g", input="hi", background=True) as follower,
     ):
         first = [await anext(aiter(follower))]
-        rid = first[0].response.id  # type: ignore[attr-defined]
+        assert isinstance(first[0], sluicegate.ResponseEvent)
+        rid = first[0].response.id
         assert (await other.cancel_response(rid)).status is ResponseStatus.CANCELLED
         rest = [event async for event in follower]
         types = [e.type for e in first + rest]

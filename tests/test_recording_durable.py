@@ -42,7 +42,7 @@ async def test_a_burst_of_concurrent_responses_is_recorded_with_nothing_lost(
             for i in range(BURST):
                 nursery.start_soon(one, i)
         stats = gw.statistics()
-        store_stats = gw.store.statistics()  # type: ignore[attr-defined]
+        store_stats = gw.store.statistics()
         [total] = await gw.spend_totals(group_by="model")
         by_owner = await gw.spend_totals(group_by="owner")
         logs = await gw.spend_logs(limit=BURST + 1)

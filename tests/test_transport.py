@@ -22,7 +22,7 @@ from sluicegate.net._transport import LeanTransport, TransportStatistics
 class Peer:
     """The server side of one connection: reads requests, writes raw bytes."""
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self._buffer = b""
 
@@ -61,6 +61,7 @@ class Peer:
 
     def reset(self) -> None:
         """Close with an RST instead of a FIN."""
+        assert isinstance(self.stream, trio.SocketStream), "an RST needs the TCP socket"
         sock = self.stream.socket
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
@@ -79,7 +80,7 @@ class Server:
     current: int = 0
     peak: int = 0
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, stream: trio.abc.Stream) -> None:
         index = self.accepted
         self.accepted += 1
         self.current += 1

@@ -12,7 +12,7 @@ import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import attrs
 import httpx
@@ -33,6 +33,9 @@ from sluicegate.fake._answers import build_response
 from sluicegate.net._transport import LeanTransport  # the line to follow a move
 
 from .test_transport import Handler, Peer, Server, keep_alive, ok, stats
+
+if TYPE_CHECKING:
+    from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
 #: The environment variables that would send the httpx transport through a proxy.
 PROXY_VARIABLES = [f"{name}_proxy" for name in ("http", "https", "all", "no")]
@@ -243,9 +246,9 @@ async def serving_h2(
     base URL and the HTTP version of each request it answered."""
     versions: list[str] = []
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
+            while (await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
@@ -253,8 +256,9 @@ async def serving_h2(
         body = b""
         while True:
             message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
+            assert message["type"] == "http.request", message
+            body += message["body"]
+            if not message["more_body"]:
                 break
         answer = build_response(
             orjson.loads(body),
@@ -266,7 +270,7 @@ async def serving_h2(
         )
         headers = [(b"content-type", b"application/json")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": orjson.dumps(answer)})
+        await send({"type": "http.response.body", "body": orjson.dumps(answer), "more_body": False})
 
     pem = tmp_path / "server.pem"
     cert.private_key_and_cert_chain_pem.write_to_path(str(pem))

@@ -14,10 +14,10 @@ import re
 import signal
 import sqlite3
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import httpx
@@ -196,7 +196,9 @@ async def test_a_restarted_server_finds_what_it_made_and_what_a_crash_cut(
             body = {"model": "native", "input": "a long answer", "stream": True}
             async with (
                 http.stream("POST", "/v1/responses", json=body) as answer,
-                aclosing(answer.aiter_lines()) as lines,  # held open: no hang-up before the kill
+                # Held open: no hang-up before the kill. httpx annotates aiter_lines() as an
+                # AsyncIterator; it is an async generator (aclose).
+                aclosing(cast(AsyncGenerator[str, None], answer.aiter_lines())) as lines,
             ):
                 cut_id = ""
                 async for line in lines:
