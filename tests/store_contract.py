@@ -782,7 +782,10 @@ class StoreContract:
         not_json: dict[Any, Any] = {1: 2}
         with pytest.raises(StoreIntegrityError, match="JSON"):
             await store.enqueue(
-                [accepted("resp_ej"), ItemDone(response_id="resp_ej", output_index=0, item=not_json)]
+                [
+                    accepted("resp_ej"),
+                    ItemDone(response_id="resp_ej", output_index=0, item=not_json),
+                ]
             )
         await store.append([accepted("resp_other")])
         assert await store.get("resp_ej") is None
