@@ -476,7 +476,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for failure in MEMORY_FAILURES:
         print(f"  FAILED  {failure}")
     print()
-    print("recording alone (event store, SQLite file; part of every sluicegate figure above):")
+    print(
+        "recording alone (event store, SQLite file; part of every sluicegate figure above; "
+        "disk: the database and its WAL after a checkpoint, per response, next to the final "
+        "Response's JSON):"
+    )
     print(recording_table(recording))
     print()
     print("the router's pick (100 deployments in one group, live state; no I/O):")
@@ -534,7 +538,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         md.write(first_event_table(first_events, markdown=True) + "\n")
         md.write("\n## Memory\n\n")
         md.write(memory_table(memory_results, markdown=True) + "\n")
-        md.write("\n## Recording (event store, SQLite file)\n\n")
+        md.write(
+            "\n## Recording (event store, SQLite file)\n\nDisk: the database and its WAL after"
+            " a checkpoint, per response, next to the payload (the final Response's JSON).\n\n"
+        )
         md.write(recording_table(recording, markdown=True) + "\n")
         md.write("\n## The router's pick (100 deployments)\n\n")
         md.write(routing_table(routing, markdown=True) + "\n")

@@ -1,4 +1,4 @@
-"""Recording cost: what the event store adds to every response (issue 3 asks for it measured).
+"""Recording cost: what the event store adds to every response.
 
 Each simulated response appends what the recorder writes for a non-streaming answer, in the
 two calls the recorder makes: ``Accepted`` + ``Routed`` queued (``enqueue``) when the upstream
@@ -7,18 +7,27 @@ is released (on the response's critical path: the terminal event waits for the c
 store is a SQLite file in a temporary directory, with its own group commit. Reported per
 concurrency: CPU microseconds and wall latency per response, responses/s, and responses per
 transaction (how well group commit batches).
+
+And what it costs on disk: the database and its WAL after a checkpoint, per response, next to
+the payload (the final Response's JSON). The records are shaped as the gateway writes them: a
+signed ``resp_`` ID as long as a real one (the key of everything the store keeps of a
+response), and a final Response with every field an upstream sends.
 """
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import orjson
 import trio
 
+from sluicegate.codecs.ids import IdCodec
 from sluicegate.store import Accepted, Ended, ItemDone, Routed, Settled, open_sqlite_store
 
 from ._runner import percentile
@@ -29,11 +38,11 @@ if TYPE_CHECKING:
 __all__ = ["RecordingRun", "measure_recording", "recording_table"]
 
 _ITEM: dict[str, Any] = {
-    "id": "msg_0123456789abcdef0123456789abcdef",
+    "id": "msg_67cc8f6a9e448190b1c2d3e4f5a6b7c80e5c6d7f8a9b0c1d",
     "type": "message",
     "status": "completed",
     "role": "assistant",
-    "content": [{"type": "output_text", "text": "word " * 20, "annotations": []}],
+    "content": [{"type": "output_text", "annotations": [], "logprobs": [], "text": "word " * 20}],
 }
 _USAGE: dict[str, Any] = {
     "input_tokens": 12,
@@ -42,6 +51,57 @@ _USAGE: dict[str, Any] = {
     "output_tokens_details": {"reasoning_tokens": 0},
     "total_tokens": 32,
 }
+#: Mints the responses' IDs as the gateway does (the same fields, so the same length).
+_IDS = IdCodec.from_secret(b"sluicegate-bench")
+#: Who asks: a virtual key's ID, as the proxy names its callers.
+_OWNER = "key-5f3a9c0d1e2b4a67"
+
+
+def _raw_id(concurrency: int, n: int) -> str:
+    """The upstream's own ID, as long as OpenAI's."""
+    return f"resp_{concurrency:08x}{n:040x}"
+
+
+def _response_id(concurrency: int, n: int) -> str:
+    return _IDS.encode(
+        provider="openai", deployment_id="bench-1", raw_id=_raw_id(concurrency, n), owner=_OWNER
+    )
+
+
+def _final_response(response_id: str) -> dict[str, Any]:
+    """The final Response as an upstream sends it (``tests/fixtures/openai_text.json``'s fields)."""
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": 1741476542,
+        "status": "completed",
+        "background": False,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": None,
+        "max_output_tokens": None,
+        "max_tool_calls": None,
+        "model": "bench",
+        "output": [_ITEM],
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "prompt_cache_key": None,
+        "reasoning": {"effort": None, "summary": None},
+        "safety_identifier": None,
+        "service_tier": "default",
+        "store": True,
+        "temperature": 1.0,
+        "text": {"format": {"type": "text"}, "verbosity": "medium"},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_logprobs": 0,
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": _USAGE,
+        "user": None,
+        "metadata": {},
+        "completed_at": 1741476543,
+    }
 
 
 @attrs.frozen(kw_only=True)
@@ -53,23 +113,48 @@ class RecordingRun:
     p99_ms: float
     responses_per_s: float
     responses_per_transaction: float
+    #: The final Response's JSON, on average.
+    payload_bytes_per_response: float
+    #: The database and its WAL after a checkpoint, per response.
+    disk_bytes_per_response: float
+    #: The WAL file when the run ended, before that checkpoint (its size is the most it held
+    #: since it was last truncated).
+    wal_bytes: int
+
+
+def _checkpoint(path: Path) -> tuple[int, int]:
+    """The WAL's size, then the database's and the WAL's after a checkpoint (TRUNCATE: all it
+    holds is in the database; the store is idle, so nothing keeps it from finishing)."""
+    wal = Path(f"{path}-wal")
+    before = wal.stat().st_size if wal.exists() else 0
+    db = sqlite3.connect(path)
+    try:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    finally:
+        db.close()
+    after = wal.stat().st_size if wal.exists() else 0
+    return before, os.path.getsize(path) + after
 
 
 async def _measure(path: Path, concurrency: int, responses: int) -> RecordingRun:
     latencies: list[float] = []
+    # Made before the clocks start: minting IDs is the gateway's cost, not the store's.
+    finals = [_final_response(_response_id(concurrency, n)) for n in range(responses)]
+    payload = sum(len(orjson.dumps(final)) for final in finals)
     async with open_sqlite_store(path) as store:
         counter = iter(range(responses))
         start_tx = store.statistics().transactions
 
         async def one(n: int) -> None:
-            rid = f"resp_bench_{concurrency}_{n}"
+            final = finals[n]
+            rid = final["id"]
             # As the recorder does: the acceptance is queued (nobody waits on it; it lingers
             # to share the terminal's transaction), the end is appended and awaited.
             await store.enqueue(
                 [
                     Accepted(
                         response_id=rid,
-                        owner="bench",
+                        owner=_OWNER,
                         model="bench",
                         params={"model": "b"},
                         input_items=[{"role": "user", "content": "hello"}],
@@ -78,7 +163,13 @@ async def _measure(path: Path, concurrency: int, responses: int) -> RecordingRun
                         metadata={},
                         created_at=0.0,
                     ),
-                    Routed(response_id=rid, deployment_id="bench-1", provider="openai", attempt=0),
+                    Routed(
+                        response_id=rid,
+                        deployment_id="bench-1",
+                        provider="openai",
+                        attempt=0,
+                        upstream_id=_raw_id(concurrency, n),
+                    ),
                 ]
             )
             began = trio.current_time()
@@ -90,7 +181,7 @@ async def _measure(path: Path, concurrency: int, responses: int) -> RecordingRun
                         response_id=rid,
                         status="completed",
                         error=None,
-                        response={"id": rid, "status": "completed", "output": [_ITEM]},
+                        response=final,
                         completed_at=1.0,
                     ),
                 ]
@@ -109,6 +200,7 @@ async def _measure(path: Path, concurrency: int, responses: int) -> RecordingRun
         wall = time.perf_counter() - wall
         cpu = time.process_time() - cpu
         transactions = store.statistics().transactions - start_tx
+        wal, disk = await trio.to_thread.run_sync(_checkpoint, path)
     latencies.sort()
     return RecordingRun(
         concurrency=concurrency,
@@ -118,6 +210,9 @@ async def _measure(path: Path, concurrency: int, responses: int) -> RecordingRun
         p99_ms=percentile(latencies, 0.99) * 1e3,
         responses_per_s=responses / wall,
         responses_per_transaction=responses / max(1, transactions),
+        payload_bytes_per_response=payload / responses,
+        disk_bytes_per_response=disk / responses,
+        wal_bytes=wal,
     )
 
 
@@ -132,7 +227,19 @@ async def measure_recording(concurrencies: Sequence[int], responses: int) -> lis
 
 
 def recording_table(runs: Sequence[RecordingRun], *, markdown: bool = False) -> str:
-    header = ["conc", "responses", "CPU us/resp", "p50 ms", "p99 ms", "resp/s", "resp/tx"]
+    header = [
+        "conc",
+        "responses",
+        "CPU us/resp",
+        "p50 ms",
+        "p99 ms",
+        "resp/s",
+        "resp/tx",
+        "payload B/resp",
+        "disk B/resp",
+        "disk/payload",
+        "WAL MB",
+    ]
     rows = [
         [
             str(r.concurrency),
@@ -142,6 +249,10 @@ def recording_table(runs: Sequence[RecordingRun], *, markdown: bool = False) -> 
             f"{r.p99_ms:.2f}",
             f"{r.responses_per_s:.0f}",
             f"{r.responses_per_transaction:.1f}",
+            f"{r.payload_bytes_per_response:.0f}",
+            f"{r.disk_bytes_per_response:.0f}",
+            f"{r.disk_bytes_per_response / r.payload_bytes_per_response:.2f}",
+            f"{r.wal_bytes / 1e6:.1f}",
         ]
         for r in runs
     ]

@@ -6,12 +6,14 @@ from __future__ import annotations
 import ast
 import fcntl
 import functools
+import itertools
 import os
 import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -20,12 +22,15 @@ import trio.testing
 
 import sluicegate
 import sluicegate.store
+import sluicegate.store._sqlite._store
 from sluicegate import ResponseStatus
 from sluicegate.errors import InvalidRequestError
 from sluicegate.store import (
     RECOVERY_ERROR,
     SQLITE_SCHEMA_VERSION,
     Deleted,
+    Ended,
+    ItemDone,
     SpendFilter,
     SpendGroup,
     Store,
@@ -34,12 +39,9 @@ from sluicegate.store import (
     StoreUnavailableError,
     open_sqlite_store,
 )
-from sluicegate.store._sqlite import (
-    _MIGRATIONS,
-    _spend_logs_query,
-    _spend_totals_query,
-    _translate,
-)
+from sluicegate.store._sqlite._boundary import _translate
+from sluicegate.store._sqlite._schema import _MIGRATIONS
+from sluicegate.store._sqlite._spend import _spend_logs_query, _spend_totals_query
 
 from .store_contract import (
     FULL_KEY,
@@ -116,11 +118,11 @@ async def test_new_database_gets_the_current_schema_in_wal_mode(tmp_path: Path) 
     path = tmp_path / "s.db"
     async with open_sqlite_store(path):
         pass
-    assert SQLITE_SCHEMA_VERSION == 5
-    assert _user_version(path) == 5
+    assert SQLITE_SCHEMA_VERSION == 6
+    assert _user_version(path) == 6
     with _database(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        # The keys table of issue 4: only the secret's hash, unique, is kept.
+        # The keys table: only the secret's hash, unique, is kept.
         columns = [
             (name, kind, bool(notnull), pk)
             for _, name, kind, notnull, _, pk in db.execute("PRAGMA table_info(keys)")
@@ -331,6 +333,137 @@ async def test_version_2_database_migrates_to_the_current_schema_and_keeps_its_r
         assert await store.find_key(FULL_KEY.key_hash) == FULL_KEY
 
 
+#: A ``resp_`` ID as long as the gateway's (what schema 6 stops repeating in every event).
+_LONG_ID = "resp_" + "A" * 148
+
+
+def _create_version_5(path: Path) -> None:
+    """A database as schema 5 left it: events and spend tags keyed by the ``resp_`` ID. A
+    finished response (its end holding the whole final response), one continuing it, one
+    deleted, one left running; rows inserted out of ID order, two created at the same time."""
+    with _database(path) as db:
+        for script in _MIGRATIONS[:5]:
+            for statement in script.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+        db.execute("PRAGMA user_version = 5")
+        insert = (
+            "INSERT INTO responses (id, owner, status, model, deployment_id, provider,"
+            " background, store, metadata, created_at, completed_at, usage, cost, error, deleted,"
+            " last_seq, previous_id, upstream_id, spend_metadata, input_tokens, output_tokens,"
+            " total_tokens, instance) VALUES (?, 'key-5', ?, 'gpt-test', 'dep-1', 'openai', 0, 1,"
+            " '{}', ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?, 3, 5, 8, NULL)"
+        )
+        usage = orjson.dumps(USAGE)
+        blue = orjson.dumps({"team": "blue"})
+        rows = [
+            (_LONG_ID, "completed", 500.0, 501.0, usage, 0.25, 0, 4, None, "up_1", blue),
+            ("resp_0v5b", "completed", 500.0, 502.0, usage, 0.5, 0, 2, _LONG_ID, None, b"{}"),
+            ("resp_v5del", "completed", 400.0, 401.0, usage, 0.125, 1, 3, None, None, b"{}"),
+            ("resp_v5run", "in_progress", 600.0, None, None, None, 0, 0, None, None, b"{}"),
+        ]
+        db.executemany(insert, rows)
+        db.execute(
+            "INSERT INTO spend_tags (key, value, response_id) VALUES ('team', ?, ?)",
+            (orjson.dumps("blue"), _LONG_ID),
+        )
+
+        def accepted_payload(content: str) -> bytes:
+            return orjson.dumps({"owner": "key-5", "input_items": [{"content": content}]})
+
+        final = {"id": _LONG_ID, "status": "completed", "output": [item(0), item(1)]}
+        ended_payload = {"status": "completed", "error": None, "response": final}
+        events = [
+            (_LONG_ID, 0, "accepted", None, accepted_payload("first")),
+            (_LONG_ID, 1, "routed", 0, orjson.dumps({"deployment_id": "dep-1"})),
+            (_LONG_ID, 2, "item_done", 0, orjson.dumps(item(0))),
+            (_LONG_ID, 3, "item_done", 1, orjson.dumps(item(1))),
+            (_LONG_ID, 4, "ended", None, orjson.dumps(ended_payload)),
+            ("resp_0v5b", 0, "accepted", None, accepted_payload("second")),
+            ("resp_0v5b", 1, "item_done", 0, orjson.dumps({"id": "msg_b"})),
+            ("resp_0v5b", 2, "ended", None, orjson.dumps({**ended_payload, "response": {}})),
+            ("resp_v5del", 0, "accepted", None, None),
+            ("resp_v5del", 1, "item_done", 0, None),
+            ("resp_v5del", 2, "ended", None, orjson.dumps({**ended_payload, "response": None})),
+            ("resp_v5del", 3, "deleted", None, orjson.dumps({"deleted_at": 402.0})),
+            ("resp_v5run", 0, "accepted", None, accepted_payload("third")),
+        ]
+        db.executemany(
+            "INSERT INTO events (response_id, seq, kind, ordinal, payload, at)"
+            " VALUES (?, ?, ?, ?, ?, 1.0)",
+            events,
+        )
+
+
+async def test_version_5_database_migrates_to_compact_keys_and_keeps_every_row(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v5.db"
+    _create_version_5(path)
+    with _database(path) as db:
+        before = db.execute("SELECT count(*) FROM events").fetchone()
+    async with open_sqlite_store(path) as store:
+        assert _user_version(path) == SQLITE_SCHEMA_VERSION
+        with _database(path) as db:
+            # Every event kept (and one more: the running response's recovery); none names
+            # its response by ID any more.
+            (after,) = db.execute("SELECT count(*) FROM events").fetchone()
+            assert after == before[0] + 1
+            columns = [row[1] for row in db.execute("PRAGMA table_info(events)")]
+            assert "response_id" not in columns and "response_ref" in columns
+            # The refs are the old rowids: the order of insertion is kept.
+            refs = db.execute("SELECT id FROM responses ORDER BY ref").fetchall()
+            assert [r[0] for r in refs] == [_LONG_ID, "resp_0v5b", "resp_v5del", "resp_v5run"]
+        row = await store.get(_LONG_ID)
+        assert row is not None
+        assert (row.status, row.usage, row.cost, row.upstream_id) == (
+            ResponseStatus.COMPLETED,
+            USAGE,
+            0.25,
+            "up_1",
+        )
+        # An end written by schema 5 holds the whole final response: it reads as it did.
+        assert await store.final_response(_LONG_ID) == {
+            "id": _LONG_ID,
+            "status": "completed",
+            "output": [item(0), item(1)],
+        }
+        assert await store.output_items(_LONG_ID) == [item(0), item(1)]
+        assert await store.input_items("resp_0v5b") == [{"content": "second"}]
+        assert await store.conversation("resp_0v5b", max_turns=2, max_bytes=10_000) == [
+            {"content": "first"},
+            item(0),
+            item(1),
+            {"content": "second"},
+            {"id": "msg_b"},
+        ]
+        origins = await store.item_origins(["msg_1", "msg_b"])
+        assert {i: o.response_id for i, o in origins.items()} == {
+            "msg_1": _LONG_ID,
+            "msg_b": "resp_0v5b",
+        }
+        # Spend: the tags find their response; ties of creation time keep insertion order.
+        logs = await store.spend_logs(SpendFilter(metadata={"team": "blue"}))
+        assert [log.response_id for log in logs] == [_LONG_ID]
+        logs = await store.spend_logs(SpendFilter(start=500.0, end=501.0), newest_first=False)
+        assert [log.response_id for log in logs] == [_LONG_ID, "resp_0v5b"]
+        deleted = await store.get("resp_v5del")
+        assert deleted is not None and deleted.deleted
+        assert await store.final_response("resp_v5del") is None
+        running = await store.get("resp_v5run")
+        assert running is not None
+        assert (running.status, running.error) == (ResponseStatus.FAILED, RECOVERY_ERROR)
+        # New responses come after the migrated ones, and a second acceptance is refused.
+        await store.append(lifecycle("resp_v6"))
+        assert await store.final_response("resp_v6") is not None
+        with pytest.raises(StoreIntegrityError, match="already accepted"):
+            await store.append([accepted(_LONG_ID)])
+    with _database(path) as db:
+        assert db.execute("SELECT max(ref), count(*) FROM responses").fetchone() == (5, 5)
+        assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
 async def test_newer_database_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "new.db"
     db = sqlite3.connect(path)
@@ -379,7 +512,7 @@ def test_no_sqlite3_import_outside_the_sqlite_backend() -> None:
     """Regression guard: sqlite3 exceptions are translated at one boundary (STYLE, Errors)."""
     offenders = []
     for path in PACKAGE.rglob("*.py"):
-        if path == PACKAGE / "store" / "_sqlite.py":
+        if path.is_relative_to(PACKAGE / "store" / "_sqlite"):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             names: list[str] = []
@@ -392,11 +525,149 @@ def test_no_sqlite3_import_outside_the_sqlite_backend() -> None:
     assert offenders == []
 
 
+#: The SQLite backend's modules, in the order of its package docstring.
+_SQLITE_MODULES = [
+    "_boundary",
+    "_schema",
+    "_spend",
+    "_recovery",
+    "_retention",
+    "_keys",
+    "_encode",
+    "_writer",
+    "_reads",
+    "_store",
+]
+
+
+def test_sqlite_modules_import_only_those_listed_before_them() -> None:
+    """Regression guard: no import cycle between the SQLite backend's modules (one per
+    concern); each imports only modules its package docstring lists before it."""
+    package = PACKAGE / "store" / "_sqlite"
+    assert sorted(p.stem for p in package.glob("_*.py") if p.stem != "__init__") == sorted(
+        _SQLITE_MODULES
+    )
+    docstring = ast.get_docstring(ast.parse((package / "__init__.py").read_text())) or ""
+    listed = re.findall(r"^- ``(_\w+)``", docstring, flags=re.MULTILINE)
+    assert listed == _SQLITE_MODULES
+    for position, name in enumerate(_SQLITE_MODULES):
+        for node in ast.walk(ast.parse((package / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                imported = [node.module] if node.module else [a.name for a in node.names]
+                for module in imported:
+                    assert _SQLITE_MODULES.index(module) < position, (name, module)
+
+
 def test_store_all_is_sorted_and_every_name_exists() -> None:
     names = sluicegate.store.__all__
     assert names == sorted(names)
     for name in names:
         assert hasattr(sluicegate.store, name), name
+
+
+# --- compact storage
+
+
+def _file_size(path: Path) -> int:
+    return path.stat().st_size
+
+
+def _ended_payload(path: Path, rid: str) -> dict[str, Any]:
+    with _database(path) as db:
+        (blob,) = db.execute(
+            "SELECT payload FROM events WHERE kind = 'ended'"
+            " AND response_ref = (SELECT ref FROM responses WHERE id = ?)",
+            (rid,),
+        ).fetchone()
+    payload: dict[str, Any] = orjson.loads(blob)
+    return payload
+
+
+async def test_the_final_response_does_not_store_what_the_log_already_holds(
+    tmp_path: Path,
+) -> None:
+    """Regression guard for the store's size: the end keeps neither the response's own ID nor
+    the output items its ItemDone records hold, and the final response still reads whole."""
+    path = tmp_path / "s.db"
+    final = {"id": _LONG_ID, "status": "completed", "output": [item(0), item(1)], "x": 1}
+    async with open_sqlite_store(path) as store:
+        # Items out of index order, the end in the same append (what the recorder does).
+        await store.append(
+            [
+                accepted(_LONG_ID),
+                ItemDone(response_id=_LONG_ID, output_index=1, item=item(1)),
+                ItemDone(response_id=_LONG_ID, output_index=0, item=item(0)),
+                Ended(
+                    response_id=_LONG_ID,
+                    status="completed",
+                    error=None,
+                    response=final,
+                    completed_at=2.0,
+                ),
+            ]
+        )
+        stored = _ended_payload(path, _LONG_ID)
+        assert _LONG_ID.encode() not in orjson.dumps(stored)
+        assert b"msg_" not in orjson.dumps(stored)
+        assert stored["output_refs"] == [2, 1]  # the items' sequence numbers
+        response = await store.final_response(_LONG_ID)
+        assert response == final
+        assert list(response) == list(final)  # the keys in their order
+
+        # What no ItemDone of the append holds stays in the end: an item that differs from
+        # its ItemDone, one never recorded, and items recorded by an earlier append.
+        other = {**item(0), "status": "incomplete"}
+        mixed = {"id": "resp_other_id", "output": [other, item(1), item(7)]}
+        await store.append([accepted("resp_mixed")])
+        await store.append(
+            [
+                ItemDone(response_id="resp_mixed", output_index=0, item=item(0)),
+                ItemDone(response_id="resp_mixed", output_index=1, item=item(1)),
+                Ended(
+                    response_id="resp_mixed",
+                    status="completed",
+                    error=None,
+                    response=mixed,
+                    completed_at=2.0,
+                ),
+            ]
+        )
+        stored = _ended_payload(path, "resp_mixed")
+        assert stored["output_refs"] == [None, 2, None]
+        assert "same_id" not in stored
+        assert await store.final_response("resp_mixed") == mixed
+        await store.append([accepted("resp_bg", background=True)])
+        await store.append([ItemDone(response_id="resp_bg", output_index=0, item=item(0))])
+        await store.append([ended("resp_bg")])
+        assert "output_refs" not in _ended_payload(path, "resp_bg")
+        assert await store.final_response("resp_bg") == ended("resp_bg").response
+
+        # Removing the content removes the references too.
+        await store.append([Deleted(response_id=_LONG_ID, deleted_at=3.0)])
+        assert _ended_payload(path, _LONG_ID) == {"response": None}
+        assert await store.final_response(_LONG_ID) is None
+
+
+async def test_the_wal_is_checkpointed_as_it_grows_and_truncated_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: checkpoints were paced by the records' payloads, while each small commit
+    writes whole pages of the table and of every index it touches, many times its payload: the
+    WAL grew to a hundred megabytes between two checkpoints, and its file never shrank."""
+    monkeypatch.setattr(sluicegate.store._sqlite._store, "_CHECKPOINT_BYTES", 256 * 1024)
+    path = tmp_path / "s.db"
+    wal = Path(f"{path}-wal")
+    sizes: list[int] = []
+    async with open_sqlite_store(path, linger=0) as store:
+        for n in range(300):
+            await store.append(lifecycle(f"resp_w{n}"))
+            sizes.append(_file_size(wal))
+        assert await store.final_response("resp_w0") == ended("resp_w0").response
+    # Far more was written than the bound (each commit writes several pages)...
+    assert sum(b - a for a, b in itertools.pairwise(sizes) if b > a) > 4 * 256 * 1024
+    # ...but the file never held much more than the bound: it was reset and truncated.
+    assert max(sizes) < 2 * 256 * 1024
+    assert any(b < a for a, b in itertools.pairwise(sizes))
 
 
 # --- inline mode
@@ -575,8 +846,8 @@ async def test_conversation_size_is_checked_before_any_content_is_loaded(
         # JSON, so it would refuse this corruption: it goes first.)
         db.execute("DROP INDEX events_by_item")
         db.execute(
-            "UPDATE events SET payload = zeroblob(length(payload))"
-            " WHERE response_id = 'resp_t1' AND kind = 'item_done'"
+            "UPDATE events SET payload = zeroblob(length(payload)) WHERE kind = 'item_done'"
+            " AND response_ref = (SELECT ref FROM responses WHERE id = 'resp_t1')"
         )
     async with open_sqlite_store(path) as store:
         with pytest.raises(
@@ -702,7 +973,7 @@ async def test_item_lookup_searches_the_item_index(tmp_path: Path) -> None:
         pass
     with _database(path) as db:
         plan = db.execute(
-            "EXPLAIN QUERY PLAN SELECT e.response_id FROM events AS e WHERE e.kind = 'item_done'"
+            "EXPLAIN QUERY PLAN SELECT e.response_ref FROM events AS e WHERE e.kind = 'item_done'"
             " AND json_extract(CAST(e.payload AS TEXT), '$.id') IN (?, ?)",
             ("a", "b"),
         ).fetchall()

@@ -1,4 +1,4 @@
-"""The event store (DESIGN §5): an append-only log of what happened to each response, and a
+"""The event store: an append-only log of what happened to each response, and a
 projection table maintained in the same transaction.
 
 ``async with open_sqlite_store(path) as store:`` then ``await store.append([...])``. Every

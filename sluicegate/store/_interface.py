@@ -30,7 +30,7 @@ __all__ = [
 #: What spend totals are grouped by: the owner, the model group, or the UTC day of creation.
 SpendGroup = Literal["owner", "model", "day"]
 
-#: The error a response left unfinished by a dead process ends with (DESIGN §5, crash recovery).
+#: The error a response left unfinished by a dead process ends with (crash recovery).
 RECOVERY_ERROR: dict[str, Any] = {
     "code": "server_error",
     "message": "The gateway stopped before this response finished; please try again.",
@@ -105,7 +105,7 @@ class SpendTotal:
 
 @attrs.frozen(kw_only=True)
 class ObjectRow:
-    """A file or batch made through the gateway (issue 8), as the store keeps it: who owns it,
+    """A file or batch made through the gateway, as the store keeps it: who owns it,
     which deployment holds it under which raw ID, and the object as last seen upstream."""
 
     #: The encoded ID (``file-…`` or ``batch_…``).
@@ -141,7 +141,7 @@ def _models(value: Any) -> tuple[str, ...] | None:
 
 @attrs.frozen(kw_only=True)
 class KeyRow:
-    """A virtual API key of the proxy (DESIGN §6; issue 4), as the store keeps it.
+    """A virtual API key of the proxy, as the store keeps it.
 
     The secret itself is never stored, only ``key_hash``; ``key_id`` is public and becomes the
     owner of the responses and spend rows of the requests made with the key.
