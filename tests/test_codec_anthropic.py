@@ -1532,7 +1532,14 @@ def _error_body(kind: str, message: str) -> bytes:
             "invalid_request_error",
             "context_length_exceeded",
         ),
-        (401, "authentication_error", "invalid x-api-key", 502, "server_error", None),
+        (
+            401,
+            "authentication_error",
+            "invalid x-api-key",
+            502,
+            "server_error",
+            "upstream_authentication_error",
+        ),
         (
             402,
             "billing_error",
@@ -1541,7 +1548,14 @@ def _error_body(kind: str, message: str) -> bytes:
             "rate_limit_error",
             "insufficient_quota",
         ),
-        (403, "permission_error", "no access", 502, "server_error", None),
+        (
+            403,
+            "permission_error",
+            "no access",
+            502,
+            "server_error",
+            "upstream_authentication_error",
+        ),
         (
             404,
             "not_found_error",
@@ -1579,7 +1593,9 @@ def test_parse_error_maps_each_status(
     error = CODEC.parse_error(status, {}, _error_body(kind, message), now=0.0)
     assert (error.status_code, error.type, error.code) == (ours, type_, code)
     assert error.message == f"Anthropic: {message}"
-    assert error.retryable == (code == "rate_limit_exceeded" or ours >= 500)
+    # A rejected deployment key does not fix itself in a retry of the same deployment.
+    refused_key = code == "upstream_authentication_error"
+    assert error.retryable == (code == "rate_limit_exceeded" or (ours >= 500 and not refused_key))
 
 
 @pytest.mark.parametrize(("status", "ours"), [(429, 429), (529, 503)])

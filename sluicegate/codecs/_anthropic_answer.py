@@ -43,9 +43,9 @@ _ERROR_STATUSES: Final[Mapping[int, tuple[int, str | None]]] = {
     400: (400, None),
     # The deployment's key, not the caller's: the gateway's fault, and another deployment
     # may well have a good one.
-    401: (502, None),
+    401: (502, "upstream_authentication_error"),
     402: (429, "insufficient_quota"),
-    403: (502, None),
+    403: (502, "upstream_authentication_error"),
     404: (404, "model_not_found"),
     408: (408, None),
     409: (409, None),
@@ -91,8 +91,10 @@ def upstream_error(
         retry_after=retry_after,
         headers=headers,
     )
-    if code == "insufficient_quota":
-        error.retryable = False  # billing does not fix itself in a retry
+    if code in ("insufficient_quota", "upstream_authentication_error"):
+        # Billing and a rejected key do not fix themselves in a retry of this deployment
+        # (another deployment of the group is still tried), as for the other bridges.
+        error.retryable = False
     return error
 
 

@@ -92,7 +92,7 @@ def upstream_error(
         error_out = UpstreamStatusError(
             f"Gemini rejected the deployment's credentials: {message}",
             status_code=502,
-            code="server_error",
+            code="upstream_authentication_error",
         )
         error_out.retryable = False
         return error_out
