@@ -11,12 +11,12 @@ from __future__ import annotations
 import re
 import signal
 import sys
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import cast
 
 import httpx
+import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
@@ -184,48 +184,53 @@ def _connection(url: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=url, limits=limits, timeout=30)
 
 
-async def test_a_scrape_sums_every_workers_requests(tmp_path: Path) -> None:
+_COUNT_IN_A_WORKER = """
+import sys
+from sluicegate.server._metrics import Metrics
+
+metrics = Metrics()
+labels = (("route", "/health/liveliness"), ("method", "GET"), ("status", "200"))
+for _ in range(int(sys.argv[1])):
+    metrics.count("sluicegate_requests_total", labels)
+"""
+
+
+async def test_a_scrape_sums_every_workers_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Regression: with ``--workers 2`` a scrape showed the counts of whichever worker answered
-    it. One worker is kept busy with a long stream, so its ``sluicegate_requests_in_flight``
-    (a gauge, each worker's own) tells the two apart; health probes go through both, and a
-    scrape through either counts all of them. The server's metric files live in a directory
-    of their own, gone when it stops."""
+    it. Two worker processes count into the multiprocess directory (as ``serve`` sets it up);
+    a scrape from a third sums them. Deterministic: which worker the kernel hands a connection
+    is not part of it."""
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    env = {**_environ(), "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    for n in (3, 4):
+        await trio.run_process([sys.executable, "-c", _COUNT_IN_A_WORKER, str(n)], env=env)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
+    text = Metrics().render().decode()
     live = {"route": "/health/liveliness", "method": "GET", "status": "200"}
+    assert value(text, "sluicegate_requests_total", **live) == 7
+    assert families(text)["sluicegate_requests"][0] == "counter"
+
+
+async def test_two_workers_share_one_metrics_directory_gone_when_they_stop(tmp_path: Path) -> None:
+    """``sluicegate serve --workers 2`` makes the multiprocess directory, every worker counts
+    into it (a scrape through either counts every probe), and it is removed at the end."""
+    live = {"route": "/health/liveliness", "method": "GET", "status": "200"}
+    probes = 10
     async with serving(tmp_path, workers=2) as url:
         (directory,) = (tmp_path / "tmp").glob("sluicegate-metrics-*")
-        body = {"model": "slow", "input": "a long answer", "stream": True}
-        headers = {"authorization": f"Bearer {MASTER}"}
-        async with (
-            _connection(url) as busy,
-            busy.stream("POST", "/v1/responses", json=body, headers=headers) as answer,
-            # httpx annotates aiter_lines() as an AsyncIterator; it is an async generator (aclose).
-            aclosing(cast(AsyncGenerator[str, None], answer.aiter_lines())) as lines,
-        ):
-            async for line in lines:
-                if "response.output_text.delta" in line:
-                    break  # the stream is under way, and stays so until the block ends
-            probes = {"busy": 0, "idle": 0}
-            for _ in range(60):  # which worker accepts a connection is the kernel's choice
-                async with _connection(url) as http:
-                    # Scraped first: the probes of earlier connections are all finished.
-                    text = (await http.get("/metrics")).text
-                    done = value(text, "sluicegate_requests_total", 0, **live)
-                    assert done == sum(probes.values())
-                    # This scrape, and the stream if this worker runs it.
-                    in_flight = value(text, "sluicegate_requests_in_flight")
-                    assert in_flight in (1, 2), text
-                    assert (await http.get("/health/liveliness")).status_code == 200
-                probes["busy" if in_flight == 2 else "idle"] += 1
-                if min(probes.values()) >= 2:
-                    break
-            assert min(probes.values()) >= 2, f"every connection went to one worker: {probes}"
-            assert list(directory.glob("counter_*.db")), list(directory.iterdir())
+        for _ in range(probes):
+            async with _connection(url) as http:
+                assert (await http.get("/health/liveliness")).status_code == 200
+        assert list(directory.glob("counter_*.db")), list(directory.iterdir())
         async with _connection(url) as http:
             text = (await http.get("/metrics")).text
-    assert value(text, "sluicegate_requests_total", **live) == sum(probes.values())
+    assert value(text, "sluicegate_requests_total", **live) == probes
     found = families(text)
     assert found["sluicegate_requests"][0] == "counter"
     assert found["sluicegate_request_duration_seconds"][0] == "histogram"
     count = value(text, "sluicegate_request_duration_seconds_count", route="/health/liveliness")
-    assert count == sum(probes.values())
+    assert count == probes
     assert not directory.exists()
