@@ -1,16 +1,20 @@
-"""``sluicegate serve`` as real processes: several workers behind one port, and restarts.
+"""``sluicegate serve`` as real processes: workers that answer for each other, and restarts.
 
 What one worker made, the others answer for: response IDs (one secret for all the workers of a
 server), the built-in fake's responses (answered from the shared store), and cancels (recorded
-before they are acknowledged). A restart finds what it made before, and a response cut by a
-crash reads as the store ended it. Each server runs with ``--port 0`` and is found at the
-address its log names, then awaited by polling its readiness; every process is ended (and
-waited for) within a bound.
+before they are acknowledged). The workers are two serving processes given the secret ``serve``
+hands its workers and one store file, so which one a client reaches is the test's choice, not
+the kernel's; that ``serve`` hands its workers one secret is tested on its own. A restart finds
+what it made before, and a response cut by a crash reads as the store ended it. Each server
+runs with ``--port 0`` and is found at the address its log names, then awaited by polling its
+readiness; every process is ended (and waited for) within a bound.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
 import signal
 import sqlite3
 import sys
@@ -22,9 +26,11 @@ from typing import Any, cast
 import attrs
 import httpx
 import orjson
+import pytest
 import trio
 
 from sluicegate.fake import open_fake_upstream
+from sluicegate.server._serve import SECRET_VARIABLE, run
 from sluicegate.store import RECOVERY_ERROR
 
 MASTER = "sk-master-workers-0123456789"
@@ -45,14 +51,19 @@ class Server:
 
 
 @asynccontextmanager
-async def serving(config: Path, *, workers: int, name: str) -> AsyncIterator[Server]:
+async def serving(
+    config: Path, *, workers: int, name: str, env: dict[str, str] | None = None
+) -> AsyncIterator[Server]:
     """Run ``sluicegate serve`` until the block ends (SIGTERM, then SIGKILL past a bound);
     yields once every worker listens and the server answers its readiness probe."""
     log = config.parent / f"{name}.log"
     command = [sys.executable, "-m", "sluicegate", "serve", "--config", str(config)]
     command += ["--port", "0", "--workers", str(workers)]
+    environ = None if env is None else {**os.environ, **env}
     with log.open("wb") as output:
-        process = await trio.lowlevel.open_process(command, stdout=output, stderr=output)
+        process = await trio.lowlevel.open_process(
+            command, stdout=output, stderr=output, env=environ
+        )
     try:
         with trio.fail_after(30):
             while len(bound := _BOUND.findall(log.read_bytes())) < workers:
@@ -103,29 +114,47 @@ async def _create(http: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
     return made
 
 
-@asynccontextmanager
-async def _on_two_workers(
-    server: Server, db: Path
-) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient, dict[str, Any]]]:
-    """Two clients whose connections two different workers accepted (told apart by the store
-    instance that recorded a response made through each), and the first one's response."""
-    async with server.client() as first:
-        made = await _create(first, model="demo", input="hello")
-        instance = _row(db, made["id"])["instance"]
-        for _ in range(60):  # which worker accepts a connection is the kernel's choice
-            async with server.client() as second:
-                other = await _create(second, model="demo", input="hi")
-                if _row(db, other["id"])["instance"] != instance:
-                    yield first, second, made
-                    return
-        raise AssertionError("every connection went to one worker")
-
-
-async def test_two_workers_answer_for_each_others_responses(tmp_path: Path) -> None:
+def test_serve_hands_every_worker_one_generated_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """Regression: with no ``response_id_secret``, each worker minted IDs with its own random
-    secret (GET through the other worker: a 404), the built-in fake's responses were asked of
-    the other worker's own fake (a 404 too), and a cancel through the other worker read
-    ``in_progress`` again until the worker running it noticed."""
+    secret (GET through the other worker: a 404). ``run`` now makes one before it starts the
+    workers, in the variable every worker reads, and says that it did."""
+    config = tmp_path / "demo.yaml"
+    config.write_text(
+        "model_list:\n  - model_name: demo\n    litellm_params: {model: fake/demo}\n"
+        f"general_settings:\n  master_key: {MASTER}\n  store: {{path: ':memory:'}}\n"
+    )
+    # Recorded first, so that whatever run() puts in the environment is undone after the test.
+    for name in (SECRET_VARIABLE, "SLUICEGATE_CONFIG"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    started: list[tuple[int, str | None]] = []
+
+    def hypercorn_run(hconfig: Any) -> int:
+        started.append((hconfig.workers, os.environ.get(SECRET_VARIABLE)))
+        return 0
+
+    monkeypatch.setattr("hypercorn.run.run", hypercorn_run)
+    run(str(config), host="127.0.0.1", port=0, workers=2)
+    ((workers, secret),) = started
+    assert workers == 2 and secret and len(secret) >= 32
+    assert "no general_settings.response_id_secret" in caplog.text
+    # A configured secret is left alone (and nothing is said).
+    monkeypatch.setenv(SECRET_VARIABLE, "configured")
+    caplog.clear()
+    run(str(config), host="127.0.0.1", port=0, workers=2)
+    assert started[-1] == (2, "configured")
+    assert "response_id_secret" not in caplog.text
+
+
+async def test_processes_sharing_a_secret_and_a_store_answer_for_each_other(
+    tmp_path: Path,
+) -> None:
+    """What one worker made, another answers for: two serving processes with the one secret
+    ``serve`` hands its workers and one store file — each a worker, and which process a client
+    reaches is the test's choice, not the kernel's. The built-in fake's responses are answered
+    from the shared store; a cancel through the other process reads ``cancelled`` at once."""
     db = tmp_path / "shared.db"
     config = tmp_path / "demo.yaml"
     config.write_text(
@@ -139,32 +168,35 @@ async def test_two_workers_answer_for_each_others_responses(tmp_path: Path) -> N
         f"  master_key: {MASTER}\n"
         f"  store: {{path: {db}}}\n"
     )
-    async with serving(config, workers=2, name="two") as server:
-        assert b"no general_settings.response_id_secret" in server.log.read_bytes()
-        async with _on_two_workers(server, db) as (one, two, made):
-            got = await two.get(f"/v1/responses/{made['id']}")
-            assert got.status_code == 200, got.text
-            assert got.json()["output"] == made["output"]
-            items = await two.get(f"/v1/responses/{made['id']}/input_items")
-            assert [i["content"][0]["text"] for i in items.json()["data"]] == ["hello"]
-            follow = await _create(two, model="demo", input="more", previous_response_id=made["id"])
-            assert (follow["status"], follow["previous_response_id"]) == ("completed", made["id"])
+    shared = {SECRET_VARIABLE: secrets.token_urlsafe(32)}
+    async with (
+        serving(config, workers=1, name="one", env=shared) as first,
+        serving(config, workers=1, name="two", env=shared) as second,
+        first.client() as one,
+        second.client() as two,
+    ):
+        made = await _create(one, model="demo", input="hello")
+        got = await two.get(f"/v1/responses/{made['id']}")
+        assert got.status_code == 200, got.text
+        assert got.json()["output"] == made["output"]
+        items = await two.get(f"/v1/responses/{made['id']}/input_items")
+        assert [i["content"][0]["text"] for i in items.json()["data"]] == ["hello"]
+        follow = await _create(two, model="demo", input="more", previous_response_id=made["id"])
+        assert (follow["status"], follow["previous_response_id"]) == ("completed", made["id"])
 
-            job = await _create(one, model="slow", input="long", background=True)
-            cancelled = await two.post(f"/v1/responses/{job['id']}/cancel")
-            assert cancelled.json()["status"] == "cancelled", cancelled.text
-            for http in (one, two):  # at once, through either worker
-                assert (await http.get(f"/v1/responses/{job['id']}")).json()["status"] == (
-                    "cancelled"
-                )
-            with trio.fail_after(10):
-                while _row(db, job["id"])["usage"] is None:  # noqa: ASYNC110
-                    await trio.sleep(0.05)  # the worker running it stops it and bills it
-            assert _row(db, job["id"])["status"] == "cancelled"
+        job = await _create(one, model="slow", input="long", background=True)
+        cancelled = await two.post(f"/v1/responses/{job['id']}/cancel")
+        assert cancelled.json()["status"] == "cancelled", cancelled.text
+        for http in (one, two):  # at once, through either process
+            assert (await http.get(f"/v1/responses/{job['id']}")).json()["status"] == ("cancelled")
+        with trio.fail_after(10):
+            while _row(db, job["id"])["usage"] is None:  # noqa: ASYNC110
+                await trio.sleep(0.05)  # the process running it stops it and bills it
+        assert _row(db, job["id"])["status"] == "cancelled"
 
-            assert (await two.delete(f"/v1/responses/{made['id']}")).status_code == 200
-            assert (await one.get(f"/v1/responses/{made['id']}")).status_code == 404
-    assert server.process.returncode == 0
+        assert (await two.delete(f"/v1/responses/{made['id']}")).status_code == 200
+        assert (await one.get(f"/v1/responses/{made['id']}")).status_code == 404
+    assert first.process.returncode == 0 and second.process.returncode == 0
 
 
 async def test_a_restarted_server_finds_what_it_made_and_what_a_crash_cut(
