@@ -505,13 +505,10 @@ def _everything() -> Any:
 async def test_sluicegate_serve_from_the_command_line(tmp_path: Any, workers: int) -> None:
     """The CLI as a user runs it: the demo provider, a master key, a store file; one worker in
     the process or several hypercorn worker processes sharing the store."""
+    import re
     import signal
-    import socket
     import sys
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     config = tmp_path / "serve.yaml"
     config.write_text(
         "model_list:\n"
@@ -521,20 +518,23 @@ async def test_sluicegate_serve_from_the_command_line(tmp_path: Any, workers: in
         f"  master_key: {MASTER}\n"
         f"  store: {{path: {tmp_path / 'serve.db'}}}\n"
     )
+    # Port 0: the server binds a free port itself (no port picked and released beforehand,
+    # which another process could take) and its log names the address.
     command = [sys.executable, "-m", "sluicegate", "serve", "--config", str(config)]
-    command += ["--port", str(port), "--workers", str(workers)]
-    process = await trio.lowlevel.open_process(command)
+    command += ["--port", "0", "--workers", str(workers)]
+    log = tmp_path / "serve.log"
+    with log.open("wb") as output:
+        process = await trio.lowlevel.open_process(command, stdout=output, stderr=output)
     try:
-        url = f"http://127.0.0.1:{port}"
+        with trio.fail_after(60):
+            while len(bound := re.findall(rb"Running on (http://\S+)", log.read_bytes())) < workers:
+                assert process.poll() is None, log.read_text()
+                await trio.sleep(0.05)  # another process is starting: its log says when
+        url = bound[0].decode()
         async with httpx.AsyncClient(base_url=url) as http:
             with trio.fail_after(60):
-                while True:
-                    try:
-                        if (await http.get("/health/readiness")).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    await trio.sleep(0.1)  # waiting for another process to listen
+                while (await http.get("/health/readiness")).status_code != 200:  # noqa: ASYNC110
+                    await trio.sleep(0.05)  # the workers' stores open in their own time
         async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=MASTER) as client:
             for _ in range(2 * workers):
                 made = await client.responses.create(model="demo", input="hello")
