@@ -9,7 +9,6 @@ answers it (it used to show one worker's own counts).
 from __future__ import annotations
 
 import re
-import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from sluicegate.server._metrics import LATENCY_BUCKETS, Metrics
+
+from .serve_process import serving as serve_process
 
 MASTER = "sk-master-metrics-0123456789"
 REQUEST = (("route", "/v1/responses"), ("method", "POST"), ("status", "200"))
@@ -131,8 +132,7 @@ def test_label_values_are_escaped() -> None:
 @asynccontextmanager
 async def serving(tmp_path: Path, *, workers: int) -> AsyncIterator[str]:
     """``sluicegate serve --workers N`` with its temporary files under ``tmp_path/tmp``; yields
-    its URL once every worker listens and it answers its readiness probe, and ends it (SIGTERM,
-    then SIGKILL past a bound)."""
+    its URL, and checks it stopped cleanly."""
     config = tmp_path / "metrics.yaml"
     config.write_text(
         "model_list:\n"
@@ -144,32 +144,11 @@ async def serving(tmp_path: Path, *, workers: int) -> AsyncIterator[str]:
         f"  store: {{path: {tmp_path / 'metrics.db'}}}\n"
     )
     (tmp_path / "tmp").mkdir()
-    log = tmp_path / "server.log"
-    command = [sys.executable, "-m", "sluicegate", "serve", "--config", str(config)]
-    command += ["--port", "0", "--workers", str(workers)]
     env = {**_environ(), "TMPDIR": str(tmp_path / "tmp")}
-    with log.open("wb") as output:
-        process = await trio.lowlevel.open_process(command, stdout=output, stderr=output, env=env)
-    try:
-        with trio.fail_after(30):
-            while len(bound := _BOUND.findall(log.read_bytes())) < workers:
-                assert process.poll() is None, log.read_text()
-                await trio.sleep(0.05)  # another process is starting: its log says when
-            url = bound[0].decode()
-            async with httpx.AsyncClient(base_url=url) as http:
-                while (await http.get("/health/readiness")).status_code != 200:  # noqa: ASYNC110
-                    await trio.sleep(0.05)  # the workers' stores open in their own time
-        yield url
-    finally:
-        with trio.CancelScope(shield=True):
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-                with trio.move_on_after(20):
-                    await process.wait()
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-    assert process.returncode == 0, log.read_text()
+    log = tmp_path / "server.log"
+    async with serve_process(config, workers=workers, log=log, env=env) as server:
+        yield server.url
+    assert server.process.returncode == 0, log.read_text()
 
 
 def _environ() -> dict[str, str]:

@@ -23,6 +23,7 @@ from sluicegate.server import ProxyApp, build_app, serve
 
 from .conftest import MEMORY_STORE
 from .sdk import sdk_event
+from .serve_process import serving as serving_process
 
 MASTER = "sk-master-0123456789abcdef"
 PROVIDER_KEY = "sk-provider-fedcba9876543210"
@@ -505,10 +506,6 @@ def _everything() -> Any:
 async def test_sluicegate_serve_from_the_command_line(tmp_path: Any, workers: int) -> None:
     """The CLI as a user runs it: the demo provider, a master key, a store file; one worker in
     the process or several hypercorn worker processes sharing the store."""
-    import re
-    import signal
-    import sys
-
     config = tmp_path / "serve.yaml"
     config.write_text(
         "model_list:\n"
@@ -518,33 +515,17 @@ async def test_sluicegate_serve_from_the_command_line(tmp_path: Any, workers: in
         f"  master_key: {MASTER}\n"
         f"  store: {{path: {tmp_path / 'serve.db'}}}\n"
     )
-    # Port 0: the server binds a free port itself (no port picked and released beforehand,
-    # which another process could take) and its log names the address.
-    command = [sys.executable, "-m", "sluicegate", "serve", "--config", str(config)]
-    command += ["--port", "0", "--workers", str(workers)]
     log = tmp_path / "serve.log"
-    with log.open("wb") as output:
-        process = await trio.lowlevel.open_process(command, stdout=output, stderr=output)
-    try:
-        with trio.fail_after(60):
-            while len(bound := re.findall(rb"Running on (http://\S+)", log.read_bytes())) < workers:
-                assert process.poll() is None, log.read_text()
-                await trio.sleep(0.05)  # another process is starting: its log says when
-        url = bound[0].decode()
-        async with httpx.AsyncClient(base_url=url) as http:
-            with trio.fail_after(60):
-                while (await http.get("/health/readiness")).status_code != 200:  # noqa: ASYNC110
-                    await trio.sleep(0.05)  # the workers' stores open in their own time
-        async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=MASTER) as client:
-            for _ in range(2 * workers):
-                made = await client.responses.create(model="demo", input="hello")
-                assert made.status == "completed"
-                assert (await client.responses.retrieve(made.id)).id == made.id
-    finally:
-        process.send_signal(signal.SIGTERM)
-        with trio.fail_after(30):
-            await process.wait()
-    assert process.returncode == 0
+    async with (
+        serving_process(config, workers=workers, log=log) as server,
+        openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=MASTER) as client,
+    ):
+        for _ in range(2 * workers):
+            made = await client.responses.create(model="demo", input="hello")
+            assert made.status == "completed"
+            assert (await client.responses.retrieve(made.id)).id == made.id
+    # SIGTERM at the end of the block: a clean stop.
+    assert server.process.returncode == 0, log.read_text()
 
 
 @pytest.mark.parametrize(

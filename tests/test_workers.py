@@ -13,17 +13,13 @@ readiness; every process is ended (and waited for) within a bound.
 from __future__ import annotations
 
 import os
-import re
 import secrets
-import signal
 import sqlite3
-import sys
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any, cast
 
-import attrs
 import httpx
 import orjson
 import pytest
@@ -33,56 +29,10 @@ from sluicegate.fake import open_fake_upstream
 from sluicegate.server._serve import SECRET_VARIABLE, run
 from sluicegate.store import RECOVERY_ERROR
 
+from .serve_process import serving
+
 MASTER = "sk-master-workers-0123456789"
 AUTH = {"authorization": f"Bearer {MASTER}"}
-_BOUND = re.compile(rb"Running on (http://\S+)")
-
-
-@attrs.define(eq=False)
-class Server:
-    process: trio.Process
-    url: str
-    log: Path
-
-    def client(self) -> httpx.AsyncClient:
-        """A client on one connection: it stays with the worker that accepted it."""
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        return httpx.AsyncClient(base_url=self.url, headers=AUTH, limits=limits, timeout=30)
-
-
-@asynccontextmanager
-async def serving(
-    config: Path, *, workers: int, name: str, env: dict[str, str] | None = None
-) -> AsyncIterator[Server]:
-    """Run ``sluicegate serve`` until the block ends (SIGTERM, then SIGKILL past a bound);
-    yields once every worker listens and the server answers its readiness probe."""
-    log = config.parent / f"{name}.log"
-    command = [sys.executable, "-m", "sluicegate", "serve", "--config", str(config)]
-    command += ["--port", "0", "--workers", str(workers)]
-    environ = None if env is None else {**os.environ, **env}
-    with log.open("wb") as output:
-        process = await trio.lowlevel.open_process(
-            command, stdout=output, stderr=output, env=environ
-        )
-    try:
-        with trio.fail_after(30):
-            while len(bound := _BOUND.findall(log.read_bytes())) < workers:
-                assert process.poll() is None, log.read_text()
-                await trio.sleep(0.05)  # another process is starting: its log says when
-            url = bound[0].decode()
-            async with httpx.AsyncClient(base_url=url) as http:
-                while (await http.get("/health/readiness")).status_code != 200:  # noqa: ASYNC110
-                    await trio.sleep(0.05)  # the workers' stores open in their own time
-        yield Server(process, url, log)
-    finally:
-        with trio.CancelScope(shield=True):
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-                with trio.move_on_after(20):
-                    await process.wait()
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
 
 
 def _select(db: Path, response_id: str) -> dict[str, Any] | None:
@@ -170,10 +120,12 @@ async def test_processes_sharing_a_secret_and_a_store_answer_for_each_other(
     )
     shared = {SECRET_VARIABLE: secrets.token_urlsafe(32)}
     async with (
-        serving(config, workers=1, name="one", env=shared) as first,
-        serving(config, workers=1, name="two", env=shared) as second,
-        first.client() as one,
-        second.client() as two,
+        serving(config, workers=1, log=tmp_path / "one.log", env={**os.environ, **shared}) as first,
+        serving(
+            config, workers=1, log=tmp_path / "two.log", env={**os.environ, **shared}
+        ) as second,
+        first.client(AUTH) as one,
+        second.client(AUTH) as two,
     ):
         made = await _create(one, model="demo", input="hello")
         got = await two.get(f"/v1/responses/{made['id']}")
@@ -222,7 +174,10 @@ async def test_a_restarted_server_finds_what_it_made_and_what_a_crash_cut(
             "  response_id_secret: kept-across-restarts\n"
             f"  store: {{path: {db}}}\n"
         )
-        async with serving(config, workers=1, name="first") as first, first.client() as http:
+        async with (
+            serving(config, workers=1, log=tmp_path / "first.log") as first,
+            first.client(AUTH) as http,
+        ):
             assert b"response_id_secret" not in first.log.read_bytes()
             made = await _create(http, model="demo", input="hello")
             body = {"model": "native", "input": "a long answer", "stream": True}
@@ -244,7 +199,10 @@ async def test_a_restarted_server_finds_what_it_made_and_what_a_crash_cut(
                         await trio.sleep(0.02)  # its acceptance is committed (within 50 ms)
                 first.process.kill()  # kill -9, mid-stream
                 await first.process.wait()
-        async with serving(config, workers=1, name="second") as second, second.client() as http:
+        async with (
+            serving(config, workers=1, log=tmp_path / "second.log") as second,
+            second.client(AUTH) as http,
+        ):
             got = await http.get(f"/v1/responses/{made['id']}")
             assert got.status_code == 200, got.text
             assert got.json()["output"] == made["output"]

@@ -1,0 +1,79 @@
+"""``sluicegate serve`` as a real process for the tests: started with ``--port 0`` (the server
+binds a free port itself, so no port is picked and released beforehand), found at the address
+its log names once every worker listens, awaited by polling its readiness, and ended at the
+end of the block (SIGTERM, then SIGKILL past a bound)."""
+
+from __future__ import annotations
+
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import attrs
+import httpx
+import trio
+
+__all__ = ["Server", "serving"]
+
+_BOUND = re.compile(rb"Running on (http://\S+)")
+
+
+@attrs.define(eq=False)
+class Server:
+    process: trio.Process
+    url: str
+    #: Everything the server wrote (stdout and stderr).
+    log: Path
+
+    def client(self, headers: Mapping[str, str] | None = None) -> httpx.AsyncClient:
+        """A client on one connection: it stays with the worker that accepted it."""
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        return httpx.AsyncClient(
+            base_url=self.url, headers=dict(headers or {}), limits=limits, timeout=30
+        )
+
+
+def _bound(log: Path) -> list[bytes]:
+    """The addresses the server's workers say they listen on, so far."""
+    return _BOUND.findall(log.read_bytes())
+
+
+def _text(log: Path) -> str:
+    return log.read_text(errors="replace")
+
+
+@asynccontextmanager
+async def serving(
+    config: Path, *, workers: int, log: Path, env: Mapping[str, str] | None = None
+) -> AsyncIterator[Server]:
+    """Run ``sluicegate serve --config config --workers N`` (``env``: its whole environment;
+    None: this process's) until the block ends."""
+    command = [sys.executable, "-m", "sluicegate", "serve", "--config", str(config)]
+    command += ["--port", "0", "--workers", str(workers)]
+    environ = None if env is None else dict(env)
+    with log.open("wb") as output:
+        process = await trio.lowlevel.open_process(
+            command, stdout=output, stderr=output, env=environ
+        )
+    try:
+        with trio.fail_after(60):
+            while len(bound := _bound(log)) < workers:
+                assert process.poll() is None, _text(log)
+                await trio.sleep(0.05)  # another process is starting: its log says when
+            url = bound[0].decode()
+            async with httpx.AsyncClient(base_url=url) as http:
+                while (await http.get("/health/readiness")).status_code != 200:  # noqa: ASYNC110
+                    await trio.sleep(0.05)  # the workers' stores open in their own time
+        yield Server(process, url, log)
+    finally:
+        with trio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+                with trio.move_on_after(20):
+                    await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
