@@ -401,6 +401,11 @@ class GeneralSettings:
     #: ``lean``: sluicegate's HTTP/1.1 transport (flat CPU per request at any concurrency);
     #: ``httpx``: httpx's own (for HTTP/2, or anything the lean one does not speak).
     http_transport: Literal["lean", "httpx"] = "lean"
+    #: Where a request's actors run (docs/design.md §2.1). ``fused``: the pure actors are
+    #: called in order in the request's own task, with a channel only towards a streaming
+    #: caller; ``unfused``: every actor in a task of its own over channels. Same behaviour,
+    #: one costs less. The environment variable ``SLUICEGATE_ACTOR_LAYOUT`` overrides it.
+    actor_layout: Literal["fused", "unfused"] = "fused"
     store: StoreSettings = attrs.Factory(StoreSettings)
     #: The proxy's admin key (``sluicegate serve``): every route, every response, key admin.
     #: Unset: the proxy refuses to start unless ``allow_unauthenticated`` is true.

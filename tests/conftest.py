@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,6 +18,31 @@ settings.register_profile(
     "sluicegate", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
 )
 settings.load_profile("sluicegate")
+
+
+#: The environment variable that chooses where a request's actors run (``_gateway/_open.py``).
+ACTOR_LAYOUT_ENV = "SLUICEGATE_ACTOR_LAYOUT"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--actor-layout",
+        choices=("fused", "unfused"),
+        default=None,
+        help="run every gateway of the suite (the processes it starts too) with this actor "
+        "layout (docs/design.md §2.1); default: the configured one, fused",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    layout = config.getoption("--actor-layout")
+    if layout is not None:
+        # Through the environment, so the sluicegate processes the tests start inherit it.
+        os.environ[ACTOR_LAYOUT_ENV] = layout
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"actor layout: {os.environ.get(ACTOR_LAYOUT_ENV) or 'fused (configured)'}"
 
 
 def fixture_bytes(name: str) -> bytes:

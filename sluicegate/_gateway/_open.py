@@ -165,6 +165,7 @@ async def open_gateway(
             accountant=accountant,
             ids=IdCodec.from_secret(secret),
             seal=StateSeal.from_secret(secret),
+            fused=_actor_layout(gs.actor_layout) == "fused",
         )
         if gs.store.retention is not None:
             services.start_soon(
@@ -325,3 +326,20 @@ def _refuse_inside_an_event_loop() -> None:
         "sluicegate.responses() blocks until the response is done, and this thread is running "
         f"an event loop it would freeze; use {hint} instead."
     )
+
+
+#: Overrides ``general_settings.actor_layout`` (the test suite's ``--actor-layout`` sets it, so
+#: the processes it starts run the same layout).
+ACTOR_LAYOUT_ENV: Final = "SLUICEGATE_ACTOR_LAYOUT"
+
+
+def _actor_layout(configured: str) -> str:
+    # The process's own environment, not the mapping given for ``os.environ/`` references:
+    # the override is the process's, whoever loads the configuration.
+    layout = os.environ.get(ACTOR_LAYOUT_ENV) or configured
+    if layout not in ("fused", "unfused"):
+        raise ConfigError(
+            f"{ACTOR_LAYOUT_ENV} must be 'fused' or 'unfused', not {layout!r}",
+            path="general_settings.actor_layout",
+        )
+    return layout

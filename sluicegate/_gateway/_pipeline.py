@@ -45,11 +45,18 @@ import trio
 
 from .._types import Response, ResponseStatus
 from ..actors._accountant import Accountant, run_accountant
-from ..actors._connector import Connector, run_connector
-from ..actors._plan import run_router
+from ..actors._connector import Connector, relay_into, run_connector
+from ..actors._plan import RoutePlan, run_router
 from ..actors._recorder import Recording, unanswered_response
 from ..actors._router import Router
-from ..actors._stages import run_id_encoder, run_sink, run_transformer
+from ..actors._stages import (
+    IdEncoder,
+    Sink,
+    Transformer,
+    run_id_encoder,
+    run_sink,
+    run_transformer,
+)
 from ..codecs._lifecycle import StreamTracker, failure_code
 from ..codecs.ids import IdCodec
 from ..codecs.sealed import StateSeal
@@ -75,6 +82,8 @@ class Pipeline:
     ids: IdCodec
     #: Seals native provider state (``encrypted_content``) for its deployment.
     seal: StateSeal
+    #: The fused layout (the default) or every actor in a task of its own (docs/design.md §2.1).
+    fused: bool = True
 
 
 async def run_request(
@@ -94,7 +103,10 @@ async def run_request(
     failure: SluicegateError | None = None
     try:
         try:
-            await _run_actors(pipeline, call, tracker, deliver, recording)
+            if pipeline.fused:
+                await _run_fused(pipeline, call, tracker, deliver, recording)
+            else:
+                await _run_unfused(pipeline, call, tracker, deliver, recording)
         except* SluicegateError as group:
             failure = _first(group)
         except* Exception as group:
@@ -264,13 +276,74 @@ def _output_chars(response: Response | None) -> int:
     return total
 
 
-async def _run_actors(
+async def _run_fused(
     pipeline: Pipeline,
     call: PreparedCall,
     tracker: StreamTracker,
     deliver: Deliver | None,
     recording: Recording | None,
 ) -> None:
+    """The fused layout: the route plan, the connector and the pure actors after it, called in
+    order in this task. The one asynchronous boundary is towards a streaming caller
+    (``deliver``), which carries its backpressure; a non-streaming request starts no task."""
+    routed = await RoutePlan(pipeline.router, call).first()
+    chain = _Fused(
+        Transformer(),
+        pipeline.accountant,
+        IdEncoder(pipeline.ids, pipeline.seal),
+        Sink(tracker, recording, deliver),
+    )
+    if await relay_into(pipeline.connector, routed, chain):
+        await chain.finish()
+    if chain.error is not None:
+        raise chain.error
+
+
+@attrs.define(eq=False)
+class _Fused:
+    """transformer → accountant → ID encoder → sink as the connector's outbox: each item the
+    connector reads goes through all four before it reads the next.
+
+    A stage's error (a Failure reaching the sink, a broken event order, a failed recording)
+    tells the connector that downstream stopped listening, as a closed channel does in the
+    unfused layout; the supervisor gets the error itself from :attr:`error`."""
+
+    _transformer: Transformer
+    _accountant: Accountant
+    _encoder: IdEncoder
+    _sink: Sink
+    error: SluicegateError | None = None
+
+    async def send(self, value: RawItem, /) -> None:
+        if self.error is not None:
+            raise trio.BrokenResourceError
+        try:
+            await self._take(self._transformer.feed(value))
+        except SluicegateError as exc:
+            self.error = exc
+            raise trio.BrokenResourceError from exc
+
+    async def finish(self) -> None:
+        """The body ended cleanly: the events its last bytes complete."""
+        try:
+            await self._take(self._transformer.close())
+        except SluicegateError as exc:
+            self.error = exc
+
+    async def _take(self, item: EventItem | None) -> None:
+        if item is not None:
+            await self._sink.take(self._encoder.encode(self._accountant.price(item)))
+
+
+async def _run_unfused(
+    pipeline: Pipeline,
+    call: PreparedCall,
+    tracker: StreamTracker,
+    deliver: Deliver | None,
+    recording: Recording | None,
+) -> None:
+    """The unfused layout: every actor in a task of its own, over small bounded channels (the
+    sink in this task). It behaves as the fused one does; the test suite runs in both."""
     call_send, call_recv = trio.open_memory_channel[PreparedCall](1)
     routed_send, routed_recv = trio.open_memory_channel[Routed](1)
     raw_send, raw_recv = trio.open_memory_channel[RawItem](RAW_BUFFER)
@@ -299,8 +372,7 @@ async def _run_actors(
         )
         with call_send:
             await call_send.send(call)
-        # The sink runs here, in the task that owns the request: one task and one hop fewer.
-        await run_sink(tracker, recording, inbox=encoded_recv, outbox=deliver)
+        await run_sink(Sink(tracker, recording, deliver), inbox=encoded_recv)
 
 
 def _first(group: BaseExceptionGroup[SluicegateError]) -> SluicegateError:

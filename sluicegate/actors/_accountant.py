@@ -1,9 +1,10 @@
 """The accountant: what each response cost, and the gateway's totals.
 
-It is one actor of the chain (between the transformer and the ID encoder): on the batch that
-ends a response it prices the terminal event's usage, normalises its shape, and attaches the
-:class:`Settlement` the recorder stores. A response cut before its upstream reported usage is
-settled from an estimate (:meth:`Accountant.estimate`).
+It is one actor of the chain (between the transformer and the ID encoder), and
+:meth:`Accountant.price` is its step: on the batch that ends a response it prices the terminal
+event's usage, normalises its shape, and attaches the :class:`Settlement` the recorder stores.
+A response cut before its upstream reported usage is settled from an estimate
+(:meth:`Accountant.estimate`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,21 @@ class Accountant:
     _output: int = 0
     _cost: float = 0.0
     _unpriced: int = 0
+
+    def price(self, item: EventItem) -> EventItem:
+        """The actor's step: a batch that ends a response gets its terminal event's usage
+        priced and normalised and its :class:`Settlement` attached; anything else passes."""
+        if not isinstance(item, Batch):
+            return item
+        # A terminal event is always the last of its stream, hence of its batch.
+        events = item.events
+        last = events[-1]
+        if type(last) is not ResponseEvent or not last.is_terminal:
+            return item
+        deployment = item.routed.deployment
+        events[-1], settlement = self.settle(last, self.price_for(deployment))
+        self.report(deployment, settlement)
+        return attrs.evolve(item, settlement=settlement)
 
     def price_for(self, deployment: Deployment) -> ModelPrice | None:
         return deployment.price or self._prices.lookup(deployment.provider, deployment.model)
@@ -150,17 +166,7 @@ async def run_accountant(
     inbox: trio.MemoryReceiveChannel[EventItem],
     outbox: trio.MemorySendChannel[EventItem],
 ) -> None:
+    """The accountant in a task of its own (the unfused layout)."""
     with inbox, outbox:
         async for item in inbox:
-            if isinstance(item, Batch):
-                # A terminal event is always the last of its stream, hence of its batch.
-                events = item.events
-                last = events[-1]
-                if type(last) is ResponseEvent and last.is_terminal:
-                    deployment = item.routed.deployment
-                    events[-1], settlement = accountant.settle(
-                        last, accountant.price_for(deployment)
-                    )
-                    accountant.report(deployment, settlement)
-                    item = attrs.evolve(item, settlement=settlement)
-            await outbox.send(item)
+            await outbox.send(accountant.price(item))

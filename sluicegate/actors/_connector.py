@@ -18,6 +18,7 @@ httpx exceptions are translated into ours here, at this one boundary.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import re
@@ -53,13 +54,20 @@ from ..errors import (
     UpstreamTimeoutError,
 )
 from ..net._media import MediaFetcher
-from ..runtime._messages import Failure, PreparedCall, RawItem, Routed, UpstreamOpened
+from ..runtime._messages import (
+    Failure,
+    PreparedCall,
+    RawItem,
+    RawOutbox,
+    Routed,
+    UpstreamOpened,
+)
 from ._router import backoff, may_retry
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["Connector", "ConnectorStatistics", "run_connector"]
+__all__ = ["Connector", "ConnectorStatistics", "relay_into", "run_connector"]
 
 #: The largest error body we read from an upstream (error bodies are small; a huge one is junk).
 _MAX_ERROR_BODY = 1 << 20
@@ -104,7 +112,7 @@ class Connector:
             chunks_read=self._chunks,
         )
 
-    async def relay(self, routed: Routed, *, outbox: trio.MemorySendChannel[RawItem]) -> None:
+    async def relay(self, routed: Routed, *, outbox: RawOutbox) -> None:
         """Serve a routed request: send each attempt and relay its answer into ``outbox``.
         An attempt that fails before anything went downstream goes back to the route plan,
         which decides the next attempt (another deployment, the same one after a back-off, a
@@ -124,9 +132,7 @@ class Connector:
         assert overall.cancelled_caught
         raise UpstreamTimeoutError(f"the request took longer than its total timeout of {timeout} s")
 
-    async def _relay_attempt(
-        self, routed: Routed, attempt: _Attempt, outbox: trio.MemorySendChannel[RawItem]
-    ) -> None:
+    async def _relay_attempt(self, routed: Routed, attempt: _Attempt, outbox: RawOutbox) -> None:
         call, deployment, plan = routed.call, routed.deployment, routed.plan
         codec = bridge_codec(deployment.provider)
         decoder: Decoder
@@ -238,7 +244,7 @@ class Connector:
         body: bytes | None,
         decoder: Decoder,
         idle: float | None,
-        outbox: trio.MemorySendChannel[RawItem],
+        outbox: RawOutbox,
         attempt: _Attempt,
     ) -> None:
         # Not streamed: the body was read whole and the connection is released already.
@@ -249,6 +255,9 @@ class Connector:
             assert body is not None
             attempt.first_byte = trio.current_time()
             attempt.opened = True
+            timing = routed.call.timing
+            if chunks is None and timing is not None:
+                timing.ended = attempt.first_byte  # the whole body is in hand
             await outbox.send(
                 UpstreamOpened(
                     routed=routed,
@@ -260,6 +269,9 @@ class Connector:
             )
             while chunks is not None and (chunk := await self._read(chunks, idle)) is not None:
                 await outbox.send(chunk)
+            if chunks is not None and timing is not None:
+                # Before the last events are handled downstream: the upstream's time ends here.
+                timing.ended = trio.current_time()
         finally:
             if chunks is not None:
                 # Shielded: a caller that left must still release the connection (closing it,
@@ -407,27 +419,37 @@ class _Attempt:
     first_byte: float | None = None
 
 
+async def relay_into(connector: Connector, routed: Routed, outbox: RawOutbox) -> bool:
+    """Relay a routed request into ``outbox``; a failure goes there as a :class:`Failure`.
+    False when it did not end cleanly (it failed, or downstream stopped listening)."""
+    timing = routed.call.timing
+    if timing is not None and timing.started is None:
+        timing.started = trio.current_time()
+    try:
+        await connector.relay(routed, outbox=outbox)
+    except SluicegateError as exc:
+        with contextlib.suppress(trio.BrokenResourceError):  # downstream failed first
+            await outbox.send(Failure(exc))
+        return False
+    except trio.BrokenResourceError:
+        return False  # downstream failed and stopped listening; its failure is on its way
+    finally:
+        if timing is not None and timing.ended is None:  # failed before its body ended
+            timing.ended = trio.current_time()
+    return True
+
+
 async def run_connector(
     connector: Connector,
     *,
     inbox: trio.MemoryReceiveChannel[Routed],
     outbox: trio.MemorySendChannel[RawItem],
 ) -> None:
+    """The connector in a task of its own (the unfused layout)."""
     with inbox, outbox:
         async for routed in inbox:
-            timing = routed.call.timing
-            if timing is not None and timing.started is None:
-                timing.started = trio.current_time()
-            try:
-                await connector.relay(routed, outbox=outbox)
-            except SluicegateError as exc:
-                await outbox.send(Failure(exc))
+            if not await relay_into(connector, routed, outbox):
                 return
-            except trio.BrokenResourceError:
-                return  # downstream failed and stopped listening; its Failure is on its way
-            finally:
-                if timing is not None:
-                    timing.ended = trio.current_time()
 
 
 _INPUT_PATH = re.compile(r"\binput\[(\d+)\]")

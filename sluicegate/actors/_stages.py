@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from ._recorder import Recording
 
 __all__ = [
+    "IdEncoder",
+    "Sink",
+    "Transformer",
     "run_id_encoder",
     "run_sink",
     "run_transformer",
@@ -42,38 +45,105 @@ __all__ = [
 ]
 
 
+@attrs.define(eq=False)
+class Transformer:
+    """Provider bytes → canonical event batches: one request's decoder, fed item by item.
+
+    Malformed or cut-off upstream data becomes a :class:`Failure` item, behind the batches
+    decoded before it; after a Failure the transformer takes nothing more."""
+
+    _routed: Routed | None = None
+    _decoder: Decoder | None = None
+
+    def feed(self, item: RawItem) -> EventItem | None:
+        """The batch (or Failure) that ``item`` makes; None when it completes no event."""
+        try:
+            match item:
+                case bytes():
+                    assert self._decoder is not None, "body before UpstreamOpened"
+                    events = self._decoder.feed(item)
+                case UpstreamOpened():
+                    self._routed = item.routed
+                    self._decoder = item.decoder
+                    events = item.decoder.feed(item.body)
+                case Failure():
+                    return item
+        except SluicegateError as exc:  # malformed upstream data
+            return Failure(exc)
+        if not events:
+            return None
+        assert self._routed is not None
+        return Batch(self._routed, events)
+
+    def close(self) -> EventItem | None:
+        """The body ended cleanly: the events its last bytes complete (a Failure when it was
+        cut off mid-event)."""
+        if self._decoder is None or self._routed is None:
+            return None
+        try:
+            events = self._decoder.close()
+        except SluicegateError as exc:
+            return Failure(exc)
+        return Batch(self._routed, events) if events else None
+
+
 async def run_transformer(
     *,
     inbox: trio.MemoryReceiveChannel[RawItem],
     outbox: trio.MemorySendChannel[EventItem],
 ) -> None:
-    """Provider bytes → canonical event batches."""
+    """The :class:`Transformer` in a task of its own (the unfused layout)."""
     with inbox, outbox:
-        routed: Routed | None = None
-        decoder: Decoder | None = None
-        try:
-            async for item in inbox:
-                match item:
-                    case bytes():
-                        assert decoder is not None, "body before UpstreamOpened"
-                        events = decoder.feed(item)
-                    case UpstreamOpened():
-                        routed = item.routed
-                        decoder = item.decoder
-                        events = decoder.feed(item.body)
-                    case Failure():
-                        await outbox.send(item)
-                        return
-                if events:
-                    assert routed is not None
-                    await outbox.send(Batch(routed, events))
-            # Closed without a Failure: the body ended cleanly.
-            if decoder is not None and routed is not None:
-                events = decoder.close()
-                if events:
-                    await outbox.send(Batch(routed, events))
-        except SluicegateError as exc:  # malformed or cut-off upstream data
-            await outbox.send(Failure(exc))
+        transformer = Transformer()
+        async for item in inbox:
+            out = transformer.feed(item)
+            if out is not None:
+                await outbox.send(out)
+                if isinstance(out, Failure):
+                    return
+        # Closed without a Failure: the body ended cleanly.
+        out = transformer.close()
+        if out is not None:
+            await outbox.send(out)
+
+
+@attrs.define(eq=False)
+class IdEncoder:
+    """Every event carrying a ``response`` gets the same encoded ID (docs/design.md §4). The batch
+    in which the upstream first names its response carries that raw ID on (``upstream_id``).
+
+    A native upstream's opaque state (an output item's ``encrypted_content``) is sealed for the
+    deployment that issued it (``codecs/sealed.py``), in item events and in the Response's
+    ``output`` alike, so the caller never holds state it could replay to the wrong account.
+    Bridged providers' state is already the gateway's own envelope."""
+
+    _ids: IdCodec
+    _seal: StateSeal
+    #: Raw upstream ID → the ID the caller sees, for this request.
+    _encoded: dict[str, str] = attrs.Factory(dict)
+
+    def encode(self, item: EventItem) -> EventItem:
+        """``item`` with its IDs encoded and its state sealed (a Failure passes unchanged)."""
+        if not isinstance(item, Batch):
+            return item
+        events = item.events
+        first: str | None = None
+        deployment = item.routed.deployment
+        sealing = not is_bridged(deployment.provider)
+        for i, event in enumerate(events):
+            if type(event) is ResponseEvent:
+                raw_id = event.response_data["id"]
+                if raw_id not in self._encoded:
+                    first = raw_id
+                event = _encode(self._ids, item.routed, event, self._encoded)
+                if sealing:
+                    event = seal_response_event(self._seal, deployment.id, event)
+                events[i] = event
+            elif sealing and type(event) is OutputItemEvent:
+                events[i] = seal_item_event(self._seal, deployment.id, event)
+        if first is not None:
+            item = attrs.evolve(item, upstream_id=first)
+        return item
 
 
 async def run_id_encoder(
@@ -83,35 +153,11 @@ async def run_id_encoder(
     inbox: trio.MemoryReceiveChannel[EventItem],
     outbox: trio.MemorySendChannel[EventItem],
 ) -> None:
-    """Every event carrying a ``response`` gets the same encoded ID (docs/design.md §4). The batch
-    in which the upstream first names its response carries that raw ID on (``upstream_id``).
-
-    A native upstream's opaque state (an output item's ``encrypted_content``) is sealed for the
-    deployment that issued it (``codecs/sealed.py``), in item events and in the Response's
-    ``output`` alike, so the caller never holds state it could replay to the wrong account.
-    Bridged providers' state is already the gateway's own envelope."""
+    """The :class:`IdEncoder` in a task of its own (the unfused layout)."""
     with inbox, outbox:
-        encoded: dict[str, str] = {}
+        encoder = IdEncoder(ids, seal)
         async for item in inbox:
-            if isinstance(item, Batch):
-                events = item.events
-                first: str | None = None
-                deployment = item.routed.deployment
-                sealing = not is_bridged(deployment.provider)
-                for i, event in enumerate(events):
-                    if type(event) is ResponseEvent:
-                        raw_id = event.response_data["id"]
-                        if raw_id not in encoded:
-                            first = raw_id
-                        event = _encode(ids, item.routed, event, encoded)
-                        if sealing:
-                            event = seal_response_event(seal, deployment.id, event)
-                        events[i] = event
-                    elif sealing and type(event) is OutputItemEvent:
-                        events[i] = seal_item_event(seal, deployment.id, event)
-                if first is not None:
-                    item = attrs.evolve(item, upstream_id=first)
-            await outbox.send(item)
+            await outbox.send(encoder.encode(item))
 
 
 def seal_item(seal: StateSeal, deployment_id: str, item: Any) -> Any:
@@ -174,44 +220,62 @@ def _encode(
     return event.with_response_fields(**fields)
 
 
-async def run_sink(
-    tracker: StreamTracker,
-    recording: Recording | None,
-    *,
-    inbox: trio.MemoryReceiveChannel[EventItem],
-    outbox: Deliver | None,
-) -> None:
+@attrs.define(eq=False)
+class Sink:
     """The caller's end: checks every event in delivery order (see tracker), records it (the
     recorder), then hands the batch to a streaming caller; a non-streaming caller folds the
     tracker at the end. A Failure is raised here, after everything before it was delivered.
 
-    The terminal event is delivered only once the response is durably recorded (docs/design.md §5:
-    an immediate follow-up must find it). If recording it fails, it is withdrawn and the error
-    raised, so the supervisor ends the response as failed instead.
+    The terminal event is delivered only once the response is durably recorded (docs/design.md
+    §5: an immediate follow-up must find it). If recording it fails, it is withdrawn and the
+    error raised, so the supervisor ends the response as failed instead.
 
-    It runs in the supervisor's own task, so the caller's channel (``outbox``) is not closed
-    here: the supervisor may still have to send a closing failure on it."""
+    It runs in the task that owns the request, so the caller's channel (``outbox``) is not
+    closed here: the supervisor may still have to send a closing failure on it."""
+
+    _tracker: StreamTracker
+    _recording: Recording | None
+    _outbox: Deliver | None
+
+    async def take(self, item: EventItem) -> None:
+        """Check, record and deliver one batch.
+
+        Raises:
+            SluicegateError: ``item`` is a Failure, the events broke the stream's order, or
+                recording failed; everything valid before it was delivered.
+        """
+        if isinstance(item, Failure):
+            raise item.error
+        tracker, recording = self._tracker, self._recording
+        checked: list[StreamEvent] = []
+        broken: SluicegateError | None = None
+        for event in item.events:
+            try:
+                checked.append(tracker.observe(event))
+            except UpstreamProtocolError as exc:  # out of order: deliver what came before
+                broken = exc
+                break
+        if recording is not None and checked:
+            try:
+                await recording.observe(item, checked, tracker)
+            except SluicegateError as exc:
+                if tracker.terminal is not None:
+                    tracker.withdraw_terminal()
+                    checked.pop()
+                broken = exc
+        if self._outbox is not None and checked:
+            await self._outbox.send(checked)
+        if broken is not None:
+            raise broken
+
+
+async def run_sink(
+    sink: Sink,
+    *,
+    inbox: trio.MemoryReceiveChannel[EventItem],
+) -> None:
+    """The :class:`Sink` reading a channel (the unfused layout; it runs in the request's own
+    task there too)."""
     with inbox:
         async for item in inbox:
-            if isinstance(item, Failure):
-                raise item.error
-            checked: list[StreamEvent] = []
-            broken: SluicegateError | None = None
-            for event in item.events:
-                try:
-                    checked.append(tracker.observe(event))
-                except UpstreamProtocolError as exc:  # out of order: deliver what came before
-                    broken = exc
-                    break
-            if recording is not None and checked:
-                try:
-                    await recording.observe(item, checked, tracker)
-                except SluicegateError as exc:
-                    if tracker.terminal is not None:
-                        tracker.withdraw_terminal()
-                        checked.pop()
-                    broken = exc
-            if outbox is not None and checked:
-                await outbox.send(checked)
-            if broken is not None:
-                raise broken
+            await sink.take(item)

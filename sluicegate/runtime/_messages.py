@@ -36,6 +36,7 @@ __all__ = [
     "Plan",
     "PreparedCall",
     "RawItem",
+    "RawOutbox",
     "Routed",
     "Settlement",
     "UpstreamTiming",
@@ -215,3 +216,12 @@ class Deliver(Protocol):
     response's broadcast to its followers."""
 
     async def send(self, value: Delivery, /) -> None: ...
+
+
+class RawOutbox(Protocol):
+    """Where the connector puts what it reads: a channel to the transformer's task (the
+    unfused layout), or the fused chain of actors itself (docs/design.md §2.1)."""
+
+    async def send(self, value: RawItem, /) -> None:
+        """Hand ``value`` on; ``trio.BrokenResourceError`` when downstream stopped listening."""
+        ...
