@@ -58,6 +58,7 @@ from ._emitter import (
     BridgeContext,
     open_reasoning,
 )
+from ._endpoint import request_body
 from .openai_responses import UpstreamRequest, parse_retry_after
 
 if TYPE_CHECKING:
@@ -227,7 +228,7 @@ class AnthropicCodec:
             url=f"{deployment.api_base or DEFAULT_API_BASE}/v1/messages",
             headers=headers,
             params=dict(request.extra_query),
-            content=orjson.dumps(payload),
+            content=request_body(payload),
         )
         return BuiltRequest(
             request=upstream, context=context_for(deployment, body, plan, created_at=created_at)

@@ -53,7 +53,7 @@ from ._chat_answer import ChatBodyDecoder, ChatStreamDecoder, chat_error
 from ._emitter import (
     BridgeContext,
 )
-from ._endpoint import Endpoint
+from ._endpoint import Endpoint, request_body
 from .openai_responses import UpstreamRequest
 
 __all__ = [
@@ -563,7 +563,7 @@ class ChatCompletionsCodec:
             url=f"{deployment.api_base}/chat/completions",
             headers=headers,
             params=dict(request.extra_query),
-            content=orjson.dumps(payload),
+            content=request_body(payload),
         )
         context = context_for(deployment, body, plan, created_at=created_at)
         return BuiltRequest(request=upstream, context=context)

@@ -84,6 +84,7 @@ from ._emitter import (
     BridgeContext,
     open_reasoning,
 )
+from ._endpoint import request_body
 from ._gemini_answer import GeminiBodyDecoder, GeminiStreamDecoder, upstream_error
 from ._gemini_rules import _EFFORTS, FALLBACK_RULES, MODEL_RULES, ModelRules, rules_for
 from .openai_responses import UpstreamRequest, parse_retry_after
@@ -187,7 +188,7 @@ class GeminiCodec:
             url=f"{base}/v1beta/models/{model}:{method}",
             headers=headers,
             params=params,
-            content=orjson.dumps(payload),
+            content=request_body(payload),
         )
         return BuiltRequest(
             request=upstream, context=context_for(deployment, body, plan, created_at=created_at)

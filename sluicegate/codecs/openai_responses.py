@@ -32,7 +32,7 @@ from .._types import (
     event_from_wire,
 )
 from ..errors import UpstreamProtocolError, UpstreamStatusError
-from ._endpoint import Endpoint
+from ._endpoint import Endpoint, request_body
 from .sse import ServerSentEvent, SSEDecoder
 
 __all__ = [
@@ -127,7 +127,7 @@ def build_create_request(
     if extra_query:
         params = {**params, **extra_query}
     return UpstreamRequest(
-        method="POST", url=url, headers=headers, params=params, content=orjson.dumps(payload)
+        method="POST", url=url, headers=headers, params=params, content=request_body(payload)
     )
 
 
