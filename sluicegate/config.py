@@ -20,6 +20,7 @@
       store:
         path: sluicegate.db                # ":memory:" for a private, temporary store
         retention: 30d                     # content purged after; spend rows stay
+        backend: sqlite                    # memory: stateless, the last max_responses kept
 
 Every ``os.environ/NAME`` string is replaced by that variable at load. Unknown keys, wrong types,
 values out of range (attrs validators on the fields) and missing variables are a
@@ -62,6 +63,7 @@ __all__ = [
     "ModelInfo",
     "RouterSettings",
     "Secret",
+    "StoreBackend",
     "StoreSettings",
     "Timeouts",
     "build_deployment",
@@ -286,13 +288,30 @@ class RouterSettings:
     max_retry_after: float = 60.0
 
 
+#: The event store's backends (``general_settings.store.backend``).
+StoreBackend = Literal["sqlite", "memory"]
+
+
+def _one_of_store_backends(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    # The loader's Literal check says the same; this one holds for settings made in code.
+    if value not in get_args(StoreBackend):
+        _reject(attribute, f"must be one of {', '.join(get_args(StoreBackend))}")
+
+
 @attrs.frozen(kw_only=True)
 class StoreSettings:
     """The event store (docs/design.md §5): the system of record of every response."""
 
+    #: ``sqlite``: the durable store in ``path``. ``memory``: the stateless mode, nothing
+    #: written anywhere; the last ``max_responses`` responses are kept while the gateway runs
+    #: (one process only: ``sluicegate serve`` refuses ``--workers`` above 1 with it).
+    backend: StoreBackend = attrs.field(default="sqlite", validator=_one_of_store_backends)
     #: The SQLite database file (relative to the working directory), or ``":memory:"`` for a
-    #: private store that lives as long as the gateway (tests).
+    #: private store that lives as long as the gateway (tests). Unused by ``memory``.
     path: str = "sluicegate.db"
+    #: ``memory``: the most responses whose content is kept (older ones read as purged, their
+    #: spend counted). Unused by ``sqlite``.
+    max_responses: int = attrs.field(default=10_000, validator=_at_least(1))
     #: Content older than this (seconds, or ``"30d"``) is purged; spend rows stay. None: kept.
     retention: Duration | None = None
     #: How often the retention purge runs (seconds or a duration).

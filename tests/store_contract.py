@@ -4,7 +4,9 @@ conformance suite per contract").
 A backend's test module provides a ``backend`` fixture returning a :class:`Backend` (how to open
 its store, and whether a reopened store sees the same data) and subclasses
 :class:`StoreContract`. SQLite (a file with worker threads, a file inline, and ``:memory:``
-inline) runs it in ``tests/test_store.py``; PostgreSQL adds a ``backend`` param later.
+inline) runs it in ``tests/test_store.py``; the memory backend (not ``persistent``: the tests of
+what outlives a reopen skip) in ``tests/test_store_memory.py``; PostgreSQL adds a ``backend``
+param later.
 """
 
 from __future__ import annotations

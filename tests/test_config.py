@@ -12,6 +12,8 @@ from sluicegate.config import (
     GeneralSettings,
     RouterSettings,
     RoutingStrategy,
+    StoreBackend,
+    StoreSettings,
     build_deployment,
     derive_deployment_id,
     load_config,
@@ -244,6 +246,22 @@ def _entry(**params: Any) -> dict[str, Any]:
             {"general_settings": {"store": {"max_conversation_bytes": -5}}},
             "general_settings.store.max_conversation_bytes: must be at least 1",
         ),
+        (
+            {"general_settings": {"store": {"backend": "postgres"}}},
+            "general_settings.store.backend: must be one of sqlite, memory",
+        ),
+        (
+            {"general_settings": {"store": {"backend": None}}},
+            "general_settings.store.backend: must be one of sqlite, memory",
+        ),
+        (
+            {"general_settings": {"store": {"backend": "memory", "max_responses": 0}}},
+            "general_settings.store.max_responses: must be at least 1",
+        ),
+        (
+            {"general_settings": {"store": {"max_responses": "10k"}}},
+            "general_settings.store.max_responses: invalid value for type, expected int",
+        ),
         (_entry(weight=0), "model_list[0].litellm_params.weight: must be positive"),
         (_entry(weight=float("nan")), "model_list[0].litellm_params.weight: must be positive"),
         (_entry(rpm=0), "model_list[0].litellm_params.rpm: must be at least 1"),
@@ -307,6 +325,25 @@ def test_the_bounds_hold_for_settings_made_in_code_too() -> None:
     with pytest.raises(ValueError, match="must be at least 1024"):
         GeneralSettings(max_request_body_bytes=10)
     assert RouterSettings(allowed_fails=0, failure_rate_threshold=1).allowed_fails == 0
+
+
+def test_the_store_backend_is_sqlite_unless_memory_is_chosen() -> None:
+    default = load_config({}, environ={}).general_settings.store
+    assert (default.backend, default.path, default.max_responses) == (
+        "sqlite",
+        "sluicegate.db",
+        10_000,
+    )
+    chosen = load_config(
+        {"general_settings": {"store": {"backend": "memory", "max_responses": 50}}}, environ={}
+    ).general_settings.store
+    assert (chosen.backend, chosen.max_responses) == ("memory", 50)
+    assert get_args(StoreBackend) == ("sqlite", "memory")
+    # Settings made in code are held to the same choices and bounds.
+    with pytest.raises(ValueError, match="must be one of sqlite, memory"):
+        StoreSettings(backend="postgres")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="must be at least 1"):
+        StoreSettings(backend="memory", max_responses=0)
 
 
 def test_the_routing_strategy_type_names_every_strategy() -> None:

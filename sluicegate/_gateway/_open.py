@@ -16,7 +16,7 @@ import random
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from typing import Any, Final
 
@@ -34,6 +34,7 @@ from ..codecs.ids import IdCodec
 from ..codecs.sealed import StateSeal
 from ..config import (
     GatewayConfig,
+    StoreSettings,
     build_deployment,
     is_in_process_fake,
     load_config,
@@ -43,7 +44,7 @@ from ..net._media import MediaFetcher
 from ..net._transport import LeanTransport
 from ..pricing import PriceTable
 from ..runtime._scopes import open_body_nursery
-from ..store import Store, open_sqlite_store
+from ..store import Store, open_memory_store, open_sqlite_store
 from ._background import BackgroundRuns
 from ._facade import Gateway
 from ._fakes import FakeProviders
@@ -132,7 +133,7 @@ async def open_gateway(
         # The store outlives the services: background responses record their end on the way
         # out. Its writer runs in a body nursery, so the caller's own errors come out unwrapped.
         open_body_nursery() as store_services,
-        open_sqlite_store(gs.store.path, nursery=store_services) as store,
+        _open_store(gs.store, store_services) as store,
         open_body_nursery() as services,
     ):
         fakes = FakeProviders(
@@ -185,7 +186,11 @@ async def open_gateway(
         recorder = Recorder(store, accountant, wall_clock)
         # A file may be shared with other processes (an in-memory store never is).
         background = BackgroundRuns(
-            pipeline, store, recorder, services, shared_store=gs.store.path != ":memory:"
+            pipeline,
+            store,
+            recorder,
+            services,
+            shared_store=gs.store.backend == "sqlite" and gs.store.path != ":memory:",
         )
         stored = StoredResponses(pipeline, store, recorder, background, fakes, gs.store, owner)
         yield Gateway(
@@ -261,6 +266,16 @@ def _id_secret(config: GatewayConfig, environ: Mapping[str, str]) -> bytes:
         return secret.reveal().encode()
     from_env = environ.get("SLUICEGATE_RESPONSE_ID_SECRET")
     return from_env.encode() if from_env else _PROCESS_SECRET
+
+
+def _open_store(
+    settings: StoreSettings, nursery: trio.Nursery
+) -> AbstractAsyncContextManager[Store]:
+    """The configured store (``general_settings.store.backend``); SQLite's writer runs in
+    ``nursery``."""
+    if settings.backend == "memory":
+        return open_memory_store(max_responses=settings.max_responses)
+    return open_sqlite_store(settings.path, nursery=nursery)
 
 
 async def _purge_periodically(

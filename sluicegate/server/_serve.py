@@ -30,6 +30,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from .._gateway import open_gateway
 from ..config import GatewayConfig, load_config
+from ..errors import ConfigError
 from ._app import ProxyApp
 from ._metrics import MULTIPROCESS_VARIABLE
 
@@ -104,8 +105,21 @@ async def _signalled() -> None:
 
 def run(config_path: str, *, host: str, port: int, workers: int) -> None:
     """The CLI's entry: validate the config, then serve with one or ``workers`` processes
-    (sharing one secret; see the module docstring)."""
+    (sharing one secret; see the module docstring).
+
+    Raises:
+        ConfigError: the configuration is invalid, or its store is the memory backend and
+            ``workers`` is above 1 (the workers could not share it).
+    """
     app = build_app(config_path)
+    if workers > 1 and app.config.general_settings.store.backend == "memory":
+        # Each worker would hold a store of its own: a response made by one would be
+        # unknown to the next (GET, previous_response_id, cancel, keys, spend).
+        raise ConfigError(
+            f"--workers {workers} needs a store the workers share, and the memory backend "
+            "lives in one process: serve with one worker, or use the sqlite backend",
+            path="general_settings.store.backend",
+        )
     if app.config.general_settings.response_id_secret is None and not os.environ.get(
         SECRET_VARIABLE
     ):

@@ -2,7 +2,9 @@
 projection table maintained in the same transaction.
 
 ``async with open_sqlite_store(path) as store:`` then ``await store.append([...])``. Every
-backend implements :class:`Store` and passes the same contract suite (``tests/store_contract.py``).
+backend implements :class:`Store` and passes the same contract suite (``tests/store_contract.py``):
+SQLite, durable, the default; and :func:`open_memory_store`, bounded and gone with its opener
+(the stateless mode).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from ._interface import SpendLog as SpendLog
 from ._interface import SpendTotal as SpendTotal
 from ._interface import Store as Store
 from ._interface import StoreStatistics as StoreStatistics
+from ._memory import MemoryStore as MemoryStore
+from ._memory import open_memory_store as open_memory_store
 from ._records import Accepted as Accepted
 from ._records import Deleted as Deleted
 from ._records import Ended as Ended
@@ -41,6 +45,7 @@ __all__ = [
     "ItemDone",
     "ItemOrigin",
     "KeyRow",
+    "MemoryStore",
     "ObjectKind",
     "ObjectRow",
     "RECOVERY_ERROR",
@@ -60,5 +65,6 @@ __all__ = [
     "StoreStatistics",
     "StoreUnavailableError",
     "StreamEventRecorded",
+    "open_memory_store",
     "open_sqlite_store",
 ]
