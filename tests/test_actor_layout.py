@@ -47,7 +47,7 @@ def _configured_layout_only(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _config(fake: FakeUpstream, layout: str) -> dict[str, Any]:
-    config = fake_config(fake)
+    config: dict[str, Any] = fake_config(fake)
     config["general_settings"]["actor_layout"] = layout
     return config
 
@@ -164,7 +164,8 @@ _ROUTED = Routed(
 
 
 def _frame(event: dict[str, Any]) -> bytes:
-    return b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+    kind: str = event["type"]
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
 
 
 def _response(status: str, **fields: Any) -> dict[str, Any]:

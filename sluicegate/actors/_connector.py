@@ -69,6 +69,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Connector", "ConnectorStatistics", "relay_into", "run_connector"]
 
+#: Parsed upstream URLs kept (``Connector._url``): far more than deployments times resources.
+_URL_CACHE_SIZE = 1024
+
 #: The largest error body we read from an upstream (error bodies are small; a huge one is junk).
 _MAX_ERROR_BODY = 1 << 20
 
@@ -102,6 +105,10 @@ class Connector:
     _retries: int = 0
     _errors: int = 0
     _chunks: int = 0
+    #: Parsed upstream URLs, by the codec's URL and query: parsing one is half of building an
+    #: ``httpx.Request`` (measured: 78 µs with a string, 39 µs with a parsed URL). Bounded
+    #: (``_URL_CACHE_SIZE``): per-object URLs (a stored response's ID) come and go.
+    _urls: dict[tuple[str, tuple[tuple[str, Any], ...]], httpx.URL] = attrs.Factory(dict)
 
     def statistics(self) -> ConnectorStatistics:
         return ConnectorStatistics(
@@ -362,9 +369,8 @@ class Connector:
         # request.
         http_request = httpx.Request(
             request.method,
-            request.url,
+            self._url(request.url, request.params),
             headers=request.headers,
-            params=request.params or None,
             content=request.content,
             extensions={"timeout": _httpx_timeout(timeouts)},
         )
@@ -394,6 +400,17 @@ class Connector:
             with trio.CancelScope(shield=True):
                 await response.aclose()
             raise
+
+    def _url(self, url: str, params: Mapping[str, str | list[str]] | None) -> httpx.URL:
+        if params and not all(isinstance(v, str) for v in params.values()):
+            return httpx.URL(url, params=params)  # a repeated query parameter: rare, not kept
+        key = (url, tuple(params.items()) if params else ())
+        parsed = self._urls.get(key)
+        if parsed is None:
+            if len(self._urls) >= _URL_CACHE_SIZE:
+                self._urls.clear()  # a new working set refills it at once
+            parsed = self._urls[key] = httpx.URL(url, params=params or None)
+        return parsed
 
     def _should_retry(self, exc: BaseException) -> bool:
         return may_retry(self._settings, exc)
