@@ -2,14 +2,16 @@
 
 What is measured
 ----------------
-One run, one fake upstream (``python -m sluicegate.fake`` in its own process, pinned to its own
-CPU), and each library target measured in a child process of its own (``_library.py``: one per
-target and repeat), pinned to another CPU: the suite pins itself there and the child inherits
-it. So the upstream and the target never compete for a core, ``time.process_time()`` in the
-child is that target's client-side CPU alone, and the child's memory is that target's. Every
-target is driven the same way: for each (mode, concurrency) a warm-up that is not measured,
-then N requests issued by ``concurrency`` worker tasks in one trio nursery. For each case we
-record:
+One run, one fake upstream (``python -m sluicegate.fake --write-per-event`` in its own process,
+pinned to its own CPU: it writes each SSE event as a chunk in a write of its own, as a real
+provider does, and the output names that shape next to the figures), and each library target
+measured in a child process of its own (``_library.py``: one per target and repeat), pinned to
+another CPU: the suite pins itself there and the child inherits it. So the upstream and the
+target never compete for a core, ``time.process_time()`` in the child is that target's
+client-side CPU alone, and the child's memory is that target's. Every target is driven the same
+way: for each (mode, concurrency) a warm-up that is not measured, then N requests issued by
+``concurrency`` worker tasks in one trio nursery (asyncio tasks for the aiohttp floor). For each
+case we record:
 
 - wall time and the child's CPU time (``time.process_time()``, all threads), hence requests/s
   and **CPU ms per request** — the number the targets are about;
@@ -35,6 +37,10 @@ Targets
 - **floor**: one raw ``httpx.AsyncClient`` on trio with the same pool limits as the gateway's
   (128/128). Non-streaming: POST the JSON body and ``orjson.loads`` the response body. Streaming:
   POST with ``"stream": true``, read ``aiter_lines()`` and ``orjson.loads`` every ``data:`` line.
+- **aiohttp floor**: the same minimum work on ``aiohttp`` and asyncio, the same pool size, in a
+  child of its own that never imports trio, httpx or sluicegate (``_aiohttp.py``); sluicegate's
+  CPU per request is reported against it too (``x aiohttp``). aiohttp is in the ``dev`` extra;
+  without it these rows are skipped with a note.
 - **sluicegate**: one gateway (``sluicegate.open_gateway``) per child;
   ``gw.responses(...)``, and ``gw.stream(...)`` consuming every event. It records every response
   in a SQLite file, as a deployed gateway does.
@@ -46,9 +52,18 @@ Targets
   the upstream directly gives what the proxy adds, p50 and p99. Time to first event, which wrk
   cannot see, comes from a sequential probe run as one of c concurrent streams (wrk holding the
   other c - 1) at every concurrency, against the proxy and the upstream directly.
-- **memory** (``_memory.py``): the proxy's RSS idle, per open slow stream (500 held open), and
-  under a consumer reading one event per 10 ms (library and proxy: RSS must stay flat).
+  Each proxy's requests per CPU-second (its requests/s per core) and, with LiteLLM's proxy
+  measured, the ratio between them.
+- **memory** (``_memory.py``): the proxy's RSS idle; per open slow stream (500 held open) for the
+  proxy, the library and the aiohttp floor (the last two each in a child of its own, a fresh
+  heap); and under a consumer reading one event per 10 ms (library and proxy: RSS must stay
+  flat).
+- **CPU per streamed event** (``_events.py``): the library reading one response of ~1k, 4k and
+  16k events at concurrency 1, CPU µs per event per length (flat: linear in the events).
+- **recording alone** (``_store.py``): the store's CPU per response, per concurrency.
 - PNG charts (``_charts.py``, the ``bench`` extra): latency, requests/s, memory.
+- A summary last (``_headline.py``): the upstream's shape, the library against both floors, memory
+  per open stream, CPU per streamed event, recording per response, the proxies per CPU-second.
 
 Why the floor is fair
 ---------------------

@@ -20,12 +20,22 @@ import trio
 
 import sluicegate
 
+from ._aiohttp import aiohttp_available
 from ._charts import write_charts
-from ._library import LIBRARY_TARGETS, LibraryPlan, measure_library
+from ._events import (
+    EventCost,
+    event_cost_json,
+    event_cost_table,
+    measure_event_cost,
+    summarize_event_cost,
+)
+from ._headline import headline_lines, headline_markdown, headline_text, recording_line
+from ._library import LibraryPlan, measure_library
 from ._litellm import litellm_available, measure_litellm
 from ._memory import (
     MemoryResult,
     RunningServer,
+    measure_open_streams,
     memory_checks,
     memory_json,
     memory_table,
@@ -50,7 +60,15 @@ from ._proxy import (
     proxy_table,
     summarize_proxy,
 )
-from ._report import check_targets, summarize, text_table, write_results
+from ._report import (
+    AIOHTTP_FLOOR,
+    FLOOR,
+    SLUICEGATE,
+    check_targets,
+    summarize,
+    text_table,
+    write_results,
+)
 from ._routing import (
     cache_checks,
     cache_table,
@@ -61,7 +79,13 @@ from ._routing import (
 )
 from ._store import measure_recording, recording_table
 from ._targets import POOL_KEEPALIVE_EXPIRY, POOL_SIZE
-from ._upstream import BenchmarkError, pin_current_process, plan_cpus, run_fake_upstream
+from ._upstream import (
+    BenchmarkError,
+    pin_current_process,
+    plan_cpus,
+    run_fake_upstream,
+    upstream_shape,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -91,6 +115,14 @@ _LOW_CONCURRENCY: Final = 8
 #: Time-to-first-event probes per target and concurrency (benchmarks/_proxy.py).
 _FULL_FIRST_EVENTS: Final = 200
 _SMOKE_FIRST_EVENTS: Final = 10
+#: Long streams read for the CPU per streamed event (deltas per answer; benchmarks/_events.py),
+#: and how many of each.
+_FULL_EVENT_LENGTHS: Final = (1000, 4000, 16000)
+_SMOKE_EVENT_LENGTHS: Final = (1000,)
+_FULL_EVENT_REPEATS: Final = 3
+_SMOKE_EVENT_REPEATS: Final = 1
+#: Why the aiohttp floor's rows are missing, when they are.
+_NO_AIOHTTP: Final = "aiohttp is not installed: pip install -e '.[dev]'"
 
 
 @attrs.frozen(kw_only=True)
@@ -132,14 +164,26 @@ class _Progress:
         )
 
 
+def _library_targets() -> list[str]:
+    """The library targets measured, in the first repeat's order."""
+    return [FLOOR, *([AIOHTTP_FLOOR] if aiohttp_available() else []), SLUICEGATE]
+
+
+def _event_lengths(settings: Settings) -> tuple[int, ...]:
+    return _SMOKE_EVENT_LENGTHS if settings.smoke else _FULL_EVENT_LENGTHS
+
+
 def _steps(settings: Settings) -> int:
     cases = len(settings.concurrencies) * settings.repeats
-    library = 2 * 2 * cases  # floor and sluicegate, create and stream
+    library = len(_library_targets()) * 2 * cases  # each target, create and stream
     litellm = 2 * cases if litellm_available() else 0
     # proxy, direct (and LiteLLM's proxy), create and stream
     proxy = (3 if litellm_available() else 2) * 2 * cases
     first_event = 2 * len(settings.concurrencies)  # proxy and direct, once
-    return library + litellm + proxy + first_event + 3  # + two memory sections, the router
+    events = len(_event_lengths(settings))
+    # + three memory sections (the library under a slow consumer, the open streams of the
+    # library and the aiohttp floor, the proxy's), the router
+    return library + litellm + proxy + first_event + events + 4
 
 
 def _concurrencies(text: str) -> tuple[int, ...]:
@@ -216,7 +260,7 @@ def _library_progress(progress: _Progress) -> Callable[[CaseRun], None]:
     def report(run: CaseRun) -> None:
         rss = "" if run.rss_bytes is None else f"  {run.rss_bytes / 2**20:5.1f} MiB"
         progress.step(
-            f"{run.case.mode:<6} c={run.case.concurrency:<3} {run.case.target:<10} "
+            f"{run.case.mode:<6} c={run.case.concurrency:<3} {run.case.target:<13} "
             f"{run.cpu_ms_per_request:7.3f} CPU ms/req  {run.requests_per_s:7.0f} req/s{rss}"
         )
 
@@ -232,7 +276,9 @@ def _run_library(
         requests=tuple((c, settings.requests_at(c)) for c in settings.concurrencies),
         warmup_s=settings.warmup_s,
     )
-    targets = list(LIBRARY_TARGETS)
+    targets = _library_targets()
+    if AIOHTTP_FLOOR not in targets:
+        print(f"aiohttp floor: {_NO_AIOHTTP}; its rows are skipped", file=sys.stderr)
     report = _library_progress(progress)
     runs: list[CaseRun] = []
     # No pause between repeats for idle connections to expire: that matters within a process,
@@ -303,6 +349,46 @@ def _library_memory(settings: Settings, plan: CpuPlan) -> list[MemoryResult]:
     return [run]
 
 
+def _library_open_streams(settings: Settings, plan: CpuPlan) -> list[MemoryResult]:
+    """Memory per open slow stream for the library and, as the reference, the aiohttp floor:
+    each in a child process of its own (a fresh heap; it inherits this process's pinning),
+    holding the streams against a slow upstream as the proxy's measurement does."""
+    streams = _OPEN_STREAMS[settings.smoke]
+    raise_open_file_limit(2 * streams + 256)
+    targets = ["library", *([AIOHTTP_FLOOR] if aiohttp_available() else [])]
+    results: list[MemoryResult] = []
+    # A word every half second, as for the proxy: the streams stay open while they are counted.
+    with run_fake_upstream(tokens=400, cpu=plan.upstream, token_delay=0.5) as slow_upstream:
+        for target in targets:
+            try:
+                results.append(
+                    measure_open_streams(target, slow_upstream.base_url, streams=streams)
+                )
+            except BenchmarkError as exc:
+                # Reported, not fatal, as the proxy's.
+                print(
+                    f"memory: {target}, {streams} open slow streams FAILED: {exc}", file=sys.stderr
+                )
+                MEMORY_FAILURES.append(f"{target}, {streams} open slow streams: {exc}")
+    return results
+
+
+def _event_cost(settings: Settings, plan: CpuPlan, progress: _Progress) -> list[EventCost]:
+    """CPU per streamed event on long streams (the library, c=1), per length."""
+
+    def report(cost: EventCost) -> None:
+        progress.step(
+            f"stream c=1   long stream {cost.events:>6} events  "
+            f"{cost.cpu_us_per_event:7.2f} CPU us/event"
+        )
+
+    repeats = _SMOKE_EVENT_REPEATS if settings.smoke else _FULL_EVENT_REPEATS
+    runs = measure_event_cost(
+        _event_lengths(settings), repeats=repeats, cpu=plan.upstream, on_result=report
+    )
+    return summarize_event_cost(runs)
+
+
 def _proxy_memory(settings: Settings, plan: CpuPlan) -> list[MemoryResult]:
     """The proxy: idle, under a slow consumer, and holding many slow streams open."""
     events = _SLOW_EVENTS[settings.smoke]
@@ -344,7 +430,7 @@ def _proxy_memory(settings: Settings, plan: CpuPlan) -> list[MemoryResult]:
 def _proxy_progress(progress: _Progress) -> Callable[[ProxyRun], None]:
     def report(run: ProxyRun) -> None:
         progress.step(
-            f"{run.case.mode:<6} c={run.case.concurrency:<3} {run.case.target + ' (wrk)':<10} "
+            f"{run.case.mode:<6} c={run.case.concurrency:<3} {run.case.target + ' (wrk)':<13} "
             f"{run.requests_per_s:7.0f} req/s  p50 {run.latency_p50_ms:7.2f} ms"
         )
 
@@ -361,6 +447,10 @@ def _first_event_progress(progress: _Progress) -> Callable[[FirstEvent], None]:
     return report
 
 
+_EVENT_COST_TITLE: Final = (
+    "CPU per streamed event, long streams (the library, c=1, one response per repeat, each "
+    "event its own write upstream; CPU of the reading process / events)"
+)
 _FIRST_EVENT_TITLE: Final = (
     "time to first event (a sequential probe as one of c concurrent streams, the others from "
     "wrk), proxy vs the upstream directly"
@@ -393,7 +483,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = datetime.datetime.now(datetime.UTC)
     plan = plan_cpus()
     command = shlex.join(["python", "-m", "benchmarks", *(sys.argv[1:] if argv is None else argv)])
-    print(f"sluicegate benchmarks: {plan.note}", file=sys.stderr, flush=True)
+    shape = upstream_shape(settings.tokens)
+    print(f"sluicegate benchmarks: {plan.note}; {shape}", file=sys.stderr, flush=True)
     begin = time.perf_counter()
     try:
         with run_fake_upstream(tokens=settings.tokens, cpu=plan.upstream) as upstream:
@@ -404,6 +495,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress.step("memory: the library under a slow consumer")
             runs = _run_library(settings, upstream, progress)
             runs += _run_litellm(settings, upstream, plan.measure, progress)
+            event_costs = _event_cost(settings, plan, progress)
+            memory_results += _library_open_streams(settings, plan)
+            progress.step("memory: open slow streams held by the library and the aiohttp floor")
             proxy_runs = measure_proxy(
                 upstream_url=upstream.base_url,
                 plan=plan,
@@ -445,6 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summaries = summarize(runs)
     checks = check_targets(summaries)
     print()
+    print(shape)
     print(text_table(summaries))
     print()
     if settings.smoke:
@@ -460,7 +555,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(
         "HTTP proxy (sluicegate serve) vs the upstream directly, same load generator (wrk); "
-        "CPU is the proxy process's:"
+        "CPU is the proxy process's; req/CPU-s = requests per CPU-second of the proxy process "
+        f"(its requests/s per core); {shape}:"
     )
     print(proxy_table(proxy_summaries))
     for failure in COMPARISON_FAILURES:
@@ -468,6 +564,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(_FIRST_EVENT_TITLE + ":")
     print(first_event_table(first_events))
+    print()
+    print(_EVENT_COST_TITLE + ":")
+    print(event_cost_table(event_costs))
     print()
     print("memory:")
     print(memory_table(memory_results))
@@ -482,6 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "Response's JSON):"
     )
     print(recording_table(recording))
+    print(recording_line(recording))
     print()
     print("the router's pick (100 deployments in one group, live state; no I/O):")
     print(routing_table(routing))
@@ -493,6 +593,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(cache_table(cache_runs))
     for check in [*routing_checks(routing), *cache_checks(cache_runs)]:
         print(f"  {check.verdict}  {check.name}: {check.detail}")
+    headline = headline_lines(
+        upstream_shape=shape,
+        summaries=summaries,
+        memory_results=memory_results,
+        event_costs=event_costs,
+        recording=recording,
+        proxy=proxy_summaries,
+        aiohttp_missing=None if aiohttp_available() else _NO_AIOHTTP,
+    )
+    print()
+    print(headline_text(headline))
 
     meta: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"),
@@ -516,6 +627,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "proxy": proxy_json(proxy_summaries),
         "proxy_first_event": first_event_json(first_events),
         "memory": memory_json(memory_results),
+        "upstream_shape": shape,
+        "event_cost": event_cost_json(event_costs),
+        "summary": headline,
         "memory_failures": MEMORY_FAILURES,
         "comparison_failures": COMPARISON_FAILURES,
     }
@@ -536,6 +650,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         md.write(proxy_table(proxy_summaries, markdown=True) + "\n")
         md.write("\n## Time to first event\n\n" + _FIRST_EVENT_TITLE + ".\n\n")
         md.write(first_event_table(first_events, markdown=True) + "\n")
+        md.write("\n## CPU per streamed event\n\n" + _EVENT_COST_TITLE + ".\n\n")
+        md.write(event_cost_table(event_costs, markdown=True) + "\n")
         md.write("\n## Memory\n\n")
         md.write(memory_table(memory_results, markdown=True) + "\n")
         md.write(
@@ -547,6 +663,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         md.write(routing_table(routing, markdown=True) + "\n")
         md.write("\n## Prompt-cache affinity (simulated hit rate)\n\n")
         md.write(cache_table(cache_runs, markdown=True) + "\n")
+        md.write("\n" + headline_markdown(headline) + "\n")
     proxy_series = [
         {
             "target": f"{s.case.target} (wrk)",

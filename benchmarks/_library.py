@@ -1,4 +1,4 @@
-"""The library targets (the floor and sluicegate), each measured in a child process of its own.
+"""The library targets (the floors and sluicegate), each measured in a child process of its own.
 
 Why a child per target: a process's memory cannot be split between two targets sharing it, so
 with both in the suite's own process no RSS figure per target was possible. Alone in its process,
@@ -14,7 +14,9 @@ The protocol: the parent runs ``python -m benchmarks._library <target> <upstream
 :func:`~benchmarks._runner.run_case`, and prints one JSON line per case as soon as it is
 measured (:meth:`~benchmarks._runner.CaseRun.to_json`, with the child's RSS after the case and
 its peak). The parent reads the lines as they come (its progress advances per case), checks
-each is the case it expects, and fails with the child's stderr if the child does.
+each is the case it expects, and fails with the child's stderr if the child does. The aiohttp
+floor runs on asyncio, so its child is ``python -m benchmarks._aiohttp`` with the same arguments
+and the same lines (``_aiohttp.py``), a child that never imports trio, httpx or sluicegate.
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final
+from typing import IO, TYPE_CHECKING, Final
 
 import attrs
 import trio
 
-from ._report import FLOOR, SLUICEGATE
+from ._cases import LibraryPlan as LibraryPlan
+from ._report import AIOHTTP_FLOOR, FLOOR, SLUICEGATE
 from ._runner import Case, CaseRun, process_memory, run_case
 from ._targets import open_floor, open_sluicegate
 from ._upstream import BenchmarkError, FakeUpstreamProcess
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
     from ._targets import Target
 
 __all__ = [
+    "CHILD_MODULES",
     "LIBRARY_TARGETS",
     "LINE_TIMEOUT",
     "LibraryPlan",
@@ -56,41 +60,19 @@ LIBRARY_TARGETS: Final[Mapping[str, Callable[[str], AbstractAsyncContextManager[
     FLOOR: open_floor,
     SLUICEGATE: open_sluicegate,
 }
+#: The module each target's child runs, ``python -m <module> <target> ...``: this one for the
+#: trio targets, ``_aiohttp.py`` for the asyncio one.
+CHILD_MODULES: Final[Mapping[str, str]] = {
+    FLOOR: "benchmarks._library",
+    AIOHTTP_FLOOR: "benchmarks._aiohttp",
+    SLUICEGATE: "benchmarks._library",
+}
 #: The longest a child may take to print its next case (its start and warm-up included): far
 #: more than any case takes, so only a child that hangs reaches it.
 LINE_TIMEOUT: Final = 300.0
 #: ``python -m benchmarks._library`` must find this package whatever the caller's directory.
 _ROOT: Final = Path(__file__).resolve().parent.parent
 _STDERR_TAIL: Final = 3000
-
-
-@attrs.frozen(kw_only=True)
-class LibraryPlan:
-    """What one child measures (one repeat of one target)."""
-
-    #: (concurrency, measured requests), concurrency ascending: within a child the pool only
-    #: grows, so every case finds about as many connections as it needs.
-    requests: tuple[tuple[int, int], ...]
-    warmup_s: float
-
-    def cases(self, target: str) -> list[tuple[Case, int]]:
-        """Every case with its request count, in the order the child runs them."""
-        return [
-            (Case(target=target, stream=stream, concurrency=concurrency), requests)
-            for concurrency, requests in self.requests
-            for stream in (False, True)
-        ]
-
-    def to_json(self) -> str:
-        return json.dumps({"requests": self.requests, "warmup_s": self.warmup_s})
-
-    @classmethod
-    def from_json(cls, text: str) -> LibraryPlan:
-        data: Any = json.loads(text)
-        return cls(
-            requests=tuple((int(c), int(n)) for c, n in data["requests"]),
-            warmup_s=float(data["warmup_s"]),
-        )
 
 
 def case_line(run: CaseRun) -> str:
@@ -134,9 +116,9 @@ def measure_library(
         BenchmarkError: the child failed, hung (no line within ``line_timeout``), or printed
             something other than the expected cases; with the tail of its stderr.
     """
-    if target not in LIBRARY_TARGETS:
+    if target not in CHILD_MODULES:
         raise ValueError(f"unknown library target {target!r}")
-    argv = [sys.executable, "-m", "benchmarks._library", target, upstream.base_url]
+    argv = [sys.executable, "-m", CHILD_MODULES[target], target, upstream.base_url]
     argv += [str(upstream.pid), plan.to_json()]
     expected = plan.cases(target)
     runs: list[CaseRun] = []

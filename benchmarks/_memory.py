@@ -10,6 +10,10 @@ Three measurements, all of resident set size (``VmRSS`` in ``/proc/<pid>/status`
   every one of them has received its first event, the server's RSS is sampled; **memory per
   open stream** is (RSS with all open - idle RSS) ÷ streams. This is what a gateway holding
   thousands of long generations costs per connection: buffers, tasks, channels, parser state.
+  The same for the library (:func:`library_open_streams`: ``gw.stream(...)`` held open in a
+  process of its own, a fresh heap) and, as the reference, for the aiohttp floor
+  (``_aiohttp.open_streams``): :func:`measure_open_streams` runs either in a child process and
+  reads back its result; there RSS is the holding process's own (``/proc/self/status``).
 - **Slow consumer** (:func:`slow_consumer_library`, :func:`slow_consumer_proxy`): one long
   stream from an upstream that sends as fast as it can, read at one event per ``interval``.
   Backpressure has to reach the upstream socket: if any stage buffers what its consumer has not
@@ -38,8 +42,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import math
 import resource
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncGenerator
 from pathlib import Path
@@ -71,6 +78,8 @@ __all__ = [
     "RunningServer",
     "Server",
     "SlowConsumerRun",
+    "library_open_streams",
+    "measure_open_streams",
     "memory_checks",
     "memory_json",
     "memory_table",
@@ -522,6 +531,189 @@ async def open_slow_streams(
     )
 
 
+async def library_open_streams(
+    upstream_url: str,
+    *,
+    streams: int = 500,
+    read_interval: float = 0.1,
+    opening: int = 32,
+    settle: float = 1.0,
+    samples: int = 3,
+    open_within: float | None = None,
+    target: str = "library",
+) -> OpenStreams:
+    """Memory per open stream for the library, in this process: :func:`open_slow_streams` with
+    ``gw.stream(...)`` in place of HTTP requests to a server.
+
+    One gateway on ``upstream_url`` (a slow fake upstream, ``--token-delay``), recording in a
+    SQLite file and with a pool of one connection per stream (the pool must not be what queues
+    them). After a warm-up (a create, and a stream dropped at its first delta) and half a
+    second, this process's RSS; then ``streams`` streams opened at once (at most ``opening``
+    waiting for their first event), each reading an event per ``read_interval``; ``settle``
+    seconds after all have their first event, the highest of ``samples`` RSS samples; then all
+    closed (cancelled: each upstream request is cancelled too), and ``settle`` seconds later the
+    RSS once more. Run it in a process of its own (:func:`measure_open_streams`): a heap that
+    has been busy hides growth.
+
+    Raises:
+        BenchmarkError: the gateway failed, a stream ended while held, or the streams were not
+            all open within ``open_within`` seconds (default: 30 s + 0.1 s per stream).
+    """
+    if streams < 1:
+        raise ValueError(f"streams must be positive, not {streams}")
+    raise_open_file_limit(streams + 256)
+    if open_within is None:
+        open_within = 30.0 + 0.1 * streams
+    state = _Holders(streams=streams)
+    gate = trio.Semaphore(opening)
+    peak = 0
+    with tempfile.TemporaryDirectory(prefix="sluicegate-bench-") as scratch:
+        config = _library_config(upstream_url, str(Path(scratch) / "held.db"))
+        config["general_settings"] |= {
+            "max_connections": streams + 64,
+            "max_keepalive_connections": streams + 64,
+        }
+        try:
+            async with sluicegate.open_gateway(config) as gateway:
+                await gateway.responses(model=GATEWAY_MODEL, input=INPUT)
+                async with gateway.stream(model=GATEWAY_MODEL, input=INPUT) as warm:
+                    async for event in warm:
+                        if event.type == "response.output_text.delta":
+                            break
+                await trio.sleep(_SETTLE_S)
+                idle = rss_bytes()
+                began = trio.current_time()
+                async with trio.open_nursery() as nursery:
+                    for n in range(streams):
+                        nursery.start_soon(
+                            functools.partial(
+                                _hold_library_stream,
+                                n,
+                                gateway,
+                                state,
+                                gate,
+                                nursery.cancel_scope,
+                                read_interval=read_interval,
+                            )
+                        )
+                    with trio.move_on_after(open_within) as opening_scope:
+                        await state.all_open.wait()
+                    if opening_scope.cancelled_caught:
+                        state.fail(
+                            BenchmarkError(
+                                f"{state.opened} of {streams} library streams open after "
+                                f"{open_within} s"
+                            ),
+                            nursery.cancel_scope,
+                        )
+                    open_s = trio.current_time() - began
+                    await trio.sleep(settle)
+                    for i in range(samples):
+                        if i:
+                            await trio.sleep(settle / 2)
+                        peak = max(peak, rss_bytes())
+                    # The holders end only by failing or by this: every stream left early.
+                    nursery.cancel_scope.cancel()
+                if state.failure is not None:
+                    raise state.failure
+                await trio.sleep(settle)
+                closed = rss_bytes()
+        except sluicegate.SluicegateError as exc:
+            raise BenchmarkError(f"library: {exc}") from exc
+    return OpenStreams(
+        target=target,
+        streams=streams,
+        read_interval_s=read_interval,
+        open_s=open_s,
+        idle_rss_bytes=idle,
+        open_rss_bytes=peak,
+        closed_rss_bytes=closed,
+    )
+
+
+async def _hold_library_stream(
+    n: int,
+    gateway: sluicegate.Gateway,
+    state: _Holders,
+    gate: trio.Semaphore,
+    scope: trio.CancelScope,
+    *,
+    read_interval: float,
+) -> None:
+    """:func:`_hold_stream` for the library: open one stream, take its first event, then an
+    event every ``read_interval`` until cancelled."""
+    opening = True
+    await gate.acquire()
+    try:
+        async with gateway.stream(model=GATEWAY_MODEL, input=INPUT) as stream:
+            try:
+                await anext(stream)
+            except StopAsyncIteration:
+                raise BenchmarkError("a stream ended before its first event") from None
+            opening = False
+            gate.release()
+            state.opened += 1
+            if state.opened == state.streams:
+                state.all_open.set()
+            while True:
+                await trio.sleep(read_interval)
+                try:
+                    event = await anext(stream)
+                except StopAsyncIteration:
+                    raise BenchmarkError(
+                        "a stream ended while it was to be held open: start the slow upstream "
+                        "with more tokens or a longer --token-delay"
+                    ) from None
+                if event.type in _FAILED:
+                    raise BenchmarkError(f"a held stream failed: {event.data!r:.300}")
+    except BenchmarkError as exc:
+        state.fail(BenchmarkError(f"library stream {n}: {exc}"), scope)
+    except sluicegate.SluicegateError as exc:
+        state.fail(BenchmarkError(f"library stream {n}: {exc}"), scope)
+    finally:
+        if opening:
+            gate.release()
+
+
+#: The child each holder of open streams runs in: ``python -m <module> <command> URL STREAMS``.
+_OPEN_STREAMS_CHILDREN: Final = {
+    "library": ("benchmarks._memory", "library-open-streams"),
+    "aiohttp-floor": ("benchmarks._aiohttp", "open-streams"),
+}
+_ROOT: Final = Path(__file__).resolve().parent.parent
+
+
+def measure_open_streams(
+    target: str, upstream_url: str, *, streams: int, timeout: float | None = None
+) -> OpenStreams:
+    """Memory per open stream for ``target`` (``library`` or ``aiohttp-floor``) in a child
+    process of its own (a fresh heap; it inherits this process's CPU affinity), holding
+    ``streams`` streams from ``upstream_url``, a slow fake upstream.
+
+    Raises:
+        BenchmarkError: the child failed or took over ``timeout`` seconds (default: 2 minutes
+            + 0.2 s per stream), with the tail of its stderr.
+    """
+    if target not in _OPEN_STREAMS_CHILDREN:
+        raise ValueError(f"unknown open-streams target {target!r}")
+    module, command = _OPEN_STREAMS_CHILDREN[target]
+    argv = [sys.executable, "-m", module, command, upstream_url, str(streams)]
+    if timeout is None:
+        timeout = 120.0 + 0.2 * streams
+    try:
+        done = subprocess.run(argv, cwd=_ROOT, capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchmarkError(f"{target}: {streams} open streams took over {timeout} s") from exc
+    if done.returncode != 0:
+        tail = done.stderr.decode("utf-8", "replace")[-3000:]
+        raise BenchmarkError(f"{target}: the open-streams child failed ({done.returncode}): {tail}")
+    try:
+        data: Any = json.loads(done.stdout.decode().strip().splitlines()[-1])
+        return OpenStreams(**data)
+    except (IndexError, TypeError, ValueError) as exc:
+        raise BenchmarkError(f"{target}: not an open-streams result: {done.stdout!r:.500}") from exc
+
+
 # -- slow consumer -----------------------------------------------------------------------------
 
 
@@ -841,7 +1033,10 @@ def memory_table(results: Sequence[MemoryResult], *, markdown: bool = False) -> 
             "closed MiB",
             "KiB/stream",
         ]
-        parts.append("open slow streams (server RSS; per stream = (open - idle) / streams)")
+        parts.append(
+            "open slow streams (RSS of the process holding them: the proxy server, the "
+            "library's or the aiohttp floor's own; per stream = (open - idle) / streams)"
+        )
         parts.append(_render(header, rows, left=1, markdown=markdown))
     slow = [r for r in results if isinstance(r, SlowConsumerRun)]
     if slow:
@@ -907,6 +1102,7 @@ def memory_json(results: Sequence[MemoryResult]) -> dict[str, Any]:
                 "open_rss_bytes": r.open_rss_bytes,
                 "closed_rss_bytes": r.closed_rss_bytes,
                 "per_stream_bytes": r.per_stream_bytes,
+                "per_stream_kib": r.per_stream_bytes / 1024,
             }
             for r in results
             if isinstance(r, OpenStreams)
@@ -936,3 +1132,21 @@ def memory_json(results: Sequence[MemoryResult]) -> dict[str, Any]:
             if isinstance(r, SlowConsumerRun)
         ],
     }
+
+
+def _main(argv: Sequence[str]) -> int:
+    """The library's open-streams child: ``library-open-streams UPSTREAM_URL STREAMS``; prints
+    its :class:`OpenStreams` as one JSON line."""
+    if len(argv) != 3 or argv[0] != "library-open-streams":
+        print(
+            "usage: python -m benchmarks._memory library-open-streams UPSTREAM_URL STREAMS",
+            file=sys.stderr,
+        )
+        return 2
+    result = trio.run(functools.partial(library_open_streams, argv[1], streams=int(argv[2])))
+    print(json.dumps(attrs.asdict(result)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))

@@ -14,8 +14,10 @@ one wrk run of ``seconds``; per run we record:
 - latency p50 and p99 (wrk's ``--latency`` distribution: the time from writing a request to
   reading its last byte, so for a stream the whole stream, not the first event);
 - for the proxy only: the server process's CPU (user + system, all threads, from ``/proc``)
-  over the run ÷ requests — **CPU ms per request** — and its RSS after the run (and once, idle,
-  before any load);
+  over the run ÷ requests — **CPU ms per request** — and its inverse, **requests per
+  CPU-second** (requests/s per core: what one worker serves once its core is saturated; with
+  LiteLLM's proxy measured too, the ratio of sluicegate's to LiteLLM's), and its RSS after the
+  run (and once, idle, before any load);
 - wrk's own CPU ÷ the run's duration, to show the generator is not what limits the numbers.
 
 Each case runs ``repeats`` times, interleaved with the other cases (the two targets alternate
@@ -680,6 +682,14 @@ class ProxyRun:
         return self.server_cpu_s / self.requests * 1e3
 
     @property
+    def requests_per_cpu_s(self) -> float | None:
+        """Requests served per CPU-second of the proxy process (None for the direct target,
+        without /proc, or when it used no measurable CPU)."""
+        if not self.server_cpu_s:
+            return None
+        return self.requests / self.server_cpu_s
+
+    @property
     def loadgen_busy(self) -> float:
         """wrk's CPU ÷ wall time (1.0 = one core busy)."""
         return self.loadgen_cpu_s / self.duration_s
@@ -1166,6 +1176,12 @@ class ProxySummary:
     p99_overhead_ms: float | None
     #: Proxy requests/s ÷ direct requests/s.
     throughput_ratio: float | None
+    #: Requests served per CPU-second the proxy process used (from /proc): requests/s per core
+    #: (None for the direct target).
+    requests_per_cpu_s: float | None = None
+    #: On sluicegate's proxy row: its requests per CPU-second ÷ LiteLLM's proxy's, for the same
+    #: mode and concurrency (None elsewhere, or without LiteLLM's row).
+    per_cpu_ratio_vs_litellm: float | None = None
 
 
 def _median_or_none(values: Iterable[float | None]) -> float | None:
@@ -1188,6 +1204,11 @@ def summarize_proxy(runs: Sequence[ProxyRun]) -> list[ProxySummary]:
         for case, group in by_case.items()
         if case.target == DIRECT
     }
+    per_cpu = {
+        case: statistics.median(values)
+        for case, group in by_case.items()
+        if (values := [v for r in group if (v := r.requests_per_cpu_s) is not None])
+    }
     summaries = []
     for case, group in by_case.items():
         p50 = statistics.median(r.latency_p50_ms for r in group)
@@ -1195,6 +1216,8 @@ def summarize_proxy(runs: Sequence[ProxyRun]) -> list[ProxySummary]:
         rps = statistics.median(r.requests_per_s for r in group)
         cpu = [c for r in group if (c := r.cpu_ms_per_request) is not None]
         base = direct.get((case.stream, case.concurrency)) if case.target != DIRECT else None
+        ours = per_cpu.get(case)
+        theirs = per_cpu.get(attrs.evolve(case, target=LITELLM_PROXY))
         summaries.append(
             ProxySummary(
                 case=case,
@@ -1214,6 +1237,10 @@ def summarize_proxy(runs: Sequence[ProxyRun]) -> list[ProxySummary]:
                 p50_overhead_ms=None if base is None else p50 - base[0],
                 p99_overhead_ms=None if base is None else p99 - base[1],
                 throughput_ratio=None if base is None or not base[2] else rps / base[2],
+                requests_per_cpu_s=ours,
+                per_cpu_ratio_vs_litellm=(
+                    ours / theirs if case.target == PROXY and ours and theirs else None
+                ),
             )
         )
     order = {DIRECT: 0, PROXY: 1, LITELLM_PROXY: 2}
@@ -1255,6 +1282,8 @@ _COLUMNS: Final[list[tuple[str, Callable[[ProxySummary], str]]]] = [
         "CPU spread",
         lambda s: _spread(s.cpu_ms_per_request, s.cpu_ms_min, s.cpu_ms_max, s.repeats),
     ),
+    ("req/CPU-s", lambda s: _opt(s.requests_per_cpu_s, ".0f")),
+    ("x LiteLLM/CPU-s", lambda s: _opt(s.per_cpu_ratio_vs_litellm, ".1f")),
     ("RSS MiB", lambda s: _mib(s.rss_bytes)),
     ("idle MiB", lambda s: _mib(s.idle_rss_bytes)),
     ("wrk busy", lambda s: f"{s.loadgen_busy * 100:.0f}%"),
@@ -1291,6 +1320,8 @@ def proxy_json(summaries: Sequence[ProxySummary]) -> list[dict[str, Any]]:
             "cpu_ms_per_request": s.cpu_ms_per_request,
             "cpu_ms_per_request_min": s.cpu_ms_min,
             "cpu_ms_per_request_max": s.cpu_ms_max,
+            "requests_per_cpu_second": s.requests_per_cpu_s,
+            "requests_per_cpu_second_vs_litellm_proxy": s.per_cpu_ratio_vs_litellm,
             "rss_bytes": s.rss_bytes,
             "idle_rss_bytes": s.idle_rss_bytes,
             "loadgen_busy": s.loadgen_busy,

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from ._runner import Case, CaseRun
 
 __all__ = [
+    "AIOHTTP_FLOOR",
     "FLOOR",
     "MAX_CONCURRENCY_GROWTH",
     "MAX_RATIO",
@@ -29,6 +30,8 @@ __all__ = [
 ]
 
 FLOOR: Final = "floor"
+#: The second floor: the same minimum work on aiohttp and asyncio (``_aiohttp.py``).
+AIOHTTP_FLOOR: Final = "aiohttp-floor"
 SLUICEGATE: Final = "sluicegate"
 #: sluicegate's CPU per request may be at most this multiple of the floor's.
 MAX_RATIO: Final = 1.5
@@ -59,6 +62,9 @@ class Summary:
     #: The target's process after the case, and its peak so far (None where not measured).
     rss_bytes: float | None = None
     peak_rss_bytes: float | None = None
+    #: CPU/request ÷ the aiohttp floor's for the same mode and concurrency (None on the floors'
+    #: own rows, or when the aiohttp floor was not measured).
+    aiohttp_ratio: float | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -86,15 +92,13 @@ def summarize(runs: Sequence[CaseRun]) -> list[Summary]:
     by_case: dict[Case, list[CaseRun]] = {}
     for run in runs:
         by_case.setdefault(run.case, []).append(run)
-    floor_cpu = {
-        (case.stream, case.concurrency): _median(r.cpu_ms_per_request for r in group)
-        for case, group in by_case.items()
-        if case.target == FLOOR
-    }
+    floor_cpu = _floor_cpu(by_case, FLOOR)
+    aiohttp_cpu = _floor_cpu(by_case, AIOHTTP_FLOOR)
     summaries = []
     for case, group in by_case.items():
         cpu = _median(r.cpu_ms_per_request for r in group)
         floor = floor_cpu.get((case.stream, case.concurrency))
+        aiohttp = aiohttp_cpu.get((case.stream, case.concurrency))
         first = _median_or_none(r.first_event_p50_s for r in group)
         summaries.append(
             Summary(
@@ -114,11 +118,23 @@ def summarize(runs: Sequence[CaseRun]) -> list[Summary]:
                 cpu_ratio=cpu / floor if case.target != FLOOR and floor else None,
                 rss_bytes=_median_or_none(r.rss_bytes for r in group),
                 peak_rss_bytes=_median_or_none(r.peak_rss_bytes for r in group),
+                aiohttp_ratio=(
+                    cpu / aiohttp if case.target not in (FLOOR, AIOHTTP_FLOOR) and aiohttp else None
+                ),
             )
         )
-    order = {FLOOR: 0, SLUICEGATE: 1}
+    order = {FLOOR: 0, AIOHTTP_FLOOR: 1, SLUICEGATE: 2}
     summaries.sort(key=lambda s: (s.case.stream, s.case.concurrency, order.get(s.case.target, 9)))
     return summaries
+
+
+def _floor_cpu(by_case: dict[Case, list[CaseRun]], target: str) -> dict[tuple[bool, int], float]:
+    """A floor's median CPU/request per (stream, concurrency)."""
+    return {
+        (case.stream, case.concurrency): _median(r.cpu_ms_per_request for r in group)
+        for case, group in by_case.items()
+        if case.target == target
+    }
 
 
 def check_targets(summaries: Sequence[Summary]) -> list[Check]:
@@ -187,6 +203,7 @@ _COLUMNS: Final[list[tuple[str, Callable[[Summary], str]]]] = [
     ("CPU ms/req", lambda s: f"{s.cpu_ms_per_request:.3f}"),
     ("spread", _spread),
     ("x floor", lambda s: _fmt(s.cpu_ratio, ".2f")),
+    ("x aiohttp", lambda s: _fmt(s.aiohttp_ratio, ".2f")),
     ("p50 ms", lambda s: f"{s.latency_p50_ms:.2f}"),
     ("p99 ms", lambda s: f"{s.latency_p99_ms:.2f}"),
     ("TTFE p50 ms", lambda s: _fmt(s.first_event_p50_ms, ".2f")),
@@ -260,6 +277,7 @@ def _summary_json(s: Summary) -> dict[str, Any]:
         "cpu_ms_per_request_min": s.cpu_ms_min,
         "cpu_ms_per_request_max": s.cpu_ms_max,
         "cpu_ratio_vs_floor": s.cpu_ratio,
+        "cpu_ratio_vs_aiohttp_floor": s.aiohttp_ratio,
         "latency_p50_ms": s.latency_p50_ms,
         "latency_p99_ms": s.latency_p99_ms,
         "first_event_p50_ms": s.first_event_p50_ms,
@@ -301,6 +319,10 @@ def write_results(
         "",
         f"`{meta['command']}` · {meta['cpus']} · medians of {meta['repeats']} repeat(s)",
         "",
+    ]
+    if meta.get("upstream_shape"):
+        lines += [str(meta["upstream_shape"]), ""]
+    lines += [
         markdown_table(summaries),
         "",
     ]

@@ -21,6 +21,14 @@ import httpx
 import orjson
 import trio
 
+# The settings every target shares live in _cases.py, which the aiohttp floor's child imports
+# without trio or httpx.
+from ._cases import API_KEY as API_KEY
+from ._cases import GATEWAY_MODEL as GATEWAY_MODEL
+from ._cases import INPUT as INPUT
+from ._cases import POOL_KEEPALIVE_EXPIRY as POOL_KEEPALIVE_EXPIRY
+from ._cases import POOL_SIZE as POOL_SIZE
+from ._cases import UPSTREAM_MODEL as UPSTREAM_MODEL
 from ._upstream import BenchmarkError
 
 if TYPE_CHECKING:
@@ -41,19 +49,6 @@ __all__ = [
     "open_sluicegate",
 ]
 
-#: The pool limits both targets share (the gateway's ``general_settings`` say the same).
-POOL_SIZE: Final = 128
-#: Both pools drop connections idle this long (httpx's default is 5 s, the gateway's 30 s). Short
-#: and the same on both sides on purpose: httpcore's pool scans every idle connection, several
-#: times per request, so its cost depends on how many idle connections it holds. Under steady
-#: load the pool shrinks to what the load needs once the spare connections expire; a short
-#: expiry lets it get there within the warm-up, so a case measures its own concurrency and not
-#: the previous case's pool (see the runner's warm-up).
-POOL_KEEPALIVE_EXPIRY: Final = 1.0
-GATEWAY_MODEL: Final = "bench"
-UPSTREAM_MODEL: Final = "bench-model"
-API_KEY: Final = "sk-bench"
-INPUT: Final = "hello"
 _COMPLETED: Final = "response.completed"
 
 

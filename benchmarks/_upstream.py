@@ -1,7 +1,10 @@
 """The fake upstream as a subprocess on its own CPU, and CPU pinning for the measuring process.
 
 The fake runs in another process so its CPU never shows up in ``time.process_time()`` of the
-measuring process, and on another core so the two do not take turns on one.
+measuring process, and on another core so the two do not take turns on one. It writes a stream
+as a real provider does (``--write-per-event``: the head, then every SSE event as a chunk in a
+write of its own), for every measurement: a stream that arrives in one buffer would spare every
+client the per-read work it does against a real provider.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ __all__ = [
     "pin_current_process",
     "plan_cpus",
     "run_fake_upstream",
+    "stream_events",
+    "upstream_shape",
 ]
 
 _LISTENING = re.compile(rb"listening on (http://\S+)")
@@ -92,9 +97,9 @@ class FakeUpstreamProcess:
 def run_fake_upstream(
     *, tokens: int, cpu: int | None, token_delay: float = 0.0
 ) -> Iterator[FakeUpstreamProcess]:
-    """Start ``python -m sluicegate.fake`` (pinned to ``cpu``), yield once it listens, and
-    terminate it on the way out, whatever happened in between. ``token_delay`` paces its
-    streamed words (the memory scenarios need slow streams)."""
+    """Start ``python -m sluicegate.fake --write-per-event`` (pinned to ``cpu``), yield once it
+    listens, and terminate it on the way out, whatever happened in between. ``token_delay``
+    paces its streamed words (the memory scenarios need slow streams)."""
     argv = [
         sys.executable,
         "-m",
@@ -107,6 +112,7 @@ def run_fake_upstream(
         str(tokens),
         "--token-delay",
         repr(token_delay),
+        "--write-per-event",
     ]
     preexec: Callable[[], None] | None = None
     if cpu is not None:
@@ -163,3 +169,29 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     finally:
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def stream_events(tokens: int) -> int:
+    """The events of one streamed answer of ``tokens`` deltas from the fake: a plain message,
+    sequence A around its deltas (the Responses streaming reference)."""
+    # Imported here, not above: the floor's child imports this module and must not load
+    # sluicegate (its RSS is the floor's alone; see _targets.py).
+    from sluicegate.fake._answers import build_response, sse_script
+
+    final = build_response(
+        {"model": "m", "input": "hello"},
+        response_id="resp_shape",
+        message_id="msg_shape",
+        created_at=0,
+        completed_at=0,
+        tokens=tokens,
+    )
+    return len(sse_script(final, plain=True).frames)
+
+
+def upstream_shape(tokens: int) -> str:
+    """The upstream's shape, the line printed and stored next to the figures."""
+    return (
+        "upstream: fake (python -m sluicegate.fake --write-per-event), each SSE event its own "
+        f"write, {tokens} deltas/{stream_events(tokens)} events per stream"
+    )

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks._library import (
+    CHILD_MODULES,
     LIBRARY_TARGETS,
     LibraryPlan,
     case_line,
@@ -25,7 +27,7 @@ from benchmarks._library import (
     parse_line,
 )
 from benchmarks._litellm import LiteLLMRun
-from benchmarks._report import summarize, text_table, write_results
+from benchmarks._report import AIOHTTP_FLOOR, summarize, text_table, write_results
 from benchmarks._runner import Case, CaseRun, process_memory
 from benchmarks._upstream import BenchmarkError, FakeUpstreamProcess, run_fake_upstream
 
@@ -154,6 +156,50 @@ def test_a_child_measures_every_case_with_its_rss(target: str) -> None:
         assert 0 < run.rss_bytes <= run.peak_rss_bytes
 
 
+def test_the_aiohttp_floor_child_measures_every_case_with_its_rss() -> None:
+    """The aiohttp floor (benchmarks/_aiohttp.py, on asyncio) speaks the trio children's
+    protocol: the same cases, the same figures."""
+    pytest.importorskip("aiohttp")
+    assert CHILD_MODULES[AIOHTTP_FLOOR] == "benchmarks._aiohttp"
+    plan = LibraryPlan(requests=((1, 2), (2, 4)), warmup_s=0.0)
+    with run_fake_upstream(tokens=4, cpu=None) as upstream:
+        runs = measure_library(AIOHTTP_FLOOR, upstream=upstream, plan=plan)
+    assert [r.case for r in runs] == [case for case, _ in plan.cases(AIOHTTP_FLOOR)]
+    for run in runs:
+        assert run.requests == run.case.concurrency * 2
+        assert run.cpu_s > 0
+        if run.case.stream:
+            assert run.events == run.requests * (4 + 8)  # every event of every stream
+            assert run.first_event_p50_s is not None
+            assert 0 < run.first_event_p50_s <= run.latency_p50_s
+        else:
+            assert run.events == run.requests
+            assert run.first_event_p50_s is None
+        assert 0 < run.latency_p50_s <= run.latency_p99_s
+        assert run.upstream_busy is None or run.upstream_busy >= 0
+        assert run.rss_bytes is not None and run.peak_rss_bytes is not None
+        assert 0 < run.rss_bytes <= run.peak_rss_bytes
+
+
+def test_the_aiohttp_child_loads_neither_trio_nor_httpx_nor_sluicegate() -> None:
+    """The aiohttp floor's RSS must be asyncio's and aiohttp's: its driver imports none of the
+    other targets' stacks."""
+    code = (
+        "import sys, benchmarks._aiohttp; "
+        "print([m for m in ('trio', 'httpx', 'sluicegate') if m in sys.modules])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, timeout=60, check=True
+    )
+    assert done.stdout.decode().strip() == "[]"
+
+
+def test_aiohttp_is_a_dev_requirement_so_ci_measures_the_aiohttp_floor() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert any(r.startswith("aiohttp") for r in project["optional-dependencies"]["dev"])
+    assert not any(r.startswith("aiohttp") for r in project["dependencies"])
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -233,6 +279,52 @@ def test_the_summary_takes_the_median_rss_and_the_table_shows_it(tmp_path: Path)
     assert [r["rss_bytes"] for r in document["runs"]] == [r.rss_bytes for r in runs]
     assert CaseRun.from_json(document["runs"][1]) == runs[1]
     assert "| RSS MiB |" in paths[2].read_text()
+
+
+def test_every_target_gets_its_ratio_to_the_aiohttp_floor(tmp_path: Path) -> None:
+    runs = [
+        case_run("sluicegate", cpu_s=0.2),  # 2 ms a request
+        case_run("floor", cpu_s=0.1),
+        case_run(AIOHTTP_FLOOR, cpu_s=0.05),
+        case_run("litellm", cpu_s=0.8),
+        # Another concurrency without the aiohttp floor: no ratio to it there.
+        case_run("sluicegate", concurrency=64, cpu_s=0.2),
+        case_run("floor", concurrency=64, cpu_s=0.1),
+    ]
+    summaries = summarize(runs)
+    assert [(s.case.target, s.case.concurrency) for s in summaries] == [
+        ("floor", 16),
+        (AIOHTTP_FLOOR, 16),
+        ("sluicegate", 16),
+        ("litellm", 16),
+        ("floor", 64),
+        ("sluicegate", 64),
+    ]
+    floor, aiohttp, ours, litellm, _, ours_64 = summaries
+    assert ours.aiohttp_ratio == pytest.approx(4.0)
+    assert litellm.aiohttp_ratio == pytest.approx(16.0)
+    assert floor.aiohttp_ratio is None and aiohttp.aiohttp_ratio is None
+    assert ours_64.aiohttp_ratio is None
+    # The aiohttp floor against the httpx floor, as any other target.
+    assert aiohttp.cpu_ratio == pytest.approx(0.5)
+
+    header, _, *rows = text_table(summaries).splitlines()
+    assert "x floor  x aiohttp" in header
+    ours_row = next(r.split() for r in rows if r.split()[:3] == ["stream", "16", "sluicegate"])
+    # ... CPU ms/req, its spread (one repeat: none), x floor, x aiohttp, p50 ...
+    assert ours_row[5:9] == ["2.000", "-", "2.00", "4.00"]
+
+    meta = {"started": "now", "command": "test", "cpus": "-", "repeats": 1}
+    meta["upstream_shape"] = "upstream: fake, each SSE event its own write"
+    paths = write_results(
+        tmp_path, "run", "latest", meta=meta, runs=runs, summaries=summaries, checks=[]
+    )
+    document = json.loads(paths[0].read_text())
+    ratios = [s["cpu_ratio_vs_aiohttp_floor"] for s in document["summary"]]
+    assert ratios == [None, None, pytest.approx(4.0), pytest.approx(16.0), None, None]
+    markdown = paths[2].read_text()
+    assert "| x aiohttp |" in markdown
+    assert "\nupstream: fake, each SSE event its own write\n" in markdown
 
 
 def test_litellm_runs_carry_their_rss() -> None:

@@ -28,6 +28,8 @@ from benchmarks._memory import (
     RssSample,
     RunningServer,
     SlowConsumerRun,
+    library_open_streams,
+    measure_open_streams,
     memory_checks,
     memory_json,
     memory_table,
@@ -40,7 +42,7 @@ from benchmarks._memory import (
 )
 from benchmarks._report import Summary
 from benchmarks._runner import Case
-from benchmarks._upstream import BenchmarkError
+from benchmarks._upstream import BenchmarkError, run_fake_upstream
 from sluicegate.fake import open_fake_upstream
 from sluicegate.server import build_app, serve
 
@@ -155,6 +157,23 @@ def test_memory_table_markdown() -> None:
         assert lines[i - 1] == ""  # a caption, then a blank line, then the table
         assert lines[i + 1].startswith("| --- | ---: |")
     assert lines[0].startswith("**idle RSS")
+
+
+def test_the_memory_table_and_json_give_every_holder_of_open_streams() -> None:
+    """Library, proxy and aiohttp floor side by side: KiB per open stream each."""
+    holders = [held("library"), held("proxy"), held("aiohttp-floor")]
+    text = memory_table(holders)
+    assert "the proxy server, the library's or the aiohttp floor's own" in text
+    rows = {line.split()[0]: line.split() for line in text.splitlines()[3:] if line.strip()}
+    assert set(rows) == {"library", "proxy", "aiohttp-floor"}
+    assert all(row[-1] == "102.4" for row in rows.values())
+    document = memory_json(holders)
+    assert [(d["target"], d["per_stream_bytes"]) for d in document["open_streams"]] == [
+        ("library", 50 * MIB / 500),
+        ("proxy", 50 * MIB / 500),
+        ("aiohttp-floor", 50 * MIB / 500),
+    ]
+    assert [d["per_stream_kib"] for d in document["open_streams"]] == [pytest.approx(102.4)] * 3
 
 
 def test_memory_table_shows_only_what_was_measured() -> None:
@@ -304,6 +323,46 @@ async def test_the_library_slow_consumer_runs_on_loopback() -> None:
     assert (run.target, run.events, run.stream_bytes) == ("library", 40, None)
     assert run.samples[-1].events == 40
     assert run.before_rss_bytes > MIB
+
+
+async def test_the_library_open_streams_scenario_runs_on_loopback() -> None:
+    async with open_fake_upstream(tokens=400, token_delay=0.05, write_per_event=True) as fake:
+        streams = await library_open_streams(
+            fake.base_url, streams=4, read_interval=0.01, settle=0.05
+        )
+    assert (streams.target, streams.streams, streams.read_interval_s) == ("library", 4, 0.01)
+    assert streams.open_s > 0
+    assert min(streams.idle_rss_bytes, streams.open_rss_bytes, streams.closed_rss_bytes) > MIB
+
+
+async def test_a_library_stream_that_ends_while_held_is_a_benchmark_error() -> None:
+    async with open_fake_upstream(tokens=2) as fake:
+        with pytest.raises(BenchmarkError, match="more tokens"):
+            await library_open_streams(fake.base_url, streams=2, read_interval=0.0, settle=0.05)
+
+
+@pytest.mark.parametrize("target", ["library", "aiohttp-floor"])
+def test_open_streams_are_measured_in_a_child_of_their_own(target: str) -> None:
+    if target == "aiohttp-floor":
+        pytest.importorskip("aiohttp")
+    with run_fake_upstream(tokens=400, cpu=None, token_delay=0.05) as upstream:
+        streams = measure_open_streams(target, upstream.base_url, streams=3)
+    assert (streams.target, streams.streams) == (target, 3)
+    assert streams.open_s > 0
+    assert min(streams.idle_rss_bytes, streams.open_rss_bytes, streams.closed_rss_bytes) > MIB
+    # Not this process's RSS: a child's, alone with what it imports and holds.
+    assert streams.idle_rss_bytes != rss_bytes()
+
+
+def test_open_streams_of_an_unknown_target_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown open-streams target"):
+        measure_open_streams("proxy", "http://127.0.0.1:1/v1", streams=1)
+
+
+def test_a_failing_open_streams_child_raises_with_its_stderr() -> None:
+    # Nothing listens there: the child's warm-up fails, and so does the child.
+    with pytest.raises(BenchmarkError, match="the open-streams child failed"):
+        measure_open_streams("library", "http://127.0.0.1:1/v1", streams=1)
 
 
 # -- charts ------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import pytest
 from benchmarks import _proxy as bench_proxy
 from benchmarks._proxy import (
     DIRECT,
+    LITELLM_PROXY,
     PROXY,
     FirstEvent,
     ProxyRun,
@@ -352,12 +353,16 @@ def test_summary_takes_medians_and_the_overhead_over_direct() -> None:
     header, _, direct_row, proxy_row = table.splitlines()
     assert header.split()[:5] == ["mode", "conc", "target", "requests", "req/s"]
     assert " ".join(direct_row.split()) == (
-        "create 1 direct 1000x3 11000 ±9% - 0.20 0.50 - - - - - - 25%"
+        "create 1 direct 1000x3 11000 ±9% - 0.20 0.50 - - - - - - - - 25%"
     )
-    # CPU spread: half of (3.0 - 2.0) over the median 2.5.
+    # CPU spread: half of (3.0 - 2.0) over the median 2.5; requests per CPU-second: the median
+    # of 1000 / 2.0, 1000 / 3.0 and 1000 / 2.5; no LiteLLM row, no ratio to it.
     assert " ".join(proxy_row.split()) == (
-        "create 1 proxy 1000x3 350 ±14% 0.03 3.20 9.00 +3.00 +8.50 2.500 ±20% 50.0 40.0 25%"
+        "create 1 proxy 1000x3 350 ±14% 0.03 3.20 9.00 +3.00 +8.50 2.500 ±20% 400 - 50.0 40.0 25%"
     )
+    assert proxy.requests_per_cpu_s == pytest.approx(400)
+    assert proxy.per_cpu_ratio_vs_litellm is None
+    assert direct.requests_per_cpu_s is None
 
 
 def test_summary_pairs_each_proxy_case_with_its_own_direct_case() -> None:
@@ -399,6 +404,44 @@ def test_summary_pairs_each_proxy_case_with_its_own_direct_case() -> None:
     assert documents[1]["cpu_ms_per_request"] == pytest.approx(2.4)
     assert documents[0]["cpu_ms_per_request"] is None
     json.dumps(documents)  # JSON-ready as is
+
+
+def test_requests_per_cpu_second_and_the_ratio_to_litellms_proxy() -> None:
+    """Requests per CPU-second of each proxy process (its requests/s per core), and sluicegate's
+    over LiteLLM's at the same mode and concurrency, on sluicegate's row only."""
+    runs = [
+        _run(PROXY, rps=400, p50=3.0, p99=9.0, cpu_s=1.25),
+        _run(LITELLM_PROXY, rps=80, p50=12.0, p99=14.0, cpu_s=12.5),
+        _run(DIRECT, rps=10000, p50=0.1, p99=0.5),
+        _run(PROXY, stream=True, rps=300, p50=4.0, p99=9.0, cpu_s=2.0),
+        _run(DIRECT, stream=True, rps=9000, p50=0.2, p99=0.6),
+        # No CPU reading (no /proc): no figure, rather than a division by zero.
+        _run(PROXY, concurrency=16, rps=700, p50=20.0, p99=50.0, cpu_s=0.0),
+    ]
+    by_key = {(s.case.mode, s.case.concurrency, s.case.target): s for s in summarize_proxy(runs)}
+    ours = by_key["create", 1, PROXY]
+    theirs = by_key["create", 1, LITELLM_PROXY]
+    assert ours.requests_per_cpu_s == pytest.approx(800)
+    assert theirs.requests_per_cpu_s == pytest.approx(80)
+    assert ours.per_cpu_ratio_vs_litellm == pytest.approx(10.0)
+    assert theirs.per_cpu_ratio_vs_litellm is None
+    stream = by_key["stream", 1, PROXY]
+    assert stream.requests_per_cpu_s == pytest.approx(500)
+    assert stream.per_cpu_ratio_vs_litellm is None  # LiteLLM's stream row is missing
+    assert by_key["create", 16, PROXY].requests_per_cpu_s is None
+
+    header, _, *rows = proxy_table(list(by_key.values())).splitlines()
+    assert "req/CPU-s" in header and "x LiteLLM/CPU-s" in header
+    ours_row = next(" ".join(r.split()) for r in rows if r.split()[:3] == ["create", "1", PROXY])
+    # CPU ms/req, its spread (one repeat: none), requests per CPU-second, the ratio, RSS.
+    assert " 1.250 - 800 10.0 50.0 " in ours_row
+    summaries = list(by_key.values())
+    documents = {(d["mode"], d["concurrency"], d["target"]): d for d in proxy_json(summaries)}
+    assert documents["create", 1, PROXY]["requests_per_cpu_second"] == pytest.approx(800)
+    assert documents["create", 1, PROXY]["requests_per_cpu_second_vs_litellm_proxy"] == (
+        pytest.approx(10.0)
+    )
+    assert documents["create", 1, LITELLM_PROXY]["requests_per_cpu_second"] == pytest.approx(80)
 
 
 def test_the_proxy_binds_its_own_port_so_nobody_can_take_it_first(

@@ -18,6 +18,7 @@ import trio
 import trio.testing
 
 import sluicegate.fake
+import sluicegate.fake.__main__ as fake_main
 from sluicegate.fake import FakeUpstream, Fault, open_fake_upstream
 from sluicegate.fake import _answers as answers
 from sluicegate.fake._schema import minimal_instance
@@ -335,6 +336,79 @@ async def test_token_delay_paces_each_delta(autojump_clock: trio.testing.MockClo
     assert arrivals[-1] == ("response.completed", 2.0)
 
 
+def body_chunks(reply: bytes) -> list[bytes]:
+    """The chunks of a chunked response body (RFC 9112 §7.1), in order, up to the last chunk,
+    which must end the reply."""
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert b"\r\ntransfer-encoding: chunked\r\n" in head + b"\r\n"
+    chunks: list[bytes] = []
+    while True:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            assert body == b"\r\n"  # no trailers, nothing after the last chunk
+            return chunks
+        assert body[size : size + 2] == b"\r\n"
+        chunks.append(body[:size])
+        body = body[size + 2 :]
+
+
+def stream_request(body: dict[str, Any]) -> bytes:
+    data = json.dumps(body | {"stream": True}).encode()
+    return (
+        b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (len(data), data)
+    )
+
+
+@pytest.mark.parametrize("token_delay", [0.0, 0.25])
+async def test_write_per_event_sends_each_event_in_a_chunk_and_a_write_of_its_own(
+    autojump_clock: trio.testing.MockClock, token_delay: float
+) -> None:
+    """A real provider's shape (the benchmarks' upstream): the head, one write per SSE event,
+    each its own chunk, then the last chunk; paced or not."""
+    async with open_fake_upstream(
+        tokens=5, token_delay=token_delay, write_per_event=True
+    ) as upstream:
+        reply = await raw_exchange(upstream, stream_request({"model": "m"}))
+        await wait_for(lambda: upstream.statistics().connections_closed == 1)
+        stats = upstream.statistics()
+    chunks = body_chunks(reply)
+    for data in chunks:
+        assert data.startswith(b"event: ")
+        assert data.count(b"event: ") == data.count(b"\ndata: ") == 1
+        assert data.endswith(b"\n\n")
+    events = parse_events(b"".join(chunks).decode())
+    assert len(chunks) == len(events) == 5 + 8  # sequence A around 5 deltas
+    assert events[-1]["type"] == "response.completed"
+    # The head, every event, the last chunk: each a send_all of its own.
+    assert stats.writes == 1 + len(events) + 1
+    assert stats.bytes_written == len(reply)
+
+
+@pytest.mark.parametrize("token_delay", [0.0, 0.25])
+async def test_by_default_a_stream_goes_out_in_as_few_writes_as_the_pacing_allows(
+    autojump_clock: trio.testing.MockClock, token_delay: float
+) -> None:
+    """Regression guard for the tests' default: unpaced, the whole stream is one chunk in one
+    write; paced, one chunk per delta (what is due before each sleep)."""
+    async with open_fake_upstream(tokens=5, token_delay=token_delay) as upstream:
+        reply = await raw_exchange(upstream, stream_request({"model": "m"}))
+        await wait_for(lambda: upstream.statistics().connections_closed == 1)
+        stats = upstream.statistics()
+    chunks = body_chunks(reply)
+    assert len(parse_events(b"".join(chunks).decode())) == 13
+    if token_delay:
+        assert len(chunks) == stats.writes == 1 + 5
+    else:
+        assert len(chunks) == stats.writes == 1
+
+
+def test_the_command_line_flag_asks_for_a_write_per_event() -> None:
+    assert fake_main._parse(["--write-per-event"]).write_per_event is True
+    assert fake_main._parse([]).write_per_event is False
+
+
 # -- faults -------------------------------------------------------------------------------
 
 
@@ -499,12 +573,15 @@ async def test_stall_on_non_stream_request(
     await wait_for(lambda: upstream.statistics().open_connections == 0)
 
 
+@pytest.mark.parametrize("write_per_event", [False, True])
 @pytest.mark.parametrize("token_delay", [0.0, 0.25])
 async def test_streaming_faults_strike_at_the_same_event_with_or_without_pacing(
-    autojump_clock: trio.testing.MockClock, token_delay: float
+    autojump_clock: trio.testing.MockClock, token_delay: float, write_per_event: bool
 ) -> None:
     async with (
-        open_fake_upstream(tokens=3, token_delay=token_delay) as upstream,
+        open_fake_upstream(
+            tokens=3, token_delay=token_delay, write_per_event=write_per_event
+        ) as upstream,
         httpx.AsyncClient(base_url=upstream.base_url, timeout=None) as client,
     ):
         upstream.script(

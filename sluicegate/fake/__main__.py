@@ -27,6 +27,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--token-delay", type=float, default=0.0, help="seconds before each streamed delta"
     )
     parser.add_argument("--api-key", default=None, help="require this key (default: none)")
+    parser.add_argument(
+        "--write-per-event",
+        action="store_true",
+        help="write each SSE event as its own chunk in a write of its own, as a real provider "
+        "does (default: a stream in as few writes as the pacing allows)",
+    )
     return parser.parse_args(argv)
 
 
@@ -37,6 +43,7 @@ async def _serve(args: argparse.Namespace) -> None:
         token_delay=args.token_delay,
         api_key=args.api_key,
         record_requests=False,
+        write_per_event=args.write_per_event,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(functools.partial(upstream.serve, host=args.host, port=args.port))

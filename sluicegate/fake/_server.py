@@ -3,7 +3,10 @@
 Theory of operation: ``serve()`` runs ``trio.serve_listeners`` with one task per connection. A
 connection reads one request at a time (no pipelining), records it, and answers it; answers are
 pre-built byte strings from ``_answers`` written with as few ``send_all`` calls as the pacing
-allows, because benchmarks run the gateway against this server and must not measure it.
+allows, because tests run the gateway against this server by the thousand. With
+``write_per_event`` a stream is shaped like a real provider's instead: the head, then every SSE
+event in a chunk and a ``send_all`` of its own, so a client reads events as they are written
+rather than one buffer holding them all (what the benchmarks measure against).
 
 Scripted faults (``_faults``) are consumed one per ``POST /responses``, after authentication and
 routing but before the body is looked at, so a scripted status wins even over a malformed body.
@@ -102,6 +105,8 @@ class FakeStatistics:
     requests: int
     #: Every byte a ``send_all`` finished sending, on any connection.
     bytes_written: int
+    #: The ``send_all`` calls that finished, on any connection.
+    writes: int
 
 
 class _Next(enum.Enum):
@@ -143,12 +148,16 @@ class FakeUpstream:
             its account: reasoning state one key was given is refused under another.
         record_requests: keep every request for :attr:`requests`; long benchmark runs turn this
             off so memory stays flat.
+        write_per_event: write a stream as a real provider does, each SSE event its own chunk
+            in a ``send_all`` of its own (after the head in one of its own, the last chunk in
+            another); by default a stream goes out in as few writes as the pacing allows.
     """
 
     tokens: int = attrs.field(default=20, validator=attrs.validators.ge(0))
     token_delay: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
     api_key: str | None = None
     record_requests: bool = True
+    write_per_event: bool = False
 
     _faults: deque[Fault] = attrs.field(init=False, factory=deque)
     _requests: list[RecordedRequest] = attrs.field(init=False, factory=list)
@@ -166,6 +175,7 @@ class FakeUpstream:
     _connections_closed: int = attrs.field(init=False, default=0)
     _request_count: int = attrs.field(init=False, default=0)
     _bytes_written: int = attrs.field(init=False, default=0)
+    _writes: int = attrs.field(init=False, default=0)
 
     def script(self, *faults: Fault) -> None:
         """Queue ``faults``; each ``POST /responses`` consumes one from the front, and an empty
@@ -189,13 +199,14 @@ class FakeUpstream:
         return self._url
 
     def statistics(self) -> FakeStatistics:
-        """Connection, request and byte counts since this instance was created."""
+        """Connection, request, byte and write counts since this instance was created."""
         return FakeStatistics(
             connections_opened=self._connections_opened,
             connections_closed=self._connections_closed,
             open_connections=self._connections_opened - self._connections_closed,
             requests=self._request_count,
             bytes_written=self._bytes_written,
+            writes=self._writes,
         )
 
     async def serve(
@@ -398,6 +409,7 @@ class _Connection:
     async def _send(self, data: bytes) -> None:
         await self.stream.send_all(data)
         self.upstream._bytes_written += len(data)
+        self.upstream._writes += 1
 
     def _json_head(self, status: int, length: int, extra: Iterable[tuple[str, str]] = ()) -> bytes:
         headers = [_JSON, ("content-length", str(length)), ("x-request-id", self._request_id)]
@@ -615,6 +627,8 @@ class _Connection:
         if self.upstream.token_delay > 0:
             if not await self._write_paced(head, plan, finish=finish):
                 return _Next.CLOSE  # the client hung up mid-stream
+        elif self.upstream.write_per_event:
+            await self._write_each(head, plan, finish=finish)
         else:
             frames = b"".join(frame for frame, _ in plan)
             await self._send(head + chunk(frames) + (LAST_CHUNK if finish else b""))
@@ -628,7 +642,8 @@ class _Connection:
     async def _write_paced(
         self, head: bytes, plan: list[tuple[bytes, bool]], *, finish: bool
     ) -> bool:
-        """Write ``plan``, sleeping before each delta and flushing what is due before sleeping.
+        """Write ``plan``, sleeping before each delta: in bursts, flushing what is due before
+        sleeping, or with ``write_per_event`` a write per frame.
 
         Returns False when the client hung up, which a watcher notices at once instead of at the
         next write (a write into a half-closed TCP connection only fails on the one after).
@@ -648,20 +663,45 @@ class _Connection:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch, nursery.cancel_scope)
             try:
-                pending = head
-                burst: list[bytes] = []
-                for frame, paced in plan:
-                    if paced:
-                        if burst or pending:
-                            await self._send(pending + chunk(b"".join(burst)))
-                            pending, burst = b"", []
-                        await trio.sleep(self.upstream.token_delay)
-                    burst.append(frame)
-                await self._send(pending + chunk(b"".join(burst)) + (LAST_CHUNK if finish else b""))
+                if self.upstream.write_per_event:
+                    await self._write_each(head, plan, finish=finish)
+                else:
+                    await self._write_bursts(head, plan, finish=finish)
             except trio.BrokenResourceError:
                 hung_up = True
             nursery.cancel_scope.cancel()
         return not hung_up
+
+    async def _write_bursts(
+        self, head: bytes, plan: list[tuple[bytes, bool]], *, finish: bool
+    ) -> None:
+        """Write ``plan`` in as few writes as the pacing allows: what is due goes out in one
+        chunk before each sleep."""
+        pending = head
+        burst: list[bytes] = []
+        for frame, paced in plan:
+            if paced:
+                if burst or pending:
+                    await self._send(pending + chunk(b"".join(burst)))
+                    pending, burst = b"", []
+                await trio.sleep(self.upstream.token_delay)
+            burst.append(frame)
+        await self._send(pending + chunk(b"".join(burst)) + (LAST_CHUNK if finish else b""))
+
+    async def _write_each(
+        self, head: bytes, plan: list[tuple[bytes, bool]], *, finish: bool
+    ) -> None:
+        """Write ``plan`` as a real provider does: the head, then each frame as a chunk of its
+        own in a ``send_all`` of its own (sleeping ``token_delay`` before each delta, if any),
+        then the last chunk."""
+        delay = self.upstream.token_delay
+        await self._send(head)
+        for frame, paced in plan:
+            if paced and delay > 0:
+                await trio.sleep(delay)
+            await self._send(chunk(frame))
+        if finish:
+            await self._send(LAST_CHUNK)
 
 
 @contextlib.asynccontextmanager
@@ -671,6 +711,7 @@ async def open_fake_upstream(
     token_delay: float = 0.0,
     api_key: str | None = None,
     record_requests: bool = True,
+    write_per_event: bool = False,
 ) -> AsyncIterator[FakeUpstream]:
     """Serve a :class:`FakeUpstream` on ``127.0.0.1`` (a free port) for the ``async with`` body.
 
@@ -679,7 +720,11 @@ async def open_fake_upstream(
     exception group.
     """
     upstream = FakeUpstream(
-        tokens=tokens, token_delay=token_delay, api_key=api_key, record_requests=record_requests
+        tokens=tokens,
+        token_delay=token_delay,
+        api_key=api_key,
+        record_requests=record_requests,
+        write_per_event=write_per_event,
     )
     failure: BaseException | None = None
     async with trio.open_nursery() as nursery:
