@@ -212,11 +212,20 @@ class Response:
 
 @attrs.frozen(kw_only=True)
 class StreamEvent:
-    """Base of the canonical stream event families; ``data`` is the whole wire payload."""
+    """Base of the canonical stream event families; ``data`` is the whole wire payload.
+
+    ``raw`` is the JSON text ``data`` was parsed from, exactly as the upstream sent it (the
+    ``data:`` lines of its SSE frame), or ``None``. Only a decoder that parsed ``data`` from it
+    sets it, so a writer may send it instead of encoding ``data`` again (docs/design.md §6.5).
+    Every copy with a change (``with_*``, a new event built from ``data``) has ``None``: a
+    changed event is never sent as the bytes it arrived as. Hence ``data`` is never changed in
+    place, which would leave ``raw`` saying something else. It takes no part in equality.
+    """
 
     type: str
     sequence_number: int
     data: Mapping[str, Any] = attrs.field(repr=False)
+    raw: bytes | None = attrs.field(default=None, eq=False, repr=False)
 
     def to_dict(self) -> WireDict:
         return dict(self.data)
@@ -226,6 +235,7 @@ class StreamEvent:
             self,
             sequence_number=sequence_number,
             data={**self.data, "sequence_number": sequence_number},
+            raw=None,  # evolve copies every field; the upstream's bytes hold the old number
         )
 
 
@@ -258,7 +268,7 @@ class ResponseEvent(StreamEvent):
         return self.type in TERMINAL_TYPES
 
     def with_response_fields(self, **fields: Any) -> ResponseEvent:
-        """A copy whose Response has these wire fields replaced."""
+        """A copy whose Response has these wire fields replaced (and no ``raw``)."""
         return ResponseEvent(
             type=self.type,
             sequence_number=self.sequence_number,
@@ -378,8 +388,11 @@ _FAMILY_BY_TYPE: dict[str, type[StreamEvent]] = {
 }
 
 
-def event_from_wire(data: Any) -> StreamEvent:
-    """Wrap one decoded wire event (a dict with ``type`` and ``sequence_number``)."""
+def event_from_wire(data: Any, *, raw: bytes | None = None) -> StreamEvent:
+    """Wrap one decoded wire event (a dict with ``type`` and ``sequence_number``).
+
+    ``raw``: the JSON text ``data`` was parsed from, as received (see :class:`StreamEvent`);
+    only for ``data`` fresh from the parser, never for a dict built or changed here."""
     if not isinstance(data, dict):
         raise UpstreamProtocolError("upstream sent a stream event that is not a JSON object")
     etype = data.get("type")
@@ -393,7 +406,7 @@ def event_from_wire(data: Any) -> StreamEvent:
         response = data.get("response")
         if not isinstance(response, dict) or not isinstance(response.get("id"), str):
             raise UpstreamProtocolError(f"upstream sent {etype!r} without a response object")
-        return ResponseEvent(type=etype, sequence_number=seq, data=data)
+        return ResponseEvent(type=etype, sequence_number=seq, data=data, raw=raw)
     family = _FAMILY_BY_TYPE.get(etype)
     if family is None:
         if etype.endswith(".delta"):
@@ -402,4 +415,4 @@ def event_from_wire(data: Any) -> StreamEvent:
             family = ItemEvent
         else:
             family = UnknownEvent
-    return family(type=etype, sequence_number=seq, data=data)
+    return family(type=etype, sequence_number=seq, data=data, raw=raw)

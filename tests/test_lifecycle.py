@@ -48,6 +48,28 @@ def test_missing_sequence_numbers_are_filled_gaplessly() -> None:
     assert [e.to_dict()["sequence_number"] for e in out] == list(range(len(raw)))
 
 
+def test_a_rightly_numbered_event_keeps_its_bytes_and_a_renumbered_one_drops_them() -> None:
+    """The proxy sends ``raw`` as the event: a renumbered event must not carry the number it
+    arrived with (docs/design.md §6.5)."""
+    events = _events("openai_text.sse")
+    out = StreamTracker().observe_all(events)
+    assert all(a is b and a.raw is not None for a, b in zip(out, events, strict=True))
+    shifted = StreamTracker()
+    shifted.observe(events[0])
+    # One more event than the upstream numbered: everything after it moves up by one.
+    shifted.observe(event_from_wire({"type": "response.future_widget.progress"}))
+    renumbered = shifted.observe_all(events[1:])
+    assert [e.sequence_number for e in renumbered] == list(range(2, len(events) + 1))
+    assert all(e.raw is None for e in renumbered)
+
+
+def test_events_made_to_close_a_failed_stream_have_no_raw() -> None:
+    tracker = StreamTracker()
+    tracker.observe_all(_cut_before("openai_text.sse", "response.output_text.done"))
+    closing = tracker.fail(UpstreamConnectionError("connection reset", retryable=False))
+    assert closing and all(e.raw is None for e in closing)
+
+
 def test_order_violations_are_protocol_errors() -> None:
     events = _events("openai_text.sse")
     with pytest.raises(UpstreamProtocolError, match=r"before 'response\.created'"):

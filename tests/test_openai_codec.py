@@ -5,7 +5,14 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from sluicegate import DeltaEvent, ItemEvent, OutputItemEvent, ResponseEvent, UnknownEvent
+from sluicegate import (
+    DeltaEvent,
+    ItemEvent,
+    OutputItemEvent,
+    ResponseEvent,
+    StreamEvent,
+    UnknownEvent,
+)
 from sluicegate.codecs._lifecycle import StreamTracker
 from sluicegate.codecs.openai_responses import (
     ResponsesBodyDecoder,
@@ -16,6 +23,7 @@ from sluicegate.codecs.openai_responses import (
     parse_error_response,
     parse_retry_after,
 )
+from sluicegate.codecs.sse import encode_event
 from sluicegate.config import Deployment, Secret
 from sluicegate.errors import UpstreamProtocolError, UpstreamStatusError
 
@@ -25,25 +33,55 @@ from .conftest import fixture_bytes
 STREAMS = ["openai_text.sse", "openai_function_call.sse", "openai_image_generation.sse"]
 
 
+def _payloads(data: bytes) -> list[bytes]:
+    """The ``data:`` payloads of a fixture whose frames have one data line each."""
+    return [line[6:] for line in data.splitlines() if line.startswith(b"data: ")]
+
+
 def _wire(data: bytes) -> list[dict[str, object]]:
-    return [orjson.loads(line[6:]) for line in data.splitlines() if line.startswith(b"data: ")]
+    return [orjson.loads(payload) for payload in _payloads(data)]
+
+
+def _wire_and_raw(event: StreamEvent) -> tuple[dict[str, object], bytes | None]:
+    return event.to_dict(), event.raw
 
 
 @pytest.mark.parametrize("name", STREAMS)
 def test_stream_fixture_decodes_identically_however_split(name: str) -> None:
     data = fixture_bytes(name)
-    events = assert_split_invariant(ResponsesStreamDecoder, data, normalize=lambda e: e.to_dict())
-    # Passthrough: every event, known or not, is exactly the upstream's JSON.
-    assert events == _wire(data)
+    events = assert_split_invariant(ResponsesStreamDecoder, data, normalize=_wire_and_raw)
+    # Passthrough: every event, known or not, is exactly the upstream's JSON, and keeps the
+    # bytes it came as (``raw``), the same however the stream was split.
+    assert [wire for wire, _ in events] == _wire(data)
+    assert [raw for _, raw in events] == _payloads(data)
 
 
 @pytest.mark.parametrize("name", STREAMS)
 def test_crlf_framing_decodes_the_same(name: str) -> None:
     data = fixture_bytes(name)
     crlf = data.replace(b"\n", b"\r\n")
-    assert assert_split_invariant(
-        ResponsesStreamDecoder, crlf, normalize=lambda e: e.to_dict()
-    ) == _wire(data)
+    events = assert_split_invariant(ResponsesStreamDecoder, crlf, normalize=_wire_and_raw)
+    assert events == list(zip(_wire(data), _payloads(data), strict=True))
+
+
+def test_raw_of_a_payload_over_several_data_lines_is_the_lines_joined() -> None:
+    """The same JSON text as sent (LF between the lines), which the SSE encoder splits again."""
+    lines = [b'{"type": "response.created",', b' "sequence_number": 0,', b' "response": {']
+    lines += [b'  "id": "resp_1", "status": "in_progress", "output": []', b" }", b"}"]
+    frame = b"event: response.created\n" + b"".join(b"data: " + line + b"\n" for line in lines)
+    terminal = frame.replace(b"created", b"completed").replace(b"in_progress", b"completed")
+    stream = frame + b"\n" + terminal + b"\n"
+    events = assert_split_invariant(ResponsesStreamDecoder, stream, normalize=_wire_and_raw)
+    (wire, raw), _ = events
+    assert raw == b"\n".join(lines)
+    assert orjson.loads(raw) == wire
+    assert encode_event(raw, event="response.created") == frame + b"\n"
+
+
+def test_events_made_from_a_whole_body_have_no_raw() -> None:
+    """A non-streamed body is turned into events the upstream never sent as such."""
+    events = assert_split_invariant(ResponsesBodyDecoder, fixture_bytes("openai_text.json"))
+    assert all(e.raw is None for e in events)
 
 
 def test_events_are_typed_by_family() -> None:

@@ -156,7 +156,10 @@ class StreamTracker:
         return self._terminal
 
     def observe(self, event: StreamEvent) -> StreamEvent:
-        """Check and record one event; returns it, renumbered if its number was off."""
+        """Check and record one event; returns it, renumbered if its number was off.
+
+        An event whose number was right comes back as the same object, so it keeps the bytes it
+        arrived as (``StreamEvent.raw``); a renumbered copy has none."""
         if self._terminal is not None:
             raise UpstreamProtocolError(
                 f"upstream sent {event.type!r} after the terminal {self._terminal.type!r}"

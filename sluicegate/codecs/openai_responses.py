@@ -195,7 +195,9 @@ def _error_from_event(event: ErrorEvent) -> UpstreamStatusError:
 
 @attrs.define(eq=False)
 class ResponsesStreamDecoder:
-    """Responses SSE bytes → canonical events (passthrough of every type and field)."""
+    """Responses SSE bytes → canonical events (passthrough of every type and field).
+
+    Each event keeps its ``data:`` payload as received in ``raw`` (see ``StreamEvent``)."""
 
     _sse: SSEDecoder = attrs.Factory(SSEDecoder)
     _started: bool = False
@@ -230,7 +232,10 @@ class ResponsesStreamDecoder:
             if data == b"[DONE]":  # Chat-style terminator some compatible servers add
                 continue
             try:
-                event = event_from_wire(_loads(data, "SSE data"))
+                # ``raw``: the payload as it came, which the proxy sends on when nothing in the
+                # gateway changes the event (docs/design.md §6.5). Multi-line data is the lines
+                # joined with LF, the same JSON text, and the SSE encoder splits it again.
+                event = event_from_wire(_loads(data, "SSE data"), raw=data)
             except UpstreamProtocolError as exc:
                 if not out:
                     raise

@@ -455,7 +455,12 @@ class ProxyApp:
                 self.metrics.observe(
                     "sluicegate_time_to_first_token_seconds", (("model", model),), first_output
                 )
-            frames = b"".join(encode_event(orjson.dumps(e.to_dict()), event=e.type) for e in batch)
+            # An event the gateway did not change goes out as the upstream's own bytes; only
+            # the ones it rewrote or made are encoded (docs/design.md §6.5).
+            frames = b"".join(
+                encode_event(orjson.dumps(e.to_dict()) if e.raw is None else e.raw, event=e.type)
+                for e in batch
+            )
             ex.unsent = frames
             await ex.send({"type": "http.response.body", "body": frames, "more_body": True})
             ex.unsent = b""
