@@ -25,7 +25,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 import httpx
@@ -255,52 +255,70 @@ class Connector:
         attempt: _Attempt,
     ) -> None:
         # Not streamed: the body was read whole and the connection is released already.
-        chunks = None if body is not None else response.aiter_bytes()
+        chunks = None if body is not None else _body_chunks(response)
         try:
-            if chunks is not None:
-                body = await self._read(chunks, idle) or b""
-            assert body is not None
-            attempt.first_byte = trio.current_time()
-            attempt.opened = True
-            timing = routed.call.timing
-            if chunks is None and timing is not None:
-                timing.ended = attempt.first_byte  # the whole body is in hand
-            await outbox.send(
-                UpstreamOpened(
-                    routed=routed,
-                    status=response.status_code,
-                    headers=response.headers,  # a Mapping; copying it costs O(n²) in httpx
-                    body=body,
-                    decoder=decoder,
+            # One scope watches the upstream's silence for the whole body; its deadline is
+            # armed for each read only (a slow caller is backpressure, not silence). Moving a
+            # deadline costs less than a scope per read (docs/design.md §2.6).
+            with trio.CancelScope() as gap:
+                if chunks is not None:
+                    body = await self._read(chunks, gap, idle) or b""
+                assert body is not None
+                attempt.first_byte = trio.current_time()
+                attempt.opened = True
+                timing = routed.call.timing
+                if chunks is None and timing is not None:
+                    timing.ended = attempt.first_byte  # the whole body is in hand
+                await outbox.send(
+                    UpstreamOpened(
+                        routed=routed,
+                        status=response.status_code,
+                        headers=response.headers,  # a Mapping; copying it costs O(n²) in httpx
+                        body=body,
+                        decoder=decoder,
+                    )
                 )
-            )
-            while chunks is not None and (chunk := await self._read(chunks, idle)) is not None:
-                await outbox.send(chunk)
-            if chunks is not None and timing is not None:
-                # Before the last events are handled downstream: the upstream's time ends here.
-                timing.ended = trio.current_time()
+                while chunks is not None:
+                    chunk = await self._read(chunks, gap, idle)
+                    if chunk is None:
+                        break
+                    await outbox.send(chunk)
+                if chunks is not None and timing is not None:
+                    # Before the last events are handled downstream: the upstream's time ends.
+                    timing.ended = trio.current_time()
+            if gap.cancelled_caught:
+                raise UpstreamTimeoutError(f"the upstream sent nothing for {idle} s")
         finally:
             if chunks is not None:
                 # Shielded: a caller that left must still release the connection (closing it,
                 # so the provider stops generating) and the body iterator.
                 with trio.CancelScope(shield=True):
-                    await chunks.aclose()  # type: ignore[attr-defined]
+                    close = getattr(chunks, "aclose", None)
+                    if close is not None and chunks is not cast(object, response.stream):
+                        await close()  # the generator iterating the transport's stream
                     await response.aclose()
 
-    async def _read(self, chunks: AsyncIterator[bytes], idle: float | None) -> bytes | None:
-        """The next chunk; None at the end. The idle deadline covers the read only: a slow
-        caller is backpressure, not silence."""
-        with _deadline(idle) as gap:
-            try:
-                chunk = await anext(chunks)
-            except StopAsyncIteration:
-                return None
-            except httpx.HTTPError as exc:
-                raise _translate(exc, before_response=False) from exc
-            self._chunks += 1
-            return chunk
-        assert gap.cancelled_caught
-        raise UpstreamTimeoutError(f"the upstream sent nothing for {idle} s")
+    async def _read(
+        self, chunks: AsyncIterator[bytes], gap: trio.CancelScope, idle: float | None
+    ) -> bytes | None:
+        """The next chunk; None at the end. ``gap``'s deadline covers the read only."""
+        if idle is not None:
+            gap.deadline = trio.current_time() + idle
+        try:
+            chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return None
+        except httpx.HTTPError as exc:
+            raise _translate(exc, before_response=False) from exc
+        finally:
+            if idle is not None:
+                gap.deadline = math.inf
+        if gap.cancel_called:
+            # The deadline passed as the chunk arrived: silent that long all the same, and
+            # nothing after this may run under a cancelled scope.
+            raise UpstreamTimeoutError(f"the upstream sent nothing for {idle} s")
+        self._chunks += 1
+        return chunk
 
     async def open(
         self,
@@ -495,6 +513,18 @@ def _portable(item: dict[str, Any]) -> dict[str, Any] | None:
     if item.get("type") == "reasoning":
         return None  # its encrypted_content is the gateway's envelope (codecs/_bridge.py)
     return {k: v for k, v in item.items() if k != "id"}
+
+
+def _body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body's chunks as the transport reads them when nothing is to be decoded: httpx's
+    ``aiter_bytes`` adds a chunker and a decoder generator to every chunk, ~1 µs each."""
+    encoding = response.headers.get("content-encoding")
+    if encoding is None or encoding.strip().lower() == "identity":
+        stream = response.stream
+        if isinstance(stream, httpx.AsyncByteStream):
+            response.is_stream_consumed = True  # httpx's own iterators may not run it again
+            return aiter(stream)
+    return response.aiter_bytes()
 
 
 def _deadline(seconds: float | None) -> trio.CancelScope:
