@@ -260,7 +260,8 @@ class Connector:
             # One scope watches the upstream's silence for the whole body; its deadline is
             # armed for each read only (a slow caller is backpressure, not silence). Moving a
             # deadline costs less than a scope per read (docs/design.md §2.6).
-            with trio.CancelScope() as gap:
+            gap = trio.CancelScope() if idle is not None else None
+            with gap if gap is not None else _UNBOUNDED:
                 if chunks is not None:
                     body = await self._read(chunks, gap, idle) or b""
                 assert body is not None
@@ -269,15 +270,16 @@ class Connector:
                 timing = routed.call.timing
                 if chunks is None and timing is not None:
                     timing.ended = attempt.first_byte  # the whole body is in hand
-                await outbox.send(
-                    UpstreamOpened(
-                        routed=routed,
-                        status=response.status_code,
-                        headers=response.headers,  # a Mapping; copying it costs O(n²) in httpx
-                        body=body,
-                        decoder=decoder,
-                    )
+                opened = UpstreamOpened(
+                    routed=routed,
+                    status=response.status_code,
+                    headers=response.headers,  # a Mapping; copying it costs O(n²) in httpx
+                    body=body,
+                    decoder=decoder,
                 )
+                body = None  # not held while the rest of a stream is relayed
+                await outbox.send(opened)
+                del opened
                 while chunks is not None:
                     chunk = await self._read(chunks, gap, idle)
                     if chunk is None:
@@ -286,7 +288,7 @@ class Connector:
                 if chunks is not None and timing is not None:
                     # Before the last events are handled downstream: the upstream's time ends.
                     timing.ended = trio.current_time()
-            if gap.cancelled_caught:
+            if gap is not None and gap.cancelled_caught:
                 raise UpstreamTimeoutError(f"the upstream sent nothing for {idle} s")
         finally:
             if chunks is not None:
@@ -299,10 +301,11 @@ class Connector:
                     await response.aclose()
 
     async def _read(
-        self, chunks: AsyncIterator[bytes], gap: trio.CancelScope, idle: float | None
+        self, chunks: AsyncIterator[bytes], gap: trio.CancelScope | None, idle: float | None
     ) -> bytes | None:
-        """The next chunk; None at the end. ``gap``'s deadline covers the read only."""
-        if idle is not None:
+        """The next chunk; None at the end. ``gap``'s deadline (``idle``) covers the read
+        only; without an idle deadline there is no ``gap``."""
+        if gap is not None and idle is not None:
             gap.deadline = trio.current_time() + idle
         try:
             chunk = await anext(chunks)
@@ -311,9 +314,9 @@ class Connector:
         except httpx.HTTPError as exc:
             raise _translate(exc, before_response=False) from exc
         finally:
-            if idle is not None:
+            if gap is not None:
                 gap.deadline = math.inf
-        if gap.cancel_called:
+        if gap is not None and gap.cancel_called:
             # The deadline passed as the chunk arrived: silent that long all the same, and
             # nothing after this may run under a cancelled scope.
             raise UpstreamTimeoutError(f"the upstream sent nothing for {idle} s")
@@ -527,9 +530,28 @@ def _body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
     return response.aiter_bytes()
 
 
-def _deadline(seconds: float | None) -> trio.CancelScope:
-    """``trio.move_on_after`` that takes None for "no deadline"."""
-    return trio.CancelScope(deadline=math.inf if seconds is None else trio.current_time() + seconds)
+def _deadline(seconds: float | None) -> trio.CancelScope | _Unbounded:
+    """``trio.move_on_after`` that takes None for "no deadline" (then no scope at all: a
+    request holds one scope per deadline configured, not per deadline there could be)."""
+    if seconds is None:
+        return _UNBOUNDED
+    return trio.CancelScope(deadline=trio.current_time() + seconds)
+
+
+class _Unbounded:
+    """Where a deadline would be, when there is none: never cancelled, costs nothing."""
+
+    cancelled_caught = False
+    cancel_called = False
+
+    def __enter__(self) -> _Unbounded:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+_UNBOUNDED = _Unbounded()
 
 
 def _httpx_timeout(timeouts: Timeouts) -> dict[str, float | None]:
