@@ -1231,6 +1231,95 @@ class StoreContract:
         for i in range(200):
             assert len(await store.output_items(f"resp_g{i}")) == 2
 
+    async def test_appends_sharing_a_group_commit_are_checked_one_by_one(
+        self, store: Store, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Appends of one response committed together (queued, so nobody waits between
+        them): each is checked against the log as the ones before it left it, and one the
+        rules refuse is left out whole while the others stand."""
+        with caplog.at_level(logging.ERROR, logger="sluicegate"):
+            await store.enqueue(lifecycle("resp_gc")[:2])
+            await store.enqueue([ItemDone(response_id="resp_gc", output_index=0, item=item(0))])
+            await store.enqueue([ended("resp_gc")])
+            # A second end, with an item: refused, nothing of it kept.
+            await store.enqueue(
+                [
+                    ItemDone(response_id="resp_gc", output_index=1, item=item(1)),
+                    ended("resp_gc", "failed", at=300.0),
+                ]
+            )
+            await store.append([Settled(response_id="resp_gc", usage=USAGE, cost=0.25)])
+        refusals = [r.getMessage() for r in caplog.records if r.name == "sluicegate"]
+        assert len(refusals) == 1
+        assert "resp_gc" in refusals[0] and "already ended" in refusals[0]
+        row = await store.get("resp_gc")
+        assert row is not None
+        assert (row.status, row.completed_at, row.cost) == (ResponseStatus.COMPLETED, 200.0, 0.25)
+        assert await store.output_items("resp_gc") == [item(0)]
+        assert await store.final_response("resp_gc") == ended("resp_gc").response
+        assert store.statistics().records_appended == 2 + 1 + 1 + 1
+        assert store.statistics().pending == 0
+
+    async def test_content_deleted_by_the_append_that_records_it_is_not_kept(
+        self, store: Store
+    ) -> None:
+        await store.append(
+            [
+                *lifecycle("resp_gone"),
+                StreamEventRecorded(response_id="resp_gone", sequence_number=0, event={"x": 1}),
+                Deleted(response_id="resp_gone", deleted_at=300.0),
+                # Content after the tombstone is not kept either.
+                StreamEventRecorded(response_id="resp_gone", sequence_number=1, event={"x": 2}),
+            ]
+        )
+        row = await store.get("resp_gone")
+        assert row is not None
+        assert (row.status, row.deleted, row.usage, row.cost) == (
+            ResponseStatus.COMPLETED,
+            True,
+            USAGE,
+            0.25,
+        )
+        assert await store.final_response("resp_gone") is None
+        assert await store.input_items("resp_gone") == []
+        assert await store.output_items("resp_gone") == []
+        assert await store.stream_events("resp_gone") == []
+        assert await store.item_origins(["msg_0", "msg_1"]) == {}
+        [log] = await store.spend_logs(SpendFilter(owner="key-1"))
+        assert (log.response_id, log.total_tokens, log.cost) == ("resp_gone", 8, 0.25)
+
+    async def test_items_and_stream_events_read_in_order_across_appends(self, store: Store) -> None:
+        """Output items by index and stream events by sequence number, however the appends
+        that recorded them split and ordered them."""
+        await store.append([accepted("resp_o", background=True)])
+        for indexes in ((2,), (0, 3), (1,)):
+            await store.append(
+                [ItemDone(response_id="resp_o", output_index=i, item=item(i)) for i in indexes]
+            )
+        for batch in ((0, 1, 2), (5, 3, 4), (6,), (9, 7, 8)):
+            await store.append(
+                [
+                    StreamEventRecorded(
+                        response_id="resp_o", sequence_number=n, event={"sequence_number": n}
+                    )
+                    for n in batch
+                ]
+            )
+        assert await store.output_items("resp_o") == [item(0), item(1), item(2), item(3)]
+
+        async def numbers(after: int, limit: int) -> list[int]:
+            events = await store.stream_events("resp_o", after=after, limit=limit)
+            return [e["sequence_number"] for e in events]
+
+        assert await numbers(-1, 1000) == list(range(10))
+        assert await numbers(2, 3) == [3, 4, 5]
+        assert await numbers(5, 2) == [6, 7]
+        assert await numbers(6, 1000) == [7, 8, 9]
+        assert await numbers(9, 1000) == []
+        origins = await store.item_origins(["msg_3", "msg_2"])
+        assert {o.response_id for o in origins.values()} == {"resp_o"}
+        assert sorted(origins) == ["msg_2", "msg_3"]
+
     # -- lifetime
 
     async def test_reopened_store_keeps_everything(self, backend: Backend) -> None:

@@ -20,3 +20,11 @@ async def test_recording_reports_the_bytes_on_disk_next_to_the_payload() -> None
     table = recording_table(runs)
     assert "disk B/resp" in table and "disk/payload" in table
     assert "| disk/payload |" in recording_table(runs, markdown=True)
+
+
+async def test_the_store_keeps_little_more_than_twice_the_payload_on_disk() -> None:
+    """Regression guard for the store's size (docs/benchmarks.md, "On disk"): compact log
+    rows, nothing stored twice. Schema 6 took 2.4-2.5 times the payload here (400 responses,
+    so a fixed ~80 KB of empty tables and indexes adds about 0.16), schema 7 about 2.13."""
+    for run in await measure_recording([1, 16], 400):
+        assert run.disk_bytes_per_response < 2.25 * run.payload_bytes_per_response, run

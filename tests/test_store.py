@@ -4,6 +4,7 @@ WAL, the sqlite3 error boundary, inline mode, instance locks, query plans)."""
 from __future__ import annotations
 
 import ast
+import collections
 import fcntl
 import functools
 import itertools
@@ -15,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import orjson
 import pytest
 import trio
@@ -31,6 +33,7 @@ from sluicegate.store import (
     Deleted,
     Ended,
     ItemDone,
+    Settled,
     SpendFilter,
     SpendGroup,
     Store,
@@ -40,8 +43,19 @@ from sluicegate.store import (
     open_sqlite_store,
 )
 from sluicegate.store._sqlite._boundary import _translate
-from sluicegate.store._sqlite._schema import _MIGRATIONS
+from sluicegate.store._sqlite._encode import _encode_all
+from sluicegate.store._sqlite._reads import _item_origins_sql
+from sluicegate.store._sqlite._schema import (
+    _ACCEPTED,
+    _ENDED,
+    _ITEM_DONE,
+    _MIGRATIONS,
+    _ROUTED,
+    _SETTLED,
+    _open_writer,
+)
 from sluicegate.store._sqlite._spend import _spend_logs_query, _spend_totals_query
+from sluicegate.store._sqlite._writer import _Job, _Pending, _write_batch
 
 from .store_contract import (
     FULL_KEY,
@@ -118,8 +132,8 @@ async def test_new_database_gets_the_current_schema_in_wal_mode(tmp_path: Path) 
     path = tmp_path / "s.db"
     async with open_sqlite_store(path):
         pass
-    assert SQLITE_SCHEMA_VERSION == 6
-    assert _user_version(path) == 6
+    assert SQLITE_SCHEMA_VERSION == 7
+    assert _user_version(path) == 7
     with _database(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         # The keys table: only the secret's hash, unique, is kept.
@@ -405,12 +419,11 @@ async def test_version_5_database_migrates_to_compact_keys_and_keeps_every_row(
     async with open_sqlite_store(path) as store:
         assert _user_version(path) == SQLITE_SCHEMA_VERSION
         with _database(path) as db:
-            # Every event kept (and one more: the running response's recovery); none names
-            # its response by ID any more.
-            (after,) = db.execute("SELECT count(*) FROM events").fetchone()
+            # Every event kept, a log row each (and one more: the running response's
+            # recovery); none names its response by ID any more.
+            (after,) = db.execute("SELECT count(*) FROM log").fetchone()
             assert after == before[0] + 1
-            columns = [row[1] for row in db.execute("PRAGMA table_info(events)")]
-            assert "response_id" not in columns and "response_ref" in columns
+            assert _tables(db) >= {"log", "items"} and "events" not in _tables(db)
             # The refs are the old rowids: the order of insertion is kept.
             refs = db.execute("SELECT id FROM responses ORDER BY ref").fetchall()
             assert [r[0] for r in refs] == [_LONG_ID, "resp_0v5b", "resp_v5del", "resp_v5run"]
@@ -462,6 +475,151 @@ async def test_version_5_database_migrates_to_compact_keys_and_keeps_every_row(
         assert db.execute("SELECT max(ref), count(*) FROM responses").fetchone() == (5, 5)
         assert db.execute("PRAGMA foreign_key_check").fetchall() == []
         assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
+def _create_version_6(path: Path) -> None:
+    """A database as schema 6 left it: one ``events`` row per record, keyed by the response's
+    ``ref``. A finished response whose end refers to its items (``same_id``, ``output_refs``),
+    one continuing it, one deleted, a streamed background one, one left running."""
+    with _database(path) as db:
+        for script in _MIGRATIONS[:6]:
+            for statement in script.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+        db.execute("PRAGMA user_version = 6")
+        usage = orjson.dumps(USAGE)
+        rows = [
+            (1, _LONG_ID, "completed", 0, 500.0, 501.0, usage, 0, 5, None, b'{"team":"blue"}'),
+            (2, "resp_v6next", "completed", 0, 502.0, 503.0, usage, 0, 2, _LONG_ID, b"{}"),
+            (3, "resp_v6del", "completed", 0, 400.0, 401.0, usage, 1, 3, None, b"{}"),
+            (4, "resp_v6bg", "completed", 1, 504.0, 505.0, None, 0, 4, None, b"{}"),
+            (5, "resp_v6run", "in_progress", 0, 600.0, None, None, 0, 0, None, b"{}"),
+        ]
+        db.executemany(
+            "INSERT INTO responses (ref, id, owner, status, model, deployment_id, provider,"
+            " background, store, metadata, created_at, completed_at, usage, cost, deleted,"
+            " last_seq, previous_id, spend_metadata, instance) VALUES (?, ?, 'key-6', ?,"
+            " 'gpt-test', 'dep-1', 'openai', ?, 1, '{}', ?, ?, ?, 0.25, ?, ?, ?, ?, NULL)",
+            rows,
+        )
+        db.execute(
+            "INSERT INTO spend_tags (key, value, response_ref) VALUES ('team', ?, 1)",
+            (orjson.dumps("blue"),),
+        )
+
+        def accepted_payload(content: str) -> bytes:
+            return orjson.dumps({"params": {}, "input_items": [{"content": content}]})
+
+        # As schema 6 stored an end whose items are in the same append: the response's own
+        # ID and those items left out, their sequence numbers in ``output_refs``.
+        refs_end = {
+            "response": {"id": 0, "status": "completed", "output": [0, 0], "x": 1},
+            "same_id": True,
+            "output_refs": [3, 2],
+        }
+        whole_end = {"response": {"id": "resp_v6next", "output": [{"id": "msg_b"}]}}
+        stream = [
+            (4, n + 1, "stream_event", n, orjson.dumps({"sequence_number": n})) for n in range(3)
+        ]
+        events = [
+            (1, 0, "accepted", None, accepted_payload("first")),
+            (1, 1, "routed", 1, orjson.dumps({"deployment_id": "dep-1"})),
+            (1, 2, "item_done", 1, orjson.dumps(item(1))),
+            (1, 3, "item_done", 0, orjson.dumps(item(0))),
+            (1, 4, "settled", None, orjson.dumps({"usage": USAGE, "cost": 0.25})),
+            (1, 5, "ended", None, orjson.dumps(refs_end)),
+            (2, 0, "accepted", None, accepted_payload("second")),
+            (2, 1, "item_done", 0, orjson.dumps({"id": "msg_b"})),
+            (2, 2, "ended", None, orjson.dumps(whole_end)),
+            (3, 0, "accepted", None, None),
+            (3, 1, "item_done", 0, None),
+            (3, 2, "ended", None, orjson.dumps({"response": None})),
+            (3, 3, "deleted", None, orjson.dumps({"deleted_at": 402.0})),
+            (4, 0, "accepted", None, accepted_payload("third")),
+            *stream,
+            (4, 4, "ended", None, orjson.dumps({"response": {"id": "resp_v6bg"}})),
+            (5, 0, "accepted", None, accepted_payload("fourth")),
+        ]
+        db.executemany(
+            "INSERT INTO events (response_ref, seq, kind, ordinal, payload, at)"
+            " VALUES (?, ?, ?, ?, ?, 1.0)",
+            events,
+        )
+
+
+async def test_version_6_database_migrates_to_the_log_and_keeps_every_record(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v6.db"
+    _create_version_6(path)
+    with _database(path) as db:
+        (before,) = db.execute("SELECT count(*) FROM events").fetchone()
+    async with open_sqlite_store(path) as store:
+        assert _user_version(path) == SQLITE_SCHEMA_VERSION
+        with _database(path) as db:
+            assert "events" not in _tables(db)
+            # A row per record of schema 6 (and one more: the running response's recovery).
+            assert db.execute("SELECT count(*) FROM log").fetchone() == (before + 1,)
+            # Only finished responses are in the index of what to purge.
+            (sql,) = db.execute(
+                "SELECT sql FROM sqlite_schema WHERE name = 'responses_to_purge'"
+            ).fetchone()
+            assert "completed_at IS NOT NULL" in sql
+        # Every read as before: the end rebuilt from the items it refers to.
+        assert await store.final_response(_LONG_ID) == {
+            "id": _LONG_ID,
+            "status": "completed",
+            "output": [item(0), item(1)],
+            "x": 1,
+        }
+        assert await store.output_items(_LONG_ID) == [item(0), item(1)]
+        assert await store.input_items(_LONG_ID) == [{"content": "first"}]
+        assert await store.final_response("resp_v6next") == {
+            "id": "resp_v6next",
+            "output": [{"id": "msg_b"}],
+        }
+        assert await store.conversation("resp_v6next", max_turns=2, max_bytes=10_000) == [
+            {"content": "first"},
+            item(0),
+            item(1),
+            {"content": "second"},
+            {"id": "msg_b"},
+        ]
+        origins = await store.item_origins(["msg_0", "msg_b"])
+        assert {i: o.response_id for i, o in origins.items()} == {
+            "msg_0": _LONG_ID,
+            "msg_b": "resp_v6next",
+        }
+        numbers = [e["sequence_number"] for e in await store.stream_events("resp_v6bg", after=0)]
+        assert numbers == [1, 2]
+        deleted = await store.get("resp_v6del")
+        assert deleted is not None and deleted.deleted
+        assert await store.final_response("resp_v6del") is None
+        assert await store.input_items("resp_v6del") == []
+        logs = await store.spend_logs(SpendFilter(metadata={"team": "blue"}))
+        assert [log.response_id for log in logs] == [_LONG_ID]
+        running = await store.get("resp_v6run")
+        assert running is not None
+        assert (running.status, running.error) == (ResponseStatus.FAILED, RECOVERY_ERROR)
+        # The log's rules hold for migrated responses, and content removal finds their rows.
+        with pytest.raises(StoreIntegrityError, match="already ended"):
+            await store.append([ended("resp_v6next")])
+        with pytest.raises(StoreIntegrityError, match="already accepted"):
+            await store.append([accepted(_LONG_ID)])
+        await store.append([Deleted(response_id=_LONG_ID, deleted_at=600.0)])
+        assert await store.final_response(_LONG_ID) is None
+        assert await store.output_items(_LONG_ID) == []
+        assert await store.item_origins(["msg_0", "msg_1"]) == {}
+        assert await store.purge(before=506.0) == 4  # every ended one, deleted or not
+        assert await store.stream_events("resp_v6bg") == []
+        # New responses come after the migrated ones.
+        await store.append(lifecycle("resp_v7"))
+        assert await store.final_response("resp_v7") == ended("resp_v7").response
+    with _database(path) as db:
+        assert db.execute("SELECT max(ref), count(*) FROM responses").fetchone() == (6, 6)
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        # Nothing of the removed content is left: no payload of those responses' content.
+        assert db.execute("SELECT count(*) FROM items WHERE response_ref <= 4").fetchone() == (0,)
 
 
 async def test_newer_database_is_refused(tmp_path: Path) -> None:
@@ -572,14 +730,30 @@ def _file_size(path: Path) -> int:
     return path.stat().st_size
 
 
-def _ended_payload(path: Path, rid: str) -> dict[str, Any]:
+def _tables(db: sqlite3.Connection) -> set[str]:
+    return {name for (name,) in db.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
+
+
+def _log_rows(path: Path, rid: str) -> list[tuple[int, list[list[Any]]]]:
+    """A response's log rows as stored: the sequence number of each row's first record, and
+    its records (kind, ordinal, payload)."""
     with _database(path) as db:
-        (blob,) = db.execute(
-            "SELECT payload FROM events WHERE kind = 'ended'"
-            " AND response_ref = (SELECT ref FROM responses WHERE id = ?)",
+        rows = db.execute(
+            "SELECT key, body FROM log WHERE key >> 32 = (SELECT ref FROM responses WHERE id = ?)"
+            " ORDER BY key",
             (rid,),
-        ).fetchone()
-    payload: dict[str, Any] = orjson.loads(blob)
+        ).fetchall()
+    return [(key & 0xFFFFFFFF, orjson.loads(body)) for key, body in rows]
+
+
+def _ended_payload(path: Path, rid: str) -> dict[str, Any]:
+    [payload] = [
+        payload
+        for _, records in _log_rows(path, rid)
+        for kind, _, payload in records
+        if kind == _ENDED
+    ]
+    assert isinstance(payload, dict)
     return payload
 
 
@@ -646,6 +820,163 @@ async def test_the_final_response_does_not_store_what_the_log_already_holds(
         await store.append([Deleted(response_id=_LONG_ID, deleted_at=3.0)])
         assert _ended_payload(path, _LONG_ID) == {"response": None}
         assert await store.final_response(_LONG_ID) is None
+
+
+async def test_a_value_the_database_cannot_hold_fails_that_append_alone(
+    tmp_path: Path,
+) -> None:
+    """A token count past 64 bits is JSON but no SQLite integer: the fold of its group commit
+    fails, and the batch is written again one append at a time, which refuses that append
+    alone and writes the one committed with it."""
+    async with open_sqlite_store(tmp_path / "s.db", linger=5.0) as store:
+        await store.enqueue(lifecycle("resp_hold")[:2])  # lingers: shares the next commit
+        too_big = {"input_tokens": 2**63, "output_tokens": 1}
+        with pytest.raises(StoreIntegrityError, match="cannot hold"):
+            await store.append(
+                [
+                    accepted("resp_huge"),
+                    Settled(response_id="resp_huge", usage=too_big, cost=None),
+                    ended("resp_huge"),
+                ]
+            )
+        assert store.statistics().transactions == 1
+        await store.append(lifecycle("resp_hold")[2:])
+        row = await store.get("resp_hold")
+        assert row is not None and row.status is ResponseStatus.COMPLETED
+        assert await store.output_items("resp_hold") == [item(0), item(1)]
+        assert await store.get("resp_huge") is None
+        origins = await store.item_origins(["msg_0"])
+        assert {i: o.response_id for i, o in origins.items()} == {"msg_0": "resp_hold"}
+
+
+async def test_a_group_commit_writes_a_response_in_one_row_of_each_table(
+    tmp_path: Path,
+) -> None:
+    """Regression guard for the recording CPU (docs/benchmarks.md, "Recording alone"): the
+    appends of a group commit are folded, so responses accepted and ended in it cost one
+    projection INSERT, one log row and one ``items`` row per output item each, however many
+    records and appends they have: no read, no UPDATE, no savepoint."""
+    writer = _open_writer(str(tmp_path / "s.db"))
+    try:
+        batch: list[_Job] = []
+        for n in range(4):
+            records = lifecycle(f"resp_l{n}")
+            batch += [
+                _Pending(_encode_all(records[:2]), detached=True),
+                _Pending(_encode_all(records[2:])),
+            ]
+        statements: list[str] = []
+        writer.db.set_trace_callback(statements.append)
+        _write_batch(writer, batch, "0" * 32)
+        writer.db.set_trace_callback(None)
+        assert [job.error for job in batch] == [None] * len(batch)
+        counts = collections.Counter(
+            " ".join(statement.split()[:3]).removesuffix(" (") for statement in statements
+        )
+        assert counts == {
+            "BEGIN IMMEDIATE": 1,
+            "INSERT INTO responses": 4,
+            "INSERT INTO spend_tags": 4,  # one spend-metadata pair each
+            "INSERT INTO log": 4,
+            "INSERT OR IGNORE": 8,
+            "COMMIT": 1,
+        }, statements
+    finally:
+        writer.close()
+    path = tmp_path / "s.db"
+    [(first, stored)] = _log_rows(path, "resp_l0")
+    assert first == 0
+    assert [kind for kind, _, _ in stored] == [
+        _ACCEPTED,
+        _ROUTED,
+        _ITEM_DONE,
+        _ITEM_DONE,
+        _SETTLED,
+        _ENDED,
+    ]
+    async with open_sqlite_store(path) as store:
+        assert await store.final_response("resp_l3") == ended("resp_l3").response
+        assert await store.output_items("resp_l3") == [item(0), item(1)]
+        row = await store.get("resp_l3")
+        assert row is not None and row.status is ResponseStatus.COMPLETED
+
+
+async def test_the_final_response_does_not_store_the_usage_its_settlement_holds(
+    tmp_path: Path,
+) -> None:
+    """Regression guard for the store's size: a final response's usage, the same as the
+    ``Settled`` of its append (what the recorder appends), is kept once, and reads whole."""
+    path = tmp_path / "s.db"
+    final = {"id": _LONG_ID, "status": "completed", "output": [], "usage": USAGE, "x": 1}
+    settled = Settled(response_id=_LONG_ID, usage=USAGE, cost=0.25)
+    end = Ended(
+        response_id=_LONG_ID, status="completed", error=None, response=final, completed_at=2.0
+    )
+    other = {**final, "id": "resp_other_usage", "usage": {**USAGE, "total_tokens": 9}}
+    async with open_sqlite_store(path) as store:
+        await store.append([accepted(_LONG_ID), settled, end])
+        stored = _ended_payload(path, _LONG_ID)
+        assert stored["usage_ref"] == 1  # the Settled's sequence number
+        assert stored["response"]["usage"] == 0
+        assert b"input_tokens" not in orjson.dumps(stored)
+        response = await store.final_response(_LONG_ID)
+        assert response == final
+        assert list(response) == list(final)  # the keys in their order
+        row = await store.get(_LONG_ID)
+        assert row is not None and row.usage == USAGE
+
+        # A usage that differs from the settled one stays in the end.
+        rid = "resp_other_usage"
+        await store.append(
+            [
+                accepted(rid),
+                attrs.evolve(settled, response_id=rid),
+                attrs.evolve(end, response_id=rid, response=other),
+            ]
+        )
+        assert "usage_ref" not in _ended_payload(path, rid)
+        assert await store.final_response(rid) == other
+
+        # Removing the content removes the reference; the settlement stays in the row.
+        await store.append([Deleted(response_id=_LONG_ID, deleted_at=3.0)])
+        assert _ended_payload(path, _LONG_ID) == {"response": None}
+        assert await store.final_response(_LONG_ID) is None
+        row = await store.get(_LONG_ID)
+        assert row is not None and (row.usage, row.cost) == (USAGE, 0.25)
+
+
+async def test_records_larger_than_a_row_are_split_and_read_whole(tmp_path: Path) -> None:
+    """A run of records is cut into rows of about 1 KB (so they pack pages): an end whose items
+    and usage sit in earlier rows of its append is still put back together."""
+    path = tmp_path / "s.db"
+    items = [{**item(i), "text": f"{i}" * 700} for i in range(3)]
+    final = {"id": _LONG_ID, "output": items, "usage": USAGE}
+    async with open_sqlite_store(path) as store:
+        await store.append(
+            [
+                accepted(_LONG_ID),
+                *(
+                    ItemDone(response_id=_LONG_ID, output_index=i, item=x)
+                    for i, x in enumerate(items)
+                ),
+                Settled(response_id=_LONG_ID, usage=USAGE, cost=0.25),
+                Ended(
+                    response_id=_LONG_ID,
+                    status="completed",
+                    error=None,
+                    response=final,
+                    completed_at=2.0,
+                ),
+            ]
+        )
+        rows = _log_rows(path, _LONG_ID)
+        assert len(rows) > 2
+        assert [seq for seq, _ in rows] == sorted(seq for seq, _ in rows)
+        ended = _ended_payload(path, _LONG_ID)
+        assert (ended["output_refs"], ended["usage_ref"]) == ([1, 2, 3], 4)
+        assert await store.final_response(_LONG_ID) == final
+        assert await store.output_items(_LONG_ID) == items
+        assert await store.input_items(_LONG_ID) == accepted(_LONG_ID).input_items
 
 
 async def test_the_wal_is_checkpointed_as_it_grows_and_truncated_after(
@@ -839,15 +1170,19 @@ async def test_conversation_size_is_checked_before_any_content_is_loaded(
         await store.append(turn("resp_t1", None))
         await store.append(turn("resp_t2", "resp_t1"))
     with _database(path) as db:
-        (size,) = db.execute(
-            "SELECT sum(length(payload)) FROM events WHERE kind IN ('accepted', 'item_done')"
-        ).fetchone()
-        # Same length, not JSON: loading it would fail. (The item index reads every item's
-        # JSON, so it would refuse this corruption: it goes first.)
-        db.execute("DROP INDEX events_by_item")
+        (size,) = db.execute("SELECT sum(content_size) FROM log").fetchone()
+        # The stored size of the conversation: its inputs' and output items' payloads.
+        assert size == sum(
+            len(orjson.dumps(payload))
+            for rid in ("resp_t1", "resp_t2")
+            for _, records in _log_rows(path, rid)
+            for kind, _, payload in records
+            if kind in (_ACCEPTED, _ITEM_DONE)
+        )
+        # Same length, not JSON: loading it would fail.
         db.execute(
-            "UPDATE events SET payload = zeroblob(length(payload)) WHERE kind = 'item_done'"
-            " AND response_ref = (SELECT ref FROM responses WHERE id = 'resp_t1')"
+            "UPDATE log SET body = zeroblob(length(body))"
+            " WHERE key >> 32 = (SELECT ref FROM responses WHERE id = 'resp_t1')"
         )
     async with open_sqlite_store(path) as store:
         with pytest.raises(
@@ -972,9 +1307,7 @@ async def test_item_lookup_searches_the_item_index(tmp_path: Path) -> None:
     async with open_sqlite_store(path):
         pass
     with _database(path) as db:
-        plan = db.execute(
-            "EXPLAIN QUERY PLAN SELECT e.response_ref FROM events AS e WHERE e.kind = 'item_done'"
-            " AND json_extract(CAST(e.payload AS TEXT), '$.id') IN (?, ?)",
-            ("a", "b"),
-        ).fetchall()
-    assert any("events_by_item" in str(row[-1]) for row in plan), plan
+        plan = db.execute("EXPLAIN QUERY PLAN " + _item_origins_sql(2), ("a", "b")).fetchall()
+    steps = [str(row[-1]) for row in plan]
+    assert "SEARCH i USING PRIMARY KEY (item_id=?)" in steps, steps
+    assert not any(step.startswith("SCAN") for step in steps), steps

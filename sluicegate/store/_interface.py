@@ -1,4 +1,5 @@
-"""What every store backend offers (SQLite now, PostgreSQL later); one contract suite checks it.
+"""What every store backend offers (SQLite; memory, for the stateless mode); one contract
+suite checks it.
 
 All methods are async and checkpoint; none blocks the trio loop on disk. Errors are
 ``StoreError`` classes of :mod:`sluicegate.errors` only.

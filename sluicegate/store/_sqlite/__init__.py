@@ -2,18 +2,23 @@
 
 Theory of operation:
 
-- **One writer actor** owns the write connection. :meth:`SQLiteStore.append` encodes its records
-  (in the caller's task, so a record that is not JSON fails there), puts them on a bounded
-  channel with a :class:`trio.Event`, and waits. The writer takes everything queued (until
-  ``batch_max`` records; one append is never split) and writes it in **one** transaction: this is
-  group commit, many responses share one fsync. Each append gets its own ``SAVEPOINT``, so an
-  append that breaks the log's rules (a second ``Ended``) is rolled back and refused alone; a
-  failed ``COMMIT`` fails them all. :meth:`SQLiteStore.enqueue` puts records on the same channel
-  and returns without waiting for the commit; nobody waits for its verdict, so a refusal is
-  logged (the response's later appends then fail on the log's rules). One channel keeps the
-  order: whatever is queued first is committed first. An enqueued record lingers (``linger``,
-  50 ms) for more work before it is committed alone, so at low concurrency a response's
-  acceptance and its end share one transaction.
+- **One writer actor** owns the write connection. :meth:`SQLiteStore.append` encodes its records (in
+  the caller's task, so a record that is not JSON fails there), puts them on a bounded channel with
+  a :class:`trio.Event`, and waits. The writer takes everything queued (until ``batch_max`` records;
+  one append is never split) and writes it in **one** transaction: this is group commit, many
+  responses share one fsync. The appends of a transaction are *folded* (``_writer._Fold``): the
+  log's rules are checked in Python, under the write lock, append by append, and an append that
+  breaks them (a second ``Ended``) is left out whole and refused alone; then each response gets one
+  projection INSERT or UPDATE and one run of log rows, however many appends and records name it. A
+  value only the database can refuse (an integer past 64 bits, a second acceptance of a response it
+  holds) rolls the transaction back, and it is written again one append at a time, each in its own
+  ``SAVEPOINT``, which refuses that append alone (so are keys, objects and purges, always). A failed
+  ``COMMIT`` fails them all. :meth:`SQLiteStore.enqueue` puts records on the same channel and
+  returns without waiting for the commit; nobody waits for its verdict, so a refusal is logged (the
+  response's later appends then fail on the log's rules). One channel keeps the order: whatever is
+  queued first is committed first. An enqueued record lingers (``linger``, 50 ms) for more work
+  before it is committed alone, so at low concurrency a response's acceptance and its end share one
+  transaction.
 - **Reads** run on a small pool of read connections; WAL lets them run while the writer commits.
   ``:memory:`` is one database per connection, so an in-memory store has one connection that
   reads and the writer share under a lock (a shared-cache URI would let readers see it too, but
@@ -23,8 +28,9 @@ Theory of operation:
   checkpoint around each read and commit): memory never waits on disk, and a test running a
   gateway on it under ``autojump_clock`` stays deterministic (the clock would jump while a task
   waits on a worker thread, firing unrelated deadlines). ``threads=`` overrides either default.
-  Even a threaded store commits *small* transactions (a few appends; what concurrency 1 makes)
-  inline: a worker thread's round trip costs more CPU than such a commit. That is safe for the
+  Even a threaded store commits *small* transactions (up to 32 appends and 64 KiB; what
+  concurrency 1 to 16 makes) inline: a worker thread's round trip costs more CPU than such a
+  commit. That is safe for the
   loop because the write connection never waits: its busy timeout is 0, so a database another
   process is writing sends the commit to a worker thread to wait there (backing off, up to
   5 s), and it never checkpoints inside a commit (``wal_autocheckpoint=0``): the writer runs a
@@ -33,9 +39,10 @@ Theory of operation:
   each index it touches, many times its records' bytes); ``journal_size_limit=0`` truncates the
   file when the WAL is reset, so its size is what it holds.
 - **Durability**: ``journal_mode=WAL`` with ``synchronous=NORMAL``. A committed append survives a
-  crash of the process; after a power loss or OS crash the last few transactions may be lost
-  (never corrupted). ``synchronous=FULL`` would close that gap with one more fsync per group
-  commit.
+  crash of the process (it is in the WAL file before ``COMMIT`` returns, and the caller hears
+  of it after); after a power loss or OS crash the last few transactions may be lost (never
+  corrupted). ``synchronous=FULL`` would close that gap with one more fsync per group commit;
+  ``OFF`` would risk the file itself and is never used.
 - **Instances and recovery**: every opened store is an *instance* with a random ID, written to
   ``responses.instance`` by ``Accepted``. A file store holds an exclusive ``flock`` on
   ``<db>-instances/<instance>.lock`` for its lifetime (the file appears already locked: it is
@@ -59,15 +66,25 @@ Theory of operation:
   through the writer's channel like a purge, so they are ordered with the appends around them
   and never need a write lock of their own. A deleted key keeps its row (``deleted_at``), so
   neither its ID nor its hash is ever taken again.
-- **Storage**: a response's projection row has an integer ``ref`` (its rowid); its events and
-  spend tags are keyed by it, not by the ``resp_`` ID (some 150 characters), which is stored
-  once, in its row and the UNIQUE index that finds it. The writer learns a new response's ref
-  from the INSERT of its row and looks up an older one's with the state the log's rules need,
-  once per append, never per record. ``events`` is a rowid table, filled in commit order. Each
-  record's payload holds what the row does not: the fields that ``Accepted`` and ``Ended`` set
-  once (owner, model, status, times, ...) are in the row alone, and the final response of an
-  ``Ended`` leaves out its own ID and the output items that ``ItemDone`` records of the same
-  append hold byte for byte (the recorder appends them together), which its reader puts back.
+- **Storage**: a response's projection row has an integer ``ref`` (its rowid); its log rows,
+  spend tags and item IDs are keyed by it, not by the ``resp_`` ID (some 150 characters),
+  which is stored once, in its row and the UNIQUE index that finds it. The log (``log``) is
+  kept in compact rows: a row holds a run of one response's records written in one
+  transaction (at concurrency 1, all of them), as one JSON array of ``[kind, ordinal,
+  payload]``, each payload encoded once in the caller's task and joined as bytes. Its key is
+  the ``ref`` and the first record's sequence number (``ref << 32 | seq``): a response's rows
+  are one range of the table's own B-tree, in order, with no index of their own. A run is cut
+  past about 1 KB, so that rows pack pages well. ``kinds`` (a bit per kind), ``content_size``
+  and ``last_event`` let reads skip rows without loading them. Output items are found by ID
+  through ``items`` (item ID, ``ref``): one row per item; a row of the log may hold many.
+  Each record's payload holds what the row does not: the fields that ``Accepted`` and
+  ``Ended`` set once (owner, model, status, times, ...) are in the row alone; ``Routed`` and
+  ``Settled`` are positional arrays (nothing reads them back; the row holds the last of
+  each); the final response of an ``Ended`` leaves out its own ID, the output items that
+  ``ItemDone`` records of the same append hold byte for byte (the recorder appends them
+  together) and its usage when a ``Settled`` of the append holds it, which its reader puts
+  back. The unique index that once kept one ``Ended`` per response is gone: the fold checks
+  that rule under the write lock, as it checks the others.
 - **Schema**: ``PRAGMA user_version`` is the schema version; :data:`_MIGRATIONS` are applied in
   order, in one ``BEGIN IMMEDIATE`` transaction, when a store opens.
 - ``sqlite3`` exceptions (and ``OSError`` of the instance lock files) are translated into
@@ -83,7 +100,7 @@ One module per concern, each importing only those listed before it:
 - ``_retention``: removing content (``Deleted``, ``purge``);
 - ``_keys``: the proxy's virtual keys, and the files and batches (objects);
 - ``_encode``: records into rows, in the caller's task;
-- ``_writer``: the writer's jobs, applying an append to the log and the projection, and the
+- ``_writer``: the writer's jobs, folding appends into the projection and the log, and the
   group-commit transaction;
 - ``_reads``: the projection rows, the records' payloads, item origins and conversations;
 - ``_store``: :class:`SQLiteStore` (the writer actor, the reads, the public methods) and

@@ -14,11 +14,19 @@ from .._records import (
     ResponseRow,
 )
 from ._boundary import _loads_or_none
-from ._schema import _ACCEPTED, _ITEM_DONE, _STREAM_EVENT
+from ._schema import (
+    _ACCEPTED,
+    _ENDED,
+    _ITEM_DONE,
+    _MAX_SEQ,
+    _SEQ_BITS,
+    _STREAM_EVENT,
+    _log_key,
+)
 
 if TYPE_CHECKING:
     import sqlite3
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Iterator, Sequence
 
 _NOT_FOUND: Final = "previous_response_not_found"
 _TOO_LONG: Final = "conversation_too_long"
@@ -74,80 +82,120 @@ def _response_row(row: Sequence[Any]) -> ResponseRow:
     )
 
 
-#: A response's ``ref`` from its ID (one search of the ID's index), for the statements that
-#: read its events.
-_REF: Final = "(SELECT ref FROM responses WHERE id = ?)"
+#: A response's log rows holding a kind of a set of bits (``?``), by its ID (one search of the
+#: ID's index, then one range of log keys).
+_ROWS_OF: Final = (
+    "SELECT l.key, l.body FROM responses AS r CROSS JOIN log AS l"
+    f" ON l.key BETWEEN r.ref << {_SEQ_BITS} AND (r.ref << {_SEQ_BITS}) | {_MAX_SEQ}"
+    " WHERE r.id = ? AND l.kinds & ?"
+)
 
 
-def _read_payloads(db: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> list[Any]:
-    return [orjson.loads(blob) for (blob,) in db.execute(sql, params) if blob is not None]
+def _records(rows: Iterable[tuple[int, bytes]]) -> Iterator[tuple[int, int, Any, Any]]:
+    """The records of log rows: where each is (its response's ``ref`` and its sequence number, as
+    a log key), kind, ordinal and payload (None once its content is removed)."""
+    for key, body in rows:
+        for offset, (kind, ordinal, payload) in enumerate(orjson.loads(body)):
+            yield key + offset, kind, ordinal, payload
 
 
 def _read_input_items(db: sqlite3.Connection, response_id: str) -> list[dict[str, Any]]:
-    sql = f"SELECT payload FROM events WHERE response_ref = {_REF} AND seq = 0"
-    accepted = _read_payloads(db, sql, (response_id,))
-    return accepted[0]["input_items"] if accepted else []
+    # Accepted is a response's first record: the first of its first row.
+    row = db.execute(
+        "SELECT l.body FROM responses AS r CROSS JOIN log AS l"
+        f" ON l.key = r.ref << {_SEQ_BITS} WHERE r.id = ?",
+        (response_id,),
+    ).fetchone()
+    if row is None:
+        return []
+    kind, _, accepted = orjson.loads(row[0])[0]
+    if kind != _ACCEPTED:
+        raise StoreError(f"the database holds a corrupt record: {response_id} starts with {kind}")
+    return [] if accepted is None else accepted["input_items"]
 
 
 def _read_output_items(db: sqlite3.Connection, response_id: str) -> list[dict[str, Any]]:
-    sql = (
-        f"SELECT payload FROM events WHERE response_ref = {_REF} AND kind = ? ORDER BY ordinal, seq"
-    )
-    return _read_payloads(db, sql, (response_id, _ITEM_DONE))
+    rows = db.execute(_ROWS_OF, (response_id, 1 << _ITEM_DONE))
+    items = [
+        (ordinal, seq, payload)
+        for seq, kind, ordinal, payload in _records(rows)
+        if kind == _ITEM_DONE and payload is not None
+    ]
+    items.sort(key=_by_ordinal)
+    return [payload for _, _, payload in items]
+
+
+def _by_ordinal(entry: tuple[int, int, Any]) -> tuple[int, int]:
+    """Output items and stream events are read in their own order: ordinal, then as recorded."""
+    return entry[0], entry[1]
 
 
 def _read_stream_events(
     db: sqlite3.Connection, response_id: str, after: int, limit: int
 ) -> list[dict[str, Any]]:
-    sql = (
-        f"SELECT payload FROM events WHERE response_ref = {_REF} AND kind = ?"
-        " AND ordinal > ? ORDER BY ordinal, seq LIMIT ?"
-    )
-    return _read_payloads(db, sql, (response_id, _STREAM_EVENT, after, limit))
+    # Only the rows holding an event past ``after`` are read (a resumed stream reads on from
+    # where it stopped, not from its start).
+    rows = db.execute(f"{_ROWS_OF} AND l.last_event > ?", (response_id, 1 << _STREAM_EVENT, after))
+    events = [
+        (ordinal, seq, payload)
+        for seq, kind, ordinal, payload in _records(rows)
+        if kind == _STREAM_EVENT and payload is not None and ordinal > after
+    ]
+    events.sort(key=_by_ordinal)
+    return [payload for _, _, payload in events[:limit]]
 
 
 def _read_final_response(db: sqlite3.Connection, response_id: str) -> dict[str, Any] | None:
     """The final response of an ``Ended``, with what :func:`._encode._encode_ended` left out
-    put back: its ``id`` (``same_id``) and the output items ``ItemDone`` records hold
-    (``output_refs``, their sequence numbers)."""
-    # One read transaction: the end and the items it refers to come from one snapshot (a
+    put back: its ``id`` (``same_id``), the output items ``ItemDone`` records hold
+    (``output_refs``, their sequence numbers) and the usage a ``Settled`` holds
+    (``usage_ref``)."""
+    # One read transaction: the end and the records it refers to come from one snapshot (a
     # removal of the content in between would leave the references dangling).
     db.execute("BEGIN")
     try:
-        row = db.execute(
-            f"SELECT response_ref, payload FROM events WHERE response_ref = {_REF}"
-            " AND kind = 'ended'",
-            (response_id,),
-        ).fetchone()
-        if row is None or row[1] is None:
+        rows = db.execute(_ROWS_OF, (response_id, 1 << _ENDED)).fetchall()
+        ended: dict[str, Any] | None = None
+        ref = 0
+        #: Payloads by sequence number: those of the end's row first, which may hold what it
+        #: refers to (a row holds a run of one append's records, up to ``_writer._ROW_BYTES``).
+        payloads: dict[int, Any] = {}
+        for at, kind, _, payload in _records(rows):
+            payloads[at & _MAX_SEQ] = payload
+            if kind == _ENDED:
+                ended, ref = payload, at >> _SEQ_BITS
+        if ended is None:
             return None
-        ref, blob = row
-        ended = orjson.loads(blob)
         response: dict[str, Any] | None = ended["response"]
         if response is None:
             return None
         if ended.get("same_id"):
             response["id"] = response_id
-        refs: list[int | None] | None = ended.get("output_refs")
-        if not refs:
-            return response
-        seqs = orjson.dumps([seq for seq in refs if seq is not None]).decode()
-        items = dict(
-            db.execute(
-                "SELECT seq, payload FROM events WHERE response_ref = ?"
-                " AND seq IN (SELECT value FROM json_each(?))",
-                (ref, seqs),
-            ).fetchall()
-        )
+        refs: list[int | None] = ended.get("output_refs") or []
+        usage_ref: int | None = ended.get("usage_ref")
+        wanted = [seq for seq in (*refs, usage_ref) if seq is not None]
+        elsewhere = [seq for seq in wanted if seq not in payloads]
+        if elsewhere:
+            # The rows holding them, and those between: from the row whose run covers the
+            # first (the last one starting at or before it) to the one holding the last.
+            first, last = _log_key(ref, min(elsewhere)), _log_key(ref, max(elsewhere))
+            more = db.execute(
+                "SELECT key, body FROM log"
+                " WHERE key BETWEEN (SELECT max(key) FROM log WHERE key <= ?) AND ?",
+                (first, last),
+            )
+            payloads.update((at & _MAX_SEQ, p) for at, _, _, p in _records(more))
     finally:
         db.execute("COMMIT")  # a read transaction: this only ends the snapshot
-    output = response["output"]
+    missing = [seq for seq in wanted if payloads.get(seq) is None]
+    if missing:
+        raise StoreError(f"the database holds a corrupt record: no record {missing[0]}")
+    output = response.get("output")
     for position, seq in enumerate(refs):
         if seq is not None:
-            item = items.get(seq)
-            if item is None:
-                raise StoreError(f"the database holds a corrupt record: no output item {seq}")
-            output[position] = orjson.loads(item)
+            output[position] = payloads[seq]  # type: ignore[index]
+    if usage_ref is not None:
+        response["usage"] = payloads[usage_ref][0]  # a Settled: usage, cost, estimated
     return response
 
 
@@ -155,21 +203,22 @@ def _read_final_response(db: sqlite3.Connection, response_id: str) -> dict[str, 
 _ITEM_LOOKUP_BATCH: Final = 256
 
 
+def _item_origins_sql(count: int) -> str:
+    """The lookup of ``count`` item IDs: each one search of the primary key of ``items``."""
+    marks = ", ".join("?" * count)
+    return (
+        "SELECT i.item_id, r.id, r.owner, r.deployment_id, r.provider FROM items AS i"
+        f" CROSS JOIN responses AS r ON r.ref = i.response_ref WHERE i.item_id IN ({marks})"
+        " AND r.deleted = 0 AND r.purged = 0 ORDER BY i.response_ref"
+    )
+
+
 def _read_item_origins(db: sqlite3.Connection, item_ids: list[str]) -> dict[str, ItemOrigin]:
-    # The expression and the literal kind match the index ``events_by_item`` exactly, so
-    # each ID is one index search.
     found: dict[str, ItemOrigin] = {}
     for start in range(0, len(item_ids), _ITEM_LOOKUP_BATCH):
         batch = item_ids[start : start + _ITEM_LOOKUP_BATCH]
-        marks = ", ".join("?" * len(batch))
-        rows = db.execute(
-            "SELECT json_extract(CAST(e.payload AS TEXT), '$.id'), r.id, r.owner,"
-            " r.deployment_id, r.provider FROM events AS e JOIN responses AS r"
-            " ON r.ref = e.response_ref WHERE e.kind = 'item_done'"
-            f" AND json_extract(CAST(e.payload AS TEXT), '$.id') IN ({marks})"
-            " AND r.deleted = 0 AND r.purged = 0",
-            batch,
-        )
+        rows = db.execute(_item_origins_sql(len(batch)), batch)
+        # An item recorded by several responses (a replay): the first one that made it.
         for item_id, response_id, owner, deployment_id, provider in rows:
             found.setdefault(
                 item_id,
@@ -203,9 +252,10 @@ _CHAIN_SQL: Final = """
     )
     SELECT id, previous_id, deleted, purged, store, ref FROM chain ORDER BY depth
 """
-#: The events holding a chain's items (its refs as a JSON array, to bind any number of them).
-_CHAIN_EVENTS: Final = (
-    " FROM events WHERE response_ref IN (SELECT value FROM json_each(?)) AND kind IN (?, ?)"
+#: The log rows of a chain's responses (its refs as a JSON array, to bind any number of them).
+_CHAIN_ROWS: Final = (
+    " FROM json_each(?) AS c CROSS JOIN log AS l"
+    f" ON l.key BETWEEN c.value << {_SEQ_BITS} AND (c.value << {_SEQ_BITS}) | {_MAX_SEQ}"
 )
 
 
@@ -249,10 +299,9 @@ def _read_conversation(
         if oldest_previous is not None:  # the walk stopped short of the limit: a missing link
             raise _not_found(oldest_previous)
         refs = orjson.dumps([row[5] for row in chain]).decode()
-        kinds = (_ACCEPTED, _ITEM_DONE)
-        # The stored size first, from the records' lengths: nothing is loaded if it is too big.
+        # The stored size first, from the rows' sizes: nothing is loaded if it is too big.
         (size,) = db.execute(
-            "SELECT coalesce(sum(length(payload)), 0)" + _CHAIN_EVENTS, (refs, *kinds)
+            "SELECT coalesce(sum(l.content_size), 0)" + _CHAIN_ROWS, (refs,)
         ).fetchone()
         if size > max_bytes:
             raise _too_long(
@@ -261,22 +310,22 @@ def _read_conversation(
                 " to allow more."
             )
         inputs: dict[int, list[dict[str, Any]]] = {}
-        outputs: dict[int, list[dict[str, Any]]] = {}
+        outputs: dict[int, list[tuple[int, int, Any]]] = {}
         rows = db.execute(
-            "SELECT response_ref, kind, payload" + _CHAIN_EVENTS + " ORDER BY ordinal, seq",
-            (refs, *kinds),
+            "SELECT l.key, l.body" + _CHAIN_ROWS + " WHERE l.content_size > 0", (refs,)
         )
-        for ref, kind, payload in rows:
+        for at, kind, ordinal, payload in _records(rows):
             if payload is None:
                 continue
+            ref = at >> _SEQ_BITS
             if kind == _ACCEPTED:
-                inputs[ref] = orjson.loads(payload)["input_items"]
-            else:
-                outputs.setdefault(ref, []).append(orjson.loads(payload))
+                inputs[ref] = payload["input_items"]
+            elif kind == _ITEM_DONE:
+                outputs.setdefault(ref, []).append((ordinal, at, payload))
     finally:
         db.execute("COMMIT")  # a read transaction: this only ends the snapshot
     items: list[dict[str, Any]] = []
     for *_, ref in reversed(chain):
         items += inputs.get(ref, [])
-        items += outputs.get(ref, [])
+        items += [payload for _, _, payload in sorted(outputs.get(ref, []), key=_by_ordinal)]
     return items

@@ -3,17 +3,18 @@ keeping its accounting."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import orjson
 import trio
 
 from ._boundary import _INLINE_BYTES
-from ._schema import _CONTENT_KINDS, _ENDED
+from ._schema import _CONTENT_BITS, _ENDED, _ITEM_DONE, _LOG_RANGE, _REMOVAL_BITS, _log_body
 
 if TYPE_CHECKING:
     import sqlite3
+    from collections.abc import Iterator
 
     from ...errors import StoreError
 
@@ -41,23 +42,47 @@ class _PurgeJob:
 
 def _remove_content(db: sqlite3.Connection, ref: int) -> None:
     """Remove a response's content (``Deleted`` and ``purge``): the payloads of its content
-    records and the final response of its ``Ended``. Its projection row, usage and cost stay."""
-    db.execute(
-        "UPDATE events SET payload = NULL WHERE response_ref = ? AND kind IN (?, ?, ?)",
-        (ref, *_CONTENT_KINDS),
+    records, the final response of its ``Ended`` and its items' IDs. Its projection row, usage
+    and cost stay."""
+    rows = db.execute(
+        f"SELECT key, body FROM log WHERE {_LOG_RANGE} AND kinds & ?", (ref, ref, _REMOVAL_BITS)
+    ).fetchall()
+    updates: list[tuple[bytes, int]] = []
+    items: list[tuple[str, int]] = []
+    for key, body in rows:
+        records = orjson.loads(body)
+        for record in records:
+            kind, _, payload = record
+            if kind == _ITEM_DONE and isinstance(payload, dict):
+                item_id = payload.get("id")
+                if isinstance(item_id, str):
+                    items.append((item_id, ref))
+            if (1 << kind) & _CONTENT_BITS:
+                record[2] = None
+            elif kind == _ENDED and isinstance(payload, dict):
+                payload["response"] = None
+                for name in ("same_id", "output_refs", "usage_ref"):  # what rebuilt it
+                    payload.pop(name, None)
+        updates.append((_log_body(_reencoded(records)), key))
+    db.executemany(
+        "UPDATE log SET body = ?, content_size = 0, last_event = NULL WHERE key = ?", updates
     )
-    row = db.execute(
-        "SELECT seq, payload FROM events WHERE response_ref = ? AND kind = ?", (ref, _ENDED)
-    ).fetchone()
-    if row is not None and row[1] is not None:
-        ended = orjson.loads(row[1])
-        ended["response"] = None
-        for key in ("same_id", "output_refs"):  # what rebuilt the response
-            ended.pop(key, None)
-        db.execute(
-            "UPDATE events SET payload = ? WHERE response_ref = ? AND seq = ?",
-            (orjson.dumps(ended), ref, row[0]),
-        )
+    db.executemany("DELETE FROM items WHERE item_id = ? AND response_ref = ?", items)
+
+
+def _reencoded(
+    records: list[list[Any]],
+) -> Iterator[tuple[int, int | None, bytes | None]]:
+    """A row's records as :func:`._schema._log_body` takes them, their payloads encoded again,
+    each on its own: at the depth it was first encoded at, so the encoder takes it again. One
+    it does not (a row written by other means) loses its payload rather than fail the removal:
+    what is left then is only a record of what the projection row holds, the content being
+    gone already."""
+    for kind, ordinal, payload in records:
+        try:
+            yield kind, ordinal, None if payload is None else orjson.dumps(payload)
+        except orjson.JSONEncodeError:
+            yield kind, ordinal, None
 
 
 def _purge(db: sqlite3.Connection, before: float, limit: int) -> int:

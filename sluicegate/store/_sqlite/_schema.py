@@ -1,5 +1,5 @@
-"""The schema: its versioned migrations (``PRAGMA user_version``), the record kinds as the
-``events`` table stores them, and the writer connection, which migrates the database it opens."""
+"""The schema: its versioned migrations (``PRAGMA user_version``), the log's rows and the record
+kinds as they hold them, and the writer connection, which migrates the database it opens."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from ._boundary import _begin_immediate, _Conn, _connect
 
 if TYPE_CHECKING:
     import sqlite3
+    from collections.abc import Iterable
 
 #: Schema migrations; ``_MIGRATIONS[n]`` takes a database from ``user_version`` n to n + 1.
 #: Plain DDL separated by ``;`` (no ``;`` inside literals: the scripts are split on it).
@@ -219,11 +220,67 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX responses_unfinished ON responses (status)
         WHERE status IN ('queued', 'in_progress')
     """,
+    # 7: the log in compact rows. A row holds a run of one response's records written in one
+    # transaction (at concurrency 1, all of a response; cut past about 1 KB), as a JSON array, keyed
+    # by one integer (:func:`_log_key`): no separate primary-key index, and a row or two to insert
+    # per response, not one per record. Output items are found by ID through ``items`` (an
+    # expression index holds one value per row, and a row may hold many items). The one-end rule is
+    # the writer's (it holds the write lock while it checks): its unique index goes, one page less
+    # per commit. An unfinished response is no longer in the index of what to purge (it would be
+    # written twice: once under NULL, once under its end). Each record of schema 6 becomes a row of
+    # its own.
+    """
+    CREATE TABLE log (
+        key INTEGER PRIMARY KEY,
+        kinds INTEGER NOT NULL,
+        content_size INTEGER NOT NULL,
+        last_event INTEGER,
+        at REAL NOT NULL,
+        body BLOB NOT NULL
+    );
+    CREATE TABLE items (
+        item_id TEXT NOT NULL,
+        response_ref INTEGER NOT NULL,
+        PRIMARY KEY (item_id, response_ref)
+    ) WITHOUT ROWID;
+    INSERT INTO log (key, kinds, content_size, last_event, at, body)
+    SELECT (response_ref << 32) | seq, 1 << code,
+        CASE WHEN code IN (0, 2) THEN coalesce(length(payload), 0) ELSE 0 END,
+        CASE WHEN code = 3 THEN ordinal END,
+        at,
+        CAST('[[' || code || ',' || coalesce(ordinal, 'null') || ','
+            || coalesce(CAST(payload AS TEXT), 'null') || ']]' AS BLOB)
+    FROM (
+        SELECT *, CASE kind WHEN 'accepted' THEN 0 WHEN 'routed' THEN 1 WHEN 'item_done' THEN 2
+            WHEN 'stream_event' THEN 3 WHEN 'settled' THEN 4 WHEN 'ended' THEN 5 ELSE 6 END AS code
+        FROM events
+    ) ORDER BY response_ref, seq;
+    INSERT OR IGNORE INTO items (item_id, response_ref)
+    SELECT json_extract(CAST(payload AS TEXT), '$.id'), response_ref FROM events
+    WHERE kind = 'item_done' AND payload IS NOT NULL AND json_valid(CAST(payload AS TEXT))
+        AND json_type(CAST(payload AS TEXT), '$.id') = 'text';
+    DROP TABLE events;
+    DROP INDEX responses_to_purge;
+    CREATE INDEX responses_to_purge ON responses (completed_at)
+        WHERE purged = 0 AND completed_at IS NOT NULL
+    """,
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
-#: Record kinds as stored in ``events.kind``; ``ordinal`` is the output index or sequence number.
-_ACCEPTED, _ROUTED, _ITEM_DONE, _STREAM_EVENT, _SETTLED, _ENDED, _DELETED = (
+# The log (schema 7). A row of ``log`` holds a run of consecutive records of one response, written
+# in one transaction (``_writer._RowState.log_rows``); ``key`` is the response's ``ref`` and the
+# sequence number of the row's first record (:func:`_log_key`), so a response's rows are one range
+# of keys, in order. ``body`` is a JSON array with one ``[kind, ordinal, payload]`` per record,
+# numbered on from the key's; ``kinds`` has bit ``1 << kind`` set for each kind in the row (reads
+# skip rows without the kind they want), ``content_size`` is the bytes of its Accepted and ItemDone
+# payloads (what a conversation loads) and ``last_event`` its highest stream-event sequence number
+# (where resuming a stream starts reading).
+
+#: Record kinds as ``log`` stores them; ``ordinal`` is the output index (ItemDone), the sequence
+#: number (StreamEventRecorded) or the attempt (Routed).
+_ACCEPTED, _ROUTED, _ITEM_DONE, _STREAM_EVENT, _SETTLED, _ENDED, _DELETED = range(7)
+#: Their names (in messages), by kind.
+_KIND_NAMES: Final = (
     "accepted",
     "routed",
     "item_done",
@@ -232,8 +289,41 @@ _ACCEPTED, _ROUTED, _ITEM_DONE, _STREAM_EVENT, _SETTLED, _ENDED, _DELETED = (
     "ended",
     "deleted",
 )
-#: Kinds whose payload is the caller's content, removed by ``Deleted`` and by ``purge``.
-_CONTENT_KINDS: Final = (_ACCEPTED, _ITEM_DONE, _STREAM_EVENT)
+#: Bits of ``log.kinds``: the kinds whose payload is the caller's content, removed by
+#: ``Deleted`` and by ``purge``, and the ones a removal rewrites (the end's final response too).
+_CONTENT_BITS: Final = 1 << _ACCEPTED | 1 << _ITEM_DONE | 1 << _STREAM_EVENT
+_REMOVAL_BITS: Final = _CONTENT_BITS | 1 << _ENDED
+
+#: Bits of a log key for the sequence number; a ``ref`` takes the rest (SQLite's 63 bits).
+_SEQ_BITS: Final = 32
+#: The most records a response may have, and the highest ``ref``.
+_MAX_SEQ: Final = (1 << _SEQ_BITS) - 1
+_MAX_REF: Final = (1 << (63 - _SEQ_BITS)) - 1
+
+
+def _log_key(ref: int, seq: int) -> int:
+    return ref << _SEQ_BITS | seq
+
+
+#: ``WHERE`` a response's rows: ``key`` between the two bounds (``ref`` bound twice).
+_LOG_RANGE: Final = f"key BETWEEN ? << {_SEQ_BITS} AND (? << {_SEQ_BITS}) | {_MAX_SEQ}"
+
+
+def _log_body(records: Iterable[tuple[int, int | None, bytes | None]]) -> bytes:
+    """A row's body from its records' kinds, ordinals and (JSON) payloads, each as it is: the
+    payloads are encoded once, in the caller's task."""
+    return b"[%s]" % b",".join(
+        b"[%d,%s,%s]"
+        % (
+            kind,
+            b"null" if ordinal is None else b"%d" % ordinal,
+            _NULL if payload is None else payload,
+        )
+        for kind, ordinal, payload in records
+    )
+
+
+_NULL: Final = b"null"
 
 
 def _open_writer(target: str) -> _Conn:

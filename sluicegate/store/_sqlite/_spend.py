@@ -33,7 +33,8 @@ def _count(container: Any, key: str) -> int:
 
 
 def _token_columns(usage: dict[str, Any] | None) -> dict[str, int]:
-    usage = usage or {}
+    if not usage:
+        return _NO_TOKENS
     return {
         "input_tokens": _count(usage, "input_tokens"),
         "output_tokens": _count(usage, "output_tokens"),
@@ -41,6 +42,11 @@ def _token_columns(usage: dict[str, Any] | None) -> dict[str, int]:
         "reasoning_tokens": _count(usage.get("output_tokens_details"), "reasoning_tokens"),
         "total_tokens": _count(usage, "total_tokens"),
     }
+
+
+_NO_TOKENS: Final[dict[str, int]] = dict.fromkeys(
+    ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens", "total_tokens"), 0
+)
 
 
 # -- spend

@@ -137,7 +137,7 @@ class SQLiteStore:
             await trio.lowlevel.checkpoint()
             return
         pending = _Pending(_encode_all(records))
-        await self._submit(pending)
+        await self._submit(pending, wait=True)
         await pending.done.wait()
         if pending.error is not None:
             raise pending.error
@@ -149,11 +149,22 @@ class SQLiteStore:
             return
         await self._submit(_Pending(_encode_all(records), detached=True))
 
-    async def _submit(self, job: _Job) -> None:
-        """Put ``job`` on the writer's channel (waiting for room)."""
+    async def _submit(self, job: _Job, *, wait: bool = False) -> None:
+        """Put ``job`` on the writer's channel (waiting for room).
+
+        ``wait``: the caller waits for the verdict next, which is its schedule point; a job
+        that finds room is then queued without one of its own (one pass of the run loop less
+        for every append). Either way a cancelled caller queues nothing."""
         records = job.weight if isinstance(job, _Pending) else 0
         self._pending += records
         try:
+            if wait:
+                await trio.lowlevel.checkpoint_if_cancelled()
+                try:
+                    self._send.send_nowait(job)
+                    return
+                except trio.WouldBlock:
+                    pass
             await self._send.send(job)
         except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
             self._pending -= records
@@ -197,18 +208,16 @@ class SQLiteStore:
                     self._resolve(job, StoreUnavailableError("the store closed first"))
                 self._writer_done.set()
 
-    async def _commit_inline(self, write: Callable[..., int]) -> int:
+    def _commit_inline(self, write: Callable[..., int]) -> int | None:
         """A small transaction on the trio thread: a worker thread's round trip costs more CPU
         than the commit itself (~250 µs against ~200 µs here, measured), and at
         concurrency 1 every response pays it. Bounded: only small batches come here, the
         writer never checkpoints inside a commit, and a database locked by another process
-        sends the commit to a worker thread to wait there."""
+        sends the commit to a worker thread to wait there (None: nothing was written)."""
         try:
-            wal = _guarded(write, wait=False)
+            return _guarded(write, wait=False)
         except StoreUnavailableError:
-            return await self._off_loop(write, cancellable=False)
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        return wal
+            return None
 
     async def _checkpoint_if_due(self, wal: int) -> None:
         """Checkpoint once the WAL grew by ``_CHECKPOINT_BYTES`` since the last checkpoint
@@ -254,11 +263,12 @@ class SQLiteStore:
     async def _commit(self, batch: list[_Job]) -> None:
         write = functools.partial(_write_batch, self._writer, batch, self._instance)
         size = sum(job.size for job in batch)
+        inline = self._threads and size <= _INLINE_BYTES and len(batch) <= _INLINE_JOBS
         try:
             # Not abandoned on cancel: the transaction finishes and its waiters hear of it.
-            if self._threads and size <= _INLINE_BYTES and len(batch) <= _INLINE_JOBS:
-                wal = await self._commit_inline(write)
-            else:
+            wal = self._commit_inline(write) if inline else None
+            if wal is None:
+                inline = False
                 wal = await self._off_loop(write, cancellable=False)
         except StoreError as exc:
             for job in batch:
@@ -278,6 +288,10 @@ class SQLiteStore:
         self._largest_batch = max(self._largest_batch, written)
         for job in batch:
             self._resolve(job, job.error)
+        if inline:
+            # The schedule point of an inline commit, after its waiters are released: they
+            # run in the same pass of the run loop as the writer's next step.
+            await trio.lowlevel.cancel_shielded_checkpoint()
         # After the waiters are released: they need not wait for it (the next transaction
         # does). Inline, a checkpoint would block the loop: the last connection to close does it.
         if self._threads:
