@@ -64,6 +64,7 @@ from ._report import (
     AIOHTTP_FLOOR,
     FLOOR,
     SLUICEGATE,
+    SLUICEGATE_STATELESS,
     check_targets,
     summarize,
     text_table,
@@ -166,7 +167,12 @@ class _Progress:
 
 def _library_targets() -> list[str]:
     """The library targets measured, in the first repeat's order."""
-    return [FLOOR, *([AIOHTTP_FLOOR] if aiohttp_available() else []), SLUICEGATE]
+    return [
+        FLOOR,
+        *([AIOHTTP_FLOOR] if aiohttp_available() else []),
+        SLUICEGATE,
+        SLUICEGATE_STATELESS,
+    ]
 
 
 def _event_lengths(settings: Settings) -> tuple[int, ...]:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Final
 
 from ._memory import OpenStreams
 from ._proxy import LITELLM_PROXY, PROXY
-from ._report import AIOHTTP_FLOOR, SLUICEGATE
+from ._report import AIOHTTP_FLOOR, SLUICEGATE, SLUICEGATE_STATELESS
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -37,13 +37,19 @@ def _num(value: float | None, spec: str) -> str:
 
 
 def _library_ratios(
-    summaries: Sequence[Summary], *, label: str, aiohttp: bool, missing: str | None
+    summaries: Sequence[Summary],
+    *,
+    label: str,
+    aiohttp: bool,
+    missing: str | None,
+    target: str = SLUICEGATE,
 ) -> str:
     ours = sorted(
-        (s for s in summaries if s.case.target == SLUICEGATE), key=lambda s: s.case.concurrency
+        (s for s in summaries if s.case.target == target), key=lambda s: s.case.concurrency
     )
     concurrencies = sorted({s.case.concurrency for s in ours})
-    title = f"library CPU/request x {label}"
+    library = "library" if target == SLUICEGATE else f"library ({target})"
+    title = f"{library} CPU/request x {label}"
     if missing is not None:
         return f"{title}: not measured ({missing})"
     parts = []
@@ -135,6 +141,13 @@ def headline_lines(
         upstream_shape,
         _library_ratios(summaries, label="httpx floor", aiohttp=False, missing=None),
         _library_ratios(summaries, label="aiohttp floor", aiohttp=True, missing=aiohttp_missing),
+        _library_ratios(
+            summaries,
+            label="aiohttp floor",
+            aiohttp=True,
+            missing=aiohttp_missing,
+            target=SLUICEGATE_STATELESS,
+        ),
         _open_streams(memory_results),
         _event_cost(event_costs),
         recording_line(recording),

@@ -27,6 +27,7 @@ import selectors
 import subprocess
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Final
 
@@ -34,7 +35,7 @@ import attrs
 import trio
 
 from ._cases import LibraryPlan as LibraryPlan
-from ._report import AIOHTTP_FLOOR, FLOOR, SLUICEGATE
+from ._report import AIOHTTP_FLOOR, FLOOR, SLUICEGATE, SLUICEGATE_STATELESS
 from ._runner import Case, CaseRun, process_memory, run_case
 from ._targets import open_floor, open_sluicegate
 from ._upstream import BenchmarkError, FakeUpstreamProcess
@@ -59,6 +60,7 @@ __all__ = [
 LIBRARY_TARGETS: Final[Mapping[str, Callable[[str], AbstractAsyncContextManager[Target]]]] = {
     FLOOR: open_floor,
     SLUICEGATE: open_sluicegate,
+    SLUICEGATE_STATELESS: partial(open_sluicegate, stateless=True),
 }
 #: The module each target's child runs, ``python -m <module> <target> ...``: this one for the
 #: trio targets, ``_aiohttp.py`` for the asyncio one.
@@ -66,6 +68,7 @@ CHILD_MODULES: Final[Mapping[str, str]] = {
     FLOOR: "benchmarks._library",
     AIOHTTP_FLOOR: "benchmarks._aiohttp",
     SLUICEGATE: "benchmarks._library",
+    SLUICEGATE_STATELESS: "benchmarks._library",
 }
 #: The longest a child may take to print its next case (its start and warm-up included): far
 #: more than any case takes, so only a child that hangs reaches it.

@@ -113,7 +113,8 @@ async def _drive(url: str, concurrency: int, requests: int, stream: bool) -> dic
         nonlocal events
         began = time.perf_counter()
         if stream:
-            response = await litellm.aresponses(
+            # Typed as either a response or an iterator; with stream=True it is the iterator.
+            response: Any = await litellm.aresponses(
                 model=LITELLM_MODEL, input="hello", api_base=url, api_key="sk-bench", stream=True
             )
             first = None

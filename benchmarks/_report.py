@@ -20,6 +20,7 @@ __all__ = [
     "MAX_CONCURRENCY_GROWTH",
     "MAX_RATIO",
     "SLUICEGATE",
+    "SLUICEGATE_STATELESS",
     "Check",
     "Summary",
     "check_targets",
@@ -33,6 +34,9 @@ FLOOR: Final = "floor"
 #: The second floor: the same minimum work on aiohttp and asyncio (``_aiohttp.py``).
 AIOHTTP_FLOOR: Final = "aiohttp-floor"
 SLUICEGATE: Final = "sluicegate"
+#: The library in the stateless mode (``store.backend: memory``): routing without durable
+#: recording, for the users who want only that.
+SLUICEGATE_STATELESS: Final = "stateless"
 #: sluicegate's CPU per request may be at most this multiple of the floor's.
 MAX_RATIO: Final = 1.5
 #: ... and at the highest concurrency at most this multiple of its own at the lowest (noise).
@@ -123,7 +127,7 @@ def summarize(runs: Sequence[CaseRun]) -> list[Summary]:
                 ),
             )
         )
-    order = {FLOOR: 0, AIOHTTP_FLOOR: 1, SLUICEGATE: 2}
+    order = {FLOOR: 0, AIOHTTP_FLOOR: 1, SLUICEGATE: 2, SLUICEGATE_STATELESS: 3}
     summaries.sort(key=lambda s: (s.case.stream, s.case.concurrency, order.get(s.case.target, 9)))
     return summaries
 

@@ -181,20 +181,25 @@ def bench_model(
 
 
 @asynccontextmanager
-async def open_sluicegate(base_url: str) -> AsyncIterator[SluicegateTarget]:
+async def open_sluicegate(
+    base_url: str, *, stateless: bool = False
+) -> AsyncIterator[SluicegateTarget]:
     """One gateway for the whole child process, routing one model group to the fake upstream.
     It records every response in a SQLite file, as a deployed gateway does (a temporary one
-    here)."""
+    here); ``stateless``: in the bounded in-memory store instead (``store.backend: memory``)."""
     import sluicegate
 
     scratch = tempfile.TemporaryDirectory(prefix="sluicegate-bench-")
+    store: dict[str, object] = {"path": str(Path(scratch.name) / "bench.db")}
+    if stateless:
+        store = {"backend": "memory"}
     config = {
         "model_list": [bench_model(base_url)],
         "general_settings": {
             "max_connections": POOL_SIZE,
             "max_keepalive_connections": POOL_SIZE,
             "keepalive_expiry": POOL_KEEPALIVE_EXPIRY,
-            "store": {"path": str(Path(scratch.name) / "bench.db")},
+            "store": store,
         },
     }
     with scratch:

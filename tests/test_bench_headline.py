@@ -12,7 +12,7 @@ from benchmarks._headline import (
 )
 from benchmarks._memory import MIB, OpenStreams
 from benchmarks._proxy import LITELLM_PROXY, PROXY, ProxySummary
-from benchmarks._report import AIOHTTP_FLOOR, Summary
+from benchmarks._report import AIOHTTP_FLOOR, SLUICEGATE_STATELESS, Summary
 from benchmarks._runner import Case
 from benchmarks._store import RecordingRun
 
@@ -46,7 +46,11 @@ def summaries() -> list[Summary]:
         summary("sluicegate", stream, c, ratio=r, aiohttp=2 * r)
         for stream, ratios in ((False, (1.5, 0.75, 0.5)), (True, (1.25, 1.0, 0.875)))
         for c, r in zip((1, 16, 64), ratios, strict=True)
-    ] + [summary(AIOHTTP_FLOOR, False, 1, ratio=0.5, aiohttp=None)]
+    ] + [
+        summary(AIOHTTP_FLOOR, False, 1, ratio=0.5, aiohttp=None),
+        summary(SLUICEGATE_STATELESS, False, 1, ratio=0.6, aiohttp=1.25),
+        summary(SLUICEGATE_STATELESS, True, 1, ratio=0.6, aiohttp=1.5),
+    ]
 
 
 def held(target: str, per_stream_kib: float) -> OpenStreams:
@@ -136,6 +140,7 @@ def test_the_summary_has_every_headline_figure() -> None:
         "stream 1.25 / 1.00 / 0.88",
         "library CPU/request x aiohttp floor (c=1/16/64): create 3.00 / 1.50 / 1.00; "
         "stream 2.50 / 2.00 / 1.75",
+        "library (stateless) CPU/request x aiohttp floor (c=1): create 1.25; stream 1.50",
         "memory per open slow stream: library 57.2 KiB, proxy 92.8 KiB, aiohttp-floor 14.5 KiB "
         "(500 streams held open)",
         "CPU per streamed event (library, c=1): 20.00 µs at 1,008 events, 19.00 µs at 4,008 "
@@ -167,7 +172,10 @@ def test_the_summary_says_what_was_not_measured() -> None:
     assert (
         lines[2] == "library CPU/request x aiohttp floor: not measured (aiohttp is not installed)"
     )
-    assert lines[3:] == [
+    assert lines[3] == (
+        "library (stateless) CPU/request x aiohttp floor: not measured (aiohttp is not installed)"
+    )
+    assert lines[4:] == [
         "memory per open slow stream: not measured",
         "CPU per streamed event (library, c=1): not measured",
         "recording CPU µs/response: not measured",
