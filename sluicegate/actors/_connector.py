@@ -412,7 +412,10 @@ class Connector:
             if not read_body:
                 return response, None
             try:
-                body = await response.aread()
+                # As the transport reads it: httpx's aread goes through its chunker and an
+                # identity decoder for nothing (``_body_chunks``).
+                body = b"".join([chunk async for chunk in _body_chunks(response)])
+                await response.aclose()  # the body was read to its end: pooled, not closed
             except httpx.HTTPError as exc:
                 # Nothing was emitted yet, so this is still a whole-attempt failure.
                 raise _translate(exc, before_response=True) from exc

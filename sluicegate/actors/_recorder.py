@@ -271,8 +271,8 @@ class Recording:
             # Shielded: once an end is on its way to the store, a cancellation (the caller
             # left, a shutdown) waits for its verdict, so the end that was recorded is known
             # and can still be delivered.
-            with trio.CancelScope(shield=True) as commit:
-                commit.deadline = trio.current_time() + END_COMMIT_GRACE
+            grace = trio.current_time() + END_COMMIT_GRACE
+            with trio.CancelScope(shield=True, deadline=grace) as commit:
                 await store.append(records)
             if commit.cancelled_caught:
                 raise StoreUnavailableError(f"the end of response {rid} was not committed in time")
