@@ -22,6 +22,8 @@ settings.load_profile("sluicegate")
 
 #: The environment variable that chooses where a request's actors run (``_gateway/_open.py``).
 ACTOR_LAYOUT_ENV = "SLUICEGATE_ACTOR_LAYOUT"
+#: The environment variable that chooses the proxy's HTTP server (``server/_serve.py``).
+HTTP_SERVER_ENV = "SLUICEGATE_HTTP_SERVER"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -32,6 +34,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run every gateway of the suite (the processes it starts too) with this actor "
         "layout (docs/design.md §2.1); default: the configured one, fused",
     )
+    parser.addoption(
+        "--http-server",
+        choices=("lean", "hypercorn"),
+        default=None,
+        help="serve every proxy of the suite (the processes it starts too) on this HTTP server "
+        "(docs/design.md §6.1); default: the configured one",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -39,6 +48,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if layout is not None:
         # Through the environment, so the sluicegate processes the tests start inherit it.
         os.environ[ACTOR_LAYOUT_ENV] = layout
+    server = config.getoption("--http-server")
+    if server is not None:
+        os.environ[HTTP_SERVER_ENV] = server
 
 
 def pytest_report_header(config: pytest.Config) -> str:
