@@ -432,10 +432,10 @@ class GeneralSettings:
     #: Serve without any key (local development only): every caller is the admin.
     allow_unauthenticated: bool = False
     #: The HTTP server ``sluicegate serve`` runs the proxy on (docs/design.md §6.1).
-    #: ``hypercorn``: hypercorn's trio worker (h11); ``lean``: sluicegate's own HTTP/1.1 server
-    #: on httptools' C parser, less CPU and memory per connection (no HTTP/2). Same app, same
+    #: ``lean`` (the default): sluicegate's own HTTP/1.1 server on httptools' C parser, less
+    #: CPU and memory per connection; ``hypercorn``: hypercorn's trio worker (h11, and h2c). Same app, same
     #: behaviour. The environment variable ``SLUICEGATE_HTTP_SERVER`` overrides it.
-    http_server: Literal["lean", "hypercorn"] = "hypercorn"
+    http_server: Literal["lean", "hypercorn"] = "lean"
     #: The largest request body the proxy reads (bytes); larger is a 413.
     max_request_body_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_at_least(1024))
     #: Seconds a client has to send a JSON request body (a 408 after), and the longest pause

@@ -85,7 +85,12 @@ def test_serve_hands_every_worker_one_generated_secret(
         started.append((hconfig.workers, os.environ.get(SECRET_VARIABLE)))
         return 0
 
+    def lean_workers(config_path: str, host: str, port: int, workers: int) -> None:
+        started.append((workers, os.environ.get(SECRET_VARIABLE)))
+
+    # Where run() hands over to the workers, whichever server starts them.
     monkeypatch.setattr("hypercorn.run.run", hypercorn_run)
+    monkeypatch.setattr("sluicegate.server._serve._run_lean_workers", lean_workers)
     run(str(config), host="127.0.0.1", port=0, workers=2)
     ((workers, secret),) = started
     assert workers == 2 and secret and len(secret) >= 32
