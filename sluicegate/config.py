@@ -433,8 +433,9 @@ class GeneralSettings:
     allow_unauthenticated: bool = False
     #: The HTTP server ``sluicegate serve`` runs the proxy on (docs/design.md §6.1).
     #: ``lean`` (the default): sluicegate's own HTTP/1.1 server on httptools' C parser, less
-    #: CPU and memory per connection; ``hypercorn``: hypercorn's trio worker (h11, and h2c). Same app, same
-    #: behaviour. The environment variable ``SLUICEGATE_HTTP_SERVER`` overrides it.
+    #: CPU and memory per connection; ``hypercorn``: hypercorn's trio worker (h11, and h2c).
+    #: Same app, same behaviour. The environment variable ``SLUICEGATE_HTTP_SERVER`` overrides
+    #: it.
     http_server: Literal["lean", "hypercorn"] = "lean"
     #: The largest request body the proxy reads (bytes); larger is a 413.
     max_request_body_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_at_least(1024))
