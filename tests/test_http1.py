@@ -793,7 +793,7 @@ async def test_an_app_without_a_lifespan_is_served_all_the_same() -> None:
         assert (await client.response()).body == b"ok"
 
 
-async def test_serve_uses_the_lean_server_when_the_setting_or_variable_says_so(
+async def test_serve_uses_the_server_the_setting_or_variable_says(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from sluicegate.config import load_config
@@ -801,9 +801,10 @@ async def test_serve_uses_the_lean_server_when_the_setting_or_variable_says_so(
     from sluicegate.server._serve import HTTP_SERVER_VARIABLE, http_server
 
     monkeypatch.delenv(HTTP_SERVER_VARIABLE, raising=False)
-    assert http_server(load_config({})) == "hypercorn"
+    assert http_server(load_config({})) == "lean"
+    hypercorn = load_config({"general_settings": {"http_server": "hypercorn"}})
+    assert http_server(hypercorn) == "hypercorn"
     lean = load_config({"general_settings": {"http_server": "lean"}})
-    assert http_server(lean) == "lean"
     monkeypatch.setenv(HTTP_SERVER_VARIABLE, "hypercorn")
     assert http_server(lean) == "hypercorn"
     monkeypatch.setenv(HTTP_SERVER_VARIABLE, "h2o")
