@@ -71,6 +71,10 @@ MAX_HEAD_BYTES: Final = 16 * 1024
 MAX_HEADERS: Final = 128
 #: Bytes asked of the socket per read.
 _READ_SIZE: Final = 65536
+#: Closing while the client still sends: how long, and how many of its bytes, to read and drop
+#: first so that it reads the answer instead of a reset (``_Connection._linger``).
+_LINGER_SECONDS: Final = 2.0
+_LINGER_BYTES: Final = 1 << 20
 #: What a client may send (pipelined requests, or junk) while a response is being written
 #: before the server stops reading it until that response has ended.
 _WATCH_LIMIT: Final = 65536
@@ -477,6 +481,8 @@ class _Connection:
             self._headers = ()
             self._served = True
             if not keep_alive:
+                if not self._body_done and not self._gone:
+                    await self._linger()  # the client may still be sending the body
                 return
 
     async def _next_head(self) -> _Head | None:
@@ -492,6 +498,7 @@ class _Connection:
                     return event
                 assert isinstance(event, _Refusal), event  # body events were dropped
                 await self._refuse(event.status)
+                await self._linger()
                 return None
             server = self._server
             if server.closing or self._reader.stopped:
@@ -751,6 +758,23 @@ class _Connection:
                     rest = rest[await self._sock.send(rest) :]
             if rest:
                 self._gone = True
+
+    async def _linger(self) -> None:
+        """Close after an answer while the client may still be sending (a refused head, a body
+        the app did not read): stop writing, then read and drop what comes, for a moment and
+        up to a bound. Closed at once, the kernel would answer the client's next bytes with a
+        reset, and the client could lose the answer it had not read yet."""
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        drained = 0
+        with trio.move_on_after(_LINGER_SECONDS):
+            while drained < _LINGER_BYTES:
+                data = await self._recv(wait=True)
+                if not data:
+                    return
+                drained += len(data)
 
     async def _refuse(self, status: int) -> None:
         """Answer ``status`` with an empty body; the connection closes after."""
