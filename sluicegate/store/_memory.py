@@ -72,6 +72,7 @@ from ._records import (
     Settled,
     StreamEventRecorded,
 )
+from ._storable import storable, too_deep
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -94,9 +95,6 @@ _KINDS: Final[dict[type[Record], str]] = {
     Deleted: "deleted",
 }
 
-#: What stands in for upstream content the JSON encoder cannot hold (as in a SQLite store).
-_UNRECORDED: Final = "sluicegate_unrecorded"
-
 #: The largest integer a SQLite store holds: a key this store takes, that one takes too.
 _INT64: Final = 2**63
 
@@ -110,27 +108,6 @@ def _not_json(exc: Exception) -> StoreIntegrityError:
     error = StoreIntegrityError(f"a record is not JSON-serializable: {exc}")
     error.__cause__ = exc
     return error
-
-
-def _too_deep(exc: orjson.JSONEncodeError) -> bool:
-    return "recursion" in str(exc).lower()
-
-
-def _storable(value: Any, levels: int) -> Any:
-    """``value`` with every part the encoder refuses as too deep replaced by
-    ``{_UNRECORDED: reason}``, the rest kept; ``levels``: how far down only what fails is
-    replaced (below, the whole failing value is). Anything else that is not JSON is refused."""
-    try:
-        orjson.dumps(value)
-    except orjson.JSONEncodeError as exc:
-        if not _too_deep(exc):
-            raise _not_json(exc) from exc
-        if levels > 0 and isinstance(value, dict):
-            return {k: _storable(v, levels - 1) for k, v in value.items()}
-        if levels > 0 and isinstance(value, list):
-            return [_storable(v, levels - 1) for v in value]
-        return {_UNRECORDED: f"not storable as JSON ({exc})"}
-    return value
 
 
 def _json_parts(records: Sequence[Record]) -> list[Any]:
@@ -161,14 +138,14 @@ def _with_stand_ins(record: Record) -> Record:
     anything else that fails to encode is refused."""
     match record:
         case ItemDone():
-            item = _storable(record.item, 1)
+            item = storable(record.item, 1)
             return record if item is record.item else attrs.evolve(record, item=item)
         case StreamEventRecorded():
-            event = _storable(record.event, 2)
+            event = storable(record.event, 2)
             return record if event is record.event else attrs.evolve(record, event=event)
         case Ended():
             _encoded(record.error)
-            response = _storable(record.response, 3)
+            response = storable(record.response, 3)
             return (
                 record if response is record.response else attrs.evolve(record, response=response)
             )
@@ -183,7 +160,7 @@ def _checked(records: Sequence[Record]) -> Sequence[Record]:
     try:
         orjson.dumps(_json_parts(records))
     except orjson.JSONEncodeError as exc:
-        if not _too_deep(exc):
+        if not too_deep(exc):
             raise _not_json(exc) from exc
         return [_with_stand_ins(record) for record in records]
     return records

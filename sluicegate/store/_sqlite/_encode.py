@@ -21,6 +21,7 @@ from .._records import (
     Settled,
     StreamEventRecorded,
 )
+from .._storable import storable, too_deep
 from ._boundary import _dumps, _dumps_or_none
 from ._schema import _ACCEPTED, _DELETED, _ENDED, _ITEM_DONE, _ROUTED, _SETTLED, _STREAM_EVENT
 from ._spend import _canonical, _token_columns
@@ -138,7 +139,7 @@ def _leave_out_items(
     for element in output:
         try:
             blob = orjson.dumps(element)
-        except orjson.JSONEncodeError:  # stored as it always is (see _storable)
+        except orjson.JSONEncodeError:  # stored as it always is (see storable)
             refs.append(None)
         else:
             refs.append(items.get((response_id, blob)))
@@ -229,9 +230,9 @@ def _ended_payload(response: dict[str, Any] | None, *, same_id: bool = False) ->
     try:
         return orjson.dumps(payload)
     except orjson.JSONEncodeError as exc:  # encoded once when it can be (nearly always)
-        if not _too_deep(exc):
+        if not too_deep(exc):
             raise StoreIntegrityError(f"a record is not JSON-serializable: {exc}") from exc
-    payload["response"] = _storable(response, 3)
+    payload["response"] = storable(response, 3)
     return _dumps(payload)
 
 
@@ -247,9 +248,6 @@ def _with_refs(payload: bytes, output_refs: list[int | None], usage_ref: int | N
 
 
 #: What stands in for upstream content the JSON encoder cannot hold.
-UNRECORDED: Final = "sluicegate_unrecorded"
-
-
 def _dumps_content(value: Any, *, levels: int) -> bytes:
     """Upstream content (an item, an event): a response the upstream answered is recorded and
     billed even when part of its content cannot be stored (nested deeper than the encoder
@@ -258,29 +256,6 @@ def _dumps_content(value: Any, *, levels: int) -> bytes:
     try:
         return orjson.dumps(value)
     except orjson.JSONEncodeError as exc:
-        if not _too_deep(exc):
+        if not too_deep(exc):
             raise StoreIntegrityError(f"a record is not JSON-serializable: {exc}") from exc
-        return _dumps(_storable(value, levels))
-
-
-def _too_deep(exc: orjson.JSONEncodeError) -> bool:
-    # Anything else (a Python object that is not JSON) is a bug of ours, not provider content.
-    return "recursion" in str(exc).lower()
-
-
-def _storable(value: Any, levels: int) -> Any:
-    """``value`` with every part the encoder refuses replaced by ``{UNRECORDED: reason}``,
-    keeping everything else (identities, types, statuses, usage) as it was. ``levels``: how
-    far down only what fails is replaced (an item's fields: 1; an event's item's fields: 2; a
-    response's output items' fields: 3); below, the whole failing value is."""
-    try:
-        orjson.dumps(value)
-    except orjson.JSONEncodeError as exc:
-        if not _too_deep(exc):
-            raise StoreIntegrityError(f"a record is not JSON-serializable: {exc}") from exc
-        if levels > 0 and isinstance(value, dict):
-            return {k: _storable(v, levels - 1) for k, v in value.items()}
-        if levels > 0 and isinstance(value, list):
-            return [_storable(v, levels - 1) for v in value]
-        return {UNRECORDED: f"not storable as JSON ({exc})"}
-    return value
+        return _dumps(storable(value, levels))
