@@ -23,13 +23,13 @@ aiohttp rows with a note (:func:`aiohttp_available`).
 from __future__ import annotations
 
 import asyncio
-import gc
 import importlib.util
 import json
 import math
 import resource
 import sys
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -44,7 +44,8 @@ from ._cases import (
     Case,
     CaseRun,
     LibraryPlan,
-    percentile,
+    Tally,
+    measure_case,
     process_memory,
     warmup_requests,
 )
@@ -129,24 +130,16 @@ def _responses_url(base_url: str) -> str:
 # --- the cases -------------------------------------------------------------------------------
 
 
-@attrs.define(eq=False)
-class _Tally:
-    remaining: int
-    latencies: list[float] = attrs.Factory(list)
-    first_events: list[float] = attrs.Factory(list)
-    events: int = 0
-
-
 async def _drive(
     op: Callable[[], Awaitable[tuple[int, float | None]]],
     concurrency: int,
     requests: int,
     *,
     until: float = -math.inf,
-) -> _Tally:
+) -> Tally:
     """``_runner._drive`` on asyncio: ``requests`` requests from ``concurrency`` workers; more,
     until ``until`` (``time.perf_counter()``)."""
-    tally = _Tally(remaining=requests)
+    tally = Tally(remaining=requests)
 
     async def worker() -> None:
         while tally.remaining > 0 or time.perf_counter() < until:
@@ -181,34 +174,11 @@ async def _run_case(
         warmup_requests(case.concurrency, requests),
         until=time.perf_counter() + warmup_s,
     )
-    gc.collect()
-    upstream_before = upstream.cpu_seconds()
-    wall_before = time.perf_counter()
-    cpu_before = time.process_time()
-    tally = await _drive(op, case.concurrency, requests)
-    cpu_s = time.process_time() - cpu_before
-    wall_s = time.perf_counter() - wall_before
-    upstream_after = upstream.cpu_seconds()
-    upstream_busy = None
-    if upstream_before is not None and upstream_after is not None:
-        upstream_busy = (upstream_after - upstream_before) / wall_s
-    latencies = sorted(tally.latencies)
-    first_events = sorted(tally.first_events)
-    rss, peak = process_memory()
-    return CaseRun(
-        case=case,
-        requests=requests,
-        wall_s=wall_s,
-        cpu_s=cpu_s,
-        events=tally.events,
-        latency_p50_s=percentile(latencies, 0.50),
-        latency_p99_s=percentile(latencies, 0.99),
-        first_event_p50_s=percentile(first_events, 0.50) if case.stream else None,
-        first_event_p99_s=percentile(first_events, 0.99) if case.stream else None,
-        upstream_busy=upstream_busy,
-        rss_bytes=rss,
-        peak_rss_bytes=peak,
+    run = await measure_case(
+        partial(_drive, op, case.concurrency, requests), case, requests=requests, upstream=upstream
     )
+    rss, peak = process_memory()
+    return attrs.evolve(run, rss_bytes=rss, peak_rss_bytes=peak)
 
 
 async def run_cases(upstream: FakeUpstreamProcess, plan: LibraryPlan) -> None:

@@ -5,14 +5,18 @@ RSS must be the floor's alone, not trio's.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
+import time
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import attrs
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+    from ._upstream import FakeUpstreamProcess
 
 __all__ = [
     "API_KEY",
@@ -24,6 +28,8 @@ __all__ = [
     "Case",
     "CaseRun",
     "LibraryPlan",
+    "Tally",
+    "measure_case",
     "percentile",
     "process_memory",
     "warmup_requests",
@@ -199,3 +205,50 @@ class LibraryPlan:
             requests=tuple((int(c), int(n)) for c, n in data["requests"]),
             warmup_s=float(data["warmup_s"]),
         )
+
+
+@attrs.define(eq=False)
+class Tally:
+    """What a runtime's driver counts while it runs a case's requests."""
+
+    remaining: int
+    latencies: list[float] = attrs.Factory(list)
+    first_events: list[float] = attrs.Factory(list)
+    events: int = 0
+
+
+async def measure_case(
+    drive: Callable[[], Awaitable[Tally]],
+    case: Case,
+    *,
+    requests: int,
+    upstream: FakeUpstreamProcess,
+) -> CaseRun:
+    """Run ``drive`` (a case's ``requests``, on whichever runtime: it awaits nothing else) and
+    turn what it counted, with this process's CPU and the upstream's, into a :class:`CaseRun`."""
+    # Garbage left by earlier cases is collected now, not billed to this one.
+    gc.collect()
+    upstream_before = upstream.cpu_seconds()
+    wall_before = time.perf_counter()
+    cpu_before = time.process_time()
+    tally = await drive()
+    cpu_s = time.process_time() - cpu_before
+    wall_s = time.perf_counter() - wall_before
+    upstream_after = upstream.cpu_seconds()
+    upstream_busy = None
+    if upstream_before is not None and upstream_after is not None:
+        upstream_busy = (upstream_after - upstream_before) / wall_s
+    latencies = sorted(tally.latencies)
+    first_events = sorted(tally.first_events)
+    return CaseRun(
+        case=case,
+        requests=requests,
+        wall_s=wall_s,
+        cpu_s=cpu_s,
+        events=tally.events,
+        latency_p50_s=percentile(latencies, 0.50),
+        latency_p99_s=percentile(latencies, 0.99),
+        first_event_p50_s=percentile(first_events, 0.50) if case.stream else None,
+        first_event_p99_s=percentile(first_events, 0.99) if case.stream else None,
+        upstream_busy=upstream_busy,
+    )

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import gc
 import math
-import time
+from functools import partial
 from typing import TYPE_CHECKING
 
-import attrs
 import trio
 
 from ._cases import Case as Case
 from ._cases import CaseRun as CaseRun
+from ._cases import Tally, measure_case
 from ._cases import percentile as percentile
 from ._cases import process_memory as process_memory
 from ._cases import warmup_requests as warmup_requests
@@ -32,23 +31,15 @@ __all__ = [
 ]
 
 
-@attrs.define(eq=False)
-class _Tally:
-    remaining: int
-    latencies: list[float] = attrs.Factory(list)
-    first_events: list[float] = attrs.Factory(list)
-    events: int = 0
-
-
 async def _drive(
     op: Callable[[], Awaitable[Answer]],
     concurrency: int,
     requests: int,
     *,
     until: float = -math.inf,
-) -> _Tally:
+) -> Tally:
     """``requests`` requests from ``concurrency`` workers; more, until ``until`` (trio time)."""
-    tally = _Tally(remaining=requests)
+    tally = Tally(remaining=requests)
 
     async def worker() -> None:
         while tally.remaining > 0 or trio.current_time() < until:
@@ -87,29 +78,6 @@ async def run_case(
         warmup_requests(case.concurrency, requests),
         until=trio.current_time() + warmup_s,
     )
-    # Garbage left by earlier cases is collected now, not billed to this one.
-    gc.collect()
-    upstream_before = upstream.cpu_seconds()
-    wall_before = time.perf_counter()
-    cpu_before = time.process_time()
-    tally = await _drive(op, case.concurrency, requests)
-    cpu_s = time.process_time() - cpu_before
-    wall_s = time.perf_counter() - wall_before
-    upstream_after = upstream.cpu_seconds()
-    upstream_busy = None
-    if upstream_before is not None and upstream_after is not None:
-        upstream_busy = (upstream_after - upstream_before) / wall_s
-    latencies = sorted(tally.latencies)
-    first_events = sorted(tally.first_events)
-    return CaseRun(
-        case=case,
-        requests=requests,
-        wall_s=wall_s,
-        cpu_s=cpu_s,
-        events=tally.events,
-        latency_p50_s=percentile(latencies, 0.50),
-        latency_p99_s=percentile(latencies, 0.99),
-        first_event_p50_s=percentile(first_events, 0.50) if case.stream else None,
-        first_event_p99_s=percentile(first_events, 0.99) if case.stream else None,
-        upstream_busy=upstream_busy,
+    return await measure_case(
+        partial(_drive, op, case.concurrency, requests), case, requests=requests, upstream=upstream
     )
