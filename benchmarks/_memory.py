@@ -386,6 +386,34 @@ class _Holders:
         scope.cancel()
 
 
+async def _sample_held(
+    state: _Holders,
+    scope: trio.CancelScope,
+    *,
+    began: float,
+    open_within: float,
+    settle: float,
+    samples: int,
+    rss: Callable[[], int],
+    what: str,
+) -> tuple[float, int]:
+    """Once every stream is open (or ``open_within`` passed: then the holders fail): ``settle``
+    seconds, then ``samples`` RSS samples ``settle / 2`` apart. The seconds the opening took,
+    and the highest sample."""
+    with trio.move_on_after(open_within) as opening_scope:
+        await state.all_open.wait()
+    if opening_scope.cancelled_caught:
+        state.fail(BenchmarkError(f"{state.opened} of {what} open after {open_within} s"), scope)
+    open_s = trio.current_time() - began
+    peak = 0
+    await trio.sleep(settle)
+    for i in range(samples):
+        if i:
+            await trio.sleep(settle / 2)
+        peak = max(peak, rss())
+    return open_s, peak
+
+
 async def _hold_stream(
     n: int,
     client: httpx.AsyncClient,
@@ -500,22 +528,16 @@ async def open_slow_streams(
                         read_interval=read_interval,
                     )
                 )
-            with trio.move_on_after(open_within) as opening_scope:
-                await state.all_open.wait()
-            if opening_scope.cancelled_caught:
-                state.fail(
-                    BenchmarkError(
-                        f"{state.opened} of {streams} streams open after {open_within} s "
-                        f"against {server.url}"
-                    ),
-                    nursery.cancel_scope,
-                )
-            open_s = trio.current_time() - began
-            await trio.sleep(settle)
-            for i in range(samples):
-                if i:
-                    await trio.sleep(settle / 2)
-                peak = max(peak, server.rss_bytes())
+            open_s, peak = await _sample_held(
+                state,
+                nursery.cancel_scope,
+                began=began,
+                open_within=open_within,
+                settle=settle,
+                samples=samples,
+                rss=server.rss_bytes,
+                what=f"{streams} streams against {server.url}",
+            )
             state.close.set()
     if state.failure is not None:
         raise state.failure
@@ -596,22 +618,16 @@ async def library_open_streams(
                                 read_interval=read_interval,
                             )
                         )
-                    with trio.move_on_after(open_within) as opening_scope:
-                        await state.all_open.wait()
-                    if opening_scope.cancelled_caught:
-                        state.fail(
-                            BenchmarkError(
-                                f"{state.opened} of {streams} library streams open after "
-                                f"{open_within} s"
-                            ),
-                            nursery.cancel_scope,
-                        )
-                    open_s = trio.current_time() - began
-                    await trio.sleep(settle)
-                    for i in range(samples):
-                        if i:
-                            await trio.sleep(settle / 2)
-                        peak = max(peak, rss_bytes())
+                    open_s, peak = await _sample_held(
+                        state,
+                        nursery.cancel_scope,
+                        began=began,
+                        open_within=open_within,
+                        settle=settle,
+                        samples=samples,
+                        rss=rss_bytes,
+                        what=f"{streams} library streams",
+                    )
                     # The holders end only by failing or by this: every stream left early.
                     nursery.cancel_scope.cancel()
                 if state.failure is not None:
