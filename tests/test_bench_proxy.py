@@ -617,6 +617,22 @@ def test_a_failed_background_load_fails_the_measurement(tmp_path: Path) -> None:
     assert not entered
 
 
+def _measure_direct_once(tmp_path: Path) -> ProxyRun:
+    """One measured run against the upstream directly, with whatever ``_run_wrk`` is now."""
+    return bench_proxy._measure_one(
+        Case(target=DIRECT, stream=False, concurrency=4),
+        repeat=0,
+        tokens=4,
+        url="http://127.0.0.1:1/v1/responses",
+        script=tmp_path / "script.lua",
+        seconds=1,
+        warmup_s=0,
+        loadgen_cpu=None,
+        server=None,
+        idle_rss=None,
+    )
+
+
 def test_a_run_that_completed_no_request_runs_again_longer(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -631,18 +647,7 @@ def test_a_run_that_completed_no_request_runs_again_longer(
         return outputs.pop(0), 0.25
 
     monkeypatch.setattr(bench_proxy, "_run_wrk", fake_wrk)
-    run = bench_proxy._measure_one(
-        Case(target=DIRECT, stream=False, concurrency=4),
-        repeat=0,
-        tokens=4,
-        url="http://127.0.0.1:1/v1/responses",
-        script=tmp_path / "script.lua",
-        seconds=1,
-        warmup_s=0,
-        loadgen_cpu=None,
-        server=None,
-        idle_rss=None,
-    )
+    run = _measure_direct_once(tmp_path)
     assert asked == [1, 2, 4]
     assert run.requests == 452
 
@@ -653,15 +658,4 @@ def test_a_run_that_never_completes_a_request_still_fails(
     starved = re.sub(r"452 requests in 1.00s", "0 requests in 1.00s", PROXY_CREATE)
     monkeypatch.setattr(bench_proxy, "_run_wrk", lambda **_: (starved, 0.0))
     with pytest.raises(BenchmarkError, match="no request completed"):
-        bench_proxy._measure_one(
-            Case(target=DIRECT, stream=False, concurrency=4),
-            repeat=0,
-            tokens=4,
-            url="http://127.0.0.1:1/v1/responses",
-            script=tmp_path / "script.lua",
-            seconds=1,
-            warmup_s=0,
-            loadgen_cpu=None,
-            server=None,
-            idle_rss=None,
-        )
+        _measure_direct_once(tmp_path)
