@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -65,15 +64,6 @@ async def test_sync_responses_inside_trio_says_what_to_await_instead() -> None:
     (or, under asyncio, silently blocked the loop)."""
     with pytest.raises(RuntimeError, match=r"await sluicegate\.aresponses"):
         sluicegate.responses(model="fake/sync", input="hello")
-
-
-def test_sync_responses_inside_asyncio_says_what_to_use_instead() -> None:
-    async def inside() -> None:
-        sluicegate.responses(model="fake/sync", input="hello")
-
-    with pytest.raises(RuntimeError, match=r"asyncio\.to_thread") as info:
-        asyncio.run(inside())
-    assert "asyncio" in str(info.value)
 
 
 def test_quickstart_command(capsys: pytest.CaptureFixture[str]) -> None:

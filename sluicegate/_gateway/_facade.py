@@ -5,9 +5,10 @@ background runs (``_background.py``), stored responses (``_stored.py``), files a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any, Literal, overload
+from functools import partial
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 import attrs
 
@@ -17,11 +18,19 @@ from ..errors import InvalidRequestError, SluicegateError
 from ..store import SpendFilter, SpendGroup, SpendLog, SpendTotal, Store
 from ._background import Follower
 from ._continuation import continue_previous
+from ._host import Host, hosted, in_trio
 from ._object_calls import ObjectCalls
 from ._params import on_end_option, prepare_call
 from ._pipeline import Pipeline, run_request
 from ._replay import resolve_replayed_state
-from ._streams import ResponseStream, follow, open_response_stream
+from ._streams import (
+    ResponseStream,
+    follow,
+    held_stream_twin,
+    hold_stream,
+    open_response_stream,
+    stream_twin,
+)
 
 if TYPE_CHECKING:
     from ..actors._health import DeploymentStatistics
@@ -78,6 +87,8 @@ class Gateway(ObjectCalls):
     #: Foreground requests (background runs count their own).
     _in_flight: int = 0
     _total: int = 0
+    #: Where its calls run when it was opened under asyncio (``_host.py``); None under trio.
+    _host: Host | None = None
 
     @property
     def config(self) -> GatewayConfig:
@@ -87,6 +98,10 @@ class Gateway(ObjectCalls):
     def store(self) -> Store:
         """The event store every response is recorded in."""
         return self._store
+
+    def hosted_by(self, host: Host) -> None:
+        """Run calls made from asyncio in ``host`` (``open_gateway`` under asyncio)."""
+        self._host = host
 
     @property
     def model_names(self) -> list[str]:
@@ -116,6 +131,7 @@ class Gateway(ObjectCalls):
 
     # -- creating responses --------------------------------------------------------------
 
+    @hosted
     async def responses(self, **params: Any) -> Response:
         """Create a response and wait for it (``POST /v1/responses``, not streamed).
 
@@ -158,7 +174,10 @@ class Gateway(ObjectCalls):
         ``get_response(id, stream=True, starting_after=n)``. ``on_end`` is as in
         :meth:`responses`.
         """
-        return self.open_stream(params)
+        host = self._host
+        if host is None or in_trio():
+            return self.open_stream(params)
+        return host.open(partial(self.open_stream, params), stream_twin)
 
     @asynccontextmanager
     async def open_stream(
@@ -272,7 +291,8 @@ class Gateway(ObjectCalls):
                 ``MAX_SAFE_INTEGER``).
             UpstreamError: the upstream's answer.
         """
-        return await self._stored.get(
+        lookup = partial(
+            self._stored.get,
             response_id,
             stream=stream,
             starting_after=starting_after,
@@ -283,7 +303,16 @@ class Gateway(ObjectCalls):
             owner=owner,
             admin=admin,
         )
+        host = self._host
+        if host is None or in_trio():
+            return await lookup()
+        if not stream:
+            return await host.call(lookup)
+        # The stream is read from asyncio after the call returns: a session holds it.
+        opened = cast("Callable[[], Awaitable[ResponseStream]]", lookup)
+        return await host.open(partial(hold_stream, opened), held_stream_twin).__aenter__()
 
+    @hosted
     async def delete_response(
         self,
         response_id: str,
@@ -304,6 +333,7 @@ class Gateway(ObjectCalls):
             response_id, extra_headers=extra_headers, timeout=timeout, owner=owner, admin=admin
         )
 
+    @hosted
     async def cancel_response(
         self,
         response_id: str,
@@ -326,6 +356,7 @@ class Gateway(ObjectCalls):
             response_id, extra_headers=extra_headers, timeout=timeout, owner=owner, admin=admin
         )
 
+    @hosted
     async def list_input_items(
         self,
         response_id: str,
@@ -360,6 +391,7 @@ class Gateway(ObjectCalls):
             admin=admin,
         )
 
+    @hosted
     async def spend_logs(
         self,
         *,
@@ -377,6 +409,7 @@ class Gateway(ObjectCalls):
         where = SpendFilter(owner=owner, model=model, start=start, end=end, metadata=metadata)
         return await self._store.spend_logs(where, limit=limit, newest_first=newest_first)
 
+    @hosted
     async def spend_totals(
         self,
         *,

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidRequestError
+from ._host import DemandedIterator, hosted, in_trio
 from ._uploads import invalid
 
 if TYPE_CHECKING:
+    from ._host import Host, Session
     from ._objects import ObjectService
 
 __all__ = ["ObjectCalls"]
@@ -28,7 +31,15 @@ class ObjectCalls:
     _objects: ObjectService
     #: Who calls when a call names no ``owner``.
     _owner: str
+    _host: Host | None
 
+    @property
+    def host(self) -> Host | None:
+        """The asyncio loop's trio guest that runs this gateway's calls (``open_gateway``
+        under asyncio), or None: opened under trio."""
+        return self._host
+
+    @hosted
     async def create_file(
         self,
         *,
@@ -65,6 +76,7 @@ class ObjectCalls:
             total_timeout=timeout,
         )
 
+    @hosted
     async def list_files(
         self,
         *,
@@ -85,6 +97,7 @@ class ObjectCalls:
             order=order,
         )
 
+    @hosted
     async def retrieve_file(
         self,
         file_id: str,
@@ -98,6 +111,7 @@ class ObjectCalls:
             file_id, owner=self._owner_of(owner), admin=admin, total_timeout=timeout
         )
 
+    @hosted
     async def delete_file(
         self,
         file_id: str,
@@ -117,8 +131,16 @@ class ObjectCalls:
         """``async with gw.open_file_content(id) as chunks:`` the file's bytes as they arrive
         (``GET /v1/files/{id}/content``). Reading a batch's output file to its end records
         the batch's usage and cost."""
-        return self._objects.open_file_content(file_id, owner=self._owner_of(owner), admin=admin)
+        owner = self._owner_of(owner)
+        host = self.host
+        if host is None or in_trio():
+            return self._objects.open_file_content(file_id, owner=owner, admin=admin)
+        return host.open(
+            partial(self._objects.open_file_content, file_id, owner=owner, admin=admin),
+            _chunks_twin,
+        )
 
+    @hosted
     async def file_content(
         self, file_id: str, *, owner: str | None = None, admin: bool = False
     ) -> bytes:
@@ -126,6 +148,7 @@ class ObjectCalls:
         async with self.open_file_content(file_id, owner=owner, admin=admin) as chunks:
             return b"".join([chunk async for chunk in chunks])
 
+    @hosted
     async def create_batch(
         self,
         *,
@@ -158,6 +181,7 @@ class ObjectCalls:
             total_timeout=timeout,
         )
 
+    @hosted
     async def retrieve_batch(
         self,
         batch_id: str,
@@ -171,6 +195,7 @@ class ObjectCalls:
             batch_id, owner=self._owner_of(owner), admin=admin, total_timeout=timeout
         )
 
+    @hosted
     async def cancel_batch(
         self,
         batch_id: str,
@@ -184,6 +209,7 @@ class ObjectCalls:
             batch_id, owner=self._owner_of(owner), admin=admin, total_timeout=timeout
         )
 
+    @hosted
     async def list_batches(
         self,
         *,
@@ -201,6 +227,12 @@ class ObjectCalls:
         if owner is not None and not isinstance(owner, str):
             raise InvalidRequestError("'owner' must be a string.", param="owner")
         return self._owner if owner is None else owner
+
+
+def _chunks_twin(
+    session: Session[AsyncIterator[bytes]], chunks: AsyncIterator[bytes]
+) -> AsyncIterator[bytes]:
+    return DemandedIterator(session)
 
 
 def spend_metadata_of(spend_logs_metadata: Any, litellm_metadata: Any) -> dict[str, Any]:

@@ -10,6 +10,7 @@ single call.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -18,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
+from types import TracebackType
 from typing import Any, Final
 
 import httpx
@@ -48,11 +50,12 @@ from ..store import Store, open_memory_store, open_sqlite_store
 from ._background import BackgroundRuns
 from ._facade import Gateway
 from ._fakes import FakeProviders
+from ._host import GuestRun, Host, HostedContext, in_trio
 from ._objects import ObjectService
 from ._pipeline import Pipeline
 from ._stored import StoredResponses
 
-__all__ = ["aresponses", "open_gateway", "responses"]
+__all__ = ["aresponses", "open_gateway", "open_trio_gateway", "responses"]
 
 logger = logging.getLogger("sluicegate")
 
@@ -61,8 +64,7 @@ logger = logging.getLogger("sluicegate")
 _PROCESS_SECRET = secrets.token_bytes(32)
 
 
-@asynccontextmanager
-async def open_gateway(
+def open_gateway(
     config: GatewayConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
     *,
     transport: httpx.AsyncBaseTransport | None = None,
@@ -70,12 +72,20 @@ async def open_gateway(
     environ: Mapping[str, str] | None = None,
     owner: str = "",
     wall_clock: Callable[[], float] = time.time,
-) -> AsyncIterator[Gateway]:
-    """Open a gateway: ``async with sluicegate.open_gateway(config) as gw:``.
+) -> AbstractAsyncContextManager[Gateway]:
+    """Open a gateway: ``async with sluicegate.open_gateway(config) as gw:``, under trio or
+    asyncio (the loop that runs the ``async with`` decides, when it is entered).
 
     The gateway opens its event store (``general_settings.store``; by default the SQLite file
     ``sluicegate.db`` in the working directory) and records every response in it. Leaving the
     block cancels running background responses (recorded as failed) and closes the store.
+
+    Under asyncio the gateway runs as a trio guest on the running loop (one guest per loop,
+    shared by the gateways open on it; docs/design.md §2.8), and its calls are awaited from
+    asyncio tasks with the same arguments, results and errors. Leaving the block there also
+    cancels the calls and streams still running (each response recorded with its end; their
+    callers get :class:`~sluicegate.ServiceUnavailableError`). Use the gateway from the loop
+    that opened it.
 
     Args:
         config: a dict or a YAML path in LiteLLM's shape (``model_list``, ``router_settings``,
@@ -91,6 +101,94 @@ async def open_gateway(
         ConfigError: the configuration is invalid; the message names the path.
         StoreError: the store cannot be opened.
     """
+    return _Opening(
+        partial(
+            open_trio_gateway,
+            config,
+            transport=transport,
+            rng=rng,
+            environ=environ,
+            owner=owner,
+            wall_clock=wall_clock,
+        )
+    )
+
+
+class _Opening(AbstractAsyncContextManager[Gateway]):
+    """:func:`open_gateway`'s context manager: the trio one as it is under trio; under asyncio,
+    the trio one held by a session in the loop's guest run, its calls hosted there."""
+
+    def __init__(self, open_: Callable[[], AbstractAsyncContextManager[Gateway]]) -> None:
+        self._open = open_
+        self._inner: AbstractAsyncContextManager[Gateway] | None = None
+        self._run: GuestRun | None = None
+
+    async def __aenter__(self) -> Gateway:
+        if in_trio():
+            self._inner = self._open()
+            return await self._inner.__aenter__()
+        library = _current_library()
+        if library != "asyncio":
+            raise RuntimeError(
+                f"sluicegate runs under trio or asyncio, not {library or 'no event loop'}."
+            )
+        run = self._run = await GuestRun.join()
+        self._inner = HostedContext(
+            None, run.nursery, partial(_hosting, run, self._open), _itself, run=run
+        )
+        try:
+            return await self._inner.__aenter__()
+        except BaseException:
+            self._run = None
+            await run.leave()
+            raise
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._inner is not None
+        run, self._run = self._run, None
+        try:
+            return await self._inner.__aexit__(exc_type, exc, tb)
+        finally:
+            if run is not None:
+                await run.leave()
+
+
+def _itself(session: object, gateway: Gateway) -> Gateway:
+    return gateway
+
+
+@asynccontextmanager
+async def _hosting(
+    run: GuestRun, open_: Callable[[], AbstractAsyncContextManager[Gateway]]
+) -> AsyncIterator[Gateway]:
+    """A gateway whose calls from asyncio run in a nursery of its own, cancelled when it
+    closes (before the gateway itself closes, so each records its end)."""
+    async with open_() as gateway, open_body_nursery() as calls:
+        host = Host(run, calls)
+        gateway.hosted_by(host)
+        try:
+            yield gateway
+        finally:
+            host.closing = True
+
+
+@asynccontextmanager
+async def open_trio_gateway(
+    config: GatewayConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    rng: random.Random | None = None,
+    environ: Mapping[str, str] | None = None,
+    owner: str = "",
+    wall_clock: Callable[[], float] = time.time,
+) -> AsyncIterator[Gateway]:
+    """:func:`open_gateway` under trio (the server's, and the asyncio host's inside its
+    guest run)."""
     env = os.environ if environ is None else environ
     cfg = load_config(config, environ=env)
     gs = cfg.general_settings
@@ -296,7 +394,8 @@ async def _purge_periodically(
 async def aresponses(
     *, config: GatewayConfig | Mapping[str, Any] | str | None = None, **params: Any
 ) -> Response:
-    """One call, zero setup (trio): ``await sluicegate.aresponses(model="openai/gpt-4o", ...)``.
+    """One call, zero setup, under trio or asyncio:
+    ``await sluicegate.aresponses(model="openai/gpt-4o", ...)``.
 
     Opens a gateway for the call; for many calls, open one with :func:`open_gateway`.
     """
@@ -329,18 +428,31 @@ def responses(
 
 
 def _refuse_inside_an_event_loop() -> None:
-    try:
-        library = sniffio.current_async_library()
-    except sniffio.AsyncLibraryNotFoundError:
+    library = _current_library()
+    if library is None:
         return
-    if library == "trio":
-        hint = "`await sluicegate.aresponses(...)`"
+    if library in ("trio", "asyncio"):
+        hint = "`await sluicegate.aresponses(...)` (or a gateway: `sluicegate.open_gateway`)"
     else:
-        hint = f"`await asyncio.to_thread(sluicegate.responses, ...)` (running under {library})"
+        hint = f"`sluicegate.responses(...)` in a worker thread (running under {library})"
     raise RuntimeError(
         "sluicegate.responses() blocks until the response is done, and this thread is running "
         f"an event loop it would freeze; use {hint} instead."
     )
+
+
+def _current_library() -> str | None:
+    """The event loop running in this thread, by name: sniffio's answer, else asyncio's
+    running loop (seen from a plain loop callback, where sniffio finds no task)."""
+    try:
+        return sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        pass
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    return "asyncio"
 
 
 #: Overrides ``general_settings.actor_layout`` (the test suite's ``--actor-layout`` sets it, so

@@ -9,8 +9,10 @@ in the service nursery whatever its reader does.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 import attrs
@@ -25,8 +27,16 @@ from ._pipeline import Pipeline, run_request
 
 if TYPE_CHECKING:
     from ..actors._recorder import Recording
+    from ._host import Session
 
-__all__ = ["ResponseStream", "follow", "open_response_stream"]
+__all__ = [
+    "ResponseStream",
+    "follow",
+    "held_stream_twin",
+    "hold_stream",
+    "open_response_stream",
+    "stream_twin",
+]
 
 
 class _Source(Protocol):
@@ -50,6 +60,10 @@ class ResponseStream:
     _index: int = 0
     _terminal: ResponseEvent | None = None
     _closing: list[StreamEvent] = attrs.Factory(list)
+    #: What :meth:`aclose` awaits after dropping the batch in hand, instead of a trio
+    #: checkpoint (a twin read from asyncio: that loop's checkpoint, or ending the session
+    #: that holds its original). Called again by a second ``aclose``.
+    _closer: Callable[[], Awaitable[None]] | None = None
 
     def __aiter__(self) -> ResponseStream:
         return self
@@ -69,6 +83,23 @@ class ResponseStream:
         if type(event) is ResponseEvent and event.is_terminal:
             self._terminal = event
         return event
+
+    async def receive_delivery(self) -> Delivery:
+        """The next delivery from the source as it comes (a batch, or an error as a value),
+        past the batch in hand: what a :meth:`twin` reads through its source.
+
+        Raises:
+            trio.EndOfChannel: the stream has ended.
+        """
+        return await self._recv.receive()
+
+    def twin(
+        self, source: _Source, closer: Callable[[], Awaitable[None]] | None = None
+    ) -> ResponseStream:
+        """The same stream read through ``source`` (which reads this one's
+        :meth:`receive_delivery`), starting with the batch in hand: the stream an asyncio
+        caller iterates (``_host.py``)."""
+        return ResponseStream(source, self._tracker, self.ready_nowait(), closer=closer)
 
     async def _prime(self) -> SluicegateError | None:
         """Wait for the first events; the error instead if the request failed before any."""
@@ -125,7 +156,10 @@ class ResponseStream:
         """Stop reading (a follower only detaches: the background response runs on)."""
         self._batch = []
         self._index = 0
-        await trio.lowlevel.checkpoint()
+        if self._closer is not None:
+            await self._closer()
+        else:
+            await trio.lowlevel.checkpoint()
 
 
 async def follow(source: _Source) -> ResponseStream:
@@ -223,3 +257,43 @@ def _drain(recv: trio.MemoryReceiveChannel[Delivery]) -> list[StreamEvent]:
             return events
         if not isinstance(value, SluicegateError):
             events += value
+
+
+# --- read from asyncio (``_host.py``) ---------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class _Demanding:
+    """A twin's source: each receive is a demand on the session holding the original."""
+
+    _session: Session[ResponseStream]
+
+    async def receive(self) -> Delivery:
+        return await self._session.demand(ResponseStream.receive_delivery)
+
+
+async def _asyncio_checkpoint() -> None:
+    await asyncio.sleep(0)
+
+
+def stream_twin(session: Session[ResponseStream], stream: ResponseStream) -> ResponseStream:
+    """The asyncio twin of a stream whose session ends with its ``async with`` block."""
+    return stream.twin(_Demanding(session), _asyncio_checkpoint)
+
+
+def held_stream_twin(session: Session[ResponseStream], stream: ResponseStream) -> ResponseStream:
+    """The asyncio twin of a stream a call returned: closing it ends its session."""
+    return stream.twin(_Demanding(session), partial(session.leave, None))
+
+
+@asynccontextmanager
+async def hold_stream(
+    open_: Callable[[], Awaitable[ResponseStream]],
+) -> AsyncIterator[ResponseStream]:
+    """A stream a call returns (``get_response(stream=True)``) held as a context manager, closed
+    on the way out."""
+    stream = await open_()
+    try:
+        yield stream
+    finally:
+        await stream.aclose()

@@ -1,0 +1,523 @@
+"""The library under asyncio: the trio engine as a guest on the host's event loop.
+
+Theory of operation. The gateway is trio code, and an asyncio task cannot await trio code. So
+under asyncio the engine runs as a trio *guest run* on the host's own loop
+(``trio.lowlevel.start_guest_run``): trio's scheduler steps in the loop's callbacks, in the
+loop's thread, and only its wait for I/O runs in a worker thread. Trio allows one run per
+thread, so one guest run serves every gateway opened on a loop (:class:`GuestRun`): the first
+``open_gateway`` starts it, the last one's exit ends it.
+
+Crossing over, in both directions, stays in the one thread:
+
+- asyncio to trio: :meth:`GuestRun.soon` queues a callback that the guest runs in its own
+  context at its next step (``TrioToken.run_sync_soon``: one wake-up of the guest however many
+  callbacks were queued before it steps). The callbacks only start tasks, cancel scopes and
+  hand over values: they never block and never raise.
+- trio to asyncio: a trio task sets the result of an asyncio future, which wakes the asyncio
+  task that awaits it (a guest step is a loop callback, so this is the loop's own thread).
+
+A call (:meth:`Host.call`) is a trio task in the gateway's calls nursery whose outcome lands
+in an asyncio future. A context manager (``gw.stream(...)``, a file's content, the gateway
+itself) is a *session* (:class:`HostedContext`): a trio task enters it, hands the asyncio side
+what it yielded, serves the asyncio side's demands one at a time (the next batch of events,
+the next chunk) until the asyncio side leaves, and leaves the way the asyncio side did (its
+exception is raised into the trio context manager). So a reader that stops demanding stops
+the trio reads behind it: backpressure is the pipeline's one-slot channel, as under trio.
+
+Cancellation goes both ways. An asyncio task cancelled while it awaits a call, a demand or
+an entry cancels that trio work's scope and waits for it to end, so what it recorded is
+recorded by the time the cancellation reaches the caller. Closing the gateway cancels its
+calls nursery: every call and session still running is cancelled in trio (each response is
+recorded with its end), and its asyncio side gets :class:`~sluicegate.ServiceUnavailableError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast
+
+import attrs
+import outcome
+import sniffio
+import trio
+
+from ..errors import ServiceUnavailableError
+
+__all__ = [
+    "DemandedIterator",
+    "GuestRun",
+    "Host",
+    "HostedContext",
+    "Session",
+    "hosted",
+    "in_trio",
+]
+
+logger = logging.getLogger("sluicegate")
+
+T = TypeVar("T")
+V = TypeVar("V")
+P = ParamSpec("P")
+
+#: The guest run of each asyncio loop that has one (weakly: a closed loop's entry goes away).
+_RUNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GuestRun] = weakref.WeakKeyDictionary()
+
+
+def in_trio() -> bool:
+    """Whether the caller runs under trio (a trio task, the guest's included)."""
+    try:
+        return sniffio.current_async_library() == "trio"
+    except sniffio.AsyncLibraryNotFoundError:
+        return False
+
+
+def _closed() -> ServiceUnavailableError:
+    return ServiceUnavailableError("The gateway was closed while this call was running.")
+
+
+def _deliver(future: asyncio.Future[T], result: outcome.Outcome[T]) -> None:
+    """Hand ``result`` to the asyncio side, unless its awaiter has gone (cancelled)."""
+    if future.done():
+        return
+    if isinstance(result, outcome.Error):
+        future.set_exception(result.error)
+    elif isinstance(result, outcome.Value):
+        future.set_result(result.value)
+
+
+@attrs.define(eq=False)
+class GuestRun:
+    """The trio guest run on one asyncio loop, shared by the gateways open on it."""
+
+    loop: asyncio.AbstractEventLoop
+    #: Set (to None or the error) once the run has started, or failed to.
+    _ready: asyncio.Future[None]
+    #: Set once the run has ended.
+    _ended: asyncio.Future[None]
+    _token: trio.lowlevel.TrioToken | None = None
+    _nursery: trio.Nursery | None = None
+    _last_left: trio.Event | None = None
+    _users: int = 0
+    #: The last user has left: the run is ending, and a new user waits for a new run.
+    _ending: bool = False
+    #: Callbacks queued for the guest's next step (:meth:`soon`).
+    _queued: deque[Callable[[], object]] = attrs.Factory(deque)
+
+    @classmethod
+    async def join(cls) -> GuestRun:
+        """The running loop's guest run, started if it has none; the caller is one of its
+        users until it calls :meth:`leave`.
+
+        Raises:
+            RuntimeError: trio cannot run in this thread (it runs trio already).
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            run = _RUNS.get(loop)
+            if run is None:
+                run = cls(loop, loop.create_future(), loop.create_future())
+                _RUNS[loop] = run
+                run._start()
+            elif run._ending:
+                await asyncio.shield(run._ended)
+                continue
+            await asyncio.shield(run._ready)
+            run._users += 1
+            return run
+
+    def leave(self) -> asyncio.Future[None]:
+        """One user fewer; the last one ends the run. Returns the future of the run's end."""
+        self._users -= 1
+        if self._users == 0:
+            self._ending = True
+            assert self._last_left is not None
+            self.soon(self._last_left.set)
+        return self._ended
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        """The guest's root nursery, where the gateways' lifetimes run."""
+        assert self._nursery is not None
+        return self._nursery
+
+    def soon(self, callback: Callable[[], object]) -> None:
+        """Run ``callback`` in the guest's context at its next step (from the loop's thread).
+        ``callback`` must neither block nor raise."""
+        queued = self._queued
+        queued.append(callback)
+        if len(queued) == 1:
+            assert self._token is not None
+            self._token.run_sync_soon(self._drain)
+
+    def _drain(self) -> None:
+        queued = self._queued
+        while queued:
+            # Left in the queue while it runs: a callback queued meanwhile (a finalizer) sees
+            # a non-empty queue and leaves the waking to this loop.
+            queued[0]()
+            queued.popleft()
+
+    def check_loop(self) -> None:
+        """Raises RuntimeError: the caller is not on this run's loop."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not self.loop:
+            raise RuntimeError(
+                "This gateway was opened on another event loop; use it from the loop (and the "
+                "thread) that opened it."
+            )
+
+    def _start(self) -> None:
+        loop = self.loop
+        try:
+            trio.lowlevel.start_guest_run(
+                self._main,
+                run_sync_soon_threadsafe=loop.call_soon_threadsafe,
+                run_sync_soon_not_threadsafe=loop.call_soon,
+                done_callback=self._done,
+                # asyncio owns the signal wake-up fd (loop.add_signal_handler): trio leaves it.
+                host_uses_signal_set_wakeup_fd=True,
+            )
+        except RuntimeError as exc:
+            del _RUNS[loop]
+            self._ready.set_exception(exc)
+            self._ended.set_result(None)
+
+    async def _main(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._last_left = trio.Event()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._ready.set_result(None)
+            await self._last_left.wait()
+            # Every gateway has left: its session has ended, so the nursery is empty.
+
+    def _done(self, result: outcome.Outcome[None]) -> None:
+        if _RUNS.get(self.loop) is self:
+            del _RUNS[self.loop]
+        if isinstance(result, outcome.Error):
+            # A bug of ours (the main task only waits): logged, as nobody awaits the run.
+            logger.error("the trio guest run failed", exc_info=result.error)
+            if not self._ready.done():
+                self._ready.set_exception(result.error)
+        self._ended.set_result(None)
+
+
+@attrs.define(eq=False)
+class _Call(Generic[T]):
+    """One piece of trio work for an asyncio awaiter: a call, or a session's demand."""
+
+    fn: Callable[[], Awaitable[T]]
+    result: asyncio.Future[T]
+    scope: trio.CancelScope | None = None
+    cancelled: bool = False
+    finished: bool = False
+    #: Set when the trio work has ended, for an awaiter that was cancelled and waits for that.
+    ended: asyncio.Future[None] | None = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.scope is not None:
+            self.scope.cancel()
+
+    def end(self) -> None:
+        self.finished = True
+        if self.ended is not None and not self.ended.done():
+            self.ended.set_result(None)
+
+    async def run(self) -> None:
+        """Run it in trio and hand its outcome over."""
+        try:
+            with trio.CancelScope() as scope:
+                self.scope = scope
+                if self.cancelled:
+                    scope.cancel()
+                try:
+                    value = await self.fn()
+                except trio.Cancelled:
+                    raise
+                except BaseException as exc:  # raised in the asyncio task that awaits it
+                    _deliver(self.result, outcome.Error(exc))
+                else:
+                    _deliver(self.result, outcome.Value(value))
+        except trio.Cancelled:
+            # Not its own scope: the gateway is closing. The awaiter is told so.
+            _deliver(self.result, outcome.Error(_closed()))
+            raise
+        finally:
+            self.end()
+
+    async def outcome(self, run: GuestRun) -> T:
+        """Await the result from asyncio; cancelled, cancel the trio work and wait for it to
+        end (a second cancellation stops the waiting, not the ending)."""
+        try:
+            return await self.result
+        except asyncio.CancelledError:
+            if not self.finished:
+                self.ended = run.loop.create_future()
+                run.soon(self.cancel)
+                await asyncio.shield(self.ended)
+            raise
+
+
+@attrs.define(eq=False)
+class Host:
+    """A gateway opened under asyncio: its guest run, and the nursery its calls run in."""
+
+    run: GuestRun
+    _calls: trio.Nursery
+    #: Set when the gateway starts closing: no new call starts.
+    closing: bool = False
+
+    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Await ``fn()`` (trio code) from an asyncio task: its value, or its exception raised
+        here. Cancelling the awaiting task cancels ``fn`` and waits for it to end.
+
+        Raises:
+            ServiceUnavailableError: the gateway closed before or while the call ran.
+        """
+        run = self.run
+        run.check_loop()
+        call: _Call[T] = _Call(fn, run.loop.create_future())
+        run.soon(functools.partial(self._start, call))
+        return await call.outcome(run)
+
+    def _start(self, call: _Call[Any]) -> None:
+        if call.result.done():  # its awaiter was cancelled before it started
+            call.end()
+        elif self.closing:
+            _deliver(call.result, outcome.Error(_closed()))
+            call.end()
+        else:
+            self._calls.start_soon(call.run)
+
+    def open(
+        self,
+        enter: Callable[[], AbstractAsyncContextManager[V]],
+        twin: Callable[[Session[V], V], T],
+    ) -> HostedContext[V, T]:
+        """``async with`` (asyncio) over ``enter()`` (a trio context manager), held by a
+        session in the calls nursery; it yields ``twin(session, value)`` for the value the
+        trio one yields."""
+        return HostedContext(self, self._calls, enter, twin)
+
+
+class _HasHost(Protocol):
+    @property
+    def host(self) -> Host | None: ...
+
+
+def hosted(method: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """A trio method of an object that may be opened under asyncio (the gateway): called
+    under trio, or on an object with no host, it runs as it is; under asyncio, as a call in
+    the object's host."""
+
+    @functools.wraps(method)
+    async def dispatch(*args: P.args, **kwargs: P.kwargs) -> T:
+        host = cast("_HasHost", args[0]).host
+        if host is None or in_trio():
+            return await method(*args, **kwargs)
+        return await host.call(functools.partial(method, *args, **kwargs))
+
+    return dispatch
+
+
+@attrs.define(eq=False)
+class _Leave:
+    exc: BaseException | None
+
+
+@attrs.define(eq=False)
+class Session(Generic[V]):
+    """A trio context manager held open for an asyncio caller, serving its demands."""
+
+    _run: GuestRun
+    _enter: Callable[[], AbstractAsyncContextManager[V]]
+    _entered: asyncio.Future[V]
+    #: The outcome of leaving (or of failing to enter), always a result: never raised by
+    #: awaiting it, so an asyncio CancelledError raised into the context can come back.
+    _left: asyncio.Future[outcome.Outcome[None]]
+    _value: V | None = None
+    #: Demands, then the leave request, in order (unbounded: the asyncio side waits for each
+    #: demand before it makes the next, so it holds at most one demand and the leave).
+    _inbox: deque[_Call[Any] | _Leave] = attrs.Factory(deque)
+    _wake: trio.Event | None = None
+    _scope: trio.CancelScope | None = None
+    _cancelled: bool = False
+    _gone: bool = False
+
+    async def demand(self, fn: Callable[[V], Awaitable[T]]) -> T:
+        """``await fn(value)`` in the session, for the asyncio side.
+
+        Raises:
+            ServiceUnavailableError: the session has ended (its gateway closed).
+        """
+        run = self._run
+        run.check_loop()
+        if self._gone:
+            raise _closed()
+        value = self._value
+        call: _Call[T] = _Call(functools.partial(fn, value), run.loop.create_future())  # type: ignore[arg-type]
+        run.soon(functools.partial(self._post, call))
+        return await call.outcome(run)
+
+    def _post(self, item: _Call[Any] | _Leave) -> None:
+        if self._gone:
+            if isinstance(item, _Call):
+                _deliver(item.result, outcome.Error(_closed()))
+                item.end()
+            return
+        self._inbox.append(item)
+        if self._wake is not None:
+            self._wake.set()
+
+    def _cancel(self) -> None:
+        self._cancelled = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def leave(self, exc: BaseException | None) -> None:
+        """Leave the trio context manager (raising ``exc`` into it, if given) and wait until
+        it is left.
+
+        Raises:
+            BaseException: what leaving raised, if not ``exc`` itself.
+        """
+        if not self._gone:
+            self._run.soon(functools.partial(self._post, _Leave(exc)))
+        left = await asyncio.shield(self._left)
+        if isinstance(left, outcome.Error) and left.error is not exc:
+            raise left.error
+
+    async def abandon(self) -> None:
+        """Stop entering (the asyncio side was cancelled) and wait until it has stopped."""
+        self._run.soon(self._cancel)
+        await asyncio.shield(self._left)
+
+    async def hold(self) -> None:
+        """The session's trio task."""
+        result: outcome.Outcome[None] = outcome.Value(None)
+        try:
+            with trio.CancelScope() as scope:
+                self._scope = scope
+                if self._cancelled:
+                    scope.cancel()
+                async with self._enter() as value:
+                    self._value = value
+                    _deliver(self._entered, outcome.Value(value))
+                    leave = await self._serve()
+                    if leave.exc is not None:
+                        raise leave.exc
+        except trio.Cancelled:
+            # Not its own scope: the gateway is closing.
+            result = outcome.Error(_closed())
+            raise
+        except BaseException as exc:  # entering or leaving failed: the asyncio side's
+            result = outcome.Error(exc)
+        finally:
+            self._end(result)
+
+    def _end(self, result: outcome.Outcome[None]) -> None:
+        self._gone = True
+        if not self._entered.done():
+            if isinstance(result, outcome.Error):
+                self._entered.set_exception(result.error)
+            else:  # entering was abandoned: its awaiter has gone
+                self._entered.cancel()
+        self._left.set_result(result)
+        for item in self._inbox:
+            if isinstance(item, _Call):
+                _deliver(item.result, outcome.Error(_closed()))
+                item.end()
+        self._inbox.clear()
+
+    async def _serve(self) -> _Leave:
+        inbox = self._inbox
+        while True:
+            while not inbox:
+                self._wake = trio.Event()
+                await self._wake.wait()
+            item = inbox.popleft()
+            if isinstance(item, _Leave):
+                return item
+            await item.run()
+
+
+class HostedContext(AbstractAsyncContextManager[T], Generic[V, T]):
+    """``async with`` under asyncio over a trio context manager (see the module docstring)."""
+
+    def __init__(
+        self,
+        host: Host | None,
+        nursery: trio.Nursery,
+        enter: Callable[[], AbstractAsyncContextManager[V]],
+        twin: Callable[[Session[V], V], T],
+        *,
+        run: GuestRun | None = None,
+    ) -> None:
+        self._host = host
+        self._nursery = nursery
+        self._enter = enter
+        self._twin = twin
+        self._run = run if host is None else host.run
+        self._session: Session[V] | None = None
+
+    async def __aenter__(self) -> T:
+        run = self._run
+        assert run is not None
+        run.check_loop()
+        loop = run.loop
+        session = Session(run, self._enter, loop.create_future(), loop.create_future())
+        self._session = session
+        run.soon(functools.partial(self._start, session))
+        try:
+            value = await asyncio.shield(session._entered)
+        except asyncio.CancelledError:
+            if session._entered.done() and not session._entered.cancelled():
+                if session._entered.exception() is None:  # entered: leave as cancelled
+                    await session.leave(asyncio.CancelledError())
+            else:
+                await session.abandon()
+            raise
+        return self._twin(session, value)
+
+    def _start(self, session: Session[V]) -> None:
+        if self._host is not None and self._host.closing:
+            session._end(outcome.Error(_closed()))
+        else:
+            self._nursery.start_soon(session.hold)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._session is not None
+        await self._session.leave(exc)
+
+
+@attrs.define(eq=False)
+class DemandedIterator(Generic[T]):
+    """An async iterator (asyncio) over one a session holds (trio), an item per demand."""
+
+    _session: Session[AsyncIterator[T]]
+
+    def __aiter__(self) -> DemandedIterator[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        return await self._session.demand(_next_of)
+
+
+async def _next_of(iterator: AsyncIterator[T]) -> T:
+    return await iterator.__anext__()
