@@ -78,8 +78,22 @@ def in_trio() -> bool:
         return False
 
 
+class _Closed(ServiceUnavailableError):
+    """The gateway closed under a call (what its asyncio caller gets)."""
+
+
 def _closed() -> ServiceUnavailableError:
-    return ServiceUnavailableError("The gateway was closed while this call was running.")
+    return _Closed("The gateway was closed while this call was running.")
+
+
+def _cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is trio cancelling: ``Cancelled``, or a group of nothing else (a nursery
+    whose body and children were all cancelled raises one)."""
+    if isinstance(exc, trio.Cancelled):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[1] is None
+    return False
 
 
 def _deliver(future: asyncio.Future[T], result: outcome.Outcome[T]) -> None:
@@ -132,14 +146,16 @@ class GuestRun:
             run._users += 1
             return run
 
-    def leave(self) -> asyncio.Future[None]:
-        """One user fewer; the last one ends the run. Returns the future of the run's end."""
+    async def leave(self) -> None:
+        """One user fewer. The last one ends the run, and waits until it has ended (so a new
+        run, or trio's own, may start in this thread after it)."""
         self._users -= 1
-        if self._users == 0:
-            self._ending = True
-            assert self._last_left is not None
-            self.soon(self._last_left.set)
-        return self._ended
+        if self._users:
+            return
+        self._ending = True
+        assert self._last_left is not None
+        self.soon(self._last_left.set)
+        await asyncio.shield(self._ended)
 
     @property
     def nursery(self) -> trio.Nursery:
@@ -243,15 +259,16 @@ class _Call(Generic[T]):
                     scope.cancel()
                 try:
                     value = await self.fn()
-                except trio.Cancelled:
-                    raise
                 except BaseException as exc:  # raised in the asyncio task that awaits it
+                    if _cancellation(exc):
+                        raise
                     _deliver(self.result, outcome.Error(exc))
                 else:
                     _deliver(self.result, outcome.Value(value))
-        except trio.Cancelled:
-            # Not its own scope: the gateway is closing. The awaiter is told so.
-            _deliver(self.result, outcome.Error(_closed()))
+        except BaseException as exc:
+            if _cancellation(exc):
+                # Not its own scope: the gateway is closing. The awaiter is told so.
+                _deliver(self.result, outcome.Error(_closed()))
             raise
         finally:
             self.end()
@@ -396,6 +413,8 @@ class Session(Generic[V]):
             self._run.soon(functools.partial(self._post, _Leave(exc)))
         left = await asyncio.shield(self._left)
         if isinstance(left, outcome.Error) and left.error is not exc:
+            if exc is not None and isinstance(left.error, _Closed):
+                return  # the gateway closed under it: what the caller raised says so already
             raise left.error
 
     async def abandon(self) -> None:
@@ -417,12 +436,11 @@ class Session(Generic[V]):
                     leave = await self._serve()
                     if leave.exc is not None:
                         raise leave.exc
-        except trio.Cancelled:
-            # Not its own scope: the gateway is closing.
-            result = outcome.Error(_closed())
-            raise
-        except BaseException as exc:  # entering or leaving failed: the asyncio side's
-            result = outcome.Error(exc)
+        except BaseException as exc:
+            if _cancellation(exc):  # not its own scope: the gateway is closing
+                result = outcome.Error(_closed())
+                raise
+            result = outcome.Error(exc)  # entering or leaving failed: the asyncio side's
         finally:
             self._end(result)
 
