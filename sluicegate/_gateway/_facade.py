@@ -177,7 +177,9 @@ class Gateway(ObjectCalls):
         host = self._host
         if host is None or in_trio():
             return self.open_stream(params)
-        return host.open(partial(self.open_stream, params), stream_twin)
+        return host.open(
+            partial(self.open_stream, params), stream_twin, ResponseStream.receive_delivery
+        )
 
     @asynccontextmanager
     async def open_stream(
@@ -310,7 +312,10 @@ class Gateway(ObjectCalls):
             return await host.call(lookup)
         # The stream is read from asyncio after the call returns: a session holds it.
         opened = cast("Callable[[], Awaitable[ResponseStream]]", lookup)
-        return await host.open(partial(hold_stream, opened), held_stream_twin).__aenter__()
+        held = host.open(
+            partial(hold_stream, opened), held_stream_twin, ResponseStream.receive_delivery
+        )
+        return await held.__aenter__()
 
     @hosted
     async def delete_response(

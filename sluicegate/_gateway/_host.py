@@ -19,16 +19,19 @@ Crossing over, in both directions, stays in the one thread:
 A call (:meth:`Host.call`) is a trio task in the gateway's calls nursery whose outcome lands
 in an asyncio future. A context manager (``gw.stream(...)``, a file's content, the gateway
 itself) is a *session* (:class:`HostedContext`): a trio task enters it, hands the asyncio side
-what it yielded, serves the asyncio side's demands one at a time (the next batch of events,
-the next chunk) until the asyncio side leaves, and leaves the way the asyncio side did (its
-exception is raised into the trio context manager). So a reader that stops demanding stops
-the trio reads behind it: backpressure is the pipeline's one-slot channel, as under trio.
+what it yielded, pumps what the asyncio side reads from it (the next batch of events, the next
+chunk: one ahead of the reader at most) until the asyncio side leaves, and leaves the way the
+asyncio side did (its exception is raised into the trio context manager). A reader that keeps
+up costs no crossing into trio per batch; one that stops holds the pump, and so the reads
+behind it: backpressure is bounded as under trio (one batch more in hand).
 
-Cancellation goes both ways. An asyncio task cancelled while it awaits a call, a demand or
-an entry cancels that trio work's scope and waits for it to end, so what it recorded is
-recorded by the time the cancellation reaches the caller. Closing the gateway cancels its
-calls nursery: every call and session still running is cancelled in trio (each response is
-recorded with its end), and its asyncio side gets :class:`~sluicegate.ServiceUnavailableError`.
+Cancellation goes both ways. An asyncio task cancelled while it awaits a call or an entry
+cancels that trio work's scope and waits for it to end, so what it recorded is recorded by
+the time the cancellation reaches the caller; one cancelled while it waits for the pump
+leaves the next batch in the slot, for whoever reads on, or for the block's exit (which
+cancels the request). Closing the gateway cancels its calls nursery: every call and session
+still running is cancelled in trio (each response is recorded with its end), and its asyncio
+side gets :class:`~sluicegate.ServiceUnavailableError`.
 """
 
 from __future__ import annotations
@@ -51,13 +54,14 @@ import trio
 from ..errors import ServiceUnavailableError
 
 __all__ = [
-    "DemandedIterator",
     "GuestRun",
     "Host",
     "HostedContext",
+    "PumpedIterator",
     "Session",
     "hosted",
     "in_trio",
+    "next_of",
 ]
 
 logger = logging.getLogger("sluicegate")
@@ -230,7 +234,7 @@ class GuestRun:
 
 @attrs.define(eq=False)
 class _Call(Generic[T]):
-    """One piece of trio work for an asyncio awaiter: a call, or a session's demand."""
+    """One call from an asyncio awaiter, run as a trio task."""
 
     fn: Callable[[], Awaitable[T]]
     result: asyncio.Future[T]
@@ -321,11 +325,12 @@ class Host:
         self,
         enter: Callable[[], AbstractAsyncContextManager[V]],
         twin: Callable[[Session[V], V], T],
+        step: Callable[[V], Awaitable[Any]] | None = None,
     ) -> HostedContext[V, T]:
         """``async with`` (asyncio) over ``enter()`` (a trio context manager), held by a
         session in the calls nursery; it yields ``twin(session, value)`` for the value the
-        trio one yields."""
-        return HostedContext(self, self._calls, enter, twin)
+        trio one yields, which reads what ``step(value)`` gives with :meth:`Session.next`."""
+        return HostedContext(self, self._calls, enter, twin, step=step)
 
 
 class _HasHost(Protocol):
@@ -355,45 +360,80 @@ class _Leave:
 
 @attrs.define(eq=False)
 class Session(Generic[V]):
-    """A trio context manager held open for an asyncio caller, serving its demands."""
+    """A trio context manager held open for an asyncio caller.
+
+    With a ``step`` (reading a stream, a file's content), the session's trio task pumps: it
+    awaits ``step(value)`` and hands each outcome over, one ahead of the reader at most. The
+    asyncio side takes it with :meth:`next`; only when the pump is waiting for room (the
+    reader is slower) does taking one cross back into trio to let it go on, so a reader that
+    keeps up costs no crossing per item, and one that stops holds the pump (and the reads
+    behind it) still.
+    """
 
     _run: GuestRun
     _enter: Callable[[], AbstractAsyncContextManager[V]]
+    _step: Callable[[V], Awaitable[Any]] | None
     _entered: asyncio.Future[V]
     #: The outcome of leaving (or of failing to enter), always a result: never raised by
     #: awaiting it, so an asyncio CancelledError raised into the context can come back.
     _left: asyncio.Future[outcome.Outcome[None]]
-    _value: V | None = None
-    #: Demands, then the leave request, in order (unbounded: the asyncio side waits for each
-    #: demand before it makes the next, so it holds at most one demand and the leave).
-    _inbox: deque[_Call[Any] | _Leave] = attrs.Factory(deque)
+    #: The pumped outcome the reader has not taken; the reader waiting for one.
+    _slot: outcome.Outcome[Any] | None = None
+    _reader: asyncio.Future[outcome.Outcome[Any]] | None = None
+    #: The pump's last outcome (its end: an error, end of iteration included), once handed.
+    _final: outcome.Error | None = None
+    #: Set by the reader when it takes from the slot while the pump waits for room.
+    _room: trio.Event | None = None
+    _leave: _Leave | None = None
     _wake: trio.Event | None = None
     _scope: trio.CancelScope | None = None
+    _pumping: trio.CancelScope | None = None
     _cancelled: bool = False
     _gone: bool = False
 
-    async def demand(self, fn: Callable[[V], Awaitable[T]]) -> T:
-        """``await fn(value)`` in the session, for the asyncio side.
+    async def next(self) -> Any:
+        """The next outcome of the pump, from asyncio: its value, or its error raised.
 
         Raises:
-            ServiceUnavailableError: the session has ended (its gateway closed).
+            ServiceUnavailableError: the session ended (its gateway closed) before one came.
         """
         run = self._run
         run.check_loop()
-        if self._gone:
+        result = self._slot
+        if result is not None:
+            self._slot = None
+            room = self._room
+            if room is not None:
+                self._room = None
+                run.soon(room.set)
+        elif self._final is not None:
+            result = self._final
+        elif self._gone:
             raise _closed()
-        value = self._value
-        call: _Call[T] = _Call(functools.partial(fn, value), run.loop.create_future())  # type: ignore[arg-type]
-        run.soon(functools.partial(self._post, call))
-        return await call.outcome(run)
+        else:
+            # Cancelled, the reader leaves the pump's next outcome in the slot: nothing lost.
+            reader = self._reader = run.loop.create_future()
+            result = await reader
+        if isinstance(result, outcome.Error):
+            raise result.error
+        assert isinstance(result, outcome.Value)
+        return result.value
 
-    def _post(self, item: _Call[Any] | _Leave) -> None:
+    def _hand(self, result: outcome.Outcome[Any]) -> None:
+        if isinstance(result, outcome.Error):
+            self._final = result
+        reader, self._reader = self._reader, None
+        if reader is not None and not reader.done():
+            reader.set_result(result)
+        else:
+            self._slot = result
+
+    def _post_leave(self, leave: _Leave) -> None:
         if self._gone:
-            if isinstance(item, _Call):
-                _deliver(item.result, outcome.Error(_closed()))
-                item.end()
             return
-        self._inbox.append(item)
+        self._leave = leave
+        if self._pumping is not None:
+            self._pumping.cancel()
         if self._wake is not None:
             self._wake.set()
 
@@ -410,7 +450,7 @@ class Session(Generic[V]):
             BaseException: what leaving raised, if not ``exc`` itself.
         """
         if not self._gone:
-            self._run.soon(functools.partial(self._post, _Leave(exc)))
+            self._run.soon(functools.partial(self._post_leave, _Leave(exc)))
         left = await asyncio.shield(self._left)
         if isinstance(left, outcome.Error) and left.error is not exc:
             if exc is not None and isinstance(left.error, _Closed):
@@ -431,11 +471,15 @@ class Session(Generic[V]):
                 if self._cancelled:
                     scope.cancel()
                 async with self._enter() as value:
-                    self._value = value
                     _deliver(self._entered, outcome.Value(value))
-                    leave = await self._serve()
-                    if leave.exc is not None:
-                        raise leave.exc
+                    if self._step is not None:
+                        with trio.CancelScope() as self._pumping:
+                            await self._pump(self._step, value)
+                    while self._leave is None:
+                        self._wake = trio.Event()
+                        await self._wake.wait()
+                    if self._leave.exc is not None:
+                        raise self._leave.exc
         except BaseException as exc:
             if _cancellation(exc):  # not its own scope: the gateway is closing
                 result = outcome.Error(_closed())
@@ -443,6 +487,21 @@ class Session(Generic[V]):
             result = outcome.Error(exc)  # entering or leaving failed: the asyncio side's
         finally:
             self._end(result)
+
+    async def _pump(self, step: Callable[[V], Awaitable[Any]], value: V) -> None:
+        while True:
+            while self._slot is not None:
+                self._room = room = trio.Event()
+                await room.wait()
+            try:
+                result: outcome.Outcome[Any] = outcome.Value(await step(value))
+            except BaseException as exc:
+                if _cancellation(exc):
+                    raise
+                result = outcome.Error(exc)
+            self._hand(result)
+            if isinstance(result, outcome.Error):
+                return
 
     def _end(self, result: outcome.Outcome[None]) -> None:
         self._gone = True
@@ -452,22 +511,9 @@ class Session(Generic[V]):
             else:  # entering was abandoned: its awaiter has gone
                 self._entered.cancel()
         self._left.set_result(result)
-        for item in self._inbox:
-            if isinstance(item, _Call):
-                _deliver(item.result, outcome.Error(_closed()))
-                item.end()
-        self._inbox.clear()
-
-    async def _serve(self) -> _Leave:
-        inbox = self._inbox
-        while True:
-            while not inbox:
-                self._wake = trio.Event()
-                await self._wake.wait()
-            item = inbox.popleft()
-            if isinstance(item, _Leave):
-                return item
-            await item.run()
+        reader, self._reader = self._reader, None
+        if reader is not None and not reader.done():
+            reader.set_result(outcome.Error(_closed()))
 
 
 class HostedContext(AbstractAsyncContextManager[T], Generic[V, T]):
@@ -480,12 +526,14 @@ class HostedContext(AbstractAsyncContextManager[T], Generic[V, T]):
         enter: Callable[[], AbstractAsyncContextManager[V]],
         twin: Callable[[Session[V], V], T],
         *,
+        step: Callable[[V], Awaitable[Any]] | None = None,
         run: GuestRun | None = None,
     ) -> None:
         self._host = host
         self._nursery = nursery
         self._enter = enter
         self._twin = twin
+        self._step = step
         self._run = run if host is None else host.run
         self._session: Session[V] | None = None
 
@@ -494,7 +542,7 @@ class HostedContext(AbstractAsyncContextManager[T], Generic[V, T]):
         assert run is not None
         run.check_loop()
         loop = run.loop
-        session = Session(run, self._enter, loop.create_future(), loop.create_future())
+        session = Session(run, self._enter, self._step, loop.create_future(), loop.create_future())
         self._session = session
         run.soon(functools.partial(self._start, session))
         try:
@@ -525,17 +573,20 @@ class HostedContext(AbstractAsyncContextManager[T], Generic[V, T]):
 
 
 @attrs.define(eq=False)
-class DemandedIterator(Generic[T]):
-    """An async iterator (asyncio) over one a session holds (trio), an item per demand."""
+class PumpedIterator(Generic[T]):
+    """An async iterator (asyncio) over one a session holds and pumps (trio): give its
+    session ``next_of`` as the step."""
 
     _session: Session[AsyncIterator[T]]
 
-    def __aiter__(self) -> DemandedIterator[T]:
+    def __aiter__(self) -> PumpedIterator[T]:
         return self
 
     async def __anext__(self) -> T:
-        return await self._session.demand(_next_of)
+        item: T = await self._session.next()
+        return item
 
 
-async def _next_of(iterator: AsyncIterator[T]) -> T:
+async def next_of(iterator: AsyncIterator[T]) -> T:
+    """The step of a session that pumps an async iterator."""
     return await iterator.__anext__()

@@ -13,7 +13,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidRequestError
-from ._host import DemandedIterator, hosted, in_trio
+from ._host import PumpedIterator, hosted, in_trio, next_of
 from ._uploads import invalid
 
 if TYPE_CHECKING:
@@ -138,6 +138,7 @@ class ObjectCalls:
         return host.open(
             partial(self._objects.open_file_content, file_id, owner=owner, admin=admin),
             _chunks_twin,
+            next_of,
         )
 
     @hosted
@@ -232,7 +233,7 @@ class ObjectCalls:
 def _chunks_twin(
     session: Session[AsyncIterator[bytes]], chunks: AsyncIterator[bytes]
 ) -> AsyncIterator[bytes]:
-    return DemandedIterator(session)
+    return PumpedIterator(session)
 
 
 def spend_metadata_of(spend_logs_metadata: Any, litellm_metadata: Any) -> dict[str, Any]:

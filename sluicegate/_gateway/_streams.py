@@ -263,13 +263,15 @@ def _drain(recv: trio.MemoryReceiveChannel[Delivery]) -> list[StreamEvent]:
 
 
 @attrs.define(eq=False)
-class _Demanding:
-    """A twin's source: each receive is a demand on the session holding the original."""
+class _Pumped:
+    """A twin's source: what the session holding the original pumps from it (the session's
+    step is :meth:`ResponseStream.receive_delivery`)."""
 
     _session: Session[ResponseStream]
 
     async def receive(self) -> Delivery:
-        return await self._session.demand(ResponseStream.receive_delivery)
+        delivery: Delivery = await self._session.next()
+        return delivery
 
 
 async def _asyncio_checkpoint() -> None:
@@ -278,12 +280,12 @@ async def _asyncio_checkpoint() -> None:
 
 def stream_twin(session: Session[ResponseStream], stream: ResponseStream) -> ResponseStream:
     """The asyncio twin of a stream whose session ends with its ``async with`` block."""
-    return stream.twin(_Demanding(session), _asyncio_checkpoint)
+    return stream.twin(_Pumped(session), _asyncio_checkpoint)
 
 
 def held_stream_twin(session: Session[ResponseStream], stream: ResponseStream) -> ResponseStream:
     """The asyncio twin of a stream a call returned: closing it ends its session."""
-    return stream.twin(_Demanding(session), partial(session.leave, None))
+    return stream.twin(_Pumped(session), partial(session.leave, None))
 
 
 @asynccontextmanager
