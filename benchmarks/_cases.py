@@ -1,6 +1,6 @@
-"""A case, its measured run and the settings every driver shares: trio's (``_runner.py``) and
-asyncio's (``_aiohttp.py``). No trio here: the aiohttp floor's child imports this module, and its
-RSS must be the floor's alone, not trio's.
+"""A case, its measured run, what a target answers and the settings every driver shares: trio's
+(``_runner.py``) and asyncio's (``_asyncio_driver.py``). No trio here: the aiohttp floor's child
+imports this module, and its RSS must be the floor's alone, not trio's.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import gc
 import json
 import math
 import time
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 import attrs
 
@@ -25,10 +25,12 @@ __all__ = [
     "POOL_KEEPALIVE_EXPIRY",
     "POOL_SIZE",
     "UPSTREAM_MODEL",
+    "Answer",
     "Case",
     "CaseRun",
     "LibraryPlan",
     "Tally",
+    "Target",
     "measure_case",
     "percentile",
     "process_memory",
@@ -50,6 +52,30 @@ GATEWAY_MODEL: Final = "bench"
 UPSTREAM_MODEL: Final = "bench-model"
 API_KEY: Final = "sk-bench"
 INPUT: Final = "hello"
+
+
+@attrs.frozen
+class Answer:
+    #: Events received (1 for a non-streamed response: the Response object itself).
+    events: int
+    #: When the first event arrived, on the driver's clock (``trio.current_time()`` under trio,
+    #: ``time.perf_counter()`` under asyncio); None when not streaming.
+    first_event_at: float | None
+
+
+class Target(Protocol):
+    """One library target, as every driver calls it (on trio or asyncio, whichever it runs on)."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def create(self) -> Answer:
+        """One non-streamed request, its body parsed."""
+        ...
+
+    async def stream(self) -> Answer:
+        """One streamed request, every event read and parsed."""
+        ...
 
 
 @attrs.frozen(kw_only=True)

@@ -33,6 +33,7 @@ from ._headline import headline_lines, headline_markdown, headline_text, recordi
 from ._library import LibraryPlan, measure_library
 from ._litellm import litellm_available, measure_litellm
 from ._memory import (
+    LIBRARY_ASYNCIO,
     MemoryResult,
     RunningServer,
     measure_open_streams,
@@ -64,6 +65,7 @@ from ._report import (
     AIOHTTP_FLOOR,
     FLOOR,
     SLUICEGATE,
+    SLUICEGATE_ASYNCIO,
     SLUICEGATE_STATELESS,
     check_targets,
     summarize,
@@ -171,6 +173,7 @@ def _library_targets() -> list[str]:
         FLOOR,
         *([AIOHTTP_FLOOR] if aiohttp_available() else []),
         SLUICEGATE,
+        SLUICEGATE_ASYNCIO,
         SLUICEGATE_STATELESS,
     ]
 
@@ -188,7 +191,7 @@ def _steps(settings: Settings) -> int:
     first_event = 2 * len(settings.concurrencies)  # proxy and direct, once
     events = len(_event_lengths(settings))
     # + three memory sections (the library under a slow consumer, the open streams of the
-    # library and the aiohttp floor, the proxy's), the router
+    # library's two faces and the aiohttp floor, the proxy's), the router
     return library + litellm + proxy + first_event + events + 4
 
 
@@ -266,7 +269,7 @@ def _library_progress(progress: _Progress) -> Callable[[CaseRun], None]:
     def report(run: CaseRun) -> None:
         rss = "" if run.rss_bytes is None else f"  {run.rss_bytes / 2**20:5.1f} MiB"
         progress.step(
-            f"{run.case.mode:<6} c={run.case.concurrency:<3} {run.case.target:<13} "
+            f"{run.case.mode:<6} c={run.case.concurrency:<3} {run.case.target:<18} "
             f"{run.cpu_ms_per_request:7.3f} CPU ms/req  {run.requests_per_s:7.0f} req/s{rss}"
         )
 
@@ -276,8 +279,9 @@ def _library_progress(progress: _Progress) -> Callable[[CaseRun], None]:
 def _run_library(
     settings: Settings, upstream: FakeUpstreamProcess, progress: _Progress
 ) -> list[CaseRun]:
-    """The floor and sluicegate, each in a child process of its own per repeat (_library.py),
-    which inherits this process's pinning to the measuring CPU."""
+    """The floors and sluicegate (its trio face, its asyncio face, the stateless mode), each in
+    a child process of its own per repeat (_library.py), which inherits this process's pinning
+    to the measuring CPU."""
     plan = LibraryPlan(
         requests=tuple((c, settings.requests_at(c)) for c in settings.concurrencies),
         warmup_s=settings.warmup_s,
@@ -356,12 +360,13 @@ def _library_memory(settings: Settings, plan: CpuPlan) -> list[MemoryResult]:
 
 
 def _library_open_streams(settings: Settings, plan: CpuPlan) -> list[MemoryResult]:
-    """Memory per open slow stream for the library and, as the reference, the aiohttp floor:
-    each in a child process of its own (a fresh heap; it inherits this process's pinning),
-    holding the streams against a slow upstream as the proxy's measurement does."""
+    """Memory per open slow stream for the library (its trio face, then its asyncio face) and,
+    as the reference, the aiohttp floor: each in a child process of its own (a fresh heap; it
+    inherits this process's pinning), holding the streams against a slow upstream as the
+    proxy's measurement does."""
     streams = _OPEN_STREAMS[settings.smoke]
     raise_open_file_limit(2 * streams + 256)
-    targets = ["library", *([AIOHTTP_FLOOR] if aiohttp_available() else [])]
+    targets = ["library", LIBRARY_ASYNCIO, *([AIOHTTP_FLOOR] if aiohttp_available() else [])]
     results: list[MemoryResult] = []
     # A word every half second, as for the proxy: the streams stay open while they are counted.
     with run_fake_upstream(tokens=400, cpu=plan.upstream, token_delay=0.5) as slow_upstream:
@@ -436,7 +441,7 @@ def _proxy_memory(settings: Settings, plan: CpuPlan) -> list[MemoryResult]:
 def _proxy_progress(progress: _Progress) -> Callable[[ProxyRun], None]:
     def report(run: ProxyRun) -> None:
         progress.step(
-            f"{run.case.mode:<6} c={run.case.concurrency:<3} {run.case.target + ' (wrk)':<13} "
+            f"{run.case.mode:<6} c={run.case.concurrency:<3} {run.case.target + ' (wrk)':<18} "
             f"{run.requests_per_s:7.0f} req/s  p50 {run.latency_p50_ms:7.2f} ms"
         )
 
@@ -446,7 +451,7 @@ def _proxy_progress(progress: _Progress) -> Callable[[ProxyRun], None]:
 def _first_event_progress(progress: _Progress) -> Callable[[FirstEvent], None]:
     def report(result: FirstEvent) -> None:
         progress.step(
-            f"stream c={result.concurrency:<3} {result.target + ' (TTFE)':<13} "
+            f"stream c={result.concurrency:<3} {result.target + ' (TTFE)':<18} "
             f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms"
         )
 
@@ -503,7 +508,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs += _run_litellm(settings, upstream, plan.measure, progress)
             event_costs = _event_cost(settings, plan, progress)
             memory_results += _library_open_streams(settings, plan)
-            progress.step("memory: open slow streams held by the library and the aiohttp floor")
+            progress.step(
+                "memory: open slow streams held by the library (both faces) and the aiohttp floor"
+            )
             proxy_runs = measure_proxy(
                 upstream_url=upstream.base_url,
                 plan=plan,

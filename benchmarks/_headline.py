@@ -1,22 +1,23 @@
 """The summary the suite prints last: a few lines with the figures a reader looks for first.
 
 Each line is built from the results the tables already show (nothing is measured here): the
-upstream's shape, the library's CPU per request against both floors at every concurrency, memory
-per open slow stream (library, proxy, aiohttp floor), CPU per streamed event on long streams,
-what recording costs per response, and the proxy's requests per CPU-second against LiteLLM's.
-A figure that was not measured reads ``-``, or its line says why.
+upstream's shape, the library's CPU per request against both floors at every concurrency, its
+asyncio face against its trio face (CPU per request, memory per open stream), LiteLLM's library
+against both faces, memory per open slow stream (library, proxy, aiohttp floor), CPU per
+streamed event on long streams, what recording costs per response, and the proxy's requests per
+CPU-second against LiteLLM's. A figure that was not measured reads ``-``, or its line says why.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from ._memory import OpenStreams
+from ._memory import LIBRARY_ASYNCIO, OpenStreams
 from ._proxy import LITELLM_PROXY, PROXY
-from ._report import AIOHTTP_FLOOR, SLUICEGATE, SLUICEGATE_STATELESS
+from ._report import AIOHTTP_FLOOR, LITELLM, SLUICEGATE, SLUICEGATE_ASYNCIO, SLUICEGATE_STATELESS
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from ._events import EventCost
     from ._memory import MemoryResult
@@ -29,7 +30,7 @@ __all__ = ["headline_lines", "headline_markdown", "headline_text", "recording_li
 _MODES: Final = ("create", "stream")
 #: The concurrencies the recording line names (those measured, of these).
 _RECORDING_AT: Final[tuple[int, ...]] = (1, 16)
-_OPEN_STREAMS_ORDER: Final[tuple[str, ...]] = ("library", "proxy", AIOHTTP_FLOOR)
+_OPEN_STREAMS_ORDER: Final[tuple[str, ...]] = ("library", LIBRARY_ASYNCIO, "proxy", AIOHTTP_FLOOR)
 
 
 def _num(value: float | None, spec: str) -> str:
@@ -60,6 +61,65 @@ def _library_ratios(
             if s.case.mode == mode
         }
         parts.append(f"{mode} " + " / ".join(_num(ratios.get(c), ".2f") for c in concurrencies))
+    return f"{title} (c={'/'.join(map(str, concurrencies))}): " + "; ".join(parts)
+
+
+def _by_mode(
+    summaries: Sequence[Summary], target: str, figure: Callable[[Summary], float | None]
+) -> dict[str, dict[int, float | None]]:
+    """``figure`` of ``target``'s rows, per mode and concurrency."""
+    found: dict[str, dict[int, float | None]] = {mode: {} for mode in _MODES}
+    for s in summaries:
+        if s.case.target == target:
+            found[s.case.mode][s.case.concurrency] = figure(s)
+    return found
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return numerator / denominator if numerator and denominator else None
+
+
+def _series(values: dict[int, float | None], concurrencies: Sequence[int], spec: str) -> str:
+    return " / ".join(_num(values.get(c), spec) for c in concurrencies)
+
+
+def _asyncio_face(summaries: Sequence[Summary], memory_results: Sequence[MemoryResult]) -> str:
+    """The asyncio face's CPU per request ÷ the trio face's per case, and its memory per open
+    stream beside the trio face's."""
+    title = "library asyncio face CPU/request x trio face"
+    ratios = _by_mode(summaries, SLUICEGATE_ASYNCIO, lambda s: s.trio_ratio)
+    concurrencies = sorted({c for by in ratios.values() for c in by})
+    if not concurrencies:
+        return f"{title}: not measured"
+    parts = [f"{mode} {_series(ratios[mode], concurrencies, '.2f')}" for mode in _MODES]
+    kib = {
+        r.target: r.per_stream_bytes / 1024 for r in memory_results if isinstance(r, OpenStreams)
+    }
+    memory = (
+        f"memory per open slow stream {_num(kib.get(LIBRARY_ASYNCIO), '.1f')} KiB "
+        f"(trio face {_num(kib.get('library'), '.1f')} KiB)"
+    )
+    return f"{title} (c={'/'.join(map(str, concurrencies))}): " + "; ".join([*parts, memory])
+
+
+def _litellm_margins(summaries: Sequence[Summary]) -> str:
+    """LiteLLM's library CPU per request ÷ each face's, per case."""
+    title = "LiteLLM library CPU/request ÷ sluicegate's"
+    litellm = _by_mode(summaries, LITELLM, lambda s: s.cpu_ms_per_request)
+    concurrencies = sorted({c for by in litellm.values() for c in by})
+    if not concurrencies:
+        return f"{title}: not measured"
+    faces = {
+        label: _by_mode(summaries, target, lambda s: s.cpu_ms_per_request)
+        for label, target in (("trio face", SLUICEGATE), ("asyncio face", SLUICEGATE_ASYNCIO))
+    }
+    parts = []
+    for mode in _MODES:
+        margins = []
+        for label, ours in faces.items():
+            ratios = {c: _ratio(theirs, ours[mode].get(c)) for c, theirs in litellm[mode].items()}
+            margins.append(f"{label} {_series(ratios, concurrencies, '.1f')}")
+        parts.append(f"{mode} " + ", ".join(margins))
     return f"{title} (c={'/'.join(map(str, concurrencies))}): " + "; ".join(parts)
 
 
@@ -148,6 +208,8 @@ def headline_lines(
             missing=aiohttp_missing,
             target=SLUICEGATE_STATELESS,
         ),
+        _asyncio_face(summaries, memory_results),
+        _litellm_margins(summaries),
         _open_streams(memory_results),
         _event_cost(event_costs),
         recording_line(recording),

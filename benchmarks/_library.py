@@ -14,9 +14,11 @@ The protocol: the parent runs ``python -m benchmarks._library <target> <upstream
 :func:`~benchmarks._runner.run_case`, and prints one JSON line per case as soon as it is
 measured (:meth:`~benchmarks._runner.CaseRun.to_json`, with the child's RSS after the case and
 its peak). The parent reads the lines as they come (its progress advances per case), checks
-each is the case it expects, and fails with the child's stderr if the child does. The aiohttp
-floor runs on asyncio, so its child is ``python -m benchmarks._aiohttp`` with the same arguments
-and the same lines (``_aiohttp.py``), a child that never imports trio, httpx or sluicegate.
+each is the case it expects, and fails with the child's stderr if the child does. Two targets
+run on asyncio, each in a child with the same arguments and the same lines, driven by
+``_asyncio_driver.py``: the aiohttp floor (``python -m benchmarks._aiohttp``, a child that never
+imports trio, httpx or sluicegate) and the library's asyncio face (``python -m
+benchmarks._asyncio_face``: the ``sluicegate`` target's gateway under asyncio, trio its guest).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import attrs
 import trio
 
 from ._cases import LibraryPlan as LibraryPlan
-from ._report import AIOHTTP_FLOOR, FLOOR, SLUICEGATE, SLUICEGATE_STATELESS
+from ._report import AIOHTTP_FLOOR, FLOOR, SLUICEGATE, SLUICEGATE_ASYNCIO, SLUICEGATE_STATELESS
 from ._runner import Case, CaseRun, process_memory, run_case
 from ._targets import open_floor, open_sluicegate
 from ._upstream import BenchmarkError, FakeUpstreamProcess
@@ -63,11 +65,12 @@ LIBRARY_TARGETS: Final[Mapping[str, Callable[[str], AbstractAsyncContextManager[
     SLUICEGATE_STATELESS: partial(open_sluicegate, stateless=True),
 }
 #: The module each target's child runs, ``python -m <module> <target> ...``: this one for the
-#: trio targets, ``_aiohttp.py`` for the asyncio one.
+#: trio targets, ``_aiohttp.py`` and ``_asyncio_face.py`` for the asyncio ones.
 CHILD_MODULES: Final[Mapping[str, str]] = {
     FLOOR: "benchmarks._library",
     AIOHTTP_FLOOR: "benchmarks._aiohttp",
     SLUICEGATE: "benchmarks._library",
+    SLUICEGATE_ASYNCIO: "benchmarks._asyncio_face",
     SLUICEGATE_STATELESS: "benchmarks._library",
 }
 #: The longest a child may take to print its next case (its start and warm-up included): far

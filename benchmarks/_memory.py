@@ -11,9 +11,10 @@ Three measurements, all of resident set size (``VmRSS`` in ``/proc/<pid>/status`
   open stream** is (RSS with all open - idle RSS) ÷ streams. This is what a gateway holding
   thousands of long generations costs per connection: buffers, tasks, channels, parser state.
   The same for the library (:func:`library_open_streams`: ``gw.stream(...)`` held open in a
-  process of its own, a fresh heap) and, as the reference, for the aiohttp floor
-  (``_aiohttp.open_streams``): :func:`measure_open_streams` runs either in a child process and
-  reads back its result; there RSS is the holding process's own (``/proc/self/status``).
+  process of its own, a fresh heap), for its asyncio face (``_asyncio_face.open_streams``: the
+  same under asyncio) and, as the reference, for the aiohttp floor (``_aiohttp.open_streams``):
+  :func:`measure_open_streams` runs each in a child process and reads back its result; there
+  RSS is the holding process's own (``/proc/self/status``).
 - **Slow consumer** (:func:`slow_consumer_library`, :func:`slow_consumer_proxy`): one long
   stream from an upstream that sends as fast as it can, read at one event per ``interval``.
   Backpressure has to reach the upstream socket: if any stage buffers what its consumer has not
@@ -67,6 +68,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
 __all__ = [
+    "LIBRARY_ASYNCIO",
     "MAX_GROWTH_MIB",
     "MIB",
     "PROXY_MASTER_KEY",
@@ -84,6 +86,7 @@ __all__ = [
     "memory_json",
     "memory_table",
     "open_slow_streams",
+    "open_streams_config",
     "per_stream_bytes",
     "proxy_idle_rss",
     "raise_open_file_limit",
@@ -91,6 +94,7 @@ __all__ = [
     "slow_consumer",
     "slow_consumer_library",
     "slow_consumer_proxy",
+    "warm_up_gateway",
 ]
 
 MIB: Final = 1024 * 1024
@@ -590,18 +594,10 @@ async def library_open_streams(
     gate = trio.Semaphore(opening)
     peak = 0
     with tempfile.TemporaryDirectory(prefix="sluicegate-bench-") as scratch:
-        config = _library_config(upstream_url, str(Path(scratch) / "held.db"))
-        config["general_settings"] |= {
-            "max_connections": streams + 64,
-            "max_keepalive_connections": streams + 64,
-        }
+        config = open_streams_config(upstream_url, str(Path(scratch) / "held.db"), streams)
         try:
             async with sluicegate.open_gateway(config) as gateway:
-                await gateway.responses(model=GATEWAY_MODEL, input=INPUT)
-                async with gateway.stream(model=GATEWAY_MODEL, input=INPUT) as warm:
-                    async for event in warm:
-                        if event.type == "response.output_text.delta":
-                            break
+                await warm_up_gateway(gateway)
                 await trio.sleep(_SETTLE_S)
                 idle = rss_bytes()
                 began = trio.current_time()
@@ -691,9 +687,34 @@ async def _hold_library_stream(
             gate.release()
 
 
+def open_streams_config(upstream_url: str, store_path: str, streams: int) -> dict[str, Any]:
+    """The library's config for holding ``streams`` open streams (either face's): recording in
+    a SQLite file, with a pool of one connection per stream (the pool must not be what queues
+    them)."""
+    config = _library_config(upstream_url, store_path)
+    config["general_settings"] |= {
+        "max_connections": streams + 64,
+        "max_keepalive_connections": streams + 64,
+    }
+    return config
+
+
+async def warm_up_gateway(gateway: sluicegate.Gateway) -> None:
+    """A create, and a stream dropped at its first delta: what loads and allocates what every
+    later request reuses. Only the gateway's calls: it runs on either face."""
+    await gateway.responses(model=GATEWAY_MODEL, input=INPUT)
+    async with gateway.stream(model=GATEWAY_MODEL, input=INPUT) as warm:
+        async for event in warm:
+            if event.type == "response.output_text.delta":
+                break
+
+
+#: The library's asyncio face holding open streams (``_asyncio_face.open_streams``).
+LIBRARY_ASYNCIO: Final = "library-asyncio"
 #: The child each holder of open streams runs in: ``python -m <module> <command> URL STREAMS``.
 _OPEN_STREAMS_CHILDREN: Final = {
     "library": ("benchmarks._memory", "library-open-streams"),
+    LIBRARY_ASYNCIO: ("benchmarks._asyncio_face", "open-streams"),
     "aiohttp-floor": ("benchmarks._aiohttp", "open-streams"),
 }
 _ROOT: Final = Path(__file__).resolve().parent.parent
@@ -702,9 +723,9 @@ _ROOT: Final = Path(__file__).resolve().parent.parent
 def measure_open_streams(
     target: str, upstream_url: str, *, streams: int, timeout: float | None = None
 ) -> OpenStreams:
-    """Memory per open stream for ``target`` (``library`` or ``aiohttp-floor``) in a child
-    process of its own (a fresh heap; it inherits this process's CPU affinity), holding
-    ``streams`` streams from ``upstream_url``, a slow fake upstream.
+    """Memory per open stream for ``target`` (``library``, ``library-asyncio`` or
+    ``aiohttp-floor``) in a child process of its own (a fresh heap; it inherits this process's
+    CPU affinity), holding ``streams`` streams from ``upstream_url``, a slow fake upstream.
 
     Raises:
         BenchmarkError: the child failed or took over ``timeout`` seconds (default: 2 minutes
@@ -1051,7 +1072,8 @@ def memory_table(results: Sequence[MemoryResult], *, markdown: bool = False) -> 
         ]
         parts.append(
             "open slow streams (RSS of the process holding them: the proxy server, the "
-            "library's or the aiohttp floor's own; per stream = (open - idle) / streams)"
+            "library's (trio or asyncio face) or the aiohttp floor's own; per stream = "
+            "(open - idle) / streams)"
         )
         parts.append(_render(header, rows, left=1, markdown=markdown))
     slow = [r for r in results if isinstance(r, SlowConsumerRun)]

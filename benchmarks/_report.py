@@ -17,13 +17,17 @@ if TYPE_CHECKING:
 __all__ = [
     "AIOHTTP_FLOOR",
     "FLOOR",
+    "LITELLM",
     "MAX_CONCURRENCY_GROWTH",
+    "MAX_FACE_RATIO",
     "MAX_RATIO",
     "SLUICEGATE",
+    "SLUICEGATE_ASYNCIO",
     "SLUICEGATE_STATELESS",
     "Check",
     "Summary",
     "check_targets",
+    "face_checks",
     "markdown_table",
     "summarize",
     "text_table",
@@ -34,6 +38,11 @@ FLOOR: Final = "floor"
 #: The second floor: the same minimum work on aiohttp and asyncio (``_aiohttp.py``).
 AIOHTTP_FLOOR: Final = "aiohttp-floor"
 SLUICEGATE: Final = "sluicegate"
+#: The library's asyncio face: the same gateway as ``sluicegate`` (the trio face), opened and
+#: driven under asyncio, the engine a trio guest on asyncio's loop (``_asyncio_face.py``).
+SLUICEGATE_ASYNCIO: Final = "sluicegate-asyncio"
+#: LiteLLM's library (``_litellm.py``), when the ``compare`` extra is installed.
+LITELLM: Final = "litellm"
 #: The library in the stateless mode (``store.backend: memory``): routing without durable
 #: recording, for the users who want only that.
 SLUICEGATE_STATELESS: Final = "stateless"
@@ -41,6 +50,9 @@ SLUICEGATE_STATELESS: Final = "stateless"
 MAX_RATIO: Final = 1.5
 #: ... and at the highest concurrency at most this multiple of its own at the lowest (noise).
 MAX_CONCURRENCY_GROWTH: Final = 1.10
+#: The asyncio face's CPU per request may be at most this multiple of the trio face's, in every
+#: case; and its margin over LiteLLM's library at least the trio face's ÷ this.
+MAX_FACE_RATIO: Final = 1.2
 
 
 @attrs.frozen(kw_only=True)
@@ -69,6 +81,9 @@ class Summary:
     #: CPU/request ÷ the aiohttp floor's for the same mode and concurrency (None on the floors'
     #: own rows, or when the aiohttp floor was not measured).
     aiohttp_ratio: float | None = None
+    #: The asyncio face's CPU/request ÷ the trio face's (``sluicegate``) for the same mode and
+    #: concurrency; None on every other row, or when the trio face was not measured.
+    trio_ratio: float | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -98,11 +113,13 @@ def summarize(runs: Sequence[CaseRun]) -> list[Summary]:
         by_case.setdefault(run.case, []).append(run)
     floor_cpu = _floor_cpu(by_case, FLOOR)
     aiohttp_cpu = _floor_cpu(by_case, AIOHTTP_FLOOR)
+    trio_cpu = _floor_cpu(by_case, SLUICEGATE)
     summaries = []
     for case, group in by_case.items():
         cpu = _median(r.cpu_ms_per_request for r in group)
         floor = floor_cpu.get((case.stream, case.concurrency))
         aiohttp = aiohttp_cpu.get((case.stream, case.concurrency))
+        trio = trio_cpu.get((case.stream, case.concurrency))
         first = _median_or_none(r.first_event_p50_s for r in group)
         summaries.append(
             Summary(
@@ -125,15 +142,22 @@ def summarize(runs: Sequence[CaseRun]) -> list[Summary]:
                 aiohttp_ratio=(
                     cpu / aiohttp if case.target not in (FLOOR, AIOHTTP_FLOOR) and aiohttp else None
                 ),
+                trio_ratio=cpu / trio if case.target == SLUICEGATE_ASYNCIO and trio else None,
             )
         )
-    order = {FLOOR: 0, AIOHTTP_FLOOR: 1, SLUICEGATE: 2, SLUICEGATE_STATELESS: 3}
+    order = {
+        FLOOR: 0,
+        AIOHTTP_FLOOR: 1,
+        SLUICEGATE: 2,
+        SLUICEGATE_ASYNCIO: 3,
+        SLUICEGATE_STATELESS: 4,
+    }
     summaries.sort(key=lambda s: (s.case.stream, s.case.concurrency, order.get(s.case.target, 9)))
     return summaries
 
 
 def _floor_cpu(by_case: dict[Case, list[CaseRun]], target: str) -> dict[tuple[bool, int], float]:
-    """A floor's median CPU/request per (stream, concurrency)."""
+    """A reference's (a floor's, the trio face's) median CPU/request per (stream, concurrency)."""
     return {
         (case.stream, case.concurrency): _median(r.cpu_ms_per_request for r in group)
         for case, group in by_case.items()
@@ -182,6 +206,47 @@ def check_targets(summaries: Sequence[Summary]) -> list[Check]:
                 f"{MAX_CONCURRENCY_GROWTH}x c={low.case.concurrency}",
                 passed=growth <= MAX_CONCURRENCY_GROWTH,
                 detail=detail,
+            )
+        )
+    return checks + face_checks(summaries)
+
+
+def face_checks(summaries: Sequence[Summary]) -> list[Check]:
+    """The asyncio face against the trio face, per case: its CPU/request at most
+    :data:`MAX_FACE_RATIO` times the trio face's; and, where LiteLLM's library was measured,
+    LiteLLM's CPU/request ÷ the asyncio face's beside ÷ the trio face's, the asyncio face's
+    margin at least the trio face's ÷ :data:`MAX_FACE_RATIO`. (With all three measured in a
+    case, the second holds exactly when the first does: it is there to read the margin over
+    LiteLLM directly.)"""
+    cpu = {
+        (s.case.target, s.case.stream, s.case.concurrency): s.cpu_ms_per_request for s in summaries
+    }
+    checks = []
+    for s in summaries:
+        if s.case.target != SLUICEGATE_ASYNCIO or s.trio_ratio is None:
+            continue
+        case = f"{s.case.mode} c={s.case.concurrency}"
+        key = (s.case.stream, s.case.concurrency)
+        trio = cpu[(SLUICEGATE, *key)]
+        face = s.cpu_ms_per_request
+        checks.append(
+            Check(
+                name=f"{case}: asyncio face CPU/request <= {MAX_FACE_RATIO}x trio face",
+                passed=s.trio_ratio <= MAX_FACE_RATIO,
+                detail=f"{s.trio_ratio:.2f}x ({face:.3f} ms vs trio face {trio:.3f} ms)",
+            )
+        )
+        litellm = cpu.get((LITELLM, *key))
+        if litellm is None:
+            continue
+        ours, theirs = litellm / face, litellm / trio
+        checks.append(
+            Check(
+                name=f"{case}: LiteLLM CPU/request / asyncio face's >= the trio face's / "
+                f"{MAX_FACE_RATIO}",
+                passed=ours >= theirs / MAX_FACE_RATIO,
+                detail=f"LiteLLM / asyncio face {ours:.2f}x, LiteLLM / trio face {theirs:.2f}x "
+                f"({ours / theirs:.2f} of it; LiteLLM {litellm:.3f} ms)",
             )
         )
     return checks
@@ -282,6 +347,7 @@ def _summary_json(s: Summary) -> dict[str, Any]:
         "cpu_ms_per_request_max": s.cpu_ms_max,
         "cpu_ratio_vs_floor": s.cpu_ratio,
         "cpu_ratio_vs_aiohttp_floor": s.aiohttp_ratio,
+        "cpu_ratio_vs_trio_face": s.trio_ratio,
         "latency_p50_ms": s.latency_p50_ms,
         "latency_p99_ms": s.latency_p99_ms,
         "first_event_p50_ms": s.first_event_p50_ms,

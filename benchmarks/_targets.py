@@ -4,6 +4,10 @@ Every target answers one request per call and reports what the runner cannot see
 how many events it received and when the first one arrived. Each also checks that the answer is
 a completed response, cheaply, so a broken run fails loudly instead of measuring errors.
 
+The library's target serves both faces: opened under trio (``_library.py``) it is the trio
+face; opened under asyncio (``_asyncio_face.py``, the engine a trio guest on asyncio's loop) it
+is the asyncio face, the same gateway and the same calls, timed on asyncio's clock.
+
 This module does not import sluicegate until :func:`open_sluicegate` runs: the floor's child
 process (``_library.py``) imports it too, and its RSS must be the floor's alone.
 """
@@ -14,7 +18,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import httpx
@@ -29,9 +33,13 @@ from ._cases import INPUT as INPUT
 from ._cases import POOL_KEEPALIVE_EXPIRY as POOL_KEEPALIVE_EXPIRY
 from ._cases import POOL_SIZE as POOL_SIZE
 from ._cases import UPSTREAM_MODEL as UPSTREAM_MODEL
+from ._cases import Answer as Answer
+from ._cases import Target as Target
 from ._upstream import BenchmarkError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import sluicegate
 
 __all__ = [
@@ -50,27 +58,6 @@ __all__ = [
 ]
 
 _COMPLETED: Final = "response.completed"
-
-
-@attrs.frozen
-class Answer:
-    #: Events received (1 for a non-streamed response: the Response object itself).
-    events: int
-    #: ``trio.current_time()`` when the first event arrived; None when not streaming.
-    first_event_at: float | None
-
-
-class Target(Protocol):
-    @property
-    def name(self) -> str: ...
-
-    async def create(self) -> Answer:
-        """One non-streamed request, its body parsed."""
-        ...
-
-    async def stream(self) -> Answer:
-        """One streamed request, every event read and parsed."""
-        ...
 
 
 @attrs.define(eq=False)
@@ -116,12 +103,14 @@ class FloorTarget:
 
 @attrs.define(eq=False)
 class SluicegateTarget:
-    """The library face, as a caller uses it."""
+    """The library, as a caller uses it (on trio or on asyncio: the calls are the same)."""
 
     _gateway: sluicegate.Gateway
     #: ``sluicegate.ResponseStatus.COMPLETED``, handed in by :func:`open_sluicegate`: this module
     #: does not import sluicegate (see the module docstring).
     _completed: sluicegate.ResponseStatus
+    #: The driver's clock, for the first event's arrival (trio's, or asyncio's driver's).
+    _clock: Callable[[], float] = trio.current_time
 
     @property
     def name(self) -> str:
@@ -142,7 +131,7 @@ class SluicegateTarget:
                 last = event
                 events += 1
                 if first is None:
-                    first = trio.current_time()
+                    first = self._clock()
         if last is None or last.type != _COMPLETED:
             raise BenchmarkError("sluicegate: the stream did not end with response.completed")
         return Answer(events, first)
@@ -182,11 +171,16 @@ def bench_model(
 
 @asynccontextmanager
 async def open_sluicegate(
-    base_url: str, *, stateless: bool = False
+    base_url: str,
+    *,
+    stateless: bool = False,
+    clock: Callable[[], float] = trio.current_time,
 ) -> AsyncIterator[SluicegateTarget]:
     """One gateway for the whole child process, routing one model group to the fake upstream.
     It records every response in a SQLite file, as a deployed gateway does (a temporary one
-    here); ``stateless``: in the bounded in-memory store instead (``store.backend: memory``)."""
+    here); ``stateless``: in the bounded in-memory store instead (``store.backend: memory``).
+    Under trio or asyncio, whichever runs it; ``clock`` is the driver's (``time.perf_counter``
+    for asyncio's)."""
     import sluicegate
 
     scratch = tempfile.TemporaryDirectory(prefix="sluicegate-bench-")
@@ -204,4 +198,4 @@ async def open_sluicegate(
     }
     with scratch:
         async with sluicegate.open_gateway(config) as gateway:
-            yield SluicegateTarget(gateway, sluicegate.ResponseStatus.COMPLETED)
+            yield SluicegateTarget(gateway, sluicegate.ResponseStatus.COMPLETED, clock)

@@ -10,9 +10,15 @@ from benchmarks._headline import (
     headline_text,
     recording_line,
 )
-from benchmarks._memory import MIB, OpenStreams
+from benchmarks._memory import LIBRARY_ASYNCIO, MIB, OpenStreams
 from benchmarks._proxy import LITELLM_PROXY, PROXY, ProxySummary
-from benchmarks._report import AIOHTTP_FLOOR, SLUICEGATE_STATELESS, Summary
+from benchmarks._report import (
+    AIOHTTP_FLOOR,
+    LITELLM,
+    SLUICEGATE_ASYNCIO,
+    SLUICEGATE_STATELESS,
+    Summary,
+)
 from benchmarks._runner import Case
 from benchmarks._store import RecordingRun
 
@@ -20,16 +26,23 @@ SHAPE = "upstream: fake, each SSE event its own write, 20 deltas/28 events per s
 
 
 def summary(
-    target: str, stream: bool, concurrency: int, *, ratio: float | None, aiohttp: float | None
+    target: str,
+    stream: bool,
+    concurrency: int,
+    *,
+    ratio: float | None,
+    aiohttp: float | None,
+    cpu: float = 1.0,
+    trio: float | None = None,
 ) -> Summary:
     return Summary(
         case=Case(target=target, stream=stream, concurrency=concurrency),
         requests=100,
         repeats=1,
         requests_per_s=1000.0,
-        cpu_ms_per_request=1.0,
-        cpu_ms_min=1.0,
-        cpu_ms_max=1.0,
+        cpu_ms_per_request=cpu,
+        cpu_ms_min=cpu,
+        cpu_ms_max=cpu,
         latency_p50_ms=1.0,
         latency_p99_ms=2.0,
         first_event_p50_ms=None,
@@ -38,6 +51,7 @@ def summary(
         upstream_busy=None,
         cpu_ratio=ratio,
         aiohttp_ratio=aiohttp,
+        trio_ratio=trio,
     )
 
 
@@ -50,6 +64,24 @@ def summaries() -> list[Summary]:
         summary(AIOHTTP_FLOOR, False, 1, ratio=0.5, aiohttp=None),
         summary(SLUICEGATE_STATELESS, False, 1, ratio=0.6, aiohttp=1.25),
         summary(SLUICEGATE_STATELESS, True, 1, ratio=0.6, aiohttp=1.5),
+    ]
+
+
+def asyncio_face() -> list[Summary]:
+    """The asyncio face, its CPU/request its ratio to the trio face's (1 ms everywhere)."""
+    return [
+        summary(SLUICEGATE_ASYNCIO, stream, c, ratio=None, aiohttp=None, cpu=r, trio=r)
+        for stream, ratios in ((False, (1.05, 1.1, 1.25)), (True, (1.0, 1.2, 1.5)))
+        for c, r in zip((1, 16, 64), ratios, strict=True)
+    ]
+
+
+def litellm() -> list[Summary]:
+    """LiteLLM's library at two of the three concurrencies, streaming at one."""
+    return [
+        summary(LITELLM, False, 1, ratio=None, aiohttp=None, cpu=5.0),
+        summary(LITELLM, False, 16, ratio=None, aiohttp=None, cpu=8.0),
+        summary(LITELLM, True, 1, ratio=None, aiohttp=None, cpu=6.0),
     ]
 
 
@@ -122,8 +154,13 @@ def proxy(
 def test_the_summary_has_every_headline_figure() -> None:
     lines = headline_lines(
         upstream_shape=SHAPE,
-        summaries=summaries(),
-        memory_results=[held("proxy", 92.75), held("aiohttp-floor", 14.5), held("library", 57.25)],
+        summaries=summaries() + asyncio_face() + litellm(),
+        memory_results=[
+            held("proxy", 92.75),
+            held("aiohttp-floor", 14.5),
+            held("library", 57.25),
+            held(LIBRARY_ASYNCIO, 60.5),
+        ],
         event_costs=[cost(1000, 20.0), cost(4000, 19.0), cost(16000, 19.5)],
         recording=[recording(1, 244.4), recording(16, 154.0), recording(64, 142.0)],
         proxy=[
@@ -141,8 +178,12 @@ def test_the_summary_has_every_headline_figure() -> None:
         "library CPU/request x aiohttp floor (c=1/16/64): create 3.00 / 1.50 / 1.00; "
         "stream 2.50 / 2.00 / 1.75",
         "library (stateless) CPU/request x aiohttp floor (c=1): create 1.25; stream 1.50",
-        "memory per open slow stream: library 57.2 KiB, proxy 92.8 KiB, aiohttp-floor 14.5 KiB "
-        "(500 streams held open)",
+        "library asyncio face CPU/request x trio face (c=1/16/64): create 1.05 / 1.10 / 1.25; "
+        "stream 1.00 / 1.20 / 1.50; memory per open slow stream 60.5 KiB (trio face 57.2 KiB)",
+        "LiteLLM library CPU/request ÷ sluicegate's (c=1/16): create trio face 5.0 / 8.0, "
+        "asyncio face 4.8 / 7.3; stream trio face 6.0 / -, asyncio face 6.0 / -",
+        "memory per open slow stream: library 57.2 KiB, library-asyncio 60.5 KiB, proxy 92.8 KiB, "
+        "aiohttp-floor 14.5 KiB (500 streams held open)",
         "CPU per streamed event (library, c=1): 20.00 µs at 1,008 events, 19.00 µs at 4,008 "
         "events, 19.50 µs at 16,008 events (longest ÷ shortest: 0.97x)",
         "recording CPU µs/response: 244 at c=1, 154 at c=16",
@@ -176,6 +217,8 @@ def test_the_summary_says_what_was_not_measured() -> None:
         "library (stateless) CPU/request x aiohttp floor: not measured (aiohttp is not installed)"
     )
     assert lines[4:] == [
+        "library asyncio face CPU/request x trio face: not measured",
+        "LiteLLM library CPU/request ÷ sluicegate's: not measured",
         "memory per open slow stream: not measured",
         "CPU per streamed event (library, c=1): not measured",
         "recording CPU µs/response: not measured",
@@ -189,4 +232,27 @@ def test_the_recording_line_names_c1_and_c16_or_what_there_is() -> None:
     )
     assert recording_line([recording(4, 200.0), recording(8, 180.0)]) == (
         "recording CPU µs/response: 200 at c=4, 180 at c=8"
+    )
+
+
+def test_the_asyncio_face_line_says_which_figure_is_missing() -> None:
+    """The asyncio face measured without the trio face (no ratio) or without its open streams:
+    its line still comes, with ``-`` for what is missing; LiteLLM without the asyncio face
+    likewise."""
+    face = [summary(SLUICEGATE_ASYNCIO, False, 1, ratio=None, aiohttp=None, cpu=1.2)]
+    lines = headline_lines(
+        upstream_shape=SHAPE,
+        summaries=[*face, *summaries(), *litellm()],
+        memory_results=[held("library", 57.25)],
+        event_costs=[],
+        recording=[],
+        proxy=[],
+    )
+    assert lines[4] == (
+        "library asyncio face CPU/request x trio face (c=1): create -; stream -; "
+        "memory per open slow stream - KiB (trio face 57.2 KiB)"
+    )
+    assert lines[5] == (
+        "LiteLLM library CPU/request ÷ sluicegate's (c=1/16): create trio face 5.0 / 8.0, "
+        "asyncio face 4.2 / -; stream trio face 6.0 / -, asyncio face - / -"
     )

@@ -27,7 +27,18 @@ from benchmarks._library import (
     parse_line,
 )
 from benchmarks._litellm import LiteLLMRun
-from benchmarks._report import AIOHTTP_FLOOR, summarize, text_table, write_results
+from benchmarks._report import (
+    AIOHTTP_FLOOR,
+    LITELLM,
+    MAX_FACE_RATIO,
+    SLUICEGATE,
+    SLUICEGATE_ASYNCIO,
+    check_targets,
+    face_checks,
+    summarize,
+    text_table,
+    write_results,
+)
 from benchmarks._runner import Case, CaseRun, process_memory
 from benchmarks._upstream import BenchmarkError, FakeUpstreamProcess, run_fake_upstream
 
@@ -156,15 +167,24 @@ def test_a_child_measures_every_case_with_its_rss(target: str) -> None:
         assert 0 < run.rss_bytes <= run.peak_rss_bytes
 
 
-def test_the_aiohttp_floor_child_measures_every_case_with_its_rss() -> None:
-    """The aiohttp floor (benchmarks/_aiohttp.py, on asyncio) speaks the trio children's
-    protocol: the same cases, the same figures."""
-    pytest.importorskip("aiohttp")
-    assert CHILD_MODULES[AIOHTTP_FLOOR] == "benchmarks._aiohttp"
+@pytest.mark.parametrize(
+    ("target", "module"),
+    [
+        (AIOHTTP_FLOOR, "benchmarks._aiohttp"),
+        (SLUICEGATE_ASYNCIO, "benchmarks._asyncio_face"),
+    ],
+)
+def test_an_asyncio_child_measures_every_case_with_its_rss(target: str, module: str) -> None:
+    """The asyncio targets (the aiohttp floor, benchmarks/_aiohttp.py; the library's asyncio
+    face, benchmarks/_asyncio_face.py) speak the trio children's protocol: the same cases, the
+    same figures."""
+    if target == AIOHTTP_FLOOR:
+        pytest.importorskip("aiohttp")
+    assert CHILD_MODULES[target] == module
     plan = LibraryPlan(requests=((1, 2), (2, 4)), warmup_s=0.0)
     with run_fake_upstream(tokens=4, cpu=None) as upstream:
-        runs = measure_library(AIOHTTP_FLOOR, upstream=upstream, plan=plan)
-    assert [r.case for r in runs] == [case for case, _ in plan.cases(AIOHTTP_FLOOR)]
+        runs = measure_library(target, upstream=upstream, plan=plan)
+    assert [r.case for r in runs] == [case for case, _ in plan.cases(target)]
     for run in runs:
         assert run.requests == run.case.concurrency * 2
         assert run.cpu_s > 0
@@ -179,6 +199,42 @@ def test_the_aiohttp_floor_child_measures_every_case_with_its_rss() -> None:
         assert run.upstream_busy is None or run.upstream_busy >= 0
         assert run.rss_bytes is not None and run.peak_rss_bytes is not None
         assert 0 < run.rss_bytes <= run.peak_rss_bytes
+
+
+def test_the_asyncio_face_child_never_runs_trios_own_loop() -> None:
+    """The asyncio face is the gateway under asyncio: its child runs every case (and its open
+    streams) with ``trio.run`` out of reach, the engine a guest on asyncio's loop only."""
+    guard = (
+        "import sys, trio\n"
+        "def refuse(*args, **kwargs):\n"
+        "    raise AssertionError('trio.run in the asyncio face child')\n"
+        "trio.run = refuse\n"
+        "from benchmarks._asyncio_face import _main\n"
+        "sys.exit(_main(sys.argv[1:]))\n"
+    )
+    plan = LibraryPlan(requests=((2, 2),), warmup_s=0.0)
+    with run_fake_upstream(tokens=4, cpu=None) as upstream:
+        argv = [SLUICEGATE_ASYNCIO, upstream.base_url, str(upstream.pid), plan.to_json()]
+        done = subprocess.run(
+            [sys.executable, "-c", guard, *argv], cwd=ROOT, capture_output=True, timeout=120
+        )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    lines = done.stdout.decode().splitlines()
+    assert [
+        parse_line(line, case, n).case
+        for line, (case, n) in zip(lines, plan.cases(SLUICEGATE_ASYNCIO), strict=True)
+    ] == [case for case, _ in plan.cases(SLUICEGATE_ASYNCIO)]
+
+
+def test_the_asyncio_face_child_refuses_what_it_does_not_run() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks._asyncio_face", "sluicegate", "url", "1", "{}"],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.decode().startswith("usage: python -m benchmarks._asyncio_face ")
 
 
 def test_the_aiohttp_child_loads_neither_trio_nor_httpx_nor_sluicegate() -> None:
@@ -343,3 +399,82 @@ def test_litellm_runs_carry_their_rss() -> None:
     ).as_case_run()
     assert (run.rss_bytes, run.peak_rss_bytes) == (200 * MIB, 210 * MIB)
     assert run.case == Case(target="litellm", stream=True, concurrency=4)
+
+
+# -- the asyncio face against the trio face ------------------------------------------------------
+
+
+def test_the_asyncio_face_gets_its_ratio_to_the_trio_face(tmp_path: Path) -> None:
+    runs = [
+        case_run(SLUICEGATE_ASYNCIO, cpu_s=0.25),  # 2.5 ms a request
+        case_run(SLUICEGATE, cpu_s=0.2),  # 2 ms
+        case_run("floor", cpu_s=0.1),
+        case_run(SLUICEGATE_ASYNCIO, concurrency=64, cpu_s=0.3),
+        case_run("stateless", cpu_s=0.15),
+    ]
+    summaries = summarize(runs)
+    assert [(s.case.target, s.case.concurrency) for s in summaries] == [
+        ("floor", 16),
+        (SLUICEGATE, 16),
+        (SLUICEGATE_ASYNCIO, 16),
+        ("stateless", 16),
+        (SLUICEGATE_ASYNCIO, 64),
+    ]
+    floor, trio, face, stateless, face_64 = summaries
+    assert face.trio_ratio == pytest.approx(1.25)
+    # Only the asyncio face's rows, and only where the trio face was measured.
+    assert floor.trio_ratio is trio.trio_ratio is stateless.trio_ratio is face_64.trio_ratio is None
+    # Against the floors, as any other target.
+    assert face.cpu_ratio == pytest.approx(2.5)
+
+    meta = {"started": "now", "command": "test", "cpus": "-", "repeats": 1}
+    paths = write_results(
+        tmp_path, "run", "latest", meta=meta, runs=runs, summaries=summaries, checks=[]
+    )
+    document = json.loads(paths[0].read_text())
+    ratios = [s["cpu_ratio_vs_trio_face"] for s in document["summary"]]
+    assert ratios == [None, None, pytest.approx(1.25), None, None]
+
+
+def _faces(trio_ms: float, face_ms: float, litellm_ms: float | None = None) -> list[CaseRun]:
+    runs = [
+        case_run(SLUICEGATE, stream=False, concurrency=1, cpu_s=trio_ms / 10),
+        case_run(SLUICEGATE_ASYNCIO, stream=False, concurrency=1, cpu_s=face_ms / 10),
+    ]
+    if litellm_ms is not None:
+        runs.append(case_run(LITELLM, stream=False, concurrency=1, cpu_s=litellm_ms / 10))
+    return runs
+
+
+@pytest.mark.parametrize(
+    ("face_ms", "verdicts"),
+    [(2.3, ["PASS", "PASS"]), (2.4, ["PASS", "PASS"]), (2.5, ["MISS", "MISS"])],
+)
+def test_the_asyncio_face_passes_within_its_ratio_of_the_trio_face(
+    face_ms: float, verdicts: list[str]
+) -> None:
+    """CPU/request at most MAX_FACE_RATIO times the trio face's (2.4 ms against 2 ms is the
+    line); and the margin over LiteLLM's library at least the trio face's ÷ MAX_FACE_RATIO,
+    reported beside it."""
+    assert MAX_FACE_RATIO == 1.2
+    checks = face_checks(summarize(_faces(2.0, face_ms, litellm_ms=12.0)))
+    assert [c.verdict for c in checks] == verdicts
+    ratio, margin = checks
+    assert ratio.name == "create c=1: asyncio face CPU/request <= 1.2x trio face"
+    assert ratio.detail == (f"{face_ms / 2:.2f}x ({face_ms:.3f} ms vs trio face 2.000 ms)")
+    assert (
+        margin.name == "create c=1: LiteLLM CPU/request / asyncio face's >= the trio face's / 1.2"
+    )
+    assert margin.detail.startswith(
+        f"LiteLLM / asyncio face {12 / face_ms:.2f}x, LiteLLM / trio face 6.00x "
+    )
+    # Among the suite's targets, after the trio face's own.
+    assert check_targets(summarize(_faces(2.0, face_ms, litellm_ms=12.0)))[-2:] == checks
+
+
+def test_without_litellm_or_the_trio_face_the_face_checks_are_fewer() -> None:
+    assert [c.name for c in face_checks(summarize(_faces(2.0, 2.2)))] == [
+        "create c=1: asyncio face CPU/request <= 1.2x trio face"
+    ]
+    alone = [case_run(SLUICEGATE_ASYNCIO, cpu_s=0.2), case_run(LITELLM, cpu_s=1.0)]
+    assert face_checks(summarize(alone)) == []

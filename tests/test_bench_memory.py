@@ -5,11 +5,13 @@ Nothing here judges a number: RSS is the machine's, only the shapes are asserted
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import sys
 import tomllib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,10 @@ import orjson
 import pytest
 import trio
 
+from benchmarks._asyncio_driver import hold_streams
 from benchmarks._charts import SeriesPoint, series_points, write_charts
 from benchmarks._memory import (
+    LIBRARY_ASYNCIO,
     MAX_GROWTH_MIB,
     MIB,
     PROXY_MASTER_KEY,
@@ -160,20 +164,21 @@ def test_memory_table_markdown() -> None:
 
 
 def test_the_memory_table_and_json_give_every_holder_of_open_streams() -> None:
-    """Library, proxy and aiohttp floor side by side: KiB per open stream each."""
-    holders = [held("library"), held("proxy"), held("aiohttp-floor")]
+    """Library (both faces), proxy and aiohttp floor side by side: KiB per open stream each."""
+    holders = [held("library"), held(LIBRARY_ASYNCIO), held("proxy"), held("aiohttp-floor")]
     text = memory_table(holders)
-    assert "the proxy server, the library's or the aiohttp floor's own" in text
+    assert "the proxy server, the library's (trio or asyncio face) or the aiohttp floor's" in text
     rows = {line.split()[0]: line.split() for line in text.splitlines()[3:] if line.strip()}
-    assert set(rows) == {"library", "proxy", "aiohttp-floor"}
+    assert set(rows) == {"library", "library-asyncio", "proxy", "aiohttp-floor"}
     assert all(row[-1] == "102.4" for row in rows.values())
     document = memory_json(holders)
     assert [(d["target"], d["per_stream_bytes"]) for d in document["open_streams"]] == [
         ("library", 50 * MIB / 500),
+        ("library-asyncio", 50 * MIB / 500),
         ("proxy", 50 * MIB / 500),
         ("aiohttp-floor", 50 * MIB / 500),
     ]
-    assert [d["per_stream_kib"] for d in document["open_streams"]] == [pytest.approx(102.4)] * 3
+    assert [d["per_stream_kib"] for d in document["open_streams"]] == [pytest.approx(102.4)] * 4
 
 
 def test_memory_table_shows_only_what_was_measured() -> None:
@@ -341,8 +346,10 @@ async def test_a_library_stream_that_ends_while_held_is_a_benchmark_error() -> N
             await library_open_streams(fake.base_url, streams=2, read_interval=0.0, settle=0.05)
 
 
-@pytest.mark.parametrize("target", ["library", "aiohttp-floor"])
+@pytest.mark.parametrize("target", ["library", LIBRARY_ASYNCIO, "aiohttp-floor"])
 def test_open_streams_are_measured_in_a_child_of_their_own(target: str) -> None:
+    """Each holder (the library's trio face, its asyncio face, the aiohttp floor) in a child
+    that prints its figures for the parent to read back."""
     if target == "aiohttp-floor":
         pytest.importorskip("aiohttp")
     with run_fake_upstream(tokens=400, cpu=None, token_delay=0.05) as upstream:
@@ -359,10 +366,77 @@ def test_open_streams_of_an_unknown_target_are_refused() -> None:
         measure_open_streams("proxy", "http://127.0.0.1:1/v1", streams=1)
 
 
-def test_a_failing_open_streams_child_raises_with_its_stderr() -> None:
+@pytest.mark.parametrize("target", ["library", LIBRARY_ASYNCIO])
+def test_a_failing_open_streams_child_raises_with_its_stderr(target: str) -> None:
     # Nothing listens there: the child's warm-up fails, and so does the child.
     with pytest.raises(BenchmarkError, match="the open-streams child failed"):
-        measure_open_streams("library", "http://127.0.0.1:1/v1", streams=1)
+        measure_open_streams(target, "http://127.0.0.1:1/v1", streams=1)
+
+
+# -- the asyncio driver's open streams (benchmarks/_asyncio_driver.py) -------------------------
+
+
+def _fake_streams(
+    items: Sequence[str], *, then: str | None = None, stall: bool = False
+) -> Callable[[], AbstractAsyncContextManager[AsyncIterator[str]]]:
+    """Streams of ``items``, then ``then`` for ever (or the end; or, with ``stall``, nothing
+    more ever), as ``hold_streams`` opens them: no I/O, asyncio only."""
+
+    @asynccontextmanager
+    async def open_stream() -> AsyncIterator[AsyncIterator[str]]:
+        async def lines() -> AsyncIterator[str]:
+            for item in items:
+                yield item
+            if stall:
+                await asyncio.Event().wait()
+            while then is not None:
+                yield then
+
+        yield lines()
+
+    return open_stream
+
+
+def _hold(open_stream: Callable[[], AbstractAsyncContextManager[AsyncIterator[str]]]) -> Any:
+    return asyncio.run(
+        hold_streams(
+            open_stream,
+            streams=3,
+            is_event=lambda line: line.startswith("data:"),
+            failed=lambda line: line == "data: failed",
+            read_interval=0.001,
+            settle=0.01,
+            open_within=2.0,
+        )
+    )
+
+
+def test_the_asyncio_driver_holds_streams_and_reports_their_memory() -> None:
+    held = _hold(_fake_streams(["event: x", "data: first"], then="data: more"))
+    result = held.result(LIBRARY_ASYNCIO, 7 * MIB)
+    streams = OpenStreams(**result)  # the open-streams child's line, as the parent reads it
+    assert (streams.target, streams.streams, streams.read_interval_s) == (LIBRARY_ASYNCIO, 3, 0.001)
+    assert streams.closed_rss_bytes == 7 * MIB
+    assert min(streams.idle_rss_bytes, streams.open_rss_bytes) > MIB
+    assert streams.open_s >= 0
+
+
+@pytest.mark.parametrize(
+    ("open_stream", "error"),
+    [
+        (_fake_streams(["event: x"]), "stream 0 ended before its first event"),
+        (_fake_streams(["data: first"]), "stream 0 ended while it was to be held open"),
+        (_fake_streams(["data: first", "data: failed"]), "held stream 0 failed: 'data: failed'"),
+        (_fake_streams(["event: x"], stall=True), "0 of 3 streams open after 2.0 s"),
+    ],
+    ids=["no first event", "ended while held", "failed while held", "never opened"],
+)
+def test_the_asyncio_driver_fails_on_a_stream_that_is_not_held_open(
+    open_stream: Callable[[], AbstractAsyncContextManager[AsyncIterator[str]]], error: str
+) -> None:
+    with pytest.raises(ExceptionGroup) as info:
+        _hold(open_stream)
+    assert info.group_contains(BenchmarkError, match=re.escape(error))
 
 
 # -- charts ------------------------------------------------------------------------------------
@@ -392,7 +466,7 @@ def summaries() -> list[Summary]:
         summary(target, stream, c, 1000.0 / (i + 1))
         for stream in (False, True)
         for c in (1, 16)
-        for i, target in enumerate(("floor", "sluicegate"))
+        for i, target in enumerate(("floor", "sluicegate", "sluicegate-asyncio"))
     ]
 
 
@@ -428,7 +502,9 @@ def test_series_points_take_summaries_mappings_and_points() -> None:
 def test_write_charts(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     folder = tmp_path / "charts"
-    paths = write_charts(folder, summaries(), results(), extra_series=extra())
+    # Every holder of open streams the suite measures, the asyncio face's among them.
+    memory = [*results(), held("library"), held(LIBRARY_ASYNCIO), held("aiohttp-floor")]
+    paths = write_charts(folder, summaries(), memory, extra_series=extra())
     assert [p.name for p in paths] == ["latency.png", "throughput.png", "memory.png"]
     for path in paths:
         assert path.parent == folder
