@@ -528,3 +528,31 @@ def test_sync_responses_inside_asyncio_names_the_call_to_await() -> None:
         assert "await sluicegate.aresponses" in str(exc)
 
     run(in_a_callback)
+
+
+def test_a_closed_gateway_refuses_every_call_under_both_loops() -> None:
+    """Regression: after its block, a call failed with trio's RunFinishedError under asyncio,
+    and with an InternalError (its nursery closed) under trio."""
+
+    async def calls_after_close() -> list[str]:
+        async with sluicegate.open_gateway(_fake_only()) as gw:
+            pass
+        refused = []
+        for call in (
+            partial(gw.responses, model="fake/x", input="hi"),
+            partial(gw.get_response, "resp_x"),
+            partial(gw.spend_logs),
+            partial(gw.file_content, "file-x"),
+        ):
+            with pytest.raises(ServiceUnavailableError, match="The gateway is closed") as info:
+                await call()
+            refused.append(info.value.message)
+        with pytest.raises(ServiceUnavailableError):
+            async with gw.stream(model="fake/x", input="hi"):
+                pass
+        with pytest.raises(ServiceUnavailableError):
+            async with gw.open_file_content("file-x"):
+                pass
+        return refused
+
+    assert trio.run(calls_after_close) == run(calls_after_close)

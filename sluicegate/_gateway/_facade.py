@@ -18,16 +18,20 @@ from ..errors import InvalidRequestError, SluicegateError
 from ..store import SpendFilter, SpendGroup, SpendLog, SpendTotal, Store
 from ._background import Follower
 from ._continuation import continue_previous
-from ._host import Host, hosted, in_trio
+from ._host import CrossChannel, Host, gateway_closed, hosted, in_trio
 from ._object_calls import ObjectCalls
 from ._params import on_end_option, prepare_call
 from ._pipeline import Pipeline, run_request
 from ._replay import resolve_replayed_state
 from ._streams import (
+    Receiver,
     ResponseStream,
+    Sender,
+    cross_twin,
     follow,
     held_stream_twin,
     hold_stream,
+    memory_channel,
     open_response_stream,
     stream_twin,
 )
@@ -36,7 +40,7 @@ if TYPE_CHECKING:
     from ..actors._health import DeploymentStatistics
     from ..actors._recorder import Recorder
     from ..config import GatewayConfig
-    from ..runtime._messages import PreparedCall
+    from ..runtime._messages import Delivery, PreparedCall
     from ._background import BackgroundRuns
     from ._fakes import FakeProviders
     from ._objects import ObjectService
@@ -89,6 +93,8 @@ class Gateway(ObjectCalls):
     _total: int = 0
     #: Where its calls run when it was opened under asyncio (``_host.py``); None under trio.
     _host: Host | None = None
+    #: Its ``open_gateway`` block has been left.
+    _closed: bool = False
 
     @property
     def config(self) -> GatewayConfig:
@@ -98,6 +104,10 @@ class Gateway(ObjectCalls):
     def store(self) -> Store:
         """The event store every response is recorded in."""
         return self._store
+
+    def mark_closed(self) -> None:
+        """Refuse every call from now on (``open_gateway``, on its way out)."""
+        self._closed = True
 
     def hosted_by(self, host: Host) -> None:
         """Run calls made from asyncio in ``host`` (``open_gateway`` under asyncio)."""
@@ -174,20 +184,27 @@ class Gateway(ObjectCalls):
         ``get_response(id, stream=True, starting_after=n)``. ``on_end`` is as in
         :meth:`responses`.
         """
+        if self._closed:
+            raise gateway_closed()
         host = self._host
         if host is None or in_trio():
             return self.open_stream(params)
+        if params.get("background"):  # a follower: its session pumps it
+            return host.open(
+                partial(self.open_stream, params), stream_twin, ResponseStream.receive_delivery
+            )
+        # Batches go straight to the asyncio reader, over a channel of its own.
+        channel: CrossChannel[Delivery] = CrossChannel(host.run)
         return host.open(
-            partial(self.open_stream, params), stream_twin, ResponseStream.receive_delivery
+            partial(self._open_stream, params, None, channel.ends), partial(cross_twin, channel)
         )
 
-    @asynccontextmanager
-    async def open_stream(
+    def open_stream(
         self,
         params: Mapping[str, Any],
         *,
         interrupted: Callable[[], SluicegateError | None] | None = None,
-    ) -> AsyncIterator[ResponseStream]:
+    ) -> AbstractAsyncContextManager[ResponseStream]:
         """:meth:`stream` for a server, which tells a caller that left from a stream it cuts.
 
         Args:
@@ -199,6 +216,15 @@ class Gateway(ObjectCalls):
                 ``failed``, and :attr:`ResponseStream.closing` holds the events left to send
                 (the cancellation then goes on out of the block).
         """
+        return self._open_stream(params, interrupted, memory_channel)
+
+    @asynccontextmanager
+    async def _open_stream(
+        self,
+        params: Mapping[str, Any],
+        interrupted: Callable[[], SluicegateError | None] | None,
+        channel: Callable[[], tuple[Sender, Receiver]],
+    ) -> AsyncIterator[ResponseStream]:
         on_end = on_end_option(params.get("on_end"))
         call = await self._prepare(params, stream=True)
         if call.background:
@@ -209,7 +235,9 @@ class Gateway(ObjectCalls):
         self._in_flight += 1
         self._total += 1
         try:
-            async with open_response_stream(self._pipeline, call, recording, interrupted) as events:
+            async with open_response_stream(
+                self._pipeline, call, recording, interrupted, channel
+            ) as events:
                 yield events
         finally:
             self._in_flight -= 1
@@ -293,6 +321,8 @@ class Gateway(ObjectCalls):
                 ``MAX_SAFE_INTEGER``).
             UpstreamError: the upstream's answer.
         """
+        if self._closed:
+            raise gateway_closed()
         lookup = partial(
             self._stored.get,
             response_id,

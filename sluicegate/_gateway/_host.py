@@ -54,11 +54,16 @@ import trio
 from ..errors import ServiceUnavailableError
 
 __all__ = [
+    "CrossChannel",
+    "CrossReceiver",
+    "CrossSender",
     "GuestRun",
     "Host",
+    "HostReader",
     "HostedContext",
     "PumpedIterator",
     "Session",
+    "gateway_closed",
     "hosted",
     "in_trio",
     "next_of",
@@ -83,11 +88,16 @@ def in_trio() -> bool:
 
 
 class _Closed(ServiceUnavailableError):
-    """The gateway closed under a call (what its asyncio caller gets)."""
+    """The gateway closed under a call, or before it (what its caller gets)."""
 
 
 def _closed() -> ServiceUnavailableError:
     return _Closed("The gateway was closed while this call was running.")
+
+
+def gateway_closed() -> ServiceUnavailableError:
+    """The error of a call made on a gateway that has been closed (under trio or asyncio)."""
+    return _Closed("The gateway is closed.")
 
 
 def _cancellation(exc: BaseException) -> bool:
@@ -308,6 +318,8 @@ class Host:
         """
         run = self.run
         run.check_loop()
+        if self.closing:  # closed: its guest run may have ended too
+            raise gateway_closed()
         call: _Call[T] = _Call(fn, run.loop.create_future())
         run.soon(functools.partial(self._start, call))
         return await call.outcome(run)
@@ -336,16 +348,21 @@ class Host:
 class _HasHost(Protocol):
     @property
     def host(self) -> Host | None: ...
+    @property
+    def closed(self) -> bool: ...
 
 
 def hosted(method: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """A trio method of an object that may be opened under asyncio (the gateway): called
     under trio, or on an object with no host, it runs as it is; under asyncio, as a call in
-    the object's host."""
+    the object's host. On a closed one it raises ``ServiceUnavailableError``, under both."""
 
     @functools.wraps(method)
     async def dispatch(*args: P.args, **kwargs: P.kwargs) -> T:
-        host = cast("_HasHost", args[0]).host
+        owner = cast("_HasHost", args[0])
+        if owner.closed:
+            raise gateway_closed()
+        host = owner.host
         if host is None or in_trio():
             return await method(*args, **kwargs)
         return await host.call(functools.partial(method, *args, **kwargs))
@@ -418,6 +435,9 @@ class Session(Generic[V]):
             raise result.error
         assert isinstance(result, outcome.Value)
         return result.value
+
+    #: A session pumping a stream is that stream's source (``_streams.stream_twin``).
+    receive = next
 
     def _hand(self, result: outcome.Outcome[Any]) -> None:
         if isinstance(result, outcome.Error):
@@ -541,6 +561,8 @@ class HostedContext(AbstractAsyncContextManager[T], Generic[V, T]):
         run = self._run
         assert run is not None
         run.check_loop()
+        if self._host is not None and self._host.closing:
+            raise gateway_closed()
         loop = run.loop
         session = Session(run, self._enter, self._step, loop.create_future(), loop.create_future())
         self._session = session
@@ -570,6 +592,162 @@ class HostedContext(AbstractAsyncContextManager[T], Generic[V, T]):
     ) -> None:
         assert self._session is not None
         await self._session.leave(exc)
+
+
+@attrs.define(eq=False)
+class CrossChannel(Generic[T]):
+    """A one-slot channel from a trio sender (a stream's pipeline, in the guest) to a reader on
+    either side: trio (:meth:`receive`, to prime the stream) or asyncio
+    (:meth:`receive_from_host`, the caller reading on). Both ends in one object, for
+    ``open_response_stream``'s channel factory.
+
+    The sender hands a batch straight to an asyncio reader that waits for one (no trio task in
+    between), else leaves it in the slot, else waits for room like a memory channel's ``send``
+    (and, like it, raises ``Cancelled`` having delivered nothing). Only a reader that takes
+    from the slot while the sender waits for room crosses into trio, to wake it.
+    """
+
+    _run: GuestRun
+    _slot: T | None = None
+    _full: bool = False
+    #: The asyncio reader waiting for a value; the trio reader (priming) waiting for one.
+    _reader: asyncio.Future[T] | None = None
+    _filled: trio.Event | None = None
+    #: The sender waiting for room.
+    _room: trio.Event | None = None
+    _closed: bool = False
+    _receiver_closed: bool = False
+
+    # -- the sender (trio) ---------------------------------------------------------------
+
+    async def send(self, value: T, /) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        blocked = False
+        while self._full:
+            if self._receiver_closed:
+                raise trio.BrokenResourceError
+            blocked = True
+            self._room = room = trio.Event()
+            await room.wait()
+        if self._receiver_closed:
+            raise trio.BrokenResourceError
+        reader, self._reader = self._reader, None
+        if reader is not None and not reader.done():
+            reader.set_result(value)
+        else:  # no reader, or one cancelled while it waited: the value waits for the next
+            self._slot = value
+            self._full = True
+            if self._filled is not None:
+                self._filled.set()
+        if not blocked:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def close_sender(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        reader, self._reader = self._reader, None
+        if reader is not None and not reader.done():
+            reader.set_exception(trio.EndOfChannel())
+        if self._filled is not None:
+            self._filled.set()
+
+    def close_receiver(self) -> None:
+        self._receiver_closed = True
+        if self._room is not None:
+            self._room.set()
+
+    def ends(self) -> tuple[CrossSender[T], CrossReceiver[T]]:
+        """Its two ends, each closed by its own ``with``: ``open_response_stream``'s channel."""
+        return CrossSender(self), CrossReceiver(self)
+
+    # -- the readers ---------------------------------------------------------------------
+
+    async def receive(self) -> T:
+        """Trio's read (the stream's priming)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self._full:
+            if self._closed:
+                raise trio.EndOfChannel
+            self._filled = filled = trio.Event()
+            await filled.wait()
+        return self._take(self._set_room)
+
+    def receive_nowait(self) -> T:
+        if self._full:
+            return self._take(self._set_room)
+        if self._closed:
+            raise trio.EndOfChannel
+        raise trio.WouldBlock
+
+    async def receive_from_host(self) -> T:
+        """The asyncio reader's read. Cancelled, it leaves the next value in the slot."""
+        if self._full:
+            return self._take(self._run.soon)
+        if self._closed:
+            raise trio.EndOfChannel
+        self._run.check_loop()
+        reader: asyncio.Future[T] = self._run.loop.create_future()
+        self._reader = reader
+        return await reader
+
+    def _take(self, wake: Callable[[Callable[[], object]], object]) -> T:
+        value = self._slot
+        self._slot = None
+        self._full = False
+        room, self._room = self._room, None
+        if room is not None:
+            wake(room.set)
+        return value  # type: ignore[return-value]
+
+    @staticmethod
+    def _set_room(set_: Callable[[], object]) -> None:
+        set_()
+
+
+@attrs.frozen
+class CrossSender(Generic[T]):
+    """The sending end of a :class:`CrossChannel` (a memory channel's shape)."""
+
+    channel: CrossChannel[T]
+
+    async def send(self, value: T, /) -> None:
+        await self.channel.send(value)
+
+    def __enter__(self) -> CrossSender[T]:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.channel.close_sender()
+
+
+@attrs.frozen
+class CrossReceiver(Generic[T]):
+    """The receiving end of a :class:`CrossChannel`, read from trio (a memory channel's shape)."""
+
+    channel: CrossChannel[T]
+
+    async def receive(self) -> T:
+        return await self.channel.receive()
+
+    def receive_nowait(self) -> T:
+        return self.channel.receive_nowait()
+
+    def __enter__(self) -> CrossReceiver[T]:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.channel.close_receiver()
+
+
+class HostReader(Generic[T]):
+    """A :class:`CrossChannel` read from asyncio, in a memory channel's shape (a stream's
+    source)."""
+
+    __slots__ = ("receive",)
+
+    def __init__(self, channel: CrossChannel[T]) -> None:
+        self.receive = channel.receive_from_host
 
 
 @attrs.define(eq=False)

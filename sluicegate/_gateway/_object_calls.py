@@ -13,7 +13,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidRequestError
-from ._host import PumpedIterator, hosted, in_trio, next_of
+from ._host import PumpedIterator, gateway_closed, hosted, in_trio, next_of
 from ._uploads import invalid
 
 if TYPE_CHECKING:
@@ -33,11 +33,19 @@ class ObjectCalls:
     _owner: str
     _host: Host | None
 
+    _closed: bool
+
     @property
     def host(self) -> Host | None:
         """The asyncio loop's trio guest that runs this gateway's calls (``open_gateway``
         under asyncio), or None: opened under trio."""
         return self._host
+
+    @property
+    def closed(self) -> bool:
+        """Whether its ``open_gateway`` block has been left: every call then raises
+        ``ServiceUnavailableError``."""
+        return self._closed
 
     @hosted
     async def create_file(
@@ -131,6 +139,8 @@ class ObjectCalls:
         """``async with gw.open_file_content(id) as chunks:`` the file's bytes as they arrive
         (``GET /v1/files/{id}/content``). Reading a batch's output file to its end records
         the batch's usage and cost."""
+        if self._closed:
+            raise gateway_closed()
         owner = self._owner_of(owner)
         host = self.host
         if host is None or in_trio():

@@ -291,7 +291,7 @@ async def open_trio_gateway(
             shared_store=gs.store.backend == "sqlite" and gs.store.path != ":memory:",
         )
         stored = StoredResponses(pipeline, store, recorder, background, fakes, gs.store, owner)
-        yield Gateway(
+        gateway = Gateway(
             cfg,
             pipeline,
             store,
@@ -302,6 +302,10 @@ async def open_trio_gateway(
             objects,
             owner,
         )
+        try:
+            yield gateway
+        finally:
+            gateway.mark_closed()
 
 
 def _httpx_transport(limits: httpx.Limits, environ: Mapping[str, str]) -> httpx.AsyncBaseTransport:

@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
+from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
 import attrs
@@ -23,17 +24,22 @@ from ..codecs._lifecycle import StreamTracker
 from ..errors import SluicegateError, UpstreamProtocolError
 from ..runtime._messages import Delivery, PreparedCall
 from ..runtime._scopes import open_body_nursery
+from ._host import HostReader
 from ._pipeline import Pipeline, run_request
 
 if TYPE_CHECKING:
     from ..actors._recorder import Recording
-    from ._host import Session
+    from ._host import CrossChannel, Session
 
 __all__ = [
+    "Receiver",
     "ResponseStream",
+    "Sender",
+    "cross_twin",
     "follow",
     "held_stream_twin",
     "hold_stream",
+    "memory_channel",
     "open_response_stream",
     "stream_twin",
 ]
@@ -41,6 +47,38 @@ __all__ = [
 
 class _Source(Protocol):
     async def receive(self) -> Delivery: ...
+
+
+class Sender(Protocol):
+    """A stream channel's sending end (a trio memory channel's, or a cross-loop one's)."""
+
+    async def send(self, value: Delivery, /) -> None: ...
+    def __enter__(self) -> object: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+        /,
+    ) -> object: ...
+
+
+class Receiver(_Source, Protocol):
+    def receive_nowait(self) -> Delivery: ...
+    def __enter__(self) -> object: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+        /,
+    ) -> object: ...
+
+
+def memory_channel() -> tuple[Sender, Receiver]:
+    """The one-slot channel of a stream read from trio."""
+    send, recv = trio.open_memory_channel[Delivery](1)
+    return send, recv
 
 
 @attrs.define(eq=False)
@@ -182,8 +220,12 @@ async def open_response_stream(
     call: PreparedCall,
     recording: Recording,
     interrupted: Callable[[], SluicegateError | None] | None,
+    channel: Callable[[], tuple[Sender, Receiver]] = memory_channel,
 ) -> AsyncIterator[ResponseStream]:
     """Run a foreground streamed request in a nursery of its own; its stream, primed.
+
+    ``channel`` makes the one-slot channel the batches take to the stream (an asyncio reader's
+    is ``_host.CrossChannel``'s).
 
     Leaving the block early cancels the request (recorded ``cancelled``, or ``failed`` when
     ``interrupted`` answers an error: then :attr:`ResponseStream.closing` holds the events
@@ -192,7 +234,7 @@ async def open_response_stream(
     Raises:
         SluicegateError: the request failed before its first event.
     """
-    send, recv = trio.open_memory_channel[Delivery](1)
+    send, recv = channel()
     tracker = StreamTracker()
     events = ResponseStream(recv, tracker)
     recording.interrupted = interrupted
@@ -220,7 +262,7 @@ async def _run_streaming(
     pipeline: Pipeline,
     call: PreparedCall,
     tracker: StreamTracker,
-    send: trio.MemorySendChannel[Delivery],
+    send: Sender,
     handoff: _Handoff | None,
     recording: Recording,
 ) -> None:
@@ -235,7 +277,7 @@ class _Handoff:
     hand-over a cancellation cut (a memory channel's ``send`` that raises ``Cancelled`` has
     delivered nothing), so the stream's end can still deliver it, in order."""
 
-    _send: trio.MemorySendChannel[Delivery]
+    _send: Sender
     cut: list[StreamEvent] = attrs.Factory(list)
 
     async def send(self, value: Delivery, /) -> None:
@@ -247,7 +289,7 @@ class _Handoff:
             raise
 
 
-def _drain(recv: trio.MemoryReceiveChannel[Delivery]) -> list[StreamEvent]:
+def _drain(recv: Receiver) -> list[StreamEvent]:
     """The events waiting in a channel, now."""
     events: list[StreamEvent] = []
     while True:
@@ -262,30 +304,27 @@ def _drain(recv: trio.MemoryReceiveChannel[Delivery]) -> list[StreamEvent]:
 # --- read from asyncio (``_host.py``) ---------------------------------------------------------
 
 
-@attrs.define(eq=False)
-class _Pumped:
-    """A twin's source: what the session holding the original pumps from it (the session's
-    step is :meth:`ResponseStream.receive_delivery`)."""
-
-    _session: Session[ResponseStream]
-
-    async def receive(self) -> Delivery:
-        delivery: Delivery = await self._session.next()
-        return delivery
-
-
 async def _asyncio_checkpoint() -> None:
     await asyncio.sleep(0)
 
 
+def cross_twin(
+    channel: CrossChannel[Delivery], session: Session[ResponseStream], stream: ResponseStream
+) -> ResponseStream:
+    """The asyncio twin of a foreground stream whose batches come over ``channel``: it reads
+    them there itself (its session only holds the block)."""
+    return stream.twin(HostReader(channel), _asyncio_checkpoint)
+
+
 def stream_twin(session: Session[ResponseStream], stream: ResponseStream) -> ResponseStream:
-    """The asyncio twin of a stream whose session ends with its ``async with`` block."""
-    return stream.twin(_Pumped(session), _asyncio_checkpoint)
+    """The asyncio twin of a stream its session pumps (a follower), whose session ends with
+    its ``async with`` block."""
+    return stream.twin(session, _asyncio_checkpoint)
 
 
 def held_stream_twin(session: Session[ResponseStream], stream: ResponseStream) -> ResponseStream:
     """The asyncio twin of a stream a call returned: closing it ends its session."""
-    return stream.twin(_Pumped(session), partial(session.leave, None))
+    return stream.twin(session, partial(session.leave, None))
 
 
 @asynccontextmanager
