@@ -44,7 +44,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast
+from typing import Any, Final, Generic, ParamSpec, Protocol, TypeVar, cast
 
 import attrs
 import outcome
@@ -594,6 +594,13 @@ class HostedContext(AbstractAsyncContextManager[T], Generic[V, T]):
         await self._session.leave(exc)
 
 
+class _End:
+    """What a :class:`CrossChannel`'s closed sender hands a waiting asyncio reader."""
+
+
+_END: Final = _End()
+
+
 @attrs.define(eq=False)
 class CrossChannel(Generic[T]):
     """A one-slot channel from a trio sender (a stream's pipeline, in the guest) to a reader on
@@ -610,8 +617,9 @@ class CrossChannel(Generic[T]):
     _run: GuestRun
     _slot: T | None = None
     _full: bool = False
-    #: The asyncio reader waiting for a value; the trio reader (priming) waiting for one.
-    _reader: asyncio.Future[T] | None = None
+    #: The asyncio reader waiting for a value (or :data:`_END`); the trio reader (priming)
+    #: waiting for one.
+    _reader: asyncio.Future[T | _End] | None = None
     _filled: trio.Event | None = None
     #: The sender waiting for room.
     _room: trio.Event | None = None
@@ -648,7 +656,9 @@ class CrossChannel(Generic[T]):
         self._closed = True
         reader, self._reader = self._reader, None
         if reader is not None and not reader.done():
-            reader.set_exception(trio.EndOfChannel())
+            # A marker, not an exception: an exception kept in the future would hold its
+            # traceback's frames, and they the future, a cycle only the collector frees.
+            reader.set_result(_END)
         if self._filled is not None:
             self._filled.set()
 
@@ -687,9 +697,12 @@ class CrossChannel(Generic[T]):
         if self._closed:
             raise trio.EndOfChannel
         self._run.check_loop()
-        reader: asyncio.Future[T] = self._run.loop.create_future()
+        reader: asyncio.Future[T | _End] = self._run.loop.create_future()
         self._reader = reader
-        return await reader
+        value = await reader
+        if isinstance(value, _End):
+            raise trio.EndOfChannel
+        return value
 
     def _take(self, wake: Callable[[Callable[[], object]], object]) -> T:
         value = self._slot
