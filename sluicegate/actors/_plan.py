@@ -62,7 +62,9 @@ class RoutePlan:
     _attempt: int = 0
     _retries: int = 0
     _failed: set[str] = attrs.Factory(set)
-    _last: Routed | None = None
+    #: Where the last attempt went (the deployment, not the Routed: that one holds this plan,
+    #: and a cycle per request would be left to the garbage collector).
+    _last: Deployment | None = None
     #: The last error an upstream gave this request: what the caller gets if nothing works.
     _upstream_error: SluicegateError | None = None
 
@@ -107,7 +109,7 @@ class RoutePlan:
                 # A fallback group cannot take what the first one could: the next one may.
                 return await self._fall_back(error)
             raise error
-        failed = last.deployment
+        failed = last
         self._failed.add(failed.id)
         if self._retries < failed.max_retries:
             self._retries += 1
@@ -189,7 +191,7 @@ class RoutePlan:
     def _routed(self, call: PreparedCall, deployment: Deployment) -> Routed:
         routed = Routed(call=call, deployment=deployment, attempt=self._attempt, plan=self)
         self._attempt += 1
-        self._last = routed
+        self._last = deployment
         return routed
 
 
