@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import json
 import sys
 import time
 from contextlib import asynccontextmanager
@@ -35,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import orjson
 
-from ._asyncio_driver import hold_streams, raise_open_file_limit, rss, run_cases
+from ._asyncio_driver import child_main, hold_streams, raise_open_file_limit, rss, run_cases
 from ._cases import (
     API_KEY,
     INPUT,
@@ -202,24 +201,15 @@ async def open_streams(
 
 # --- the child's entry -----------------------------------------------------------------------
 
-_USAGE: Final = (
-    f"usage: python -m benchmarks._aiohttp {AIOHTTP_FLOOR} UPSTREAM_URL UPSTREAM_PID PLAN\n"
-    "       python -m benchmarks._aiohttp open-streams UPSTREAM_URL STREAMS"
-)
-
 
 def _main(argv: Sequence[str]) -> int:
-    match list(argv):
-        case [target, url, pid, plan] if target == AIOHTTP_FLOOR:
-            upstream = FakeUpstreamProcess(base_url=url, pid=int(pid))
-            asyncio.run(run_floor(upstream, LibraryPlan.from_json(plan)))
-        case ["open-streams", url, streams]:
-            result = asyncio.run(open_streams(url, streams=int(streams)))
-            print(json.dumps(result), flush=True)
-        case _:
-            print(_USAGE, file=sys.stderr)
-            return 2
-    return 0
+    return child_main(
+        argv,
+        module="benchmarks._aiohttp",
+        target=AIOHTTP_FLOOR,
+        run=run_floor,
+        open_streams=open_streams,
+    )
 
 
 if __name__ == "__main__":

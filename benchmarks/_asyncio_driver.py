@@ -23,24 +23,25 @@ import asyncio
 import json
 import math
 import resource
+import sys
 import time
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
-from ._cases import Tally, measure_case, process_memory, warmup_requests
-from ._upstream import BenchmarkError
+from ._cases import LibraryPlan, Tally, measure_case, process_memory, warmup_requests
+from ._upstream import BenchmarkError, FakeUpstreamProcess
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
     from contextlib import AbstractAsyncContextManager
 
-    from ._cases import Answer, Case, CaseRun, LibraryPlan, Target
-    from ._upstream import FakeUpstreamProcess
+    from ._cases import Answer, Case, CaseRun, Target
 
 __all__ = [
     "HeldStreams",
+    "child_main",
     "hold_streams",
     "raise_open_file_limit",
     "rss",
@@ -253,3 +254,35 @@ async def hold_streams(
         idle_rss_bytes=idle,
         open_rss_bytes=peak,
     )
+
+
+# --- a child's entry -------------------------------------------------------------------------
+
+
+def child_main(
+    argv: Sequence[str],
+    *,
+    module: str,
+    target: str,
+    run: Callable[[FakeUpstreamProcess, LibraryPlan], Coroutine[Any, Any, None]],
+    open_streams: Callable[..., Coroutine[Any, Any, dict[str, Any]]],
+) -> int:
+    """An asyncio target's child: ``TARGET UPSTREAM_URL UPSTREAM_PID PLAN`` runs the plan's
+    cases (``run``), ``open-streams UPSTREAM_URL STREAMS`` prints what holding that many slow
+    streams costs (``open_streams(url, streams=...)``); anything else is a usage error."""
+    match list(argv):
+        case [name, url, pid, plan] if name == target:
+            asyncio.run(
+                run(FakeUpstreamProcess(base_url=url, pid=int(pid)), LibraryPlan.from_json(plan))
+            )
+        case ["open-streams", url, streams]:
+            result = asyncio.run(open_streams(url, streams=int(streams)))
+            print(json.dumps(result), flush=True)
+        case _:
+            print(
+                f"usage: python -m {module} {target} UPSTREAM_URL UPSTREAM_PID PLAN\n"
+                f"       python -m {module} open-streams UPSTREAM_URL STREAMS",
+                file=sys.stderr,
+            )
+            return 2
+    return 0

@@ -21,7 +21,6 @@ only, never trio's own (``trio.run``): trio is imported, as the gateway's guest.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import sluicegate
 
-from ._asyncio_driver import hold_streams, raise_open_file_limit, rss, run_cases
+from ._asyncio_driver import child_main, hold_streams, raise_open_file_limit, rss, run_cases
 from ._cases import GATEWAY_MODEL, INPUT, LibraryPlan
 from ._memory import LIBRARY_ASYNCIO, open_streams_config, warm_up_gateway
 from ._report import SLUICEGATE_ASYNCIO
@@ -87,25 +86,15 @@ async def open_streams(
 
 # --- the child's entry -----------------------------------------------------------------------
 
-_USAGE: Final = (
-    f"usage: python -m benchmarks._asyncio_face {SLUICEGATE_ASYNCIO} UPSTREAM_URL UPSTREAM_PID "
-    "PLAN\n"
-    "       python -m benchmarks._asyncio_face open-streams UPSTREAM_URL STREAMS"
-)
-
 
 def _main(argv: Sequence[str]) -> int:
-    match list(argv):
-        case [target, url, pid, plan] if target == SLUICEGATE_ASYNCIO:
-            upstream = FakeUpstreamProcess(base_url=url, pid=int(pid))
-            asyncio.run(run_face(upstream, LibraryPlan.from_json(plan)))
-        case ["open-streams", url, streams]:
-            result = asyncio.run(open_streams(url, streams=int(streams)))
-            print(json.dumps(result), flush=True)
-        case _:
-            print(_USAGE, file=sys.stderr)
-            return 2
-    return 0
+    return child_main(
+        argv,
+        module="benchmarks._asyncio_face",
+        target=SLUICEGATE_ASYNCIO,
+        run=run_face,
+        open_streams=open_streams,
+    )
 
 
 if __name__ == "__main__":

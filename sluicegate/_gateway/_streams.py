@@ -49,30 +49,29 @@ class _Source(Protocol):
     async def receive(self) -> Delivery: ...
 
 
-class Sender(Protocol):
+class _Closable(Protocol):
+    """A channel end that its ``with`` closes."""
+
+    def __enter__(self) -> object: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+        /,
+    ) -> object: ...
+
+
+class Sender(_Closable, Protocol):
     """A stream channel's sending end (a trio memory channel's, or a cross-loop one's)."""
 
     async def send(self, value: Delivery, /) -> None: ...
-    def __enter__(self) -> object: ...
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-        /,
-    ) -> object: ...
 
 
-class Receiver(_Source, Protocol):
+class Receiver(_Source, _Closable, Protocol):
+    """A stream channel's receiving end, read from trio."""
+
     def receive_nowait(self) -> Delivery: ...
-    def __enter__(self) -> object: ...
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-        /,
-    ) -> object: ...
 
 
 def memory_channel() -> tuple[Sender, Receiver]:
