@@ -11,6 +11,8 @@ waits on wall-clock time, and ``asyncio.timeout`` only guards against a hang.
 from __future__ import annotations
 
 import asyncio
+import gc
+import inspect
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -24,8 +26,8 @@ import trio.testing
 
 import sluicegate
 from sluicegate import ResponseEvent, ResponseStatus, StreamEvent
-from sluicegate._gateway import Gateway
-from sluicegate._gateway._host import GuestRun, HostedContext
+from sluicegate._gateway import Gateway, ResponseStream
+from sluicegate._gateway._host import CrossChannel, GuestRun, HostedContext, HostReader
 from sluicegate.errors import (
     InvalidRequestError,
     NotFoundError,
@@ -33,6 +35,7 @@ from sluicegate.errors import (
     UpstreamStatusError,
 )
 from sluicegate.fake import FakeUpstream, Fault, open_fake_upstream
+from sluicegate.runtime._messages import Delivery
 
 from .conftest import fake_config
 from .fake_files import FakeFilesUpstream, mock_transport
@@ -556,3 +559,78 @@ def test_a_closed_gateway_refuses_every_call_under_both_loops() -> None:
         return refused
 
     assert trio.run(calls_after_close) == run(calls_after_close)
+
+
+def test_the_hosted_calls_stay_coroutine_functions() -> None:
+    """Frameworks and callers tell an async callable by ``inspect.iscoroutinefunction``."""
+    for name in ("responses", "get_response", "cancel_response", "spend_logs", "create_file"):
+        assert inspect.iscoroutinefunction(getattr(Gateway, name)), name
+
+
+def test_requests_leave_no_cyclic_garbage() -> None:
+    """Regression: a stream's end reached its asyncio reader as an exception kept in a future
+    (or a session's slot), whose traceback's frames held it: a cycle per stream, holding its
+    events until the collector ran. A route plan held its last Routed, which held the plan."""
+
+    async def main() -> list[str]:
+        async with guest_fake(tokens=4) as fake, sluicegate.open_gateway(fake_config(fake)) as gw:
+            await gw.responses(model="gpt-test", input="warm up")
+            gc.collect()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            try:
+                for _ in range(5):
+                    await gw.responses(model="gpt-test", input="hi")
+                    async with gw.stream(model="gpt-test", input="hi") as events:
+                        [_ async for _ in events]
+                    async with gw.stream(model="gpt-test", input="hi", background=True) as bg:
+                        first = await bg.__anext__()
+                    assert isinstance(first, ResponseEvent)
+                    async with await gw.get_response(first.response.id, stream=True) as rest:
+                        [_ async for _ in rest]
+                gc.collect()
+                ours = [type(o).__qualname__ for o in gc.garbage if _is_ours(o)]
+            finally:
+                gc.set_debug(0)
+                gc.garbage.clear()
+            return ours
+
+    assert run(main) == []
+
+
+def _is_ours(obj: object) -> bool:
+    module = type(obj).__module__
+    return module.startswith("sluicegate") or (
+        isinstance(obj, BaseException) and obj.__traceback__ is not None
+    )
+
+
+def test_a_stream_end_reaches_a_waiting_reader_without_a_cycle() -> None:
+    """The end of a foreground stream, handed to an asyncio reader already waiting for the
+    next batch, is a marker: no exception kept in its future, whose frames would hold it."""
+
+    async def main() -> list[str]:
+        guest = await GuestRun.join()
+        try:
+            channel: CrossChannel[Delivery] = CrossChannel(guest)
+            gc.collect()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            try:
+                events = ResponseStream(HostReader(channel), None)
+                reading = asyncio.create_task(_read_all(events))
+                await asyncio.sleep(0)  # lets the reader start: it now waits on its future
+                channel.close_sender()
+                assert await reading == []
+                del reading, events
+                gc.collect()
+                return [type(o).__qualname__ for o in gc.garbage if _is_ours(o)]
+            finally:
+                gc.set_debug(0)
+                gc.garbage.clear()
+        finally:
+            await guest.leave()
+
+    assert run(main) == []
+
+
+async def _read_all(events: sluicegate.ResponseStream) -> list[StreamEvent]:
+    return [event async for event in events]

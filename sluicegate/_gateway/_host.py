@@ -287,7 +287,7 @@ class _Call(Generic[T]):
         finally:
             self.end()
 
-    async def outcome(self, run: GuestRun) -> T:
+    async def awaited(self, run: GuestRun) -> T:
         """Await the result from asyncio; cancelled, cancel the trio work and wait for it to
         end (a second cancellation stops the waiting, not the ending)."""
         try:
@@ -322,7 +322,7 @@ class Host:
             raise gateway_closed()
         call: _Call[T] = _Call(fn, run.loop.create_future())
         run.soon(functools.partial(self._start, call))
-        return await call.outcome(run)
+        return await call.awaited(run)
 
     def _start(self, call: _Call[Any]) -> None:
         if call.result.done():  # its awaiter was cancelled before it started
@@ -355,7 +355,10 @@ class _HasHost(Protocol):
 def hosted(method: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """A trio method of an object that may be opened under asyncio (the gateway): called
     under trio, or on an object with no host, it runs as it is; under asyncio, as a call in
-    the object's host. On a closed one it raises ``ServiceUnavailableError``, under both."""
+    the object's host. On a closed one it raises ``ServiceUnavailableError``, under both.
+
+    The wrapper stays a coroutine function (``inspect.iscoroutinefunction`` holds, as callers
+    and frameworks check), at the price of one frame more per call under trio."""
 
     @functools.wraps(method)
     async def dispatch(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -368,6 +371,13 @@ def hosted(method: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any,
         return await host.call(functools.partial(method, *args, **kwargs))
 
     return dispatch
+
+
+@attrs.frozen
+class _EndOf:
+    """What a session's pump hands over at the end of its iterator: the exception to raise."""
+
+    kind: type[trio.EndOfChannel | StopAsyncIteration]
 
 
 @attrs.define(eq=False)
@@ -397,8 +407,8 @@ class Session(Generic[V]):
     #: The pumped outcome the reader has not taken; the reader waiting for one.
     _slot: outcome.Outcome[Any] | None = None
     _reader: asyncio.Future[outcome.Outcome[Any]] | None = None
-    #: The pump's last outcome (its end: an error, end of iteration included), once handed.
-    _final: outcome.Error | None = None
+    #: The pump's last outcome (its end: an error, or the end of iteration), once handed.
+    _final: outcome.Outcome[Any] | None = None
     #: Set by the reader when it takes from the slot while the pump waits for room.
     _room: trio.Event | None = None
     _leave: _Leave | None = None
@@ -434,13 +444,15 @@ class Session(Generic[V]):
         if isinstance(result, outcome.Error):
             raise result.error
         assert isinstance(result, outcome.Value)
+        if isinstance(result.value, _EndOf):
+            raise result.value.kind()  # a fresh one each time, held by no frame
         return result.value
 
     #: A session pumping a stream is that stream's source (``_streams.stream_twin``).
     receive = next
 
     def _hand(self, result: outcome.Outcome[Any]) -> None:
-        if isinstance(result, outcome.Error):
+        if not isinstance(result, outcome.Value) or isinstance(result.value, _EndOf):
             self._final = result
         reader, self._reader = self._reader, None
         if reader is not None and not reader.done():
@@ -515,6 +527,10 @@ class Session(Generic[V]):
                 await room.wait()
             try:
                 result: outcome.Outcome[Any] = outcome.Value(await step(value))
+            except (trio.EndOfChannel, StopAsyncIteration) as end:
+                # The end as a marker: an exception kept for the reader would hold the frames
+                # of its traceback, and they it, a cycle per stream for the collector.
+                result = outcome.Value(_EndOf(type(end)))
             except BaseException as exc:
                 if _cancellation(exc):
                     raise

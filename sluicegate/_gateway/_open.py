@@ -187,8 +187,8 @@ async def open_trio_gateway(
     owner: str = "",
     wall_clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[Gateway]:
-    """:func:`open_gateway` under trio (the server's, and the asyncio host's inside its
-    guest run)."""
+    """:func:`open_gateway` under trio: what it enters under trio, and what the asyncio host
+    enters inside its guest run."""
     env = os.environ if environ is None else environ
     cfg = load_config(config, environ=env)
     gs = cfg.general_settings
