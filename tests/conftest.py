@@ -11,6 +11,9 @@ from sluicegate.fake import FakeUpstream, open_fake_upstream
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
+# The real PostgreSQL and Redis servers some tests need (tests/servers.py).
+pytest_plugins = ["tests.servers"]
+
 # Property tests judge what the code does, never how fast a loaded machine runs it: no
 # per-example deadline and no "too slow" health check, for every test of the suite (a test's
 # own @settings starts from this profile). Hypothesis's examples stay random.
