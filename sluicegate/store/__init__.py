@@ -3,7 +3,8 @@ projection table maintained in the same transaction.
 
 ``async with open_sqlite_store(path) as store:`` then ``await store.append([...])``. Every
 backend implements :class:`Store` and passes the same contract suite (``tests/store_contract.py``):
-SQLite, durable, the default; and :func:`open_memory_store`, bounded and gone with its opener
+SQLite, durable, the default; :func:`open_postgres_store`, one database for many instances
+(needs the ``postgres`` extra); and :func:`open_memory_store`, bounded and gone with its opener
 (the stateless mode).
 """
 
@@ -24,6 +25,10 @@ from ._interface import Store as Store
 from ._interface import StoreStatistics as StoreStatistics
 from ._memory import MemoryStore as MemoryStore
 from ._memory import open_memory_store as open_memory_store
+from ._postgres import POSTGRES_SCHEMA_VERSION as POSTGRES_SCHEMA_VERSION
+from ._postgres import PostgresStore as PostgresStore
+from ._postgres import migrate_postgres as migrate_postgres
+from ._postgres import open_postgres_store as open_postgres_store
 from ._records import Accepted as Accepted
 from ._records import Deleted as Deleted
 from ._records import Ended as Ended
@@ -48,6 +53,8 @@ __all__ = [
     "MemoryStore",
     "ObjectKind",
     "ObjectRow",
+    "POSTGRES_SCHEMA_VERSION",
+    "PostgresStore",
     "RECOVERY_ERROR",
     "Record",
     "ResponseRow",
@@ -65,6 +72,8 @@ __all__ = [
     "StoreStatistics",
     "StoreUnavailableError",
     "StreamEventRecorded",
+    "migrate_postgres",
     "open_memory_store",
+    "open_postgres_store",
     "open_sqlite_store",
 ]

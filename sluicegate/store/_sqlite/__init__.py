@@ -6,7 +6,7 @@ Theory of operation:
   the caller's task, so a record that is not JSON fails there), puts them on a bounded channel with
   a :class:`trio.Event`, and waits. The writer takes everything queued (until ``batch_max`` records;
   one append is never split) and writes it in **one** transaction: this is group commit, many
-  responses share one fsync. The appends of a transaction are *folded* (``_writer._Fold``): the
+  responses share one fsync. The appends of a transaction are *folded* (``.._sql._fold._Fold``): the
   log's rules are checked in Python, under the write lock, append by append, and an append that
   breaks them (a second ``Ended``) is left out whole and refused alone; then each response gets one
   projection INSERT or UPDATE and one run of log rows, however many appends and records name it. A
@@ -91,20 +91,23 @@ Theory of operation:
   :mod:`sluicegate.errors` classes in :func:`._boundary._guarded`, and nowhere else: nothing
   outside this package imports ``sqlite3``.
 
-One module per concern, each importing only those listed before it:
+What does not depend on SQLite (the log's layout, encoding, folding, the writer actor and the
+public methods, what reads make of rows) is the SQL backends' common part, ``.._sql``, which the
+PostgreSQL backend shares. One module per concern, each importing only those listed before it:
 
-- ``_boundary``: the ``sqlite3`` boundary (errors, connections, threads or inline, JSON);
-- ``_schema``: the migrations and the record kinds; opening the writer connection migrates;
-- ``_spend``: the spend columns and tags, and the spend queries;
+- ``_boundary``: the ``sqlite3`` boundary (errors, connections, threads or inline);
+- ``_schema``: the migrations (and the record kinds they number); opening the writer connection
+  migrates;
+- ``_spend``: SQLite's dialect of the statements both backends build (spend queries, pages of
+  objects, content removal);
 - ``_recovery``: the instances' lock files and the unfinished responses they left;
-- ``_retention``: removing content (``Deleted``, ``purge``);
-- ``_keys``: the proxy's virtual keys, and the files and batches (objects);
-- ``_encode``: records into rows, in the caller's task;
-- ``_writer``: the writer's jobs, folding appends into the projection and the log, and the
-  group-commit transaction;
+- ``_retention``: the retention purge;
+- ``_keys``: writing keys and objects, and reading objects;
+- ``_encode``: the records' encoding (the SQL backends'), which SQLite binds as it is;
+- ``_writer``: a folded batch's statements, the jobs', and the group-commit transaction;
 - ``_reads``: the projection rows, the records' payloads, item origins and conversations;
-- ``_store``: :class:`SQLiteStore` (the writer actor, the reads, the public methods) and
-  :func:`open_sqlite_store`.
+- ``_store``: :class:`SQLiteStore` (its transaction, inline or in a thread, checkpoints, reads,
+  recovery) and :func:`open_sqlite_store`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The ``sqlite3`` boundary: its exceptions translated (:func:`_guarded`, the one place), the
-connections and the lock that lends each to one thread at a time, running SQL in a worker thread
-or inline on the trio thread (:func:`_off_loop`), and the JSON of stored values."""
+connections and the lock that lends each to one thread at a time, and running SQL in a worker
+thread or inline on the trio thread (:func:`_off_loop`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import sqlite3
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar
 
 import attrs
 import orjson
@@ -49,13 +49,6 @@ def _guarded(fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         raise StoreError(f"the database holds a corrupt record: {exc}") from exc
     except OSError as exc:
         raise StoreError(f"the store's instance lock failed: {exc}") from exc
-
-
-def _copy_error(exc: StoreError) -> StoreError:
-    """A fresh instance per waiter, so concurrent raisers do not share one traceback."""
-    copy = type(exc)(exc.message, code=exc.code, status_code=exc.status_code)
-    copy.__cause__ = exc.__cause__
-    return copy
 
 
 async def _off_loop(fn: Callable[[], _T], *, threads: bool, cancellable: bool = True) -> _T:
@@ -158,21 +151,6 @@ _INLINE_JOBS: Final = 32
 #: the WAL holds it, and fsyncs, so fewer of them cost less CPU (measured with the recording
 #: benchmark: ~40 us per response at concurrency 1 with 4 MB, within noise with 16 MB).
 _CHECKPOINT_BYTES: Final = 16 * 1024 * 1024
-
-
-def _loads_or_none(blob: bytes | None) -> Any:
-    return None if blob is None else orjson.loads(blob)
-
-
-def _dumps(value: Any) -> bytes:
-    try:
-        return orjson.dumps(value)
-    except orjson.JSONEncodeError as exc:
-        raise StoreIntegrityError(f"a record is not JSON-serializable: {exc}") from exc
-
-
-def _dumps_or_none(value: Any) -> bytes | None:
-    return None if value is None else _dumps(value)
 
 
 def _locked_call(conn: _Conn, fn: Callable[[sqlite3.Connection], _T]) -> _T:

@@ -1,16 +1,16 @@
-"""The schema: its versioned migrations (``PRAGMA user_version``), the log's rows and the record
-kinds as they hold them, and the writer connection, which migrates the database it opens."""
+"""The schema: its versioned migrations (``PRAGMA user_version``), and the writer connection, which
+migrates the database it opens."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
 from ...errors import StoreError
+from .._sql import _layout
 from ._boundary import _begin_immediate, _Conn, _connect
 
 if TYPE_CHECKING:
     import sqlite3
-    from collections.abc import Iterable
 
 #: Schema migrations; ``_MIGRATIONS[n]`` takes a database from ``user_version`` n to n + 1.
 #: Plain DDL separated by ``;`` (no ``;`` inside literals: the scripts are split on it).
@@ -267,63 +267,13 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
-# The log (schema 7). A row of ``log`` holds a run of consecutive records of one response, written
-# in one transaction (``_writer._RowState.log_rows``); ``key`` is the response's ``ref`` and the
-# sequence number of the row's first record (:func:`_log_key`), so a response's rows are one range
-# of keys, in order. ``body`` is a JSON array with one ``[kind, ordinal, payload]`` per record,
-# numbered on from the key's; ``kinds`` has bit ``1 << kind`` set for each kind in the row (reads
-# skip rows without the kind they want), ``content_size`` is the bytes of its Accepted and ItemDone
-# payloads (what a conversation loads) and ``last_event`` its highest stream-event sequence number
-# (where resuming a stream starts reading).
-
-#: Record kinds as ``log`` stores them; ``ordinal`` is the output index (ItemDone), the sequence
-#: number (StreamEventRecorded) or the attempt (Routed).
-_ACCEPTED, _ROUTED, _ITEM_DONE, _STREAM_EVENT, _SETTLED, _ENDED, _DELETED = range(7)
-#: Their names (in messages), by kind.
-_KIND_NAMES: Final = (
-    "accepted",
-    "routed",
-    "item_done",
-    "stream_event",
-    "settled",
-    "ended",
-    "deleted",
-)
-#: Bits of ``log.kinds``: the kinds whose payload is the caller's content, removed by
-#: ``Deleted`` and by ``purge``, and the ones a removal rewrites (the end's final response too).
-_CONTENT_BITS: Final = 1 << _ACCEPTED | 1 << _ITEM_DONE | 1 << _STREAM_EVENT
-_REMOVAL_BITS: Final = _CONTENT_BITS | 1 << _ENDED
-
-#: Bits of a log key for the sequence number; a ``ref`` takes the rest (SQLite's 63 bits).
-_SEQ_BITS: Final = 32
-#: The most records a response may have, and the highest ``ref``.
-_MAX_SEQ: Final = (1 << _SEQ_BITS) - 1
-_MAX_REF: Final = (1 << (63 - _SEQ_BITS)) - 1
-
-
-def _log_key(ref: int, seq: int) -> int:
-    return ref << _SEQ_BITS | seq
-
-
-#: ``WHERE`` a response's rows: ``key`` between the two bounds (``ref`` bound twice).
-_LOG_RANGE: Final = f"key BETWEEN ? << {_SEQ_BITS} AND (? << {_SEQ_BITS}) | {_MAX_SEQ}"
-
-
-def _log_body(records: Iterable[tuple[int, int | None, bytes | None]]) -> bytes:
-    """A row's body from its records' kinds, ordinals and (JSON) payloads, each as it is: the
-    payloads are encoded once, in the caller's task."""
-    return b"[%s]" % b",".join(
-        b"[%d,%s,%s]"
-        % (
-            kind,
-            b"null" if ordinal is None else b"%d" % ordinal,
-            _NULL if payload is None else payload,
-        )
-        for kind, ordinal, payload in records
-    )
-
-
-_NULL: Final = b"null"
+# The log's layout (record kinds, keys, rows) is the SQL backends' (``.._sql._layout``); the
+# kinds are named here too, next to the migrations that number them.
+_ACCEPTED: Final = _layout._ACCEPTED
+_ROUTED: Final = _layout._ROUTED
+_ITEM_DONE: Final = _layout._ITEM_DONE
+_SETTLED: Final = _layout._SETTLED
+_ENDED: Final = _layout._ENDED
 
 
 def _open_writer(target: str) -> _Conn:
