@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import sqlite3
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ from sluicegate.errors import (
     RateLimitError,
     SluicegateError,
 )
+from sluicegate.limits import KeyLimiter, LocalKeyLimiter, open_limits
 from sluicegate.server._keys import (
     ADMIN,
     ADMIN_OWNER,
@@ -35,12 +37,21 @@ from sluicegate.server._keys import (
     hash_key,
 )
 from sluicegate.store import KeyRow, SQLiteStore, open_sqlite_store
+from tests.servers import RedisServer
 
 MASTER = "sk-master-Tq8Zr4Lm2Wd6Hj"
 #: Unix seconds of the fake wall clock.
 NOW = 1_750_000_000.0
 #: A secret that was never minted (for "wrong key" checks).
 STRANGER = SECRET_PREFIX + "Qx7Vb2Nc9Mz4Kw1Ly8Rt5Pj3Hg6Fd0"
+#: Unix seconds the Redis limiter's scripts read when trio's clock reads 0 (a whole second, so
+#: token buckets start where the per-process limiter's window does).
+REDIS_EPOCH = 1_750_000_000
+
+#: The key-limit tests run against both limiters: counted in the process, and shared on Redis
+#: (the same refusals, messages and Retry-After; the scripts read trio's clock, so
+#: ``autojump_clock`` drives both windows).
+both_limiters = pytest.mark.parametrize("keys", ["local", "redis"], indirect=True)
 
 
 @attrs.define
@@ -82,8 +93,33 @@ def spend() -> FakeSpend:
 
 
 @pytest.fixture
-def keys(store: SQLiteStore, wall: WallClock, spend: FakeSpend) -> KeyManager:
-    return manager(store, wall=wall, spend=spend)
+def redis_url(request: pytest.FixtureRequest) -> str | None:
+    """The Redis of a test run with ``keys="redis"`` (``both_limiters``); None otherwise, and
+    then no Redis is needed."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is None or callspec.params.get("keys") != "redis":
+        return None
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return server.url
+
+
+@pytest.fixture
+async def keys(
+    store: SQLiteStore, wall: WallClock, spend: FakeSpend, redis_url: str | None
+) -> AsyncIterator[KeyManager]:
+    """A manager counting key limits in the process, or on Redis (``both_limiters``)."""
+    if redis_url is None:
+        yield manager(store, wall=wall, spend=spend)
+        return
+    # No deadline on Redis calls: under autojump_clock a deadline would pass while Redis
+    # answers. The scripts read trio's clock, so the windows follow the test's sleeps.
+    async with open_limits(
+        redis_url, timeout=math.inf, clock=lambda: REDIS_EPOCH + trio.current_time()
+    ) as limits:
+        yield manager(store, wall=wall, spend=spend, limiter=limits.keys)
+        # Every decision was Redis's: the test did judge the shared limiter.
+        stats = limits.statistics()
+        assert (stats.up, stats.fallbacks, stats.queue_drops) == (True, 0, 0)
 
 
 def manager(
@@ -93,6 +129,7 @@ def manager(
     spend: FakeSpend | None = None,
     master: str | None = MASTER,
     allow_unauthenticated: bool = False,
+    limiter: KeyLimiter | None = None,
 ) -> KeyManager:
     return KeyManager(
         store,
@@ -100,6 +137,7 @@ def manager(
         allow_unauthenticated=allow_unauthenticated,
         wall_clock=wall or WallClock(),
         spend=spend or FakeSpend(),
+        limiter=limiter or LocalKeyLimiter(),
     )
 
 
@@ -276,6 +314,7 @@ async def test_without_a_master_key_only_virtual_keys_authenticate(store: SQLite
 # --- admission
 
 
+@both_limiters
 async def test_the_admin_is_never_limited(keys: KeyManager) -> None:
     admissions = [await keys.admit(ADMIN, "any-model") for _ in range(100)]
     for admission in admissions:
@@ -285,6 +324,7 @@ async def test_the_admin_is_never_limited(keys: KeyManager) -> None:
         admission.release()
 
 
+@both_limiters
 async def test_a_model_the_key_may_not_use_is_403(keys: KeyManager) -> None:
     secret, caller = await mint(keys, key_alias="ci-bot", models=["gpt-a", "gpt-b"])
     (await keys.admit(caller, "gpt-a")).release()
@@ -309,6 +349,7 @@ def retry_after(error: RateLimitError) -> str:
     return error.headers["Retry-After"]
 
 
+@both_limiters
 async def test_rpm_is_a_sliding_minute_of_admitted_requests(
     keys: KeyManager, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -338,6 +379,7 @@ async def test_rpm_is_a_sliding_minute_of_admitted_requests(
     assert retry_after(caught.value) == "10"  # the second one leaves at +70
 
 
+@both_limiters
 async def test_tpm_counts_recorded_tokens_over_a_sliding_minute(
     keys: KeyManager, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -364,6 +406,7 @@ async def test_tpm_counts_recorded_tokens_over_a_sliding_minute(
     assert retry_after(caught.value) == "60"
 
 
+@both_limiters
 async def test_parallel_requests_are_limited_until_released(
     keys: KeyManager, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -406,6 +449,7 @@ async def test_a_key_over_its_budget_is_429_and_spend_is_read_once_a_second(
     assert spend.calls == 2
 
 
+@both_limiters
 async def test_admission_checks_model_then_budget_rpm_tpm_and_parallel(
     keys: KeyManager, spend: FakeSpend, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -441,6 +485,7 @@ async def test_admission_checks_model_then_budget_rpm_tpm_and_parallel(
     (await keys.admit(caller, "gpt-a")).release()
 
 
+@both_limiters
 async def test_a_deleted_keys_admissions_release_cleanly(keys: KeyManager) -> None:
     _, caller = await mint(keys, max_parallel_requests=1)
     admission = await keys.admit(caller, "gpt-a")

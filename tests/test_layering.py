@@ -4,7 +4,8 @@ The layers of ``sluicegate/``, bottom first (a module may import its own layer a
 
     data       errors, _types, pricing      what every layer shares
     codecs     codecs/                      sans-IO wire formats (test_exports: no I/O library)
-    services   config, store/, fake/        settings, the event store, the built-in provider
+    services   config, store/, fake/,       settings, the event store, the built-in provider,
+               limits/                      the limits shared on Redis
     runtime    runtime/, net/               what actors pass each other; HTTP and media I/O
     actors     actors/                      one request's chain, and the router's state
     gateway    _gateway/                    the façade, its services, the request pipeline
@@ -33,7 +34,7 @@ ROOT = Path(sluicegate.__file__).parent.parent
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("data", frozenset({"errors", "_types", "pricing"})),
     ("codecs", frozenset({"codecs"})),
-    ("services", frozenset({"config", "store", "fake"})),
+    ("services", frozenset({"config", "store", "fake", "limits"})),
     ("runtime", frozenset({"runtime", "net"})),
     ("actors", frozenset({"actors"})),
     ("gateway", frozenset({"_gateway"})),

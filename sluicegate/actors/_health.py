@@ -19,7 +19,11 @@ provider's 5xx, 429, 401/403/404, resets, timeouts); a request the provider reje
 (400, 413, 422) says nothing about its health.
 
 The rpm/tpm windows are sliding minutes of one-second buckets: an update and a read cost O(1)
-(amortised), which keeps a pick over a hundred deployments within the router's budget.
+(amortised), which keeps a pick over a hundred deployments within the router's budget. With
+shared limits (``sluicegate.limits``) a deployment's rpm/tpm limits count against a second pair
+of windows that a sync task keeps in step with the other gateway instances
+(:meth:`Health.share`): the cluster's last minute as of the last sync, plus what this process
+added since. The failure rate keeps counting this process's own requests.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import enum
 import math
 from collections import deque
+from collections.abc import Iterable
 
 import attrs
 
@@ -65,11 +70,33 @@ class SlidingMinute:
     _total: float = 0.0
     #: The second (``floor(now)``) the newest bucket belongs to.
     _second: int = -(1 << 62)
+    #: Added since the last :meth:`take_unsynced` (read for shared windows only).
+    _unsynced: float = 0.0
 
     def add(self, now: float, amount: float) -> None:
         self._advance(now)
         self._buckets[self._second % 60] += amount
         self._total += amount
+        self._unsynced += amount
+
+    def take_unsynced(self) -> float:
+        """What was added since the last call."""
+        amount, self._unsynced = self._unsynced, 0.0
+        return amount
+
+    def adopt(self, now: float, by_age: Iterable[tuple[int, float]]) -> None:
+        """Become another window (the cluster's), given as amounts by age in whole seconds (0:
+        the current second), plus what was added here since the last :meth:`take_unsynced`
+        (which the other window does not hold yet)."""
+        self._second = math.floor(now)
+        self._buckets = [0.0] * 60
+        self._total = 0.0
+        for age, amount in by_age:
+            if 0 <= age < 60:
+                self._buckets[(self._second - age) % 60] += amount
+                self._total += amount
+        self._buckets[self._second % 60] += self._unsynced
+        self._total += self._unsynced
 
     def total(self, now: float) -> float:
         self._advance(now)
@@ -154,6 +181,8 @@ class Health:
     #: Requests started in the last minute: the rpm limit's count and the failure rate's base.
     _rpm: SlidingMinute = attrs.Factory(SlidingMinute)
     _tpm: SlidingMinute = attrs.Factory(SlidingMinute)
+    #: The rpm and tpm windows the limits count against once shared (:meth:`share`).
+    _shared: tuple[SlidingMinute, SlidingMinute] | None = None
 
     # -- reading -----------------------------------------------------------------------
 
@@ -179,26 +208,28 @@ class Health:
     def limited_for(self, now: float) -> float:
         """Seconds until the deployment's rpm and tpm both have room (0: it has room now)."""
         d = self.deployment
+        rpm, tpm = self._limited_windows()
         wait = 0.0
         if d.rpm is not None:
             # Room for one more request: fewer than rpm started in the last minute.
-            wait = self._rpm.seconds_until_below(now, d.rpm)
+            wait = rpm.seconds_until_below(now, d.rpm)
         if d.tpm is not None:
-            wait = max(wait, self._tpm.seconds_until_below(now, d.tpm))
+            wait = max(wait, tpm.seconds_until_below(now, d.tpm))
         return wait
 
     def headroom(self, now: float) -> float:
         """The smallest unused fraction of the deployment's limits (1.0 without limits)."""
         d = self.deployment
+        rpm, tpm = self._limited_windows()
         room = 1.0
         if d.rpm is not None:
-            room = min(room, 1.0 - self._rpm.total(now) / d.rpm)
+            room = min(room, 1.0 - rpm.total(now) / d.rpm)
         if d.tpm is not None:
-            room = min(room, 1.0 - self._tpm.total(now) / d.tpm)
+            room = min(room, 1.0 - tpm.total(now) / d.tpm)
         return room
 
     def tokens_used(self, now: float) -> float:
-        return self._tpm.total(now)
+        return self._limited_windows()[1].total(now)
 
     def score(self, *, stream: bool) -> float:
         """Latency-based routing's cost of sending here now (lower is better): the average
@@ -210,6 +241,7 @@ class Health:
     def statistics(self, now: float) -> DeploymentStatistics:
         self.available(now)
         self._expire_failures(now)
+        rpm, tpm = self._limited_windows()
         return DeploymentStatistics(
             id=self.deployment.id,
             model_name=self.deployment.model_name,
@@ -222,13 +254,42 @@ class Health:
             failures=self.failures,
             recent_failures=len(self._failure_times),
             cooldowns=self.cooldowns,
-            rpm_used=round(self._rpm.total(now)),
-            tpm_used=round(self._tpm.total(now)),
+            rpm_used=round(rpm.total(now)),
+            tpm_used=round(tpm.total(now)),
             rpm=self.deployment.rpm,
             tpm=self.deployment.tpm,
             time_to_first_byte=self.ttfb,
             latency=self.latency,
         )
+
+    def _limited_windows(self) -> tuple[SlidingMinute, SlidingMinute]:
+        """The rpm and tpm windows the limits count against."""
+        return self._shared or (self._rpm, self._tpm)
+
+    # -- sharing the rpm/tpm windows (sluicegate.limits) ---------------------------------
+
+    def share(self) -> None:
+        """Count the rpm/tpm limits against shared windows from now on: empty until the first
+        :meth:`adopt_shared`, then the cluster's as of each sync plus what was added since."""
+        if self._shared is None:
+            self._shared = (SlidingMinute(), SlidingMinute())
+
+    def take_unsynced(self) -> tuple[float, float]:
+        """Requests started and tokens used here since the last call (0 unless shared)."""
+        if self._shared is None:
+            return 0.0, 0.0
+        return self._shared[0].take_unsynced(), self._shared[1].take_unsynced()
+
+    def adopt_shared(
+        self,
+        now: float,
+        requests: Iterable[tuple[int, float]],
+        tokens: Iterable[tuple[int, float]],
+    ) -> None:
+        """Take the cluster's rpm and tpm windows (amounts by age in whole seconds)."""
+        if self._shared is not None:
+            self._shared[0].adopt(now, requests)
+            self._shared[1].adopt(now, tokens)
 
     # -- what happened -----------------------------------------------------------------
 
@@ -236,6 +297,8 @@ class Health:
         self.in_flight += 1
         self.requests += 1
         self._rpm.add(now, 1.0)
+        if self._shared is not None:
+            self._shared[0].add(now, 1.0)
 
     def answered(self, now: float, *, ttfb: float | None, total: float | None) -> None:
         """The attempt ended well (``total`` None: it was abandoned by its caller)."""
@@ -289,6 +352,8 @@ class Health:
 
     def used_tokens(self, now: float, tokens: int) -> None:
         self._tpm.add(now, float(tokens))
+        if self._shared is not None:
+            self._shared[1].add(now, float(tokens))
 
     def _open(self, now: float, seconds: float) -> None:
         until = now + seconds

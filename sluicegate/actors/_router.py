@@ -297,6 +297,11 @@ class Router:
                 self._health[f"{deployment.id}/{deployment.model}"] = health
         return health
 
+    def deployment_health(self) -> list[Health]:
+        """The live state of every configured deployment (what shared limits sync; ad hoc
+        deployments have no rpm or tpm)."""
+        return [h for group in self._groups.values() for h in group.health]
+
     def now(self) -> float:
         return self._clock()
 

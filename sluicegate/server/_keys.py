@@ -18,12 +18,15 @@ Theory of operation:
   the key may use (403); its spend is under its budget (429 ``budget_exceeded``; the spend is
   cached per key for one second, so a busy key costs one store read a second, not one a
   request); then its requests per minute, tokens per minute and parallel requests (429 with
-  ``Retry-After``). The minute is a sliding window of ``trio.current_time()``: the times of the
-  admitted requests, and the token counts recorded with :meth:`Admission.record_tokens`.
-- **Limits are per process.** The windows and in-flight counts live in this object, so with N
-  worker processes a key may get up to N times its rpm, tpm and parallel requests. A shared
-  counter needs a shared store (the PostgreSQL store, later). Budgets are shared: spend is read
-  from the store, at most a second late.
+  ``Retry-After``), which the manager's :class:`~sluicegate.limits.KeyLimiter` counts: the
+  minute is a sliding window of the admitted requests, and of the token counts recorded with
+  :meth:`Admission.record_tokens`.
+- **Where limits are counted.** By default in this process (a
+  :class:`~sluicegate.limits.LocalKeyLimiter`): with N worker processes a key may get up to N
+  times its rpm, tpm and parallel requests. With the limiter of limits opened on Redis
+  (``sluicegate.limits.open_limits``) every process and instance sharing that Redis counts
+  against the same windows. Budgets are shared either way: spend is read from the store, at
+  most a second late.
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ import math
 import re
 import secrets
 import time
-from collections import deque
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -52,6 +54,7 @@ from ..errors import (
     PermissionDeniedError,
     RateLimitError,
 )
+from ..limits import KeyHold, KeyLimiter, Limit, LocalKeyLimiter, Refused
 from ..store import KeyRow
 
 if TYPE_CHECKING:
@@ -76,8 +79,6 @@ ADMIN_OWNER: Final = "admin"
 #: How a minted secret begins (``sk-`` so tools that look for OpenAI-style keys recognise it).
 SECRET_PREFIX: Final = "sk-sg-"
 
-#: The rate limits' sliding window (seconds).
-_WINDOW: Final = 60.0
 #: The most found keys a manager caches; the oldest entry goes first.
 _CACHE_MAX: Final = 10_000
 #: What a ``key_id`` looks like (what :meth:`KeyManager.generate` mints).
@@ -125,27 +126,8 @@ class KeyManagerStatistics:
     cached_keys: int
     #: Keys with rate-limit state in this process.
     tracked_keys: int
-    #: Admitted requests of virtual keys not released yet.
+    #: This process's admitted requests of virtual keys not released yet.
     in_flight: int
-
-
-@attrs.define(eq=False)
-class _Usage:
-    """One key's load in this process: its last minute and its requests in flight."""
-
-    #: ``trio.current_time()`` of the admitted requests of the window (kept with an rpm only).
-    requests: deque[float] = attrs.Factory(deque)
-    #: (time, tokens) recorded in the window (kept with a tpm only).
-    tokens: deque[tuple[float, int]] = attrs.Factory(deque)
-    token_sum: int = 0
-    in_flight: int = 0
-
-    def expire(self, now: float) -> None:
-        """Drop what left the window."""
-        while self.requests and self.requests[0] + _WINDOW <= now:
-            self.requests.popleft()
-        while self.tokens and self.tokens[0][0] + _WINDOW <= now:
-            self.token_sum -= self.tokens.popleft()[1]
 
 
 @attrs.define(eq=False)
@@ -156,9 +138,7 @@ class Admission:
     ``finally``; a second release does nothing).
     """
 
-    _usage: _Usage | None
-    #: Whether the key has a tpm (else tokens need no window).
-    _count_tokens: bool = False
+    _hold: KeyHold | None
     _released: bool = False
 
     def record_tokens(self, n: int) -> None:
@@ -170,18 +150,14 @@ class Admission:
         """
         if n < 0:
             raise ValueError("a token count must not be negative")
-        if self._usage is None or not self._count_tokens or n == 0:
-            return
-        now = trio.current_time()
-        self._usage.expire(now)
-        self._usage.tokens.append((now, n))
-        self._usage.token_sum += n
+        if self._hold is not None and n:
+            self._hold.record_tokens(n)
 
     def release(self) -> None:
         """The request ended: it no longer counts against the key's parallel requests."""
-        if self._usage is not None and not self._released:
+        if self._hold is not None and not self._released:
             self._released = True
-            self._usage.in_flight -= 1
+            self._hold.release()
 
 
 #: The admin's admission: nothing to count.
@@ -203,9 +179,9 @@ class KeyManager:
         cache_ttl: seconds (``trio.current_time()``) a found key is trusted without reading the
             store again: the longest another process's deletion takes to reach this one.
         spend_ttl: seconds a key's spend is trusted without asking ``spend`` again.
-
-    The rpm, tpm and parallel limits are counted per process: with N worker processes a key may
-    get up to N times its limits (a shared counter needs the PostgreSQL store, later).
+        limiter: counts the keys' rpm, tpm and parallel requests; by default in this process
+            only (with N worker processes a key may get up to N times its limits), or shared
+            by every instance on one Redis (``sluicegate.limits.open_limits(url).keys``).
     """
 
     _store: Store
@@ -215,18 +191,18 @@ class KeyManager:
     _wall_clock: Callable[[], float] = attrs.field(default=time.time, kw_only=True)
     _cache_ttl: float = attrs.field(default=5.0, kw_only=True)
     _spend_ttl: float = attrs.field(default=1.0, kw_only=True)
+    _limiter: KeyLimiter = attrs.field(factory=LocalKeyLimiter, kw_only=True)
     #: key_hash -> (trio time of the read, row); insertion order is age.
     _cache: dict[str, tuple[float, KeyRow]] = attrs.field(factory=dict, init=False)
     #: key_id -> (trio time of the read, spend).
     _spent: dict[str, tuple[float, float]] = attrs.field(factory=dict, init=False)
-    #: key_id -> its load in this process. Bounded by the number of keys that authenticated.
-    _usage: dict[str, _Usage] = attrs.field(factory=dict, init=False)
 
     def statistics(self) -> KeyManagerStatistics:
+        limits = self._limiter.statistics()
         return KeyManagerStatistics(
             cached_keys=len(self._cache),
-            tracked_keys=len(self._usage),
-            in_flight=sum(usage.in_flight for usage in self._usage.values()),
+            tracked_keys=limits.tracked_keys,
+            in_flight=limits.in_flight,
         )
 
     # -- authentication
@@ -317,44 +293,26 @@ class KeyManager:
                     code="budget_exceeded",
                     headers={"x-should-retry": "false"},
                 )
-        else:
-            await trio.lowlevel.checkpoint()
-        # No await from here on: the checks and the counting are one step for other tasks.
-        now = trio.current_time()
-        usage = self._usage.get(key.key_id)
-        if usage is None:
-            usage = self._usage[key.key_id] = _Usage()
-        usage.expire(now)
-        if key.rpm is not None and len(usage.requests) >= key.rpm:
-            # The window drops below the limit when this request leaves it.
-            leaves = usage.requests[len(usage.requests) - key.rpm] + _WINDOW
-            raise _rate_limited(
-                f"Rate limit reached for the API key '{name}': {key.rpm} requests per minute.",
-                retry_after=leaves - now,
-            )
-        if key.tpm is not None and usage.token_sum >= key.tpm:
-            remaining = usage.token_sum
-            leaves = now + _WINDOW
-            for at, tokens in usage.tokens:
-                remaining -= tokens
-                if remaining < key.tpm:
-                    leaves = at + _WINDOW
-                    break
-            raise _rate_limited(
-                f"Rate limit reached for the API key '{name}': {key.tpm} tokens per minute.",
-                retry_after=leaves - now,
-            )
         limit = key.max_parallel_requests
-        if limit is not None and usage.in_flight >= limit:
-            # When one ends is unknown: a second is a guess that keeps SDK retries cheap.
-            raise _rate_limited(
-                f"Rate limit reached for the API key '{name}': {limit} parallel requests.",
-                retry_after=1.0,
-            )
-        if key.rpm is not None:
-            usage.requests.append(now)
-        usage.in_flight += 1
-        return Admission(usage, count_tokens=key.tpm is not None)
+        decision = await self._limiter.acquire(key.key_id, rpm=key.rpm, tpm=key.tpm, parallel=limit)
+        match decision:
+            case Refused(limit=Limit.RPM, retry_after=seconds):
+                raise _rate_limited(
+                    f"Rate limit reached for the API key '{name}': {key.rpm} requests per minute.",
+                    retry_after=seconds,
+                )
+            case Refused(limit=Limit.TPM, retry_after=seconds):
+                raise _rate_limited(
+                    f"Rate limit reached for the API key '{name}': {key.tpm} tokens per minute.",
+                    retry_after=seconds,
+                )
+            case Refused(retry_after=seconds):  # Limit.PARALLEL
+                raise _rate_limited(
+                    f"Rate limit reached for the API key '{name}': {limit} parallel requests.",
+                    retry_after=seconds,
+                )
+            case _:
+                return Admission(decision)
 
     async def _current_spend(self, key_id: str) -> float:
         now = trio.current_time()
@@ -508,8 +466,7 @@ class KeyManager:
         for key_hash in [h for h, (_, row) in self._cache.items() if row.key_id == key_id]:
             del self._cache[key_hash]
         self._spent.pop(key_id, None)
-        # In-flight admissions keep their own reference; their release still works.
-        self._usage.pop(key_id, None)
+        self._limiter.forget(key_id)
 
 
 def _presented_key(authorization: str | None, api_key: str | None) -> str | None:

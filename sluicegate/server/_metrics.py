@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -36,7 +36,18 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["LATENCY_BUCKETS", "MULTIPROCESS_VARIABLE", "Labels", "Metrics"]
+from ..limits import Backend
+
+if TYPE_CHECKING:
+    from ..limits import Limits
+
+__all__ = [
+    "LATENCY_BUCKETS",
+    "MULTIPROCESS_VARIABLE",
+    "Labels",
+    "Metrics",
+    "meter_shared_limits",
+]
 
 #: Seconds; suits both a fast proxied call and a long generation.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -133,7 +144,9 @@ class Metrics:
         series = self._counter_series.get((name, labels))
         if series is None:
             counter = self._counters.get(name) or self._counter(name, name, _names(labels))
-            series = self._counter_series[name, labels] = counter.labels(**dict(labels))
+            # A counter without labels is its own series (prometheus_client refuses labels()).
+            series = counter.labels(**dict(labels)) if labels else counter
+            self._counter_series[name, labels] = series
         if amount >= 0:
             series.inc(amount)
 
@@ -170,6 +183,32 @@ class Metrics:
         )
         self._label_order[name] = labelnames
         return histogram
+
+
+def meter_shared_limits(metrics: Metrics, limits: Limits) -> None:
+    """Expose the shared rate limits (limits opened on Redis; otherwise nothing):
+    ``sluicegate_shared_limits_up``, 1 while this process reaches Redis (a gauge, each
+    worker's own), and ``sluicegate_shared_limits_fallbacks_total``, the key admissions decided
+    by a local fallback because Redis was unreachable (a counter, summed over the workers)."""
+    if limits.statistics().backend is not Backend.REDIS:
+        return
+    metrics.gauge(
+        "sluicegate_shared_limits_up",
+        "Whether Redis answers and rate limits are shared by the gateway instances (1) or "
+        "counted per instance (0).",
+        lambda: [((), 1.0 if limits.statistics().up else 0.0)],
+    )
+    if _FALLBACKS not in metrics._counters:
+        metrics._counter(
+            _FALLBACKS,
+            "Key admissions decided per instance because Redis was unreachable.",
+            (),
+        )
+    metrics.count(_FALLBACKS, (), 0)  # a scrape shows it before the first fallback
+    limits.on_fallback(lambda: metrics.count(_FALLBACKS, ()))
+
+
+_FALLBACKS = "sluicegate_shared_limits_fallbacks_total"
 
 
 def _names(labels: Labels) -> tuple[str, ...]:
