@@ -78,6 +78,25 @@ def _status(response: Response) -> str:
     return status.value if isinstance(status, ResponseStatus) else status
 
 
+def _migrate(config_path: str | None) -> str:
+    """``sluicegate migrate``: what it did, as one line."""
+    from .config import load_config
+    from .store import migrate_postgres
+
+    cfg = load_config(config_path, database_url_variable=True)
+    url = cfg.general_settings.database_url
+    if url is None:
+        raise ConfigError(
+            "no PostgreSQL database: set general_settings.database_url or DATABASE_URL "
+            "(a SQLite store migrates when it is opened)",
+            path="general_settings.database_url",
+        )
+    before, after = migrate_postgres(url.reveal())
+    if before == after:
+        return f"sluicegate: the PostgreSQL store is at schema version {after}; nothing to do"
+    return f"sluicegate: migrated the PostgreSQL store from schema version {before} to {after}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``sluicegate`` command; returns the exit status.
 
@@ -119,12 +138,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1", help="the address to listen on")
     serve.add_argument("--port", type=int, default=4000, help="the port (default 4000)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    migrate = commands.add_parser(
+        "migrate",
+        help="bring the PostgreSQL store's schema up to this version (before a rolling upgrade)",
+        description=(
+            "Apply the pending schema migrations of the PostgreSQL store named by the config's "
+            "general_settings.database_url (or the DATABASE_URL variable), and say which version "
+            "it is at. Instances apply them too when they start; running this first lets a new "
+            "version's instances start without waiting on each other. SQLite stores migrate "
+            "when they are opened."
+        ),
+    )
+    migrate.add_argument("--config", help="the YAML config (default: DATABASE_URL alone)")
     args = parser.parse_args(argv)
     try:
         if args.command == "serve":
             from .server._serve import run
 
             run(args.config, host=args.host, port=args.port, workers=args.workers)
+        elif args.command == "migrate":
+            print(_migrate(args.config))
         else:
             trio.run(_quickstart, args.config or DEFAULT_CONFIG, args.model, args.input)
     except ConfigError as exc:  # its message names the setting; an HTTP status means nothing here

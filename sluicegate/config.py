@@ -37,7 +37,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, NewType, NoReturn, get_args, get_origin
+from typing import Any, Final, Literal, NewType, NoReturn, get_args, get_origin
 
 import attrs
 import cattrs
@@ -77,6 +77,10 @@ __all__ = [
 ]
 
 ENV_PREFIX = "os.environ/"
+
+#: The variable ``sluicegate serve`` and ``sluicegate migrate`` take the PostgreSQL database
+#: from when ``general_settings.database_url`` is unset (LiteLLM's proxy reads it too).
+DATABASE_URL_VARIABLE: Final = "DATABASE_URL"
 
 
 @attrs.frozen(repr=False)
@@ -286,10 +290,28 @@ class RouterSettings:
     retry_backoff_jitter: float = 0.5
     #: Longest ``Retry-After`` honoured; a longer one is passed on to the caller instead.
     max_retry_after: float = 60.0
+    #: Shared limits (docs/design.md §6.9): the Redis that every instance
+    #: counts key and deployment rpm/tpm/parallel limits in (``redis://``, ``rediss://`` or
+    #: ``unix://``). Unset, and no ``redis_host``: each process counts its own.
+    redis_url: Secret | None = None
+    #: LiteLLM's way to name it: host, port and password (``redis_url`` wins).
+    redis_host: str | None = None
+    redis_port: int = attrs.field(default=6379, validator=_at_least(1))
+    redis_password: Secret | None = None
+
+    def shared_limits_url(self) -> str | None:
+        """The Redis URL of the shared limits (``redis_url``, else built from
+        ``redis_host``/``redis_port``); None: limits are counted per process."""
+        if self.redis_url is not None:
+            return self.redis_url.reveal()
+        if self.redis_host:
+            return f"redis://{self.redis_host}:{self.redis_port}/0"
+        return None
 
 
-#: The event store's backends (``general_settings.store.backend``).
-StoreBackend = Literal["sqlite", "memory"]
+#: The event store's backends (``general_settings.store.backend``); ``postgres`` is what a
+#: ``general_settings.database_url`` selects.
+StoreBackend = Literal["sqlite", "memory", "postgres"]
 
 
 def _one_of_store_backends(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -305,6 +327,8 @@ class StoreSettings:
     #: ``sqlite``: the durable store in ``path``. ``memory``: the stateless mode, nothing
     #: written anywhere; the last ``max_responses`` responses are kept while the gateway runs
     #: (one process only: ``sluicegate serve`` refuses ``--workers`` above 1 with it).
+    #: ``postgres``: the shared store of many instances, at ``general_settings.database_url``
+    #: (setting that URL selects it).
     backend: StoreBackend = attrs.field(default="sqlite", validator=_one_of_store_backends)
     #: The SQLite database file (relative to the working directory), or ``":memory:"`` for a
     #: private store that lives as long as the gateway (tests). Unused by ``memory``.
@@ -320,6 +344,11 @@ class StoreSettings:
     max_conversation_turns: int = attrs.field(default=100, validator=_at_least(1))
     #: ... and larger than this many bytes of stored items.
     max_conversation_bytes: int = attrs.field(default=32 * 1024 * 1024, validator=_at_least(1))
+    #: ``postgres``: an instance that has not renewed its lease for this long is dead: another
+    #: instance ends its unfinished responses ``failed`` (crash recovery across machines).
+    instance_lease: Duration = attrs.field(default=Duration(15.0), validator=_positive)
+    #: ``postgres``: how often an instance renews its lease and looks for dead ones.
+    heartbeat_interval: Duration = attrs.field(default=Duration(5.0), validator=_positive)
 
 
 @attrs.frozen(kw_only=True)
@@ -426,6 +455,14 @@ class GeneralSettings:
     #: one costs less. The environment variable ``SLUICEGATE_ACTOR_LAYOUT`` overrides it.
     actor_layout: Literal["fused", "unfused"] = "fused"
     store: StoreSettings = attrs.Factory(StoreSettings)
+    #: The PostgreSQL database many instances share as their event store
+    #: (``postgresql://user:password@host:port/db``); setting it selects the ``postgres``
+    #: store backend. ``sluicegate serve`` and ``sluicegate migrate`` also read the
+    #: ``DATABASE_URL`` variable when it is unset (as LiteLLM's proxy does); the library never
+    #: does, so an application's own database is never taken by surprise.
+    database_url: Secret | None = None
+    #: The most connections an instance opens to it for reads (the writer has one more).
+    database_connection_pool_limit: int = attrs.field(default=8, validator=_at_least(1))
     #: The proxy's admin key (``sluicegate serve``): every route, every response, key admin.
     #: Unset: the proxy refuses to start unless ``allow_unauthenticated`` is true.
     master_key: Secret | None = None
@@ -568,8 +605,12 @@ def load_config(
     source: GatewayConfig | Mapping[str, Any] | str | os.PathLike[str] | None,
     *,
     environ: Mapping[str, str] | None = None,
+    database_url_variable: bool = False,
 ) -> GatewayConfig:
-    """Load and validate a configuration from a dict, a YAML file path, or nothing (empty)."""
+    """Load and validate a configuration from a dict, a YAML file path, or nothing (empty).
+
+    ``database_url_variable``: a ``DATABASE_URL`` variable fills an unset
+    ``general_settings.database_url`` (the proxy's commands; never the library's)."""
     if isinstance(source, GatewayConfig):
         return source
     env = os.environ if environ is None else environ
@@ -589,6 +630,12 @@ def load_config(
     if not isinstance(raw, Mapping):
         raise ConfigError("the configuration must be a mapping")
     resolved = _resolve_env(raw, "", env)
+    if database_url_variable and env.get(DATABASE_URL_VARIABLE):
+        general = resolved.get("general_settings")
+        if general is None or isinstance(general, Mapping):
+            general = dict(general or {})
+            general.setdefault("database_url", env[DATABASE_URL_VARIABLE])
+            resolved = {**resolved, "general_settings": general}
     try:
         config = _CONVERTER.structure(resolved, GatewayConfig)
     except cattrs.BaseValidationError as exc:
@@ -676,6 +723,41 @@ def _check(config: GatewayConfig) -> None:
             )
         seen[dep_id] = base
     _check_router(config.router_settings, {e.model_name for e in config.model_list})
+    _check_shared_state(config)
+
+
+#: The URL schemes of ``general_settings.database_url`` and ``router_settings.redis_url``.
+_DATABASE_SCHEMES: Final = ("postgresql://", "postgres://")
+_REDIS_SCHEMES: Final = ("redis://", "rediss://", "unix://")
+
+
+def _check_shared_state(config: GatewayConfig) -> None:
+    gs = config.general_settings
+    url = gs.database_url
+    if url is not None and not url.reveal().startswith(_DATABASE_SCHEMES):
+        # The scheme only: the rest of the URL may hold a password.
+        raise ConfigError(
+            "must be a PostgreSQL URL (postgresql://user:password@host:port/database)",
+            path="general_settings.database_url",
+        )
+    if url is not None and gs.store.backend == "memory":
+        raise ConfigError(
+            "the memory backend keeps nothing in a database: unset database_url, or use the "
+            "postgres backend",
+            path="general_settings.store.backend",
+        )
+    if url is None and gs.store.backend == "postgres":
+        raise ConfigError(
+            "the postgres backend needs general_settings.database_url (or, for sluicegate "
+            "serve, the DATABASE_URL variable)",
+            path="general_settings.store.backend",
+        )
+    redis = config.router_settings.redis_url
+    if redis is not None and not redis.reveal().startswith(_REDIS_SCHEMES):
+        raise ConfigError(
+            "must be a Redis URL (redis://host:port/db, rediss://… or unix://…)",
+            path="router_settings.redis_url",
+        )
 
 
 def _check_router(r: RouterSettings, groups: set[str]) -> None:

@@ -11,12 +11,13 @@ import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import attrs
 import httpx
 import trio
 
-__all__ = ["Server", "serving"]
+__all__ = ["Server", "create", "serving"]
 
 _BOUND = re.compile(rb"Running on (http://\S+)")
 
@@ -77,3 +78,11 @@ async def serving(
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+
+
+async def create(http: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
+    """``POST /v1/responses`` through a server, which must answer 200; the response."""
+    answer = await http.post("/v1/responses", json=body)
+    assert answer.status_code == 200, answer.text
+    made: dict[str, Any] = answer.json()
+    return made

@@ -247,12 +247,12 @@ def _entry(**params: Any) -> dict[str, Any]:
             "general_settings.store.max_conversation_bytes: must be at least 1",
         ),
         (
-            {"general_settings": {"store": {"backend": "postgres"}}},
-            "general_settings.store.backend: must be one of sqlite, memory",
+            {"general_settings": {"store": {"backend": "mysql"}}},
+            "general_settings.store.backend: must be one of sqlite, memory, postgres",
         ),
         (
             {"general_settings": {"store": {"backend": None}}},
-            "general_settings.store.backend: must be one of sqlite, memory",
+            "general_settings.store.backend: must be one of sqlite, memory, postgres",
         ),
         (
             {"general_settings": {"store": {"backend": "memory", "max_responses": 0}}},
@@ -338,12 +338,82 @@ def test_the_store_backend_is_sqlite_unless_memory_is_chosen() -> None:
         {"general_settings": {"store": {"backend": "memory", "max_responses": 50}}}, environ={}
     ).general_settings.store
     assert (chosen.backend, chosen.max_responses) == ("memory", 50)
-    assert get_args(StoreBackend) == ("sqlite", "memory")
+    assert get_args(StoreBackend) == ("sqlite", "memory", "postgres")
     # Settings made in code are held to the same choices and bounds.
-    with pytest.raises(ValueError, match="must be one of sqlite, memory"):
-        StoreSettings(backend="postgres")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="must be one of sqlite, memory, postgres"):
+        StoreSettings(backend="mysql")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="must be at least 1"):
         StoreSettings(backend="memory", max_responses=0)
+
+
+def test_a_database_url_selects_postgres_and_is_checked() -> None:
+    url = "postgresql://gw:pw@db.internal:5432/sluicegate"
+    general = load_config(
+        {"general_settings": {"database_url": "os.environ/PG"}}, environ={"PG": url}
+    ).general_settings
+    assert general.database_url is not None and general.database_url.reveal() == url
+    assert "pw" not in repr(general)
+    assert (general.store.instance_lease, general.store.heartbeat_interval) == (15.0, 5.0)
+    assert general.database_connection_pool_limit == 8
+    refused = {
+        "mysql://x/y": (
+            "general_settings.database_url: must be a PostgreSQL URL "
+            "(postgresql://user:password@host:port/database)"
+        ),
+    }
+    for bad, message in refused.items():
+        with pytest.raises(ConfigError) as info:
+            load_config({"general_settings": {"database_url": bad}}, environ={})
+        assert info.value.message == message
+        assert "x/y" not in info.value.message
+    with pytest.raises(ConfigError) as info:
+        load_config(
+            {"general_settings": {"database_url": url, "store": {"backend": "memory"}}},
+            environ={},
+        )
+    assert info.value.message.startswith("general_settings.store.backend: the memory backend")
+    with pytest.raises(ConfigError) as info:
+        load_config({"general_settings": {"store": {"backend": "postgres"}}}, environ={})
+    assert "needs general_settings.database_url" in info.value.message
+
+
+def test_database_url_variable_is_read_only_where_asked() -> None:
+    """``DATABASE_URL`` fills an unset ``database_url`` for the proxy's commands, never for the
+    library: an application's own database is not taken by surprise."""
+    env = {"DATABASE_URL": "postgresql://app@127.0.0.1/app"}
+    assert load_config({}, environ=env).general_settings.database_url is None
+    served = load_config({}, environ=env, database_url_variable=True).general_settings
+    assert served.database_url is not None
+    assert served.database_url.reveal() == env["DATABASE_URL"]
+    configured = "postgresql://gw@127.0.0.1/gw"
+    kept = load_config(
+        {"general_settings": {"database_url": configured}}, environ=env, database_url_variable=True
+    ).general_settings.database_url
+    assert kept is not None and kept.reveal() == configured
+
+
+def test_redis_is_named_by_url_or_by_litellms_host_and_port() -> None:
+    assert RouterSettings().shared_limits_url() is None
+    by_url = load_config(
+        {"router_settings": {"redis_url": "redis://:pw@cache:6380/2", "redis_host": "other"}},
+        environ={},
+    ).router_settings
+    assert by_url.shared_limits_url() == "redis://:pw@cache:6380/2"
+    by_host = load_config(
+        {
+            "router_settings": {
+                "redis_host": "cache",
+                "redis_port": 6390,
+                "redis_password": "os.environ/REDIS_PASSWORD",
+            }
+        },
+        environ={"REDIS_PASSWORD": "pw"},
+    ).router_settings
+    assert by_host.shared_limits_url() == "redis://cache:6390/0"
+    assert by_host.redis_password is not None and by_host.redis_password.reveal() == "pw"
+    with pytest.raises(ConfigError) as info:
+        load_config({"router_settings": {"redis_url": "http://cache"}}, environ={})
+    assert info.value.path == "router_settings.redis_url"
 
 
 def test_the_routing_strategy_type_names_every_strategy() -> None:

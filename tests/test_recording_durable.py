@@ -140,3 +140,39 @@ async def test_responses_of_a_killed_process_are_ended_failed_on_reopen(tmp_path
             assert row.error == RECOVERY_ERROR
         # Recovery happened once: reopening again finds nothing left to end.
         assert await store.recover(now=0.0) == 0
+
+
+async def test_a_background_stream_running_in_another_process_is_followed_to_its_end(
+    tmp_path: Path,
+) -> None:
+    """Regression: a resume (``get_response(stream=True, starting_after=N)``) through a gateway
+    that was not running the response replayed what the store held at that moment and stopped
+    there, cut short while the other process went on. It now follows the events as they are
+    committed, until the response's row says it ended. Two gateways on one file stand for two
+    processes (or instances) sharing a store."""
+    path = str(tmp_path / "shared.db")
+    runner, reader = NativeUpstream(delay=0.1), NativeUpstream()
+    async with (
+        sluicegate.open_gateway(
+            config(path=path), transport=runner.transport(), environ={}
+        ) as running,
+        sluicegate.open_gateway(
+            config(path=path), transport=reader.transport(), environ={}
+        ) as other,
+    ):
+        first = []
+        async with running.stream(model="g", input="hi", background=True) as events:
+            async for event in events:
+                first.append(event)
+                if len(first) == 3:
+                    break  # the caller leaves; a background response runs on
+        response_id = first[0].response.id
+        after = first[-1].sequence_number
+        stream = await other.get_response(response_id, stream=True, starting_after=after)
+        async with stream as followed:
+            rest = [event async for event in followed]
+        assert [e.sequence_number for e in rest] == list(range(after + 1, after + 1 + len(rest)))
+        assert rest[-1].type == "response.completed"
+        done = await other.get_response(response_id)
+        assert done.status is ResponseStatus.COMPLETED
+        assert not reader.requests  # read from the store, never asked of an upstream

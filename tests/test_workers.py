@@ -20,16 +20,16 @@ from contextlib import aclosing
 from pathlib import Path
 from typing import Any, cast
 
-import httpx
 import orjson
 import pytest
 import trio
 
+from sluicegate._gateway import SECRET_ORIGIN_VARIABLE, SECRET_VARIABLE
 from sluicegate.fake import open_fake_upstream
-from sluicegate.server._serve import SECRET_VARIABLE, run
+from sluicegate.server._serve import run
 from sluicegate.store import RECOVERY_ERROR
 
-from .serve_process import serving
+from .serve_process import create, serving
 
 MASTER = "sk-master-workers-0123456789"
 AUTH = {"authorization": f"Bearer {MASTER}"}
@@ -57,13 +57,6 @@ def _row(db: Path, response_id: str) -> dict[str, Any]:
     return row
 
 
-async def _create(http: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
-    answer = await http.post("/v1/responses", json=body)
-    assert answer.status_code == 200, answer.text
-    made: dict[str, Any] = answer.json()
-    return made
-
-
 def test_serve_hands_every_worker_one_generated_secret(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -76,7 +69,7 @@ def test_serve_hands_every_worker_one_generated_secret(
         f"general_settings:\n  master_key: {MASTER}\n  store: {{path: ':memory:'}}\n"
     )
     # Recorded first, so that whatever run() puts in the environment is undone after the test.
-    for name in (SECRET_VARIABLE, "SLUICEGATE_CONFIG"):
+    for name in (SECRET_VARIABLE, SECRET_ORIGIN_VARIABLE, "SLUICEGATE_CONFIG"):
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
     started: list[tuple[int, str | None]] = []
@@ -132,16 +125,16 @@ async def test_processes_sharing_a_secret_and_a_store_answer_for_each_other(
         first.client(AUTH) as one,
         second.client(AUTH) as two,
     ):
-        made = await _create(one, model="demo", input="hello")
+        made = await create(one, model="demo", input="hello")
         got = await two.get(f"/v1/responses/{made['id']}")
         assert got.status_code == 200, got.text
         assert got.json()["output"] == made["output"]
         items = await two.get(f"/v1/responses/{made['id']}/input_items")
         assert [i["content"][0]["text"] for i in items.json()["data"]] == ["hello"]
-        follow = await _create(two, model="demo", input="more", previous_response_id=made["id"])
+        follow = await create(two, model="demo", input="more", previous_response_id=made["id"])
         assert (follow["status"], follow["previous_response_id"]) == ("completed", made["id"])
 
-        job = await _create(one, model="slow", input="long", background=True)
+        job = await create(one, model="slow", input="long", background=True)
         cancelled = await two.post(f"/v1/responses/{job['id']}/cancel")
         assert cancelled.json()["status"] == "cancelled", cancelled.text
         for http in (one, two):  # at once, through either process
@@ -184,7 +177,7 @@ async def test_a_restarted_server_finds_what_it_made_and_what_a_crash_cut(
             first.client(AUTH) as http,
         ):
             assert b"response_id_secret" not in first.log.read_bytes()
-            made = await _create(http, model="demo", input="hello")
+            made = await create(http, model="demo", input="hello")
             body = {"model": "native", "input": "a long answer", "stream": True}
             async with (
                 http.stream("POST", "/v1/responses", json=body) as answer,
@@ -211,9 +204,7 @@ async def test_a_restarted_server_finds_what_it_made_and_what_a_crash_cut(
             got = await http.get(f"/v1/responses/{made['id']}")
             assert got.status_code == 200, got.text
             assert got.json()["output"] == made["output"]
-            follow = await _create(
-                http, model="demo", input="more", previous_response_id=made["id"]
-            )
+            follow = await create(http, model="demo", input="more", previous_response_id=made["id"])
             assert follow["status"] == "completed"
             crashed = (await http.get(f"/v1/responses/{cut_id}")).json()
             assert (crashed["status"], crashed["error"]) == ("failed", RECOVERY_ERROR)

@@ -18,6 +18,8 @@ from ..runtime._messages import UpstreamTiming as UpstreamTiming
 from ..runtime._scopes import open_body_nursery as open_body_nursery
 from ._facade import Gateway as Gateway
 from ._facade import GatewayStatistics as GatewayStatistics
+from ._open import SECRET_ORIGIN_VARIABLE as SECRET_ORIGIN_VARIABLE
+from ._open import SECRET_VARIABLE as SECRET_VARIABLE
 from ._open import aresponses as aresponses
 from ._open import open_gateway as open_gateway
 from ._open import responses as responses
@@ -35,6 +37,8 @@ __all__ = [
     "GatewayStatistics",
     "MAX_SAFE_INTEGER",
     "ResponseStream",
+    "SECRET_ORIGIN_VARIABLE",
+    "SECRET_VARIABLE",
     "SESSION_HEADER",
     "UpstreamTiming",
     "aresponses",

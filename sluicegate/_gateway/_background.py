@@ -17,8 +17,10 @@ live ones as they come, to the end. A run in this process is followed from memor
 ended (or ran in a process since gone) is replayed from the store's recorded events. Events are
 numbered gaplessly from 0, so the events after N are ``events[N + 1:]``.
 
-A store file may be shared with other processes: while runs go on here, one task notices those
-another process ended (a cancel there) or deleted, and stops them (``ENDED_ELSEWHERE_POLL``).
+A store may be shared with other processes (a SQLite file) or instances (PostgreSQL): while runs
+go on here, one task notices those another process ended (a cancel there) or deleted, and stops
+them (``ENDED_ELSEWHERE_POLL``); and a follower of a response that runs elsewhere reads its
+events from the store as they are committed, until its row says it ended (``FOLLOW_POLL``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,15 @@ REPLAY_PAGE = 500
 
 #: How often a gateway running background responses looks for those another process ended.
 ENDED_ELSEWHERE_POLL = 1.0
+
+#: How often a follower of a response running in another process reads the store for its new
+#: events: the most a resumed stream lags behind the instance that runs it (beside the
+#: writer's linger).
+FOLLOW_POLL = 0.1
+
+#: How long a resume waits for the first recorded events of a background response running in
+#: another process, before it answers that the response cannot be streamed again.
+REPLAYABLE_WAIT = 2.0
 
 
 @attrs.define(eq=False)
@@ -99,18 +110,13 @@ class Follower:
     _live: LiveRun | None
     _store: Store
     _after: int = -1
+    #: The store may be shared: a response not running here may still run elsewhere.
+    _shared: bool = False
 
     async def receive(self) -> Delivery:
         live = self._live
         if live is None:
-            batch = await self._store.stream_events(
-                self._response_id, after=self._after, limit=REPLAY_PAGE
-            )
-            if not batch:
-                raise trio.EndOfChannel
-            events = [event_from_wire(data) for data in batch]
-            self._after = events[-1].sequence_number
-            return events
+            return await self._receive_stored()
         while True:
             fresh = live.events[self._after + 1 :]
             if fresh:
@@ -121,6 +127,32 @@ class Follower:
                     return live.error
                 raise trio.EndOfChannel
             await live.wait_changed()
+
+    async def _receive_stored(self) -> Delivery:
+        """The next events from the store. A response still running (in another process or
+        instance sharing the store) is followed as its events are committed: the store is read
+        again every ``FOLLOW_POLL`` seconds until its row says it ended, and once more after
+        that, for what its end's transaction committed."""
+        while True:
+            batch = await self._store.stream_events(
+                self._response_id, after=self._after, limit=REPLAY_PAGE
+            )
+            if batch:
+                events = [event_from_wire(data) for data in batch]
+                self._after = events[-1].sequence_number
+                return events
+            if not self._shared or await self._ended():
+                batch = await self._store.stream_events(
+                    self._response_id, after=self._after, limit=REPLAY_PAGE
+                )
+                if not batch:
+                    raise trio.EndOfChannel
+                continue
+            await trio.sleep(FOLLOW_POLL)
+
+    async def _ended(self) -> bool:
+        row = await self._store.get(self._response_id)
+        return row is None or row.deleted or row.status.is_terminal
 
 
 @attrs.define(eq=False)
@@ -153,13 +185,27 @@ class BackgroundRuns:
 
     def follow(self, response_id: str, after: int = -1) -> Follower:
         """A reader of a background response's events after sequence number ``after``."""
-        return Follower(response_id, self._live.get(response_id), self._store, after)
+        return Follower(
+            response_id, self._live.get(response_id), self._store, after, self._shared_store
+        )
 
     async def replayable(self, response_id: str) -> bool:
         """Whether its events were stored for resume (a streamed background response)."""
         live = self._live.get(response_id)
         if live is not None:
             return live.recording.replay
+        if not self._shared_store:
+            return bool(await self._store.stream_events(response_id, limit=1))
+        # It may run in another process whose first events are not committed yet (they
+        # linger for company): a response still running is looked at again for a moment.
+        with trio.move_on_after(REPLAYABLE_WAIT):
+            while True:
+                if await self._store.stream_events(response_id, limit=1):
+                    return True
+                row = await self._store.get(response_id)
+                if row is None or row.deleted or row.status.is_terminal:
+                    break
+                await trio.sleep(FOLLOW_POLL)
         return bool(await self._store.stream_events(response_id, limit=1))
 
     async def start(

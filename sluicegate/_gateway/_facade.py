@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from ..actors._health import DeploymentStatistics
     from ..actors._recorder import Recorder
     from ..config import GatewayConfig
+    from ..limits import Limits
     from ..runtime._messages import Delivery, PreparedCall
     from ._background import BackgroundRuns
     from ._fakes import FakeProviders
@@ -86,6 +87,9 @@ class Gateway(ObjectCalls):
     _stored: StoredResponses
     #: Files and batches.
     _objects: ObjectService
+    #: The rate limits: keys' (the proxy's) and the deployments' rpm/tpm windows, shared on
+    #: Redis or this process's own.
+    _limits: Limits
     #: The owner of requests and lookups that name none (library use; the proxy passes keys).
     _owner: str = ""
     #: Foreground requests (background runs count their own).
@@ -104,6 +108,11 @@ class Gateway(ObjectCalls):
     def store(self) -> Store:
         """The event store every response is recorded in."""
         return self._store
+
+    @property
+    def limits(self) -> Limits:
+        """The rate limits (``router_settings.redis_url``: shared by every instance)."""
+        return self._limits
 
     def mark_closed(self) -> None:
         """Refuse every call from now on (``open_gateway``, on its way out)."""

@@ -11,6 +11,7 @@ single call.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import random
@@ -36,17 +37,18 @@ from ..codecs.ids import IdCodec
 from ..codecs.sealed import StateSeal
 from ..config import (
     GatewayConfig,
-    StoreSettings,
+    GeneralSettings,
     build_deployment,
     is_in_process_fake,
     load_config,
 )
 from ..errors import ConfigError, InvalidRequestError, StoreError
+from ..limits import Limits, open_limits
 from ..net._media import MediaFetcher
 from ..net._transport import LeanTransport
 from ..pricing import PriceTable
 from ..runtime._scopes import open_body_nursery
-from ..store import Store, open_memory_store, open_sqlite_store
+from ..store import Store, open_memory_store, open_postgres_store, open_sqlite_store
 from ._background import BackgroundRuns
 from ._facade import Gateway
 from ._fakes import FakeProviders
@@ -231,7 +233,8 @@ async def open_trio_gateway(
         # The store outlives the services: background responses record their end on the way
         # out. Its writer runs in a body nursery, so the caller's own errors come out unwrapped.
         open_body_nursery() as store_services,
-        _open_store(gs.store, store_services) as store,
+        _open_store(cfg, store_services, env) as store,
+        _open_limits(cfg, store_services) as rate_limits,
         open_body_nursery() as services,
     ):
         fakes = FakeProviders(
@@ -248,6 +251,7 @@ async def open_trio_gateway(
             resolve_fake=fakes.resolve,
             environ=environ,
         )
+        rate_limits.share_deployments(router)
         accountant = Accountant(
             PriceTable.bundled(), gs.include_cost_in_streaming_usage, router.used_tokens
         )
@@ -282,14 +286,7 @@ async def open_trio_gateway(
             gs.max_file_bytes,
         )
         recorder = Recorder(store, accountant, wall_clock)
-        # A file may be shared with other processes (an in-memory store never is).
-        background = BackgroundRuns(
-            pipeline,
-            store,
-            recorder,
-            services,
-            shared_store=gs.store.backend == "sqlite" and gs.store.path != ":memory:",
-        )
+        background = BackgroundRuns(pipeline, store, recorder, services, _shared_store(gs))
         stored = StoredResponses(pipeline, store, recorder, background, fakes, gs.store, owner)
         gateway = Gateway(
             cfg,
@@ -300,6 +297,7 @@ async def open_trio_gateway(
             background,
             stored,
             objects,
+            rate_limits,
             owner,
         )
         try:
@@ -362,22 +360,73 @@ class _ProxiedTransport(httpx.AsyncBaseTransport):
             await transport.aclose()
 
 
+#: The variable of the response-ID secret (``general_settings.response_id_secret`` wins).
+SECRET_VARIABLE: Final = "SLUICEGATE_RESPONSE_ID_SECRET"
+#: Set (to ``generated``) by ``sluicegate serve`` beside a secret it generated for its workers:
+#: instances on one database are then told apart from ones sharing a configured secret.
+SECRET_ORIGIN_VARIABLE: Final = "SLUICEGATE_RESPONSE_ID_SECRET_ORIGIN"
+
+
 def _id_secret(config: GatewayConfig, environ: Mapping[str, str]) -> bytes:
     secret = config.general_settings.response_id_secret
     if secret is not None:
         return secret.reveal().encode()
-    from_env = environ.get("SLUICEGATE_RESPONSE_ID_SECRET")
+    from_env = environ.get(SECRET_VARIABLE)
     return from_env.encode() if from_env else _PROCESS_SECRET
 
 
+def _id_secret_digest(config: GatewayConfig, environ: Mapping[str, str]) -> str:
+    """What instances sharing a database compare to know they share the response-ID secret:
+    a one-way digest (the secret never leaves the process), marked ``generated:`` for a secret
+    made at start (this process's, or one ``sluicegate serve`` made for its workers), which no
+    other server can have."""
+    secret = _id_secret(config, environ)
+    digest = hashlib.sha256(b"sluicegate response-id secret\0" + secret).hexdigest()
+    configured = config.general_settings.response_id_secret is not None or (
+        secret is not _PROCESS_SECRET and environ.get(SECRET_ORIGIN_VARIABLE) != "generated"
+    )
+    return digest if configured else f"generated:{digest}"
+
+
 def _open_store(
-    settings: StoreSettings, nursery: trio.Nursery
+    cfg: GatewayConfig, nursery: trio.Nursery, environ: Mapping[str, str]
 ) -> AbstractAsyncContextManager[Store]:
-    """The configured store (``general_settings.store.backend``); SQLite's writer runs in
-    ``nursery``."""
+    """The configured store (``general_settings.store.backend``, or PostgreSQL when
+    ``database_url`` is set); the writer of SQLite and PostgreSQL runs in ``nursery``."""
+    gs = cfg.general_settings
+    settings = gs.store
+    if gs.database_url is not None:
+        return open_postgres_store(
+            gs.database_url.reveal(),
+            nursery=nursery,
+            pool_size=gs.database_connection_pool_limit,
+            lease=settings.instance_lease,
+            heartbeat=settings.heartbeat_interval,
+            id_secret_digest=_id_secret_digest(cfg, environ),
+        )
     if settings.backend == "memory":
         return open_memory_store(max_responses=settings.max_responses)
     return open_sqlite_store(settings.path, nursery=nursery)
+
+
+def _open_limits(cfg: GatewayConfig, nursery: trio.Nursery) -> AbstractAsyncContextManager[Limits]:
+    """The rate limits: shared on the configured Redis, else this process's own; their service
+    tasks run in ``nursery``."""
+    rs = cfg.router_settings
+    password = rs.redis_password
+    return open_limits(
+        rs.shared_limits_url(),
+        password=None if password is None else password.reveal(),
+        nursery=nursery,
+    )
+
+
+def _shared_store(gs: GeneralSettings) -> bool:
+    """Whether other processes may share the store: a file or a database (an in-memory store
+    never is)."""
+    if gs.database_url is not None:
+        return True
+    return gs.store.backend == "sqlite" and gs.store.path != ":memory:"
 
 
 async def _purge_periodically(

@@ -60,7 +60,7 @@ from ..actors._stages import (
 from ..codecs._lifecycle import StreamTracker, failure_code
 from ..codecs.ids import IdCodec
 from ..codecs.sealed import StateSeal
-from ..errors import ClientError, InternalError, RateLimitError, SluicegateError
+from ..errors import ClientError, InternalError, RateLimitError, SluicegateError, StoreError
 from ..runtime._messages import Deliver, EventItem, PreparedCall, RawItem, Routed
 
 __all__ = ["Pipeline", "record_unanswered", "run_request"]
@@ -137,6 +137,11 @@ async def run_request(
     closing = tracker.fail(failure)
     if recording is not None and recording.open:
         await _record_end(recording, tracker, ResponseStatus.FAILED, failure)
+    if deliver is None and isinstance(failure, StoreError):
+        # The answer is there but the store could not record it (its database is down): a
+        # non-streaming caller is told so, with the store's 503 it may retry, rather than
+        # handed a response that reads as failed upstream and that no later GET would find.
+        raise failure
     if closing and deliver is not None:
         await deliver.send(closing)
 

@@ -94,7 +94,7 @@ from ._exchange import (
 )
 from ._gauges import gauge_gateway
 from ._keys import Admission, Caller, KeyManager
-from ._metrics import Labels, Metrics
+from ._metrics import Labels, Metrics, meter_shared_limits
 from ._routes import ANY_METHOD, Route, RouteTable
 
 __all__ = ["FORBIDDEN_BODY_FIELDS", "ProxyApp"]
@@ -238,7 +238,12 @@ class ProxyApp:
             gs.master_key,
             allow_unauthenticated=gs.allow_unauthenticated,
             spend=spend,
+            # A key deleted through another worker or instance is refused here within a
+            # second; a busy key costs one indexed read a second for it.
+            cache_ttl=1.0,
+            limiter=gateway.limits.keys,
         )
+        meter_shared_limits(self.metrics, gateway.limits)
         self._gateway = gateway
         gauge_gateway(self.metrics, gateway, lambda: self._in_flight)
 

@@ -37,7 +37,7 @@ import httpx
 import trio
 from hypercorn.config import Config as HypercornConfig
 
-from .._gateway import open_gateway
+from .._gateway import SECRET_ORIGIN_VARIABLE, SECRET_VARIABLE, open_gateway
 from ..config import GatewayConfig, load_config
 from ..errors import ConfigError
 from ._app import ProxyApp
@@ -48,8 +48,6 @@ __all__ = ["DEFAULT_PORT", "build_app", "http_server", "hypercorn_config", "run"
 
 logger = logging.getLogger("sluicegate")
 
-#: The variable the gateway reads its secret from when the config names none.
-SECRET_VARIABLE = "SLUICEGATE_RESPONSE_ID_SECRET"
 #: Overrides ``general_settings.http_server`` (the test suite's ``--http-server`` sets it, so
 #: the processes it starts serve on the same server).
 HTTP_SERVER_VARIABLE = "SLUICEGATE_HTTP_SERVER"
@@ -72,7 +70,7 @@ def build_app(
         ConfigError: the configuration is invalid, or has no master key (and does not allow
             unauthenticated use); the message names the path.
     """
-    cfg = load_config(config, environ=environ)
+    cfg = load_config(config, environ=environ, database_url_variable=True)
     app = ProxyApp(cfg, partial(open_gateway, cfg, transport=transport, environ=environ))
     app.check_settings()
     return app
@@ -189,6 +187,7 @@ def run(config_path: str, *, host: str, port: int, workers: int) -> None:
         )
         # One secret for every worker: each would otherwise make its own.
         os.environ[SECRET_VARIABLE] = secrets.token_urlsafe(32)
+        os.environ[SECRET_ORIGIN_VARIABLE] = "generated"
     lean = http_server(app.config) == "lean"
     if lean:
         _log_to_stderr()
