@@ -327,3 +327,35 @@ async def test_an_instance_without_the_shared_secret_refuses_to_start(
                 )
             assert done.returncode != 0
             assert b"response_id_secret" in done.stderr, done.stderr
+
+
+async def test_migrate_brings_a_database_to_this_schema_and_says_so(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """``sluicegate migrate`` applies the pending migrations of the database ``DATABASE_URL``
+    (or the config's ``database_url``) names, once; without a database it says what to set."""
+    from sluicegate.store import POSTGRES_SCHEMA_VERSION
+
+    async def migrate(*args: str, **env: str) -> trio.CompletedProcess[bytes]:
+        with trio.fail_after(60):
+            return await trio.run_process(
+                [sys.executable, "-m", "sluicegate", "migrate", *args],
+                env={**_environ(), **env},
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+
+    first = await migrate(DATABASE_URL=postgres_url)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.decode().strip() == (
+        "sluicegate: migrated the PostgreSQL store from schema version 0 to "
+        f"{POSTGRES_SCHEMA_VERSION}"
+    )
+    config = _config(tmp_path, "migrate", database_url=postgres_url)
+    again = await migrate("--config", str(config))
+    assert again.returncode == 0, again.stderr
+    assert b"nothing to do" in again.stdout
+    missing = await migrate()
+    assert missing.returncode == 1
+    assert b"general_settings.database_url" in missing.stderr

@@ -238,9 +238,6 @@ class ProxyApp:
             gs.master_key,
             allow_unauthenticated=gs.allow_unauthenticated,
             spend=spend,
-            # A key deleted through another worker or instance is refused here within a
-            # second; a busy key costs one indexed read a second for it.
-            cache_ttl=1.0,
             limiter=gateway.limits.keys,
         )
         meter_shared_limits(self.metrics, gateway.limits)

@@ -10,10 +10,11 @@ Theory of operation:
   A secret never appears in an error, a log line or a response after the one that minted it.
 - **Authentication** (:meth:`KeyManager.authenticate`) takes ``Authorization: Bearer <key>`` or
   the ``api-key`` header (the Azure SDKs), compares the master key in constant time, and looks a
-  virtual key up by its hash. Found keys are cached per process for ``cache_ttl`` seconds (5 by
-  default), so worker processes sharing a store see a deletion within that; a deletion made
-  through this manager takes effect here at once. Unknown keys are not cached: nothing a caller
-  sends can grow the cache past its bound, and a key minted by another worker works at once.
+  virtual key up by its hash. Found keys are cached per process for ``cache_ttl`` seconds (1 by
+  default), so worker processes and instances sharing a store see a deletion within that (a
+  busy key costs one indexed read a second); a deletion made through this manager takes
+  effect here at once. Unknown keys are not cached: nothing a caller sends can grow the cache
+  past its bound, and a key minted by another worker works at once.
 - **Admission** (:meth:`KeyManager.admit`), for a virtual key, in this order: the model is one
   the key may use (403); its spend is under its budget (429 ``budget_exceeded``; the spend is
   cached per key for one second, so a busy key costs one store read a second, not one a
@@ -189,7 +190,7 @@ class KeyManager:
     _allow_unauthenticated: bool = attrs.field(kw_only=True)
     _spend: Callable[[str], Awaitable[float]] = attrs.field(kw_only=True)
     _wall_clock: Callable[[], float] = attrs.field(default=time.time, kw_only=True)
-    _cache_ttl: float = attrs.field(default=5.0, kw_only=True)
+    _cache_ttl: float = attrs.field(default=1.0, kw_only=True)
     _spend_ttl: float = attrs.field(default=1.0, kw_only=True)
     _limiter: KeyLimiter = attrs.field(factory=LocalKeyLimiter, kw_only=True)
     #: key_hash -> (trio time of the read, row); insertion order is age.
