@@ -12,6 +12,7 @@ readiness and outcomes polled under a bound, never a timing assertion.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -336,7 +337,7 @@ async def test_migrate_brings_a_database_to_this_schema_and_says_so(
     (or the config's ``database_url``) names, once; without a database it says what to set."""
     from sluicegate.store import POSTGRES_SCHEMA_VERSION
 
-    async def migrate(*args: str, **env: str) -> trio.CompletedProcess[bytes]:
+    async def migrate(*args: str, **env: str) -> subprocess.CompletedProcess[bytes]:
         with trio.fail_after(60):
             return await trio.run_process(
                 [sys.executable, "-m", "sluicegate", "migrate", *args],

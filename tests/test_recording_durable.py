@@ -166,7 +166,7 @@ async def test_a_background_stream_running_in_another_process_is_followed_to_its
                 first.append(event)
                 if len(first) == 3:
                     break  # the caller leaves; a background response runs on
-        response_id = first[0].response.id
+        response_id = first[0].to_dict()["response"]["id"]
         after = first[-1].sequence_number
         stream = await other.get_response(response_id, stream=True, starting_after=after)
         async with stream as followed:
