@@ -153,9 +153,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "serve":
+            from .server._http1 import StartupError
             from .server._serve import run
 
-            run(args.config, host=args.host, port=args.port, workers=args.workers)
+            try:
+                run(args.config, host=args.host, port=args.port, workers=args.workers)
+            except StartupError as exc:  # e.g. its store refused to open: the reason, no trace
+                print(f"sluicegate: the server could not start: {exc}", file=sys.stderr)
+                return 1
         elif args.command == "migrate":
             print(_migrate(args.config))
         else:
