@@ -70,7 +70,14 @@ Targets
   and proxy: RSS must stay flat).
 - **CPU per streamed event** (``_events.py``): the library reading one response of ~1k, 4k and
   16k events at concurrency 1, CPU µs per event per length (flat: linear in the events).
-- **recording alone** (``_store.py``): the store's CPU per response, per concurrency.
+- **recording alone** (``_store.py``): the store's CPU per response, per concurrency; and the
+  same responses recorded on PostgreSQL (a private cluster with ``fsync`` on, started by
+  ``_postgres.py`` and pinned to the other CPU, or ``SLUICEGATE_BENCH_DATABASE_URL``): its
+  responses/s against SQLite's, the gateway's and the database server's CPU per response.
+- **one instance against two** (``_instances.py``): ``sluicegate serve --workers 1`` and
+  ``--workers 2`` on one PostgreSQL database, each worker an instance of its own, driven by one
+  wrk: requests/s, their ratio, and CPU per request summed over the workers (nothing pinned:
+  the instances, wrk, the upstream and PostgreSQL share the machine's cores).
 - PNG charts (``_charts.py``, the ``bench`` extra): latency, requests/s, memory.
 - A summary last (``_headline.py``): the upstream's shape, the library against both floors, its
   asyncio face against its trio face (CPU per request per case, memory per open stream),

@@ -1,8 +1,10 @@
-"""``python -m benchmarks [--smoke] [--concurrency 1,16,64] [--requests N] [--repeats K]``."""
+"""``python -m benchmarks [--smoke] [--only store,instances] [--concurrency 1,16,64] [--requests N]
+[--repeats K]``."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import hashlib
 import os
@@ -29,7 +31,22 @@ from ._events import (
     measure_event_cost,
     summarize_event_cost,
 )
-from ._headline import headline_lines, headline_markdown, headline_text, recording_line
+from ._headline import (
+    headline_lines,
+    headline_markdown,
+    headline_text,
+    instances_line,
+    postgres_recording_line,
+    recording_line,
+)
+from ._instances import (
+    InstancesResult,
+    instances_checks,
+    instances_json,
+    instances_rows,
+    instances_table,
+    measure_instances,
+)
 from ._library import LibraryPlan, measure_library
 from ._litellm import litellm_available, measure_litellm
 from ._memory import (
@@ -46,6 +63,7 @@ from ._memory import (
     slow_consumer_library,
     slow_consumer_proxy,
 )
+from ._postgres import REQUIRE_ENV, open_bench_postgres, postgres_missing
 from ._proxy import (
     DEFAULT_SECONDS,
     DEFAULT_WARMUP_S,
@@ -80,7 +98,17 @@ from ._routing import (
     routing_checks,
     routing_table,
 )
-from ._store import measure_recording, recording_table
+from ._store import (
+    RecordingComparison,
+    RecordingRun,
+    compare_recording,
+    measure_postgres_recording,
+    measure_recording,
+    postgres_recording_json,
+    recording_comparison_checks,
+    recording_comparison_table,
+    recording_table,
+)
 from ._targets import POOL_KEEPALIVE_EXPIRY, POOL_SIZE
 from ._upstream import (
     BenchmarkError,
@@ -93,6 +121,7 @@ from ._upstream import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from ._report import Check
     from ._runner import CaseRun
     from ._upstream import CpuPlan, FakeUpstreamProcess
 
@@ -126,6 +155,11 @@ _FULL_EVENT_REPEATS: Final = 3
 _SMOKE_EVENT_REPEATS: Final = 1
 #: Why the aiohttp floor's rows are missing, when they are.
 _NO_AIOHTTP: Final = "aiohttp is not installed: pip install -e '.[dev]'"
+#: The sections ``--only`` can run alone: recording (SQLite and PostgreSQL), and one instance
+#: against two on PostgreSQL.
+STORE: Final = "store"
+INSTANCES: Final = "instances"
+_SECTIONS: Final = (STORE, INSTANCES)
 
 
 @attrs.frozen(kw_only=True)
@@ -136,6 +170,8 @@ class Settings:
     repeats: int
     tokens: int
     warmup_s: float
+    #: The sections to run alone (``--only``); empty: everything.
+    only: tuple[str, ...] = ()
 
     def requests_at(self, concurrency: int) -> int:
         if concurrency >= _LOW_CONCURRENCY:
@@ -192,7 +228,16 @@ def _steps(settings: Settings) -> int:
     events = len(_event_lengths(settings))
     # + three memory sections (the library under a slow consumer, the open streams of the
     # library's two faces and the aiohttp floor, the proxy's), the router
-    return library + litellm + proxy + first_event + events + 4
+    return library + litellm + proxy + first_event + events + 4 + _section_steps(settings)
+
+
+def _section_steps(settings: Settings, sections: Sequence[str] = _SECTIONS) -> int:
+    """The steps of the sections ``--only`` can choose: recording, one per backend; one
+    instance against two, one per run (two layouts, two modes)."""
+    steps = 2 if STORE in sections else 0
+    if INSTANCES in sections:
+        steps += 2 * 2 * len(_instance_concurrencies(settings)) * settings.repeats
+    return steps
 
 
 def _concurrencies(text: str) -> tuple[int, ...]:
@@ -205,6 +250,16 @@ def _concurrencies(text: str) -> tuple[int, ...]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError("concurrencies must be positive integers")
     return tuple(sorted(set(values)))
+
+
+def _sections(text: str) -> tuple[str, ...]:
+    values = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = sorted(set(values) - set(_SECTIONS))
+    if not values or unknown:
+        raise argparse.ArgumentTypeError(
+            f"sections are {', '.join(_SECTIONS)}, not {', '.join(unknown) or repr(text)}"
+        )
+    return tuple(s for s in _SECTIONS if s in values)
 
 
 def _positive(text: str) -> int:
@@ -225,6 +280,15 @@ def _parse(argv: Sequence[str] | None) -> Settings:
         action="store_true",
         help=f"a tiny run ({_SMOKE_REQUESTS} requests per case, 1 repeat) that keeps the suite "
         "working in CI; its numbers mean nothing",
+    )
+    parser.add_argument(
+        "--only",
+        type=_sections,
+        default=(),
+        metavar="SECTION,...",
+        help="run only these sections: store (recording on SQLite and on PostgreSQL), "
+        "instances (sluicegate serve with one and two instances on PostgreSQL); their results "
+        "go to latest-<sections>.json/.md, beside the full run's",
     )
     parser.add_argument(
         "--concurrency",
@@ -262,6 +326,7 @@ def _parse(argv: Sequence[str] | None) -> Settings:
         tokens=args.tokens,
         # Twice the keep-alive expiry: long enough for the pool to settle (_targets.py).
         warmup_s=0.0 if smoke else 2 * POOL_KEEPALIVE_EXPIRY,
+        only=args.only,
     )
 
 
@@ -438,6 +503,202 @@ def _proxy_memory(settings: Settings, plan: CpuPlan) -> list[MemoryResult]:
         return trio.run(scenarios)
 
 
+@attrs.frozen(kw_only=True)
+class _StoreSection:
+    """Recording on SQLite and, where it could be measured, on PostgreSQL."""
+
+    sqlite: list[RecordingRun]
+    postgres: list[RecordingComparison]
+    #: The PostgreSQL server measured on, or why it was not.
+    postgres_note: str
+    postgres_measured: bool
+
+
+def _postgres_missing() -> str | None:
+    """Why the PostgreSQL measurements are skipped here; None when they run.
+
+    Raises:
+        BenchmarkError: PostgreSQL is missing where ``SLUICEGATE_REQUIRE_SERVERS`` is set (CI,
+            which installs it: a smoke run that skipped it would test nothing of it).
+    """
+    missing = postgres_missing()
+    if missing is not None and os.environ.get(REQUIRE_ENV):
+        raise BenchmarkError(f"{missing}, and {REQUIRE_ENV} is set")
+    return missing
+
+
+def _store_section(settings: Settings, plan: CpuPlan, progress: _Progress) -> _StoreSection:
+    """Recording into a SQLite file, then the same into PostgreSQL: this process on the
+    measuring CPU for both, the database server on the other CPU."""
+    pin_current_process(plan.measure)
+    responses = _SMOKE_RECORDINGS if settings.smoke else _FULL_RECORDINGS
+    sqlite = trio.run(measure_recording, settings.concurrencies, responses)
+    progress.step("recording: SQLite")
+    missing = _postgres_missing()
+    if missing is not None:
+        print(f"recording on PostgreSQL: skipped ({missing})", file=sys.stderr)
+        progress.step("recording on PostgreSQL: skipped")
+        return _StoreSection(
+            sqlite=sqlite, postgres=[], postgres_note=missing, postgres_measured=False
+        )
+    with contextlib.ExitStack() as stack:
+        try:
+            postgres = stack.enter_context(open_bench_postgres(cpu=plan.upstream))
+        except RuntimeError as exc:
+            raise BenchmarkError(f"PostgreSQL: {exc}") from exc
+        runs = trio.run(measure_postgres_recording, postgres, settings.concurrencies, responses)
+    rows = compare_recording(sqlite, runs)
+    progress.step(
+        "recording: PostgreSQL "
+        + ", ".join(f"c={r.concurrency} {r.throughput_ratio:.2f}x SQLite" for r in rows)
+    )
+    return _StoreSection(
+        sqlite=sqlite, postgres=rows, postgres_note=postgres.note, postgres_measured=True
+    )
+
+
+def _instance_concurrencies(settings: Settings) -> tuple[int, ...]:
+    """The concurrencies of at least ``_LOW_CONCURRENCY`` (16 and 64 by default: one instance
+    is saturated there), or the highest; a smoke run only the highest of them."""
+    high = tuple(c for c in settings.concurrencies if c >= _LOW_CONCURRENCY)
+    high = high or (max(settings.concurrencies),)
+    return high[-1:] if settings.smoke else high
+
+
+def _instances_section(settings: Settings, progress: _Progress) -> InstancesResult | str:
+    """One instance against two on PostgreSQL (``_instances.py``); why not, if not."""
+    missing = _postgres_missing()
+    if missing is not None:
+        print(f"instances on PostgreSQL: skipped ({missing})", file=sys.stderr)
+        return missing
+
+    def report(run: ProxyRun) -> None:
+        progress.step(
+            f"{run.case.mode:<6} c={run.case.concurrency:<3} {run.case.target:<18} "
+            f"{run.requests_per_s:7.0f} req/s  {run.cpu_ms_per_request or 0:7.3f} CPU ms/req"
+        )
+
+    return measure_instances(
+        tokens=settings.tokens,
+        concurrencies=_instance_concurrencies(settings),
+        seconds=1 if settings.smoke else DEFAULT_SECONDS,
+        repeats=settings.repeats,
+        warmup_s=0 if settings.smoke else DEFAULT_WARMUP_S,
+        on_run=report,
+    )
+
+
+_STORE_TITLE: Final = (
+    "recording alone (event store, SQLite file; part of every sluicegate figure above; "
+    "disk: the database and its WAL after a checkpoint, per response, next to the final "
+    "Response's JSON)"
+)
+_POSTGRES_TITLE: Final = (
+    "recording on PostgreSQL vs SQLite (the same responses, same concurrency; PG gateway CPU: "
+    "this process, all threads; PG server CPU: the database server's processes, from /proc; "
+    "SQLite runs synchronous=NORMAL in WAL mode, PostgreSQL waits for its WAL's fsync)"
+)
+_INSTANCES_TITLE: Final = (
+    "one instance vs two (sluicegate serve --workers 1 and 2, each worker an instance on one "
+    "PostgreSQL database; one wrk; CPU summed over the server's processes)"
+)
+
+
+def _store_checks(section: _StoreSection) -> list[Check]:
+    return recording_comparison_checks(section.postgres)
+
+
+def _instances_checks(instances: InstancesResult | str | None) -> list[Check]:
+    if not isinstance(instances, InstancesResult):
+        return []
+    return instances_checks(instances_rows(instances.runs))
+
+
+def _print_checks(checks: Sequence[Check]) -> None:
+    for check in checks:
+        print(f"  {check.verdict}  {check.name}: {check.detail}")
+
+
+def _print_store(section: _StoreSection) -> None:
+    print(_STORE_TITLE + ":")
+    print(recording_table(section.sqlite))
+    print(recording_line(section.sqlite))
+    print()
+    if not section.postgres_measured:
+        print(f"recording on PostgreSQL: not measured ({section.postgres_note})")
+        return
+    print(f"{_POSTGRES_TITLE}; {section.postgres_note}:")
+    print(recording_comparison_table(section.postgres))
+    _print_checks(_store_checks(section))
+
+
+def _print_instances(instances: InstancesResult | str) -> None:
+    if not isinstance(instances, InstancesResult):
+        print(f"one instance vs two: not measured ({instances})")
+        return
+    print(f"{_INSTANCES_TITLE}; {instances.machine}; {instances.database}:")
+    print(instances_table(instances_rows(instances.runs)))
+    _print_checks(_instances_checks(instances))
+
+
+def _store_markdown(section: _StoreSection) -> str:
+    out = (
+        "\n## Recording (event store, SQLite file)\n\nDisk: the database and its WAL after"
+        " a checkpoint, per response, next to the payload (the final Response's JSON).\n\n"
+        + recording_table(section.sqlite, markdown=True)
+        + "\n\n## Recording on PostgreSQL\n\n"
+    )
+    if not section.postgres_measured:
+        return out + f"Not measured: {section.postgres_note}.\n"
+    return (
+        out
+        + f"{_POSTGRES_TITLE}; {section.postgres_note}.\n\n"
+        + recording_comparison_table(section.postgres, markdown=True)
+        + "\n"
+    )
+
+
+def _instances_markdown(instances: InstancesResult | str) -> str:
+    out = "\n## One instance vs two (PostgreSQL)\n\n"
+    if not isinstance(instances, InstancesResult):
+        return out + f"Not measured: {instances}.\n"
+    return (
+        out
+        + f"{_INSTANCES_TITLE}; {instances.machine}; {instances.database}.\n\n"
+        + instances_table(instances_rows(instances.runs), markdown=True)
+        + "\n"
+    )
+
+
+def _store_json(section: _StoreSection) -> dict[str, Any]:
+    return {
+        "recording": [attrs.asdict(r) for r in section.sqlite],
+        "recording_postgres": {
+            "database": section.postgres_note if section.postgres_measured else None,
+            "skipped": None if section.postgres_measured else section.postgres_note,
+            "runs": postgres_recording_json(section.postgres),
+        },
+    }
+
+
+def _instances_json(instances: InstancesResult | str) -> dict[str, Any]:
+    if not isinstance(instances, InstancesResult):
+        return {"instances": {"skipped": instances}}
+    return {"instances": instances_json(instances)}
+
+
+def _postgres_headline(section: _StoreSection) -> str:
+    return postgres_recording_line(
+        section.postgres if section.postgres_measured else section.postgres_note
+    )
+
+
+def _instances_headline(instances: InstancesResult | str) -> str:
+    if not isinstance(instances, InstancesResult):
+        return instances_line(instances)
+    return instances_line(instances_rows(instances.runs), machine=instances.machine)
+
+
 def _proxy_progress(progress: _Progress) -> Callable[[ProxyRun], None]:
     def report(run: ProxyRun) -> None:
         progress.step(
@@ -496,6 +757,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = shlex.join(["python", "-m", "benchmarks", *(sys.argv[1:] if argv is None else argv)])
     shape = upstream_shape(settings.tokens)
     print(f"sluicegate benchmarks: {plan.note}; {shape}", file=sys.stderr, flush=True)
+    if settings.only:
+        return _main_only(settings, plan, started=started, command=command, shape=shape)
     begin = time.perf_counter()
     try:
         with run_fake_upstream(tokens=settings.tokens, cpu=plan.upstream) as upstream:
@@ -532,11 +795,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             memory_results += _proxy_memory(settings, plan)
             progress.step("memory: the proxy idle, under a slow consumer, with open streams")
-            recording = trio.run(
-                measure_recording,
-                settings.concurrencies,
-                _SMOKE_RECORDINGS if settings.smoke else _FULL_RECORDINGS,
-            )
+            store = _store_section(settings, plan, progress)
             routing = measure_routing(
                 _SMOKE_PICKS if settings.smoke else _FULL_PICKS, 1 if settings.smoke else 3
             )
@@ -544,6 +803,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _SMOKE_CACHE_REQUESTS if settings.smoke else _FULL_CACHE_REQUESTS
             )
             progress.step("router: the cost of one pick, per strategy; prompt-cache hits")
+        instances = _instances_section(settings, progress)
     except BenchmarkError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
@@ -588,13 +848,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for failure in MEMORY_FAILURES:
         print(f"  FAILED  {failure}")
     print()
-    print(
-        "recording alone (event store, SQLite file; part of every sluicegate figure above; "
-        "disk: the database and its WAL after a checkpoint, per response, next to the final "
-        "Response's JSON):"
-    )
-    print(recording_table(recording))
-    print(recording_line(recording))
+    _print_store(store)
     print()
     print("the router's pick (100 deployments in one group, live state; no I/O):")
     print(routing_table(routing))
@@ -606,15 +860,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(cache_table(cache_runs))
     for check in [*routing_checks(routing), *cache_checks(cache_runs)]:
         print(f"  {check.verdict}  {check.name}: {check.detail}")
+    print()
+    _print_instances(instances)
     headline = headline_lines(
         upstream_shape=shape,
         summaries=summaries,
         memory_results=memory_results,
         event_costs=event_costs,
-        recording=recording,
+        recording=store.sqlite,
         proxy=proxy_summaries,
         aiohttp_missing=None if aiohttp_available() else _NO_AIOHTTP,
     )
+    headline += [_postgres_headline(store), _instances_headline(instances)]
     print()
     print(headline_text(headline))
 
@@ -634,7 +891,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "versions": _versions(),
         "sluicegate_source_sha256": _source_digest(),
         "elapsed_s": round(elapsed, 2),
-        "recording": [attrs.asdict(r) for r in recording],
+        **_store_json(store),
+        **_instances_json(instances),
         "routing": [attrs.asdict(r) for r in routing],
         "prompt_cache_affinity": [attrs.asdict(r) for r in cache_runs],
         "proxy": proxy_json(proxy_summaries),
@@ -656,7 +914,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta=meta,
         runs=runs,
         summaries=summaries,
-        checks=checks,
+        checks=[*checks, *_store_checks(store), *_instances_checks(instances)],
     )
     with paths[2].open("a", encoding="utf-8") as md:
         md.write("\n## HTTP proxy vs the upstream directly (wrk)\n\n")
@@ -667,15 +925,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         md.write(event_cost_table(event_costs, markdown=True) + "\n")
         md.write("\n## Memory\n\n")
         md.write(memory_table(memory_results, markdown=True) + "\n")
-        md.write(
-            "\n## Recording (event store, SQLite file)\n\nDisk: the database and its WAL after"
-            " a checkpoint, per response, next to the payload (the final Response's JSON).\n\n"
-        )
-        md.write(recording_table(recording, markdown=True) + "\n")
+        md.write(_store_markdown(store))
         md.write("\n## The router's pick (100 deployments)\n\n")
         md.write(routing_table(routing, markdown=True) + "\n")
         md.write("\n## Prompt-cache affinity (simulated hit rate)\n\n")
         md.write(cache_table(cache_runs, markdown=True) + "\n")
+        md.write(_instances_markdown(instances))
         md.write("\n" + headline_markdown(headline) + "\n")
     proxy_series = [
         {
@@ -692,4 +947,69 @@ def main(argv: Sequence[str] | None = None) -> int:
         RESULTS_DIR / f"{stem}-charts", summaries, memory_results, extra_series=proxy_series
     )
     print(f"\n{elapsed:.1f} s; results: " + ", ".join(str(p) for p in [*paths, *charts]))
+    return 0
+
+
+def _main_only(
+    settings: Settings, plan: CpuPlan, *, started: datetime.datetime, command: str, shape: str
+) -> int:
+    """``--only``: the chosen sections alone, printed and written as in a full run, to
+    ``latest-<sections>`` (a full run's ``latest`` is left as it was)."""
+    begin = time.perf_counter()
+    progress = _Progress(_section_steps(settings, settings.only))
+    store: _StoreSection | None = None
+    instances: InstancesResult | str | None = None
+    try:
+        if STORE in settings.only:
+            store = _store_section(settings, plan, progress)
+        if INSTANCES in settings.only:
+            instances = _instances_section(settings, progress)
+    except BenchmarkError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    elapsed = time.perf_counter() - begin
+    checks: list[Check] = []
+    headline: list[str] = []
+    meta: dict[str, Any] = {
+        "started": started.isoformat(timespec="seconds"),
+        "command": command,
+        "smoke": settings.smoke,
+        "only": list(settings.only),
+        "concurrencies": list(settings.concurrencies),
+        "repeats": settings.repeats,
+        "tokens": settings.tokens,
+        "cpus": plan.note,
+        "platform": platform.platform(),
+        "versions": _versions(),
+        "sluicegate_source_sha256": _source_digest(),
+        "elapsed_s": round(elapsed, 2),
+        "upstream_shape": shape,
+    }
+    markdown = ""
+    if store is not None:
+        print()
+        _print_store(store)
+        checks += _store_checks(store)
+        headline += [recording_line(store.sqlite), _postgres_headline(store)]
+        meta |= _store_json(store)
+        markdown += _store_markdown(store)
+    if instances is not None:
+        print()
+        _print_instances(instances)
+        checks += _instances_checks(instances)
+        headline.append(_instances_headline(instances))
+        meta |= _instances_json(instances)
+        markdown += _instances_markdown(instances)
+    print()
+    print(headline_text(headline))
+    meta["summary"] = headline
+    suffix = ("-smoke" if settings.smoke else "") + "-" + "-".join(settings.only)
+    stem = started.strftime("%Y%m%dT%H%M%SZ") + suffix
+    paths = write_results(
+        RESULTS_DIR, stem, "latest" + suffix, meta=meta, runs=[], summaries=[], checks=checks
+    )
+    with paths[2].open("a", encoding="utf-8") as md:
+        md.write(markdown)
+        md.write("\n" + headline_markdown(headline) + "\n")
+    print(f"\n{elapsed:.1f} s; results: " + ", ".join(str(p) for p in paths))
     return 0

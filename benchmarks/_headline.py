@@ -5,7 +5,9 @@ upstream's shape, the library's CPU per request against both floors at every con
 asyncio face against its trio face (CPU per request, memory per open stream), LiteLLM's library
 against both faces, memory per open slow stream (library, proxy, aiohttp floor), CPU per
 streamed event on long streams, what recording costs per response, and the proxy's requests per
-CPU-second against LiteLLM's. A figure that was not measured reads ``-``, or its line says why.
+CPU-second against LiteLLM's; then, from their sections, recording on PostgreSQL against SQLite
+(:func:`postgres_recording_line`) and two instances against one (:func:`instances_line`). A
+figure that was not measured reads ``-``, or its line says why.
 """
 
 from __future__ import annotations
@@ -20,12 +22,20 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from ._events import EventCost
+    from ._instances import InstancesRow
     from ._memory import MemoryResult
     from ._proxy import ProxySummary
     from ._report import Summary
-    from ._store import RecordingRun
+    from ._store import RecordingComparison, RecordingRun
 
-__all__ = ["headline_lines", "headline_markdown", "headline_text", "recording_line"]
+__all__ = [
+    "headline_lines",
+    "headline_markdown",
+    "headline_text",
+    "instances_line",
+    "postgres_recording_line",
+    "recording_line",
+]
 
 _MODES: Final = ("create", "stream")
 #: The concurrencies the recording line names (those measured, of these).
@@ -157,6 +167,52 @@ def recording_line(recording: Sequence[RecordingRun]) -> str:
         return "recording CPU µs/response: not measured"
     parts = [f"{by[c].cpu_us_per_response:.0f} at c={c}" for c in chosen]
     return "recording CPU µs/response: " + ", ".join(parts)
+
+
+def postgres_recording_line(rows: Sequence[RecordingComparison] | str) -> str:
+    """PostgreSQL's responses/s ÷ SQLite's per concurrency, and its CPU per response split into
+    the gateway's and the database server's beside SQLite's; or why it was not measured."""
+    title = "recording on PostgreSQL"
+    if isinstance(rows, str) or not rows:
+        return f"{title}: not measured" + (f" ({rows})" if isinstance(rows, str) else "")
+    at = "/".join(str(r.concurrency) for r in rows)
+
+    def series(values: Sequence[float | None], spec: str) -> str:
+        return " / ".join(_num(v, spec) for v in values)
+
+    return (
+        f"{title} (fsync on) ÷ SQLite, responses/s (c={at}): "
+        + series([r.throughput_ratio for r in rows], ".2f")
+        + "; CPU µs/response: gateway "
+        + series([r.postgres.cpu_us_per_response for r in rows], ".0f")
+        + " + database server "
+        + series([r.postgres.server_cpu_us_per_response for r in rows], ".0f")
+        + " (SQLite "
+        + series([r.sqlite.cpu_us_per_response for r in rows], ".0f")
+        + ")"
+    )
+
+
+def instances_line(rows: Sequence[InstancesRow] | str, *, machine: str | None = None) -> str:
+    """Two instances' requests/s ÷ one's per mode and concurrency, with each layout's CPU per
+    request and the machine they shared; or why it was not measured."""
+    title = "two instances ÷ one on PostgreSQL, requests/s"
+    if isinstance(rows, str) or not rows:
+        return f"{title}: not measured" + (f" ({rows})" if isinstance(rows, str) else "")
+    at = "/".join(str(c) for c in sorted({r.concurrency for r in rows}))
+    parts = []
+    for mode in _MODES:
+        here = sorted((r for r in rows if r.mode == mode), key=lambda r: r.concurrency)
+        if not here:
+            continue
+        ratios = " / ".join(f"{r.scaling:.2f}" for r in here)
+        cpu = " / ".join(
+            f"{_num(r.one.cpu_ms_per_request, '.2f')} → {_num(r.two.cpu_ms_per_request, '.2f')}"
+            for r in here
+        )
+        parts.append(f"{mode} {ratios} (CPU ms/request {cpu})")
+    where = f"; {machine}" if machine else ""
+    return f"{title} (c={at}): " + "; ".join(parts) + where
 
 
 def _proxy_per_cpu(proxy: Sequence[ProxySummary]) -> list[str]:

@@ -86,7 +86,7 @@ from ._targets import (
     UPSTREAM_MODEL,
     bench_model,
 )
-from ._upstream import BenchmarkError
+from ._upstream import BenchmarkError, machine_cpu_seconds, process_tree_cpu, tree_cpu_seconds
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -125,6 +125,9 @@ DIRECT: Final = "direct"
 #: LiteLLM's proxy (``litellm --config``), when the compare extra is installed.
 LITELLM_PROXY: Final = "litellm-proxy"
 MASTER_KEY: Final = "sk-bench-master"
+#: The response-ID secret of proxies on PostgreSQL (``open_proxy_server(database_url=...)``):
+#: every instance on one database must have the same.
+INSTANCES_SECRET: Final = "sluicegate-bench-instances"
 #: The model group on the long upstream (``open_proxy_server(long_upstream_url=...)``).
 LONG_MODEL: Final = "bench-long"
 #: Measured seconds per run (wrk takes whole seconds).
@@ -163,8 +166,13 @@ class ProxyServerProcess:
         return f"{self.url}/v1/responses"
 
     def cpu_seconds(self) -> float | None:
-        """The server's user + system CPU so far, all threads (None without /proc)."""
-        return _proc_cpu_seconds(self.pid)
+        """The server's user + system CPU so far, all threads of all its processes (with
+        ``--workers N``, the workers are its children; None without /proc)."""
+        return tree_cpu_seconds(self.pid)
+
+    def cpu_by_process(self) -> dict[int, float] | None:
+        """The CPU so far of each of the server's processes, by pid (None without /proc)."""
+        return process_tree_cpu(self.pid)
 
     def rss_bytes(self) -> int | None:
         """The server's resident set size now (None without /proc)."""
@@ -194,26 +202,28 @@ def proxy_config(
     *,
     long_upstream_url: str | None = None,
     max_connections: int = POOL_SIZE,
+    database_url: str | None = None,
 ) -> dict[str, Any]:
     """The proxy's configuration: one model group on the upstream, pool limits like the
     library targets' (``_targets.py``), a SQLite store in ``store_path``; with
-    ``long_upstream_url``, a second group ``bench-long`` on it (the memory scenarios)."""
+    ``long_upstream_url``, a second group ``bench-long`` on it (the memory scenarios); with
+    ``database_url``, the PostgreSQL store there instead of SQLite, and the response-ID secret
+    every instance on one database must share."""
     extra = []
     if long_upstream_url is not None:
         extra.append(bench_model(long_upstream_url, name=LONG_MODEL, deployment_id="bench-long-1"))
-    return {
-        "model_list": [
-            *extra,
-            bench_model(upstream_url),
-        ],
-        "general_settings": {
-            "master_key": MASTER_KEY,
-            "max_connections": max_connections,
-            "max_keepalive_connections": max_connections,
-            "keepalive_expiry": POOL_KEEPALIVE_EXPIRY,
-            "store": {"path": str(store_path)},
-        },
+    general: dict[str, Any] = {
+        "master_key": MASTER_KEY,
+        "max_connections": max_connections,
+        "max_keepalive_connections": max_connections,
+        "keepalive_expiry": POOL_KEEPALIVE_EXPIRY,
     }
+    if database_url is None:
+        general["store"] = {"path": str(store_path)}
+    else:
+        general["database_url"] = database_url
+        general["response_id_secret"] = INSTANCES_SECRET
+    return {"model_list": [*extra, bench_model(upstream_url)], "general_settings": general}
 
 
 @contextlib.contextmanager
@@ -224,16 +234,22 @@ def open_proxy_server(
     tokens: int | None = None,
     long_upstream_url: str | None = None,
     max_connections: int = POOL_SIZE,
+    workers: int = 1,
+    database_url: str | None = None,
 ) -> Iterator[ProxyServerProcess]:
-    """Run ``python -m sluicegate serve`` (one worker, pinned to ``cpu``) on a loopback port it
-    binds itself (port 0: no other process can take the port between its choice and its use)
-    with a temporary config and store, yield it once ``GET /health/readiness`` answers 200, and
-    stop it on the way out (SIGTERM, then SIGKILL after 10 s), whatever happened in between.
+    """Run ``python -m sluicegate serve`` (``workers`` worker processes, pinned to ``cpu``) on
+    a loopback port it binds itself (port 0: no other process can take the port between its
+    choice and its use) with a temporary config and store, yield it once every worker listens
+    and ``GET /health/readiness`` answers 200, and stop it on the way out (SIGTERM, then SIGKILL
+    after 10 s), whatever happened in between.
 
     Args:
         upstream_url: the upstream's base URL, ``/v1`` included (``FakeUpstreamProcess.base_url``).
         cpu: the CPU to pin the server to; None to leave it floating.
         tokens: the upstream's answer length, kept on the handle for reporting only.
+        workers: ``--workers``; above 1 the workers are the server process's children.
+        database_url: record on this PostgreSQL database instead of a SQLite file (each worker
+            is then an instance of its own on it).
 
     Raises:
         BenchmarkError: the server exited or was not ready within 60 s (with its output's tail).
@@ -248,6 +264,7 @@ def open_proxy_server(
                     root / "proxy.db",
                     long_upstream_url=long_upstream_url,
                     max_connections=max_connections,
+                    database_url=database_url,
                 ),
                 sort_keys=False,
             ),
@@ -264,9 +281,11 @@ def open_proxy_server(
             "127.0.0.1",
             "--port",
             "0",
+            "--workers",
+            str(workers),
         ]
         with run_server(
-            argv, cpu=cpu, port=None, log_path=root / "proxy.log", tokens=tokens
+            argv, cpu=cpu, port=None, log_path=root / "proxy.log", tokens=tokens, workers=workers
         ) as server:
             yield server
 
@@ -315,11 +334,12 @@ def run_server(
     log_path: Path,
     tokens: int | None = None,
     env: Mapping[str, str] | None = None,
+    workers: int = 1,
 ) -> Iterator[ProxyServerProcess]:
     """Start a server process (pinned to ``cpu``) that listens on ``port`` (None: on the port
-    it names in its log, hypercorn's ``Running on http://...`` line, written once it listens),
-    yield it once its ``/health/readiness`` answers 200, and stop it on the way out (our
-    proxy; LiteLLM's)."""
+    it names in its log, hypercorn's ``Running on http://...`` line, which each of its
+    ``workers`` writes once it listens), yield it once its ``/health/readiness`` answers 200,
+    and stop it on the way out (our proxy; LiteLLM's)."""
     argv, preexec = _pinned(argv, cpu)
     # Output to a file, not a pipe: nobody reads it during the run, and a full pipe would
     # stall the server.
@@ -334,9 +354,13 @@ def run_server(
         )
     try:
         # taskset execs the interpreter, and one worker serves in-process: the pid is the
-        # server's own.
+        # server's own (with more, the workers' parent's).
         server = ProxyServerProcess(
-            url=f"http://127.0.0.1:{port}" if port is not None else _wait_bound(process, log_path),
+            url=(
+                f"http://127.0.0.1:{port}"
+                if port is not None
+                else _wait_bound(process, log_path, workers)
+            ),
             pid=process.pid,
             tokens=tokens,
             process=process,
@@ -370,18 +394,19 @@ def _pinned(argv: list[str], cpu: int | None) -> tuple[list[str], Callable[[], N
 _RUNNING_ON: Final = re.compile(rb"Running on (http://\S+) ")
 
 
-def _wait_bound(process: subprocess.Popen[bytes], log_path: Path) -> str:
-    """The URL a server started on port 0 listens on, from its own log line (read as it is
-    written: the log is a file, polled)."""
+def _wait_bound(process: subprocess.Popen[bytes], log_path: Path, workers: int = 1) -> str:
+    """The URL a server started on port 0 listens on, from its own log lines (read as they are
+    written: the log is a file, polled), once each of its ``workers`` has written one: a worker
+    writes it after its app's startup, so then every worker serves."""
     deadline = time.monotonic() + _READY_TIMEOUT
     while True:
         exited = process.poll()
         try:
-            match = _RUNNING_ON.search(log_path.read_bytes())
+            bound = _RUNNING_ON.findall(log_path.read_bytes())
         except OSError:
-            match = None
-        if match is not None:
-            return match.group(1).decode()
+            bound = []
+        if len(bound) >= workers:
+            return bytes(bound[0]).decode()
         if exited is not None or time.monotonic() > deadline:
             what = (
                 f"exited (status {exited}) before listening"
@@ -419,17 +444,6 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-def _proc_cpu_seconds(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _proc_rss_bytes(pid: int) -> int | None:
@@ -674,6 +688,13 @@ class ProxyRun:
     idle_rss_bytes: int | None
     #: wrk's own CPU over the run.
     loadgen_cpu_s: float
+    #: The CPU each of the server's processes used over the run, most first, those that used
+    #: some (with ``--workers N``: how evenly the kernel spread the connections); None where
+    #: ``server_cpu_s`` is.
+    server_cpu_split: tuple[float, ...] | None = None
+    #: How many CPUs' worth the whole machine was busy over the run, every process's work
+    #: (wrk's, the upstream's, a database's, the server's; from ``/proc/stat``); None without it.
+    machine_busy: float | None = None
 
     @property
     def cpu_ms_per_request(self) -> float | None:
@@ -738,7 +759,9 @@ def _measure_one(
             raise
         return result
 
-    cpu_before: float | None = None
+    cpu_before: dict[int, float] | None = None
+    #: The machine's busy CPU-seconds and the clock when the measured run started.
+    machine_before: tuple[float | None, float] = (None, 0.0)
 
     def served(seconds: int) -> tuple[str, float]:
         """wrk's output and CPU for a run of ``seconds`` in which some request completed: a
@@ -753,8 +776,9 @@ def _measure_one(
             print(f"{what}: no request completed; running again for {seconds} s", file=sys.stderr)
             if server is not None:
                 _settle(server)
-            nonlocal cpu_before  # the CPU of the runs that served nothing is not billed
-            cpu_before = server.cpu_seconds() if server is not None else None
+            nonlocal cpu_before, machine_before  # the runs that served nothing are not billed
+            cpu_before = server.cpu_by_process() if server is not None else None
+            machine_before = (machine_cpu_seconds(), time.perf_counter())
             output, loadgen_cpu_s = run(seconds=seconds)
         return output, loadgen_cpu_s
 
@@ -762,15 +786,25 @@ def _measure_one(
         checked(served(_wrk_seconds(warmup_s))[0])
     if server is not None:
         _settle(server)
-    cpu_before = server.cpu_seconds() if server is not None else None
+    cpu_before = server.cpu_by_process() if server is not None else None
+    machine_before = (machine_cpu_seconds(), time.perf_counter())
     output, loadgen_cpu_s = served(seconds)
+    # Read before settling: the machine's figure is about the run alone.
+    machine_after, ended = machine_cpu_seconds(), time.perf_counter()
+    machine_busy = None
+    if machine_after is not None and machine_before[0] is not None:
+        machine_busy = (machine_after - machine_before[0]) / (ended - machine_before[1])
     result = checked(output)
-    server_cpu_s = rss = None
+    server_cpu_s = rss = split = None
     if server is not None:
         _settle(server)
-        cpu_after = server.cpu_seconds()
+        cpu_after = server.cpu_by_process()
         if cpu_before is not None and cpu_after is not None:
-            server_cpu_s = cpu_after - cpu_before
+            # Totals, not the sum of each process's difference: the CPU of a process that
+            # ended in between is its parent's now.
+            server_cpu_s = sum(cpu_after.values()) - sum(cpu_before.values())
+            used = (cpu - cpu_before.get(pid, 0.0) for pid, cpu in cpu_after.items())
+            split = tuple(sorted((c for c in used if c > 0), reverse=True))
         rss = server.rss_bytes()
     return ProxyRun(
         case=case,
@@ -785,6 +819,8 @@ def _measure_one(
         rss_bytes=rss,
         idle_rss_bytes=idle_rss if server is not None else None,
         loadgen_cpu_s=loadgen_cpu_s,
+        server_cpu_split=split,
+        machine_busy=machine_busy,
     )
 
 

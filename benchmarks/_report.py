@@ -392,10 +392,8 @@ def write_results(
     ]
     if meta.get("upstream_shape"):
         lines += [str(meta["upstream_shape"]), ""]
-    lines += [
-        markdown_table(summaries),
-        "",
-    ]
+    if summaries:
+        lines += [markdown_table(summaries), ""]
     if checks:
         lines += ["## Targets", ""]
         lines += [f"- **{c.verdict}** {c.name}: {c.detail}" for c in checks]

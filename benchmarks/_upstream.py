@@ -29,10 +29,13 @@ __all__ = [
     "BenchmarkError",
     "CpuPlan",
     "FakeUpstreamProcess",
+    "machine_cpu_seconds",
     "pin_current_process",
     "plan_cpus",
+    "process_tree_cpu",
     "run_fake_upstream",
     "stream_events",
+    "tree_cpu_seconds",
     "upstream_shape",
 ]
 
@@ -75,6 +78,65 @@ def pin_current_process(cpu: int | None) -> None:
         os.sched_setaffinity(0, {cpu})
 
 
+def _ticks(pid: int) -> tuple[int, int, int] | None:
+    """A process's parent, its own user + system CPU and its reaped children's, in clock ticks
+    (None when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # Fields after the parenthesised command name: ppid is field 4, utime, stime, cutime and
+    # cstime fields 14 to 17.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+
+
+def process_tree_cpu(root: int) -> dict[int, float] | None:
+    """User + system CPU so far of ``root`` and of every live process below it, each with what
+    its reaped children used (a PostgreSQL backend that ended, a worker that exited), by pid,
+    from ``/proc``; None without ``/proc`` or when ``root`` is gone."""
+    found: dict[int, tuple[int, int, int]] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit() and (ticks := _ticks(int(entry.name))) is not None:
+                found[int(entry.name)] = ticks
+    if root not in found:
+        return None
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _, _) in found.items():
+        children.setdefault(parent, []).append(pid)
+    tick = os.sysconf("SC_CLK_TCK")
+    tree: dict[int, float] = {}
+    below = [root]
+    while below:
+        pid = below.pop()
+        _, own, reaped = found[pid]
+        tree[pid] = (own + reaped) / tick
+        below += children.get(pid, [])
+    return tree
+
+
+def machine_cpu_seconds() -> float | None:
+    """The CPU time every CPU of the machine has been busy so far, in seconds: user, nice,
+    system, irq and softirq time, every process's (not the time a hypervisor gave to other
+    guests); from ``/proc/stat``, None without it."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            line = f.readline()
+    except OSError:
+        return None
+    # "cpu  user nice system idle iowait irq softirq steal ...", in clock ticks.
+    user, nice, system, _, _, irq, softirq = (int(v) for v in line.split()[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(root: int) -> float | None:
+    """The CPU so far of ``root`` and everything below it (:func:`process_tree_cpu`, summed)."""
+    tree = process_tree_cpu(root)
+    return None if tree is None else sum(tree.values())
+
+
 @attrs.frozen(kw_only=True)
 class FakeUpstreamProcess:
     base_url: str
@@ -82,15 +144,8 @@ class FakeUpstreamProcess:
 
     def cpu_seconds(self) -> float | None:
         """The upstream's user + system CPU so far, from /proc (None where there is no /proc)."""
-        try:
-            with open(f"/proc/{self.pid}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            return None
-        # Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        ticks = int(fields[11]) + int(fields[12])
-        return ticks / os.sysconf("SC_CLK_TCK")
+        ticks = _ticks(self.pid)
+        return None if ticks is None else ticks[1] / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager

@@ -7,14 +7,15 @@ server to inject a fault starts one of its own (:func:`start_postgres`, :func:`s
 the others share one per session, each test on a fresh database (PostgreSQL) or a flushed one
 (Redis).
 
-Without the binaries the tests that need them skip, except where
-``SLUICEGATE_REQUIRE_SERVERS`` is set (``.ci/run`` sets it): there a missing server fails them.
+The PostgreSQL cluster is started by ``benchmarks/_postgres.py``, which the benchmarks measure on
+too (they with ``fsync`` on, the tests with it off). Without the binaries the tests that need
+them skip, except where ``SLUICEGATE_REQUIRE_SERVERS`` is set (``.ci/run`` sets it): there a
+missing server fails them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import shutil
 import signal
@@ -22,19 +23,18 @@ import socket
 import subprocess
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
 import pytest
 
-#: Set by ``.ci/run``: a test that needs a server fails (never skips) without one.
-REQUIRE_ENV = "SLUICEGATE_REQUIRE_SERVERS"
-
-#: How long a server may take to become ready before the test fails (a readiness bound on a
-#: busy machine, never a timing assertion).
-READY_TIMEOUT = 60.0
+# The private PostgreSQL cluster is the benchmarks' too (they measure on one, with fsync on).
+from benchmarks._postgres import READY_TIMEOUT as READY_TIMEOUT
+from benchmarks._postgres import REQUIRE_ENV as REQUIRE_ENV
+from benchmarks._postgres import PostgresServer as PostgresServer
+from benchmarks._postgres import free_port as free_port
+from benchmarks._postgres import postgres_bin, run_postgres
 
 
 def _missing(what: str) -> None:
@@ -44,127 +44,18 @@ def _missing(what: str) -> None:
     pytest.skip(message)
 
 
-def free_port() -> int:
-    """A loopback TCP port nothing listens on now (the server binds it next; a start that
-    loses the race is retried on another port)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _as_postgres_user() -> list[str]:
-    # initdb and postgres refuse to run as root: as root (CI), run them as the postgres user.
-    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-
-
 # --- PostgreSQL ------------------------------------------------------------------------------
-
-
-@attrs.define(eq=False)
-class PostgresServer:
-    """A private PostgreSQL cluster: ``trust`` authentication on 127.0.0.1 only."""
-
-    bin_dir: Path
-    root: Path
-    port: int = 0
-
-    @property
-    def data_dir(self) -> Path:
-        return self.root / "data"
-
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
-
-    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*_as_postgres_user(), *args], capture_output=True, text=True, check=False
-        )
-
-    def init(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:
-            shutil.chown(self.root, "postgres")
-        done = self._run(
-            str(self.bin_dir / "initdb"),
-            "-D",
-            str(self.data_dir),
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        )
-        if done.returncode:
-            raise RuntimeError(f"initdb failed: {done.stderr}")
-
-    def start(self) -> None:
-        """Start it (on its old port after a stop; on a free one the first time)."""
-        for _ in range(5):
-            if not self.port:
-                self.port = free_port()
-            options = (
-                f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
-                "-c fsync=off -c synchronous_commit=on -c max_connections=200"
-            )
-            done = self._run(
-                str(self.bin_dir / "pg_ctl"),
-                "-D",
-                str(self.data_dir),
-                "-o",
-                options,
-                "-l",
-                str(self.root / "server.log"),
-                "-t",
-                str(int(READY_TIMEOUT)),
-                "-w",
-                "start",
-            )
-            if done.returncode == 0:
-                return
-            self.port = 0  # taken meanwhile: another port
-        log = (self.root / "server.log").read_text(errors="replace")
-        raise RuntimeError(f"PostgreSQL did not start: {done.stderr}\n{log[-2000:]}")
-
-    def stop(self, mode: str = "fast") -> None:
-        """Stop it: ``fast`` (clients disconnected) or ``immediate`` (as if killed)."""
-        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "stop")
-
-    def create_database(self) -> str:
-        """A new empty database; its URL."""
-        import psycopg
-
-        name = f"t_{uuid.uuid4().hex[:16]}"
-        with psycopg.connect(self.url(), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return self.url(name)
-
-
-def _postgres_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if found:
-        return Path(found[-1]).parent
-    on_path = shutil.which("initdb")
-    return Path(on_path).parent if on_path else None
 
 
 @contextlib.contextmanager
 def start_postgres() -> Iterator[PostgresServer]:
     """A private PostgreSQL server for one test (or session); removed afterwards."""
-    bin_dir = _postgres_bin()
+    bin_dir = postgres_bin()
     if bin_dir is None:
         _missing("PostgreSQL")
         raise AssertionError("unreachable")
-    root = Path(tempfile.mkdtemp(prefix="sluicegate-pg-"))
-    server = PostgresServer(bin_dir=bin_dir, root=root)
-    try:
-        server.init()
-        server.start()
+    with run_postgres(bin_dir) as server:
         yield server
-    finally:
-        server.stop("immediate")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """The proxy benchmark (benchmarks/_proxy.py): the wrk output parser on real wrk 4.1 output, the
-failure checks, the summary and overhead arithmetic, the time-to-first-event table, and short
-runs when wrk is installed."""
+failure checks, the summary and overhead arithmetic, the time-to-first-event table, one instance
+against two on PostgreSQL (benchmarks/_instances.py), and short runs when wrk is installed."""
 
 from __future__ import annotations
 
@@ -12,13 +12,25 @@ import socket
 import time
 from pathlib import Path
 
+import attrs
 import httpx
 import pytest
 
 from benchmarks import _proxy as bench_proxy
+from benchmarks._headline import instances_line
+from benchmarks._instances import (
+    InstancesResult,
+    instances_checks,
+    instances_json,
+    instances_rows,
+    instances_table,
+    measure_instances,
+)
+from benchmarks._postgres import DATABASE_URL_ENV, PostgresServer
 from benchmarks._proxy import (
     DIRECT,
     LITELLM_PROXY,
+    MASTER_KEY,
     PROXY,
     FirstEvent,
     ProxyRun,
@@ -659,3 +671,133 @@ def test_a_run_that_never_completes_a_request_still_fails(
     monkeypatch.setattr(bench_proxy, "_run_wrk", lambda **_: (starved, 0.0))
     with pytest.raises(BenchmarkError, match="no request completed"):
         _measure_direct_once(tmp_path)
+
+
+# --- one instance against two (benchmarks/_instances.py) -------------------------------------
+
+
+def _layout_run(
+    workers: int,
+    *,
+    stream: bool = False,
+    concurrency: int = 16,
+    rps: float,
+    cpu_s: float,
+    split: tuple[float, ...],
+    machine_busy: float = 1.9,
+) -> ProxyRun:
+    return attrs.evolve(
+        _run(PROXY, stream=stream, concurrency=concurrency, rps=rps, p50=20.0, p99=60.0),
+        case=Case(
+            target=f"{workers} instance{'s' if workers > 1 else ''}",
+            stream=stream,
+            concurrency=concurrency,
+        ),
+        server_cpu_s=cpu_s,
+        server_cpu_split=split,
+        machine_busy=machine_busy,
+    )
+
+
+def test_two_instances_are_judged_against_one_with_each_layouts_cpu() -> None:
+    runs = [
+        _layout_run(1, rps=700.0, cpu_s=1.0, split=(1.0,)),
+        _layout_run(2, rps=1260.0, cpu_s=1.1, split=(0.6, 0.5)),
+        _layout_run(2, rps=1300.0, cpu_s=1.1, split=(0.9, 0.2)),
+        _layout_run(1, rps=700.0, cpu_s=1.0, split=(1.0,)),
+        _layout_run(2, rps=1200.0, cpu_s=1.1, split=(0.55, 0.55, 0.01)),
+        _layout_run(1, rps=700.0, cpu_s=1.0, split=(1.0,)),
+        # Stream measured with one instance only: no row.
+        _layout_run(1, stream=True, rps=400.0, cpu_s=1.0, split=(1.0,)),
+    ]
+    [row] = instances_rows(runs)
+    assert (row.mode, row.concurrency) == ("create", 16)
+    assert row.scaling == pytest.approx(1.8)  # medians: 1260 / 700
+    assert row.one.cpu_ms_per_request == pytest.approx(1.0)
+    assert row.two.cpu_ms_per_request == pytest.approx(1.1)
+    # The busiest process's share: 0.545, 0.818, 0.495 -> the median.
+    assert row.two_busiest_share == pytest.approx(0.6 / 1.1)
+    # Everything else's CPU: the machine's 2 s runs (1.9 CPUs busy) less the server's, per
+    # request (1000 a run).
+    assert row.two_machine_busy == pytest.approx(1.9)
+    assert row.two_other_cpu_ms == pytest.approx((1.9 * 2.0 - 1.1) / 1000 * 1e3)
+    [check] = instances_checks([row])
+    assert check.passed
+    assert check.name == "create c=16: two instances' requests/s >= 1.8x one's"
+    assert check.detail == "1.80x (1260 vs 700 req/s; CPU ms/request 1.100 vs 1.000)"
+    table = instances_table([row]).splitlines()
+    assert table[0].split()[:4] == ["mode", "conc", "repeats", "1"]
+    assert "55%" in table[2]
+    assert instances_table([row], markdown=True).startswith("| mode | conc |")
+    document = instances_json(InstancesResult(runs=runs, database="db", machine="2 CPUs"))
+    assert document["database"] == "db" and document["machine"] == "2 CPUs"
+    assert document["rows"][0]["scaling"] == pytest.approx(1.8)
+    assert document["rows"][0]["two_busiest_process_cpu_share"] == pytest.approx(0.6 / 1.1)
+    assert instances_line([row], machine="2 CPUs") == (
+        "two instances ÷ one on PostgreSQL, requests/s (c=16): create 1.80 (CPU ms/request "
+        "1.00 → 1.10); 2 CPUs"
+    )
+    assert instances_line("no PostgreSQL") == (
+        "two instances ÷ one on PostgreSQL, requests/s: not measured (no PostgreSQL)"
+    )
+    slower = attrs.evolve(row, two=attrs.evolve(row.two, requests_per_s=1259.0))
+    assert not instances_checks([slower])[0].passed
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_measure_instances_on_one_database(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """End to end, briefly: each layout's server on a database of the named server, wrk on
+    both, the CPU of every worker counted."""
+    monkeypatch.setenv(DATABASE_URL_ENV, postgres_server.url())
+    result = measure_instances(tokens=4, concurrencies=[4], seconds=1, repeats=1, warmup_s=0)
+    assert [(r.case.target, r.case.mode) for r in result.runs] == [
+        ("1 instance", "create"),
+        ("1 instance", "stream"),
+        ("2 instances", "create"),
+        ("2 instances", "stream"),
+    ]
+    for run in result.runs:
+        assert run.requests > 0
+        assert run.cpu_ms_per_request is not None and run.cpu_ms_per_request > 0
+        assert run.server_cpu_split is not None
+        assert sum(run.server_cpu_split) == pytest.approx(run.server_cpu_s)
+        assert run.machine_busy is not None and run.machine_busy > 0
+    assert DATABASE_URL_ENV in result.database
+    assert "CPU" in result.machine
+    assert [(r.mode, r.concurrency) for r in instances_rows(result.runs)] == [
+        ("create", 4),
+        ("stream", 4),
+    ]
+
+
+def test_a_server_with_two_workers_is_billed_for_both(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression guard: the server's CPU was read from its own process only, which with
+    ``--workers 2`` is the workers' idle parent. Now every process below it counts, and the
+    server is handed over once both workers listen."""
+    with (
+        run_fake_upstream(tokens=4, cpu=None) as upstream,
+        open_proxy_server(
+            upstream_url=upstream.base_url, cpu=None, workers=2, database_url=postgres_url
+        ) as server,
+    ):
+        processes = server.cpu_by_process()
+        assert processes is not None
+        # The parent and its two workers (and multiprocessing's resource tracker).
+        assert len(processes) >= 3
+        assert server.pid in processes
+        # Starting two gateways takes CPU; all of it is below the parent.
+        own = processes[server.pid]
+        total = server.cpu_seconds()
+        assert total is not None and total > own
+        with httpx.Client(trust_env=False) as client:
+            answer = client.post(
+                server.responses_url,
+                json={"model": "bench", "input": "hello"},
+                headers={"authorization": f"Bearer {MASTER_KEY}"},
+            )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["status"] == "completed"
