@@ -509,6 +509,8 @@ class _StoreSection:
 
     sqlite: list[RecordingRun]
     postgres: list[RecordingComparison]
+    #: The same with ``synchronous_commit`` off for the writer (the store's option).
+    postgres_async: list[RecordingComparison] = attrs.Factory(list)
     #: The PostgreSQL server measured on, or why it was not.
     postgres_note: str
     postgres_measured: bool
@@ -547,13 +549,28 @@ def _store_section(settings: Settings, plan: CpuPlan, progress: _Progress) -> _S
         except RuntimeError as exc:
             raise BenchmarkError(f"PostgreSQL: {exc}") from exc
         runs = trio.run(measure_postgres_recording, postgres, settings.concurrencies, responses)
+        unflushed = trio.run(
+            partial(
+                measure_postgres_recording,
+                postgres,
+                settings.concurrencies,
+                responses,
+                synchronous_commit=False,
+            )
+        )
     rows = compare_recording(sqlite, runs)
-    progress.step(
-        "recording: PostgreSQL "
-        + ", ".join(f"c={r.concurrency} {r.throughput_ratio:.2f}x SQLite" for r in rows)
-    )
+    async_rows = compare_recording(sqlite, unflushed)
+    for label, measured in (("", rows), (" (synchronous_commit off)", async_rows)):
+        progress.step(
+            f"recording: PostgreSQL{label} "
+            + ", ".join(f"c={r.concurrency} {r.throughput_ratio:.2f}x SQLite" for r in measured)
+        )
     return _StoreSection(
-        sqlite=sqlite, postgres=rows, postgres_note=postgres.note, postgres_measured=True
+        sqlite=sqlite,
+        postgres=rows,
+        postgres_async=async_rows,
+        postgres_note=postgres.note,
+        postgres_measured=True,
     )
 
 
@@ -604,8 +621,17 @@ _INSTANCES_TITLE: Final = (
 )
 
 
+#: The second PostgreSQL table: the writer's commits not waiting for the WAL flush.
+_POSTGRES_ASYNC_TITLE: Final = (
+    "the same with synchronous_commit off for the store's writer (general_settings.store."
+    "synchronous_commit: false; what was committed in the last fraction of a second may be lost "
+    "when the database server crashes, as SQLite's synchronous=NORMAL may lose it when the "
+    "machine does)"
+)
+
+
 def _store_checks(section: _StoreSection) -> list[Check]:
-    return recording_comparison_checks(section.postgres)
+    return recording_comparison_checks([*section.postgres, *section.postgres_async])
 
 
 def _instances_checks(instances: InstancesResult | str | None) -> list[Check]:
@@ -629,6 +655,9 @@ def _print_store(section: _StoreSection) -> None:
         return
     print(f"{_POSTGRES_TITLE}; {section.postgres_note}:")
     print(recording_comparison_table(section.postgres))
+    if section.postgres_async:
+        print(f"{_POSTGRES_ASYNC_TITLE}:")
+        print(recording_comparison_table(section.postgres_async))
     _print_checks(_store_checks(section))
 
 
@@ -654,6 +683,8 @@ def _store_markdown(section: _StoreSection) -> str:
         out
         + f"{_POSTGRES_TITLE}; {section.postgres_note}.\n\n"
         + recording_comparison_table(section.postgres, markdown=True)
+        + f"\n\n{_POSTGRES_ASYNC_TITLE}.\n\n"
+        + recording_comparison_table(section.postgres_async, markdown=True)
         + "\n"
     )
 
@@ -677,6 +708,7 @@ def _store_json(section: _StoreSection) -> dict[str, Any]:
             "database": section.postgres_note if section.postgres_measured else None,
             "skipped": None if section.postgres_measured else section.postgres_note,
             "runs": postgres_recording_json(section.postgres),
+            "runs_synchronous_commit_off": postgres_recording_json(section.postgres_async),
         },
     }
 

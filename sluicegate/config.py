@@ -349,6 +349,10 @@ class StoreSettings:
     instance_lease: Duration = attrs.field(default=Duration(15.0), validator=_positive)
     #: ``postgres``: how often an instance renews its lease and looks for dead ones.
     heartbeat_interval: Duration = attrs.field(default=Duration(5.0), validator=_positive)
+    #: ``postgres``: commits wait for the database server's flush (its ``synchronous_commit``).
+    #: False: faster, and a crash of the database server (never of the gateway) may lose the
+    #: last fraction of a second of records.
+    synchronous_commit: bool = True
 
 
 @attrs.frozen(kw_only=True)
@@ -751,6 +755,11 @@ def _check_shared_state(config: GatewayConfig) -> None:
             "the postgres backend needs general_settings.database_url (or, for sluicegate "
             "serve, the DATABASE_URL variable)",
             path="general_settings.store.backend",
+        )
+    if gs.store.heartbeat_interval >= gs.store.instance_lease:
+        raise ConfigError(
+            "must be less than instance_lease: an instance renews its lease before it runs out",
+            path="general_settings.store.heartbeat_interval",
         )
     redis = config.router_settings.redis_url
     if redis is not None and not redis.reveal().startswith(_REDIS_SCHEMES):

@@ -223,7 +223,15 @@ def test_the_store_section_runs_alone(
     assert [c["name"] for c in document["checks"]] == [
         "recording c=1: PostgreSQL responses/s >= SQLite's / 2",
         "recording c=4: PostgreSQL responses/s >= SQLite's / 2",
+        "recording c=1: PostgreSQL (synchronous_commit off) responses/s >= SQLite's / 2",
+        "recording c=4: PostgreSQL (synchronous_commit off) responses/s >= SQLite's / 2",
     ]
+    unflushed = meta["recording_postgres"]["runs_synchronous_commit_off"]
+    assert [(r["concurrency"], r["synchronous_commit"]) for r in unflushed] == [
+        (1, False),
+        (4, False),
+    ]
+    assert "synchronous_commit off" in (tmp_path / "latest-smoke-store.md").read_text()
     assert meta["summary"][1].startswith("recording on PostgreSQL (fsync on) ÷ SQLite")
     markdown = (tmp_path / "latest-smoke-store.md").read_text()
     assert "## Recording on PostgreSQL" in markdown and "## Summary" in markdown

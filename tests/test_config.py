@@ -375,6 +375,12 @@ def test_a_database_url_selects_postgres_and_is_checked() -> None:
     with pytest.raises(ConfigError) as info:
         load_config({"general_settings": {"store": {"backend": "postgres"}}}, environ={})
     assert "needs general_settings.database_url" in info.value.message
+    with pytest.raises(ConfigError) as info:
+        load_config(
+            {"general_settings": {"store": {"instance_lease": "5s", "heartbeat_interval": 5}}},
+            environ={},
+        )
+    assert info.value.path == "general_settings.store.heartbeat_interval"
 
 
 def test_database_url_variable_is_read_only_where_asked() -> None:

@@ -671,3 +671,27 @@ async def test_conversations_and_item_lookups_are_served_from_indexes(postgres_u
     for plan in (chain, content, items):
         assert "Seq Scan" not in plan, plan
     assert "responses_id_key" in chain and "log_pkey" in content and "items_pkey" in items
+
+
+async def test_synchronous_commit_off_is_the_writers_own_session_setting(
+    postgres_url: str,
+) -> None:
+    """``synchronous_commit=False`` (``general_settings.store.synchronous_commit``) sets it off
+    for the writer's session only, and the records are written as ever; by default commits
+    wait for the server's flush."""
+    for wanted, shown in ((True, "on"), (False, "off")):
+        async with open_postgres_store(postgres_url, synchronous_commit=wanted) as store:
+            records = lifecycle(f"resp_sync_{shown}")
+            await store.append(records)
+            writer = store._db.writer
+            assert writer is not None
+            setting = await trio.to_thread.run_sync(_show_synchronous_commit, writer)
+            assert setting == (shown,)
+            row = await store.get(f"resp_sync_{shown}")
+            assert row is not None and row.status.is_terminal
+    # Nobody else's session is changed: the database's own setting stands.
+    assert _one(postgres_url, "SHOW synchronous_commit") == "on"
+
+
+def _show_synchronous_commit(conn: psycopg.Connection[Any]) -> tuple[Any, ...] | None:
+    return conn.execute("SHOW synchronous_commit").fetchone()

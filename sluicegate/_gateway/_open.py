@@ -403,6 +403,7 @@ def _open_store(
             lease=settings.instance_lease,
             heartbeat=settings.heartbeat_interval,
             id_secret_digest=_id_secret_digest(cfg, environ),
+            synchronous_commit=settings.synchronous_commit,
         )
     if settings.backend == "memory":
         return open_memory_store(max_responses=settings.max_responses)

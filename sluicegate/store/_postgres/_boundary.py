@@ -152,13 +152,18 @@ class _Database:
     url: str
     pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]]
     writer: psycopg.Connection[Any] | None = None
+    #: The writer's commits wait for the server's WAL flush (PostgreSQL's
+    #: ``synchronous_commit``); off, a crash of the database server (not of the gateway) may
+    #: lose the last fraction of a second of commits.
+    synchronous_commit: bool = True
 
     @classmethod
-    def open(cls, url: str, pool_size: int) -> _Database:
+    def open(cls, url: str, pool_size: int, synchronous_commit: bool = True) -> _Database:
         """Connect the writer (so a database that is down fails the open at once), then open
         the pool."""
         database = cls(
             url=url,
+            synchronous_commit=synchronous_commit,
             pool=psycopg_pool.ConnectionPool(
                 url,
                 kwargs=_PARAMS,
@@ -190,7 +195,14 @@ class _Database:
             self.writer.close()
             self.writer = None
         if self.writer is None:
-            self.writer = _connect(self.url)
+            writer = _connect(self.url)
+            if not self.synchronous_commit:
+                try:
+                    writer.execute("SET synchronous_commit = off")
+                except BaseException:
+                    writer.close()
+                    raise
+            self.writer = writer
         return self.writer
 
     @staticmethod

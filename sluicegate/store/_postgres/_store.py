@@ -143,6 +143,7 @@ async def open_postgres_store(
     lease: float = 15.0,
     heartbeat: float = 5.0,
     id_secret_digest: str | None = None,
+    synchronous_commit: bool = True,
 ) -> AsyncIterator[PostgresStore]:
     """Open (creating or migrating) the PostgreSQL store at ``url``, register this instance and
     run its writer and its heartbeat.
@@ -171,6 +172,11 @@ async def open_postgres_store(
             instance on the database must have the same (None: this instance is alone); one
             starting with ``generated:`` is of a secret made at start, shared by no other
             server.
+        synchronous_commit: the writer's commits wait until the database server has flushed
+            them (PostgreSQL's ``synchronous_commit``). False: they return before, so a crash
+            of the database server (or its machine; never of the gateway) may lose what was
+            committed in the last fraction of a second; in exchange a transaction's latency
+            is no longer the disk's flush.
 
     Raises:
         StoreError: psycopg is not installed; the database has a newer schema; another live
@@ -194,7 +200,7 @@ async def open_postgres_store(
         hostname=socket.gethostname(),
         pid=os.getpid(),
     )
-    db = await trio.to_thread.run_sync(_Database.open, url, pool_size)
+    db = await trio.to_thread.run_sync(_Database.open, url, pool_size, synchronous_commit)
     try:
         await trio.to_thread.run_sync(db.write, functools.partial(_register, me=registration))
     except BaseException:
