@@ -15,7 +15,7 @@ import time
 from functools import partial
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import attrs
 import trio
@@ -99,6 +99,7 @@ from ._routing import (
     routing_table,
 )
 from ._store import (
+    PostgresRecordingRun,
     RecordingComparison,
     RecordingRun,
     compare_recording,
@@ -232,9 +233,10 @@ def _steps(settings: Settings) -> int:
 
 
 def _section_steps(settings: Settings, sections: Sequence[str] = _SECTIONS) -> int:
-    """The steps of the sections ``--only`` can choose: recording, one per backend; one
-    instance against two, one per run (two layouts, two modes)."""
-    steps = 2 if STORE in sections else 0
+    """The steps of the sections ``--only`` can choose: recording, one per backend (SQLite,
+    and PostgreSQL with and without synchronous commits); one instance against two, one per run
+    (two layouts, two modes)."""
+    steps = 3 if STORE in sections else 0
     if INSTANCES in sections:
         steps += 2 * 2 * len(_instance_concurrencies(settings)) * settings.repeats
     return steps
@@ -530,36 +532,51 @@ def _postgres_missing() -> str | None:
 
 
 def _store_section(settings: Settings, plan: CpuPlan, progress: _Progress) -> _StoreSection:
-    """Recording into a SQLite file, then the same into PostgreSQL: this process on the
-    measuring CPU for both, the database server on the other CPU."""
+    """Recording into a SQLite file, then the same into PostgreSQL (its commits waiting for the
+    WAL flush, then not): this process on the measuring CPU for all, the database server on the
+    other. ``repeats`` rounds of the three, interleaved, so that a slow spell of a shared machine
+    falls on all three; each reported run is the median one of its backend and concurrency."""
     pin_current_process(plan.measure)
     responses = _SMOKE_RECORDINGS if settings.smoke else _FULL_RECORDINGS
-    sqlite = trio.run(measure_recording, settings.concurrencies, responses)
-    progress.step("recording: SQLite")
     missing = _postgres_missing()
     if missing is not None:
+        sqlite = _median_runs(
+            [
+                trio.run(measure_recording, settings.concurrencies, responses)
+                for _ in range(settings.repeats)
+            ]
+        )
+        progress.step("recording: SQLite")
         print(f"recording on PostgreSQL: skipped ({missing})", file=sys.stderr)
         progress.step("recording on PostgreSQL: skipped")
+        progress.step("recording on PostgreSQL (synchronous_commit off): skipped")
         return _StoreSection(
             sqlite=sqlite, postgres=[], postgres_note=missing, postgres_measured=False
         )
+    rounds: tuple[list[list[Any]], list[list[Any]], list[list[Any]]] = ([], [], [])
     with contextlib.ExitStack() as stack:
         try:
             postgres = stack.enter_context(open_bench_postgres(cpu=plan.upstream))
         except RuntimeError as exc:
             raise BenchmarkError(f"PostgreSQL: {exc}") from exc
-        runs = trio.run(measure_postgres_recording, postgres, settings.concurrencies, responses)
-        unflushed = trio.run(
-            partial(
-                measure_postgres_recording,
-                postgres,
-                settings.concurrencies,
-                responses,
-                synchronous_commit=False,
-            )
-        )
-    rows = compare_recording(sqlite, runs)
-    async_rows = compare_recording(sqlite, unflushed)
+        for _ in range(settings.repeats):
+            rounds[0].append(trio.run(measure_recording, settings.concurrencies, responses))
+            for flushed, into in ((True, rounds[1]), (False, rounds[2])):
+                into.append(
+                    trio.run(
+                        partial(
+                            measure_postgres_recording,
+                            postgres,
+                            settings.concurrencies,
+                            responses,
+                            synchronous_commit=flushed,
+                        )
+                    )
+                )
+    sqlite = _median_runs(rounds[0])
+    progress.step("recording: SQLite")
+    rows = compare_recording(sqlite, _median_runs(rounds[1]))
+    async_rows = compare_recording(sqlite, _median_runs(rounds[2]))
     for label, measured in (("", rows), (" (synchronous_commit off)", async_rows)):
         progress.step(
             f"recording: PostgreSQL{label} "
@@ -572,6 +589,19 @@ def _store_section(settings: Settings, plan: CpuPlan, progress: _Progress) -> _S
         postgres_note=postgres.note,
         postgres_measured=True,
     )
+
+
+_Run = TypeVar("_Run", RecordingRun, PostgresRecordingRun)
+
+
+def _median_runs(rounds: Sequence[Sequence[_Run]]) -> list[_Run]:
+    """Per concurrency, the run of median responses/s over the rounds (each round measured
+    every concurrency in the same order)."""
+    medians = []
+    for runs in zip(*rounds, strict=True):
+        ordered = sorted(runs, key=lambda run: run.responses_per_s)
+        medians.append(ordered[len(ordered) // 2])
+    return medians
 
 
 def _instance_concurrencies(settings: Settings) -> tuple[int, ...]:
