@@ -141,18 +141,20 @@ class Follower:
                 events = [event_from_wire(data) for data in batch]
                 self._after = events[-1].sequence_number
                 return events
-            if not self._shared or await self._ended():
-                batch = await self._store.stream_events(
-                    self._response_id, after=self._after, limit=REPLAY_PAGE
-                )
-                if not batch:
-                    raise trio.EndOfChannel
+            if not self._shared:
+                raise trio.EndOfChannel
+            if not await _ended(self._store, self._response_id):
+                await trio.sleep(FOLLOW_POLL)
                 continue
-            await trio.sleep(FOLLOW_POLL)
+            # Ended: what its last transaction committed beside the end is read next, if any.
+            if not await self._store.stream_events(self._response_id, after=self._after, limit=1):
+                raise trio.EndOfChannel
 
-    async def _ended(self) -> bool:
-        row = await self._store.get(self._response_id)
-        return row is None or row.deleted or row.status.is_terminal
+
+async def _ended(store: Store, response_id: str) -> bool:
+    """Whether the store holds the response's end (or no longer the response)."""
+    row = await store.get(response_id)
+    return row is None or row.deleted or row.status.is_terminal
 
 
 @attrs.define(eq=False)
@@ -202,8 +204,7 @@ class BackgroundRuns:
             while True:
                 if await self._store.stream_events(response_id, limit=1):
                     return True
-                row = await self._store.get(response_id)
-                if row is None or row.deleted or row.status.is_terminal:
+                if await _ended(self._store, response_id):
                     break
                 await trio.sleep(FOLLOW_POLL)
         return bool(await self._store.stream_events(response_id, limit=1))
