@@ -17,7 +17,7 @@ import attrs
 import httpx
 import trio
 
-__all__ = ["Server", "create", "serving"]
+__all__ = ["Server", "create", "made_here_answered_there", "serving"]
 
 _BOUND = re.compile(rb"Running on (http://\S+)")
 
@@ -85,4 +85,21 @@ async def create(http: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
     answer = await http.post("/v1/responses", json=body)
     assert answer.status_code == 200, answer.text
     made: dict[str, Any] = answer.json()
+    return made
+
+
+async def made_here_answered_there(
+    one: httpx.AsyncClient, two: httpx.AsyncClient
+) -> dict[str, Any]:
+    """A response of the model group ``demo`` created through ``one``, then read through
+    ``two`` (GET, its input items) and continued there with ``previous_response_id``: what
+    servers sharing a store and a secret must answer for each other. The response."""
+    made = await create(one, model="demo", input="hello")
+    got = await two.get(f"/v1/responses/{made['id']}")
+    assert got.status_code == 200, got.text
+    assert got.json()["output"] == made["output"]
+    items = await two.get(f"/v1/responses/{made['id']}/input_items")
+    assert [i["content"][0]["text"] for i in items.json()["data"]] == ["hello"]
+    follow = await create(two, model="demo", input="more", previous_response_id=made["id"])
+    assert (follow["status"], follow["previous_response_id"]) == ("completed", made["id"])
     return made

@@ -25,7 +25,7 @@ import trio
 
 from sluicegate.store import RECOVERY_ERROR
 
-from .serve_process import Server, create, serving
+from .serve_process import Server, create, made_here_answered_there, serving
 from .servers import RedisServer, start_postgres, start_redis
 
 MASTER = "sk-master-instances-0123456789"
@@ -116,14 +116,7 @@ async def test_what_one_instance_made_the_other_answers_for(
     ``?stream=true&starting_after=N``, its events following as A commits them, gapless to
     ``response.completed``; and a background response running on A cancelled through B."""
     async with _instances(tmp_path, 2, database_url=postgres_url) as [(_, one), (_, two)]:
-        made = await create(one, model="demo", input="hello")
-        got = await two.get(f"/v1/responses/{made['id']}")
-        assert got.status_code == 200, got.text
-        assert got.json()["output"] == made["output"]
-        items = await two.get(f"/v1/responses/{made['id']}/input_items")
-        assert [i["content"][0]["text"] for i in items.json()["data"]] == ["hello"]
-        follow = await create(two, model="demo", input="more", previous_response_id=made["id"])
-        assert (follow["status"], follow["previous_response_id"]) == ("completed", made["id"])
+        made = await made_here_answered_there(one, two)
 
         # A streamed background response, started on A and left after a few events ...
         body = {"model": "paced", "input": "count", "background": True, "stream": True}

@@ -29,7 +29,7 @@ from sluicegate.fake import open_fake_upstream
 from sluicegate.server._serve import run
 from sluicegate.store import RECOVERY_ERROR
 
-from .serve_process import create, serving
+from .serve_process import create, made_here_answered_there, serving
 
 MASTER = "sk-master-workers-0123456789"
 AUTH = {"authorization": f"Bearer {MASTER}"}
@@ -125,14 +125,7 @@ async def test_processes_sharing_a_secret_and_a_store_answer_for_each_other(
         first.client(AUTH) as one,
         second.client(AUTH) as two,
     ):
-        made = await create(one, model="demo", input="hello")
-        got = await two.get(f"/v1/responses/{made['id']}")
-        assert got.status_code == 200, got.text
-        assert got.json()["output"] == made["output"]
-        items = await two.get(f"/v1/responses/{made['id']}/input_items")
-        assert [i["content"][0]["text"] for i in items.json()["data"]] == ["hello"]
-        follow = await create(two, model="demo", input="more", previous_response_id=made["id"])
-        assert (follow["status"], follow["previous_response_id"]) == ("completed", made["id"])
+        made = await made_here_answered_there(one, two)
 
         job = await create(one, model="slow", input="long", background=True)
         cancelled = await two.post(f"/v1/responses/{job['id']}/cancel")
