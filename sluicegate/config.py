@@ -298,6 +298,9 @@ class RouterSettings:
     redis_host: str | None = None
     redis_port: int = attrs.field(default=6379, validator=_at_least(1))
     redis_password: Secret | None = None
+    #: Seconds a Redis call may take before Redis counts as down and the limits fall back to
+    #: this process's own count (a request never waits longer on Redis than about twice this).
+    redis_timeout: float = attrs.field(default=0.25, validator=_positive)
 
     def shared_limits_url(self) -> str | None:
         """The Redis URL of the shared limits (``redis_url``, else built from

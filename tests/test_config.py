@@ -400,6 +400,10 @@ def test_database_url_variable_is_read_only_where_asked() -> None:
 
 def test_redis_is_named_by_url_or_by_litellms_host_and_port() -> None:
     assert RouterSettings().shared_limits_url() is None
+    assert RouterSettings().redis_timeout == 0.25
+    with pytest.raises(ConfigError) as timeout:
+        load_config({"router_settings": {"redis_timeout": 0}}, environ={})
+    assert timeout.value.path == "router_settings.redis_timeout"
     by_url = load_config(
         {"router_settings": {"redis_url": "redis://:pw@cache:6380/2", "redis_host": "other"}},
         environ={},

@@ -55,12 +55,15 @@ def _config(
         "general_settings:",
         f"  master_key: {MASTER}",
         f"  database_url: {database_url}",
-        "  store: {instance_lease: 2, heartbeat_interval: 0.5}",
+        "  store: {instance_lease: 5, heartbeat_interval: 0.5}",
     ]
     if secret is not None:
         lines.append(f"  response_id_secret: {secret}")
     if redis_url is not None:
-        lines += ["router_settings:", f"  redis_url: {redis_url}"]
+        # A patient Redis timeout: on a busy machine a slow answer must not count as Redis
+        # being down (which would make the limits per instance); a stopped Redis refuses at
+        # once anyway.
+        lines += ["router_settings:", f"  redis_url: {redis_url}", "  redis_timeout: 10"]
     path = tmp_path / f"{name}.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -190,7 +193,7 @@ async def test_an_instance_killed_mid_burst_loses_nothing_acknowledged(
     tmp_path: Path, postgres_url: str
 ) -> None:
     """``kill -9`` one instance while it streams: the other keeps serving, the dead one's
-    unfinished responses end ``failed`` once its lease ran out (2 s here), and every response
+    unfinished responses end ``failed`` once its lease ran out (5 s here), and every response
     it acknowledged is there, through the other."""
     async with _instances(tmp_path, 2, database_url=postgres_url) as instances:
         (victim, one), (_, two) = instances

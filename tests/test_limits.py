@@ -434,13 +434,15 @@ async def test_the_service_tasks_run_in_a_given_nursery_and_end_with_the_limits(
 
 async def test_a_redis_that_hangs_falls_back_after_the_timeout() -> None:
     with start_redis() as server:
-        async with open_limits(server.url, timeout=0.25) as limits:
+        # A second, not the default 0.25 s: the healthy call before the pause must not time
+        # out on a busy machine (it would count in the local window, not Redis's).
+        async with open_limits(server.url, timeout=1.0) as limits:
             await held(limits.keys, rpm=1)
             pause_redis(server)
             try:
                 start = trio.current_time()
                 await held(limits.keys, rpm=1)  # the local window: this instance's first
-                assert trio.current_time() - start >= 0.25
+                assert trio.current_time() - start >= 1.0
                 assert not limits.statistics().up
             finally:
                 resume_redis(server)

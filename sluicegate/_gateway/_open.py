@@ -419,6 +419,7 @@ def _open_limits(cfg: GatewayConfig, nursery: trio.Nursery) -> AbstractAsyncCont
         rs.shared_limits_url(),
         password=None if password is None else password.reveal(),
         nursery=nursery,
+        timeout=rs.redis_timeout,
     )
 
 
