@@ -49,6 +49,7 @@ from ._answers import (
     is_plain,
     sse_script,
 )
+from ._extra import EXTRA_ROUTES
 from ._faults import Fault, FaultKind
 from ._http import LAST_CHUNK, MAX_HEAD, BadRequest, RequestHead, chunk, parse_head, response_head
 
@@ -169,6 +170,8 @@ class FakeUpstream:
     # Accounts are this secret plus the caller's API key (``_accounts``).
     _secret: bytes = attrs.field(init=False, factory=lambda: secrets.token_bytes(32), repr=False)
     _accounts: dict[str, Account] = attrs.field(init=False, factory=dict, repr=False)
+    #: State of the endpoints ``_extra`` adds, each under its own key.
+    extra_state: dict[str, Any] = attrs.field(init=False, factory=dict, repr=False)
     # Reasoning item id -> the key of the account that stored it (store not false).
     _reasoning: OrderedDict[str, bytes] = attrs.field(init=False, factory=OrderedDict, repr=False)
     _connections_opened: int = attrs.field(init=False, default=0)
@@ -456,6 +459,12 @@ class _Connection:
                 return await self._retrieve(response_id)
             elif method == "DELETE":
                 return await self._delete(response_id)
+        path = _normalize_path(head.path)
+        for route_method, pattern, handler in EXTRA_ROUTES:
+            match = pattern.fullmatch(path)
+            if match is not None and route_method in (method, "*"):
+                next_step: _Next = await handler(self, head, body, match)
+                return next_step
         envelope = error_envelope(
             f"Invalid URL ({method} {head.path})", type="invalid_request_error"
         )
