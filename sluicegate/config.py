@@ -132,6 +132,11 @@ def _not_negative(_: Any, attribute: attrs.Attribute[Any], value: float) -> None
         _reject(attribute, "must not be negative")
 
 
+def _count_tokens_way(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and value != "tokenize":
+        _reject(attribute, f"must be 'tokenize' (vLLM's /tokenize), got {value!r}")
+
+
 def _fraction(_: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
     if value is not None and not 0 < value <= 1:
         _reject(attribute, "must be a fraction in (0, 1]")
@@ -153,7 +158,12 @@ class LiteLLMParams:
     connect_timeout: float | None = None
     first_byte_timeout: float | None = None
     idle_timeout: float | None = None
+    #: Total seconds a background response may run here (default: ``router_settings``').
+    background_timeout: Duration | None = attrs.field(default=None, validator=_positive)
     extra_headers: dict[str, str] | None = None
+    #: The upstream offers the Responses API's WebSocket mode: messages the gateway does not
+    #: run itself are relayed to it (a native deployment only; docs/websocket.md).
+    websocket: bool = False
     #: Drop what this provider cannot take instead of refusing it (None: general_settings').
     drop_params: bool | None = None
     input_cost_per_token: float | None = None
@@ -163,6 +173,9 @@ class LiteLLMParams:
     # The built-in fake provider (``fake/<name>``): answer length and pace.
     fake_tokens: int | None = None
     fake_token_delay: float | None = None
+    #: How a Chat Completions server counts input tokens (``tokenize``: vLLM's ``/tokenize``);
+    #: None: it has no way, and a count is a 400 (docs/input-tokens.md).
+    count_tokens: str | None = attrs.field(default=None, validator=_count_tokens_way)
 
 
 @attrs.frozen(kw_only=True)
@@ -285,6 +298,11 @@ class RouterSettings:
     first_byte_timeout: float | None = None
     #: Longest silence between two chunks of a stream; None: bounded by ``timeout``.
     idle_timeout: float | None = None
+    #: Total seconds a background response may run (``timeout`` does not apply to one; see
+    #: docs/background.md); None: unbounded.
+    background_timeout: Duration | None = attrs.field(
+        default=Duration(4 * 3600.0), validator=_positive
+    )
     retry_backoff_initial: float = 0.5
     retry_backoff_max: float = 8.0
     retry_backoff_jitter: float = 0.5
@@ -540,6 +558,8 @@ class Deployment:
     max_retries: int = 2
     timeouts: Timeouts = attrs.Factory(Timeouts)
     stream_timeouts: Timeouts = attrs.Factory(Timeouts)
+    #: Total seconds a background response may run (None: unbounded).
+    background_timeout: float | None = 4 * 3600.0
     fake_tokens: int | None = None
     fake_token_delay: float | None = None
     #: ``model_info`` beyond ``id``: per-model facts a bridge reads (its rules table's
@@ -547,9 +567,13 @@ class Deployment:
     model_info: Mapping[str, Any] = attrs.Factory(dict)
     #: Drop what the provider cannot take instead of refusing it (docs/bridges.md §10).
     drop_params: bool = False
+    #: Offers WebSocket mode (``litellm_params.websocket``, docs/websocket.md).
+    websocket: bool = False
     #: Requests and tokens per minute this deployment may take (None: unlimited).
     rpm: int | None = None
     tpm: int | None = None
+    #: How a Chat Completions server counts input tokens (``litellm_params.count_tokens``).
+    count_tokens: str | None = None
 
 
 def is_in_process_fake(deployment: Deployment) -> bool:
@@ -722,6 +746,12 @@ def _check(config: GatewayConfig) -> None:
             )
         if provider == "azure" and not entry.litellm_params.api_base:
             raise ConfigError("azure deployments need an api_base", path=f"{base}.litellm_params")
+        if entry.litellm_params.count_tokens is not None and provider not in CHAT_PROVIDERS:
+            raise ConfigError(
+                "only Chat Completions servers need a way to count input tokens (the other "
+                "providers have an endpoint of their own)",
+                path=f"{base}.litellm_params.count_tokens",
+            )
         dep_id = deployment_id_of(entry)
         if dep_id in seen:
             raise ConfigError(
@@ -876,10 +906,15 @@ def build_deployment(
         max_retries=p.max_retries if p.max_retries is not None else router.num_retries,
         timeouts=_timeouts(p, router, stream=False),
         stream_timeouts=_timeouts(p, router, stream=True),
+        background_timeout=p.background_timeout
+        if p.background_timeout is not None
+        else router.background_timeout,
         fake_tokens=p.fake_tokens,
         fake_token_delay=p.fake_token_delay,
         model_info=dict(entry.model_info.extra),
         drop_params=p.drop_params if p.drop_params is not None else drop_params,
+        websocket=p.websocket,
         rpm=p.rpm,
         tpm=p.tpm,
+        count_tokens=p.count_tokens,
     )

@@ -17,6 +17,7 @@ it over ``httpx.MockTransport`` or a loopback socket):
 
 Usage: ``input_tokens`` = words of every input text; ``output_tokens`` = words of the answer
 text, the thinking and the tool arguments; ``thinking_tokens`` = words of the thinking.
+``POST /v1/messages/count_tokens`` answers ``{"input_tokens": N}`` counted the same way.
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ _KNOWN_FIELDS: Final = frozenset(
         "inference_geo",
     }
 )
+#: What ``/v1/messages/count_tokens`` takes (Anthropic's token counting reference).
+_COUNT_FIELDS: Final = frozenset(
+    {"model", "messages", "system", "tools", "tool_choice", "thinking", "output_config"}
+) | {"cache_control"}
 _DIRECTIVE: Final = re.compile(r"\s*(say|think|call|long|json|fail|filter):\s*(.*)", re.DOTALL)
 _CALL_NAME: Final = re.compile(r"\s*([A-Za-z0-9_-]+)\s*")
 _BROKEN_FRAME: Final = (
@@ -137,7 +142,8 @@ class FakeAnthropic:
         if fault.status is not None:
             return self._error(fault.status, "Injected fault.", fault.headers, fault.stall)
         try:
-            if method != "POST" or path.partition("?")[0] != "/v1/messages":
+            counting = path.partition("?")[0] == "/v1/messages/count_tokens"
+            if method != "POST" or (path.partition("?")[0] != "/v1/messages" and not counting):
                 raise _Rejected(404, f"Not found: {method} {path}")
             if not headers.get("x-api-key") and not headers.get("authorization"):
                 raise _Rejected(401, "x-api-key header is required")
@@ -145,6 +151,8 @@ class FakeAnthropic:
                 raise _Rejected(400, "anthropic-version: header is required")
             if not isinstance(request, dict):
                 raise _Rejected(400, "The request body is not valid JSON.")
+            if counting:
+                return self._count_tokens(request, fault)
             self._validate(request)
             blocks, stop_reason, fail = self._answer(request)
         except _Rejected as exc:
@@ -166,6 +174,34 @@ class FakeAnthropic:
             status=200,
             headers=headers_out,
             chunks=chunks,
+            reset_after=fault.reset_after,
+            stall=fault.stall,
+        )
+
+    def _count_tokens(self, request: dict[str, Any], fault: Fault) -> Reply:
+        """``POST /v1/messages/count_tokens`` (Anthropic's token counting reference): the
+        Messages body without what shapes the answer, ``{"input_tokens": N}`` counted as a
+        create's usage counts."""
+        for key in request:
+            if key not in _COUNT_FIELDS:
+                raise _Rejected(400, f"{key}: Extra inputs are not permitted")
+        for key in ("model", "messages"):
+            if key not in request:
+                raise _Rejected(400, f"{key}: Field required")
+        messages = request["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise _Rejected(400, "messages: at least one message is required")
+        for i, message in enumerate(messages):
+            if message.get("role") not in ("user", "assistant"):
+                raise _Rejected(400, f"messages.{i}.role: Input should be 'user' or 'assistant'")
+            self._check_turn(messages, i)
+        data = json.dumps({"input_tokens": _input_words(request)}).encode()
+        if fault.malformed:
+            data = data[: len(data) // 2]
+        return Reply(
+            status=200,
+            headers={"content-type": "application/json", "request-id": "req_fk"},
+            chunks=[data],
             reset_after=fault.reset_after,
             stall=fault.stall,
         )

@@ -23,7 +23,8 @@ By default it is a strict compatible server: OpenAI-only fields and the ``develo
 
 Usage: ``prompt_tokens`` = words of every message text; ``completion_tokens`` = words of the
 answer, the reasoning and the tool arguments; ``reasoning_tokens`` = words of the reasoning.
-The usage chunk is sent only when ``stream_options.include_usage`` asks for it.
+The usage chunk is sent only when ``stream_options.include_usage`` asks for it. Unless
+``openai=True``, it also serves vLLM's ``POST /tokenize``, counting as ``prompt_tokens``.
 """
 
 from __future__ import annotations
@@ -80,6 +81,11 @@ _OPENAI_FIELDS: Final = _COMPATIBLE_FIELDS | {
     "web_search_options",
 }
 _MESSAGE_FIELDS: Final = frozenset({"role", "content", "name", "tool_calls", "tool_call_id"})
+#: What vLLM's ``TokenizeChatRequest`` defines (this fake refuses anything else).
+_TOKENIZE_FIELDS: Final = frozenset(
+    {"model", "messages", "tools", "add_generation_prompt", "continue_final_message"}
+    | {"add_special_tokens", "return_token_strs", "chat_template", "chat_template_kwargs"}
+)
 _ERROR_TYPES: Final = {
     400: "invalid_request_error",
     401: "invalid_request_error",
@@ -151,6 +157,8 @@ class FakeChat:
         if fault.status is not None:
             return self._error(fault.status, "Injected fault.", None, fault.headers, fault.stall)
         try:
+            if method == "POST" and path.partition("?")[0] == "/tokenize" and not self.openai:
+                return self._tokenize(request, fault)
             if method != "POST" or not path.partition("?")[0].endswith("/chat/completions"):
                 raise _Rejected(404, f"Invalid URL ({method} {path})")
             if not headers.get("authorization", "").startswith("Bearer "):
@@ -184,6 +192,33 @@ class FakeChat:
             status=200,
             headers={"content-type": content_type, "x-request-id": "req_fake"},
             chunks=chunks,
+            reset_after=fault.reset_after,
+            stall=fault.stall,
+        )
+
+    def _tokenize(self, request: Any, fault: Fault) -> Reply:
+        """vLLM's ``POST /tokenize`` (its ``TokenizeChatRequest``; at the root, no key needed):
+        ``count`` = words of every message text, as ``prompt_tokens``."""
+        if not isinstance(request, dict):
+            raise _Rejected(400, "We could not parse the JSON body of your request.")
+        for key in request:
+            if key not in _TOKENIZE_FIELDS:
+                raise _Rejected(400, f"Unrecognized request argument supplied: {key}", key)
+        messages = request.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise _Rejected(400, "'messages' must contain at least one message", "messages")
+        for i, message in enumerate(messages):
+            self._check_message(message, f"messages[{i}]")
+        self._check_tool_protocol(messages)
+        count = sum(_words(t) for m in messages for t in _texts(m.get("content")))
+        answer = {"count": count, "max_model_len": 32768, "tokens": list(range(count))}
+        data = json.dumps(answer).encode()
+        if fault.malformed:
+            data = data[: len(data) // 2]
+        return Reply(
+            status=200,
+            headers={"content-type": "application/json"},
+            chunks=[data],
             reset_after=fault.reset_after,
             stall=fault.stall,
         )

@@ -26,6 +26,7 @@ every model content must carry one; a model content's calls must be answered by 
 
 Usage: ``promptTokenCount`` = words of every input text; ``candidatesTokenCount`` = words of
 the answer text and the calls; ``thoughtsTokenCount`` = words of the thinking.
+``:countTokens`` answers ``totalTokens`` counted as ``promptTokenCount``.
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ _STATUSES: Final = {
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
-_ROUTE: Final = re.compile(r"/v1beta/models/([^/:?]+):(generateContent|streamGenerateContent)")
+_ROUTE: Final = re.compile(
+    r"/v1beta/models/([^/:?]+):(generateContent|streamGenerateContent|countTokens)"
+)
 _KNOWN_FIELDS: Final = frozenset(
     {
         "contents",
@@ -216,6 +219,8 @@ class FakeGemini:
                 raise _Rejected(400, "This fake streams Server-Sent Events only: add alt=sse.")
             if not isinstance(request, dict):
                 raise _Rejected(400, "Invalid JSON payload received.")
+            if rpc == "countTokens":
+                return self._count_tokens(model, request, fault)
             self._validate(model, request)
             answer = self._answer(model, request)
         except _Rejected as exc:
@@ -248,6 +253,36 @@ class FakeGemini:
             status=200,
             headers={"content-type": "text/event-stream"},
             chunks=chunks,
+            reset_after=fault.reset_after,
+            stall=fault.stall,
+        )
+
+    def _count_tokens(self, model: str, request: dict[str, Any], fault: Fault) -> Reply:
+        """``:countTokens`` (Gemini's countTokens reference): ``contents`` alone, or a whole
+        ``generateContentRequest`` naming ``models/{model}``, validated as a create's body;
+        ``totalTokens`` counted as a create's ``promptTokenCount``."""
+        for key in request:
+            if key not in ("contents", "generateContentRequest"):
+                raise _Rejected(
+                    400, f'Invalid JSON payload received. Unknown name "{key}": Cannot find field.'
+                )
+        inner = request.get("generateContentRequest")
+        if inner is not None:
+            if "contents" in request:
+                raise _Rejected(400, "contents and generateContentRequest are mutually exclusive.")
+            if not isinstance(inner, dict) or inner.get("model") != f"models/{model}":
+                raise _Rejected(400, f"* generateContentRequest.model: must be 'models/{model}'.")
+            request = {k: v for k, v in inner.items() if k != "model"}
+        self._validate(model, request)
+        total = self._prompt_words(request)
+        details = [{"modality": "TEXT", "tokenCount": total}]
+        data = json.dumps({"totalTokens": total, "promptTokensDetails": details}).encode()
+        if fault.malformed:
+            data = data[: len(data) // 2]
+        return Reply(
+            status=200,
+            headers={"content-type": "application/json; charset=UTF-8"},
+            chunks=[data],
             reset_after=fault.reset_after,
             stall=fault.stall,
         )

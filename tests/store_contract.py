@@ -1216,6 +1216,79 @@ class StoreContract:
         await store.put_object(settled)
         assert await store.get_object("batch_a") == settled
 
+    async def test_conversation_items_page_by_conversation_in_id_order(self, store: Store) -> None:
+        """A held conversation's items (docs/conversations.md): ``conversation_item`` rows of
+        one creation time, paged by their conversation (``purpose``) in row-ID order, an item
+        ID unique in its conversation only, deleted ones out of the lists."""
+
+        def item_row(conv: str, index: int, item_id: str) -> ObjectRow:
+            return ObjectRow(
+                id=f"sluicegate:item:{conv}:{index:012d}:t:000000",
+                kind="conversation_item",
+                owner="key-1",
+                model="",
+                deployment_id=f"sluicegate:conversation:{conv}",
+                provider="sluicegate",
+                raw_id=item_id,
+                created_at=50.0,
+                data={"purpose": conv, "item": {"id": item_id, "n": index}},
+            )
+
+        conversation = ObjectRow(
+            id="conv_a",
+            kind="conversation",
+            owner="key-1",
+            model="",
+            deployment_id="sluicegate",
+            provider="sluicegate",
+            raw_id="conv_raw_a",
+            created_at=50.0,
+            data={"id": "conv_a", "object": "conversation"},
+        )
+        await store.put_object(conversation)
+        # Written out of order, and interleaved with another conversation's.
+        for index in (2, 0, 3, 1):
+            await store.put_object(item_row("conv_raw_a", index, f"msg_{index}"))
+            await store.put_object(item_row("conv_raw_b", index, f"msg_{index}"))
+        await store.put_object(item_row("conv_raw_a", 10, "msg_10"))
+
+        async def page(conv: str, **options: Any) -> list[str]:
+            rows = await store.list_objects(
+                "conversation_item", owner=None, purpose=conv, **options
+            )
+            return [row.raw_id for row in rows]
+
+        assert await page("conv_raw_a", newest_first=False) == [
+            "msg_0",
+            "msg_1",
+            "msg_2",
+            "msg_3",
+            "msg_10",
+        ]
+        assert await page("conv_raw_a", limit=2) == ["msg_10", "msg_3"]
+        anchor = await store.find_object("sluicegate:conversation:conv_raw_a", "msg_1")
+        assert anchor is not None and anchor.data["item"] == {"id": "msg_1", "n": 1}
+        assert await page("conv_raw_a", after=anchor.id, newest_first=False) == [
+            "msg_2",
+            "msg_3",
+            "msg_10",
+        ]
+        assert await page("conv_raw_a", after=anchor.id) == ["msg_0"]
+        assert len(await page("conv_raw_b")) == 4
+        assert [r.id for r in await store.list_objects("conversation", owner="key-1")] == ["conv_a"]
+        # The same item ID in one conversation is refused; in another it is its own.
+        with pytest.raises(StoreIntegrityError):
+            await store.put_object(attrs.evolve(item_row("conv_raw_a", 11, "msg_1")))
+        # A deleted item (its content removed) leaves the lists but keeps its ID taken.
+        removed = attrs.evolve(anchor, data={"purpose": "conv_raw_a"}, deleted_at=60.0)
+        await store.put_object(removed)
+        assert await page("conv_raw_a", newest_first=False) == ["msg_0", "msg_2", "msg_3", "msg_10"]
+        gone = await store.find_object("sluicegate:conversation:conv_raw_a", "msg_1")
+        assert gone is not None and gone.deleted_at == 60.0 and "item" not in gone.data
+        # A conversation deleted leaves its kind's list.
+        await store.put_object(attrs.evolve(conversation, deleted_at=70.0))
+        assert await store.list_objects("conversation", owner=None) == []
+
     # -- group commit
 
     async def test_concurrent_appends_share_transactions(self, store: Store) -> None:

@@ -14,6 +14,10 @@ from __future__ import annotations
 from ..actors._health import BreakerState as BreakerState
 from ..actors._health import DeploymentStatistics as DeploymentStatistics
 from ..actors._router import SESSION_HEADER as SESSION_HEADER
+from ..net._websocket import WebSocketClient as WebSocketClient
+from ..net._websocket import WebSocketClosed as WebSocketClosed
+from ..net._websocket import WebSocketRefused as WebSocketRefused
+from ..net._websocket import connect_websocket as connect_websocket
 from ..runtime._messages import UpstreamTiming as UpstreamTiming
 from ..runtime._scopes import open_body_nursery as open_body_nursery
 from ._facade import Gateway as Gateway
@@ -28,6 +32,7 @@ from ._params import MAX_SAFE_INTEGER as MAX_SAFE_INTEGER
 from ._params import checked_int as checked_int
 from ._params import forbidden_field as forbidden_field
 from ._streams import ResponseStream as ResponseStream
+from ._websocket import WebSocketUpstream as WebSocketUpstream
 
 __all__ = [
     "BreakerState",
@@ -41,8 +46,13 @@ __all__ = [
     "SECRET_VARIABLE",
     "SESSION_HEADER",
     "UpstreamTiming",
+    "WebSocketClient",
+    "WebSocketClosed",
+    "WebSocketRefused",
+    "WebSocketUpstream",
     "aresponses",
     "checked_int",
+    "connect_websocket",
     "forbidden_field",
     "open_body_nursery",
     "open_gateway",

@@ -3,8 +3,15 @@
 Theory of operation: a background response (``background: true``) runs in the gateway's service
 nursery, detached from whoever created it (docs/design.md §2). :class:`BackgroundRuns` starts it:
 its ID is minted and its acceptance recorded before any upstream answered (the caller gets the ID at
-once, and a GET sent the moment it returns finds it); its upstream is asked for an ordinary
-streamed response, so a cancel stops it mid-way with what it produced so far.
+once, and a GET sent the moment it returns finds it). A native upstream runs it in its own
+background mode, followed through reconnects (``actors/_resume.py``), and bounded by
+``background_timeout`` instead of the total timeout; a bridged provider is asked for an ordinary
+streamed response, which this run is (docs/background.md).
+
+A native upstream's response outlives this gateway: a shutdown leaves it unfinished in a store
+that outlives the process (``Recording.hand_over``), and the next gateway on that store (or
+another instance, once this one's lease ran out) takes it over (:meth:`BackgroundRuns.take_over`,
+``_takeover.py``), following the upstream's stream on from the last recorded event.
 
 Its deliveries go to a :class:`LiveRun` instead of a caller's channel: the run keeps every event
 delivered so far (memory bounded by the response itself, which the store holds too) and wakes
@@ -25,25 +32,35 @@ events from the store as they are committed, until its row says it ended (``FOLL
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
-from .._types import Response, event_from_wire
+from .._types import Response, ResponseStatus, event_from_wire
 from ..actors._plan import route
 from ..actors._recorder import Recorder, Recording, unanswered_response
+from ..actors._router import env_deployment_id
 from ..codecs._lifecycle import StreamTracker
-from ..errors import SluicegateError, StoreError
-from ._pipeline import Pipeline, record_unanswered, run_request
+from ..codecs._registry import is_bridged
+from ..config import is_in_process_fake
+from ..errors import InternalError, SluicegateError, StoreError
+from ..runtime._messages import PreparedCall, ResumePoint
+from ..store import RECOVERY_ERROR, Ended
+from ._pipeline import Pipeline, record_end_now, record_unanswered, run_request
 
 if TYPE_CHECKING:
     from .._types import StreamEvent
-    from ..runtime._messages import Delivery, PreparedCall
-    from ..store import Store
+    from ..config import Deployment
+    from ..runtime._messages import Delivery
+    from ..store import ResponseRow, Store
+
+#: How a taken-over background response ends when nothing can follow it any more.
+RECOVERY_FAILURE = InternalError(str(RECOVERY_ERROR["message"]))
 
 __all__ = ["ENDED_ELSEWHERE_POLL", "BackgroundRuns", "Follower", "LiveRun"]
 
@@ -216,8 +233,8 @@ class BackgroundRuns:
         calls ``on_end`` when it has ended); its run, and the response as queued.
 
         Its ID is minted here, before any upstream answered (the caller gets it at once); the
-        upstream is asked for an ordinary streamed response, so a cancel stops it mid-way with
-        what it produced so far, and the events can be stored for resume."""
+        upstream's events are streamed, so they can be stored for resume (a native upstream
+        runs it as a background response of its own: see the module docstring)."""
         pipeline = self._pipeline
         try:
             deployment = await route(pipeline.router, call)
@@ -241,6 +258,7 @@ class BackgroundRuns:
             deployment=deployment,
         )
         recording = self._recorder.start(call)
+        recording.hand_over = self._hands_over(deployment)
         queued = unanswered_response(call, response_id, recording.created_at, status="queued")
         recording.response_id = response_id
         recording.initial = queued
@@ -250,11 +268,101 @@ class BackgroundRuns:
         live = LiveRun(response_id=response_id, tracker=StreamTracker(), recording=recording)
         self._live[response_id] = live
         self.started += 1
+        self._watch()
+        await self._services.start(self._run, live, call, on_end)
+        return live, queued
+
+    async def take_over(self, row: ResponseRow) -> None:
+        """Run a native background response taken over from a dead instance (``_takeover.py``):
+        its upstream still runs it, so its stream is followed on from the last event the store
+        holds (from its start, for one whose events were not recorded: its output items
+        already stored are not recorded twice). Its followers and the store see one stream,
+        without a gap."""
+        rid = row.id
+        pipeline, store = self._pipeline, self._store
+        router = pipeline.router
+        assert row.deployment_id is not None and row.provider is not None
+        assert row.upstream_id is not None
+        deployment = router.deployment(row.deployment_id)
+        if deployment is None and row.deployment_id == env_deployment_id(row.provider):
+            deployment = router.env_deployment(row.provider)
+        recorded: list[dict[str, Any]] = []
+        while page := await store.stream_events(rid, after=len(recorded) - 1, limit=REPLAY_PAGE):
+            recorded += page
+        tracker = StreamTracker()
+        events = tracker.observe_all([event_from_wire(data) for data in recorded])
+        replay = bool(events)
+        call = PreparedCall(
+            model=row.model,
+            body={"input": await store.input_items(rid)},
+            stream=True,
+            previous_response_id=row.previous_id,
+            owner=row.owner,
+            store=row.store,
+            background=True,
+            response_id=rid,
+            deployment=deployment,
+            replay=replay,
+            resume=ResumePoint(
+                upstream_id=row.upstream_id, after=events[-1].sequence_number if replay else -1
+            ),
+        )
+        recording = self._recorder.start(call)
+        recording.created_at = row.created_at
+        recording.response_id = rid
+        recording.accepted = True
+        recording.upstream_id = row.upstream_id
+        recording.items_recorded = len(await store.output_items(rid))
+        recording.hand_over = deployment is not None and self._hands_over(deployment)
+        recording.initial = tracker.partial() or unanswered_response(
+            call, rid, row.created_at, status=row.status.value
+        )
+        if deployment is None:  # its deployment is gone since: nothing can follow it
+            await record_end_now(recording, tracker, RECOVERY_FAILURE)
+            return
+        live = LiveRun(response_id=rid, tracker=tracker, recording=recording, events=events)
+        self._live[rid] = live
+        self.started += 1
+        self._watch()
+        logger.info("took over background response %s from an instance that died", rid)
+        await self._services.start(self._run, live, call, None)
+
+    async def follow_takeovers(self, adopted: trio.MemoryReceiveChannel[ResponseRow]) -> None:
+        """Take over each background response recovery hands over (in the service nursery,
+        for the gateway's lifetime); one that cannot start is ended ``failed``."""
+        async for row in adopted:
+            try:
+                await self.take_over(row)
+            except SluicegateError:
+                logger.exception("could not take over background response %s", row.id)
+                with contextlib.suppress(SluicegateError):
+                    await self._store.append(
+                        [
+                            Ended(
+                                response_id=row.id,
+                                status=ResponseStatus.FAILED,
+                                error=dict(RECOVERY_ERROR),
+                                response=None,
+                                completed_at=self._recorder.wall_clock(),
+                            )
+                        ]
+                    )
+
+    def _hands_over(self, deployment: Deployment) -> bool:
+        """Whether a shutdown leaves a background response at ``deployment`` to the next
+        gateway: its upstream runs it (a native one, not the in-process fake, whose memory
+        dies with the process), and the store outlives the process."""
+        if not self._shared_store or is_bridged(deployment.provider):
+            return False
+        if deployment.provider == "fake":
+            configured = self._pipeline.router.deployment(deployment.id)
+            return configured is not None and not is_in_process_fake(configured)
+        return True
+
+    def _watch(self) -> None:
         if not self._watching and self._shared_store:
             self._watching = True
             self._services.start_soon(self._watch_ended_elsewhere)
-        await self._services.start(self._run, live, call, on_end)
-        return live, queued
 
     async def cancel(self, live: LiveRun) -> None:
         """Stop a run (``cancel_response``): it ends ``cancelled``; returns once it has."""

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ..store import Store
     from ._fakes import FakeProviders
 
-__all__ = ["continue_previous", "read_conversation"]
+__all__ = ["continue_previous", "previous_not_found", "read_conversation"]
 
 
 async def continue_previous(
@@ -117,6 +117,12 @@ async def _continue_in_process(
     elif given is not None:
         items += given
     return attrs.evolve(call, previous=None, body={**call.body, "input": items})
+
+
+def previous_not_found(previous_id: str) -> InvalidRequestError:
+    """The creation's refusal of a ``previous_response_id`` it cannot find (or not the
+    caller's)."""
+    return _previous_not_found(previous_id)
 
 
 def _previous_not_found(previous_id: str) -> InvalidRequestError:

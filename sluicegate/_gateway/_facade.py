@@ -14,11 +14,14 @@ import attrs
 
 from .._types import Response
 from ..codecs._lifecycle import StreamTracker
-from ..errors import InvalidRequestError, SluicegateError
+from ..errors import InvalidRequestError, NotFoundError, SluicegateError
 from ..store import SpendFilter, SpendGroup, SpendLog, SpendTotal, Store
 from ._background import Follower
-from ._continuation import continue_previous
+from ._compaction import Compactions
+from ._continuation import continue_previous, previous_not_found
+from ._conversation_calls import ConversationCalls
 from ._host import CrossChannel, Host, gateway_closed, hosted, in_trio
+from ._input_tokens import count_input_tokens, count_params
 from ._object_calls import ObjectCalls
 from ._params import on_end_option, prepare_call
 from ._pipeline import Pipeline, run_request
@@ -35,6 +38,7 @@ from ._streams import (
     open_response_stream,
     stream_twin,
 )
+from ._websocket import WebSocketUpstream, websocket_upstream
 
 if TYPE_CHECKING:
     from ..actors._health import DeploymentStatistics
@@ -43,6 +47,7 @@ if TYPE_CHECKING:
     from ..limits import Limits
     from ..runtime._messages import Delivery, PreparedCall
     from ._background import BackgroundRuns
+    from ._conversations import ConversationService
     from ._fakes import FakeProviders
     from ._objects import ObjectService
     from ._stored import StoredResponses
@@ -71,7 +76,7 @@ class GatewayStatistics:
 
 
 @attrs.define(eq=False)
-class Gateway(ObjectCalls):
+class Gateway(ObjectCalls, ConversationCalls):
     """Routes Responses API calls; get one from :func:`open_gateway`.
 
     Its files and batches calls (``create_file``, ``create_batch``, ...) are
@@ -99,6 +104,8 @@ class Gateway(ObjectCalls):
     _host: Host | None = None
     #: Its ``open_gateway`` block has been left.
     _closed: bool = False
+    #: Conversations (``_conversation_calls.py``).
+    _conversations: ConversationService = attrs.field(kw_only=True)
 
     @property
     def config(self) -> GatewayConfig:
@@ -262,9 +269,75 @@ class Gateway(ObjectCalls):
                 settings=self._config.general_settings.store,
                 fakes=self._fakes,
             )
+        if call.body.get("conversation") is not None:
+            call = await self._conversations.prepare(call)
         return await resolve_replayed_state(
             call, seal=pipeline.seal, store=self._store, router=pipeline.router
         )
+
+    # -- compaction (POST /v1/responses/compact) ------------------------------------------
+
+    @hosted
+    async def compact(self, **params: Any) -> dict[str, Any]:
+        """Compact a conversation (``POST /v1/responses/compact``; docs/compaction.md).
+
+        A native deployment compacts it itself; for a bridged one the gateway has the model
+        summarise it. Either way the answer's ``output`` (the user messages and one
+        ``compaction`` item) is what the caller passes as input on its next turn.
+
+        Args:
+            params: ``model``, ``input``, ``instructions``, ``previous_response_id`` and the
+                other compact parameters, with the library options of :meth:`responses`
+                (``owner``, ``spend_logs_metadata``, ``extra_body``, ``timeout``, ...).
+
+        Returns:
+            The ``response.compaction`` object (its ``id`` a ``resp_`` ID; not retrievable:
+            only its spend row is kept).
+
+        Raises:
+            SluicegateError: a bad request (400/404) or an upstream failure (its status).
+        """
+        compactions = Compactions(
+            self._pipeline,
+            self._store,
+            self._recorder,
+            partial(self._prepare, stream=False),
+        )
+        self._in_flight += 1
+        self._total += 1
+        try:
+            return await compactions.compact(params)
+        finally:
+            self._in_flight -= 1
+
+    # -- input token counts (POST /v1/responses/input_tokens) -----------------------------
+
+    @hosted
+    async def count_input_tokens(self, **params: Any) -> dict[str, Any]:
+        """Count the input tokens of a request without running it
+        (``POST /v1/responses/input_tokens``; docs/input-tokens.md).
+
+        The parameters are prepared as a create's (``previous_response_id``, ``conversation``
+        and replayed state resolved alike) and routed where a create would go; that
+        deployment's provider counts: a native upstream's ``input_tokens`` endpoint,
+        Anthropic's ``count_tokens``, Gemini's ``countTokens``, vLLM's ``/tokenize``. Nothing
+        is recorded and no tokens are spent.
+
+        Args:
+            params: ``model``, ``input``, ``instructions``, ``tools``, ``tool_choice``,
+                ``previous_response_id``, ``reasoning``, ``text``, ... as for
+                :meth:`responses`, with its library options (``owner``, ``extra_body``,
+                ``timeout``, ...); ``stream`` and ``background`` are refused.
+
+        Returns:
+            ``{"object": "response.input_tokens", "input_tokens": N}``.
+
+        Raises:
+            SluicegateError: a bad request (400/404), a provider that cannot count (400
+                ``unsupported_parameter``), or the provider's failure (its status).
+        """
+        call = await self._prepare(count_params(params), stream=False)
+        return await count_input_tokens(self._pipeline, call)
 
     # -- stored responses ----------------------------------------------------------------
 
@@ -474,3 +547,28 @@ class Gateway(ObjectCalls):
             )
         where = SpendFilter(owner=owner, model=model, start=start, end=end, metadata=metadata)
         return await self._store.spend_totals(where, group_by=group_by)
+
+    # -- WebSocket mode (docs/websocket.md) ------------------------------------------------
+
+    async def websocket_upstream(
+        self,
+        message: Mapping[str, Any],
+        response_id: str,
+        *,
+        owner: str | None = None,
+        admin: bool = False,
+    ) -> WebSocketUpstream | None:
+        """Where a WebSocket-mode message about the stored response ``response_id`` (its
+        ``previous_response_id``) is relayed: its deployment's upstream WebSocket, with the
+        message's ID made the upstream's; None when that deployment does not offer WebSocket
+        mode (``litellm_params.websocket``).
+
+        Raises:
+            InvalidRequestError: no such response for this ``owner`` (code
+                ``previous_response_not_found``, as a creation's).
+        """
+        try:
+            await self.get_response(response_id, owner=owner, admin=admin)
+        except NotFoundError:
+            raise previous_not_found(response_id) from None
+        return websocket_upstream(self._pipeline, message, response_id)

@@ -45,6 +45,10 @@ class FakeProviders:
                     self._servers[key] = server
         return attrs.evolve(deployment, api_base=server.base_url)
 
+    def serves(self, deployment: Deployment) -> bool:
+        """Whether ``deployment`` is an in-process fake (whatever it was resolved to)."""
+        return deployment.provider == "fake" and deployment.id in self._deployment_ids
+
     def made(self, decoded: DecodedId, row: ResponseRow | None) -> bool:
         """Whether an in-process fake deployment made this response (its last attempt)."""
         provider = decoded.provider if row is None or row.provider is None else row.provider

@@ -48,14 +48,22 @@ from ..net._media import MediaFetcher
 from ..net._transport import LeanTransport
 from ..pricing import PriceTable
 from ..runtime._scopes import open_body_nursery
-from ..store import Store, open_memory_store, open_postgres_store, open_sqlite_store
+from ..store import (
+    RecoveryPolicy,
+    Store,
+    open_memory_store,
+    open_postgres_store,
+    open_sqlite_store,
+)
 from ._background import BackgroundRuns
+from ._conversations import ConversationService
 from ._facade import Gateway
 from ._fakes import FakeProviders
 from ._host import GuestRun, Host, HostedContext, in_trio
 from ._objects import ObjectService
 from ._pipeline import Pipeline
 from ._stored import StoredResponses
+from ._takeover import Takeover
 
 __all__ = ["aresponses", "open_gateway", "open_trio_gateway", "responses"]
 
@@ -227,13 +235,16 @@ async def open_trio_gateway(
         )
     elif transport is None:
         transport = _httpx_transport(limits, env)
+    # Which background responses a dead instance left running this gateway takes over
+    # (docs/background.md); recovery asks it when the store opens.
+    takeover = Takeover({d.id: d for d in deployments}, IdCodec.from_secret(_id_secret(cfg, env)))
     async with (
         transport,
         httpx.AsyncClient(transport=media_transport, timeout=None) as media_client,
         # The store outlives the services: background responses record their end on the way
         # out. Its writer runs in a body nursery, so the caller's own errors come out unwrapped.
         open_body_nursery() as store_services,
-        _open_store(cfg, store_services, env) as store,
+        _open_store(cfg, store_services, env, takeover) as store,
         _open_limits(cfg, store_services) as rate_limits,
         open_body_nursery() as services,
     ):
@@ -285,8 +296,21 @@ async def open_trio_gateway(
             wall_clock,
             gs.max_file_bytes,
         )
-        recorder = Recorder(store, accountant, wall_clock)
+        conversations = ConversationService(
+            store,
+            router,
+            pipeline.connector,
+            IdCodec.from_secret(secret, prefix="conv_"),
+            fakes.serves,
+            fakes.resolve,
+            wall_clock,
+            gs.store,
+        )
+        recorder = Recorder(
+            store, accountant, wall_clock, conversation_ended=conversations.turn_ended
+        )
         background = BackgroundRuns(pipeline, store, recorder, services, _shared_store(gs))
+        services.start_soon(background.follow_takeovers, takeover.adopted_rows)
         stored = StoredResponses(pipeline, store, recorder, background, fakes, gs.store, owner)
         gateway = Gateway(
             cfg,
@@ -299,6 +323,7 @@ async def open_trio_gateway(
             objects,
             rate_limits,
             owner,
+            conversations=conversations,
         )
         try:
             yield gateway
@@ -389,7 +414,10 @@ def _id_secret_digest(config: GatewayConfig, environ: Mapping[str, str]) -> str:
 
 
 def _open_store(
-    cfg: GatewayConfig, nursery: trio.Nursery, environ: Mapping[str, str]
+    cfg: GatewayConfig,
+    nursery: trio.Nursery,
+    environ: Mapping[str, str],
+    recovery: RecoveryPolicy | None = None,
 ) -> AbstractAsyncContextManager[Store]:
     """The configured store (``general_settings.store.backend``, or PostgreSQL when
     ``database_url`` is set); the writer of SQLite and PostgreSQL runs in ``nursery``."""
@@ -404,10 +432,11 @@ def _open_store(
             heartbeat=settings.heartbeat_interval,
             id_secret_digest=_id_secret_digest(cfg, environ),
             synchronous_commit=settings.synchronous_commit,
+            recovery=recovery,
         )
     if settings.backend == "memory":
         return open_memory_store(max_responses=settings.max_responses)
-    return open_sqlite_store(settings.path, nursery=nursery)
+    return open_sqlite_store(settings.path, nursery=nursery, recovery=recovery)
 
 
 def _open_limits(cfg: GatewayConfig, nursery: trio.Nursery) -> AbstractAsyncContextManager[Limits]:

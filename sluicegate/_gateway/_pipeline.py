@@ -63,7 +63,7 @@ from ..codecs.sealed import StateSeal
 from ..errors import ClientError, InternalError, RateLimitError, SluicegateError, StoreError
 from ..runtime._messages import Deliver, EventItem, PreparedCall, RawItem, Routed
 
-__all__ = ["Pipeline", "record_unanswered", "run_request"]
+__all__ = ["Pipeline", "record_end_now", "record_unanswered", "run_request"]
 
 logger = logging.getLogger("sluicegate")
 
@@ -165,6 +165,10 @@ async def _record_cancelled(
         # ended it); otherwise the gateway is shutting down under it, which is a failure the
         # client must be able to see.
         if not (recording.cancel_requested or recording.ended_elsewhere):
+            if recording.hand_over and recording.upstream_id is not None and not recording.ended:
+                # Its native upstream runs it on: left unfinished in the store, for the next
+                # gateway on it (or another instance) to take over (docs/background.md).
+                return
             error = _SHUTDOWN_ERROR
     elif recording.interrupted is not None:
         error = recording.interruption = recording.interrupted()
@@ -266,6 +270,14 @@ async def _record_end(
     except SluicegateError:
         if not recording.ended_elsewhere:  # else its end stands, and the usage was added
             logger.exception("could not record the end of response %s", recording.response_id)
+
+
+async def record_end_now(
+    recording: Recording, tracker: StreamTracker, error: SluicegateError
+) -> None:
+    """End a response that will not run (again) as ``failed`` with ``error``, with what it
+    delivered so far (a background response taken over whose deployment is gone)."""
+    await _record_end(recording, tracker, ResponseStatus.FAILED, error)
 
 
 def _output_chars(response: Response | None) -> int:

@@ -11,6 +11,9 @@ so before a request is routed (:func:`resolve_replayed_state`):
 - an input item whose ``id`` is an output item the event store holds (an ``item_reference``,
   or a replayed item) pins the request to the deployment that made it; an item of another
   owner's response is a 404, exactly as an unknown one would be upstream;
+- a ``compaction`` item the gateway made (``codecs/compaction.py``) is replaced by the summary
+  it holds, as a message any provider reads; a native one sent where only bridges serve is a
+  400 (none of them can read it);
 - when every deployment that may serve the request is a bridge (which reads no native state),
   nothing pins: an ``item_reference`` is resolved from the store into the item itself, and
   sealed state stays sealed (a bridge drops state it cannot read, as for any foreign state).
@@ -30,6 +33,7 @@ import attrs
 
 from ..actors._router import Router
 from ..codecs._registry import is_bridged
+from ..codecs.compaction import CompactionSeal, expand_compaction
 from ..codecs.sealed import ForgedState, StateSeal
 from ..errors import InvalidRequestError, NotFoundError
 from ..runtime._messages import Pin, PreparedCall
@@ -47,6 +51,7 @@ async def resolve_replayed_state(
         InvalidRequestError: a forged seal.
         NotFoundError: an item of another owner's response.
     """
+    call = _expand_history(call, seal)
     items = call.body.get("input")
     if not isinstance(items, list) or not items:
         return call
@@ -55,9 +60,19 @@ async def resolve_replayed_state(
     opened: list[Any] = list(items)
     changed = False
     ids: dict[str, int] = {}
+    compaction: CompactionSeal | None = None
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             continue
+        if item.get("type") == "compaction":
+            # The gateway's own compaction becomes its summary, for any provider
+            # (codecs/compaction.py); a native one is sealed state like any other.
+            compaction = compaction or CompactionSeal.under(seal)
+            expanded = expand_compaction(item, i, compaction, bridged=bridged)
+            if expanded is not None:
+                opened[i] = expanded
+                changed = True
+                continue
         item_id = item.get("id")
         if isinstance(item_id, str) and item_id:
             ids.setdefault(item_id, i)
@@ -100,6 +115,23 @@ async def resolve_replayed_state(
         return call
     body = {**call.body, "input": opened} if changed else call.body
     return attrs.evolve(call, body=body, pins=(*call.pins, *pins.values()))
+
+
+def _expand_history(call: PreparedCall, seal: StateSeal) -> PreparedCall:
+    """``call`` with the gateway compactions in its stored conversation (the input of an
+    earlier turn, kept as the caller sent it) replaced by their summaries, as in its input."""
+    history = call.history
+    if not history or not any(item.get("type") == "compaction" for item in history):
+        return call
+    compaction = CompactionSeal.under(seal)
+    expanded: list[dict[str, Any]] = []
+    for i, item in enumerate(history):
+        replaced = None
+        if item.get("type") == "compaction":
+            # Verified when that turn was made; a native one is left to the bridge as before.
+            replaced = expand_compaction(item, i, compaction, bridged=False)
+        expanded.append(replaced or item)
+    return attrs.evolve(call, history=expanded)
 
 
 def _is_reference(item: Mapping[str, Any]) -> bool:

@@ -19,6 +19,7 @@ one another process runs in the store first (that process then stops it).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ from ..config import is_in_process_fake
 from ..errors import (
     InvalidRequestError,
     NotFoundError,
+    SluicegateError,
     StoreIntegrityError,
     UpstreamStatusError,
 )
@@ -51,6 +53,8 @@ if TYPE_CHECKING:
     from ._pipeline import Pipeline
 
 __all__ = ["StoredResponses"]
+
+logger = logging.getLogger("sluicegate")
 
 #: Statuses the store decides for a response: GET answers them from the store.
 _ENDED_BY_THE_GATEWAY = frozenset({ResponseStatus.FAILED, ResponseStatus.CANCELLED})
@@ -121,6 +125,12 @@ class StoredResponses:
         if row is not None and row.previous_id is not None:
             # The upstream names the raw ID it was sent; the caller knows ours.
             response = response.with_changes(previous_response_id=row.previous_id)
+        conversation = body.get("conversation") if isinstance(body, dict) else None
+        if isinstance(conversation, dict) and isinstance(conversation.get("id"), str):
+            # Likewise its conversation's (docs/conversations.md).
+            held = await self._store.find_object(deployment.id, conversation["id"])
+            if held is not None and held.kind == "conversation":
+                response = response.with_changes(conversation={"id": held.id})
         return response
 
     async def delete(
@@ -187,6 +197,7 @@ class StoredResponses:
         if not row.background:
             raise InvalidRequestError("Cannot cancel a synchronous response.")
         live = self._background.get(response_id)
+        running = live is not None or not row.status.is_terminal
         if live is not None:
             await self._background.cancel(live)
         elif not row.status.is_terminal:
@@ -209,7 +220,27 @@ class StoredResponses:
                 )
         fresh = await self._store.get(response_id)
         assert fresh is not None
+        if running and fresh.status is ResponseStatus.CANCELLED:
+            await self._cancel_upstream(decoded, fresh, extra_headers)
         return await self._stored_response(fresh)
+
+    async def _cancel_upstream(
+        self, decoded: DecodedId, row: ResponseRow, extra_headers: Mapping[str, str] | None
+    ) -> None:
+        """Forward a cancel to the native upstream that runs a background response itself
+        (docs/background.md), once it is recorded ``cancelled`` here. Best effort: the gateway
+        has stopped following it either way, so a failure is logged, not answered."""
+        if row.provider is None or is_bridged(row.provider) or row.upstream_id is None:
+            return  # a bridged provider's ran here only; no upstream had named it yet
+        try:
+            deployment, raw_id = self._upstream_of(decoded, row, row.id)
+            await self._resource_call(
+                deployment, "POST", raw_id, action="cancel", extra_headers=extra_headers
+            )
+        except SluicegateError as exc:
+            logger.warning(
+                "could not cancel background response %s at its upstream: %s", row.id, exc
+            )
 
     async def input_items(
         self,

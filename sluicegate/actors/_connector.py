@@ -43,6 +43,7 @@ from ..codecs.openai_responses import (
     build_create_request,
     parse_error_response,
 )
+from ..codecs.resume import ResumeCursor
 from ..config import Deployment, RouterSettings, Timeouts
 from ..errors import (
     InvalidRequestError,
@@ -62,6 +63,7 @@ from ..runtime._messages import (
     Routed,
     UpstreamOpened,
 )
+from ._resume import relay_background, resume_request
 from ._router import backoff, may_retry
 
 if TYPE_CHECKING:
@@ -124,7 +126,9 @@ class Connector:
         An attempt that fails before anything went downstream goes back to the route plan,
         which decides the next attempt (another deployment, the same one after a back-off, a
         fallback group) or gives up with the error the caller gets (``_plan.py``)."""
-        timeout = routed.call.timeout
+        # A background response outlives its create call: the caller's timeout bounds that
+        # call, and ``background_timeout`` the response (docs/background.md).
+        timeout = None if routed.call.background else routed.call.timeout
         with _deadline(timeout) as overall:
             while True:
                 attempt = _Attempt()
@@ -144,8 +148,20 @@ class Connector:
         codec = bridge_codec(deployment.provider)
         decoder: Decoder
         parse_error: ErrorParser
+        # A background response at a native upstream runs there as one (docs/background.md):
+        # its resumable stream is followed through reconnects (``_resume.py``).
+        cursor: ResumeCursor | None = None
         if codec is None:
-            request = self._native_request(call, deployment)
+            if call.background:
+                resume = call.resume
+                cursor = ResumeCursor(
+                    last=-1 if resume is None else resume.after,
+                    raw_id=None if resume is None else resume.upstream_id,
+                )
+            if call.resume is not None and cursor is not None:
+                request = resume_request(deployment, cursor)  # taken over after a restart
+            else:
+                request = self._native_request(call, deployment)
             decoder = ResponsesStreamDecoder() if call.stream else ResponsesBodyDecoder()
             parse_error = parse_error_response
         else:
@@ -157,6 +173,9 @@ class Connector:
                 decoder = codec.body_decoder(built.context)
             parse_error = codec.parse_error
         timeouts = deployment.stream_timeouts if call.stream else deployment.timeouts
+        if call.background:
+            # Not the total timeout: a background response has its own bound.
+            timeouts = attrs.evolve(timeouts, total=deployment.background_timeout)
         # With a route plan, retries are the router's (another deployment may serve them).
         max_retries = 0 if plan is not None else deployment.max_retries
         health = plan.health(deployment) if plan is not None else None
@@ -174,8 +193,29 @@ class Connector:
                     read_body=not call.stream,
                     parse_error=parse_error,
                 )
-                await self._forward(routed, response, body, decoder, timeouts.idle, outbox, attempt)
+                if cursor is not None:
+                    await relay_background(
+                        self,
+                        routed,
+                        response,
+                        decoder,
+                        timeouts,
+                        outbox,
+                        attempt,
+                        cursor,
+                        _body_chunks,
+                    )
+                else:
+                    await self._forward(
+                        routed, response, body, decoder, timeouts.idle, outbox, attempt
+                    )
             if total.cancelled_caught:
+                if call.background:
+                    raise UpstreamTimeoutError(
+                        "the background response took longer than its background_timeout of "
+                        f"{timeouts.total} s",
+                        retryable=False,
+                    )
                 raise UpstreamTimeoutError(
                     f"the request took longer than its total timeout of {timeouts.total} s"
                 )
@@ -200,14 +240,20 @@ class Connector:
     def _native_request(call: PreparedCall, deployment: Deployment) -> UpstreamRequest:
         body: Mapping[str, Any] = call.body
         previous_raw_id = call.previous.raw_id if call.previous else None
-        if call.previous is not None and is_bridged(call.previous.provider):
-            # A conversation a bridged provider began: its upstream knows nothing of it, so
-            # the stored items go as input (without the gateway's item IDs and reasoning
-            # envelopes, which only a bridge can read).
+        if (call.previous is not None and is_bridged(call.previous.provider)) or (
+            call.previous is None and call.history is not None
+        ):
+            # A conversation a bridged provider began, or one the gateway holds
+            # (``conversation``): its upstream knows nothing of it, so the stored items go as
+            # input (without the gateway's item IDs and reasoning envelopes, which only a
+            # bridge can read).
             items = conversation_items(call.history or [], call.body.get("input"))
             portable = [p for p in map(_portable, items) if p is not None]
             body = {**call.body, "input": portable}
             previous_raw_id = None
+        if call.background:
+            # Run by the upstream itself, which keeps it going whatever the connection does.
+            body = {**body, "background": True}
         return build_create_request(
             deployment,
             body,
@@ -240,7 +286,8 @@ class Connector:
             )
         except InvalidRequestError as exc:
             if history:
-                raise _renumbered(exc, len(history)) from None
+                source = "previous_response_id" if call.conversation is None else "conversation"
+                raise _renumbered(exc, len(history), source) from None
             raise
         return attrs.evolve(built, context=attrs.evolve(built.context, clock=self._wall_clock))
 
@@ -496,19 +543,22 @@ async def run_connector(
 _INPUT_PATH = re.compile(r"\binput\[(\d+)\]")
 
 
-def _renumbered(exc: InvalidRequestError, history: int) -> InvalidRequestError:
+def _renumbered(
+    exc: InvalidRequestError, history: int, source: str = "previous_response_id"
+) -> InvalidRequestError:
     """A codec numbers the whole conversation; the caller's ``input`` starts after the
-    ``history`` items of its ``previous_response_id`` chain, which are named by that."""
+    ``history`` items of its ``previous_response_id`` chain (or ``conversation``), which are
+    named by ``source``."""
 
     def path(match: re.Match[str]) -> str:
         index = int(match[1])
-        return "previous_response_id" if index < history else f"input[{index - history}]"
+        return source if index < history else f"input[{index - history}]"
 
     param = exc.param
     if param is not None:
         param = _INPUT_PATH.sub(path, param)
-        if param.startswith("previous_response_id"):
-            param = "previous_response_id"
+        if param.startswith(source):
+            param = source
     return InvalidRequestError(
         _INPUT_PATH.sub(path, exc.message), param=param, code=exc.code, status_code=exc.status_code
     )

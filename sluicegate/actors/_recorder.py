@@ -31,7 +31,7 @@ this recording adds what it knows of the usage (``Settled``) without a second ``
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from ..codecs._lifecycle import StreamTracker
     from ..config import Deployment
     from ..errors import SluicegateError
-    from ..runtime._messages import Batch, PreparedCall
+    from ..runtime._messages import Batch, ConversationTurn, PreparedCall
     from ..store import Store
     from ._accountant import Accountant
 
@@ -62,6 +62,12 @@ class Recorder:
     accountant: Accountant
     #: Wall-clock seconds for stored timestamps (``created_at``, spend-log days).
     wall_clock: Callable[[], float] = time.time
+    #: Called once the end of a response made in a conversation the gateway holds is
+    #: committed, before its terminal event is delivered: appends its turn to the
+    #: conversation (``_gateway/_conversations.py``; never raises but ``Cancelled``).
+    conversation_ended: (
+        Callable[[ConversationTurn, ResponseStatus, Response | None], Awaitable[None]] | None
+    ) = None
 
     def start(self, call: PreparedCall) -> Recording:
         """The recording of one request, started now."""
@@ -121,6 +127,14 @@ class Recording:
     closing: list[StreamEvent] = attrs.Factory(list)
     #: Another process ended it first (see the module docstring).
     ended_elsewhere: bool = False
+    #: The ID its upstream knows it by, once the upstream named it.
+    upstream_id: str | None = None
+    #: A background response its native upstream runs, in a store that outlives the process:
+    #: a shutdown leaves it unfinished there, for the next gateway to take over.
+    hand_over: bool = False
+    #: Output items the store holds already (a background response taken over after a
+    #: restart, whose upstream streams them again): their ``ItemDone`` is not recorded twice.
+    items_recorded: int = 0
 
     @property
     def replay(self) -> bool:
@@ -139,6 +153,7 @@ class Recording:
         call = self._call
         records = self._pending
         if batch.upstream_id is not None:
+            self.upstream_id = batch.upstream_id
             if self.response_id is None:
                 self.response_id = _response_id(events)
             rid = self.response_id
@@ -167,9 +182,12 @@ class Recording:
                     self._ttft = trio.current_time() - self._started
                 if call.store and event.type == "response.output_item.done":
                     assert isinstance(event, OutputItemEvent)
-                    records.append(
-                        ItemDone(response_id=rid, output_index=event.output_index, item=event.item)
-                    )
+                    if event.output_index >= self.items_recorded:
+                        records.append(
+                            ItemDone(
+                                response_id=rid, output_index=event.output_index, item=event.item
+                            )
+                        )
             elif kind is DeltaEvent:
                 if self._ttft is None:
                     self._ttft = trio.current_time() - self._started
@@ -276,6 +294,11 @@ class Recording:
                 await store.append(records)
             if commit.cancelled_caught:
                 raise StoreUnavailableError(f"the end of response {rid} was not committed in time")
+            turn, hook = call.conversation, self._recorder.conversation_ended
+            if turn is not None and turn.held and hook is not None:
+                # Shielded like the end: the turn a caller is told of is in the conversation.
+                with trio.CancelScope(shield=True):
+                    await hook(turn, status, response)
         except StoreIntegrityError:
             row = await store.get(rid)
             if row is None or not row.status.is_terminal:

@@ -214,6 +214,9 @@ def _encode(
     if call.previous_response_id is not None:
         # The upstream echoes the raw ID it was sent; the caller should see the one it sent.
         fields["previous_response_id"] = call.previous_response_id
+    if call.conversation is not None:
+        # A native upstream echoes the raw ID, a bridge none: the caller sees the one it sent.
+        fields["conversation"] = {"id": call.conversation.id}
     if call.background:
         # The gateway runs it in the background; the upstream saw an ordinary request.
         fields["background"] = True

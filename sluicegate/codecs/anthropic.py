@@ -69,6 +69,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ANTHROPIC_VERSION",
     "CODEC",
+    "COUNT_TOKENS_FIELDS",
     "DEFAULT_API_BASE",
     "FALLBACK_RULES",
     "MODEL_RULES",
@@ -76,6 +77,7 @@ __all__ = [
     "AnthropicCodec",
     "AnthropicStreamDecoder",
     "ModelRules",
+    "count_tokens_request",
     "rules_for",
 ]
 
@@ -259,6 +261,33 @@ class AnthropicCodec:
 
 #: The codec the registry loads for ``provider: anthropic``.
 CODEC: Final[BridgeCodec] = AnthropicCodec()
+
+#: What ``POST /v1/messages/count_tokens`` takes of a Messages body (Anthropic's token counting
+#: reference); the rest (``max_tokens``, ``stream``, sampling, ``metadata``, ``service_tier``)
+#: shapes the answer, not the input, and the endpoint refuses it.
+COUNT_TOKENS_FIELDS: Final = frozenset(
+    {
+        "model",
+        "messages",
+        "system",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "output_config",
+        "cache_control",
+    }
+)
+
+
+def count_tokens_request(create: UpstreamRequest) -> UpstreamRequest:
+    """``POST {api_base}/v1/messages/count_tokens`` for the conversation of ``create`` (a
+    non-streamed request :meth:`AnthropicCodec.build_request` built): the same mapping, headers
+    and query, the body without what only shapes the answer. Anthropic answers
+    ``{"input_tokens": N}`` (docs/input-tokens.md)."""
+    assert isinstance(create.content, bytes), "a codec builds the whole body"
+    payload = orjson.loads(create.content)
+    body = {k: v for k, v in payload.items() if k in COUNT_TOKENS_FIELDS}
+    return attrs.evolve(create, url=f"{create.url}/count_tokens", content=request_body(body))
 
 
 @attrs.define(eq=False)

@@ -63,7 +63,9 @@ __all__ = [
     "ChatCompletionsCodec",
     "ChatRules",
     "ChatStreamDecoder",
+    "TOKENIZE_FIELDS",
     "rules_for",
+    "tokenize_request",
 ]
 
 
@@ -582,3 +584,21 @@ class ChatCompletionsCodec:
 
 
 CODEC: Final = ChatCompletionsCodec()
+
+#: What vLLM's ``POST /tokenize`` takes of a chat body (vLLM's ``TokenizeChatRequest``): the
+#: messages and tools go through the model's chat template as a completion's would, with the
+#: generation prompt (its default).
+TOKENIZE_FIELDS: Final = ("model", "messages", "tools")
+
+
+def tokenize_request(create: UpstreamRequest) -> UpstreamRequest:
+    """vLLM's ``POST /tokenize`` for the conversation of ``create`` (a non-streamed
+    ``…/chat/completions`` request :meth:`ChatCompletionsCodec.build_request` built), at the
+    server's root beside ``/v1`` (where vLLM serves it), with the same headers and query. vLLM
+    answers ``{"count": N, "max_model_len": M, "tokens": [...]}`` (docs/input-tokens.md)."""
+    assert isinstance(create.content, bytes), "a codec builds the whole body"
+    base = create.url.removesuffix("/chat/completions")
+    root = base.removesuffix("/v1")
+    payload = orjson.loads(create.content)
+    body = {k: payload[k] for k in TOKENIZE_FIELDS if k in payload}
+    return attrs.evolve(create, url=f"{root}/tokenize", content=request_body(body))

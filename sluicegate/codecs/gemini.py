@@ -96,6 +96,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CODEC",
+    "COUNT_TOKENS_FIELDS",
     "DEFAULT_API_BASE",
     "FALLBACK_RULES",
     "MODEL_RULES",
@@ -104,6 +105,7 @@ __all__ = [
     "GeminiCodec",
     "GeminiStreamDecoder",
     "ModelRules",
+    "count_tokens_request",
     "rules_for",
 ]
 
@@ -219,6 +221,35 @@ class GeminiCodec:
 
 #: The codec the registry loads for ``provider: gemini``.
 CODEC: Final[BridgeCodec] = GeminiCodec()
+
+#: The fields of a ``GenerateContentRequest`` that ``:countTokens`` takes inside its
+#: ``generateContentRequest`` (Gemini's countTokens reference).
+COUNT_TOKENS_FIELDS: Final = frozenset(
+    {
+        "contents",
+        "systemInstruction",
+        "tools",
+        "toolConfig",
+        "generationConfig",
+        "safetySettings",
+        "cachedContent",
+    }
+)
+
+
+def count_tokens_request(create: UpstreamRequest) -> UpstreamRequest:
+    """``POST {api_base}/v1beta/models/{model}:countTokens`` for the conversation of ``create``
+    (a non-streamed ``:generateContent`` request :meth:`GeminiCodec.build_request` built): its
+    body as ``{"generateContentRequest": {"model": "models/{model}", ...}}``, so tools, the
+    system instruction and the generation config are counted as they would be sent. Gemini
+    answers ``{"totalTokens": N, ...}`` (docs/input-tokens.md)."""
+    assert isinstance(create.content, bytes), "a codec builds the whole body"
+    prefix = create.url.removesuffix(":generateContent")
+    model = prefix.rpartition("/models/")[2]
+    payload = orjson.loads(create.content)
+    inner = {k: v for k, v in payload.items() if k in COUNT_TOKENS_FIELDS}
+    body = {"generateContentRequest": {"model": f"models/{model}", **inner}}
+    return attrs.evolve(create, url=f"{prefix}:countTokens", content=request_body(body))
 
 
 def _no_parameters(schema: Any) -> bool:

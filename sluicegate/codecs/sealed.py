@@ -70,6 +70,11 @@ class StateSeal:
         tag = self._tag(dep, raw.encode())
         return f"{SEAL_PREFIX}{_b64(dep)}.{_b64(tag)}.{raw}"
 
+    def subkey(self, purpose: bytes) -> bytes:
+        """A key for another envelope of the gateway's (``compaction.py``), bound to
+        ``purpose`` and derived from this one, so no key serves two purposes."""
+        return hmac.new(self._key, purpose, hashlib.sha256).digest()
+
     def open(self, value: str) -> SealedState | None:
         """The sealed state in ``value``; None when ``value`` is not sealed by a gateway.
 

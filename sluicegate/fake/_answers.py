@@ -12,6 +12,8 @@ frames are pre-encoded: benchmarks measure the gateway on this path, so it stays
 was. Every other request gets :func:`build_rich_response`, which answers the way a real model's
 output is shaped:
 
+- with a ``context_management`` compaction whose ``compact_threshold`` the input's words
+  reach, a ``compaction`` item first (sealed by the caller's account, as reasoning is);
 - a reasoning model (``o<digit>…``, ``gpt-5…``, or any request with ``reasoning``) first emits
   a ``reasoning`` item (sequences B/C), with a summary when ``reasoning.summary`` asks for one
   and ``encrypted_content`` when ``include`` asks for it (sealed by the caller's account);
@@ -204,7 +206,19 @@ def is_plain(body: Mapping[str, Any]) -> bool:
         and not body.get("include")
         and body.get("reasoning") is None
         and _format_type(body) == "text"
+        and _compact_threshold(body) is None
     )
+
+
+def _compact_threshold(body: Mapping[str, Any]) -> int | None:
+    """The ``compact_threshold`` of a ``context_management`` compaction entry, if any."""
+    entries = body.get("context_management")
+    for entry in entries if isinstance(entries, list) else ():
+        if isinstance(entry, Mapping) and entry.get("type") == "compaction":
+            threshold = entry.get("compact_threshold")
+            if isinstance(threshold, int) and not isinstance(threshold, bool):
+                return threshold
+    return None
 
 
 def build_rich_response(
@@ -233,6 +247,13 @@ def build_rich_response(
     token per streamed delta of the text or arguments.
     """
     output: list[dict[str, Any]] = []
+    threshold = _compact_threshold(body)
+    if threshold is not None and count_input_tokens(body) >= threshold:
+        # Server-side compaction (``context_management``): the compaction item comes first,
+        # sealed by the account like reasoning state.
+        compaction_id = new_id("cmp")
+        compacted = {"id": compaction_id, "type": "compaction"}
+        output.append(compacted | {"encrypted_content": seal(compaction_id, "compacted")})
     reasoning_tokens = 0
     if _reasoning_model(body):
         item_id = new_id("rs")

@@ -25,7 +25,6 @@ next write.
 from __future__ import annotations
 
 import contextlib
-import enum
 import itertools
 import re
 import secrets
@@ -49,9 +48,11 @@ from ._answers import (
     is_plain,
     sse_script,
 )
-from ._extra import EXTRA_ROUTES
+from ._conversations import Refusal, conversation_turn
+from ._extra import EXTRA_ROUTES, Next
 from ._faults import Fault, FaultKind
 from ._http import LAST_CHUNK, MAX_HEAD, BadRequest, RequestHead, chunk, parse_head, response_head
+from ._jobs import Job, job_query, start_job, stream_job
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Mapping
@@ -110,12 +111,9 @@ class FakeStatistics:
     writes: int
 
 
-class _Next(enum.Enum):
-    """What a connection does after answering a request."""
-
-    KEEP_ALIVE = enum.auto()
-    CLOSE = enum.auto()
-    RESET = enum.auto()
+#: What a connection does after answering a request (``_extra.Next``, which the handlers of
+#: its table return without importing this module).
+_Next = Next
 
 
 @attrs.define(eq=False)
@@ -124,6 +122,11 @@ class _Stored:
     response: dict[str, Any]
     final: dict[str, Any]
     background: bool
+    #: A background response's job (``_jobs``): what GET returns follows it.
+    job: Job | None = None
+
+    def current(self) -> dict[str, Any]:
+        return self.response if self.job is None else self.job.response
 
 
 def _normalize_path(path: str) -> str:
@@ -161,6 +164,10 @@ class FakeUpstream:
     write_per_event: bool = False
 
     _faults: deque[Fault] = attrs.field(init=False, factory=deque)
+    #: Faults for the streams of background jobs a GET opens (``script_resume``).
+    _resume_faults: deque[Fault] = attrs.field(init=False, factory=deque)
+    #: Where background jobs run (``_jobs``), while serving.
+    _jobs: trio.Nursery | None = attrs.field(init=False, default=None)
     _requests: list[RecordedRequest] = attrs.field(init=False, factory=list)
     _stored: OrderedDict[str, _Stored] = attrs.field(init=False, factory=OrderedDict)
     _url: str | None = attrs.field(init=False, default=None)
@@ -184,6 +191,12 @@ class FakeUpstream:
         """Queue ``faults``; each ``POST /responses`` consumes one from the front, and an empty
         queue means a normal answer."""
         self._faults.extend(faults)
+
+    def script_resume(self, *faults: Fault) -> None:
+        """Queue ``faults`` for the streams of background jobs that ``GET
+        /v1/responses/{id}?stream=true`` opens; each such GET consumes one (a reset, a stall,
+        a clean end too early, or a status), and an empty queue means a normal stream."""
+        self._resume_faults.extend(faults)
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -239,8 +252,11 @@ class FakeUpstream:
         else:
             url_host = f"[{host}]" if ":" in host else host
         self._url = f"http://{url_host}:{bound}/v1"
-        task_status.started(bound)
-        await trio.serve_listeners(self._handle_connection, listeners)
+        # Background jobs run beside the connections, whatever becomes of those (``_jobs``).
+        async with trio.open_nursery() as jobs:
+            self._jobs = jobs
+            task_status.started(bound)
+            await trio.serve_listeners(self._handle_connection, listeners)
 
     async def _handle_connection(self, stream: trio.SocketStream) -> None:
         self._connections_opened += 1
@@ -295,6 +311,10 @@ class FakeUpstream:
         while len(self._stored) > STORED_RESPONSES:
             self._stored.popitem(last=False)
 
+    def _store_final(self, final: dict[str, Any]) -> None:
+        """Store a finished foreground response, as a create does (``_websocket``)."""
+        self._store(_Stored(response=final, final=final, background=False))
+
     def _account(self, headers: Mapping[str, str]) -> Account:
         authorization = headers.get("authorization", "")
         scheme, _, token = authorization.partition(" ")
@@ -318,13 +338,17 @@ class FakeUpstream:
         """Why the reasoning items in ``items`` cannot be replayed by ``account``, as (status,
         message, param, code); None when they can."""
         for index, item in enumerate(items):
-            if not isinstance(item, dict) or item.get("type") != "reasoning":
+            kind = item.get("type") if isinstance(item, dict) else None
+            if kind not in ("reasoning", "compaction"):
                 continue
             token = item.get("encrypted_content")
             if isinstance(token, str) and token:
                 if not account.issued(token):
                     return 400, unverified_message(token), "input", "invalid_encrypted_content"
                 continue
+            if kind == "compaction":  # its state travels in the item only
+                param = f"input[{index}].encrypted_content"
+                return 400, f"Missing required parameter: '{param}'.", param, None
             item_id = item.get("id")
             if not isinstance(item_id, str):
                 param = f"input[{index}].id"
@@ -456,7 +480,7 @@ class _Connection:
                 if method == "POST":
                     return await self._cancel(response_id)
             elif method == "GET":
-                return await self._retrieve(response_id)
+                return await self._retrieve(response_id, head.query)
             elif method == "DELETE":
                 return await self._delete(response_id)
         path = _normalize_path(head.path)
@@ -470,15 +494,38 @@ class _Connection:
         )
         return await self._send_json(404, envelope)
 
-    async def _retrieve(self, response_id: str) -> _Next:
+    async def _retrieve(self, response_id: str, query: str = "") -> _Next:
         stored = self.upstream._stored.get(response_id)
         if stored is None:
             return await self._send_json(404, _not_found(response_id))
-        return await self._send_json(200, orjson.dumps(stored.response))
+        try:
+            stream, after = job_query(query)
+        except ValueError:
+            return await self._invalid(
+                "Invalid 'starting_after': expected an integer.",
+                param="starting_after",
+                code="invalid_type",
+            )
+        if stream:
+            if stored.job is None:
+                return await self._invalid(
+                    "Only background responses can be streamed.", param="stream", code=None
+                )
+            fault = self.upstream._resume_faults.popleft() if self.upstream._resume_faults else None
+            if fault is not None and fault.kind is FaultKind.STATUS:
+                return await self._send_json(fault.status_code, fault.body, fault.headers)
+            if fault is not None and fault.kind is FaultKind.RESET_BEFORE_HEADERS:
+                return _Next.RESET
+            after = -1 if after is None else after
+            return await stream_job(self, stored.job, after, fault, self._request_id)
+        return await self._send_json(200, orjson.dumps(stored.current()))
 
     async def _delete(self, response_id: str) -> _Next:
-        if self.upstream._stored.pop(response_id, None) is None:
+        stored = self.upstream._stored.pop(response_id, None)
+        if stored is None:
             return await self._send_json(404, _not_found(response_id))
+        if stored.job is not None:
+            stored.job.cancel()
         deleted = {"id": response_id, "object": "response", "deleted": True}
         return await self._send_json(200, orjson.dumps(deleted))
 
@@ -492,9 +539,11 @@ class _Connection:
             )
             return await self._send_json(400, envelope)
         # Cancelling a finished background response is idempotent (the Responses API reference).
-        if stored.response["status"] in ("queued", "in_progress"):
+        if stored.job is not None:
+            stored.job.cancel()
+        elif stored.response["status"] in ("queued", "in_progress"):
             stored.response = as_cancelled(stored.final)
-        return await self._send_json(200, orjson.dumps(stored.response))
+        return await self._send_json(200, orjson.dumps(stored.current()))
 
     async def _invalid(self, message: str, *, param: str | None, code: str | None) -> _Next:
         envelope = error_envelope(message, type="invalid_request_error", param=param, code=code)
@@ -531,6 +580,11 @@ class _Connection:
                 param="previous_response_id",
                 code="previous_response_not_found",
             )
+        turn = conversation_turn(upstream, request, head.headers)  # docs/conversations.md
+        if isinstance(turn, Refusal):
+            return await self._send_json(turn.status, turn.body)
+        if turn is not None:
+            request = turn.request
         background = request.get("background") is True
         if background and request.get("store") is False:
             return await self._invalid(
@@ -567,16 +621,31 @@ class _Connection:
                 new_id=upstream._new_id,
                 seal=account.seal,
             )
+        if turn is not None:
+            turn.finish(final, complete=fault is None)
         stream = request.get("stream") is True
         if request.get("store") is not False:
             if not plain:
                 upstream._store_reasoning(account, final["output"])
-            # A stalled background job never progresses: it stays queued until cancelled.
-            stalled = background and not stream and kind is FaultKind.STALL
-            current = as_queued(final) if stalled else final
-            upstream._store(_Stored(response=current, final=final, background=background))
-            if stalled:
-                fault = None
+            job = None
+            if background:
+                # A job of its own (``_jobs``). A stalled one never progresses: it stays queued
+                # until cancelled.
+                stalled = not stream and kind is FaultKind.STALL
+                job = start_job(
+                    final,
+                    plain=plain,
+                    extra_events=fault.events if fault is not None else (),
+                    delay=upstream.token_delay,
+                    nursery=upstream._jobs,
+                    stalled=stalled,
+                )
+                if stalled:
+                    fault = None
+            upstream._store(_Stored(response=final, final=final, background=background, job=job))
+            if job is not None and stream:
+                # Its stream follows the job; a fault cuts this connection only.
+                return await stream_job(self, job, -1, fault, self._request_id)
         if stream:
             return await self._stream(final, fault, plain=plain)
         payload = orjson.dumps(as_queued(final) if background else final)

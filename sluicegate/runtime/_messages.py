@@ -28,6 +28,7 @@ from ..errors import SluicegateError
 __all__ = [
     "AttemptHealth",
     "Batch",
+    "ConversationTurn",
     "Deliver",
     "Delivery",
     "EventItem",
@@ -37,6 +38,7 @@ __all__ = [
     "PreparedCall",
     "RawItem",
     "RawOutbox",
+    "ResumePoint",
     "Routed",
     "Settlement",
     "UpstreamTiming",
@@ -75,6 +77,20 @@ class Pin:
     verb: str = "issued"
     #: The error code when the deployment is gone (nothing else can read the state).
     gone_code: str = "invalid_encrypted_content"
+
+
+@attrs.frozen(kw_only=True)
+class ConversationTurn:
+    """A response made in a conversation (``conversation`` on create; docs/conversations.md)."""
+
+    #: The conversation's ID as the caller sent it (echoed on the Response).
+    id: str
+    #: The gateway holds it: its items were prepended (``history``), and the new input and
+    #: the output are appended when the response ends well. False: a native upstream holds
+    #: it and was sent its raw ID.
+    held: bool
+    #: The new input as the conversation keeps it (items with IDs).
+    items: list[dict[str, Any]] = attrs.Factory(list)
 
 
 @attrs.frozen(kw_only=True)
@@ -126,6 +142,20 @@ class PreparedCall:
     client_headers: Mapping[str, str] = attrs.Factory(dict)
     #: Replayed state that pins the request to its deployment (see :class:`Pin`).
     pins: tuple[Pin, ...] = ()
+    #: A native background response taken over after a restart: its upstream's stream is
+    #: followed on from here instead of creating it (docs/background.md).
+    resume: ResumePoint | None = None
+    #: The ``conversation`` the response belongs to (see :class:`ConversationTurn`).
+    conversation: ConversationTurn | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ResumePoint:
+    """Where to pick up a native upstream's background response: its raw ID, and the last
+    sequence number recorded of its stream (-1: none; it is streamed again from its start)."""
+
+    upstream_id: str
+    after: int = -1
 
 
 @attrs.frozen(kw_only=True)

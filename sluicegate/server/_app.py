@@ -96,6 +96,7 @@ from ._gauges import gauge_gateway
 from ._keys import Admission, Caller, KeyManager
 from ._metrics import Labels, Metrics, meter_shared_limits
 from ._routes import ANY_METHOD, Route, RouteTable
+from ._websocket_mode import serve_websocket
 
 __all__ = ["FORBIDDEN_BODY_FIELDS", "ProxyApp"]
 
@@ -188,12 +189,24 @@ class ProxyApp:
         """The gateway while the app is serving (between lifespan startup and shutdown)."""
         return self._gateway
 
+    @property
+    def key_manager(self) -> KeyManager | None:
+        """The virtual keys' manager while the app is serving."""
+        return self._keys
+
+    @property
+    def body_limits(self) -> BodyLimits:
+        """What a request body (or a WebSocket message) may cost."""
+        return self._body
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
             await self._lifespan(receive, send)
         elif kind == "http":
             await self._http(scope, receive, send)
+        elif kind == "websocket":
+            await serve_websocket(self, scope, receive, send)
 
     # -- lifespan ------------------------------------------------------------------------
 
@@ -337,30 +350,7 @@ class ProxyApp:
     async def _create(self, ex: Exchange, req: _Request) -> None:
         gateway, keys, caller = req.gateway, req.keys, req.caller
         body = await json_body(ex, self._body)
-        for name in body:
-            if name in FORBIDDEN_BODY_FIELDS:
-                raise forbidden_field(name)
-            if name in PROXY_REFUSED_OPTIONS:
-                raise InvalidRequestError(
-                    f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter"
-                )
-        model = body.get("model")
-        if not isinstance(model, str):
-            raise InvalidRequestError(
-                "Missing required parameter: 'model'.",
-                param="model",
-                code="missing_required_parameter",
-            )
-        params: dict[str, Any] = {**body, "owner": caller.owner, "timing": ex.timing}
-        spend = spend_of(ex)
-        if spend is not None:
-            params["spend_logs_metadata"] = spend
-        forwarded = client_headers(ex, self._config.general_settings.forward_client_headers)
-        if forwarded:
-            params["client_headers"] = forwarded
-        session = ex.header(SESSION_HEADER.encode())
-        if session:
-            params["session"] = session
+        model, params = self.create_params(ex, caller, body)
         admission = await keys.admit(caller, model)
         # A background response holds its key's parallel slot until it ends, not until its
         # answer is sent: once started, the gateway releases the slot (``on_end``).
@@ -388,6 +378,43 @@ class ProxyApp:
             # second release does nothing).
             if not handed_over:
                 admission.release()
+
+    def create_params(
+        self, ex: Exchange, caller: Caller, body: dict[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
+        """A creation's model group and the gateway's parameters for it, from the client's
+        body (refused: what chooses the upstream, the library's own options) and the request's
+        headers (spend metadata, forwarded headers, session); the owner is the caller's. Shared
+        by ``POST /v1/responses`` and WebSocket mode's ``response.create``.
+
+        Raises:
+            InvalidRequestError: a refused field, or no ``model``.
+        """
+        for name in body:
+            if name in FORBIDDEN_BODY_FIELDS:
+                raise forbidden_field(name)
+            if name in PROXY_REFUSED_OPTIONS:
+                raise InvalidRequestError(
+                    f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter"
+                )
+        model = body.get("model")
+        if not isinstance(model, str):
+            raise InvalidRequestError(
+                "Missing required parameter: 'model'.",
+                param="model",
+                code="missing_required_parameter",
+            )
+        params: dict[str, Any] = {**body, "owner": caller.owner, "timing": ex.timing}
+        spend = spend_of(ex)
+        if spend is not None:
+            params["spend_logs_metadata"] = spend
+        forwarded = client_headers(ex, self._config.general_settings.forward_client_headers)
+        if forwarded:
+            params["client_headers"] = forwarded
+        session = ex.header(SESSION_HEADER.encode())
+        if session:
+            params["session"] = session
+        return model, params
 
     async def _stream(
         self, ex: Exchange, gateway: Gateway, params: dict[str, Any], admission: Admission
@@ -530,6 +557,55 @@ class ProxyApp:
         )
         await ex.json(200, page)
 
+    # -- /v1/responses/compact (docs/compaction.md) --------------------------------------
+
+    async def _compact(self, ex: Exchange, req: _Request) -> None:
+        """A compaction: admitted like a create (its key's model, budget and limits), its
+        tokens counted against the key; a client that hangs up cancels it."""
+        caller = req.caller
+        body = await json_body(ex, self._body)
+        model, params = self.create_params(ex, caller, body)
+        admission = await req.keys.admit(caller, model)
+        try:
+            result: dict[str, Any] | None = None
+            with trio.CancelScope() as scope:
+                async with open_body_nursery() as nursery:
+                    nursery.start_soon(watch_disconnect, ex, scope)
+                    result = await req.gateway.compact(**params)
+            if result is None:
+                raise ClientGone
+            usage = result.get("usage")
+            if isinstance(usage, dict):
+                admission.record_tokens(
+                    int(usage.get("input_tokens") or 0) + int(usage.get("output_tokens") or 0)
+                )
+            await ex.json(200, result)
+        finally:
+            admission.release()
+
+    # -- /v1/responses/input_tokens (docs/input-tokens.md) -------------------------------
+
+    async def _input_tokens(self, ex: Exchange, req: _Request) -> None:
+        """An input token count: through the create's door and admitted like a request (its
+        key's model, budget, rpm and parallel requests; released when answered), but it
+        costs no tokens, so none are counted against the key; a client that hangs up
+        cancels it."""
+        caller = req.caller
+        body = await json_body(ex, self._body)
+        model, params = self.create_params(ex, caller, body)
+        admission = await req.keys.admit(caller, model)
+        try:
+            counted: dict[str, Any] | None = None
+            with trio.CancelScope() as scope:
+                async with open_body_nursery() as nursery:
+                    nursery.start_soon(watch_disconnect, ex, scope)
+                    counted = await req.gateway.count_input_tokens(**params)
+            if counted is None:
+                raise ClientGone
+            await ex.json(200, counted)
+        finally:
+            admission.release()
+
     # -- files and batches ---------------------------------------------------------------
 
     async def _list_files(self, ex: Exchange, req: _Request) -> None:
@@ -657,6 +733,99 @@ class ProxyApp:
                 admission.release()
         await ex.json(200, created)
 
+    # -- /v1/conversations (docs/conversations.md) --------------------------------------
+
+    async def _create_conversation(self, ex: Exchange, req: _Request) -> None:
+        caller = req.caller
+        body = await json_body(ex, self._body)
+        model = body.pop("model", None) or model_hint(ex)
+        # Naming a group is using it: the key must be allowed it (a 403 otherwise).
+        admission = await req.keys.admit(caller, model) if isinstance(model, str) else None
+        try:
+            conversation = await req.gateway.create_conversation(
+                model=model, owner=caller.owner, extra_body=body
+            )
+        finally:
+            if admission is not None:
+                admission.release()
+        await ex.json(200, conversation)
+
+    async def _retrieve_conversation(self, ex: Exchange, req: _Request) -> None:
+        (conversation_id,) = req.params
+        owner, admin = req.caller.owner, req.caller.admin
+        conversation = await req.gateway.retrieve_conversation(
+            conversation_id, owner=owner, admin=admin
+        )
+        await ex.json(200, conversation)
+
+    async def _update_conversation(self, ex: Exchange, req: _Request) -> None:
+        (conversation_id,) = req.params
+        body = await json_body(ex, self._body)
+        metadata = body.pop("metadata", None)
+        conversation = await req.gateway.update_conversation(
+            conversation_id,
+            metadata=metadata,
+            owner=req.caller.owner,
+            admin=req.caller.admin,
+            extra_body=body,
+        )
+        await ex.json(200, conversation)
+
+    async def _delete_conversation(self, ex: Exchange, req: _Request) -> None:
+        (conversation_id,) = req.params
+        owner, admin = req.caller.owner, req.caller.admin
+        deleted = await req.gateway.delete_conversation(conversation_id, owner=owner, admin=admin)
+        await ex.json(200, deleted)
+
+    async def _list_conversation_items(self, ex: Exchange, req: _Request) -> None:
+        (conversation_id,) = req.params
+        query = ex.query()
+        page = await req.gateway.list_conversation_items(
+            conversation_id,
+            after=query_str(query, "after"),
+            limit=query_int(query, "limit", 20, low=1, high=100),
+            order=query_str(query, "order") or "desc",
+            include=query.get("include[]") or query.get("include"),
+            owner=req.caller.owner,
+            admin=req.caller.admin,
+        )
+        await ex.json(200, page)
+
+    async def _create_conversation_items(self, ex: Exchange, req: _Request) -> None:
+        (conversation_id,) = req.params
+        query = ex.query()
+        body = await json_body(ex, self._body)
+        items = body.pop("items", None)
+        page = await req.gateway.create_conversation_items(
+            conversation_id,
+            items=items,
+            include=query.get("include[]") or query.get("include"),
+            owner=req.caller.owner,
+            admin=req.caller.admin,
+            extra_body=body,
+        )
+        await ex.json(200, page)
+
+    async def _retrieve_conversation_item(self, ex: Exchange, req: _Request) -> None:
+        conversation_id, item_id = req.params
+        query = ex.query()
+        item = await req.gateway.retrieve_conversation_item(
+            conversation_id,
+            item_id,
+            include=query.get("include[]") or query.get("include"),
+            owner=req.caller.owner,
+            admin=req.caller.admin,
+        )
+        await ex.json(200, item)
+
+    async def _delete_conversation_item(self, ex: Exchange, req: _Request) -> None:
+        conversation_id, item_id = req.params
+        owner, admin = req.caller.owner, req.caller.admin
+        conversation = await req.gateway.delete_conversation_item(
+            conversation_id, item_id, owner=owner, admin=admin
+        )
+        await ex.json(200, conversation)
+
 
 # -- helpers ---------------------------------------------------------------------------------
 
@@ -777,6 +946,12 @@ _ROUTES: RouteTable[_Handler] = RouteTable(
         Route(ANY_METHOD, ("/health/readiness",), ProxyApp._readiness, access="open"),
         Route(ANY_METHOD, ("/metrics",), ProxyApp._metrics, access="open"),
         Route("POST", ("/v1/responses", "/responses"), ProxyApp._create),
+        Route("POST", ("/v1/responses/compact", "/responses/compact"), ProxyApp._compact),
+        Route(
+            "POST",
+            ("/v1/responses/input_tokens", "/responses/input_tokens"),
+            ProxyApp._input_tokens,
+        ),
         Route("GET", ("/v1/responses/{id}",), ProxyApp._get_response),
         Route("DELETE", ("/v1/responses/{id}",), ProxyApp._delete_response),
         Route("POST", ("/v1/responses/{id}/cancel",), ProxyApp._cancel_response),
@@ -790,6 +965,42 @@ _ROUTES: RouteTable[_Handler] = RouteTable(
         Route("GET", ("/v1/batches", "/batches"), ProxyApp._list_batches),
         Route("GET", ("/v1/batches/{id}", "/batches/{id}"), ProxyApp._retrieve_batch),
         Route("POST", ("/v1/batches/{id}/cancel", "/batches/{id}/cancel"), ProxyApp._cancel_batch),
+        Route("POST", ("/v1/conversations", "/conversations"), ProxyApp._create_conversation),
+        Route(
+            "GET",
+            ("/v1/conversations/{id}", "/conversations/{id}"),
+            ProxyApp._retrieve_conversation,
+        ),
+        Route(
+            "POST",
+            ("/v1/conversations/{id}", "/conversations/{id}"),
+            ProxyApp._update_conversation,
+        ),
+        Route(
+            "DELETE",
+            ("/v1/conversations/{id}", "/conversations/{id}"),
+            ProxyApp._delete_conversation,
+        ),
+        Route(
+            "GET",
+            ("/v1/conversations/{id}/items", "/conversations/{id}/items"),
+            ProxyApp._list_conversation_items,
+        ),
+        Route(
+            "POST",
+            ("/v1/conversations/{id}/items", "/conversations/{id}/items"),
+            ProxyApp._create_conversation_items,
+        ),
+        Route(
+            "GET",
+            ("/v1/conversations/{id}/items/{item_id}", "/conversations/{id}/items/{item_id}"),
+            ProxyApp._retrieve_conversation_item,
+        ),
+        Route(
+            "DELETE",
+            ("/v1/conversations/{id}/items/{item_id}", "/conversations/{id}/items/{item_id}"),
+            ProxyApp._delete_conversation_item,
+        ),
         Route("GET", ("/v1/models", "/models"), ProxyApp._models),
         Route("POST", ("/key/generate",), ProxyApp._generate_key),
         Route("GET", ("/key/info",), ProxyApp._key_info),

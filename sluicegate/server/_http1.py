@@ -34,8 +34,13 @@ Theory of operation:
   after) for ``graceful_timeout`` seconds, then cancel what is left. The ASGI lifespan runs
   around all of it: startup before the first connection, shutdown after the last.
 
-Limits: HTTP/1.1 and 1.0 only (``Upgrade`` is ignored: the request is answered in HTTP/1.1 and
-the connection closed after), no TLS, no trailers.
+* **WebSocket**: a ``GET`` with ``Upgrade: websocket`` is an ASGI ``websocket`` connection
+  spoken by :mod:`._ws` on the same task and socket (its own theory of operation there); the
+  connection is the session's until it closes. At shutdown it is as a request in flight: it
+  has ``graceful_timeout`` to end, then is cancelled (the proxy's app then closes it, 1001).
+
+Limits: HTTP/1.1 and 1.0 only (any other ``Upgrade`` is ignored: the request is answered in
+HTTP/1.1 and the connection closed after), no TLS, no trailers, no WebSocket compression.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ import trio
 
 from .._gateway import open_body_nursery
 from ._exchange import Message, Receive, Scope, Send
+from ._ws import WebSocketSession, handshake_refusal, is_websocket_upgrade
 
 __all__ = ["MAX_HEAD_BYTES", "MAX_HEADERS", "StartupError", "bind_socket", "serve_http1"]
 
@@ -256,6 +262,7 @@ class _RequestReader:
         "_url",
         "events",
         "stopped",
+        "upgrade_rest",
     )
 
     def __init__(self) -> None:
@@ -279,6 +286,8 @@ class _RequestReader:
         #: An upgrade request's body, read past the parser (it takes the rest as another
         #: protocol's): bytes still to come.
         self._body_left = 0
+        #: What followed an upgrade request's head (another protocol's first bytes).
+        self.upgrade_rest = b""
 
     def close(self) -> None:
         """Drop the parser: it and this reader refer to each other (its callbacks are this
@@ -296,11 +305,14 @@ class _RequestReader:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            # ``Upgrade`` (h2c, websocket) or ``CONNECT``: answered in HTTP/1.1, then the
-            # connection closes (its head said so: keep_alive is False).
+            # ``Upgrade`` or ``CONNECT``: a WebSocket handshake becomes a session (``_ws``),
+            # which takes the bytes after the head; any other is answered in HTTP/1.1, then
+            # the connection closes (its head said so: keep_alive is False).
             self.stopped = True
             if self._body_left:
                 self._feed_raw_body(data[upgrade.args[0] :])
+            else:
+                self.upgrade_rest = data[upgrade.args[0] :]
         except httptools.HttpParserError as error:
             self._refuse(431 if isinstance(error.__context__, _HeadTooLarge) else 400)
         else:
@@ -542,6 +554,9 @@ class _Connection:
             "server": server,
             "state": self._server.state.copy(),
         }
+        if is_websocket_upgrade(head.method, head.headers):
+            await self._websocket(scope, head)
+            return False
         try:
             await self._server.app(scope, self.receive, self.send)
         except Exception:
@@ -573,6 +588,31 @@ class _Connection:
                 events.pop(0)
                 self._body_done = True
         return not (self._close or self._gone or not self._body_done or self._server.closing)
+
+    async def _websocket(self, scope: Scope, head: _Head) -> None:
+        """Serve a WebSocket handshake: the connection is a ``_ws`` session's until it closes."""
+        refusal = handshake_refusal(head.http_version, head.headers)
+        if refusal is not None or not head.complete:
+            await self._refuse(refusal or 400)
+            return
+        session = WebSocketSession(self._sock, head.headers, self._reader.upgrade_rest)
+        self._reader.upgrade_rest = b""
+        scope.update(
+            type="websocket",
+            scheme="ws",
+            subprotocols=_subprotocols(head.headers),
+            extensions={"websocket.http.response": {}},
+        )
+        del scope["method"]
+        failed = False
+        try:
+            await self._server.app(scope, session.receive, session.send)
+        except Exception:
+            failed = True
+            logger.exception("the ASGI app failed on a WebSocket connection")
+        self._response = _Response.DONE
+        self._gone = True  # nothing more of HTTP is written on it
+        await session.finish(failed=failed)
 
     # -- ASGI receive ---------------------------------------------------------------------
 
@@ -782,6 +822,11 @@ class _Connection:
         await self._write(
             line + b"content-length: 0\r\n" + _CLOSE + _date_line(int(time.time())) + b"\r\n"
         )
+
+
+def _subprotocols(headers: list[tuple[bytes, bytes]]) -> list[str]:
+    offered = [v for n, v in headers if n == b"sec-websocket-protocol"]
+    return [p.strip().decode("latin-1") for v in offered for p in v.split(b",") if p.strip()]
 
 
 @functools.lru_cache(maxsize=4)

@@ -87,6 +87,14 @@ _COUNTERS: Mapping[str, tuple[str, tuple[str, ...]]] = {
         ("model", "kind"),
     ),
     "sluicegate_cost_usd_total": ("Cost accounted in USD, by model group.", ("model",)),
+    "sluicegate_websocket_connections_total": (
+        "WebSocket handshakes, by outcome (offered, accepted, refused).",
+        ("outcome",),
+    ),
+    "sluicegate_websocket_messages_total": (
+        "WebSocket messages, by direction (in: from clients, out: to them).",
+        ("direction",),
+    ),
 }
 #: The histograms likewise.
 _HISTOGRAMS: Mapping[str, tuple[str, tuple[str, ...]]] = {

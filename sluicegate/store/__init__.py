@@ -17,6 +17,7 @@ from ._interface import RECOVERY_ERROR as RECOVERY_ERROR
 from ._interface import KeyRow as KeyRow
 from ._interface import ObjectKind as ObjectKind
 from ._interface import ObjectRow as ObjectRow
+from ._interface import RecoveryPolicy as RecoveryPolicy
 from ._interface import SpendFilter as SpendFilter
 from ._interface import SpendGroup as SpendGroup
 from ._interface import SpendLog as SpendLog
@@ -57,6 +58,7 @@ __all__ = [
     "PostgresStore",
     "RECOVERY_ERROR",
     "Record",
+    "RecoveryPolicy",
     "ResponseRow",
     "Routed",
     "SQLITE_SCHEMA_VERSION",

@@ -20,6 +20,7 @@ __all__ = [
     "ObjectKind",
     "ObjectRow",
     "RECOVERY_ERROR",
+    "RecoveryPolicy",
     "SpendFilter",
     "SpendGroup",
     "SpendLog",
@@ -36,6 +37,21 @@ RECOVERY_ERROR: dict[str, Any] = {
     "code": "server_error",
     "message": "The gateway stopped before this response finished; please try again.",
 }
+
+
+class RecoveryPolicy(Protocol):
+    """What recovery does with a response a dead instance left unfinished (docs/design.md
+    §5.5): the gateway that opens the store may take over a background response its upstream
+    still runs, instead of ending it ``failed``."""
+
+    def error_for(self, row: ResponseRow) -> dict[str, Any] | None:
+        """The error to end it ``failed`` with (:data:`RECOVERY_ERROR`, or one of its own);
+        None: this instance takes it over."""
+        ...
+
+    def adopted(self, row: ResponseRow) -> None:
+        """It was taken over: it is this instance's now (``row`` as it was before)."""
+        ...
 
 
 @attrs.frozen(kw_only=True)
@@ -132,8 +148,12 @@ class ObjectRow:
     deleted_at: float | None = None
 
 
-#: The kinds of :class:`ObjectRow`.
-ObjectKind = Literal["file", "batch"]
+#: The kinds of :class:`ObjectRow`. A ``conversation`` is a row of its own; each of a
+#: conversation the gateway holds has its items as ``conversation_item`` rows, whose
+#: ``data["purpose"]`` names the conversation (``list_objects(purpose=...)`` pages them) and
+#: whose ``deployment_id`` is the conversation's namespace, so an item ID is unique in its
+#: conversation (docs/conversations.md).
+ObjectKind = Literal["file", "batch", "conversation", "conversation_item"]
 
 
 def _models(value: Any) -> tuple[str, ...] | None:

@@ -80,6 +80,12 @@ class Routed(Record):
     attempt: int
     #: The ID the upstream knows this response by, once it answered (its raw ID).
     upstream_id: str | None = None
+    #: The store instance that runs it from now on: a background response taken over after
+    #: the instance running it died (docs/design.md §5.5). None: the one that accepted it.
+    instance: str | None = None
+    #: With ``instance``: the (dead) instance it is taken from. The takeover is refused unless
+    #: the response still runs and is still that instance's, so only one instance takes it.
+    taken_from: str | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -109,17 +109,18 @@ def _unregister(conn: psycopg.Connection[Any], instance: str) -> None:
     conn.execute("DELETE FROM instances WHERE id = %s", (instance,))
 
 
-def _orphans(conn: psycopg.Connection[Any], instance: str) -> list[str]:
+def _orphans(conn: psycopg.Connection[Any], instance: str) -> dict[str, str | None]:
     """The unfinished responses of instances that are not live (no row, or a heartbeat older
-    than their lease), oldest first; never ``instance``'s own."""
+    than their lease), oldest first, with the instance each was left by; never
+    ``instance``'s own."""
     rows = conn.execute(
-        f"SELECT r.id FROM responses AS r WHERE r.{_UNFINISHED}"
+        f"SELECT r.id, r.instance FROM responses AS r WHERE r.{_UNFINISHED}"
         " AND r.instance IS DISTINCT FROM %s AND NOT EXISTS"
         f" (SELECT FROM instances AS i WHERE i.id = r.instance AND i.{_LIVE})"
         " ORDER BY r.created_at",
         (instance,),
     ).fetchall()
-    return [rid for (rid,) in rows]
+    return {rid: owner for (rid, owner) in rows}
 
 
 def _forget_dead(conn: psycopg.Connection[Any]) -> None:

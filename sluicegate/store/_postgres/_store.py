@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     import psycopg
 
+    from .._interface import RecoveryPolicy
     from ._boundary import _Database
 
 _T = TypeVar("_T")
@@ -83,7 +84,7 @@ class PostgresStore(_SQLStore):
         """See :meth:`sluicegate.store.Store.recover`. An instance is dead when it has no row in
         ``instances`` or its heartbeat is older than its lease, by the server's clock."""
         orphans = await self._read(functools.partial(_orphans, instance=self._instance))
-        count = await self._end_as_failed(orphans, now=now)
+        count = await self._end_as_failed(list(orphans), now=now, owners=orphans)
         await self._read(_forget_dead)
         return count
 
@@ -144,6 +145,7 @@ async def open_postgres_store(
     heartbeat: float = 5.0,
     id_secret_digest: str | None = None,
     synchronous_commit: bool = True,
+    recovery: RecoveryPolicy | None = None,
 ) -> AsyncIterator[PostgresStore]:
     """Open (creating or migrating) the PostgreSQL store at ``url``, register this instance and
     run its writer and its heartbeat.
@@ -177,6 +179,9 @@ async def open_postgres_store(
             of the database server (or its machine; never of the gateway) may lose what was
             committed in the last fraction of a second; in exchange a transaction's latency
             is no longer the disk's flush.
+        recovery: which of a dead instance's unfinished responses this store's gateway takes
+            over instead of ending them ``failed`` (a native background response its upstream
+            still runs), and with which error the others end (docs/design.md §5.5).
 
     Raises:
         StoreError: psycopg is not installed; the database has a newer schema; another live
@@ -216,6 +221,7 @@ async def open_postgres_store(
         linger=linger,
         instance=registration.instance,
         read_slots=trio.CapacityLimiter(pool_size),
+        recovery=recovery,
         registration=registration,
         heartbeat=heartbeat,
     )

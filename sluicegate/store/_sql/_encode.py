@@ -185,6 +185,8 @@ def _encode(record: Record) -> _Encoded:
             changes = {"deployment_id": record.deployment_id, "provider": record.provider}
             if record.upstream_id is not None:
                 changes["upstream_id"] = record.upstream_id
+            if record.instance is not None:  # taken over: recovery leaves it to that instance
+                changes["instance"] = record.instance
             return _Encoded(record, _ROUTED, record.attempt, _dumps(routed), changes)
         case ItemDone():
             # The payload is the item itself; ``ordinal`` keeps the output index.

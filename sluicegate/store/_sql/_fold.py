@@ -21,6 +21,7 @@ import orjson
 
 from ..._types import ResponseStatus
 from ...errors import StoreIntegrityError
+from .._records import Routed
 from ._encode import _ended_payload, _with_refs
 from ._jobs import _DeleteKeyJob, _Pending, _PurgeJob, _PutKeyJob, _PutObjectJob
 from ._layout import (
@@ -76,6 +77,8 @@ class _RowState:
     items: list[str] = attrs.Factory(list)
     #: A ``Deleted`` of this fold: the content of the rows written before goes too.
     remove_content: bool = False
+    #: The store instance running it (a takeover must name the one it takes over from).
+    instance: str | None = None
 
     @property
     def content_removed(self) -> bool:
@@ -205,7 +208,9 @@ _ROW_COLUMNS: Final = (
     "instance",
 )
 #: The columns of a response's state (:meth:`_Fold.loaded`), as a SELECT list.
-_STATE_COLUMNS: Final = "id, ref, status, last_seq, completed_at IS NOT NULL, deleted, purged"
+_STATE_COLUMNS: Final = (
+    "id, ref, status, last_seq, completed_at IS NOT NULL, deleted, purged, instance"
+)
 
 
 @attrs.define(eq=False)
@@ -236,7 +241,7 @@ class _Fold:
 
     def loaded(self, rows: Iterable[Sequence[Any]]) -> None:
         """Take the states read (rows of :data:`_STATE_COLUMNS`)."""
-        for rid, ref, status, last_seq, ended, deleted, purged in rows:
+        for rid, ref, status, last_seq, ended, deleted, purged, instance in rows:
             self.states[rid] = _RowState(
                 ref=ref,
                 status=status,
@@ -244,6 +249,7 @@ class _Fold:
                 ended=bool(ended),
                 deleted=bool(deleted),
                 purged=bool(purged),
+                instance=instance,
             )
 
     def add(self, encoded: tuple[_Encoded, ...]) -> StoreIntegrityError | None:
@@ -275,6 +281,14 @@ class _Fold:
                 if now[1]:
                     return StoreIntegrityError(f"response {rid} has already ended")
                 now[1] = True
+            elif enc.kind == _ROUTED and enc.changes.get("instance") is not None:
+                # A takeover (docs/design.md §5.5): only of a response still running, and
+                # still the instance's it names, so two instances never both take one over.
+                state = self.states.get(rid)
+                record = enc.record
+                taken_from = record.taken_from if isinstance(record, Routed) else None
+                if now[1] or state is None or state.instance != taken_from:
+                    return StoreIntegrityError(f"response {rid} was taken over or ended first")
             now[2] += 1
             if now[2] > _MAX_SEQ:
                 return StoreIntegrityError(f"response {rid} has more records than a log holds")
@@ -304,6 +318,8 @@ class _Fold:
                 if kind == _ROUTED:
                     if state.status == _QUEUED:
                         state.status = _IN_PROGRESS
+                    if enc.changes.get("instance") is not None:
+                        state.instance = enc.changes["instance"]
                 elif kind == _ENDED:
                     assert enc.status is not None
                     state.ended = True

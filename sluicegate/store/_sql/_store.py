@@ -21,20 +21,21 @@ from .._interface import (
     KeyRow,
     ObjectKind,
     ObjectRow,
+    RecoveryPolicy,
     SpendFilter,
     SpendGroup,
     SpendLog,
     SpendTotal,
     StoreStatistics,
 )
-from .._records import Ended, ItemOrigin, Record, ResponseRow
+from .._records import Ended, ItemOrigin, Record, ResponseRow, Routed
 from ._encode import _encode_all
 from ._jobs import _DeleteKeyJob, _Pending, _PurgeJob, _PutKeyJob, _PutObjectJob
 from ._layout import _dumps
 from ._queries import _list_objects, _read_key, _read_spend_logs, _read_spend_totals
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
     from ._jobs import _Job
     from ._queries import _Dialect
@@ -118,6 +119,9 @@ class _SQLStore:
     _linger: float
     #: This store's instance ID (``uuid4().hex``), written to the responses it accepts.
     _instance: str
+    #: Whether recovery takes over a dead instance's unfinished response rather than ending
+    #: it (None: every one ends ``failed`` with :data:`RECOVERY_ERROR`).
+    _recovery: RecoveryPolicy | None = None
     _writer_done: trio.Event = attrs.Factory(trio.Event)
     _closed: bool = False
     _records_appended: int = 0
@@ -416,15 +420,26 @@ class _SQLStore:
             if job.purged < job.limit:
                 return purged
 
-    async def _end_as_failed(self, response_ids: list[str], *, now: float) -> int:
-        """End these responses as ``failed`` with :data:`RECOVERY_ERROR`; returns how many this
-        call ended (others may have been ended first)."""
+    async def _end_as_failed(
+        self,
+        response_ids: list[str],
+        *,
+        now: float,
+        owners: Mapping[str, str | None] | None = None,
+    ) -> int:
+        """End these responses as ``failed`` with :data:`RECOVERY_ERROR` (or the error the
+        recovery policy gives one), or take them over where the policy says so; returns how
+        many this call ended (others may have been ended first). ``owners``: the dead instance
+        each was left by (what a takeover names)."""
+        errors: dict[str, dict[str, Any]] = {}
+        if self._recovery is not None and owners is not None and response_ids:
+            response_ids = await self._adopt(response_ids, owners, errors)
 
         def ended(rid: str) -> Ended:
             return Ended(
                 response_id=rid,
                 status="failed",
-                error=dict(RECOVERY_ERROR),
+                error=errors.get(rid) or dict(RECOVERY_ERROR),
                 response=None,
                 completed_at=now,
             )
@@ -443,6 +458,49 @@ class _SQLStore:
                         await self.append([ended(rid)])
                         count += 1
         return count
+
+    async def _adopt(
+        self,
+        response_ids: list[str],
+        owners: Mapping[str, str | None],
+        errors: dict[str, dict[str, Any]],
+    ) -> list[str]:
+        """Take over the responses the recovery policy wants (a ``Routed`` naming this
+        instance, so the next recovery leaves them alone) and fill in ``errors`` for the
+        others; returns those to end."""
+        policy = self._recovery
+        assert policy is not None
+        rows = await self.get_many(response_ids)
+        to_end: list[str] = []
+        for rid in response_ids:
+            row = rows.get(rid)
+            if row is None or row.status.is_terminal:
+                continue  # ended meanwhile (by another instance's recovery)
+            error = policy.error_for(row)
+            if error is not None:
+                errors[rid] = error
+                to_end.append(rid)
+                continue
+            assert row.deployment_id is not None and row.provider is not None
+            routed = Routed(
+                response_id=rid,
+                deployment_id=row.deployment_id,
+                provider=row.provider,
+                attempt=0,
+                upstream_id=row.upstream_id,
+                instance=self._instance,
+                taken_from=owners.get(rid),
+            )
+            try:
+                await self.append([routed])
+            except StoreIntegrityError:
+                continue  # another instance took it over (or ended it) first
+            except StoreError:
+                logger.exception("could not take over response %s; ending it", rid)
+                to_end.append(rid)
+            else:
+                policy.adopted(row)
+        return to_end
 
     # -- keys, files and batches
 

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     import sqlite3
     from collections.abc import AsyncIterator, Awaitable, Callable
 
+    from .._interface import RecoveryPolicy
+
 _T = TypeVar("_T")
 
 logger = logging.getLogger("sluicegate")
@@ -162,9 +164,8 @@ class SQLiteStore(_SQLStore):
         )
         recovered = False
         try:
-            count = await self._end_as_failed(
-                [rid for rid, instance in unfinished if instance in dead], now=now
-            )
+            orphans = {rid: instance for rid, instance in unfinished if instance in dead}
+            count = await self._end_as_failed(list(orphans), now=now, owners=orphans)
             recovered = True
         finally:
             # A dead instance's lock file goes once its responses are ended; if that failed,
@@ -199,6 +200,7 @@ async def open_sqlite_store(
     linger: float = 0.05,
     read_connections: int = 4,
     threads: bool | None = None,
+    recovery: RecoveryPolicy | None = None,
 ) -> AsyncIterator[SQLiteStore]:
     """Open (creating or migrating) the SQLite store at ``path`` and run its writer.
 
@@ -224,6 +226,9 @@ async def open_sqlite_store(
         threads: do the SQL in worker threads (True) or inline on the trio thread (False). By
             default threads for a file, inline for ``":memory:"`` (deterministic under
             ``autojump_clock``). Inline on a file blocks the trio loop on disk.
+        recovery: which of a dead instance's unfinished responses this store's gateway takes
+            over instead of ending them ``failed`` (a native background response its upstream
+            still runs), and with which error the others end (docs/design.md §5.5).
 
     Raises:
         StoreError: the database cannot be opened, has a newer schema, or the instance lock
@@ -259,6 +264,7 @@ async def open_sqlite_store(
         read_slots=trio.CapacityLimiter(1 if memory else read_connections),
         instance=uuid.uuid4().hex,
         threads=threads,
+        recovery=recovery,
         lock_dir=lock_dir,
         idle_readers=[writer] if memory else [],
     )

@@ -1,0 +1,659 @@
+"""WebSocket mode of the Responses API through the proxy (``docs/websocket.md``): the official
+SDK's ``client.responses.connect()`` against the lean server and hypercorn, and a raw trio
+client (:mod:`sluicegate.net._websocket`) where the test must control reading or framing."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import attrs
+import httpx
+import openai
+import orjson
+import pydantic
+import pytest
+import trio
+import trio.testing
+import websockets.exceptions
+from openai.types.responses.responses_server_event import (
+    ResponsesServerEvent,
+    ResponseWsCompleted,
+    ResponseWsCreated,
+    ResponseWsError,
+)
+from wsproto.events import BytesMessage
+
+from sluicegate.fake import FakeUpstream, Fault, open_fake_upstream
+from sluicegate.net._websocket import WebSocketClosed, WebSocketRefused, open_websocket
+from sluicegate.server import ProxyApp, build_app, serve
+from sluicegate.server._serve import HTTP_SERVER_VARIABLE
+
+from .bridge_fakes import serve_loopback
+from .conftest import MEMORY_STORE
+from .fake_anthropic import FakeAnthropic
+
+MASTER = "sk-master-websocket-0123456789"
+PROVIDER_KEY = "sk-provider-websocket-0123456789"
+T = TypeVar("T")
+_SERVER_EVENTS: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(ResponsesServerEvent)
+
+
+def _config(fake: FakeUpstream, extra: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "model_list": [
+            {
+                "model_name": "gpt-test",
+                "litellm_params": {
+                    "model": "openai/gpt-5.4",
+                    "api_base": fake.base_url,
+                    "api_key": PROVIDER_KEY,
+                },
+                "model_info": {"id": "fake-1"},
+            },
+            *extra,
+        ],
+        "general_settings": {
+            "master_key": MASTER,
+            "response_id_secret": "websocket-test",
+            "store": MEMORY_STORE,
+            "graceful_shutdown_timeout": 2,
+        },
+    }
+
+
+@attrs.define(eq=False)
+class Proxy:
+    app: ProxyApp
+    url: str
+    fake: FakeUpstream
+    #: Set to shut the server down.
+    stop: trio.Event = attrs.Factory(trio.Event)
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://") + "/v1/responses"
+
+    def sdk(self, key: str = MASTER) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=30)
+
+    def http(self, key: str = MASTER) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.url, headers={"authorization": f"Bearer {key}"}, timeout=30
+        )
+
+    async def new_key(self, **body: Any) -> str:
+        async with self.http() as http:
+            answer = await http.post("/key/generate", json=body)
+        assert answer.status_code == 200, answer.text
+        key: str = answer.json()["key"]
+        return key
+
+    async def spend_statuses(self) -> list[str]:
+        gateway = self.app.gateway
+        assert gateway is not None
+        return [log.status for log in await gateway.spend_logs()]
+
+
+@asynccontextmanager
+async def running(
+    server: str,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    tokens: int = 8,
+    token_delay: float = 0.0,
+    write_per_event: bool = False,
+    extra: list[dict[str, Any]] | None = None,
+    grace: float = 2,
+) -> AsyncIterator[Proxy]:
+    monkeypatch.setenv(HTTP_SERVER_VARIABLE, server)
+    async with open_fake_upstream(
+        tokens=tokens, token_delay=token_delay, write_per_event=write_per_event
+    ) as fake:
+        config = _config(fake, extra or [])
+        config["general_settings"]["graceful_shutdown_timeout"] = grace
+        app = build_app(config)
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(
+                lambda task_status: serve(
+                    app, host="127.0.0.1", port=0, shutdown_trigger=stop.wait,
+                    task_status=task_status,
+                )
+            )  # fmt: skip
+            try:
+                yield Proxy(app, binds[0], fake, stop)
+            finally:
+                stop.set()
+
+
+@pytest.fixture(params=["lean", "hypercorn"])
+async def proxy(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+    async with running(request.param, monkeypatch) as running_proxy:
+        yield running_proxy
+
+
+async def in_thread(fn: Callable[[], T]) -> T:
+    """Run a synchronous SDK call in a thread (the SDK's WebSocket client is not trio's)."""
+    with trio.fail_after(60):
+        return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
+
+
+def until_end(connection: Any) -> list[Any]:
+    """The events of one response, to its terminal event (or an ``error``)."""
+    events = []
+    for event in connection:
+        events.append(event)
+        if event.type in ("response.completed", "response.failed", "response.incomplete"):
+            break
+        if event.type == "error":
+            break
+    return events
+
+
+# -- the SDK ---------------------------------------------------------------------------------
+
+
+async def test_two_responses_on_one_connection_chain_and_are_recorded(proxy: Proxy) -> None:
+    client = proxy.sdk()
+
+    def talk() -> tuple[list[Any], list[Any]]:
+        with client.responses.connect() as connection:
+            connection.response.create(model="gpt-test", input="Say hello.")
+            first = until_end(connection)
+            previous = first[-1].response.id
+            connection.response.create(
+                model="gpt-test", input="And again.", previous_response_id=previous
+            )
+            second = until_end(connection)
+        return first, second
+
+    first, second = await in_thread(talk)
+    for events in (first, second):
+        assert isinstance(events[0], ResponseWsCreated)
+        assert isinstance(events[-1], ResponseWsCompleted)
+        assert [e.sequence_number for e in events] == list(range(len(events)))
+        for event in events:  # each parses strictly with the SDK's own types
+            _SERVER_EVENTS.validate_python(event.to_dict())
+        text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+        assert text and text == events[-1].response.output_text
+    one, two = first[-1].response, second[-1].response
+    assert one.id != two.id and one.id.startswith("resp_")
+    assert two.previous_response_id == one.id
+    # Recorded, and retrievable over HTTP, as a streamed POST's would be.
+    async with proxy.http() as http:
+        got = (await http.get(f"/v1/responses/{two.id}")).json()
+        assert (got["status"], got["output"][-1]["content"][0]["text"]) == (
+            "completed",
+            two.output_text,
+        )
+        items = (await http.get(f"/v1/responses/{two.id}/input_items")).json()
+        assert items["data"][0]["content"][0]["text"] == "And again."
+        metrics = (await http.get("/metrics")).text
+    assert (
+        'sluicegate_requests_total{route="/v1/responses",method="WEBSOCKET",status="200"} 2.0'
+        in (metrics)
+    )
+    assert 'sluicegate_websocket_connections_total{outcome="accepted"} 1.0' in metrics
+    assert 'sluicegate_websocket_messages_total{direction="in"} 2.0' in metrics
+    # Both reached the upstream as streamed creations, chained upstream as well.
+    creates = [r.json() for r in proxy.fake.requests if r.method == "POST"]
+    assert [c.get("stream") for c in creates] == [True, True]
+    assert "previous_response_id" in creates[1] or len(creates[1]["input"]) > 1
+    assert await proxy.spend_statuses() == ["completed", "completed"]
+
+
+async def test_bad_messages_get_error_events_and_the_connection_goes_on(proxy: Proxy) -> None:
+    client = proxy.sdk()
+
+    def talk() -> list[Any]:
+        seen = []
+        with client.responses.connect() as connection:
+            connection.send_raw("{not json")
+            seen.append(connection.recv())
+            connection.send_raw(orjson.dumps({"type": "response.frobnicate"}).decode())
+            seen.append(connection.recv())
+            connection.send_raw(orjson.dumps({"input": "no type"}).decode())
+            seen.append(connection.recv())
+            connection.send_raw(orjson.dumps({"type": "response.create", "input": "hi"}).decode())
+            seen.append(connection.recv())
+            forbidden = {"type": "response.create", "model": "gpt-test", "api_base": "http://x"}
+            connection.send_raw(orjson.dumps(forbidden).decode())
+            seen.append(connection.recv())
+            background = {"type": "response.create", "model": "gpt-test", "background": True}
+            connection.send_raw(orjson.dumps(background).decode())
+            seen.append(connection.recv())
+            connection.response.create(model="gpt-test", input="Still there?")
+            seen.extend(until_end(connection))
+        return seen
+
+    seen = await in_thread(talk)
+    errors = seen[:6]
+    assert all(isinstance(e, ResponseWsError) for e in errors)
+    assert [(e.error.code, e.error.param) for e in errors] == [
+        ("invalid_json", None),
+        ("unsupported_event_type", "type"),
+        ("missing_required_parameter", "type"),
+        ("missing_required_parameter", "model"),
+        ("forbidden_parameter", "api_base"),
+        (None, "background"),
+    ]
+    assert all(e.status == 400 and e.error.type == "invalid_request_error" for e in errors)
+    assert "response.frobnicate" in errors[1].error.message
+    # The SSE error event's own fields are there too.
+    assert errors[3].to_dict()["param"] == "model"
+    assert seen[-1].type == "response.completed"
+    assert await proxy.spend_statuses() == ["completed"]
+
+
+async def test_a_wrong_key_is_refused_before_the_upgrade(proxy: Proxy) -> None:
+    client = proxy.sdk("sk-not-a-key")
+
+    def connect() -> None:
+        with client.responses.connect() as connection:
+            connection.recv()
+
+    with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+        await in_thread(connect)
+    assert refused.value.response.status_code == 401
+    assert orjson.loads(refused.value.response.body)["error"]["code"] == "invalid_api_key"
+    assert not proxy.fake.requests
+
+
+async def test_another_keys_previous_response_is_refused(proxy: Proxy) -> None:
+    alice = await proxy.new_key(models=["gpt-test"])
+    bob = await proxy.new_key(models=["gpt-test"])
+
+    def first() -> str:
+        with proxy.sdk(alice).responses.connect() as connection:
+            connection.response.create(model="gpt-test", input="mine")
+            response_id: str = until_end(connection)[-1].response.id
+        return response_id
+
+    alices = await in_thread(first)
+
+    def second() -> list[Any]:
+        with proxy.sdk(bob).responses.connect() as connection:
+            connection.response.create(
+                model="gpt-test", input="theirs", previous_response_id=alices
+            )
+            refused = until_end(connection)
+            connection.response.create(model="gpt-test", input="mine then")
+            return [*refused, *until_end(connection)]
+
+    events = await in_thread(second)
+    assert isinstance(events[0], ResponseWsError)
+    error = events[0].error
+    assert (error.code, error.param, events[0].status) == (
+        "previous_response_not_found",
+        "previous_response_id",
+        400,
+    )
+    assert events[-1].type == "response.completed"
+    assert await proxy.spend_statuses() == ["completed", "completed"]
+
+
+async def test_a_key_over_its_rpm_gets_an_error_event(proxy: Proxy) -> None:
+    limited = await proxy.new_key(models=["gpt-test"], rpm_limit=1)
+
+    def talk() -> list[Any]:
+        with proxy.sdk(limited).responses.connect() as connection:
+            connection.response.create(model="gpt-test", input="one")
+            first = until_end(connection)
+            connection.response.create(model="gpt-test", input="two")
+            return [*first, *until_end(connection)]
+
+    events = await in_thread(talk)
+    completed = [e for e in events if e.type == "response.completed"]
+    [error] = [e for e in events if e.type == "error"]
+    assert len(completed) == 1
+    assert (error.error.code, error.status) == ("rate_limit_exceeded", 429)
+    assert len([r for r in proxy.fake.requests if r.method == "POST"]) == 1
+
+
+# -- a raw client: framing, hang-ups, backpressure ---------------------------------------------
+
+
+def _create(**body: Any) -> str:
+    return orjson.dumps({"type": "response.create", "model": "gpt-test", **body}).decode()
+
+
+async def test_a_binary_frame_closes_with_1003(proxy: Proxy) -> None:
+    headers = [("authorization", f"Bearer {MASTER}")]
+    async with open_websocket(proxy.ws_url, headers=headers) as ws:
+        await ws._send(BytesMessage(data=b"{}"))
+        with pytest.raises(WebSocketClosed) as closed:
+            await ws.receive()
+    assert closed.value.code == 1003
+
+
+async def test_stream_id_is_echoed_on_every_event(proxy: Proxy) -> None:
+    headers = [("authorization", f"Bearer {MASTER}")]
+    async with open_websocket(proxy.ws_url, headers=headers) as ws:
+        await ws.send_text(_create(input="hi", stream_id="lane-7"))
+        events: list[dict[str, Any]] = []
+        while not events or events[-1]["type"] != "response.completed":
+            events.append(orjson.loads(await ws.receive()))
+    assert {e["stream_id"] for e in events} == {"lane-7"}
+    assert "stream_id" not in next(r.json() for r in proxy.fake.requests if r.method == "POST")
+
+
+async def test_messages_sent_at_once_run_one_after_another(proxy: Proxy) -> None:
+    """Three creations sent without waiting: each response runs to its end before the next
+    starts, in the order sent, and a bad message among them is answered in its turn."""
+    headers = [("authorization", f"Bearer {MASTER}")]
+    async with open_websocket(proxy.ws_url, headers=headers) as ws:
+        await ws.send_text(_create(input="one"))
+        await ws.send_text("[]")
+        await ws.send_text(_create(input="two"))
+        events: list[dict[str, Any]] = []
+        while [e["type"] for e in events].count("response.completed") < 2:
+            events.append(orjson.loads(await ws.receive()))
+    kinds = [e["type"] for e in events]
+    first_end = kinds.index("response.completed")
+    assert kinds[first_end + 1] == "error" and events[first_end + 1]["code"] == "invalid_type"
+    assert kinds[first_end + 2] == "response.created"
+    ids = [e["response"]["id"] for e in events if e["type"] == "response.completed"]
+    inputs = [r.json()["input"] for r in proxy.fake.requests if r.method == "POST"]
+    assert inputs == ["one", "two"] and len(set(ids)) == 2
+
+
+async def test_an_internal_error_is_told_then_closes_with_1011(
+    proxy: Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(ProxyApp, "create_params", broken)
+    headers = [("authorization", f"Bearer {MASTER}")]
+    async with open_websocket(proxy.ws_url, headers=headers) as ws:
+        await ws.send_text(_create(input="hi"))
+        error = orjson.loads(await ws.receive())
+        with pytest.raises(WebSocketClosed) as closed:
+            await ws.receive()
+    assert (error["type"], error["status"], error["code"]) == ("error", 500, "internal_error")
+    assert "bug" not in error["message"]
+    assert closed.value.code == 1011
+
+
+async def test_another_path_is_refused_with_a_404(proxy: Proxy) -> None:
+    url = proxy.ws_url.replace("/v1/responses", "/v1/chat/completions")
+    with pytest.raises(WebSocketRefused) as refused:
+        async with open_websocket(url, headers=[("authorization", f"Bearer {MASTER}")]):
+            pass
+    assert refused.value.status == 404
+    assert orjson.loads(refused.value.body)["error"]["code"] == "unknown_url"
+
+
+async def test_a_refused_handshake_without_a_key_is_a_401(proxy: Proxy) -> None:
+    with pytest.raises(WebSocketRefused) as refused:
+        async with open_websocket(proxy.ws_url):
+            pass
+    assert refused.value.status == 401
+    assert orjson.loads(refused.value.body)["error"]["code"] == "missing_api_key"
+
+
+@pytest.mark.parametrize("server", ["lean", "hypercorn"])
+async def test_a_client_that_disconnects_mid_response_is_recorded_cancelled(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running(server, monkeypatch, tokens=400, token_delay=0.01) as proxy:
+        headers = [("authorization", f"Bearer {MASTER}")]
+        async with open_websocket(proxy.ws_url, headers=headers) as ws:
+            await ws.send_text(_create(input="A long answer."))
+            while orjson.loads(await ws.receive())["type"] != "response.output_text.delta":
+                pass
+        with trio.fail_after(10):
+            while (await proxy.spend_statuses()) in ([], ["in_progress"]):
+                await trio.testing.wait_all_tasks_blocked()
+        assert await proxy.spend_statuses() == ["cancelled"]
+
+
+@pytest.mark.parametrize("server", ["lean", "hypercorn"])
+async def test_shutdown_ends_a_response_in_flight_failed_and_closes_with_1001(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's graceful deadline cuts a connection whose response is still running: the
+    client gets the response's typed end (``response.failed``: the gateway shut down), then
+    the close frame 1001, as an HTTP stream gets its end before the connection closes."""
+    async with running(server, monkeypatch, tokens=2000, token_delay=0.01, grace=0.2) as proxy:
+        headers = [("authorization", f"Bearer {MASTER}")]
+        async with open_websocket(proxy.ws_url, headers=headers) as ws:
+            await ws.send_text(_create(input="A long answer."))
+            while orjson.loads(await ws.receive())["type"] != "response.output_text.delta":
+                pass
+            proxy.stop.set()
+            events = []
+            with trio.fail_after(20), pytest.raises(WebSocketClosed) as closed:
+                while True:
+                    events.append(orjson.loads(await ws.receive()))
+    assert closed.value.code == 1001
+    assert events[-1]["type"] == "response.failed"
+    assert events[-1]["response"]["error"] == {
+        "code": "server_error",
+        "message": "The gateway shut down before this response finished.",
+    }
+    assert [e["sequence_number"] for e in events] == list(
+        range(events[0]["sequence_number"], events[-1]["sequence_number"] + 1)
+    )
+
+
+@pytest.mark.parametrize("server", ["lean", "hypercorn"])
+async def test_shutdown_closes_an_idle_connection_with_1001(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running(server, monkeypatch, grace=0.2) as proxy:
+        headers = [("authorization", f"Bearer {MASTER}")]
+        async with open_websocket(proxy.ws_url, headers=headers) as ws:
+            await ws.send_text(_create(input="hi"))
+            while orjson.loads(await ws.receive())["type"] != "response.completed":
+                pass
+            proxy.stop.set()
+            with trio.fail_after(20), pytest.raises(WebSocketClosed) as closed:
+                await ws.receive()
+    assert closed.value.code == 1001
+
+
+@pytest.mark.parametrize("server", ["lean", "hypercorn"])
+async def test_a_client_that_stops_reading_stops_the_upstream(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Backpressure: the proxy writes a frame only once the previous one was written, and pulls
+    the next event only then; a client that reads nothing holds the upstream's writes back."""
+    async with running(server, monkeypatch, tokens=20_000, write_per_event=True) as proxy:
+        headers = [("authorization", f"Bearer {MASTER}")]
+        async with open_websocket(proxy.ws_url, headers=headers) as ws:
+            # A small receive buffer (no autotuning): what the kernels hold stays small.
+            ws._stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # type: ignore[attr-defined]
+            await ws.send_text(_create(input="Everything, please."))
+            readings = []
+            for _ in range(4):
+                await trio.testing.wait_all_tasks_blocked(0.05)
+                readings.append(proxy.fake.statistics().bytes_written)
+            assert len(set(readings)) == 1, readings
+            # Reading on drains it to a normal end.
+            with trio.fail_after(60):
+                while orjson.loads(await ws.receive())["type"] != "response.completed":
+                    pass
+        # The upstream was held mid-answer (its writes blocked), not done already.
+        assert 0 < readings[0] < proxy.fake.statistics().bytes_written
+
+
+# -- bridged deployments ---------------------------------------------------------------------
+
+
+async def test_a_bridged_deployment_answers_over_websocket(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deployment behind a bridge (Anthropic's Messages API) answers ``response.create``
+    like a native one: the events are the bridge's, chained by ``previous_response_id``."""
+    fake = FakeAnthropic()
+    async with trio.open_nursery() as nursery:
+        base = await nursery.start(serve_loopback, fake)
+        extra = [
+            {
+                "model_name": "claude",
+                "litellm_params": {
+                    "model": "anthropic/claude-sonnet-4-5",
+                    "api_base": base,
+                    "api_key": "sk-ant-websocket",
+                },
+                "model_info": {"id": "claude-1"},
+            }
+        ]
+        async with running("lean", monkeypatch, extra=extra) as proxy:
+
+            def talk() -> list[Any]:
+                with proxy.sdk().responses.connect() as connection:
+                    connection.response.create(model="claude", input="say: hello there")
+                    first = until_end(connection)
+                    connection.response.create(
+                        model="claude",
+                        input="say: once more",
+                        previous_response_id=first[-1].response.id,
+                    )
+                    return [*first, *until_end(connection)]
+
+            events = await in_thread(talk)
+        nursery.cancel_scope.cancel()
+    done = [e for e in events if e.type == "response.completed"]
+    assert [d.response.output_text for d in done] == ["hello there", "once more"]
+    assert done[1].response.previous_response_id == done[0].response.id
+    # The second turn carried the first one's conversation to the provider.
+    assert len(fake.requests[1]["messages"]) == 3
+
+
+# -- the native fake's WebSocket mode, and relaying to it ------------------------------------
+
+
+def _native(name: str, fake: FakeUpstream, *, websocket: bool) -> dict[str, Any]:
+    return {
+        "model_name": name,
+        "litellm_params": {
+            "model": "openai/gpt-5.4",
+            "api_base": fake.base_url,
+            "api_key": PROVIDER_KEY,
+            "websocket": websocket,
+        },
+        "model_info": {"id": name},
+    }
+
+
+async def test_the_native_fake_answers_in_websocket_mode_as_over_http(fake: FakeUpstream) -> None:
+    ws_url = fake.base_url.replace("http://", "ws://") + "/responses"
+    body = {"model": "gpt-5.4", "input": "hello"}
+    headers = [("authorization", "Bearer sk-anything")]
+    async with open_websocket(ws_url, headers=headers) as ws:
+        await ws.send_text(orjson.dumps({"type": "response.create", **body}).decode())
+        events: list[dict[str, Any]] = []
+        while not events or events[-1]["type"] != "response.completed":
+            events.append(orjson.loads(await ws.receive()))
+        await ws.send_text(orjson.dumps({"type": "response.nonsense"}).decode())
+        error = orjson.loads(await ws.receive())
+    assert (error["type"], error["error"]["param"]) == ("error", "type")
+    async with (
+        httpx.AsyncClient(base_url=fake.base_url) as http,
+        http.stream("POST", "/responses", json={**body, "stream": True}) as answer,
+    ):
+        lines = [line async for line in answer.aiter_lines() if line.startswith("data: ")]
+        stored = (await http.get(f"/responses/{events[-1]['response']['id']}")).json()
+    over_http = [orjson.loads(line.removeprefix("data: ")) for line in lines]
+    assert [e["type"] for e in events] == [e["type"] for e in over_http]
+    for event in events:
+        _SERVER_EVENTS.validate_python(event)
+    assert stored["output"] == events[-1]["response"]["output"]
+    assert [m["type"] for m in fake.extra_state["websocket"]] == [
+        "response.create",
+        "response.nonsense",
+    ]
+
+
+async def test_a_refused_websocket_handshake_on_the_fake_is_its_scripted_status(
+    fake: FakeUpstream,
+) -> None:
+    fake.script(Fault.status(503))
+    ws_url = fake.base_url.replace("http://", "ws://") + "/responses"
+    with pytest.raises(WebSocketRefused) as refused:
+        async with open_websocket(ws_url):
+            pass
+    assert refused.value.status == 503
+
+
+async def test_other_messages_are_relayed_to_an_upstream_that_offers_websocket_mode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with open_fake_upstream(tokens=8) as fake:
+        monkeypatch.setenv(HTTP_SERVER_VARIABLE, "lean")
+        extra = [
+            _native("gpt-ws", fake, websocket=True),
+            _native("gpt-http", fake, websocket=False),
+        ]
+        config = _config(fake, extra)
+        app = build_app(config)
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(
+                lambda task_status: serve(
+                    app, host="127.0.0.1", port=0, shutdown_trigger=trio.sleep_forever,
+                    task_status=task_status,
+                )
+            )  # fmt: skip
+            proxy = Proxy(app, binds[0], fake)
+            alice = await proxy.new_key()
+
+            def talk() -> dict[str, list[Any]]:
+                seen: dict[str, list[Any]] = {}
+                with proxy.sdk().responses.connect() as connection:
+                    connection.response.create(model="gpt-ws", input="Start.")
+                    relayable = until_end(connection)[-1].response.id
+                    connection.response.create(model="gpt-http", input="Start.")
+                    not_relayable = until_end(connection)[-1].response.id
+                    connection.response.steer(input="Also this.", previous_response_id=relayable)
+                    seen["steered"] = [connection.recv()]
+                    connection.response.steer(input="And this.", previous_response_id=not_relayable)
+                    seen["refused"] = [connection.recv()]
+                    connection.response.steer(input="Once more.", previous_response_id=relayable)
+                    seen["still_open"] = [connection.recv()]
+                seen["ids"] = [relayable]
+                with proxy.sdk(alice).responses.connect() as connection:
+                    connection.response.steer(input="Not mine.", previous_response_id=relayable)
+                    seen["not_mine"] = [connection.recv()]
+                    connection.response.create(model="gpt-ws", input="Mine.")
+                    own = until_end(connection)[-1].response.id
+                    fake.script(Fault.status(503))  # strikes the next upstream handshake
+                    connection.response.steer(input="Mine too.", previous_response_id=own)
+                    seen["upstream_refused"] = [connection.recv()]
+                    connection.response.steer(input="Again.", previous_response_id=own)
+                    seen["retried"] = [connection.recv()]
+                return seen
+
+            seen = await in_thread(talk)
+            statuses = await proxy.spend_statuses()
+            nursery.cancel_scope.cancel()
+    [steered] = seen["steered"]
+    assert steered.type == "response.steer.accepted"
+    # What the upstream got: the message as sent, with the upstream's own response ID.
+    steers = [m for m in fake.extra_state["websocket"] if m["type"] == "response.steer"]
+    assert steers[0]["input"] == "Also this."
+    assert steers[0]["previous_response_id"] == steered.steer.previous_response_id
+    assert steers[0]["previous_response_id"] != seen["ids"][0]
+    [refused] = seen["refused"]
+    assert (refused.type, refused.error.code) == ("error", "unsupported_event_type")
+    assert "response.steer" in refused.error.message
+    # The upstream connection stays open for the client connection: no new handshake.
+    assert seen["still_open"][0].type == "response.steer.accepted"
+    [not_mine] = seen["not_mine"]
+    assert (not_mine.error.code, not_mine.error.param) == (
+        "previous_response_not_found",
+        "previous_response_id",
+    )
+    [upstream_refused] = seen["upstream_refused"]
+    assert (upstream_refused.error.code, upstream_refused.status) == (
+        "upstream_connection_error",
+        502,
+    )
+    assert seen["retried"][0].type == "response.steer.accepted"
+    # Relayed messages are not responses the gateway runs: nothing recorded for them.
+    assert statuses == ["completed"] * 3
+    # One upstream connection per client connection, and one more after the refused one.
+    upgrades = [r for r in fake.requests if r.method == "GET" and r.path.endswith("/responses")]
+    assert len(upgrades) == 3
