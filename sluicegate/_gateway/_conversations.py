@@ -40,7 +40,6 @@ import orjson
 
 from .._types import Response, ResponseStatus
 from ..codecs._registry import NATIVE_PROVIDERS
-from ..codecs.openai_responses import build_api_request
 from ..errors import (
     InvalidRequestError,
     NotFoundError,
@@ -51,7 +50,8 @@ from ..errors import (
 )
 from ..runtime._messages import ConversationTurn, Pin
 from ..store import ObjectRow
-from ._params import RESPONSES_PARAMETERS, checked_int, input_items
+from ._objects import call_object_api, put_view
+from ._params import RESPONSES_PARAMETERS, checked_fields, checked_int, input_items
 from ._uploads import invalid
 
 if TYPE_CHECKING:
@@ -195,11 +195,7 @@ class ConversationService:
                 data={},
             )
             return await self._put_view(row, raw)
-        for name in body:
-            if name not in _HELD_CREATE_FIELDS:
-                raise InvalidRequestError(
-                    f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter"
-                )
+        checked_fields(body, _HELD_CREATE_FIELDS)
         metadata = _metadata(body.get("metadata"))
         items = _new_items(body.get("items"), "items")
         raw_id = f"conv_{secrets.token_hex(24)}"
@@ -263,17 +259,7 @@ class ConversationService:
                 total_timeout=total_timeout,
             )
             return await self._put_view(row, raw)
-        for name in body:
-            if name != "metadata":
-                raise InvalidRequestError(
-                    f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter"
-                )
-        if body.get("metadata") is None:
-            raise InvalidRequestError(
-                "Missing required parameter: 'metadata'.",
-                param="metadata",
-                code="missing_required_parameter",
-            )
+        checked_fields(body, ("metadata",), required=("metadata",))
         view = {**row.data, "metadata": _metadata(body["metadata"])}
         await self._store.put_object(attrs.evolve(row, data=view))
         return view
@@ -387,17 +373,7 @@ class ConversationService:
             if not isinstance(page, dict):
                 raise UpstreamProtocolError("the upstream answered with no list of items")
             return page
-        for name in body:
-            if name != "items":
-                raise InvalidRequestError(
-                    f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter"
-                )
-        if body.get("items") is None:
-            raise InvalidRequestError(
-                "Missing required parameter: 'items'.",
-                param="items",
-                code="missing_required_parameter",
-            )
+        checked_fields(body, ("items",), required=("items",))
         items = _new_items(body["items"], "items")
         await self._refuse_taken(row, items)
         await self._append(row, items)
@@ -626,11 +602,7 @@ class ConversationService:
 
     async def _put_view(self, row: ObjectRow, raw: Any) -> dict[str, Any]:
         """A native conversation as the upstream answered, under our ID, kept as last seen."""
-        if not isinstance(raw, dict):
-            raise UpstreamProtocolError("the upstream answered with no conversation object")
-        view = {**raw, "id": row.id}
-        await self._store.put_object(attrs.evolve(row, data=view))
-        return view
+        return await put_view(self._store, row, raw, "conversation")
 
     async def _call(
         self,
@@ -644,19 +616,15 @@ class ConversationService:
     ) -> Any:
         if self._in_process(deployment):  # pragma: no cover -- never native (module docstring)
             deployment = await self._resolve_fake(deployment)
-        content = None if json is None else orjson.dumps(json)
-        request = build_api_request(
+        return await call_object_api(
+            self._connector,
             deployment,
             method,
             path,
+            json=json,
             params=params,
-            content=content,
-            content_type=None if json is None else "application/json",
+            total_timeout=total_timeout,
         )
-        timeouts = deployment.timeouts
-        if total_timeout is not None:
-            timeouts = attrs.evolve(timeouts, total=total_timeout)
-        return await self._connector.call_json(request, timeouts, deployment.max_retries)
 
 
 def _raw_id(raw: Any) -> str:

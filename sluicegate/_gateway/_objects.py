@@ -56,10 +56,10 @@ from ..errors import (
 )
 from ..pricing import ModelPrice, PriceTable, TokenUsage, compute_cost
 from ..store import Accepted, Ended, ObjectKind, ObjectRow, Routed, Settled, Store
-from ._params import RESPONSES_PARAMETERS, checked_int
+from ._params import RESPONSES_PARAMETERS, checked_int, missing_parameter
 from ._uploads import Upload, as_upload, invalid
 
-__all__ = ["BATCH_DISCOUNT", "ObjectService"]
+__all__ = ["BATCH_DISCOUNT", "ObjectService", "call_object_api", "put_view"]
 
 logger = logging.getLogger("sluicegate")
 
@@ -77,12 +77,6 @@ BATCH_DISCOUNT = 0.5
 _BATCH_FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 #: Files a provider account keeps: the providers that serve the Files and Batches APIs.
 _FILE_PROVIDERS = NATIVE_PROVIDERS - {"fake"}
-
-
-def _missing(param: str) -> InvalidRequestError:
-    return InvalidRequestError(
-        f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
-    )
 
 
 @attrs.define(eq=False)
@@ -164,7 +158,7 @@ class ObjectService:
         total_timeout: float | None = None,
     ) -> dict[str, Any]:
         if purpose is None:
-            raise _missing("purpose")
+            raise missing_parameter("purpose")
         if purpose not in FILE_PURPOSES:
             raise InvalidRequestError(
                 f"Invalid 'purpose': {purpose!r}. Expected one of {', '.join(FILE_PURPOSES)}.",
@@ -172,7 +166,7 @@ class ObjectService:
                 code="invalid_value",
             )
         if file is None:
-            raise _missing("file")
+            raise missing_parameter("file")
         upload = as_upload(file)
         anchor, seconds = _expiry(expires_after, "expires_after")
         fields = [("purpose", str(purpose))]
@@ -311,11 +305,7 @@ class ObjectService:
             await self._settle(row.batch_id, usage)
 
     async def _put_file(self, row: ObjectRow, raw: Any) -> dict[str, Any]:
-        if not isinstance(raw, dict):
-            raise UpstreamProtocolError("the upstream answered with no file object")
-        view = {**raw, "id": row.id}
-        await self._store.put_object(attrs.evolve(row, data=view))
-        return view
+        return await put_view(self._store, row, raw, "file")
 
     # -- batches -------------------------------------------------------------------------
 
@@ -335,9 +325,9 @@ class ObjectService:
         total_timeout: float | None = None,
     ) -> dict[str, Any]:
         if input_file_id is None:
-            raise _missing("input_file_id")
+            raise missing_parameter("input_file_id")
         if endpoint is None:
-            raise _missing("endpoint")
+            raise missing_parameter("endpoint")
         if endpoint not in BATCH_ENDPOINTS:
             raise InvalidRequestError(
                 f"Invalid 'endpoint': {endpoint!r}. Expected one of {', '.join(BATCH_ENDPOINTS)}.",
@@ -615,24 +605,61 @@ class ObjectService:
         extra_headers: Mapping[str, str] | None = None,
         total_timeout: float | None = None,
     ) -> Any:
-        deployment = await self._resolved(deployment)
-        content: bytes | AsyncIterable[bytes] | None = stream_body
-        if json is not None:
-            content, content_type = orjson.dumps(json), "application/json"
-        request = build_api_request(
-            deployment,
+        return await call_object_api(
+            self._connector,
+            await self._resolved(deployment),
             method,
             path,
-            content=content,
+            json=json,
+            stream_body=stream_body,
             content_type=content_type,
             extra_headers=extra_headers,
+            total_timeout=total_timeout,
         )
-        timeouts = deployment.timeouts
-        if total_timeout is not None:
-            timeouts = attrs.evolve(timeouts, total=total_timeout)
-        # A streamed upload cannot be sent twice: it is not retried.
-        retries = 0 if stream_body is not None else deployment.max_retries
-        return await self._connector.call_json(request, timeouts, retries)
+
+
+async def call_object_api(
+    connector: Connector,
+    deployment: Deployment,
+    method: str,
+    path: str,
+    *,
+    json: Any = None,
+    params: Mapping[str, str | list[str]] | None = None,
+    stream_body: AsyncIterable[bytes] | None = None,
+    content_type: str | None = None,
+    extra_headers: Mapping[str, str] | None = None,
+    total_timeout: float | None = None,
+) -> Any:
+    """One call of a native deployment's object API (files, batches, conversations): its JSON
+    answer, after the deployment's retries (none for a streamed body, which cannot be sent
+    twice), within ``total_timeout`` if given, else the deployment's."""
+    content: bytes | AsyncIterable[bytes] | None = stream_body
+    if json is not None:
+        content, content_type = orjson.dumps(json), "application/json"
+    request = build_api_request(
+        deployment,
+        method,
+        path,
+        params=params,
+        content=content,
+        content_type=content_type,
+        extra_headers=extra_headers,
+    )
+    timeouts = deployment.timeouts
+    if total_timeout is not None:
+        timeouts = attrs.evolve(timeouts, total=total_timeout)
+    retries = 0 if stream_body is not None else deployment.max_retries
+    return await connector.call_json(request, timeouts, retries)
+
+
+async def put_view(store: Store, row: ObjectRow, raw: Any, noun: str) -> dict[str, Any]:
+    """An upstream's object as it answered, under our ID, kept in its row as last seen."""
+    if not isinstance(raw, dict):
+        raise UpstreamProtocolError(f"the upstream answered with no {noun} object")
+    view = {**raw, "id": row.id}
+    await store.put_object(attrs.evolve(row, data=view))
+    return view
 
 
 def _raw_id(raw: Any) -> str:

@@ -39,6 +39,7 @@ from ._schema import minimal_instance
 
 __all__ = [
     "MALFORMED_FRAME",
+    "BadBody",
     "SseScript",
     "answer_text",
     "as_cancelled",
@@ -50,6 +51,7 @@ __all__ = [
     "error_envelope",
     "is_plain",
     "json_pieces",
+    "model_request",
     "sse_script",
     "word_pieces",
 ]
@@ -654,3 +656,28 @@ def error_envelope(
 ) -> bytes:
     """The encoded OpenAI error envelope (the Responses API reference)."""
     return orjson.dumps({"error": {"message": message, "type": type, "param": param, "code": code}})
+
+
+class BadBody(Exception):
+    """A request body the Responses API refuses with a 400: its message, param and code."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.param, self.code = message, param, code
+
+
+def model_request(body: bytes) -> dict[str, Any]:
+    """A body as ``/responses`` and its siblings read it: a JSON object naming a ``model``.
+
+    Raises:
+        BadBody: not JSON, not an object, or no model.
+    """
+    try:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadBody("We could not parse the JSON body of your request.") from None
+    if not isinstance(request, dict):
+        raise BadBody("The request body must be a JSON object.")
+    if not isinstance(request.get("model"), str):
+        raise BadBody("Missing required parameter: 'model'.", "model", "missing_required_parameter")
+    return request

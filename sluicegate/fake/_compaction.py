@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from ._answers import count_input_tokens, error_envelope
+from ._answers import BadBody, count_input_tokens, error_envelope, model_request
 from ._faults import FaultKind
 
 if TYPE_CHECKING:
@@ -39,17 +39,9 @@ async def _compact(connection: Any, head: RequestHead, body: bytes, match: re.Ma
     if fault is not None and kind is FaultKind.STATUS:
         return await connection._send_json(fault.status_code, fault.body, fault.headers)
     try:
-        request = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        request = None
-    if not isinstance(request, dict):
-        return await connection._invalid(
-            "We could not parse the JSON body of your request.", param=None, code=None
-        )
-    if not isinstance(request.get("model"), str):
-        return await connection._invalid(
-            "Missing required parameter: 'model'.", param="model", code="missing_required_parameter"
-        )
+        request = model_request(body)
+    except BadBody as exc:
+        return await connection._invalid(exc.message, param=exc.param, code=exc.code)
     previous = request.get("previous_response_id")
     if previous is not None and previous not in upstream._stored:
         return await connection._invalid(

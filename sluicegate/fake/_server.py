@@ -40,12 +40,14 @@ import trio
 from ._accounts import Account, unverified_message
 from ._answers import (
     MALFORMED_FRAME,
+    BadBody,
     as_cancelled,
     as_queued,
     build_response,
     build_rich_response,
     error_envelope,
     is_plain,
+    model_request,
     sse_script,
 )
 from ._conversations import Refusal, conversation_turn
@@ -558,21 +560,9 @@ class _Connection:
         if kind is FaultKind.RESET_BEFORE_HEADERS:
             return _Next.RESET
         try:
-            request = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return await self._invalid(
-                "We could not parse the JSON body of your request.", param=None, code=None
-            )
-        if not isinstance(request, dict):
-            return await self._invalid(
-                "The request body must be a JSON object.", param=None, code=None
-            )
-        if not isinstance(request.get("model"), str):
-            return await self._invalid(
-                "Missing required parameter: 'model'.",
-                param="model",
-                code="missing_required_parameter",
-            )
+            request = model_request(body)
+        except BadBody as exc:
+            return await self._invalid(exc.message, param=exc.param, code=exc.code)
         previous = request.get("previous_response_id")
         if previous is not None and previous not in upstream._stored:
             return await self._invalid(
