@@ -567,13 +567,7 @@ class ProxyApp:
         model, params = self.create_params(ex, caller, body)
         admission = await req.keys.admit(caller, model)
         try:
-            result: dict[str, Any] | None = None
-            with trio.CancelScope() as scope:
-                async with open_body_nursery() as nursery:
-                    nursery.start_soon(watch_disconnect, ex, scope)
-                    result = await req.gateway.compact(**params)
-            if result is None:
-                raise ClientGone
+            result = await until_disconnect(ex, req.gateway.compact(**params))
             usage = result.get("usage")
             if isinstance(usage, dict):
                 admission.record_tokens(
@@ -595,14 +589,7 @@ class ProxyApp:
         model, params = self.create_params(ex, caller, body)
         admission = await req.keys.admit(caller, model)
         try:
-            counted: dict[str, Any] | None = None
-            with trio.CancelScope() as scope:
-                async with open_body_nursery() as nursery:
-                    nursery.start_soon(watch_disconnect, ex, scope)
-                    counted = await req.gateway.count_input_tokens(**params)
-            if counted is None:
-                raise ClientGone
-            await ex.json(200, counted)
+            await ex.json(200, await until_disconnect(ex, req.gateway.count_input_tokens(**params)))
         finally:
             admission.release()
 

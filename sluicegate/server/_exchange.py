@@ -28,7 +28,6 @@ import orjson
 import trio
 
 from .._gateway import MAX_SAFE_INTEGER, UpstreamTiming, checked_int, open_body_nursery
-from .._types import Response
 from ..codecs.content_encoding import ContentDecoder, parse_content_encoding
 from ..codecs.multipart import MultipartError, MultipartParser, PartData, PartEnd, PartStart
 from ..config import forward_refusal
@@ -410,6 +409,7 @@ def query_str(query: Mapping[str, list[str]], name: str) -> str | None:
 
 
 _Default = TypeVar("_Default", int, None)
+T = TypeVar("T")
 #: A query integer: decimal digits, perhaps negative (``int()`` would also take ``+1``,
 #: `` 1 ``, ``1_000`` and other scripts' digits).
 _INTEGER = re.compile(r"-?[0-9]+")
@@ -457,10 +457,10 @@ async def watch_disconnect(ex: Exchange, scope: trio.CancelScope) -> None:
             return
 
 
-async def until_disconnect(ex: Exchange, work: Awaitable[Response], *, cancel: bool) -> Response:
+async def until_disconnect(ex: Exchange, work: Awaitable[T], *, cancel: bool = True) -> T:
     """Await ``work``; a client that hangs up first cancels it (unless ``cancel`` is False: a
     background creation returns at once anyway)."""
-    result: Response | None = None
+    result: T | None = None
     with trio.CancelScope() as scope:
         async with open_body_nursery() as nursery:
             if cancel:
