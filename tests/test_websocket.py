@@ -456,6 +456,47 @@ async def test_shutdown_closes_an_idle_connection_with_1001(
     assert closed.value.code == 1001
 
 
+async def test_shutdown_of_the_lean_server_closes_an_idle_connection_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression: the lean server tells the app that shutdown began (``sluicegate.drain``),
+    so a connection between responses closes 1001 then, not at the graceful deadline (an
+    hour here: waiting for it would fail the test's bound)."""
+    async with running("lean", monkeypatch, grace=3600) as proxy:
+        headers = [("authorization", f"Bearer {MASTER}")]
+        async with open_websocket(proxy.ws_url, headers=headers) as ws:
+            await ws.send_text(_create(input="hi"))
+            while orjson.loads(await ws.receive())["type"] != "response.completed":
+                pass
+            proxy.stop.set()
+            with trio.fail_after(30), pytest.raises(WebSocketClosed) as closed:
+                await ws.receive()
+    assert closed.value.code == 1001
+
+
+async def test_shutdown_of_the_lean_server_lets_the_response_in_flight_finish_then_closes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A response running when shutdown begins is not cut while the graceful deadline is far:
+    it completes, no further message is taken, and the connection closes 1001."""
+    async with running("lean", monkeypatch, tokens=60, token_delay=0.01, grace=3600) as proxy:
+        headers = [("authorization", f"Bearer {MASTER}")]
+        async with open_websocket(proxy.ws_url, headers=headers) as ws:
+            await ws.send_text(_create(input="A long answer."))
+            while orjson.loads(await ws.receive())["type"] != "response.output_text.delta":
+                pass
+            proxy.stop.set()
+            await ws.send_text(_create(input="Too late."))
+            events = []
+            with trio.fail_after(30), pytest.raises(WebSocketClosed) as closed:
+                while True:
+                    events.append(orjson.loads(await ws.receive()))
+    assert closed.value.code == 1001
+    assert events[-1]["type"] == "response.completed"
+    assert events[-1]["response"]["status"] == "completed"
+    assert [e["type"] for e in events].count("response.created") == 0
+
+
 @pytest.mark.parametrize("server", ["lean", "hypercorn"])
 async def test_a_client_that_stops_reading_stops_the_upstream(
     server: str, monkeypatch: pytest.MonkeyPatch

@@ -38,6 +38,8 @@ Theory of operation:
   spoken by :mod:`._ws` on the same task and socket (its own theory of operation there); the
   connection is the session's until it closes. At shutdown it is as a request in flight: it
   has ``graceful_timeout`` to end, then is cancelled (the proxy's app then closes it, 1001).
+  The scope's ``sluicegate.drain`` extension holds an event set when shutdown begins, so an
+  app can close a connection that is between responses at once.
 
 Limits: HTTP/1.1 and 1.0 only (any other ``Upgrade`` is ignored: the request is answered in
 HTTP/1.1 and the connection closed after), no TLS, no trailers, no WebSocket compression.
@@ -62,7 +64,7 @@ import trio
 
 from .._gateway import open_body_nursery
 from ._exchange import Message, Receive, Scope, Send
-from ._ws import WebSocketSession, handshake_refusal, is_websocket_upgrade
+from ._ws import DRAIN_EXTENSION, WebSocketSession, handshake_refusal, is_websocket_upgrade
 
 __all__ = ["MAX_HEAD_BYTES", "MAX_HEADERS", "StartupError", "bind_socket", "serve_http1"]
 
@@ -186,6 +188,9 @@ class _Server:
     state: dict[str, Any]
     #: Set when shutting down: no connection is kept alive after its current response.
     closing: bool = False
+    #: Set when shutting down, for WebSocket connections (the ``sluicegate.drain``
+    #: extension): an idle one can close now rather than at the graceful deadline.
+    draining: trio.Event = attrs.Factory(trio.Event)
     _connections: set[_Connection] = attrs.Factory(set)
 
     async def handle(self, stream: trio.SocketStream) -> None:
@@ -205,6 +210,7 @@ class _Server:
         """Shut down: connections waiting for a request close now; the others close after their
         current response."""
         self.closing = True
+        self.draining.set()
         for connection in self._connections:
             if connection.idle is not None:
                 connection.idle.cancel()
@@ -601,7 +607,10 @@ class _Connection:
             type="websocket",
             scheme="ws",
             subprotocols=_subprotocols(head.headers),
-            extensions={"websocket.http.response": {}},
+            extensions={
+                "websocket.http.response": {},
+                DRAIN_EXTENSION: {"event": self._server.draining},
+            },
         )
         del scope["method"]
         failed = False

@@ -25,8 +25,11 @@ An accepted connection is one nursery with two tasks:
 Bad input (not JSON, no or unknown ``type``, invalid parameters, a limit) is an ``error`` event
 and the connection goes on. An ``error`` event carries the streaming ``error`` event's fields
 (``code``, ``message``, ``param``) and, as OpenAI's WebSocket errors do, the envelope's
-``error`` object and the HTTP ``status``. The server's graceful deadline ends a response in
-flight as an HTTP stream's is (``response.failed``: the gateway shut down), then closes 1001.
+``error`` object and the HTTP ``status``. When the server begins to shut down (the lean
+server's ``sluicegate.drain`` extension, :data:`._ws.DRAIN_EXTENSION`) the worker takes no
+further message: a connection between responses closes 1001 at once, one with a response
+running after it. The server's graceful deadline ends a response still in flight as an HTTP
+stream's is (``response.failed``: the gateway shut down), then closes 1001.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from ..errors import (
     SluicegateError,
 )
 from ._exchange import Exchange, Receive, Scope, Send, refuse_upstream_headers, request_id_of
+from ._ws import DRAIN_EXTENSION
 from ._ws_relay import Relays
 
 if TYPE_CHECKING:
@@ -171,6 +175,10 @@ class _Session:
         self._unsent: str | None = None
         #: The upstream connections messages are relayed to (opened at the first).
         self._relays: Relays | None = None
+        #: The server's shutdown has begun (``_ws.DRAIN_EXTENSION``): no new message is
+        #: taken, and the worker's wait for one is cancelled (``_idle``).
+        self._draining = False
+        self._idle: trio.CancelScope | None = None
 
     async def run(self) -> None:
         send_queue, inbox = trio.open_memory_channel[str](QUEUED)
@@ -178,6 +186,9 @@ class _Session:
             # A plain nursery: cancelling its own scope (the client went) ends it quietly.
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._read, send_queue, nursery.cancel_scope)
+                drain = (self._ex.scope.get("extensions") or {}).get(DRAIN_EXTENSION)
+                if drain is not None:
+                    nursery.start_soon(self._drain_on, drain["event"])
                 await self._work(inbox, nursery)
                 nursery.cancel_scope.cancel()
         except* trio.Cancelled:
@@ -186,6 +197,8 @@ class _Session:
             raise
         if self._violation is not None:
             await self._close(*self._violation)
+        elif self._draining:
+            await self._close(GOING_AWAY, "the gateway is shutting down")
         elif not self._gone:
             await self._close(1000, "")
 
@@ -234,9 +247,25 @@ class _Session:
 
     # -- the worker ----------------------------------------------------------------------
 
+    async def _drain_on(self, event: trio.Event) -> None:
+        """At the server's shutdown, stop between messages: the response in flight (if any)
+        finishes within the graceful deadline; a connection waiting for a message closes now."""
+        await event.wait()
+        self._draining = True
+        if self._idle is not None:
+            self._idle.cancel()
+
     async def _work(self, inbox: trio.MemoryReceiveChannel[str], nursery: trio.Nursery) -> None:
         async with inbox:
-            async for text in inbox:
+            while not self._draining:
+                with trio.CancelScope() as self._idle:
+                    try:
+                        text = await inbox.receive()
+                    except trio.EndOfChannel:
+                        return
+                self._idle = None
+                if self._draining:
+                    return
                 try:
                     await self._handle(text, nursery)
                 except SluicegateError as exc:

@@ -58,6 +58,7 @@ from wsproto.utilities import LocalProtocolError, generate_accept_token
 from ._exchange import Message as AsgiMessage
 
 __all__ = [
+    "DRAIN_EXTENSION",
     "FINISH_WRITE",
     "LINGER_SECONDS",
     "MAX_MESSAGE_BYTES",
@@ -67,6 +68,11 @@ __all__ = [
 ]
 
 logger = logging.getLogger("sluicegate.server")
+
+#: The scope extension whose ``event`` is set when the server begins to shut down: a
+#: connection between two messages' work may close then (1001) instead of at the graceful
+#: deadline. Ours; hypercorn offers no such signal.
+DRAIN_EXTENSION: Final = "sluicegate.drain"
 
 #: The largest message a client may send (hypercorn's ``websocket_max_message_size``); a
 #: larger one closes the connection with 1009.
