@@ -132,8 +132,8 @@ async def test_new_database_gets_the_current_schema_in_wal_mode(tmp_path: Path) 
     path = tmp_path / "s.db"
     async with open_sqlite_store(path):
         pass
-    assert SQLITE_SCHEMA_VERSION == 7
-    assert _user_version(path) == 7
+    assert SQLITE_SCHEMA_VERSION == 8
+    assert _user_version(path) == 8
     with _database(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         # The keys table: only the secret's hash, unique, is kept.
@@ -1311,3 +1311,30 @@ async def test_item_lookup_searches_the_item_index(tmp_path: Path) -> None:
     steps = [str(row[-1]) for row in plan]
     assert "SEARCH i USING PRIMARY KEY (item_id=?)" in steps, steps
     assert not any(step.startswith("SCAN") for step in steps), steps
+
+
+async def test_one_conversations_items_are_read_through_the_purpose_index(tmp_path: Path) -> None:
+    """Regression: a held conversation's items are the objects of one ``purpose``; the page
+    query must search ``objects_by_purpose`` (migration 8), not scan every conversation's
+    items. The plan is SQLite's for the very query the store runs."""
+    from sluicegate.store._sql._queries import _list_objects
+    from sluicegate.store._sqlite._spend import _SQLITE
+
+    path = tmp_path / "s.db"
+    async with open_sqlite_store(path):
+        pass
+    statements: list[tuple[str, Any]] = []
+
+    @attrs.define
+    class Recording:
+        db: sqlite3.Connection
+
+        def execute(self, sql: str, args: Any = ()) -> sqlite3.Cursor:
+            statements.append((sql, args))
+            return self.db.execute(sql, args)
+
+    with _database(path) as db:
+        _list_objects(Recording(db), _SQLITE, "conversation_item", None, None, 10, False, "conv_a")  # type: ignore[arg-type]
+        sql, args = statements[-1]
+        plan = " ".join(str(row) for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", args))
+    assert "objects_by_purpose" in plan, plan

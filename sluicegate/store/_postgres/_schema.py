@@ -136,6 +136,11 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
         pid integer NOT NULL
     )
     """,
+    # 2: objects by purpose, so one conversation's items are a range of an index rather than
+    # a scan of every conversation's.
+    """
+    CREATE INDEX objects_by_purpose ON objects (kind, purpose, created_at, id)
+    """,
 )
 POSTGRES_SCHEMA_VERSION: Final = len(_MIGRATIONS)
 

@@ -264,6 +264,14 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX responses_to_purge ON responses (completed_at)
         WHERE purged = 0 AND completed_at IS NOT NULL
     """,
+    # 8: objects by purpose, so one conversation's items are a range of an index rather than
+    # a scan of every conversation's. The expression is the one the queries filter on
+    # (``_spend._DIALECT.purpose_is``): SQLite uses an index on an expression only for that
+    # very expression.
+    """
+    CREATE INDEX objects_by_purpose
+        ON objects (kind, json_extract(CAST(data AS TEXT), '$.purpose'), created_at, id)
+    """,
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
