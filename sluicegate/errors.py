@@ -26,6 +26,8 @@ translated into these at exactly one boundary each, with ``raise Ours(...) from 
     │   ├── UpstreamConnectionError      502  connect failure, reset, closed early
     │   ├── UpstreamTimeoutError         504  connect / first byte / idle / total deadline
     │   └── UpstreamProtocolError        502  malformed body or SSE from the provider
+    ├── UpstreamEndedError               --  a background response its upstream ended without
+    │                                         a terminal event (cancelled there): not a failure
     ├── StoreError                       500  the event store failed; that append was not written
     │   ├── StoreUnavailableError        503  busy/locked, or the store is closed: retry later
     │   └── StoreIntegrityError          500  an append broke the log's rules (a second
@@ -56,6 +58,7 @@ __all__ = [
     "StoreUnavailableError",
     "UnsupportedMediaTypeError",
     "UpstreamConnectionError",
+    "UpstreamEndedError",
     "UpstreamError",
     "UpstreamProtocolError",
     "UpstreamStatusError",
@@ -249,6 +252,19 @@ class UpstreamTimeoutError(UpstreamError):
 class UpstreamProtocolError(UpstreamError):
     status_code = 502
     default_code = "upstream_protocol_error"
+
+
+class UpstreamEndedError(SluicegateError):
+    """A native upstream ended a background response without a terminal event on its stream
+    (it was cancelled there, e.g. by another client): ``response`` is its final Response as the
+    upstream answers a GET, ``status`` its status. It travels to the supervisor as a failure
+    does, which records that end instead of a failure (docs/background.md). Not an
+    ``UpstreamError``: the deployment did not fail, and nothing is retried."""
+
+    def __init__(self, status: str, response: dict[str, Any]) -> None:
+        super().__init__(f"the upstream ended the background response as {status}")
+        self.status = status
+        self.response = response
 
 
 class StoreError(SluicegateError):

@@ -35,6 +35,7 @@ from sluicegate.codecs.ids import IdCodec
 from sluicegate.codecs.resume import ResumeCursor
 from sluicegate.errors import StoreIntegrityError
 from sluicegate.fake import FakeUpstream, Fault, open_fake_upstream
+from sluicegate.fake._jobs import cancel_job, job_ids
 from sluicegate.store import Accepted, Ended, Routed, open_postgres_store, open_sqlite_store
 
 from . import bridge_fakes
@@ -57,6 +58,18 @@ EVENTS = 3 + 2 + TOKENS + 4
 def _resumes(fake: FakeUpstream) -> list[str]:
     """The queries of the reconnects (``GET …?stream=true``) that reached the fake."""
     return [r.query for r in fake.requests if r.method == "GET" and "stream=true" in r.query]
+
+
+def _cancels(fake: FakeUpstream) -> list[str]:
+    """The paths of the cancels (``POST responses/{id}/cancel``) that reached the fake."""
+    return [r.path for r in fake.requests if r.method == "POST" and r.path.endswith("/cancel")]
+
+
+async def _upstream_status(fake: FakeUpstream, raw_id: str | None) -> str:
+    """What the upstream's GET says of its job's status now."""
+    assert raw_id is not None
+    async with fake_client(fake) as http:
+        return str((await http.get(f"/responses/{raw_id}")).json()["status"])
 
 
 def _creates(fake: FakeUpstream) -> list[dict[str, Any]]:
@@ -294,7 +307,7 @@ async def test_reconnects_are_bounded_and_end_the_job_failed_with_a_clear_error(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with (
-        open_fake_upstream(tokens=TOKENS, token_delay=1.0) as fake,
+        open_fake_upstream(tokens=TOKENS, token_delay=10.0) as fake,  # outlasts the reconnects
         sluicegate.open_gateway(fake_config(fake)) as gw,
     ):
         fake.script(Fault.reset_mid_stream(4))
@@ -306,6 +319,15 @@ async def test_reconnects_are_bounded_and_end_the_job_failed_with_a_clear_error(
         assert "5 reconnects in a row brought nothing new" in failed.error["message"]
         assert "overloaded" in failed.error["message"]  # the last reconnect's answer
         assert len(_resumes(fake)) == 5
+        # Given up here, it would run on upstream (and be billed): it is cancelled there, and
+        # its recorded end stays the one it had.
+        raw = (await gw.store.get(queued.id)).upstream_id  # type: ignore[union-attr]
+        with trio.fail_after(15):
+            while not _cancels(fake):  # noqa: ASYNC110 -- sent after the end is recorded
+                await trio.sleep(0.1)
+        assert _cancels(fake) == [f"/v1/responses/{raw}/cancel"]
+        assert await _upstream_status(fake, raw) == "cancelled"
+        assert (await gw.get_response(queued.id)).status is ResponseStatus.FAILED
         # A reconnect the upstream refuses for good (it no longer knows the response) ends it
         # at once.
         fake.script(Fault.reset_mid_stream(4))
@@ -316,6 +338,7 @@ async def test_reconnects_are_bounded_and_end_the_job_failed_with_a_clear_error(
         failed = await gw.get_response(gone.id)
         assert failed.status is ResponseStatus.FAILED and failed.error is not None
         assert failed.error["message"] == "Response expired."
+        assert len(_cancels(fake)) == 1  # the upstream refused it: nothing to cancel there
 
 
 async def test_background_timeout_bounds_a_native_job(
@@ -336,6 +359,19 @@ async def test_background_timeout_bounds_a_native_job(
             failed = await gw.get_response(queued.id)
             assert failed.status is ResponseStatus.FAILED and failed.error is not None
             assert "background_timeout of 5.0 s" in failed.error["message"]
+            # The upstream would run it on (and bill it): it is cancelled there, once.
+            raw = (await gw.store.get(queued.id)).upstream_id  # type: ignore[union-attr]
+            with trio.fail_after(15):
+                while not _cancels(fake):  # noqa: ASYNC110 -- sent after the end is recorded
+                    await trio.sleep(0.1)
+            assert _cancels(fake) == [f"/v1/responses/{raw}/cancel"]
+            assert await _upstream_status(fake, raw) == "cancelled"
+            await trio.sleep(TOKENS)
+            assert len(_cancels(fake)) == 1
+            again = await gw.get_response(queued.id)
+            assert (again.status, again.error) == (ResponseStatus.FAILED, failed.error)
+            [log] = await gw.spend_logs()
+            assert (log.status, log.estimated) == ("failed", True)
 
 
 # -- cancel ------------------------------------------------------------------------------------
@@ -378,6 +414,203 @@ def fake_client(fake: FakeUpstream) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=fake.base_url, timeout=None)
 
 
+# -- ended upstream without a terminal event -------------------------------------------------
+
+
+async def test_a_job_cancelled_at_the_upstream_ends_cancelled_without_reconnecting(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Regression: a job cancelled at the upstream by someone else (its stream ends without a
+    terminal event) was reconnected to five times, then recorded ``failed``. The gateway now
+    reads its status (``GET responses/{id}``) when its stream ends early: ``cancelled``, so it
+    ends ``cancelled`` at once, with the upstream's final response and the usage delivered
+    billed; its stream ends without a terminal event, as a cancel here leaves it."""
+    async with (
+        open_fake_upstream(tokens=TOKENS, token_delay=1.0) as fake,
+        sluicegate.open_gateway(fake_config(fake)) as gw,
+    ):
+        seen: list[Any] = []
+        async with gw.stream(model="gpt-test", input="hi", background=True) as events:
+            async for event in events:
+                seen.append(event)
+                if [e.type for e in seen].count("response.output_text.delta") == 3:
+                    [raw] = job_ids(fake)
+                    cancel_job(fake, raw)  # another client of the provider
+        response_id = seen[0].data["response"]["id"]
+        terminals = ("response.completed", "response.failed", "response.incomplete")
+        assert not any(e.type in terminals for e in seen)
+        assert [e.sequence_number for e in seen] == list(range(len(seen)))
+        assert _resumes(fake) == [] and _cancels(fake) == []  # not one reconnect
+        got = await gw.get_response(response_id)
+        assert (got.id, got.status, got.error) == (response_id, ResponseStatus.CANCELLED, None)
+        sdk_response(got.to_dict())
+        [log] = await gw.spend_logs()
+        assert (log.response_id, log.status, log.estimated) == (response_id, "cancelled", True)
+        assert log.output_tokens > 0 and log.cost is not None  # what was delivered is billed
+        recorded = await _all_events(gw, response_id)
+        assert [e.to_dict() for e in recorded] == [e.to_dict() for e in seen]
+        await trio.sleep(60)
+        assert _resumes(fake) == [] and len(fake.requests) == 2  # the create, the GET
+        assert (await gw.get_response(response_id)).status is ResponseStatus.CANCELLED
+
+
+async def test_a_refused_reconnect_of_a_job_cancelled_upstream_ends_it_cancelled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A reconnect the upstream refuses (a 400) is not the end by itself: the upstream's
+    status is read, and a job cancelled there ends ``cancelled``, not ``failed``."""
+    async with (
+        open_fake_upstream(tokens=TOKENS, token_delay=1.0) as fake,
+        sluicegate.open_gateway(fake_config(fake)) as gw,
+    ):
+        fake.script(Fault.reset_mid_stream(5))
+        refused = {"error": {"message": "Cannot stream this.", "type": "invalid_request_error"}}
+        fake.script_resume(Fault.status(400, body=refused))
+        seen: list[Any] = []
+        async with gw.stream(model="gpt-test", input="hi", background=True) as events:
+            async for event in events:
+                seen.append(event)
+                if len(seen) == 5:  # the last before the reset
+                    [raw] = job_ids(fake)
+                    cancel_job(fake, raw)
+        assert len(seen) == 5 and len(_resumes(fake)) == 1 and _cancels(fake) == []
+        got = await gw.get_response(seen[0].data["response"]["id"])
+        assert (got.status, got.error) == (ResponseStatus.CANCELLED, None)
+
+
+async def test_a_stream_ended_early_of_a_finished_job_ends_with_the_upstreams_response(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The upstream's stream ends cleanly without a terminal event while its job has finished:
+    the GET's final response ends it, as the terminal event of its status (priced, recorded
+    once, numbered after the last event); a job still running is reconnected to as before."""
+    async with (
+        open_fake_upstream(tokens=TOKENS) as fake,  # no delay: the job is done at once
+        sluicegate.open_gateway(fake_config(fake)) as gw,
+    ):
+        fake.script(Fault.end_without_terminal(5))
+        async with gw.stream(model="gpt-test", input="hi", background=True) as events:
+            seen = [event async for event in events]
+        assert [e.sequence_number for e in seen] == list(range(6))
+        assert seen[-1].type == "response.completed"
+        response_id = seen[0].data["response"]["id"]
+        assert seen[-1].data["response"]["id"] == response_id
+        assert _resumes(fake) == []
+        done = await gw.get_response(response_id)
+        assert done.status is ResponseStatus.COMPLETED and len(done.output_text.split()) == TOKENS
+        sdk_response(done.to_dict())
+        [log] = await gw.spend_logs()
+        assert (log.status, log.estimated) == ("completed", False)
+        assert log.output_tokens == done.usage.output_tokens > 0  # type: ignore[union-attr]
+        assert log.cost is not None and log.cost > 0
+    async with (
+        open_fake_upstream(tokens=TOKENS, token_delay=1.0) as fake,
+        sluicegate.open_gateway(fake_config(fake)) as gw,
+    ):
+        fake.script(Fault.end_without_terminal(5))
+        async with gw.stream(model="gpt-test", input="hi", background=True) as events:
+            seen = [event async for event in events]
+        final = await gw.get_response(seen[0].data["response"]["id"])
+        _check_one_stream(seen, final.output_text)
+        assert _resumes(fake) == ["stream=true&starting_after=4"]
+
+
+async def test_a_job_given_up_on_for_malformed_data_is_cancelled_upstream(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The upstream's stream cannot be read (malformed SSE): the response ends ``failed`` here,
+    and the job, which would run on upstream, is cancelled there."""
+    async with (
+        open_fake_upstream(tokens=TOKENS, token_delay=1.0) as fake,
+        sluicegate.open_gateway(fake_config(fake)) as gw,
+    ):
+        fake.script(Fault.malformed_sse(4))
+        queued = await gw.responses(model="gpt-test", input="hi", background=True)
+        await trio.sleep(3)
+        failed = await gw.get_response(queued.id)
+        assert failed.status is ResponseStatus.FAILED and failed.error is not None
+        assert "malformed SSE" in failed.error["message"]
+        raw = (await gw.store.get(queued.id)).upstream_id  # type: ignore[union-attr]
+        assert _cancels(fake) == [f"/v1/responses/{raw}/cancel"]
+        assert await _upstream_status(fake, raw) == "cancelled"
+        assert _resumes(fake) == []
+
+
+def _native_mock(cancel_status: int) -> tuple[httpx.MockTransport, list[httpx.Request]]:
+    """A native upstream (MockTransport) whose background job never gets further than
+    queued: its stream ends after ``response.queued``, a reconnect is refused with a 503, a
+    GET says it is still queued, and a cancel answers ``cancel_status``."""
+    seen: list[httpx.Request] = []
+    queued = {
+        "id": "resp_upstream_job",
+        "object": "response",
+        "created_at": 1,
+        "status": "queued",
+        "background": True,
+        "model": "gpt-5.4",
+        "output": [],
+        "usage": None,
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        path = request.url.path
+        if request.method == "POST" and path == "/v1/responses":
+            frames = [
+                {"type": "response.created", "sequence_number": 0, "response": queued},
+                {"type": "response.queued", "sequence_number": 1, "response": queued},
+            ]
+            body = b"".join(b"data: " + orjson.dumps(f) + b"\n\n" for f in frames)
+            return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+        if request.method == "GET" and request.url.params.get("stream") == "true":
+            overloaded = {"error": {"message": "overloaded", "type": "server_error"}}
+            return httpx.Response(503, json=overloaded)
+        if request.method == "GET":
+            return httpx.Response(200, json=queued)
+        if path.endswith("/cancel"):
+            return httpx.Response(cancel_status, json={**queued, "status": "cancelled"})
+        return httpx.Response(404)
+
+    return httpx.MockTransport(handler), seen
+
+
+async def test_an_upstream_that_fails_the_cancel_leaves_the_recorded_end_alone(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Giving up on a job sends the upstream a cancel, best effort: one that keeps failing (a
+    500, retried) is given up within a short deadline and logged; the response stays
+    recorded as it ended."""
+    transport, seen = _native_mock(cancel_status=500)
+    config: dict[str, Any] = {
+        "model_list": [
+            {
+                "model_name": "m",
+                "litellm_params": {
+                    "model": "openai/gpt-5.4",
+                    "api_base": "http://native.test/v1",
+                    "api_key": "sk-upstream",
+                },
+                "model_info": {"id": "native-1"},
+            }
+        ],
+        "router_settings": {"retry_backoff_jitter": 0.0, "num_retries": 2},
+        "general_settings": {"response_id_secret": SECRET, "store": MEMORY_STORE},
+    }
+    async with sluicegate.open_gateway(config, transport=transport) as gw:
+        queued = await gw.responses(model="m", input="hi", background=True)
+        await trio.sleep(200)
+        failed = await gw.get_response(queued.id)
+        assert failed.status is ResponseStatus.FAILED and failed.error is not None
+        assert "5 reconnects in a row brought nothing new" in failed.error["message"]
+        gets = [r for r in seen if r.method == "GET" and "stream" not in r.url.params]
+        assert len(gets) == 1  # the first stream ended early: still queued, so reconnected
+        cancels = [r for r in seen if r.url.path.endswith("/cancel")]
+        assert cancels and len(cancels) <= 3  # retried, within the deadline
+        assert cancels[0].url.path == "/v1/responses/resp_upstream_job/cancel"
+        assert "could not cancel background response" in caplog.text
+        assert (await gw.get_response(queued.id)).status is ResponseStatus.FAILED
+
+
 # -- the official SDK through the proxy --------------------------------------------------------
 
 
@@ -417,6 +650,31 @@ async def test_the_sdk_creates_resumes_and_cancels_background_jobs_through_the_p
         cancelled = await client.responses.cancel(job.id)
         assert cancelled.status == "cancelled"
         assert len([r for r in fake.requests if r.path.endswith("/cancel")]) == 1
+
+
+async def test_the_sdk_sees_a_job_cancelled_upstream_as_cancelled_through_the_proxy() -> None:
+    """A job cancelled at the upstream by another client, followed by the SDK through the
+    proxy: its stream ends without a terminal event, and ``retrieve`` says ``cancelled``."""
+    async with (
+        running_stack(tokens=200, token_delay=0.02) as stack,
+        openai.AsyncOpenAI(base_url=stack.base_url, api_key=MASTER_RC, max_retries=0) as client,
+    ):
+        fake = stack.fakes["a"]
+        stream = await client.responses.create(
+            model="solo", input="A long answer, please.", background=True, stream=True
+        )
+        seen = []
+        with trio.fail_after(30):
+            async for event in stream:
+                seen.append(event)
+                if len(seen) == 6:
+                    [raw] = job_ids(fake)
+                    cancel_job(fake, raw)
+        assert seen[-1].type not in ("response.completed", "response.failed")
+        response_id = seen[0].response.id  # type: ignore[union-attr]
+        got = await client.responses.retrieve(response_id)
+        assert (got.id, got.status) == (response_id, "cancelled")
+        assert _resumes(fake) == [] and _cancels(fake) == []
 
 
 # -- bridged -------------------------------------------------------------------------------------
@@ -504,6 +762,96 @@ async def test_a_gateway_shut_down_leaves_a_native_job_to_the_next_one(tmp_path:
             final = await gw.get_response(response_id)
             _check_one_stream(await _all_events(gw, response_id), final.output_text)
             assert len(final.output_text.split()) == 40
+
+
+async def _left_behind(fake: FakeUpstream, config: dict[str, Any]) -> tuple[str, str]:
+    """A streamed background job started by a gateway that shuts down after 6 events (it
+    leaves the job to the next one): its ID and the upstream's."""
+    async with sluicegate.open_gateway(config) as gw:
+        async with gw.stream(model="gpt-test", input="hi", background=True) as events:
+            seen = []
+            async for event in events:
+                seen.append(event)
+                if len(seen) == 6:
+                    break
+        response_id = seen[0].data["response"]["id"]
+        with trio.fail_after(30):
+            while (row := await gw.store.get(response_id)) is None or row.upstream_id is None:  # noqa: ASYNC110
+                await trio.sleep(0.02)  # committed within the store's linger
+    return response_id, row.upstream_id
+
+
+async def _ended_row(gw: sluicegate.Gateway, response_id: str) -> Any:
+    with trio.fail_after(30):
+        while True:
+            row = await gw.store.get(response_id)
+            if row is not None and row.status.is_terminal:
+                return row
+            await trio.sleep(0.02)  # the store's reads run in threads
+
+
+async def test_a_job_that_finished_while_no_gateway_ran_is_taken_over_with_its_usage(
+    tmp_path: Path,
+) -> None:
+    """The upstream finishes a job while no gateway follows it: the next gateway takes it
+    over, reads the rest of its stream (to its terminal event) and accounts the usage the
+    upstream reports, priced (a spend row with its cost, not an estimate)."""
+    async with open_fake_upstream(tokens=40, token_delay=0.05) as fake:
+        config = fake_config(fake)
+        config["general_settings"]["store"] = {"path": str(tmp_path / "g.db")}  # type: ignore[index]
+        response_id, raw = await _left_behind(fake, config)
+        assert await _upstream_status(fake, raw) == "in_progress"  # left mid-way
+        with trio.fail_after(30):
+            while await _upstream_status(fake, raw) != "completed":  # noqa: ASYNC110
+                await trio.sleep(0.02)  # the fake's job, on its own
+        async with fake_client(fake) as http:
+            usage = (await http.get(f"/responses/{raw}")).json()["usage"]
+        async with sluicegate.open_gateway(config) as gw:
+            row = await _ended_row(gw, response_id)
+            assert row.status is ResponseStatus.COMPLETED
+            assert len(_resumes(fake)) == 1
+            final = await gw.get_response(response_id)
+            _check_one_stream(await _all_events(gw, response_id), final.output_text)
+            assert final.usage is not None and final.usage.output_tokens == usage["output_tokens"]
+            [log] = await gw.spend_logs()
+            assert (log.response_id, log.status, log.estimated) == (
+                response_id,
+                "completed",
+                False,
+            )
+            assert (log.input_tokens, log.output_tokens) == (
+                usage["input_tokens"],
+                usage["output_tokens"],
+            )
+            assert log.cost is not None and log.cost > 0
+            assert _cancels(fake) == []
+
+
+async def test_a_job_cancelled_upstream_while_no_gateway_ran_is_taken_over_as_cancelled(
+    tmp_path: Path,
+) -> None:
+    """Cancelled at the upstream while no gateway followed it: the takeover's resumed stream
+    brings nothing and ends; the upstream's status says ``cancelled``, and so it ends, at once
+    (not after five reconnects), billed for what it had delivered."""
+    async with open_fake_upstream(tokens=40, token_delay=0.05) as fake:
+        config = fake_config(fake)
+        config["general_settings"]["store"] = {"path": str(tmp_path / "g.db")}  # type: ignore[index]
+        response_id, raw = await _left_behind(fake, config)
+        assert await _upstream_status(fake, raw) == "in_progress"  # left mid-way
+        cancel_job(fake, raw)
+        async with sluicegate.open_gateway(config) as gw:
+            row = await _ended_row(gw, response_id)
+            assert row.status is ResponseStatus.CANCELLED
+            assert len(_resumes(fake)) == 1 and _cancels(fake) == []
+            got = await gw.get_response(response_id)
+            assert (got.id, got.status) == (response_id, ResponseStatus.CANCELLED)
+            sdk_response(got.to_dict())
+            [log] = await gw.spend_logs()
+            assert (log.status, log.estimated) == ("cancelled", True)
+            assert log.cost is not None
+            events = await _all_events(gw, response_id)
+            assert [e.sequence_number for e in events] == list(range(len(events)))
+            assert not any(e.type in ("response.completed", "response.failed") for e in events)
 
 
 async def test_on_postgresql_a_live_instance_takes_over_what_a_closed_one_left(

@@ -6,7 +6,10 @@ its ID is minted and its acceptance recorded before any upstream answered (the c
 once, and a GET sent the moment it returns finds it). A native upstream runs it in its own
 background mode, followed through reconnects (``actors/_resume.py``), and bounded by
 ``background_timeout`` instead of the total timeout; a bridged provider is asked for an ordinary
-streamed response, which this run is (docs/background.md).
+streamed response, which this run is (docs/background.md). When the gateway gives up on a native
+upstream's response that may still run there (its ``background_timeout`` or its reconnects ran
+out), its end is recorded ``failed`` and then it is cancelled at the upstream, best effort, as a
+forwarded cancel is (``StoredResponses.cancel_given_up``).
 
 A native upstream's response outlives this gateway: a shutdown leaves it unfinished in a store
 that outlives the process (``Recording.hand_over``), and the next gateway on that store (or
@@ -35,7 +38,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -48,7 +51,14 @@ from ..actors._router import env_deployment_id
 from ..codecs._lifecycle import StreamTracker
 from ..codecs._registry import is_bridged
 from ..config import is_in_process_fake
-from ..errors import InternalError, SluicegateError, StoreError
+from ..errors import (
+    InternalError,
+    SluicegateError,
+    StoreError,
+    UpstreamConnectionError,
+    UpstreamProtocolError,
+    UpstreamTimeoutError,
+)
 from ..runtime._messages import PreparedCall, ResumePoint
 from ..store import RECOVERY_ERROR, Ended
 from ._pipeline import Pipeline, record_end_now, record_unanswered, run_request
@@ -168,6 +178,15 @@ class Follower:
                 raise trio.EndOfChannel
 
 
+def _gave_up(recording: Recording) -> bool:
+    """Whether the gateway stopped following a native upstream's background response that the
+    upstream had named, while that upstream may still run it: its ``background_timeout`` ran
+    out, its reconnects did, or its stream could not be read. Not when the upstream ended it
+    (a terminal or ``error`` event, a GET saying so) or refused it (a status of its own)."""
+    lost = (UpstreamConnectionError, UpstreamTimeoutError, UpstreamProtocolError)
+    return recording.upstream_id is not None and isinstance(recording.failure, lost)
+
+
 async def _ended(store: Store, response_id: str) -> bool:
     """Whether the store holds the response's end (or no longer the response)."""
     row = await store.get(response_id)
@@ -192,6 +211,9 @@ class BackgroundRuns:
     in_flight: int = 0
     #: Whether the task that notices runs ended by other processes is running.
     _watching: bool = False
+    #: Cancels a background response at its native upstream, by ID, once the gateway gave up
+    #: on it (``StoredResponses.cancel_given_up``, wired when the gateway opens).
+    cancel_upstream: Callable[[str], Awaitable[None]] | None = None
 
     @property
     def running(self) -> int:
@@ -393,6 +415,11 @@ class BackgroundRuns:
                 except Exception:
                     # The caller's callback: its failure is logged, and never ends the gateway.
                     logger.exception("the on_end callback of %s failed", live.response_id)
+        if _gave_up(live.recording) and self.cancel_upstream is not None:
+            # Recorded failed (and its followers told), while its upstream would run it on, and
+            # bill it: it is cancelled there, best effort, within a short deadline
+            # (docs/background.md).
+            await self.cancel_upstream(live.response_id)
 
     async def _watch_ended_elsewhere(self) -> None:
         """While background responses run here: notice those another process sharing the

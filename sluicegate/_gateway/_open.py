@@ -312,6 +312,7 @@ async def open_trio_gateway(
         background = BackgroundRuns(pipeline, store, recorder, services, _shared_store(gs))
         services.start_soon(background.follow_takeovers, takeover.adopted_rows)
         stored = StoredResponses(pipeline, store, recorder, background, fakes, gs.store, owner)
+        background.cancel_upstream = stored.cancel_given_up  # docs/background.md
         gateway = Gateway(
             cfg,
             pipeline,

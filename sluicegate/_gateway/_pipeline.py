@@ -28,6 +28,10 @@ it cancels the nursery, which closes the upstream connection. What it means for 
   stands and only the usage is added;
 - a request no upstream answered yet ends recorded too, under an ID of its own, as above.
 
+A native upstream may end a background response without a terminal event on its stream (it was
+cancelled there): the connector raises ``UpstreamEndedError`` with the upstream's final response,
+and that end is recorded here, with the usage it reports priced (``_record_upstream_end``).
+
 Whatever the end, every request that reached the pipeline ends in exactly one recorded ``Ended``
 (docs/design.md §5): the sink records a terminal event before delivering it; a failure is recorded
 here before its closing events are delivered; a cancellation is recorded here, shielded (for a
@@ -53,14 +57,23 @@ from ..actors._stages import (
     IdEncoder,
     Sink,
     Transformer,
+    caller_fields,
     run_id_encoder,
     run_sink,
     run_transformer,
+    seal_output,
 )
 from ..codecs._lifecycle import StreamTracker, failure_code
 from ..codecs.ids import IdCodec
 from ..codecs.sealed import StateSeal
-from ..errors import ClientError, InternalError, RateLimitError, SluicegateError, StoreError
+from ..errors import (
+    ClientError,
+    InternalError,
+    RateLimitError,
+    SluicegateError,
+    StoreError,
+    UpstreamEndedError,
+)
 from ..runtime._messages import Deliver, EventItem, PreparedCall, RawItem, Routed
 
 __all__ = ["Pipeline", "record_end_now", "record_unanswered", "run_request"]
@@ -119,6 +132,13 @@ async def run_request(
     if recording is not None and recording.ended_elsewhere:
         # Its terminal could not be recorded: another process had ended it (a cancel there).
         # That end stands; the run stops here, as a cancelled one does, with nothing more sent.
+        return
+    if recording is not None:
+        recording.failure = failure
+    if isinstance(failure, UpstreamEndedError) and recording is not None and recording.open:
+        # Its upstream ended it without a terminal event (cancelled there): that end is
+        # recorded, and its stream ends without a terminal event, as a cancel here leaves it.
+        await _record_upstream_end(pipeline, call, recording, tracker, failure)
         return
     if failure is None:
         if recording is not None and recording.open:  # pragma: no cover -- a bug if it happens
@@ -278,6 +298,46 @@ async def record_end_now(
     """End a response that will not run (again) as ``failed`` with ``error``, with what it
     delivered so far (a background response taken over whose deployment is gone)."""
     await _record_end(recording, tracker, ResponseStatus.FAILED, error)
+
+
+async def _record_upstream_end(
+    pipeline: Pipeline,
+    call: PreparedCall,
+    recording: Recording,
+    tracker: StreamTracker,
+    ended: UpstreamEndedError,
+) -> None:
+    """Record the end a native upstream gave a background response without a terminal event
+    (docs/background.md): its status and its final Response (under our ID, its state sealed),
+    and the usage it reports, priced (if it reports none, estimated from what it shows or what
+    was delivered, whichever is more, as a cancel here is)."""
+    deployment = call.deployment
+    assert deployment is not None and recording.response_id is not None
+    settlement = pipeline.accountant.settle_usage(
+        ended.response.get("usage"), pipeline.accountant.price_for(deployment)
+    )
+    response = Response.from_dict(ended.response)
+    if settlement.usage is None:
+        delivered = tracker.partial() or recording.initial
+        settlement = recording.estimate(max(_output_chars(response), _output_chars(delivered)))
+    else:
+        pipeline.accountant.report(deployment, settlement)
+    response = response.with_changes(
+        **caller_fields(call, recording.response_id),
+        status=ended.status,
+        usage=settlement.usage,
+        output=seal_output(pipeline.seal, deployment.id, ended.response.get("output") or []),
+    )
+    try:
+        await recording.end(
+            ResponseStatus(ended.status),
+            error=response.error,
+            response=response,
+            settlement=settlement,
+        )
+    except SluicegateError:
+        if not recording.ended_elsewhere:  # else its end stands, and the usage was added
+            logger.exception("could not record the end of response %s", recording.response_id)
 
 
 def _output_chars(response: Response | None) -> int:

@@ -59,6 +59,9 @@ logger = logging.getLogger("sluicegate")
 #: Statuses the store decides for a response: GET answers them from the store.
 _ENDED_BY_THE_GATEWAY = frozenset({ResponseStatus.FAILED, ResponseStatus.CANCELLED})
 
+#: The longest a cancel forwarded to a native upstream may take, retries included (seconds).
+UPSTREAM_CANCEL_DEADLINE = 10.0
+
 
 @attrs.define(eq=False)
 class StoredResponses:
@@ -224,18 +227,36 @@ class StoredResponses:
             await self._cancel_upstream(decoded, fresh, extra_headers)
         return await self._stored_response(fresh)
 
+    async def cancel_given_up(self, response_id: str) -> None:
+        """Cancel at its native upstream a background response this gateway gave up on (its
+        ``background_timeout`` ran out, or so did its reconnects; ``BackgroundRuns``), after
+        its end was recorded: the upstream would run it on, and bill it. Its end stands."""
+        try:
+            row = await self._store.get(response_id)
+        except SluicegateError as exc:
+            logger.warning("could not cancel background response %s upstream: %s", response_id, exc)
+            return
+        if row is not None:
+            await self._cancel_upstream(self._pipeline.ids.decode(response_id), row, None)
+
     async def _cancel_upstream(
         self, decoded: DecodedId, row: ResponseRow, extra_headers: Mapping[str, str] | None
     ) -> None:
         """Forward a cancel to the native upstream that runs a background response itself
-        (docs/background.md), once it is recorded ``cancelled`` here. Best effort: the gateway
-        has stopped following it either way, so a failure is logged, not answered."""
+        (docs/background.md), once its end is recorded here. Best effort, within
+        ``UPSTREAM_CANCEL_DEADLINE``: the gateway has stopped following it either way, so a
+        failure is logged, not answered."""
         if row.provider is None or is_bridged(row.provider) or row.upstream_id is None:
             return  # a bridged provider's ran here only; no upstream had named it yet
         try:
             deployment, raw_id = self._upstream_of(decoded, row, row.id)
             await self._resource_call(
-                deployment, "POST", raw_id, action="cancel", extra_headers=extra_headers
+                deployment,
+                "POST",
+                raw_id,
+                action="cancel",
+                extra_headers=extra_headers,
+                total_timeout=UPSTREAM_CANCEL_DEADLINE,
             )
         except SluicegateError as exc:
             logger.warning(

@@ -72,15 +72,27 @@ class Accountant:
         raw = event.response_data.get("usage")
         if not isinstance(raw, dict):
             return event, Settlement(None, None)
-        usage = Usage.from_dict(raw)
-        cost = self._account(usage, price)
-        normal = _normalized_usage(raw, usage)
-        settlement = Settlement(dict(normal), cost)
+        settlement, normal = self._settle_usage(raw, price)
         if self._include_cost:
-            normal["cost"] = cost
+            normal["cost"] = settlement.cost
         if normal == raw:
             return event, settlement
         return event.with_response_fields(usage=normal), settlement
+
+    def settle_usage(self, raw: Any, price: ModelPrice | None) -> Settlement:
+        """Account a usage object the upstream reported outside a terminal event (the final
+        Response of a background response it cancelled, read with a GET): what it cost."""
+        if not isinstance(raw, dict):
+            return Settlement(None, None)
+        return self._settle_usage(raw, price)[0]
+
+    def _settle_usage(
+        self, raw: dict[str, Any], price: ModelPrice | None
+    ) -> tuple[Settlement, dict[str, Any]]:
+        usage = Usage.from_dict(raw)
+        cost = self._account(usage, price)
+        normal = _normalized_usage(raw, usage)
+        return Settlement(dict(normal), cost), normal
 
     def report(self, deployment: Deployment, settlement: Settlement) -> None:
         usage = settlement.usage

@@ -135,6 +135,9 @@ class Recording:
     #: Output items the store holds already (a background response taken over after a
     #: restart, whose upstream streams them again): their ``ItemDone`` is not recorded twice.
     items_recorded: int = 0
+    #: The error the supervisor ended it with, if it ended on one (a background response the
+    #: gateway gave up on is then cancelled at its upstream: docs/background.md).
+    failure: SluicegateError | None = None
 
     @property
     def replay(self) -> bool:

@@ -31,12 +31,14 @@ from ..runtime._messages import (
 )
 
 if TYPE_CHECKING:
+    from ..runtime._messages import PreparedCall
     from ._recorder import Recording
 
 __all__ = [
     "IdEncoder",
     "Sink",
     "Transformer",
+    "caller_fields",
     "run_id_encoder",
     "run_sink",
     "run_transformer",
@@ -210,7 +212,13 @@ def _encode(
         new_id = cache[raw_id] = call.response_id or ids.encode(
             provider=d.provider, deployment_id=d.id, raw_id=raw_id, owner=call.owner
         )
-    fields: dict[str, Any] = {"id": new_id}
+    return event.with_response_fields(**caller_fields(call, new_id))
+
+
+def caller_fields(call: PreparedCall, response_id: str) -> dict[str, Any]:
+    """The fields of an upstream's Response that its caller sees as the gateway knows them:
+    its ID ``response_id``, and what the upstream echoes in its own terms."""
+    fields: dict[str, Any] = {"id": response_id}
     if call.previous_response_id is not None:
         # The upstream echoes the raw ID it was sent; the caller should see the one it sent.
         fields["previous_response_id"] = call.previous_response_id
@@ -220,7 +228,7 @@ def _encode(
     if call.background:
         # The gateway runs it in the background; the upstream saw an ordinary request.
         fields["background"] = True
-    return event.with_response_fields(**fields)
+    return fields
 
 
 @attrs.define(eq=False)

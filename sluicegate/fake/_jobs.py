@@ -33,7 +33,7 @@ from ._next import Next
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["Job", "job_query", "start_job", "stream_job"]
+__all__ = ["Job", "cancel_job", "job_ids", "job_query", "start_job", "stream_job"]
 
 _RECEIVE_SIZE = 65536
 _SSE_HEADERS = (
@@ -123,6 +123,27 @@ def start_job(
     else:
         job._advance(len(frames))
     return job
+
+
+def cancel_job(upstream: Any, response_id: str) -> dict[str, Any]:
+    """Cancel the background job ``response_id`` of ``upstream`` (a ``FakeUpstream``) as
+    another client of the provider would (its dashboard, another API key): no request of it
+    is recorded. What a GET of it answers now (a finished job is left as it ended).
+
+    Raises:
+        KeyError: ``upstream`` has no background job of that ID.
+    """
+    stored = upstream._stored[response_id]
+    job: Job | None = stored.job
+    if job is None:
+        raise KeyError(response_id)
+    job.cancel()
+    return dict(job.response)
+
+
+def job_ids(upstream: Any) -> list[str]:
+    """The IDs of the background jobs ``upstream`` (a ``FakeUpstream``) holds, oldest first."""
+    return [rid for rid, stored in upstream._stored.items() if stored.job is not None]
 
 
 def job_query(query: str) -> tuple[bool, int | None]:
