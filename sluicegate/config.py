@@ -161,8 +161,9 @@ class LiteLLMParams:
     #: Total seconds a background response may run here (default: ``router_settings``').
     background_timeout: Duration | None = attrs.field(default=None, validator=_positive)
     extra_headers: dict[str, str] | None = None
-    #: The upstream offers the Responses API's WebSocket mode: messages the gateway does not
-    #: run itself are relayed to it (a native deployment only; docs/websocket.md).
+    #: The upstream offers the Responses API's WebSocket mode: a WebSocket-mode client's
+    #: responses go to it over an upstream WebSocket, and its other messages are relayed
+    #: there (a native deployment only; docs/websocket.md).
     websocket: bool = False
     #: Drop what this provider cannot take instead of refusing it (None: general_settings').
     drop_params: bool | None = None

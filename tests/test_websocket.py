@@ -18,6 +18,7 @@ import pytest
 import trio
 import trio.testing
 import websockets.exceptions
+from openai.types.responses import FunctionToolParam
 from openai.types.responses.responses_server_event import (
     ResponsesServerEvent,
     ResponseWsCompleted,
@@ -620,81 +621,595 @@ async def test_a_refused_websocket_handshake_on_the_fake_is_its_scripted_status(
     assert refused.value.status == 503
 
 
-async def test_other_messages_are_relayed_to_an_upstream_that_offers_websocket_mode(
+@asynccontextmanager
+async def running_native(
     monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    async with open_fake_upstream(tokens=8) as fake:
-        monkeypatch.setenv(HTTP_SERVER_VARIABLE, "lean")
+    *,
+    server: str = "lean",
+    tokens: int = 8,
+    token_delay: float = 0.0,
+    write_per_event: bool = False,
+    grace: float = 2,
+) -> AsyncIterator[Proxy]:
+    """The proxy with ``gpt-ws`` (the native fake, ``websocket: true``), ``gpt-http`` (the
+    same fake over HTTP only) and ``pool`` (two deployments of the fake with ``websocket:
+    true``)."""
+    monkeypatch.setenv(HTTP_SERVER_VARIABLE, server)
+    async with open_fake_upstream(
+        tokens=tokens, token_delay=token_delay, write_per_event=write_per_event
+    ) as fake:
         extra = [
             _native("gpt-ws", fake, websocket=True),
             _native("gpt-http", fake, websocket=False),
         ]
+        for name in ("pool-a", "pool-b"):
+            extra.append({**_native("pool", fake, websocket=True), "model_info": {"id": name}})
+        azure = {
+            "model": "azure/gpt-5.4",
+            "api_base": fake.base_url.removesuffix("/v1"),
+            "api_key": PROVIDER_KEY,
+            "api_version": "2025-04-01-preview",
+            "websocket": True,
+        }
+        extra.append(
+            {"model_name": "azure-ws", "litellm_params": azure, "model_info": {"id": "azure-ws"}}
+        )
         config = _config(fake, extra)
+        config["general_settings"]["graceful_shutdown_timeout"] = grace
         app = build_app(config)
+        stop = trio.Event()
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(
                 lambda task_status: serve(
-                    app, host="127.0.0.1", port=0, shutdown_trigger=trio.sleep_forever,
+                    app, host="127.0.0.1", port=0, shutdown_trigger=stop.wait,
                     task_status=task_status,
                 )
             )  # fmt: skip
-            proxy = Proxy(app, binds[0], fake)
-            alice = await proxy.new_key()
+            try:
+                yield Proxy(app, binds[0], fake, stop)
+            finally:
+                stop.set()
 
-            def talk() -> dict[str, list[Any]]:
-                seen: dict[str, list[Any]] = {}
-                with proxy.sdk().responses.connect() as connection:
-                    connection.response.create(model="gpt-ws", input="Start.")
-                    relayable = until_end(connection)[-1].response.id
-                    connection.response.create(model="gpt-http", input="Start.")
-                    not_relayable = until_end(connection)[-1].response.id
-                    connection.response.steer(input="Also this.", previous_response_id=relayable)
-                    seen["steered"] = [connection.recv()]
-                    connection.response.steer(input="And this.", previous_response_id=not_relayable)
-                    seen["refused"] = [connection.recv()]
-                    connection.response.steer(input="Once more.", previous_response_id=relayable)
-                    seen["still_open"] = [connection.recv()]
-                seen["ids"] = [relayable]
-                with proxy.sdk(alice).responses.connect() as connection:
-                    connection.response.steer(input="Not mine.", previous_response_id=relayable)
-                    seen["not_mine"] = [connection.recv()]
-                    connection.response.create(model="gpt-ws", input="Mine.")
-                    own = until_end(connection)[-1].response.id
-                    fake.script(Fault.status(503))  # strikes the next upstream handshake
-                    connection.response.steer(input="Mine too.", previous_response_id=own)
-                    seen["upstream_refused"] = [connection.recv()]
-                    connection.response.steer(input="Again.", previous_response_id=own)
-                    seen["retried"] = [connection.recv()]
-                return seen
 
-            seen = await in_thread(talk)
-            statuses = await proxy.spend_statuses()
-            nursery.cancel_scope.cancel()
-    [steered] = seen["steered"]
-    assert steered.type == "response.steer.accepted"
-    # What the upstream got: the message as sent, with the upstream's own response ID.
-    steers = [m for m in fake.extra_state["websocket"] if m["type"] == "response.steer"]
+def _upgrades(fake: FakeUpstream) -> int:
+    return sum(1 for r in fake.requests if r.method == "GET" and r.path.endswith("/responses"))
+
+
+def _posts(fake: FakeUpstream) -> int:
+    return sum(1 for r in fake.requests if r.method == "POST" and r.path.endswith("/responses"))
+
+
+def _creates(fake: FakeUpstream) -> list[dict[str, Any]]:
+    received = fake.extra_state.get("websocket", [])
+    return [m for m in received if m["type"] == "response.create"]
+
+
+_WEATHER: FunctionToolParam = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city.",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    },
+    "strict": True,
+}
+
+
+def _agent_turns(connection: Any, model: str) -> list[list[Any]]:
+    """Three ``store: false`` turns of an agent loop, each chained to the one before: a
+    function call, its output, a follow-up."""
+    turns = []
+    connection.response.create(
+        model=model, input="Weather in Paris?", tools=[_WEATHER], store=False
+    )
+    turns.append(until_end(connection))
+    first = turns[-1][-1].response
+    [call] = [item for item in first.output if item.type == "function_call"]
+    connection.response.create(
+        model=model,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
+        tools=[_WEATHER],
+        store=False,
+        previous_response_id=first.id,
+    )
+    turns.append(until_end(connection))
+    connection.response.create(
+        model=model,
+        input="Thanks. And tomorrow?",
+        store=False,
+        previous_response_id=turns[-1][-1].response.id,
+    )
+    turns.append(until_end(connection))
+    return turns
+
+
+@pytest.mark.parametrize("server", ["lean", "hypercorn"])
+async def test_a_store_false_chain_runs_on_the_upstream_socket(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent loop of WebSocket-mode clients: ``store: false`` turns chained by
+    ``previous_response_id`` work because the upstream keeps the previous response on the
+    socket; every ``response.create`` goes over one upstream socket, through the pipeline."""
+    async with running_native(monkeypatch, server=server) as proxy:
+
+        def talk() -> list[list[Any]]:
+            with proxy.sdk().responses.connect() as connection:
+                return _agent_turns(connection, "gpt-ws")
+
+        turns = await in_thread(talk)
+        fake = proxy.fake
+        responses = [events[-1].response for events in turns]
+        assert [e[-1].type for e in turns] == ["response.completed"] * 3
+        for events in turns:
+            assert [e.sequence_number for e in events] == list(range(len(events)))
+            for event in events:
+                _SERVER_EVENTS.validate_python(event.to_dict())
+        assert responses[0].output[-1].type == "function_call"
+        assert "sunny" in responses[1].output_text
+        assert [r.previous_response_id for r in responses] == [
+            None,
+            responses[0].id,
+            responses[1].id,
+        ]
+        assert all(r.id.startswith("resp_") for r in responses)
+        # One upstream socket, three creates on it, no HTTP request at all.
+        assert (_upgrades(fake), _posts(fake)) == (1, 0)
+        creates = _creates(fake)
+        assert len(creates) == 3
+        for create in creates:
+            assert create["store"] is False and create["model"] == "gpt-5.4"
+            assert "stream" not in create and "background" not in create
+        # The chain names the upstream's own IDs (the socket's cache), never the gateway's.
+        assert creates[0].get("previous_response_id") is None
+        assert creates[1]["previous_response_id"] not in {r.id for r in responses}
+        assert creates[1]["previous_response_id"].startswith("resp_")
+        assert creates[2]["previous_response_id"] not in {r.id for r in responses}
+        assert creates[1]["input"][0]["call_id"] == responses[0].output[-1].call_id
+        # Accounted as any response: one spend row each, with usage and cost.
+        gateway = proxy.app.gateway
+        assert gateway is not None
+        logs = {log.response_id: log for log in await gateway.spend_logs()}
+        for response in responses:
+            log = logs[response.id]
+            assert (log.status, log.deployment_id) == ("completed", "gpt-ws")
+            assert log.total_tokens == response.usage.total_tokens > 0
+            assert log.cost is not None and log.cost > 0
+        # A ``store: false`` response is not kept, as over HTTP.
+        async with proxy.http() as http:
+            over_ws = await http.get(f"/v1/responses/{responses[2].id}")
+            made = await http.post(
+                "/v1/responses", json={"model": "gpt-ws", "input": "hi", "store": False}
+            )
+            over_http = await http.get(f"/v1/responses/{made.json()['id']}")
+        assert over_ws.status_code == over_http.status_code == 404
+        assert over_ws.json()["error"]["code"] == over_http.json()["error"]["code"]
+
+
+async def test_the_same_store_false_chain_over_http_fails_as_at_openai(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Over HTTP, nothing kept a ``store: false`` response: its ``previous_response_id`` is
+    ``previous_response_not_found``, from the gateway as from the upstream itself."""
+    async with running_native(monkeypatch) as proxy:
+        client = proxy.sdk()
+
+        def over_http() -> tuple[Any, openai.BadRequestError]:
+            first = client.responses.create(
+                model="gpt-ws", input="Weather in Paris?", tools=[_WEATHER], store=False
+            )
+            [call] = [item for item in first.output if item.type == "function_call"]
+            try:
+                client.responses.create(
+                    model="gpt-ws",
+                    input=[
+                        {"type": "function_call_output", "call_id": call.call_id, "output": "x"}
+                    ],
+                    store=False,
+                    previous_response_id=first.id,
+                )
+            except openai.BadRequestError as exc:
+                return first, exc
+            raise AssertionError("the chain went on over HTTP")
+
+        _, refused = await in_thread(over_http)
+        assert isinstance(refused, openai.BadRequestError)
+        assert refused.code == "previous_response_not_found"
+        assert refused.param == "previous_response_id"
+        # Refused by the gateway, which kept no state for it: the upstream got one request
+        # (the fake refuses such a chain over HTTP too: the test below).
+        assert _posts(proxy.fake) == 1
+        assert _upgrades(proxy.fake) == 0
+
+
+async def test_two_client_connections_get_two_upstream_sockets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with running_native(monkeypatch) as proxy:
+
+        def talk() -> tuple[list[Any], list[Any]]:
+            client = proxy.sdk()
+            with client.responses.connect() as one, client.responses.connect() as two:
+                one.response.create(model="gpt-ws", input="One.", store=False)
+                first = until_end(one)
+                two.response.create(model="gpt-ws", input="Two.", store=False)
+                until_end(two)
+                # Another connection's ``store: false`` response is not on this one's socket.
+                two.response.create(
+                    model="gpt-ws",
+                    input="Go on.",
+                    store=False,
+                    previous_response_id=first[-1].response.id,
+                )
+                refused = until_end(two)
+                one.response.create(
+                    model="gpt-ws",
+                    input="Go on.",
+                    store=False,
+                    previous_response_id=first[-1].response.id,
+                )
+                return refused, until_end(one)
+
+        refused, continued = await in_thread(talk)
+        [error] = refused
+        assert (error.type, error.error.code) == ("error", "previous_response_not_found")
+        assert continued[-1].type == "response.completed"
+        assert _upgrades(proxy.fake) == 2
+        assert len(_creates(proxy.fake)) == 3
+
+
+async def test_an_upstream_socket_dropped_before_the_first_event_is_retried_on_a_new_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with running_native(monkeypatch) as proxy:
+
+        def talk() -> list[Any]:
+            with proxy.sdk().responses.connect() as connection:
+                connection.response.create(model="gpt-ws", input="First.")
+                until_end(connection)
+                proxy.fake.script(Fault.reset_mid_stream(after_events=0))
+                connection.response.create(model="gpt-ws", input="Second.")
+                return until_end(connection)
+
+        events = await in_thread(talk)
+        assert isinstance(events[0], ResponseWsCreated)
+        assert events[-1].type == "response.completed"
+        assert [e.sequence_number for e in events] == list(range(len(events)))
+        assert _upgrades(proxy.fake) == 2
+        assert len(_creates(proxy.fake)) == 3  # the lost one, then its retry
+        assert await proxy.spend_statuses() == ["completed", "completed"]
+
+
+async def test_an_upstream_socket_dropped_mid_response_fails_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with running_native(monkeypatch) as proxy:
+
+        def talk() -> tuple[list[Any], list[Any]]:
+            with proxy.sdk().responses.connect() as connection:
+                proxy.fake.script(Fault.reset_mid_stream(after_events=3))
+                connection.response.create(model="gpt-ws", input="Cut me.")
+                cut = until_end(connection)
+                # The connection goes on, on a new upstream socket.
+                connection.response.create(model="gpt-ws", input="Again.")
+                return cut, until_end(connection)
+
+        cut, again = await in_thread(talk)
+        assert [e.type for e in cut[:3]] == [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+        ]
+        assert cut[-1].type == "response.failed"
+        assert cut[-1].response.error is not None
+        assert again[-1].type == "response.completed"
+        assert sorted(await proxy.spend_statuses()) == ["completed", "failed"]
+        assert _upgrades(proxy.fake) == 2
+        async with proxy.http() as http:
+            got = (await http.get(f"/v1/responses/{cut[-1].response.id}")).json()
+        assert got["status"] == "failed"
+
+
+async def test_an_upstream_error_message_is_an_error_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with running_native(monkeypatch) as proxy:
+        refusal = {
+            "error": {
+                "message": "Invalid value for 'input'.",
+                "type": "invalid_request_error",
+                "param": "input",
+                "code": "invalid_value",
+            }
+        }
+
+        def talk() -> tuple[list[Any], list[Any]]:
+            with proxy.sdk().responses.connect() as connection:
+                connection.response.create(model="gpt-ws", input="First.")
+                until_end(connection)
+                proxy.fake.script(Fault.status(400, body=refusal))
+                connection.response.create(model="gpt-ws", input="Refused.")
+                refused = until_end(connection)
+                connection.response.create(model="gpt-ws", input="Fine again.")
+                return refused, until_end(connection)
+
+        refused, fine = await in_thread(talk)
+        [error] = refused
+        assert isinstance(error, ResponseWsError)
+        assert (error.error.code, error.error.param, error.error.message) == (
+            "invalid_value",
+            "input",
+            "Invalid value for 'input'.",
+        )
+        assert error.status == 400
+        assert fine[-1].type == "response.completed"
+        assert _upgrades(proxy.fake) == 1  # an error message does not cost the socket
+
+
+@pytest.mark.parametrize("server", ["lean", "hypercorn"])
+async def test_a_client_that_stops_reading_stops_the_upstream_socket_and_steers_it(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Backpressure over the upstream socket: its messages are pulled one at a time, so the
+    fake's writes wait while the client reads nothing. A ``response.steer`` naming the response
+    reaches the upstream socket it runs on at once, and its acknowledgement comes back."""
+    async with running_native(
+        monkeypatch, server=server, tokens=20_000, write_per_event=True
+    ) as proxy:
+        headers = [("authorization", f"Bearer {MASTER}")]
+        async with open_websocket(proxy.ws_url, headers=headers) as ws:
+            ws._stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # type: ignore[attr-defined]
+            await ws.send_text(_create(model="gpt-ws", input="Everything, please."))
+            created = orjson.loads(await ws.receive())
+            assert created["type"] == "response.created"
+            readings = []
+            for _ in range(4):
+                await trio.testing.wait_all_tasks_blocked(0.05)
+                readings.append(proxy.fake.statistics().bytes_written)
+            assert len(set(readings)) == 1, readings
+            steer = {
+                "type": "response.steer",
+                "input": "Shorter, please.",
+                "previous_response_id": created["response"]["id"],
+            }
+            await ws.send_text(orjson.dumps(steer).decode())
+            # The fake is held mid-response (its writes wait): the steer reaches it running,
+            # which its acknowledgement (``response.steer.accepted``, not ``.failed``) shows.
+            events: list[dict[str, Any]] = []
+            with trio.fail_after(60):
+                while not events or events[-1]["type"] != "response.completed":
+                    events.append(orjson.loads(await ws.receive()))
+        assert 0 < readings[0] < proxy.fake.statistics().bytes_written
+        [accepted] = [e for e in events if e["type"] == "response.steer.accepted"]
+        _SERVER_EVENTS.validate_python(accepted)
+        # Named by the gateway's ID to the client, by the upstream's own upstream.
+        assert accepted["steer"]["previous_response_id"] == created["response"]["id"]
+        [sent] = [m for m in _received(proxy.fake) if m["type"] == "response.steer"]
+        [create] = _creates(proxy.fake)
+        assert sent["previous_response_id"] not in (created["response"]["id"], None)
+        assert sent["input"] == "Shorter, please."
+        assert _upgrades(proxy.fake) == 1
+        assert create["input"] == "Everything, please."
+        assert await proxy.spend_statuses() == ["completed"]
+
+
+def _received(fake: FakeUpstream) -> list[dict[str, Any]]:
+    return list(fake.extra_state.get("websocket", []))
+
+
+async def test_other_messages_go_to_the_upstream_socket_of_their_response(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A message the gateway does not run, about a response made at a deployment that offers
+    WebSocket mode, goes over the client connection's socket there; the upstream's answer
+    comes back as it is (with the gateway's IDs). Elsewhere it is an error event."""
+    async with running_native(monkeypatch) as proxy:
+        fake = proxy.fake
+        alice = await proxy.new_key()
+
+        def talk() -> dict[str, Any]:
+            seen: dict[str, Any] = {}
+            with proxy.sdk().responses.connect() as connection:
+                connection.response.create(model="gpt-ws", input="Start.")
+                relayable = until_end(connection)[-1].response.id
+                connection.response.create(model="gpt-http", input="Start.")
+                not_relayable = until_end(connection)[-1].response.id
+                connection.response.steer(input="Also this.", previous_response_id=relayable)
+                seen["late"] = connection.recv()
+                connection.response.steer(input="And this.", previous_response_id=not_relayable)
+                seen["refused"] = connection.recv()
+                seen["id"] = relayable
+            with proxy.sdk(alice).responses.connect() as connection:
+                connection.response.steer(input="Not mine.", previous_response_id=relayable)
+                seen["not_mine"] = connection.recv()
+                connection.response.create(model="gpt-ws", input="Mine.")
+                own = until_end(connection)[-1].response.id
+                connection.response.steer(input="Mine too.", previous_response_id=own)
+                seen["own"] = connection.recv()
+            return seen
+
+        seen = await in_thread(talk)
+        statuses = await proxy.spend_statuses()
+    # The response completed on that socket: the upstream says so.
+    late = seen["late"]
+    assert late.type == "response.steer.failed"
+    assert late.error.code == "response_already_completed"
+    assert late.steer.previous_response_id == seen["id"]
+    steers = [m for m in _received(fake) if m["type"] == "response.steer"]
     assert steers[0]["input"] == "Also this."
-    assert steers[0]["previous_response_id"] == steered.steer.previous_response_id
-    assert steers[0]["previous_response_id"] != seen["ids"][0]
-    [refused] = seen["refused"]
+    assert steers[0]["previous_response_id"] != seen["id"]
+    refused = seen["refused"]
     assert (refused.type, refused.error.code) == ("error", "unsupported_event_type")
     assert "response.steer" in refused.error.message
-    # The upstream connection stays open for the client connection: no new handshake.
-    assert seen["still_open"][0].type == "response.steer.accepted"
-    [not_mine] = seen["not_mine"]
-    assert (not_mine.error.code, not_mine.error.param) == (
+    assert (seen["not_mine"].error.code, seen["not_mine"].error.param) == (
         "previous_response_not_found",
         "previous_response_id",
     )
-    [upstream_refused] = seen["upstream_refused"]
-    assert (upstream_refused.error.code, upstream_refused.status) == (
-        "upstream_connection_error",
-        502,
-    )
-    assert seen["retried"][0].type == "response.steer.accepted"
-    # Relayed messages are not responses the gateway runs: nothing recorded for them.
+    assert seen["own"].type == "response.steer.failed"
+    # Steering messages are not responses: nothing recorded for them.
     assert statuses == ["completed"] * 3
-    # One upstream connection per client connection, and one more after the refused one.
-    upgrades = [r for r in fake.requests if r.method == "GET" and r.path.endswith("/responses")]
-    assert len(upgrades) == 3
+    # One upstream socket per client connection that used gpt-ws.
+    assert _upgrades(fake) == 2
+    assert _posts(fake) == 1  # gpt-http's
+
+
+async def test_the_fake_keeps_a_store_false_response_on_its_socket_only(
+    fake: FakeUpstream,
+) -> None:
+    ws_url = fake.base_url.replace("http://", "ws://") + "/responses"
+    headers = [("authorization", "Bearer sk-anything")]
+
+    async def turn(ws: Any, **body: Any) -> dict[str, Any]:
+        await ws.send_text(orjson.dumps({"type": "response.create", **body}).decode())
+        while True:
+            event: dict[str, Any] = orjson.loads(await ws.receive())
+            if event["type"] in ("response.completed", "error"):
+                return event
+
+    body = {"model": "gpt-5.4", "store": False}
+    async with (
+        open_websocket(ws_url, headers=headers) as one,
+        open_websocket(ws_url, headers=headers) as two,
+    ):
+        first = (await turn(one, input="a", **body))["response"]["id"]
+        second = await turn(one, input="b", previous_response_id=first, **body)
+        assert second["type"] == "response.completed"
+        elsewhere = await turn(two, input="c", previous_response_id=first, **body)
+        # Only the most recent one is kept on the socket.
+        stale = await turn(one, input="d", previous_response_id=first, **body)
+    for refused in (elsewhere, stale):
+        assert (refused["status"], refused["error"]["code"]) == (400, "previous_response_not_found")
+    async with httpx.AsyncClient(base_url=fake.base_url) as http:
+        over_http = await http.post(
+            "/responses",
+            json={
+                "model": "gpt-5.4",
+                "input": "e",
+                "previous_response_id": second["response"]["id"],
+            },
+        )
+    assert over_http.json()["error"]["code"] == "previous_response_not_found"
+
+
+async def test_an_upstream_refusing_the_handshake_is_retried_as_its_status_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A handshake answered in HTTP is that status's error, as a ``POST`` answered so: a 503
+    is retried (on a new socket), a 401 is the client's ``error`` event."""
+    async with running_native(monkeypatch) as proxy:
+
+        def talk() -> tuple[list[Any], list[Any]]:
+            with proxy.sdk().responses.connect() as connection:
+                proxy.fake.script(Fault.status(503))
+                connection.response.create(model="gpt-ws", input="Retried.")
+                retried = until_end(connection)
+            with proxy.sdk().responses.connect() as connection:
+                proxy.fake.script(Fault.status(401))
+                connection.response.create(model="gpt-ws", input="Refused.")
+                return retried, until_end(connection)
+
+        retried, refused = await in_thread(talk)
+        assert retried[-1].type == "response.completed"
+        [error] = refused
+        assert (error.type, error.status, error.error.code) == ("error", 401, "invalid_api_key")
+        assert _upgrades(proxy.fake) == 3
+        assert len(_creates(proxy.fake)) == 1
+
+
+async def test_a_client_that_goes_mid_response_cancels_it_and_closes_the_upstream_socket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with running_native(monkeypatch, tokens=20_000, write_per_event=True) as proxy:
+        headers = [("authorization", f"Bearer {MASTER}")]
+        async with open_websocket(proxy.ws_url, headers=headers) as ws:
+            await ws.send_text(_create(model="gpt-ws", input="A long answer."))
+            while orjson.loads(await ws.receive())["type"] != "response.output_text.delta":
+                pass
+            assert proxy.fake.statistics().open_connections == 1
+        with trio.fail_after(10):
+            while (await proxy.spend_statuses()) in ([], ["in_progress"]):
+                await trio.testing.wait_all_tasks_blocked()
+            while proxy.fake.statistics().open_connections:
+                await trio.testing.wait_all_tasks_blocked()
+        assert await proxy.spend_statuses() == ["cancelled"]
+        assert proxy.fake.statistics().connections_closed == 1
+
+
+async def test_a_store_false_chain_stays_on_the_deployment_and_socket_it_began_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In a group of several deployments that offer WebSocket mode, ``previous_response_id``
+    pins each turn to the deployment of the one before, so the chain stays on one socket."""
+    async with running_native(monkeypatch) as proxy:
+
+        def talk() -> list[Any]:
+            ends = []
+            with proxy.sdk().responses.connect() as connection:
+                previous = None
+                for turn in range(6):
+                    connection.response.create(
+                        model="pool",
+                        input=f"Turn {turn}.",
+                        store=False,
+                        previous_response_id=previous,
+                    )
+                    ends.append(until_end(connection)[-1])
+                    previous = ends[-1].response.id
+            return ends
+
+        ends = await in_thread(talk)
+        gateway = proxy.app.gateway
+        assert gateway is not None
+        deployments = {log.deployment_id for log in await gateway.spend_logs()}
+    assert [e.type for e in ends] == ["response.completed"] * 6
+    assert len(deployments) == 1 and deployments <= {"pool-a", "pool-b"}
+    assert _upgrades(proxy.fake) == 1
+
+
+@pytest.mark.parametrize("server", ["lean", "hypercorn"])
+async def test_shutdown_ends_a_response_on_the_upstream_socket_failed(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_native(
+        monkeypatch, server=server, tokens=2000, token_delay=0.01, grace=0.2
+    ) as proxy:
+        headers = [("authorization", f"Bearer {MASTER}")]
+        async with open_websocket(proxy.ws_url, headers=headers) as ws:
+            await ws.send_text(_create(model="gpt-ws", input="A long answer."))
+            while orjson.loads(await ws.receive())["type"] != "response.output_text.delta":
+                pass
+            proxy.stop.set()
+            events = []
+            with trio.fail_after(20), pytest.raises(WebSocketClosed) as closed:
+                while True:
+                    events.append(orjson.loads(await ws.receive()))
+        assert closed.value.code == 1001
+        assert events[-1]["type"] == "response.failed"
+        assert events[-1]["response"]["error"]["code"] == "server_error"
+        # The upstream socket was closed with the connection (the fake is still serving).
+        with trio.fail_after(10):
+            while proxy.fake.statistics().open_connections:
+                await trio.testing.wait_all_tasks_blocked()
+        assert proxy.fake.statistics().connections_closed == 1
+
+
+async def test_an_azure_deployment_chains_over_its_websocket_mode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Azure's address (its older route with ``api-version``) and key header (``api-key``)
+    open the upstream socket; the chain runs there as at OpenAI."""
+    async with running_native(monkeypatch) as proxy:
+
+        def talk() -> list[list[Any]]:
+            with proxy.sdk().responses.connect() as connection:
+                return _agent_turns(connection, "azure-ws")
+
+        turns = await in_thread(talk)
+    assert [events[-1].type for events in turns] == ["response.completed"] * 3
+    [upgrade] = [r for r in proxy.fake.requests if r.method == "GET"]
+    assert (upgrade.path, upgrade.query) == ("/openai/responses", "api-version=2025-04-01-preview")
+    assert upgrade.headers["api-key"] == PROVIDER_KEY
+    assert "authorization" not in upgrade.headers
+    assert len(_creates(proxy.fake)) == 3 and _posts(proxy.fake) == 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 from ..actors._health import BreakerState as BreakerState
 from ..actors._health import DeploymentStatistics as DeploymentStatistics
 from ..actors._router import SESSION_HEADER as SESSION_HEADER
+from ..net._upstream_sockets import UpstreamSockets as UpstreamSockets
 from ..net._websocket import WebSocketClient as WebSocketClient
 from ..net._websocket import WebSocketClosed as WebSocketClosed
 from ..net._websocket import WebSocketRefused as WebSocketRefused
@@ -45,6 +46,7 @@ __all__ = [
     "SECRET_ORIGIN_VARIABLE",
     "SECRET_VARIABLE",
     "SESSION_HEADER",
+    "UpstreamSockets",
     "UpstreamTiming",
     "WebSocketClient",
     "WebSocketClosed",

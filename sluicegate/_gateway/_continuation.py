@@ -56,7 +56,10 @@ async def continue_previous(
         return call
     if row.deleted or row.purged or row.owner != call.owner:
         raise _previous_not_found(previous_id)
-    if not row.store:
+    if not row.store and not (
+        # WebSocket mode: the upstream keeps it on the socket it was made on (docs/websocket.md).
+        call.sockets is not None and call.sockets.made(row.deployment_id, row.upstream_id)
+    ):
         raise InvalidRequestError(
             f"Previous response with id '{previous_id}' was created with 'store': false, "
             "so it was not kept and cannot be continued; send the conversation as input "

@@ -21,6 +21,7 @@ import orjson
 
 from ..codecs.ids import IdCodec
 from ..errors import InvalidRequestError
+from ..net._upstream_sockets import UpstreamSockets
 from ..runtime._messages import PreparedCall, UpstreamTiming
 
 __all__ = [
@@ -255,6 +256,7 @@ LIBRARY_OPTIONS = frozenset(
         "session",
         "client_headers",
         "on_end",
+        "upstream_sockets",
     }
 )
 
@@ -359,6 +361,7 @@ def prepare_call(
         client_headers=_headers(params.get("client_headers"), "client_headers"),
         timing=_timing_option(params.get("timing")),
         session=_session_option(params.get("session")),
+        sockets=_sockets_option(params.get("upstream_sockets")),
         input_items=input_items(body.get("input")) if store else [],
     )
 
@@ -366,6 +369,13 @@ def prepare_call(
 def _session_option(value: Any) -> str | None:
     if value is not None and (not isinstance(value, str) or not value or len(value) > 512):
         raise _invalid_type("session", value, "a string of 1 to 512 characters")
+    return value
+
+
+def _sockets_option(value: Any) -> UpstreamSockets | None:
+    """A WebSocket-mode client connection's upstream sockets (the proxy's; docs/websocket.md)."""
+    if value is not None and not isinstance(value, UpstreamSockets):
+        raise _invalid_type("upstream_sockets", value, "an UpstreamSockets")
     return value
 
 

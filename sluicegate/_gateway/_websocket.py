@@ -2,7 +2,8 @@
 (docs/websocket.md): the upstream WebSocket of the deployment a stored response was made on,
 when that deployment is native and offers WebSocket mode (``litellm_params.websocket``).
 
-The gateway runs ``response.create`` itself (over HTTP, through the pipeline); any other
+The gateway runs ``response.create`` itself, through the pipeline (over the client
+connection's upstream socket at such a deployment: ``actors/_ws_attempt.py``); any other
 message (``response.steer``…) names the response it is about by ``previous_response_id``. That
 ID is the caller's own (ownership is checked as for a ``GET``), and it is translated to the
 upstream's ID before the message is relayed.

@@ -65,6 +65,7 @@ from ..runtime._messages import (
 )
 from ._resume import relay_background, resume_request
 from ._router import backoff, may_retry
+from ._ws_attempt import relay_over_websocket, websocket_target
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -186,29 +187,38 @@ class Connector:
         self._in_flight += 1
         try:
             with _deadline(timeouts.total) as total:
-                response, body = await self.open(
-                    request,
-                    timeouts,
-                    max_retries,
-                    read_body=not call.stream,
-                    parse_error=parse_error,
-                )
-                if cursor is not None:
-                    await relay_background(
-                        self,
-                        routed,
-                        response,
-                        decoder,
-                        timeouts,
-                        outbox,
-                        attempt,
-                        cursor,
-                        _body_chunks,
+                sockets = websocket_target(call, deployment) if codec is None else None
+                if sockets is not None:
+                    # A WebSocket-mode client's call, at a deployment that offers it: over the
+                    # client connection's upstream socket (``_ws_attempt.py``).
+                    self._attempts += 1
+                    await relay_over_websocket(
+                        sockets, routed, request, timeouts, outbox, attempt.open_at
                     )
                 else:
-                    await self._forward(
-                        routed, response, body, decoder, timeouts.idle, outbox, attempt
+                    response, body = await self.open(
+                        request,
+                        timeouts,
+                        max_retries,
+                        read_body=not call.stream,
+                        parse_error=parse_error,
                     )
+                    if cursor is not None:
+                        await relay_background(
+                            self,
+                            routed,
+                            response,
+                            decoder,
+                            timeouts,
+                            outbox,
+                            attempt,
+                            cursor,
+                            _body_chunks,
+                        )
+                    else:
+                        await self._forward(
+                            routed, response, body, decoder, timeouts.idle, outbox, attempt
+                        )
             if total.cancelled_caught:
                 if call.background:
                     raise UpstreamTimeoutError(
@@ -505,6 +515,10 @@ class _Attempt:
     #: Something was sent downstream: from here on a failure cannot be retried.
     opened: bool = False
     first_byte: float | None = None
+
+    def open_at(self, now: float) -> None:
+        self.opened = True
+        self.first_byte = now
 
 
 async def relay_into(connector: Connector, routed: Routed, outbox: RawOutbox) -> bool:

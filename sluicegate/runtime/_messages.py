@@ -15,7 +15,7 @@ before it: a channel that closes without one ended cleanly.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import attrs
 
@@ -24,6 +24,9 @@ from ..codecs.ids import DecodedId
 from ..codecs.openai_responses import Decoder
 from ..config import Deployment
 from ..errors import SluicegateError
+
+if TYPE_CHECKING:
+    from ..net._upstream_sockets import UpstreamSockets
 
 __all__ = [
     "AttemptHealth",
@@ -147,6 +150,9 @@ class PreparedCall:
     resume: ResumePoint | None = None
     #: The ``conversation`` the response belongs to (see :class:`ConversationTurn`).
     conversation: ConversationTurn | None = None
+    #: The upstream WebSockets of the proxy's WebSocket-mode client connection this call came
+    #: on: a deployment that offers WebSocket mode gets it over one of them (docs/websocket.md).
+    sockets: UpstreamSockets | None = attrs.field(default=None, repr=False)
 
 
 @attrs.frozen(kw_only=True)

@@ -117,6 +117,7 @@ PROXY_REFUSED_OPTIONS = frozenset(
         "extra_headers",
         "extra_query",
         "timeout",
+        "upstream_sockets",
     }
 )
 

@@ -17,10 +17,15 @@ An accepted connection is one nursery with two tasks:
   admission for the key, owner, recording and accounting — and each event is one text frame,
   sent only once the previous one was written: a client that stops reading stops the
   upstream reads too. ``stream_id`` (the client's lane) is echoed on each event; ``stream``
-  is implicit; ``background`` is refused.
-  Any other message type is relayed to the upstream WebSocket of the deployment its
-  ``previous_response_id`` names, if that deployment offers WebSocket mode
-  (``litellm_params.websocket: true``, :mod:`._ws_relay`); else it is an ``error`` event.
+  is implicit; ``background`` is refused. The call carries the connection's upstream sockets
+  (``UpstreamSockets``): routed to a native deployment that offers WebSocket mode
+  (``litellm_params.websocket: true``), the pipeline's connector sends it over the
+  connection's socket there instead of ``POST /responses``, so the upstream's
+  connection-local state (a ``store: false`` chain) is kept.
+  Any other message type is relayed to the connection's upstream socket at the deployment
+  its ``previous_response_id`` names, if that deployment offers WebSocket mode; else it is an
+  ``error`` event. One about the response in flight (``response.steer``) is relayed by the
+  reader at once, to the socket that response runs on, rather than queued behind it.
 
 Bad input (not JSON, no or unknown ``type``, invalid parameters, a limit) is an ``error`` event
 and the connection goes on. An ``error`` event carries the streaming ``error`` event's fields
@@ -41,8 +46,8 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import orjson
 import trio
 
-from .._gateway import ResponseStream
-from .._types import DeltaEvent, OutputItemEvent, StreamEvent
+from .._gateway import ResponseStream, UpstreamSockets, WebSocketClosed, WebSocketRefused
+from .._types import DeltaEvent, OutputItemEvent, ResponseEvent, StreamEvent
 from ..errors import (
     InternalError,
     InvalidRequestError,
@@ -50,10 +55,10 @@ from ..errors import (
     RequestTooLargeError,
     ServiceUnavailableError,
     SluicegateError,
+    UpstreamConnectionError,
 )
 from ._exchange import Exchange, Receive, Scope, Send, refuse_upstream_headers, request_id_of
 from ._ws import DRAIN_EXTENSION
-from ._ws_relay import Relays
 
 if TYPE_CHECKING:
     from .._gateway import Gateway
@@ -173,8 +178,10 @@ class _Session:
         self._violation: tuple[int, str] | None = None
         #: The message being sent (see ``_send_text``).
         self._unsent: str | None = None
-        #: The upstream connections messages are relayed to (opened at the first).
-        self._relays: Relays | None = None
+        #: The connection's upstream WebSockets (docs/websocket.md), made with its nursery.
+        self._sockets: UpstreamSockets | None = None
+        #: The ID of the response in flight, once its first event named it.
+        self._running: str | None = None
         #: The server's shutdown has begun (``_ws.DRAIN_EXTENSION``): no new message is
         #: taken, and the worker's wait for one is cancelled (``_idle``).
         self._draining = False
@@ -185,11 +192,15 @@ class _Session:
         try:
             # A plain nursery: cancelling its own scope (the client went) ends it quietly.
             async with trio.open_nursery() as nursery:
+                self._sockets = UpstreamSockets(nursery, self._send_aside)
                 nursery.start_soon(self._read, send_queue, nursery.cancel_scope)
                 drain = (self._ex.scope.get("extensions") or {}).get(DRAIN_EXTENSION)
                 if drain is not None:
                     nursery.start_soon(self._drain_on, drain["event"])
-                await self._work(inbox, nursery)
+                try:
+                    await self._work(inbox, nursery)
+                finally:
+                    await self._sockets.aclose()
                 nursery.cancel_scope.cancel()
         except* trio.Cancelled:
             # Cut from outside (the server's graceful deadline): the client is told why.
@@ -240,6 +251,8 @@ class _Session:
                         "(general_settings.max_request_body_bytes)."
                     )
                     await self._send_error(too_large)
+                    continue
+                if self._running is not None and await self._steer_now(text):
                     continue
                 await queue.send(text)
         # The client went (or broke the protocol): what is in flight is cancelled.
@@ -302,10 +315,40 @@ class _Session:
             return
         await self._relay(kind, message, nursery)
 
+    async def _steer_now(self, text: str) -> bool:
+        """Relay at once, to the upstream socket it runs on, a message about the response in
+        flight (``response.steer``: it must reach that response while it runs); False when
+        ``text`` is not one (it waits its turn in the queue)."""
+        sockets, running = self._sockets, self._running
+        held = sockets.busy() if sockets is not None else None
+        if sockets is None or held is None or held.running is None or running is None:
+            return False
+        try:
+            message = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return False
+        if (
+            not isinstance(message, dict)
+            or message.get("type") in (None, "response.create")
+            or message.get("previous_response_id") != running
+        ):
+            return False
+        sockets.alias(held.running, running)
+        try:
+            await held.send({**message, "previous_response_id": held.running})
+        except WebSocketClosed as exc:
+            closed = UpstreamConnectionError(
+                f"The upstream's WebSocket closed ({exc.code}) before the message was sent.",
+                retryable=False,
+            )
+            await self._send_aside(orjson.dumps(ws_error_event(closed)).decode())
+        return True
+
     async def _relay(self, kind: str, message: dict[str, Any], nursery: trio.Nursery) -> None:
         """A message the gateway does not run: relayed to the upstream WebSocket of the
         deployment its ``previous_response_id`` was made on, if that one offers WebSocket
-        mode (:mod:`._ws_relay`)."""
+        mode: the connection's socket there (:class:`UpstreamSockets`), whose reader passes
+        what comes back to the client."""
         gateway = self._app.gateway
         assert gateway is not None
         previous = message.get("previous_response_id")
@@ -323,9 +366,26 @@ class _Session:
                 param="type",
                 code="unsupported_event_type",
             )
-        if self._relays is None:
-            self._relays = Relays(self._send_text, self._send_error)
-        await self._relays.relay(nursery, target)
+        sockets = self._sockets
+        assert sockets is not None and isinstance(previous, str)
+        try:
+            held = await sockets.acquire(target.deployment_id, target.url, target.headers)
+        except WebSocketRefused as exc:
+            raise UpstreamConnectionError(
+                f"The upstream refused WebSocket mode (HTTP {exc.status}).", retryable=False
+            ) from exc
+        except OSError as exc:
+            raise UpstreamConnectionError("The upstream's WebSocket could not be reached.") from exc
+        raw = target.message.get("previous_response_id")
+        if isinstance(raw, str):
+            sockets.alias(raw, previous)
+        try:
+            await held.send(dict(target.message))
+        except WebSocketClosed as exc:
+            sockets.discard(held)
+            raise UpstreamConnectionError(
+                f"The upstream's WebSocket closed ({exc.code}) before the message was sent."
+            ) from exc
 
     async def _create(self, message: dict[str, Any]) -> None:
         app, caller = self._app, self._caller
@@ -351,6 +411,7 @@ class _Session:
         status = 500
         try:
             model, params = app.create_params(ex, caller, body)
+            params["upstream_sockets"] = self._sockets
             keys = app.key_manager
             gateway = app.gateway
             assert keys is not None and gateway is not None
@@ -372,6 +433,7 @@ class _Session:
                 status = 200
             finally:
                 self._current = None
+                self._running = None
                 admission.release()
         except SluicegateError as exc:
             status = exc.status_code
@@ -401,6 +463,8 @@ class _Session:
                 # Broken after it started: a typed ``error`` event ends it, as over SSE.
                 await self._send_error(exc)
                 return
+            if self._running is None and isinstance(event, ResponseEvent):
+                self._running = event.response.id  # what a steering message names
             if first_output is None and isinstance(event, DeltaEvent | OutputItemEvent):
                 first_output = trio.current_time() - ex.started
                 self._app.metrics.observe(
@@ -440,6 +504,15 @@ class _Session:
         self._unsent = text
         await self._ex.send({"type": "websocket.send", "text": text})
         self._unsent = None
+        self._app.metrics.count("sluicegate_websocket_messages_total", (("direction", "out"),))
+
+    async def _send_aside(self, text: str) -> None:
+        """Send what an upstream socket's reader passes on (steering events), beside the
+        response in flight: not held as :attr:`_unsent`, which is the worker's."""
+        if self._gone:
+            await trio.lowlevel.checkpoint()
+            return
+        await self._ex.send({"type": "websocket.send", "text": text})
         self._app.metrics.count("sluicegate_websocket_messages_total", (("direction", "out"),))
 
 
