@@ -865,7 +865,9 @@ async def test_on_postgresql_a_live_instance_takes_over_what_a_closed_one_left(
         config["general_settings"] = {
             **config["general_settings"],  # type: ignore[dict-item]
             "database_url": postgres_url,
-            "store": {"instance_lease": 2, "heartbeat_interval": 0.2},
+            # The closing instance deletes its row: the lease bounds only a dead one, and a long
+            # one keeps a starved survivor from seeming dead itself on a busy machine.
+            "store": {"instance_lease": 15, "heartbeat_interval": 0.2},
         }
         async with sluicegate.open_gateway(config) as survivor:
             async with sluicegate.open_gateway(config) as leaving:
