@@ -308,7 +308,7 @@ def _status(status: ResponseStatus | str) -> str:
 def _compact_request(call: PreparedCall, deployment: Deployment) -> UpstreamRequest:
     """``POST …/responses/compact`` for ``deployment``: a create's request (its model, its raw
     ``previous_response_id``, ``extra_body``, its headers) at the compact route."""
-    request = Connector._native_request(call, deployment)
+    request = Connector.native_request(call, deployment)
     return attrs.evolve(request, url=f"{request.url}/compact")
 
 

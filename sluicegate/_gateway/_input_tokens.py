@@ -162,7 +162,7 @@ async def _count_request(
     if codec is None:
         # The connector's own builders (not a copy of them): the raw previous_response_id, a
         # conversation the gateway holds as portable input, the caller's extra body and headers.
-        create = Connector._native_request(call, deployment)
+        create = Connector.native_request(call, deployment)
         return native_count_request(create), parse_error_response, native_count_answer
     provider = deployment.provider
     if provider in CHAT_PROVIDERS and deployment.count_tokens is None:
@@ -174,7 +174,7 @@ async def _count_request(
             code="unsupported_parameter",
         )
     # The create's mapping, media inlining and history included.
-    built = await connector._bridged_request(codec, call, deployment)
+    built = await connector.bridged_request(codec, call, deployment)
     if provider == "anthropic":
         from ..codecs.anthropic import count_tokens_request
 

@@ -162,11 +162,11 @@ class Connector:
             if call.resume is not None and cursor is not None:
                 request = resume_request(deployment, cursor)  # taken over after a restart
             else:
-                request = self._native_request(call, deployment)
+                request = self.native_request(call, deployment)
             decoder = ResponsesStreamDecoder() if call.stream else ResponsesBodyDecoder()
             parse_error = parse_error_response
         else:
-            built = await self._bridged_request(codec, call, deployment)
+            built = await self.bridged_request(codec, call, deployment)
             request = built.request
             if call.stream:
                 decoder = codec.stream_decoder(built.context)
@@ -247,7 +247,9 @@ class Connector:
             self._in_flight -= 1
 
     @staticmethod
-    def _native_request(call: PreparedCall, deployment: Deployment) -> UpstreamRequest:
+    def native_request(call: PreparedCall, deployment: Deployment) -> UpstreamRequest:
+        """The create request of ``call`` at a native deployment, as it goes upstream (also
+        what a token count, a compaction and a WebSocket ``response.create`` are built from)."""
         body: Mapping[str, Any] = call.body
         previous_raw_id = call.previous.raw_id if call.previous else None
         if (call.previous is not None and is_bridged(call.previous.provider)) or (
@@ -274,9 +276,11 @@ class Connector:
             extra_query=call.extra_query,
         )
 
-    async def _bridged_request(
+    async def bridged_request(
         self, codec: BridgeCodec, call: PreparedCall, deployment: Deployment
     ) -> BuiltRequest:
+        """The create request of ``call`` at a bridged deployment, mapped by ``codec`` (a token
+        count is built from it too)."""
         history = call.history or []
         items = conversation_items(history, call.body.get("input"))
         if codec.inline_remote_media and self._media is not None:

@@ -4,7 +4,7 @@ Theory of operation. When a call comes from a client connection of the proxy's W
 (``PreparedCall.sockets``) and is routed to a native deployment that offers WebSocket mode
 (``litellm_params.websocket``), the connector sends it over that connection's upstream socket
 at the deployment (:mod:`sluicegate.net._upstream_sockets`) instead of ``POST /responses``: the
-same body its HTTP request carries (``Connector._native_request``), as ``{"type":
+same body its HTTP request carries (``Connector.native_request``), as ``{"type":
 "response.create", ...}`` without ``stream`` and ``background``. The upstream keeps the
 previous response of the socket in its memory, so a ``store: false`` chain continues there.
 
