@@ -525,6 +525,10 @@ class GeneralSettings:
     #: framing headers, routing headers and the gateway's own are refused at load
     #: (:func:`forward_refusal`).
     forward_client_headers: HeaderNames = HeaderNames(DEFAULT_FORWARD_CLIENT_HEADERS)
+    #: A price file of the user's own (sluicegate's ``prices.json`` format or LiteLLM's
+    #: ``model_prices_and_context_window.json``), read at startup; its entries replace the
+    #: bundled table's for the same ``provider/model`` (sluicegate/pricing/_file.py).
+    pricing_file: str | None = None
 
 
 @attrs.frozen(kw_only=True)

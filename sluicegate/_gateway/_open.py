@@ -47,6 +47,7 @@ from ..limits import Limits, open_limits
 from ..net._media import MediaFetcher
 from ..net._transport import LeanTransport
 from ..pricing import PriceTable
+from ..pricing._file import load_pricing_file, overlay
 from ..runtime._scopes import open_body_nursery
 from ..store import (
     RecoveryPolicy,
@@ -217,6 +218,11 @@ async def open_trio_gateway(
                 message = exc.message.removeprefix(f"{inner}: ")
                 raise ConfigError(message, path=f"model_list[{i}].{inner}") from exc
     rng = rng or random.Random()
+    # The user's price file, over the bundled table; a deployment's own price still wins
+    # (the accountant asks the deployment first).
+    prices = PriceTable.bundled()
+    if gs.pricing_file is not None:
+        prices = overlay(prices, await trio.to_thread.run_sync(load_pricing_file, gs.pricing_file))
     limits = httpx.Limits(
         max_connections=gs.max_connections,
         max_keepalive_connections=gs.max_keepalive_connections,
@@ -263,9 +269,7 @@ async def open_trio_gateway(
             environ=environ,
         )
         rate_limits.share_deployments(router)
-        accountant = Accountant(
-            PriceTable.bundled(), gs.include_cost_in_streaming_usage, router.used_tokens
-        )
+        accountant = Accountant(prices, gs.include_cost_in_streaming_usage, router.used_tokens)
         secret = _id_secret(cfg, env)
         pipeline = Pipeline(
             router=router,
@@ -289,7 +293,7 @@ async def open_trio_gateway(
             store,
             router,
             pipeline.connector,
-            PriceTable.bundled(),
+            prices,
             IdCodec.from_secret(secret, prefix="file-"),
             IdCodec.from_secret(secret, prefix="batch_"),
             fakes.resolve,
