@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import sluicegate
+from sluicegate.codecs._registry import PROVIDERS
 from sluicegate.config import load_config
 from sluicegate.errors import ConfigError
 from sluicegate.fake import open_fake_upstream
@@ -142,7 +143,7 @@ def file_rates(key: str) -> dict[str, float]:
 
 
 def test_litellm_format_takes_what_sluicegate_routes_and_prices() -> None:
-    table = parse_pricing_file(json.dumps(LITELLM), source="prices.json")
+    table = parse_pricing_file(json.dumps(LITELLM), source="prices.json", providers=PROVIDERS)
     assert set(table.entries()) == {
         "openai/gpt-4o",
         "azure/gpt-4o",
@@ -176,7 +177,7 @@ def test_a_provider_prefixed_litellm_key_wins_over_the_bare_one_in_either_order(
     for order in (["claude-x", "anthropic/claude-x"], ["anthropic/claude-x", "claude-x"]):
         rates = {"claude-x": bare, "anthropic/claude-x": prefixed}
         document = {k: {**rates[k], "litellm_provider": "anthropic", "mode": "chat"} for k in order}
-        table = parse_pricing_file(json.dumps(document), source="p")
+        table = parse_pricing_file(json.dumps(document), source="p", providers=PROVIDERS)
         assert table.entries()["anthropic/claude-x"].input_cost_per_token == 3e-06
 
 
@@ -187,7 +188,7 @@ def test_own_format_is_told_from_schema_version() -> None:
             "openai/gpt-4o": {"input_cost_per_token": 1e-06, "output_cost_per_token": 2e-06}
         },
     }
-    table = parse_pricing_file(json.dumps(document), source="p")
+    table = parse_pricing_file(json.dumps(document), source="p", providers=PROVIDERS)
     assert table.entries() == {
         "openai/gpt-4o": ModelPrice(input_cost_per_token=1e-06, output_cost_per_token=2e-06)
     }
@@ -195,7 +196,7 @@ def test_own_format_is_told_from_schema_version() -> None:
 
 def test_overlay_replaces_same_keys_and_keeps_the_rest() -> None:
     bundled = PriceTable.bundled()
-    user = parse_pricing_file(json.dumps(LITELLM), source="p")
+    user = parse_pricing_file(json.dumps(LITELLM), source="p", providers=PROVIDERS)
     merged = overlay(bundled, user)
     assert merged.lookup("openai", "gpt-4o") == user.entries()["openai/gpt-4o"]
     assert merged.lookup("openai", "gpt-4o") != bundled.lookup("openai", "gpt-4o")
@@ -416,7 +417,7 @@ async def test_a_bad_entry_of_our_format_names_the_setting_and_the_entry(tmp_pat
 def test_a_bad_entry_of_a_skipped_provider_is_not_read() -> None:
     # Skipped entries are LiteLLM's to judge: their fields are never read.
     document = {"bedrock/x": {"input_cost_per_token": "n/a", "litellm_provider": "bedrock"}}
-    assert parse_pricing_file(json.dumps(document), source="p").entries() == {}
+    assert parse_pricing_file(json.dumps(document), source="p", providers=PROVIDERS).entries() == {}
 
 
 def test_the_setting_is_a_path_string() -> None:

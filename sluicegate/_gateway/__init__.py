@@ -28,6 +28,7 @@ from ._open import SECRET_VARIABLE as SECRET_VARIABLE
 from ._open import aresponses as aresponses
 from ._open import open_gateway as open_gateway
 from ._open import responses as responses
+from ._open import user_prices as user_prices
 from ._params import FORBIDDEN_BODY_FIELDS as FORBIDDEN_BODY_FIELDS
 from ._params import MAX_SAFE_INTEGER as MAX_SAFE_INTEGER
 from ._params import checked_int as checked_int
@@ -59,4 +60,5 @@ __all__ = [
     "open_body_nursery",
     "open_gateway",
     "responses",
+    "user_prices",
 ]

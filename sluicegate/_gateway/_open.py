@@ -32,7 +32,7 @@ from ..actors._accountant import Accountant
 from ..actors._connector import Connector
 from ..actors._recorder import Recorder
 from ..actors._router import Router, env_deployment_id
-from ..codecs._registry import bridge_codec
+from ..codecs._registry import PROVIDERS, bridge_codec
 from ..codecs.ids import IdCodec
 from ..codecs.sealed import StateSeal
 from ..config import (
@@ -222,7 +222,7 @@ async def open_trio_gateway(
     # (the accountant asks the deployment first).
     prices = PriceTable.bundled()
     if gs.pricing_file is not None:
-        prices = overlay(prices, await trio.to_thread.run_sync(load_pricing_file, gs.pricing_file))
+        prices = overlay(prices, await trio.to_thread.run_sync(user_prices, gs.pricing_file))
     limits = httpx.Limits(
         max_connections=gs.max_connections,
         max_keepalive_connections=gs.max_keepalive_connections,
@@ -559,3 +559,13 @@ def _actor_layout(configured: str) -> str:
             path="general_settings.actor_layout",
         )
     return layout
+
+
+def user_prices(path: str) -> PriceTable:
+    """The price file ``general_settings.pricing_file`` names (the user's entries only): of a
+    LiteLLM file, the entries of the providers a ``model_list`` may name.
+
+    Raises:
+        ConfigError: the file cannot be read or parsed; the error names the setting.
+    """
+    return load_pricing_file(path, providers=PROVIDERS)

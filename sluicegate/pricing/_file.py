@@ -6,20 +6,20 @@ keyed by model name whose entries carry ``litellm_provider``, ``mode`` and per-t
 format is told from the content: a top-level ``schema_version`` means ours.
 
 From a LiteLLM file only what sluicegate routes and prices is taken: entries whose
-``litellm_provider`` is a provider a ``model_list`` entry may name, in a mode priced per token
-(chat, completion, responses). Everything else (``sample_spec``, bedrock, vertex_ai, embeddings,
-image generation...) is skipped. Of an entry's fields, the rates :class:`ModelPrice` has are read;
-a rate that is there but not a finite number >= 0 is an error naming the entry.
+``litellm_provider`` is a provider a ``model_list`` entry may name (the caller says which), in a
+mode priced per token (chat, completion, responses). Everything else (``sample_spec``, bedrock,
+vertex_ai, embeddings, image generation...) is skipped. Of an entry's fields, the rates
+:class:`ModelPrice` has are read; a rate that is there but not a finite number >= 0 is an error
+naming the entry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import orjson
 
-from ..codecs._registry import PROVIDERS
 from ..errors import ConfigError
 from ._table import ModelPrice, PriceTable
 
@@ -40,8 +40,9 @@ _OPTIONAL_RATES = (
 )
 
 
-def load_pricing_file(path: str) -> PriceTable:
-    """Read and parse the price file at ``path`` (the user's entries only).
+def load_pricing_file(path: str, *, providers: Collection[str]) -> PriceTable:
+    """Read and parse the price file at ``path`` (the user's entries only); of a LiteLLM file,
+    the entries of ``providers`` (the ones a ``model_list`` may name).
 
     Raises:
         ConfigError: the file cannot be read, is not JSON, or has a malformed entry; the error
@@ -51,15 +52,16 @@ def load_pricing_file(path: str) -> PriceTable:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read {path!r}: {exc.strerror or exc}", path=SETTING) from exc
-    return parse_pricing_file(data, source=path)
+    return parse_pricing_file(data, source=path, providers=providers)
 
 
-def parse_pricing_file(data: bytes | str, *, source: str) -> PriceTable:
+def parse_pricing_file(data: bytes | str, *, source: str, providers: Collection[str]) -> PriceTable:
     """Parse a price file in either format.
 
     Args:
         data: the file's content.
         source: where it came from (its path), for the entries' ``source`` and error messages.
+        providers: the providers whose entries a LiteLLM file gives (the others are skipped).
 
     Raises:
         ConfigError: not JSON, not an object, or a malformed entry.
@@ -72,7 +74,7 @@ def parse_pricing_file(data: bytes | str, *, source: str) -> PriceTable:
         raise ConfigError(f"{source!r} must hold a JSON object", path=SETTING)
     if "schema_version" in document:
         return PriceTable.from_mapping(document, origin=SETTING)
-    return _from_litellm(document, source)
+    return _from_litellm(document, source, providers)
 
 
 def overlay(base: PriceTable, user: PriceTable) -> PriceTable:
@@ -80,7 +82,9 @@ def overlay(base: PriceTable, user: PriceTable) -> PriceTable:
     return PriceTable(entries={**base.entries(), **user.entries()})
 
 
-def _from_litellm(document: Mapping[str, object], source: str) -> PriceTable:
+def _from_litellm(
+    document: Mapping[str, object], source: str, providers: Collection[str]
+) -> PriceTable:
     entries: dict[str, ModelPrice] = {}
     prefixed: set[str] = set()
     for name, raw in document.items():
@@ -88,7 +92,7 @@ def _from_litellm(document: Mapping[str, object], source: str) -> PriceTable:
             continue
         provider = raw.get("litellm_provider")
         mode = raw.get("mode", "chat")
-        if provider not in PROVIDERS or mode not in _PRICED_MODES:
+        if provider not in providers or mode not in _PRICED_MODES:
             continue
         if "input_cost_per_token" not in raw and "output_cost_per_token" not in raw:
             continue  # priced per second, per character or per request: nothing of ours

@@ -37,10 +37,9 @@ import httpx
 import trio
 from hypercorn.config import Config as HypercornConfig
 
-from .._gateway import SECRET_ORIGIN_VARIABLE, SECRET_VARIABLE, open_gateway
+from .._gateway import SECRET_ORIGIN_VARIABLE, SECRET_VARIABLE, open_gateway, user_prices
 from ..config import GatewayConfig, load_config
 from ..errors import ConfigError
-from ..pricing._file import load_pricing_file
 from ._app import ProxyApp
 from ._http1 import bind_socket, serve_http1
 from ._metrics import MULTIPROCESS_VARIABLE
@@ -75,7 +74,7 @@ def build_app(
     if cfg.general_settings.pricing_file is not None:
         # Read here too, so a bad price file stops the command before it serves; the gateway
         # reads it again when it opens.
-        load_pricing_file(cfg.general_settings.pricing_file)
+        user_prices(cfg.general_settings.pricing_file)
     app = ProxyApp(cfg, partial(open_gateway, cfg, transport=transport, environ=environ))
     app.check_settings()
     return app
