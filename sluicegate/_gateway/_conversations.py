@@ -331,9 +331,7 @@ class ConversationService:
                 params=params,
                 total_timeout=total_timeout,
             )
-            if not isinstance(page, dict):
-                raise UpstreamProtocolError("the upstream answered with no list of items")
-            return page
+            return _answered(page, "list of items")
         anchor = None
         if after is not None:
             found = await self._store.find_object(_namespace(row), after)
@@ -370,9 +368,7 @@ class ConversationService:
                 params=params,
                 total_timeout=total_timeout,
             )
-            if not isinstance(page, dict):
-                raise UpstreamProtocolError("the upstream answered with no list of items")
-            return page
+            return _answered(page, "list of items")
         checked_fields(body, ("items",), required=("items",))
         items = _new_items(body["items"], "items")
         await self._refuse_taken(row, items)
@@ -402,9 +398,7 @@ class ConversationService:
                 params=params,
                 total_timeout=total_timeout,
             )
-            if not isinstance(item, dict):
-                raise UpstreamProtocolError("the upstream answered with no item")
-            return item
+            return _answered(item, "item")
         found = await self._store.find_object(_namespace(row), item_id)
         if found is None or found.deleted_at is not None:
             raise _item_not_found(item_id)
@@ -625,6 +619,13 @@ class ConversationService:
             params=params,
             total_timeout=total_timeout,
         )
+
+
+def _answered(raw: Any, what: str) -> dict[str, Any]:
+    """An upstream's JSON answer that must be an object (else a 502 naming ``what``)."""
+    if not isinstance(raw, dict):
+        raise UpstreamProtocolError(f"the upstream answered with no {what}")
+    return raw
 
 
 def _raw_id(raw: Any) -> str:

@@ -7,31 +7,10 @@
 // test to assert on; on an error, prints {"error": ...} and exits 1.
 //
 // Environment: SLUICEGATE_BASE_URL (the proxy's /v1 URL), SLUICEGATE_API_KEY, SLUICEGATE_MODEL.
-import OpenAI from "openai";
+import { client, model, tools } from "./setup.mjs";
 import { ResponsesWS } from "openai/resources/responses/ws";
 import { VERSION } from "openai/version";
 
-const client = new OpenAI({
-  baseURL: process.env.SLUICEGATE_BASE_URL,
-  apiKey: process.env.SLUICEGATE_API_KEY,
-  maxRetries: 0,
-  timeout: 60_000,
-});
-const model = process.env.SLUICEGATE_MODEL;
-const tools = [
-  {
-    type: "function",
-    name: "get_weather",
-    description: "The weather in a city.",
-    parameters: {
-      type: "object",
-      properties: { city: { type: "string" } },
-      required: ["city"],
-      additionalProperties: false,
-    },
-    strict: true,
-  },
-];
 const TERMINAL = new Set(["response.completed", "response.failed", "response.incomplete"]);
 
 function fail(detail) {
